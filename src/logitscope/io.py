@@ -1,0 +1,51 @@
+"""Writing outputs so that a failed run never leaves half-written files or clobbers earlier ones."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from logitscope.errors import InputError
+
+
+def check_out_dir(out_dir: str | Path) -> Path:
+    """Fail early, before any work, if ``out_dir`` cannot receive the outputs."""
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out_dir}: is a file, not a folder; choose a folder path")
+    parent = out if out.exists() else _existing_parent(out)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out_dir}: cannot write into {parent} (permission denied); choose another folder")
+    return out
+
+
+def _existing_parent(path: Path) -> Path:
+    p = path.absolute().parent
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise InputError(f"--out {path}: {p} is a file, not a folder")
+    return p
+
+
+@contextmanager
+def atomic_output_dir(out_dir: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``out_dir``; on success move its files into
+    ``out_dir`` (each by an atomic rename), on failure delete it and leave ``out_dir`` as it was."""
+    out = check_out_dir(out_dir).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if not out.exists():
+            os.replace(tmp, out)
+            return
+        for item in tmp.iterdir():
+            os.replace(item, out / item.name)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

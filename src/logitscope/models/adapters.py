@@ -1,0 +1,121 @@
+"""Per-family answers to the few questions the study asks of a Hugging Face model.
+
+Where are the embeddings, the blocks, each block's attention output projection and MLP, the final
+norm and the unembedding? Which kind of final norm is it? What constant does each head add through
+its value bias? Each family answers in a few lines; everything else is family-independent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from logitscope.errors import ModelLoadError
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """How one model family writes into its residual stream.
+
+    ``out_proj(block)`` is the linear map whose *input* is the heads' mixed values concatenated
+    head-major (``[.., n_heads * d_head]``, TransformerLens's ``hook_z``) and whose *output* is the
+    attention layer's contribution to the residual stream (``attn_out``).
+    ``value_bias(block)`` is the constant ``[n_heads * d_head]`` vector every head adds to its
+    ``z`` whatever it attends to (value bias plus the first norm's bias through W_V): pattern rows
+    sum to one. TransformerLens moves it out of the heads into the layer's output bias.
+    """
+
+    family: str
+    architectures: tuple[str, ...]
+    norm: str  # "LayerNorm" (centres, has a bias) or "RMSNorm"
+    parallel_attn_mlp: bool  # attention and MLP read the same residual (no resid_mid)
+    base: Callable[[nn.Module], nn.Module]
+    blocks: Callable[[nn.Module], nn.ModuleList]
+    embed: Callable[[nn.Module], nn.Embedding]
+    pos_embed: Callable[[nn.Module], nn.Embedding | None]
+    out_proj: Callable[[nn.Module], nn.Module]
+    out_proj_weight: Callable[[nn.Module], torch.Tensor]  # [d_model, n_heads * d_head]
+    mlp: Callable[[nn.Module], nn.Module]
+    mlp_out_bias: Callable[[nn.Module], torch.Tensor | None]
+    final_norm: Callable[[nn.Module], nn.Module]
+    value_bias: Callable[[nn.Module, "ModelShape"], torch.Tensor | None]
+    n_heads: Callable[[object], int]
+    default_prepend_bos: bool = True
+
+    def unembed(self, model: nn.Module) -> nn.Linear:
+        return model.get_output_embeddings()
+
+    def final_norm_eps(self, model: nn.Module) -> float:
+        norm = self.final_norm(model)
+        for attr in ("eps", "variance_epsilon", "epsilon"):
+            if hasattr(norm, attr):
+                return float(getattr(norm, attr))
+        raise ModelLoadError(f"cannot find the epsilon of the final norm {type(norm).__name__}")
+
+    def final_norm_weight_bias(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+        norm = self.final_norm(model)
+        return norm.weight, getattr(norm, "bias", None)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    n_layers: int
+    n_heads: int
+    d_head: int
+    d_model: int
+
+
+def _gpt2_value_bias(block: nn.Module, shape: ModelShape) -> torch.Tensor:
+    d = shape.d_model
+    w_v = block.attn.c_attn.weight[:, 2 * d : 3 * d]  # Conv1D: [in, out]
+    b_v = block.attn.c_attn.bias[2 * d : 3 * d]
+    return b_v + block.ln_1.bias @ w_v
+
+
+GPT2 = Adapter(
+    family="gpt2",
+    architectures=("GPT2LMHeadModel",),
+    norm="LayerNorm",
+    parallel_attn_mlp=False,
+    base=lambda m: m.transformer,
+    blocks=lambda m: m.transformer.h,
+    embed=lambda m: m.transformer.wte,
+    pos_embed=lambda m: m.transformer.wpe,
+    out_proj=lambda b: b.attn.c_proj,
+    out_proj_weight=lambda b: b.attn.c_proj.weight.T,  # Conv1D stores [in, out]
+    mlp=lambda b: b.mlp,
+    mlp_out_bias=lambda b: b.mlp.c_proj.bias,
+    final_norm=lambda m: m.transformer.ln_f,
+    value_bias=_gpt2_value_bias,
+    n_heads=lambda cfg: cfg.n_head,
+)
+
+ADAPTERS: tuple[Adapter, ...] = (GPT2,)
+
+
+def supported_architectures() -> list[str]:
+    return [a for ad in ADAPTERS for a in ad.architectures]
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    """The adapter for a loaded ``transformers`` causal LM, or a clear error listing what is supported."""
+    archs = list(getattr(model.config, "architectures", None) or []) + [type(model).__name__]
+    for adapter in ADAPTERS:
+        if any(a in adapter.architectures for a in archs):
+            return adapter
+    families = ", ".join(f"{ad.family} ({'/'.join(ad.architectures)})" for ad in ADAPTERS)
+    raise ModelLoadError(
+        f"unsupported architecture {archs[0]!r} (model_type {getattr(model.config, 'model_type', '?')!r}); "
+        f"logitscope supports: {families}"
+    )
+
+
+def model_shape(model: nn.Module, adapter: Adapter) -> ModelShape:
+    cfg = model.config
+    n_layers = len(adapter.blocks(model))
+    n_heads = adapter.n_heads(cfg)
+    w = adapter.out_proj_weight(adapter.blocks(model)[0])
+    return ModelShape(n_layers=n_layers, n_heads=n_heads, d_head=w.shape[1] // n_heads, d_model=w.shape[0])

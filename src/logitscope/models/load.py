@@ -1,0 +1,150 @@
+"""Load a causal LM and its tokenizer: a local folder as is, or a hub id (downloaded once, cached)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from logitscope.errors import LogitscopeError, ModelLoadError
+from logitscope.models.adapters import Adapter, ModelShape, adapter_for, model_shape
+
+# TransformerLens's names for models users know by them.
+ALIASES = {
+    "gpt2-small": "openai-community/gpt2",
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "distilgpt2": "distilbert/distilgpt2",
+    "distillgpt2": "distilbert/distilgpt2",
+}
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the study: the HF module, its tokenizer and its family adapter."""
+
+    model: nn.Module
+    tokenizer: Any
+    adapter: Adapter
+    shape: ModelShape
+    name: str
+    device: torch.device
+
+    @property
+    def n_ctx(self) -> int | None:
+        cfg = self.model.config
+        for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+            if getattr(cfg, attr, None):
+                return int(getattr(cfg, attr))
+        return None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then CPU, as the seed does."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise LogitscopeError(f"--device {device!r} is not a device name: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LogitscopeError(f"--device {device}: CUDA is not available on this machine (try --device auto or cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise LogitscopeError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise LogitscopeError(f"--device {device}: Apple MPS is not available on this machine (try --device auto or cpu)")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise LogitscopeError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}") from None
+
+
+def _is_local(name: str) -> bool:
+    return Path(name).expanduser().exists() or name.startswith(("./", "../", "/", "~"))
+
+
+def load_model(
+    name: str,
+    *,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "float32",
+    device_map: str | None = None,
+) -> LoadedModel:
+    """Load ``name``: a local folder (loaded as is, never touching the network) or a hub id.
+
+    TransformerLens aliases (``gpt2-small``, ``gpt2-medium``, ...) resolve to their hub ids. A hub
+    id is downloaded by ``transformers`` on first use and read from its cache afterwards; gated
+    models use the usual Hugging Face login (``HF_TOKEN`` or the cached token).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype)
+    local = _is_local(name)
+    if local:
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise ModelLoadError(f"model folder not found: {name}")
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{name} is not a model folder: it has no config.json")
+        source, kwargs = str(path), {"local_files_only": True}
+    else:
+        source, kwargs = ALIASES.get(name, name), {}
+    dev = None if device_map else resolve_device(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=torch_dtype,
+            attn_implementation="sdpa",
+            device_map=device_map,
+            **kwargs,
+        )
+    except (OSError, ValueError) as e:
+        where = "that folder" if local else "the hub or the local cache"
+        hint = "" if local else (
+            " Check the id, your network, and for a gated model your Hugging Face login (HF_TOKEN);"
+            " offline, pass a local folder instead."
+        )
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"could not load model {name!r} from {where}: {first}.{hint}") from e
+    model.eval()
+    if dev is not None:
+        model.to(dev)
+    adapter = adapter_for(model)
+    return wrap_model(model, tokenizer, name=name, adapter=adapter)
+
+
+def wrap_model(model: nn.Module, tokenizer: Any, *, name: str | None = None, adapter: Adapter | None = None) -> LoadedModel:
+    """Wrap an already-loaded ``transformers`` model and its tokenizer."""
+    adapter = adapter or adapter_for(model)
+    model.eval()
+    device = next(model.parameters()).device
+    name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+    return LoadedModel(model, tokenizer, adapter, model_shape(model, adapter), str(name), device)
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")

@@ -1,0 +1,253 @@
+"""The study from prompts to a :class:`StudyResult`: tokenize, batch, capture, assemble."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from logitscope.capture import BatchScalars, Recorder
+from logitscope.errors import InputError
+from logitscope.models.load import LoadedModel, load_model, wrap_model
+from logitscope.results import AttentionView, StudyResult
+from logitscope.tasks.prompts import Prompt, load_prompts
+
+
+@dataclass
+class Encoded:
+    """Token ids for a prompt set: prompts (BOS prepended if asked) and single-token answers."""
+
+    ids: list[list[int]]
+    correct: np.ndarray
+    incorrect: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+
+def default_prepend_bos(lm: LoadedModel) -> bool:
+    return lm.adapter.default_prepend_bos
+
+
+def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: bool = True) -> Encoded:
+    """Tokenize (batched, fast tokenizer) and validate: each answer exactly one token, correct ≠
+    incorrect, every prompt within the model's context. Errors name the prompt and what to do."""
+    tok = lm.tokenizer
+    texts = [p.text for p in prompts]
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    if prepend_bos:
+        bos = tok.bos_token_id
+        if bos is None:
+            raise InputError(
+                "the tokenizer has no BOS token, so none can be prepended; run with --no-prepend-bos"
+            )
+        ids = [[bos] + x for x in ids]
+    answers = sorted({p.correct for p in prompts} | {p.incorrect for p in prompts})
+    answer_ids = dict(zip(answers, tok(answers, add_special_tokens=False)["input_ids"]))
+    for a, toks in answer_ids.items():
+        if len(toks) != 1:
+            where = _where(prompts, a)
+            pieces = [tok.decode([t]) for t in toks]
+            hint = "" if a.startswith(" ") or not a else f" (did you mean {' ' + a!r}, with a leading space?)"
+            raise InputError(
+                f"{where}: answer {a!r} is {len(toks)} tokens {pieces} for this model's tokenizer, "
+                f"not one; choose an answer that is a single token{hint}"
+            )
+    correct = np.array([answer_ids[p.correct][0] for p in prompts], dtype=np.int64)
+    incorrect = np.array([answer_ids[p.incorrect][0] for p in prompts], dtype=np.int64)
+    same = np.nonzero(correct == incorrect)[0]
+    if same.size:
+        p = prompts[int(same[0])]
+        raise InputError(
+            f"{_where(prompts, prompt=p)}: correct and incorrect answers are the same token ({p.correct!r}); "
+            "the logit difference would be zero"
+        )
+    empty = [i for i, x in enumerate(ids) if len(x) == 0]
+    if empty:
+        raise InputError(f"{_where(prompts, prompt=prompts[empty[0]])}: the prompt is empty")
+    n_ctx = lm.n_ctx
+    if n_ctx is not None:
+        long = [i for i, x in enumerate(ids) if len(x) > n_ctx]
+        if long:
+            i = long[0]
+            raise InputError(
+                f"{_where(prompts, prompt=prompts[i])}: the prompt is {len(ids[i])} tokens"
+                f"{' with BOS' if prepend_bos else ''}, longer than the model's context of {n_ctx}; shorten it"
+            )
+    return Encoded(ids, correct, incorrect)
+
+
+def _where(prompts: Sequence[Prompt], answer: str | None = None, prompt: Prompt | None = None) -> str:
+    if prompt is None:
+        prompt = next(p for p in prompts if answer in (p.correct, p.incorrect))
+    line = prompt.meta.get("line")
+    text = prompt.text if len(prompt.text) <= 60 else prompt.text[:57] + "..."
+    return f"prompt {text!r}" + (f" (line {line})" if line is not None else "")
+
+
+def auto_batch_size(lm: LoadedModel, max_len: int) -> int:
+    """A batch size whose activations fit comfortably: on CUDA from free memory, elsewhere a fixed
+    token budget that keeps per-batch overhead small without thrashing caches."""
+    s = lm.shape
+    # Rough bytes per token of live activations in one block (attention scores for eager are not
+    # materialised with sdpa) plus the final hidden state; generous factor for temporaries.
+    per_token = 4 * (12 * s.d_model + 4 * s.n_heads * max_len) * 2
+    if lm.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(lm.device)
+        budget = 0.5 * free
+        return int(max(1, min(4096, budget // (per_token * max_len))))
+    budget_tokens = 16384 if lm.device.type == "cpu" else 65536
+    return int(max(1, min(1024, budget_tokens // max_len)))
+
+
+def run_study(
+    prompts: Sequence[Prompt] | str,
+    model: Any,
+    *,
+    tokenizer: Any = None,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "float32",
+    device_map: str | None = None,
+    batch_size: int | None = None,
+    top_k: int = 3,
+    attention_prompt: int = 0,
+    prepend_bos: bool | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> StudyResult:
+    """Run the whole direct-logit-attribution study.
+
+    ``prompts``: a list of :class:`Prompt`, or a spec (``"seed"``, ``"arena"``, ``"ioi:N"``, a JSONL
+    path). ``model``: a hub id or alias, a local folder, a :class:`LoadedModel`, or an
+    already-loaded ``transformers`` causal LM (then pass its ``tokenizer``).
+    """
+    lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map)
+    if isinstance(prompts, str):
+        prompts = load_prompts(prompts, seed=seed, tokenizer=lm.tokenizer)
+    prompts = list(prompts)
+    if not prompts:
+        raise InputError("no prompts given")
+    if top_k < 1:
+        raise InputError(f"--top-k {top_k}: must be at least 1")
+    if not 0 <= attention_prompt < len(prompts):
+        raise InputError(f"--attention-prompt {attention_prompt}: must be between 0 and {len(prompts) - 1}")
+    bos = default_prepend_bos(lm) if prepend_bos is None else prepend_bos
+    enc = encode_prompts(prompts, lm, prepend_bos=bos)
+    lengths = enc.lengths
+    if batch_size is None:
+        batch_size = auto_batch_size(lm, int(lengths.max()))
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be at least 1")
+
+    # Sort by length so batches carry little padding; results go back to the prompts' order.
+    order = np.argsort(lengths, kind="stable")
+    in_dev = lm.adapter.embed(lm.model).weight.device
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    batches: list[BatchScalars] = []
+    bar = _progress(len(prompts), progress)
+    with Recorder(lm) as rec:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            T = int(lengths[idx].max())
+            arr = np.full((len(idx), T), pad, dtype=np.int64)
+            for row, i in enumerate(idx):
+                arr[row, : lengths[i]] = enc.ids[i]
+            batches.append(
+                rec.run_batch(
+                    torch.from_numpy(arr).to(in_dev),
+                    torch.from_numpy(lengths[idx] - 1).to(in_dev),
+                    torch.from_numpy(enc.correct[idx]),
+                    torch.from_numpy(enc.incorrect[idx]),
+                )
+            )
+            if bar is not None:
+                bar.update(len(idx))
+    if bar is not None:
+        bar.close()
+    per = _assemble(batches, order)
+    result = StudyResult(
+        model=lm.name,
+        family=lm.adapter.family,
+        norm=lm.adapter.norm,
+        parallel_attn_mlp=lm.adapter.parallel_attn_mlp,
+        device=str(lm.device),
+        dtype=str(next(lm.model.parameters()).dtype).replace("torch.", ""),
+        n_layers=lm.shape.n_layers,
+        n_heads=lm.shape.n_heads,
+        prompts=prompts,
+        correct_ids=enc.correct,
+        incorrect_ids=enc.incorrect,
+        n_tokens=lengths,
+        top_k=top_k,
+        seed=seed,
+        prepend_bos=bos,
+        version=_version(),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **per,
+    )
+    result.attention = attention_patterns(lm, enc.ids[attention_prompt], attention_prompt)
+    return result
+
+
+def _assemble(batches: list[BatchScalars], order: np.ndarray) -> dict[str, np.ndarray | None]:
+    """Concatenate per-batch scalars (one host transfer per field) and undo the length sort."""
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    out: dict[str, np.ndarray | None] = {}
+    for name in BatchScalars.__dataclass_fields__:
+        parts = [getattr(b, name) for b in batches]
+        if parts[0] is None:
+            out[name] = None
+            continue
+        arr = torch.cat(parts, dim=-1).double().cpu().numpy()
+        out[name] = arr[..., inverse]
+    return out
+
+
+@torch.inference_mode()
+def attention_patterns(lm: LoadedModel, ids: list[int], prompt_index: int) -> AttentionView:
+    """Every head's attention pattern on one prompt (eager attention: the kernel that returns them)."""
+    model = lm.model
+    previous = getattr(model.config, "_attn_implementation", None)
+    in_dev = lm.adapter.embed(model).weight.device
+    try:
+        if previous != "eager" and hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation("eager")
+        out = lm.adapter.base(model)(
+            input_ids=torch.tensor([ids], device=in_dev), output_attentions=True, use_cache=False
+        )
+    finally:
+        if previous and previous != "eager" and hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation(previous)
+    patterns = torch.stack([a[0].float().cpu() for a in out.attentions]).numpy()
+    str_tokens = [lm.tokenizer.decode([t], clean_up_tokenization_spaces=False) for t in ids]
+    return AttentionView(prompt_index, str_tokens, patterns)
+
+
+def _as_loaded(model: Any, tokenizer: Any, **load_kwargs: Any) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, (str,)) or hasattr(model, "__fspath__"):
+        return load_model(str(model), **load_kwargs)
+    if tokenizer is None:
+        raise InputError("pass the model's tokenizer with an already-loaded model: run_study(..., tokenizer=tok)")
+    return wrap_model(model, tokenizer)
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="prompt", file=sys.stderr, desc="logitscope", dynamic_ncols=True)
+
+
+def _version() -> str:
+    from logitscope import __version__
+
+    return __version__

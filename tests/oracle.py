@@ -1,0 +1,315 @@
+"""Test oracle: small random-weight Hugging Face checkpoints and their TransformerLens twins.
+
+logitscope's numbers must equal TransformerLens 3.9's ``HookedTransformer``. This module builds
+
+* ``make_hf_model``: a random-weight causal LM of one of ``FAMILIES`` (eager attention, fp32,
+  eval mode), with every norm weight/bias and every linear bias set to non-trivial random values
+  so that weight-processing conventions (fold_ln, value-bias folding, centering) are exercised;
+* ``tl_model``: the ``HookedTransformer`` that ``HookedTransformer.from_pretrained`` would build
+  from that model, constructed fully offline (no Hub access).
+
+``tl_model`` follows ``HookedTransformer.from_pretrained`` step by step: the config comes from TL's
+own ``loading_from_pretrained.get_pretrained_model_config`` (pointed at a temporary directory that
+holds only the HF ``config.json``, which TL reads through ``AutoConfig`` without network access),
+the weights from the family's ``convert_*_weights``, and processing from
+``load_and_process_state_dict``. The GPT-2 tokenizer in ``tests/data/gpt2-tokenizer`` is attached
+the way ``from_pretrained`` attaches a tokenizer (``cfg.tokenizer_name``), so TL's ``to_tokens``
+works too.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import transformers
+from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
+
+FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2")
+
+TOKENIZER_DIR: Path = Path(__file__).resolve().parent / "data" / "gpt2-tokenizer"
+TOKENIZER_FILES: tuple[str, ...] = ("vocab.json", "merges.txt", "tokenizer_config.json")
+BOS_ID: int = 50256  # GPT-2 "<|endoftext|>", used as BOS for every family in the tests
+
+# HF architecture name that TL dispatches on, per family.
+ARCHITECTURES: dict[str, str] = {
+    "gpt2": "GPT2LMHeadModel",
+    "gpt_neo": "GPTNeoForCausalLM",
+    "gpt_neox": "GPTNeoXForCausalLM",
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+}
+
+RMS_FAMILIES: frozenset[str] = frozenset({"llama", "mistral", "qwen2"})
+ROTARY_FAMILIES: frozenset[str] = frozenset({"gpt_neox", "llama", "mistral", "qwen2"})
+
+# The seed notebook's GPT-2 flags (TL's IOI / Exploratory-Analysis demo).
+SEED_FLAGS: dict[str, bool] = {
+    "fold_ln": True,
+    "center_writing_weights": True,
+    "center_unembed": True,
+    "fold_value_biases": True,
+    "refactor_factored_attn_matrices": True,
+}
+
+# Every flag False: TL computes exactly what HF computes (logits included).
+NO_PROCESSING_FLAGS: dict[str, bool] = {
+    "fold_ln": False,
+    "center_writing_weights": False,
+    "center_unembed": False,
+    "fold_value_biases": False,
+    "refactor_factored_attn_matrices": False,
+}
+
+# Shapes: (n_layers, d_model, n_heads, n_kv_heads for GQA families, d_mlp).
+# GPT-2 / GPT-Neo ignore d_mlp here: TL hard-codes d_mlp = 4 * d_model for them.
+_SHAPES: dict[str, tuple[int, int, int, int, int]] = {
+    "tiny": (2, 64, 4, 2, 128),
+    "small": (12, 768, 12, 4, 2048),
+}
+
+
+def _family_config(
+    family: str, size: str, vocab_size: int, n_ctx: int
+) -> transformers.PretrainedConfig:
+    """The HF config of a ``size``-shaped member of ``family``, with the family's real choices."""
+    if size not in _SHAPES:
+        raise ValueError(f"size must be one of {sorted(_SHAPES)}, got {size!r}")
+    n_layers, d_model, n_heads, n_kv, d_mlp_gated = _SHAPES[size]
+    common: dict[str, Any] = {"vocab_size": vocab_size, "bos_token_id": BOS_ID, "eos_token_id": BOS_ID}
+    if family == "gpt2":
+        # Real GPT-2 configs carry the legacy key n_ctx, which TL 3.9 reads (``hf_config.n_ctx``);
+        # transformers 5's GPT2Config no longer defines it, so without it TL's config code fails.
+        return transformers.GPT2Config(
+            n_positions=n_ctx, n_ctx=n_ctx, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
+            n_inner=None, activation_function="gelu_new", layer_norm_epsilon=1e-5,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True, **common,
+        )
+    if family == "gpt_neo":
+        # Alternating global/local layers as in every GPT-Neo checkpoint. The window (256 in the
+        # real models) is shrunk to n_ctx // 8 so that local attention masks something in tests.
+        return transformers.GPTNeoConfig(
+            max_position_embeddings=n_ctx, hidden_size=d_model, num_layers=n_layers,
+            num_heads=n_heads, attention_types=[[["global", "local"], n_layers // 2]],
+            window_size=max(2, min(256, n_ctx // 8)), intermediate_size=None,
+            activation_function="gelu_new", layer_norm_epsilon=1e-5, resid_dropout=0.0,
+            embed_dropout=0.0, attention_dropout=0.0, tie_word_embeddings=True, **common,
+        )
+    if family == "gpt_neox":
+        # Pythia style: parallel residual, partial rotary (25% of d_head), biased attention, untied.
+        return transformers.GPTNeoXConfig(
+            hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
+            intermediate_size=4 * d_model, hidden_act="gelu", max_position_embeddings=n_ctx,
+            layer_norm_eps=1e-5, use_parallel_residual=True, attention_bias=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                             "partial_rotary_factor": 0.25},
+            attention_dropout=0.0, hidden_dropout=0.0, tie_word_embeddings=False, **common,
+        )
+    if family == "llama":
+        # Llama-3 style rope_theta; no biases anywhere (as in real Llama); untied.
+        return transformers.LlamaConfig(
+            hidden_size=d_model, intermediate_size=d_mlp_gated, num_hidden_layers=n_layers,
+            num_attention_heads=n_heads, num_key_value_heads=n_kv, hidden_act="silu",
+            max_position_embeddings=n_ctx, rms_norm_eps=1e-5,
+            rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+            attention_bias=False, mlp_bias=False, tie_word_embeddings=False, **common,
+        )
+    if family == "mistral":
+        # Mistral v0.2+/v0.3 style: no sliding window, rope_theta 1e6, untied.
+        return transformers.MistralConfig(
+            hidden_size=d_model, intermediate_size=d_mlp_gated, num_hidden_layers=n_layers,
+            num_attention_heads=n_heads, num_key_value_heads=n_kv, head_dim=d_model // n_heads,
+            hidden_act="silu", max_position_embeddings=n_ctx, rms_norm_eps=1e-5,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            sliding_window=None, tie_word_embeddings=False, **common,
+        )
+    if family == "qwen2":
+        # Qwen2/2.5-0.5B style: q/k/v biases, no sliding window, rope_theta 1e6, tied embeddings.
+        return transformers.Qwen2Config(
+            hidden_size=d_model, intermediate_size=d_mlp_gated, num_hidden_layers=n_layers,
+            num_attention_heads=n_heads, num_key_value_heads=n_kv, hidden_act="silu",
+            max_position_embeddings=n_ctx, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            use_sliding_window=False, max_window_layers=n_layers, tie_word_embeddings=True,
+            **common,
+        )
+    raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+
+
+def _is_norm(module: torch.nn.Module) -> bool:
+    """True for LayerNorm and the families' RMSNorm classes."""
+    name = type(module).__name__
+    return isinstance(module, torch.nn.LayerNorm) or name.endswith("RMSNorm")
+
+
+@torch.no_grad()
+def _randomize(model: PreTrainedModel, seed: int) -> None:
+    """Overwrite every parameter with seeded, well-scaled, non-trivial random values.
+
+    Matrices get std 1/sqrt(fan_in) (unit-scale activations, non-uniform attention); embeddings
+    std 0.5 (token) / 0.2 (position); norm weights 1 + 0.3 N(0,1); norm and linear biases
+    0.2 N(0,1). Tied parameters are visited once.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(shape: torch.Size) -> torch.Tensor:
+        return torch.randn(shape, generator=gen, dtype=torch.float32)
+
+    seen: set[int] = set()
+    for _, module in model.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            if _is_norm(module):
+                value = 1.0 + 0.3 * randn(param.shape) if pname == "weight" else 0.2 * randn(param.shape)
+            elif pname == "bias":
+                value = 0.2 * randn(param.shape)
+            elif isinstance(module, torch.nn.Embedding):
+                is_position = module.num_embeddings != model.config.vocab_size
+                value = (0.2 if is_position else 0.5) * randn(param.shape)
+            elif isinstance(module, Conv1D):  # GPT-2: weight stored [in, out]
+                value = randn(param.shape) / param.shape[0] ** 0.5
+            elif isinstance(module, torch.nn.Linear):  # weight stored [out, in]
+                value = randn(param.shape) / param.shape[1] ** 0.5
+            else:
+                raise TypeError(f"unexpected parameter {pname} of {type(module).__name__}")
+            param.copy_(value)
+
+
+def make_hf_model(
+    family: str,
+    *,
+    size: str = "tiny",
+    seed: int = 0,
+    vocab_size: int = 50257,
+    n_ctx: int = 64,
+) -> PreTrainedModel:
+    """A random-weight causal LM of ``family``: fp32, eager attention, eval mode, deterministic.
+
+    ``size="tiny"``: 2 layers, d_model 64, 4 heads (2 kv heads for llama/mistral/qwen2), d_head 16.
+    ``size="small"``: GPT-2 small's shape (12 layers, 768, 12 heads, d_mlp 3072 for gpt2).
+    """
+    config = _family_config(family, size, vocab_size, n_ctx)
+    config.architectures = [ARCHITECTURES[family]]
+    torch.manual_seed(seed)  # the constructor's default init; everything is overwritten below
+    model = transformers.AutoModelForCausalLM.from_config(
+        config, attn_implementation="eager", dtype=torch.float32
+    )
+    assert model.config._attn_implementation == "eager"
+    _randomize(model, seed)
+    return model.float().eval()
+
+
+def save_checkpoint(model: PreTrainedModel, directory: str | Path) -> Path:
+    """Save ``model`` plus the GPT-2 tokenizer files so ``Auto*.from_pretrained(directory)`` works."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(TOKENIZER_DIR / name, path / name)
+    return path
+
+
+def tl_default_flags(family: str) -> dict[str, bool]:
+    """The processing TL 3.9's ``HookedTransformer.from_pretrained`` effectively applies by default.
+
+    ``from_pretrained``'s defaults are fold_ln, center_writing_weights, center_unembed,
+    fold_value_biases = True and refactor_factored_attn_matrices = False for every family here
+    (it only overrides them for shortformer, post-norm and logit-softcap models). Inside
+    ``ProcessWeights.process_weights`` center_writing_weights is a silent no-op for RMSNorm models,
+    so it is reported as False for llama/mistral/qwen2 (passing True gives identical weights).
+    Refactoring is off by default and would assert for rotary models.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    return {
+        "fold_ln": True,
+        "center_writing_weights": family not in RMS_FAMILIES,
+        "center_unembed": True,
+        "fold_value_biases": True,
+        "refactor_factored_attn_matrices": False,
+    }
+
+
+def _converter(family: str) -> Callable[[PreTrainedModel, Any], dict[str, torch.Tensor]]:
+    """The family's ``transformer_lens.pretrained.weight_conversions.convert_*_weights``."""
+    from transformer_lens.pretrained import weight_conversions as wc
+
+    return {
+        "gpt2": wc.convert_gpt2_weights,
+        "gpt_neo": wc.convert_neo_weights,
+        "gpt_neox": wc.convert_neox_weights,
+        "llama": wc.convert_llama_weights,
+        "mistral": wc.convert_mistral_weights,
+        "qwen2": wc.convert_qwen2_weights,
+    }[family]
+
+
+def _neutral_tempdir() -> Path:
+    """A temp dir whose path TL's name sniffing ("llama", "gemma" substrings) cannot misread."""
+    while True:
+        path = Path(tempfile.mkdtemp(prefix="tlcfg_"))
+        if not any(word in str(path).lower() for word in ("llama", "gemma")):
+            return path
+        shutil.rmtree(path)
+
+
+def tl_config(hf_model: PreTrainedModel, family: str, *, fold_ln: bool = True) -> Any:
+    """The ``HookedTransformerConfig`` that ``from_pretrained`` derives for ``hf_model``.
+
+    Runs TL's own ``get_pretrained_model_config`` on a local directory holding only the model's
+    ``config.json`` (read via ``AutoConfig``, no network); device cpu, dtype float32, and TL's
+    per-family ``default_prepend_bos``. ``fold_ln`` selects LNPre/RMSPre, as in from_pretrained.
+    """
+    from transformer_lens import loading_from_pretrained as loading
+
+    hf_config = copy.deepcopy(hf_model.config)
+    hf_config.architectures = [ARCHITECTURES[family]]
+    tmp = _neutral_tempdir()
+    try:
+        local = tmp / "checkpoint"
+        hf_config.save_pretrained(local)
+        cfg = loading.get_pretrained_model_config(
+            str(local), hf_cfg=hf_config.to_dict(), fold_ln=fold_ln, device="cpu",
+            dtype=torch.float32,
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if cfg.original_architecture != ARCHITECTURES[family]:
+        raise ValueError(f"{family}: TL saw {cfg.original_architecture}")
+    cfg.model_name = f"random-{family}"
+    cfg.tokenizer_name = str(TOKENIZER_DIR)  # from_pretrained loads the tokenizer from this name
+    return cfg
+
+
+def tl_model(hf_model: PreTrainedModel, family: str, **flags: bool) -> Any:
+    """TL 3.9's ``HookedTransformer`` for ``hf_model``, built as ``from_pretrained`` would, offline.
+
+    ``flags`` are load_and_process_state_dict's flags; unspecified ones default to
+    ``tl_default_flags(family)`` (i.e. from_pretrained's defaults, refactor off, also for gpt2;
+    pass ``**SEED_FLAGS`` for the seed notebook's GPT-2 model).
+    """
+    from transformer_lens import HookedTransformer
+
+    unknown = set(flags) - set(NO_PROCESSING_FLAGS)
+    if unknown:
+        raise TypeError(f"unknown flags {sorted(unknown)}")
+    resolved = {**tl_default_flags(family), **flags}
+    cfg = tl_config(hf_model, family, fold_ln=resolved["fold_ln"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "HookedTransformer is deprecated"
+        model = HookedTransformer(cfg, move_to_device=False)
+    with torch.no_grad():
+        state_dict = _converter(family)(hf_model, cfg)
+        state_dict = {k: v.detach().clone() for k, v in state_dict.items()}
+        model.load_and_process_state_dict(state_dict, **resolved)
+    model.move_model_modules_to_device()
+    return model.eval()

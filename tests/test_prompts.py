@@ -1,0 +1,68 @@
+"""Built-in prompt sets and the JSONL reader, against the real GPT-2 tokenizer."""
+
+import json
+
+import pytest
+
+from logitscope import InputError, builtin_prompts, load_jsonl
+
+# From tests/data/gpt2-tokenizer/SOURCE.md (checked against OpenAI's vocabulary).
+IDS = {" Mary": 5335, " John": 1757, " Tom": 4186, " James": 3700, " Dan": 6035, " Sid": 15686, " Martin": 5780, " Amy": 14235}
+
+
+def test_seed_prompts_are_the_seeds_byte_for_byte(gpt2_tokenizer):
+    prompts = builtin_prompts("seed")
+    assert len(prompts) == 8
+    # The seed's format string has a double space: "shops, {}" with " John" formatted in.
+    assert prompts[0].text == "When John and Mary went to the shops,  John gave the bag to"
+    assert prompts[1].text == "When John and Mary went to the shops,  Mary gave the bag to"
+    assert [(p.correct, p.incorrect) for p in prompts[:2]] == [(" Mary", " John"), (" John", " Mary")]
+    lengths = {1 + len(gpt2_tokenizer.encode(p.text)) for p in prompts}
+    assert lengths == {16}  # the seed prints a residual of [8, 16, 768]
+    answer_ids = [[gpt2_tokenizer.encode(a) for a in (p.correct, p.incorrect)] for p in prompts]
+    assert answer_ids[:2] == [[[5335], [1757]], [[1757], [5335]]]
+    for p in prompts:
+        assert gpt2_tokenizer.encode(p.correct) == [IDS[p.correct]]
+        assert gpt2_tokenizer.encode(p.incorrect) == [IDS[p.incorrect]]
+
+
+def test_arena_prompts_match_the_demo(gpt2_tokenizer):
+    prompts = builtin_prompts("arena")
+    assert prompts[0].text == "When John and Mary went to the shops, John gave the bag to"
+    assert gpt2_tokenizer.encode(prompts[0].text) == [2215, 1757, 290, 5335, 1816, 284, 262, 12437, 11, 1757, 2921, 262, 6131, 284]
+    assert {1 + len(gpt2_tokenizer.encode(p.text)) for p in prompts} == {15}
+    assert [p.correct for p in prompts] == [" Mary", " John", " Tom", " James", " Dan", " Sid", " Martin", " Amy"]
+
+
+def test_jsonl_rows_and_errors(tmp_path):
+    good = tmp_path / "p.jsonl"
+    good.write_text(
+        json.dumps({"prompt": "A", "correct": " x", "incorrect": " y", "tag": 1}) + "\n\n"
+        + json.dumps({"prompt": "B", "correct": " y", "incorrect": " x"}) + "\n"
+    )
+    rows = load_jsonl(good)
+    assert [r.text for r in rows] == ["A", "B"]
+    assert rows[0].meta == {"tag": 1, "line": 1} and rows[1].meta == {"line": 3}
+
+    cases = {
+        "missing.jsonl": None,
+        "empty.jsonl": "\n\n",
+        "notjson.jsonl": '{"prompt": "A", "correct": " x", "incorrect": " y"}\n{oops\n',
+        "nofield.jsonl": '{"prompt": "A", "correct": " x"}\n',
+        "notobj.jsonl": '["A", " x", " y"]\n',
+        "notstr.jsonl": '{"prompt": "A", "correct": 3, "incorrect": " y"}\n',
+    }
+    expected = {
+        "missing.jsonl": "not found",
+        "empty.jsonl": "is empty",
+        "notjson.jsonl": "notjson.jsonl:2: not valid JSON",
+        "nofield.jsonl": "nofield.jsonl:1: missing field 'incorrect'",
+        "notobj.jsonl": "notobj.jsonl:1: expected a JSON object",
+        "notstr.jsonl": "notstr.jsonl:1: field 'correct' must be a non-empty string",
+    }
+    for name, text in cases.items():
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        with pytest.raises(InputError, match=expected[name].replace("(", r"\(")):
+            load_jsonl(path)
