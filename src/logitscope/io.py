@@ -39,6 +39,9 @@ def atomic_output_dir(out_dir: str | Path) -> Iterator[Path]:
     out = check_out_dir(out_dir).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output folder should not be
     try:
         yield tmp
         if not out.exists():

@@ -111,7 +111,10 @@ def load_model(
             raise ModelLoadError(f"{name} is not a model folder: it has no config.json")
         source, kwargs = str(path), {"local_files_only": True}
     else:
-        source, kwargs = ALIASES.get(name, name), {}
+        source, cached = _hub_source(name)
+        kwargs = {}
+        if not cached:
+            _check_hub_reachable(name, source)
     dev = None if device_map else resolve_device(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
@@ -147,4 +150,46 @@ def wrap_model(model: nn.Module, tokenizer: Any, *, name: str | None = None, ada
 
 
 def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
+
+
+def _hub_source(name: str) -> tuple[str, bool]:
+    """The hub id to load for ``name`` and whether it is already in the local cache.
+
+    Aliases resolve to their current hub ids; a cache made under the legacy id (``gpt2``) is used
+    as is."""
+    from huggingface_hub import try_to_load_from_cache
+
+    target = ALIASES.get(name, name)
+    legacy = target.split("/", 1)[1] if target.startswith(("openai-community/", "distilbert/")) else None
+    for candidate in dict.fromkeys(c for c in (name, target, legacy) if c):
+        try:
+            hit = try_to_load_from_cache(candidate, "config.json")
+        except Exception:  # malformed ids are reported by the real load
+            hit = None
+        if isinstance(hit, str):
+            return candidate, True
+    return target, False
+
+
+def _check_hub_reachable(name: str, source: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not after a minute of retries, when a hub model is neither cached nor
+    downloadable."""
+    import socket
+    from urllib.parse import urlparse
+
+    if hub_offline():
+        raise ModelLoadError(
+            f"model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+            "unset it to download once, or pass a local folder"
+        )
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise ModelLoadError(
+            f"model {name!r} ({source}) is not a local folder, not in the local Hugging Face cache, and the hub "
+            f"({host}) cannot be reached: {e.strerror or e}. Connect once to download it, or pass a local folder"
+        ) from None

@@ -1,0 +1,5 @@
+import sys
+
+from logitscope.cli import main
+
+sys.exit(main())

@@ -1,0 +1,158 @@
+"""The ``logitscope`` command: prompts and a model in, results.json and report.html out."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from logitscope import __version__
+from logitscope.errors import InputError, LogitscopeError
+
+EXAMPLES = """\
+examples:
+  logitscope run --model gpt2-small --prompts seed --out runs/seed
+      the seed notebook's IOI study on GPT-2 small (downloaded once, then cached)
+  logitscope run --model ./my-checkpoint --prompts prompts.jsonl --out runs/mine
+      a local folder (never touches the network) and your own prompts, one JSON object a line:
+      {"prompt": "When John and Mary went to the shops, John gave the bag to",
+       "correct": " Mary", "incorrect": " John"}
+  logitscope run --model gpt2-small --prompts ioi:2000 --seed 1 --out runs/ioi
+      2,000 prompts from the IOI paper's templates, with 95% bootstrap intervals
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="logitscope",
+        description="Which parts of a language model write the answer? Logit difference, logit lens, "
+        "layer and head attribution (TransformerLens's conventions), attention of the top heads, "
+        "and a self-contained report.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"logitscope {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        help="run the study and write results.json and report.html",
+        description="Run the direct-logit-attribution study on a model and a prompt set; write "
+        "DIR/results.json, DIR/per_prompt_heads.npy and DIR/report.html (atomically: a failed run "
+        "leaves earlier files in DIR untouched), and print a summary.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--model", required=True, help="hub id or TransformerLens alias (gpt2-small, ...), or a local folder")
+    run.add_argument(
+        "--prompts",
+        required=True,
+        help="seed | arena | ioi:N | ioi-abba:N | ioi-baba:N | a .jsonl file of {prompt, correct, incorrect}",
+    )
+    run.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    run.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N, mps")
+    run.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"],
+                     help="weights' dtype (attributions are computed in float32 whatever this is)")
+    run.add_argument("--device-map", default=None, metavar="MAP",
+                     help="e.g. auto: shard a large model over the available GPUs (needs accelerate)")
+    run.add_argument("--top-k", type=int, default=3, help="how many top positive and negative heads (default 3)")
+    run.add_argument("--batch-size", type=int, default=None, help="prompts per forward pass (default: from memory)")
+    run.add_argument("--seed", type=int, default=0, help="seed for generated prompts and bootstrap intervals")
+    run.add_argument("--attention-prompt", type=int, default=0, metavar="I",
+                     help="index of the prompt whose attention patterns are shown (default 0, the first)")
+    bos = run.add_mutually_exclusive_group()
+    bos.add_argument("--prepend-bos", dest="prepend_bos", action="store_true", default=None,
+                     help="prepend the BOS token to every prompt (default: the family's TransformerLens habit)")
+    bos.add_argument("--no-prepend-bos", dest="prepend_bos", action="store_false")
+    run.add_argument("--no-report", action="store_true", help="skip report.html")
+    run.add_argument("--quiet", action="store_true", help="no progress bar or warnings")
+    run.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _run(args)
+    except LogitscopeError as e:
+        if args.debug:
+            raise
+        print(f"logitscope: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("logitscope: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as e:  # an unexpected failure: say so plainly, traceback with --debug
+        if args.debug:
+            raise
+        print(f"logitscope: error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _warn(msg: str, args: argparse.Namespace) -> None:
+    if not args.quiet:
+        print(f"logitscope: warning: {msg}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from logitscope.io import check_out_dir
+    from logitscope.models.load import resolve_device
+    from logitscope.tasks.lint import lint_prompts
+    from logitscope.tasks.prompts import BUILTIN_SETS, load_prompts
+
+    # Everything that can be checked without the model is checked first, so a typo costs no load.
+    check_out_dir(args.out)
+    for flag, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} {value}: must be at least 1")
+    if args.device_map is None:
+        resolve_device(args.device)
+    generated = args.prompts.split(":", 1)[0] in ("ioi", "ioi-abba", "ioi-baba")
+    prompts = None if generated else load_prompts(args.prompts, seed=args.seed)
+
+    _quiet_libraries()
+    from logitscope.models.load import load_model
+    from logitscope.study import run_study
+
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+    if prompts is None:
+        prompts = load_prompts(args.prompts, seed=args.seed, tokenizer=lm.tokenizer)
+    if not generated:
+        for w in lint_prompts(prompts):
+            if args.prompts in BUILTIN_SETS and "double space" in w and args.prompts == "seed":
+                w = "the seed's prompts contain a double space ('shops,  John'), kept byte for byte as in the seed notebook"
+            _warn(w, args)
+    result = run_study(
+        prompts,
+        lm,
+        batch_size=args.batch_size,
+        top_k=args.top_k,
+        attention_prompt=args.attention_prompt,
+        prepend_bos=args.prepend_bos,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    out = result.save(args.out, report=not args.no_report)
+    print(result.summary())
+    written = ["results.json", "per_prompt_heads.npy"] + ([] if args.no_report else ["report.html"])
+    print(f"wrote {', '.join(str(Path(out) / w) for w in written)}")
+    return 0
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - logging tweaks are best-effort
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

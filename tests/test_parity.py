@@ -1,0 +1,214 @@
+"""Every number logitscope reports equals TransformerLens 3.9's, on hard random weights.
+
+The oracle (tests/oracle.py) builds a random-weight Hugging Face checkpoint whose every bias and
+norm parameter is non-trivial, and the ``HookedTransformer`` TransformerLens would build from it.
+The reference below is the seed notebook's own code path (``run_with_cache``, ``accumulated_resid``,
+``decompose_resid``, ``stack_head_results``, ``apply_ln_to_stack``, ``tokens_to_residual_directions``).
+
+Tolerances: 1e-4 absolute on every logit-scale number, as the issue asks. Both sides compute in
+float32 through different but equivalent arithmetic (TL folds and centres weights, we project raw
+activations on a folded direction; HF uses sdpa, TL its own attention), so agreement is limited by
+float32 summation-order noise: observed ~1e-7 on the tiny model and ~1e-6 on GPT-2 small's shape,
+i.e. 1e-4 leaves two orders of magnitude of margin while any convention error (a missing γ, a
+value bias left in a head, an uncentred direction) moves numbers by 1e-2 or more on these weights.
+Attention patterns are probabilities: 1e-5.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import einops
+import numpy as np
+import pytest
+import torch
+
+import logitscope as ls
+from oracle import SEED_FLAGS, make_hf_model, save_checkpoint, tl_default_flags, tl_model
+
+ATOL = 1e-4
+PATTERN_ATOL = 1e-5
+
+
+@dataclass
+class Reference:
+    logit_diff: np.ndarray  # [N]
+    prob_correct: np.ndarray
+    direct: np.ndarray  # [N]
+    logit_lens: np.ndarray  # [n, N]
+    lens_labels: list[str]
+    layers: np.ndarray  # [n, N]
+    layer_labels: list[str]
+    heads: np.ndarray  # [L, H, N]
+    bias_b_u: np.ndarray  # [N]: b_U[correct] - b_U[incorrect] of the processed model
+    pattern0: np.ndarray  # [L, H, T, T] for prompt 0
+
+
+@torch.no_grad()
+def tl_reference(tl, ids: list[list[int]], correct: np.ndarray, incorrect: np.ndarray, *, incl_mid: bool = True) -> Reference:
+    """The seed's computations, per prompt. Prompts are batched only with others of the same
+    length, so index -1 is every prompt's own last token, as in the seed."""
+    n, L = len(ids), tl.cfg.n_layers
+    out: dict[str, list] = {k: [None] * n for k in ("ld", "pc", "direct", "lens", "layers", "heads", "bu")}
+    labels: dict[str, list[str]] = {}
+    pattern0 = None
+    by_len: dict[int, list[int]] = {}
+    for i, x in enumerate(ids):
+        by_len.setdefault(len(x), []).append(i)
+    for idx in by_len.values():
+        tokens = torch.tensor([ids[i] for i in idx])
+        answers = torch.tensor([[correct[i], incorrect[i]] for i in idx])
+        logits, cache = tl.run_with_cache(tokens)
+        final = logits[:, -1, :]
+        pair = final.gather(-1, answers)
+        ld = pair[:, 0] - pair[:, 1]
+        pc = torch.softmax(final, -1).gather(-1, answers[:, :1])[:, 0]
+        dirs = tl.tokens_to_residual_directions(answers)
+        ldd = dirs[:, 0] - dirs[:, 1]
+
+        def project(stack):
+            scaled = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)
+            return einops.einsum(scaled, ldd, "... batch d_model, batch d_model -> ... batch")
+
+        direct = project(cache["resid_post", -1][:, -1, :])
+        acc, labels["lens"] = cache.accumulated_resid(layer=-1, incl_mid=incl_mid, pos_slice=-1, return_labels=True)
+        per_layer, labels["layers"] = cache.decompose_resid(layer=-1, pos_slice=-1, return_labels=True)
+        heads = cache.stack_head_results(layer=-1, pos_slice=-1)
+        heads = einops.rearrange(heads, "(layer head) ... -> layer head ...", layer=L)
+        lens, layers, head_vals = project(acc), project(per_layer), project(heads)
+        b_u = tl.b_U[answers[:, 0]] - tl.b_U[answers[:, 1]]
+        for j, i in enumerate(idx):
+            out["ld"][i], out["pc"][i], out["direct"][i] = float(ld[j]), float(pc[j]), float(direct[j])
+            out["lens"][i], out["layers"][i] = lens[:, j].numpy(), layers[:, j].numpy()
+            out["heads"][i], out["bu"][i] = head_vals[:, :, j].numpy(), float(b_u[j])
+            if i == 0:
+                pattern0 = torch.stack([cache["pattern", layer][j] for layer in range(L)]).numpy()
+    return Reference(
+        logit_diff=np.array(out["ld"]),
+        prob_correct=np.array(out["pc"]),
+        direct=np.array(out["direct"]),
+        logit_lens=np.stack(out["lens"], -1),
+        lens_labels=labels["lens"],
+        layers=np.stack(out["layers"], -1),
+        layer_labels=labels["layers"],
+        heads=np.stack(out["heads"], -1),
+        bias_b_u=np.array(out["bu"]),
+        pattern0=pattern0,
+    )
+
+
+def token_ids(result: ls.StudyResult, tokenizer) -> list[list[int]]:
+    bos = [tokenizer.bos_token_id] if result.prepend_bos else []
+    return [bos + tokenizer.encode(p.text) for p in result.prompts]
+
+
+def assert_matches(result: ls.StudyResult, ref: Reference) -> None:
+    """Per prompt and in results.json (means), every number within ATOL."""
+    close = lambda a, b, what: np.testing.assert_allclose(a, b, rtol=0, atol=ATOL, err_msg=what)  # noqa: E731
+    close(result.logit_diff, ref.logit_diff, "logit diff")
+    close(result.prob_correct, ref.prob_correct, "probability of the correct answer")
+    close(result.direct, ref.direct, "DLA check (scaled final residual)")
+    assert result.logit_lens_labels == ref.lens_labels
+    close(result.logit_lens_per_prompt, ref.logit_lens, "logit lens")
+    assert result.layer_labels == ref.layer_labels
+    close(result.layer_attribution_per_prompt, ref.layers, "layer attribution")
+    close(result.heads, ref.heads, "head attribution")
+    # TL's logits carry the processed unembedding bias, which DLA leaves out: ours is final_bias.
+    close(result.final_bias, ref.bias_b_u, "final norm bias term (TL's b_U difference)")
+    np.testing.assert_allclose(result.attention.patterns, ref.pattern0, rtol=0, atol=PATTERN_ATOL)
+
+    doc = json.loads(json.dumps(result.to_dict()))
+    n = len(result.prompts)
+    close(doc["logit_diff"]["mean"], ref.logit_diff.sum() / n, "results.json logit_diff.mean")
+    close(doc["logit_diff"]["per_prompt"], ref.logit_diff, "results.json per_prompt")
+    close([p["logit_diff"] for p in doc["prompts"]], ref.logit_diff, "results.json prompts")
+    close(doc["dla_check"]["direct"], ref.direct.sum() / n, "results.json dla_check.direct")
+    close(doc["logit_lens"]["values"], ref.logit_lens.sum(-1) / n, "results.json logit_lens")
+    close(doc["layer_attribution"]["values"], ref.layers.sum(-1) / n, "results.json layer_attribution")
+    mean_heads = ref.heads.sum(-1) / n
+    close(doc["head_attribution"]["values"], mean_heads, "results.json head_attribution")
+    flat = mean_heads.reshape(-1)
+    H = mean_heads.shape[1]
+    k = result.top_k
+    for sign, key in ((1, "positive"), (-1, "negative")):
+        want = torch.topk(torch.tensor(flat * sign), k).indices.tolist()
+        got = doc["top_heads"][key]
+        assert [(h["layer"], h["head"]) for h in got] == [(i // H, i % H) for i in want], key
+        close([h["value"] for h in got], flat[want], f"top {key} heads")
+
+
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory):
+    hf = make_hf_model("gpt2", size="tiny", seed=1)
+    path = save_checkpoint(hf, tmp_path_factory.mktemp("tiny-gpt2"))
+    return hf, path
+
+
+def test_seed_study_matches_transformerlens_tiny(tiny_gpt2, gpt2_tokenizer):
+    hf, path = tiny_gpt2
+    result = ls.run_study("seed", str(path), device="cpu")
+    tl = tl_model(hf, "gpt2", **SEED_FLAGS)
+    ids = token_ids(result, gpt2_tokenizer)
+    assert {len(x) for x in ids} == {16}
+    ref = tl_reference(tl, ids, result.correct_ids, result.incorrect_ids)
+    assert_matches(result, ref)
+    # The weights are hard enough that the conventions matter (a test that cannot fail is none).
+    assert np.abs(result.final_bias).max() > 1e-2
+    assert np.abs(result.heads).max() > 1e-2
+
+
+def test_value_bias_convention_is_what_tl_does_with_the_seed_flags(tiny_gpt2, gpt2_tokenizer):
+    """Without fold_value_biases/refactor, TL's heads keep their value bias: our heads must differ
+    from that model by a visible amount (so the parity above is a real check of the convention)."""
+    hf, path = tiny_gpt2
+    result = ls.run_study("arena", str(path), device="cpu")
+    tl_raw = tl_model(hf, "gpt2", **{**SEED_FLAGS, "fold_value_biases": False, "refactor_factored_attn_matrices": False})
+    ref = tl_reference(tl_raw, token_ids(result, gpt2_tokenizer), result.correct_ids, result.incorrect_ids)
+    assert np.abs(result.heads - ref.heads).max() > 1e-2
+
+
+def test_prompts_of_different_lengths(tiny_gpt2, gpt2_tokenizer, tmp_path):
+    hf, path = tiny_gpt2
+    rows = [
+        ("When Mary and John went to the store, John gave a drink to", " Mary", " John"),
+        ("Then, John and Mary had a long argument, and afterwards John said to", " Mary", " John"),
+        ("The capital of France is", " Paris", " London"),
+        ("After the lunch, Tom and Amy went to the park. Amy gave a ball to", " Tom", " Amy"),
+        ("Friends Dan and Sid found a ring at the school. Sid gave it to", " Dan", " Sid"),
+    ]
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"prompt": p, "correct": c, "incorrect": i}) for p, c, i in rows) + "\n")
+    batched = ls.run_study(str(jsonl), str(path), device="cpu", batch_size=4)
+    assert len(set(batched.n_tokens.tolist())) >= 4
+    tl = tl_model(hf, "gpt2", **SEED_FLAGS)
+    ref = tl_reference(tl, token_ids(batched, gpt2_tokenizer), batched.correct_ids, batched.incorrect_ids)
+    assert_matches(batched, ref)
+    # Each prompt alone gives the same numbers as in a padded batch.
+    alone = ls.run_study(str(jsonl), str(path), device="cpu", batch_size=1)
+    for name in ("logit_diff", "direct", "heads", "attn", "mlp", "embed", "pos_embed"):
+        np.testing.assert_allclose(getattr(alone, name), getattr(batched, name), rtol=0, atol=1e-5, err_msg=name)
+
+
+def test_complete_decomposition_adds_up_per_prompt(tiny_gpt2):
+    hf, path = tiny_gpt2
+    result = ls.run_study("ioi:64", str(path), device="cpu", batch_size=16)
+    parts = result.decomposition_per_prompt
+    assert parts.shape == (len(result.decomposition_labels), 64)
+    np.testing.assert_allclose(parts.sum(0), result.logit_diff, rtol=0, atol=ATOL)
+    # Heads plus the attention bias (value biases included) are the attention layer's output.
+    np.testing.assert_allclose(result.heads.sum(1) + result.attn_bias, result.attn, rtol=0, atol=ATOL)
+    # The final norm's bias term is what separates the DLA check from the logit difference.
+    np.testing.assert_allclose(result.direct + result.final_bias, result.logit_diff, rtol=0, atol=ATOL)
+    assert np.abs(result.final_bias).max() > 1e-2  # non-trivial on these weights
+
+
+@pytest.mark.slow
+def test_seed_study_matches_transformerlens_gpt2_small_shape(tmp_path, gpt2_tokenizer):
+    hf = make_hf_model("gpt2", size="small", seed=2)
+    path = save_checkpoint(hf, tmp_path / "small")
+    result = ls.run_study("seed", str(path), device="cpu")
+    tl = tl_model(hf, "gpt2", **SEED_FLAGS)
+    ref = tl_reference(tl, token_ids(result, gpt2_tokenizer), result.correct_ids, result.incorrect_ids)
+    assert_matches(result, ref)
