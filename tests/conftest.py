@@ -15,3 +15,11 @@ def gpt2_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(GPT2_TOKENIZER))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory):
+    """A 2-layer GPT-2 checkpoint with hard random weights and the real GPT-2 tokenizer."""
+    from oracle import make_hf_model, save_checkpoint
+
+    return save_checkpoint(make_hf_model("gpt2", size="tiny", seed=1), tmp_path_factory.mktemp("tiny-gpt2"))

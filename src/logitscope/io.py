@@ -18,8 +18,10 @@ def check_out_dir(out_dir: str | Path) -> Path:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out_dir}: is a file, not a folder; choose a folder path")
     parent = out if out.exists() else _existing_parent(out)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"--out {out_dir}: cannot write into {parent} (permission denied); choose another folder")
+    try:  # the only reliable test (root passes os.access; read-only mounts don't show in modes)
+        Path(tempfile.mkdtemp(prefix=".logitscope-probe-", dir=parent)).rmdir()
+    except OSError as e:
+        raise InputError(f"--out {out_dir}: cannot write into {parent} ({e.strerror}); choose another folder") from None
     return out
 
 

@@ -1,0 +1,170 @@
+"""The command line: end to end on a tiny local checkpoint, and every bad input a clear error
+that writes nothing and keeps earlier results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from logitscope.cli import main
+
+ROW = {"prompt": "When Mary and John went to the store, John gave a drink to", "correct": " Mary", "incorrect": " John"}
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.exists() else {}
+
+
+def leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}.tmp-")]
+
+
+def test_run_end_to_end(tiny_gpt2_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--out", str(out), "--quiet", "--no-report"]) == 0
+    stdout = capsys.readouterr().out
+    assert "mean logit diff" in stdout and "top positive heads" in stdout
+    doc = json.loads((out / "results.json").read_text())
+    for key in ("model", "n_prompts", "prompts", "logit_diff", "dla_check", "logit_lens", "layer_attribution",
+                "head_attribution", "top_heads"):
+        assert key in doc, key
+    assert doc["n_prompts"] == 8 and len(doc["prompts"]) == 8
+    assert set(doc["prompts"][0]) >= {"prompt", "correct", "incorrect", "correct_id", "incorrect_id", "logit_diff"}
+    assert np.array(doc["head_attribution"]["values"]).shape == (2, 4)
+    assert doc["logit_lens"]["labels"] == ["0_pre", "0_mid", "1_pre", "1_mid", "final_post"]
+    heads = np.load(out / "per_prompt_heads.npy")
+    assert heads.shape == (8, 2, 4) and heads.dtype == np.float32
+    np.testing.assert_allclose(heads.mean(0), doc["head_attribution"]["values"], atol=1e-6)
+    assert f"{doc['logit_diff']['mean']:.4f}" in stdout
+
+
+def test_console_script_help_and_version():
+    exe = Path(sys.executable).with_name("logitscope")
+    top = subprocess.run([exe, "--help"], capture_output=True, text=True)
+    assert top.returncode == 0 and "examples:" in top.stdout and "run" in top.stdout
+    run = subprocess.run([exe, "run", "--help"], capture_output=True, text=True)
+    assert run.returncode == 0 and "--prompts" in run.stdout and "ioi:N" in run.stdout and "examples:" in run.stdout
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("logitscope ")
+
+
+def _fail(argv: list[str], capsys, expected: str) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code != 0, err
+    assert "Traceback" not in err
+    assert expected in err, err
+    return err
+
+
+def test_bad_inputs_are_clear_errors_that_write_nothing(tiny_gpt2_dir, tmp_path, capsys):
+    out = tmp_path / "keep"
+    assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--out", str(out), "--quiet", "--no-report"]) == 0
+    before = snapshot(out)
+    assert set(before) == {"results.json", "per_prompt_heads.npy"}
+    capsys.readouterr()
+
+    model = ["--model", str(tiny_gpt2_dir)]
+    long_prompt = " ".join(["word"] * 100)
+    cases = {
+        "missing model folder": (["--model", str(tmp_path / "nope")], "seed", "model folder not found"),
+        "folder that is no model": (["--model", str(tmp_path)], "seed", "has no config.json"),
+        "hub id without network": (["--model", "no-such-org/no-such-model"], "seed", "no-such-org/no-such-model"),
+        "prompts file missing": (model, str(tmp_path / "missing.jsonl"), "prompts file not found"),
+        "prompts file empty": (model, write_jsonl(tmp_path / "empty.jsonl", [""]), "prompts file is empty"),
+        "not JSON at line 2": (model, write_jsonl(tmp_path / "bad.jsonl", [ROW, "{nope"]), "bad.jsonl:2: not valid JSON"),
+        "row missing a field": (model, write_jsonl(tmp_path / "field.jsonl", [{"prompt": "x", "correct": " a"}]),
+                                "field.jsonl:1: missing field 'incorrect'"),
+        "answer not one token": (model, write_jsonl(tmp_path / "tok.jsonl", [{**ROW, "correct": " Maryanne-Louise"}]),
+                                 "answer ' Maryanne-Louise' is"),
+        "answer without space": (model, write_jsonl(tmp_path / "tok2.jsonl", [{**ROW, "correct": "Maryanne"}]),
+                                 "with a leading space"),
+        "correct equals incorrect": (model, write_jsonl(tmp_path / "same.jsonl", [{**ROW, "incorrect": " Mary"}]),
+                                     "are the same token"),
+        "prompt too long": (model, write_jsonl(tmp_path / "long.jsonl", [{**ROW, "prompt": long_prompt}]),
+                            "longer than the model's context of 64"),
+        "unknown prompt set": (model, "sed", "unknown prompt set 'sed'"),
+        "bad ioi count": (model, "ioi:lots", "N must be a whole number"),
+    }
+    for name, (model_args, prompts, expected) in cases.items():
+        err = _fail(["run", *model_args, "--prompts", str(prompts), "--out", str(out)], capsys, expected)
+        assert snapshot(out) == before, name
+        assert not leftovers(out), name
+        if name == "answer not one token":
+            assert "tokens [" in err  # shows how it tokenizes
+        if name in ("prompts file missing", "not JSON at line 2"):
+            assert str(tmp_path) in err  # names the path
+
+    # --out problems and an unavailable device are caught before any work.
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    _fail(["run", *model, "--prompts", "seed", "--out", str(a_file)], capsys, "is a file, not a folder")
+    _fail(["run", *model, "--prompts", "seed", "--out", str(a_file / "sub")], capsys, "is a file, not a folder")
+    _fail(["run", *model, "--prompts", "seed", "--out", "/proc/logitscope-test/out"], capsys, "cannot write into /proc")
+    _fail(["run", *model, "--prompts", "seed", "--out", str(out), "--device", "cuda:7"], capsys, "--device cuda:7")
+    _fail(["run", *model, "--prompts", "seed", "--out", str(out), "--device", "toaster"], capsys, "not a device name")
+    _fail(["run", *model, "--prompts", "seed", "--out", str(out), "--top-k", "0"], capsys, "--top-k 0")
+    assert snapshot(out) == before
+
+
+def test_failure_while_writing_keeps_earlier_results(tiny_gpt2_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "keep"
+    args = ["run", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--out", str(out), "--quiet", "--no-report"]
+    assert main(args) == 0
+    before = snapshot(out)
+
+    import logitscope.results as results
+
+    def broken_save(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(results.np, "save", broken_save)
+    capsys.readouterr()
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code != 0 and "No space left on device" in err and "Traceback" not in err
+    assert snapshot(out) == before
+    assert not leftovers(out)
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    exe = Path(sys.executable).with_name("logitscope")
+    args = [exe, "run", "--model", str(tmp_path / "nope"), "--prompts", "seed", "--out", str(tmp_path / "o")]
+    plain = subprocess.run(args, capture_output=True, text=True)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    assert plain.stderr.strip().splitlines() == [f"logitscope: error: model folder not found: {tmp_path / 'nope'}"]
+    debug = subprocess.run(args + ["--debug"], capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_prompt_lint_warns_but_runs(tiny_gpt2_dir, tmp_path, capsys):
+    rows = [
+        {"prompt": "When Mary and  John went to the store, John gave a drink to", "correct": " Mary", "incorrect": " John"},
+        {"prompt": "When Mary and John went to the store, John gave a drink to ", "correct": " Mary", "incorrect": " John"},
+        {"prompt": "When Mary and John went to the store, John gave a drink to", "correct": "Mary", "incorrect": " John"},
+        {"prompt": "The capital of France is", "correct": " Paris", "incorrect": " London"},
+    ]
+    jsonl = write_jsonl(tmp_path / "lint.jsonl", rows)
+    out = tmp_path / "o"
+    assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", str(jsonl), "--out", str(out), "--no-report"]) == 0
+    err = capsys.readouterr().err
+    assert "1 of 4 prompts contain a double space" in err and "[line 1]" in err
+    assert "1 of 4 prompts end in a space" in err and "[line 2]" in err
+    assert "1 of 4 prompts have an answer without a leading space" in err and "[line 3]" in err
+    assert "1 of 4 prompts have an answer word that does not occur in the prompt" in err and "[line 4]" in err
+    assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--out", str(out), "--no-report"]) == 0
+    assert "the seed's prompts contain a double space" in capsys.readouterr().err
+    assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", str(jsonl), "--out", str(out), "--quiet", "--no-report"]) == 0
+    assert "warning" not in capsys.readouterr().err
