@@ -212,3 +212,37 @@ def test_seed_study_matches_transformerlens_gpt2_small_shape(tmp_path, gpt2_toke
     tl = tl_model(hf, "gpt2", **SEED_FLAGS)
     ref = tl_reference(tl, token_ids(result, gpt2_tokenizer), result.correct_ids, result.incorrect_ids)
     assert_matches(result, ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# Beyond GPT-2: each family against TransformerLens with the processing it applies by default.
+OTHER_FAMILIES = ["gpt_neo", "gpt_neox", "llama", "mistral", "qwen2"]
+
+
+@pytest.mark.parametrize("family", OTHER_FAMILIES)
+def test_family_matches_transformerlens(family, tmp_path, gpt2_tokenizer):
+    hf = make_hf_model(family, size="tiny", seed=3)
+    path = save_checkpoint(hf, tmp_path / family)
+    result = ls.run_study("arena", str(path), device="cpu")
+    assert result.family == family
+    tl = tl_model(hf, family, **tl_default_flags(family))
+    ids = token_ids(result, gpt2_tokenizer)
+    ref = tl_reference(tl, ids, result.correct_ids, result.incorrect_ids, incl_mid=not result.parallel_attn_mlp)
+    assert_matches(result, ref)
+    assert result.norm == ("RMSNorm" if family in ("llama", "mistral", "qwen2") else "LayerNorm")
+    assert (result.pos_embed is None) == (family not in ("gpt2", "gpt_neo"))
+    assert ("pos_embed" in result.layer_labels) == (family in ("gpt2", "gpt_neo"))
+    assert result.parallel_attn_mlp == (family == "gpt_neox")
+    np.testing.assert_allclose(result.decomposition_per_prompt.sum(0), result.logit_diff, rtol=0, atol=ATOL)
+    assert np.abs(result.heads).max() > 1e-2
+
+
+def test_unknown_architecture_is_a_clear_error(tmp_path):
+    from transformers import BloomConfig, BloomForCausalLM
+
+    from oracle import save_checkpoint as save
+
+    model = BloomForCausalLM(BloomConfig(n_layer=1, hidden_size=32, n_head=2, vocab_size=50257))
+    path = save(model, tmp_path / "bloom")
+    with pytest.raises(ls.ModelLoadError, match=r"unsupported architecture 'BloomForCausalLM'.*supports: gpt2 \(GPT2LMHeadModel\), gpt_neo"):
+        ls.run_study("arena", str(path), device="cpu")

@@ -174,7 +174,7 @@ def run_study(
         model=lm.name,
         family=lm.adapter.family,
         norm=lm.adapter.norm,
-        parallel_attn_mlp=lm.adapter.parallel_attn_mlp,
+        parallel_attn_mlp=lm.adapter.parallel_attn_mlp(lm.model.config),
         device=str(lm.device),
         dtype=str(next(lm.model.parameters()).dtype).replace("torch.", ""),
         n_layers=lm.shape.n_layers,

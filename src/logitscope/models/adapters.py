@@ -31,7 +31,7 @@ class Adapter:
     family: str
     architectures: tuple[str, ...]
     norm: str  # "LayerNorm" (centres, has a bias) or "RMSNorm"
-    parallel_attn_mlp: bool  # attention and MLP read the same residual (no resid_mid)
+    parallel_attn_mlp: Callable[[object], bool]  # from the config: attention and MLP read the same residual
     base: Callable[[nn.Module], nn.Module]
     blocks: Callable[[nn.Module], nn.ModuleList]
     embed: Callable[[nn.Module], nn.Embedding]
@@ -75,11 +75,38 @@ def _gpt2_value_bias(block: nn.Module, shape: ModelShape) -> torch.Tensor:
     return b_v + block.ln_1.bias @ w_v
 
 
+def _linear_value_bias(v_proj: nn.Linear, norm: nn.Module, shape: ModelShape) -> torch.Tensor | None:
+    """``b_V + β·W_V`` for a separate value projection, repeated for grouped-query heads."""
+    bias = v_proj.bias.detach().float() if v_proj.bias is not None else None
+    beta = getattr(norm, "bias", None)
+    if beta is not None:
+        through = v_proj.weight.detach().float() @ beta.detach().float()  # Linear: [out, in]
+        bias = through if bias is None else bias + through
+    if bias is None:
+        return None
+    n_kv = bias.shape[0] // shape.d_head
+    group = shape.n_heads // n_kv
+    return bias.view(n_kv, shape.d_head).repeat_interleave(group, dim=0).reshape(-1)
+
+
+def _neox_value_bias(block: nn.Module, shape: ModelShape) -> torch.Tensor:
+    # query_key_value's output is viewed as [n_heads, 3 * d_head]: per head q, then k, then v.
+    qkv = block.attention.query_key_value
+    dh = shape.d_head
+    rows = torch.arange(shape.n_heads * 3 * dh, device=qkv.weight.device).view(shape.n_heads, 3, dh)[:, 2].reshape(-1)
+    w_v, b_v = qkv.weight[rows].float(), qkv.bias[rows].float()
+    return b_v + w_v @ block.input_layernorm.bias.float()
+
+
+def _never(cfg: object) -> bool:
+    return False
+
+
 GPT2 = Adapter(
     family="gpt2",
     architectures=("GPT2LMHeadModel",),
     norm="LayerNorm",
-    parallel_attn_mlp=False,
+    parallel_attn_mlp=_never,
     base=lambda m: m.transformer,
     blocks=lambda m: m.transformer.h,
     embed=lambda m: m.transformer.wte,
@@ -93,7 +120,68 @@ GPT2 = Adapter(
     n_heads=lambda cfg: cfg.n_head,
 )
 
-ADAPTERS: tuple[Adapter, ...] = (GPT2,)
+GPT_NEO = Adapter(
+    family="gpt_neo",
+    architectures=("GPTNeoForCausalLM",),
+    norm="LayerNorm",
+    parallel_attn_mlp=_never,
+    base=lambda m: m.transformer,
+    blocks=lambda m: m.transformer.h,
+    embed=lambda m: m.transformer.wte,
+    pos_embed=lambda m: m.transformer.wpe,
+    out_proj=lambda b: b.attn.attention.out_proj,
+    out_proj_weight=lambda b: b.attn.attention.out_proj.weight,
+    mlp=lambda b: b.mlp,
+    mlp_out_bias=lambda b: b.mlp.c_proj.bias,
+    final_norm=lambda m: m.transformer.ln_f,
+    value_bias=lambda b, s: _linear_value_bias(b.attn.attention.v_proj, b.ln_1, s),
+    n_heads=lambda cfg: cfg.num_heads,
+)
+
+GPT_NEOX = Adapter(
+    family="gpt_neox",
+    architectures=("GPTNeoXForCausalLM",),
+    norm="LayerNorm",
+    parallel_attn_mlp=lambda cfg: bool(getattr(cfg, "use_parallel_residual", True)),
+    base=lambda m: m.gpt_neox,
+    blocks=lambda m: m.gpt_neox.layers,
+    embed=lambda m: m.gpt_neox.embed_in,
+    pos_embed=lambda m: None,
+    out_proj=lambda b: b.attention.dense,
+    out_proj_weight=lambda b: b.attention.dense.weight,
+    mlp=lambda b: b.mlp,
+    mlp_out_bias=lambda b: b.mlp.dense_4h_to_h.bias,
+    final_norm=lambda m: m.gpt_neox.final_layer_norm,
+    value_bias=_neox_value_bias,
+    n_heads=lambda cfg: cfg.num_attention_heads,
+)
+
+
+def _llama_like(family: str, *architectures: str) -> Adapter:
+    return Adapter(
+        family=family,
+        architectures=architectures,
+        norm="RMSNorm",
+        parallel_attn_mlp=_never,
+        base=lambda m: m.model,
+        blocks=lambda m: m.model.layers,
+        embed=lambda m: m.model.embed_tokens,
+        pos_embed=lambda m: None,
+        out_proj=lambda b: b.self_attn.o_proj,
+        out_proj_weight=lambda b: b.self_attn.o_proj.weight,
+        mlp=lambda b: b.mlp,
+        mlp_out_bias=lambda b: b.mlp.down_proj.bias,
+        final_norm=lambda m: m.model.norm,
+        value_bias=lambda b, s: _linear_value_bias(b.self_attn.v_proj, b.input_layernorm, s),
+        n_heads=lambda cfg: cfg.num_attention_heads,
+    )
+
+
+LLAMA = _llama_like("llama", "LlamaForCausalLM")
+MISTRAL = _llama_like("mistral", "MistralForCausalLM")
+QWEN2 = _llama_like("qwen2", "Qwen2ForCausalLM")
+
+ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPT_NEOX, LLAMA, MISTRAL, QWEN2)
 
 
 def supported_architectures() -> list[str]:

@@ -118,13 +118,7 @@ def load_model(
     dev = None if device_map else resolve_device(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            source,
-            dtype=torch_dtype,
-            attn_implementation="sdpa",
-            device_map=device_map,
-            **kwargs,
-        )
+        model = _from_pretrained(AutoModelForCausalLM, source, dtype=torch_dtype, device_map=device_map, **kwargs)
     except (OSError, ValueError) as e:
         where = "that folder" if local else "the hub or the local cache"
         hint = "" if local else (
@@ -138,6 +132,17 @@ def load_model(
         model.to(dev)
     adapter = adapter_for(model)
     return wrap_model(model, tokenizer, name=name, adapter=adapter)
+
+
+def _from_pretrained(auto_cls: Any, source: str, **kwargs: Any) -> nn.Module:
+    """PyTorch's fused attention (sdpa: exact, and the fastest kernel for what we capture, which is
+    never the attention weights); families without it (GPT-Neo) fall back to eager."""
+    try:
+        return auto_cls.from_pretrained(source, attn_implementation="sdpa", **kwargs)
+    except ValueError as e:
+        if "scaled_dot_product_attention" not in str(e):
+            raise
+        return auto_cls.from_pretrained(source, attn_implementation="eager", **kwargs)
 
 
 def wrap_model(model: nn.Module, tokenizer: Any, *, name: str | None = None, adapter: Adapter | None = None) -> LoadedModel:

@@ -33,8 +33,10 @@ _HEADS = {(9, 9): 2.985, (9, 6): 1.384, (10, 0): 0.561, (10, 10): 0.48, (8, 10):
 
 
 def _prompts(n: int, rng: np.random.Generator) -> list[Prompt]:
-    out = []
-    for i in range(n):
+    first = Prompt("When John and Mary went to the shops, John gave the bag to", " Mary", " John",
+                   {"template": 1, "order": "ABBA", "io": "Mary", "s": "John"})
+    out = [first]
+    for i in range(1, n):
         t = i % len(_TEMPLATES)
         io, s = rng.choice(_NAMES, size=2, replace=False)
         order = "ABBA" if i % 2 == 0 else "BABA"

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 MAX_PROMPT_ROWS = 200
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
+META_HEADERS = {"template": "Template", "order": "Order", "io": "IO", "s": "S"}
 NORM_KINDS = {"layernorm": "LayerNorm (centred)", "rmsnorm": "RMSNorm (no centring)"}
 
 CSS = """
@@ -77,7 +78,10 @@ details summary { cursor: pointer; color: var(--accent); font-size: 13px; }
 .prompt-text { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 12.5px; background: #f6f7f9;
                border: 1px solid var(--line); border-radius: 6px; padding: 8px 10px; overflow-wrap: anywhere; }
 .cv-view { margin: 8px 0 14px; min-height: 40px; }
-.attn-group { border-top: 1px solid var(--line); margin-top: 14px; padding-top: 4px; }
+.attn-group { border-top: 1px solid var(--line); margin-top: 10px; padding-top: 2px; }
+.row.attn > div { flex: 1 1 440px; }
+.cv-view h3, .cv-view h4 { font-size: 13px; }
+.narrow { max-width: 760px; margin: 8px 0 0; }
 footer { color: var(--faint); font-size: 12px; text-align: center; margin-top: 24px; }
 """
 
@@ -244,14 +248,14 @@ def _top_heads(result: StudyResult) -> str:
     circuit = known_circuit(result)
     lo, hi = result.intervals["head_attribution"]
     ld = result.mean_logit_diff
-    headers = [("#", True), ("Head", False), ("Mean DLA", True), ("95% CI", True), ("Share of logit diff", True)]
+    headers = [("#", True), ("Head", False), ("Mean DLA", True), ("95% CI", True), ("Share", True)]
     if circuit is not None:
         headers.append(("IOI class", False))
 
     def table(sign: int) -> str:
         rows = []
         for rank, (l, h, v) in enumerate(result.top_heads(sign=sign), start=1):
-            row = [str(rank), f"<b>L{l}H{h}</b> <small>({head_name(l, h)})</small>", _num(v, 3, True), _ci(lo[l, h], hi[l, h]),
+            row = [str(rank), f"<b>L{l}H{h}</b>", _num(v, 3, True), _ci(lo[l, h], hi[l, h]),
                    f"{100 * v / ld:+.1f}%" if ld else "—"]
             if circuit is not None:
                 cls = circuit.get((l, h))
@@ -263,7 +267,7 @@ def _top_heads(result: StudyResult) -> str:
     body = (
         _caption(
             f"The {k} heads with the largest positive and the {k} with the most negative mean direct logit attribution.",
-            "Share of logit diff is the head's mean over the mean logit difference; the interval shows how stable the head's effect is across prompts.",
+            "Share is the head's mean over the mean logit difference; a narrow 95% interval means the head's effect is stable across prompts.",
         )
         + f'<div class="row"><div><h3>Top {k} positive</h3>{table(1)}</div><div><h3>Top {k} negative</h3>{table(-1)}</div></div>'
     )
@@ -304,15 +308,21 @@ def _attention(result: StudyResult, widgets: list[AttentionWidget]) -> str:
     by_key: dict[str, list[AttentionWidget]] = {}
     for w in widgets:
         by_key.setdefault(w.element_id.rsplit("-", 1)[-1], []).append(w)
+    columns = []
     for key, sign in (("positive", 1), ("negative", -1)):
         heads = result.top_heads(sign=sign)
         names = ", ".join(f"{head_name(l, h)} ({v:+.2f})" for l, h, v in heads)
+        order = ", ".join(f"Head {j} = {head_name(l, h)}" for j, (l, h, _) in enumerate(heads))
         group = [f'<div class="attn-group"><h3>Top {len(heads)} {key} heads: {names}</h3>']
         for w in by_key.get(key, []):
-            label = "Head grid (circuitsvis <code>attention_heads</code>)" if w.component == "AttentionHeads" else "Per-head patterns by token (circuitsvis <code>attention_patterns</code>)"
+            if w.component == "AttentionHeads":
+                label = "Head grid (circuitsvis <code>attention_heads</code>)"
+            else:
+                label = f"Patterns by token (circuitsvis <code>attention_patterns</code>; {order})"
             group.append(f'<p class="note">{label}</p>{w.html()}')
         group.append("</div>")
-        parts.append("".join(group))
+        columns.append("".join(group))
+    parts.append(f'<div class="row attn">{"".join(columns)}</div>')
     return _section("attention", "Attention of the top heads", "".join(parts))
 
 
@@ -321,7 +331,7 @@ def _prompts(result: StudyResult, figs: dict[str, go.Figure]) -> str:
     shown = min(n, MAX_PROMPT_ROWS)
     meta_keys = [k for k in ("template", "order", "io", "s") if any(k in p.meta for p in result.prompts[:shown])]
     headers = [("#", True), ("Prompt", False), ("Correct", False), ("Incorrect", False), ("Logit diff", True),
-               ("P(correct)", True), ("P(incorrect)", True)] + [(_e(k), False) for k in meta_keys]
+               ("P(correct)", True), ("P(incorrect)", True)] + [(META_HEADERS[k], False) for k in meta_keys]
     attn = result.attention.prompt_index if result.attention is not None else -1
     rows, classes = [], []
     for i in range(shown):
@@ -387,11 +397,8 @@ def _decomposition(result: StudyResult, figs: dict[str, go.Figure]) -> str:
             "The bars add up to the logit difference (dotted line); the residual error is what the parts miss, per prompt, and should be at "
             "floating-point level.",
         )
-        + '<div class="row"><div>'
         + _figure(figs["decomposition"], "decomposition")
-        + "</div><div>"
-        + summary
-        + "</div></div>"
+        + f'<div class="narrow">{summary}</div>'
         + f'<details><summary>All {len(labels):,} components (<code>decomposition_labels</code>)</summary><div class="scroll">{full}</div></details>'
     )
     return _section("decomposition", "Complete decomposition", body)
