@@ -122,13 +122,14 @@ def _family_config(
             attention_bias=False, mlp_bias=False, tie_word_embeddings=False, **common,
         )
     if family == "mistral":
-        # Mistral v0.2+/v0.3 style: no sliding window, rope_theta 1e6, untied.
+        # Mistral-7B-v0.1 style sliding-window attention on every layer (window 4096 there, shrunk
+        # to n_ctx // 8 so that it masks something in tests); rope_theta 1e6; untied.
         return transformers.MistralConfig(
             hidden_size=d_model, intermediate_size=d_mlp_gated, num_hidden_layers=n_layers,
             num_attention_heads=n_heads, num_key_value_heads=n_kv, head_dim=d_model // n_heads,
             hidden_act="silu", max_position_embeddings=n_ctx, rms_norm_eps=1e-5,
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-            sliding_window=None, tie_word_embeddings=False, **common,
+            sliding_window=max(2, min(4096, n_ctx // 8)), tie_word_embeddings=False, **common,
         )
     if family == "qwen2":
         # Qwen2/2.5-0.5B style: q/k/v biases, no sliding window, rope_theta 1e6, tied embeddings.
@@ -208,13 +209,27 @@ def make_hf_model(
     return model.float().eval()
 
 
+def gpt2_tokenizer() -> transformers.PreTrainedTokenizerBase:
+    """The GPT-2 tokenizer from ``tests/data/gpt2-tokenizer`` (offline)."""
+    return transformers.AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+
+
 def save_checkpoint(model: PreTrainedModel, directory: str | Path) -> Path:
-    """Save ``model`` plus the GPT-2 tokenizer files so ``Auto*.from_pretrained(directory)`` works."""
+    """Save ``model`` plus the GPT-2 tokenizer so ``Auto*.from_pretrained(directory)`` works offline.
+
+    Besides the three GPT-2 files, writes ``tokenizer.json`` (the same tokenizer, serialised by the
+    ``tokenizers`` library): transformers 5 maps ``model_type`` "mistral" to a backend that can only
+    be built from ``tokenizer.json``. Caveat: for "qwen2" checkpoints transformers 5 ignores the
+    declared ``GPT2Tokenizer`` and builds ``Qwen2Tokenizer`` (GPT-2 vocab/merges, Qwen's
+    pre-tokenizer regex: digits split one by one, different newline handling); ids are identical for
+    plain words and punctuation but differ for numbers and newlines.
+    """
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     for name in TOKENIZER_FILES:
         shutil.copyfile(TOKENIZER_DIR / name, path / name)
+    gpt2_tokenizer().backend_tokenizer.save(str(path / "tokenizer.json"))
     return path
 
 
@@ -290,12 +305,20 @@ def tl_config(hf_model: PreTrainedModel, family: str, *, fold_ln: bool = True) -
     return cfg
 
 
-def tl_model(hf_model: PreTrainedModel, family: str, **flags: bool) -> Any:
+def tl_model(
+    hf_model: PreTrainedModel,
+    family: str,
+    *,
+    tokenizer: transformers.PreTrainedTokenizerBase | None = None,
+    **flags: bool,
+) -> Any:
     """TL 3.9's ``HookedTransformer`` for ``hf_model``, built as ``from_pretrained`` would, offline.
 
     ``flags`` are load_and_process_state_dict's flags; unspecified ones default to
     ``tl_default_flags(family)`` (i.e. from_pretrained's defaults, refactor off, also for gpt2;
-    pass ``**SEED_FLAGS`` for the seed notebook's GPT-2 model).
+    pass ``**SEED_FLAGS`` for the seed notebook's GPT-2 model). ``tokenizer``: attach this one
+    (e.g. ``AutoTokenizer.from_pretrained(checkpoint_dir)``, whose folder must still exist);
+    by default TL loads the GPT-2 tokenizer from ``tests/data/gpt2-tokenizer`` itself.
     """
     from transformer_lens import HookedTransformer
 
@@ -306,7 +329,7 @@ def tl_model(hf_model: PreTrainedModel, family: str, **flags: bool) -> Any:
     cfg = tl_config(hf_model, family, fold_ln=resolved["fold_ln"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # "HookedTransformer is deprecated"
-        model = HookedTransformer(cfg, move_to_device=False)
+        model = HookedTransformer(cfg, tokenizer, move_to_device=False)
     with torch.no_grad():
         state_dict = _converter(family)(hf_model, cfg)
         state_dict = {k: v.detach().clone() for k, v in state_dict.items()}
