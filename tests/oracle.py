@@ -206,6 +206,14 @@ def make_hf_model(
     )
     assert model.config._attn_implementation == "eager"
     _randomize(model, seed)
+    if family == "gpt_neo":
+        # GPT-Neo does not divide scores by sqrt(d_head); shrink W_Q and W_K by d_head**-0.25 each
+        # so its scores have the same scale as the other families' (keeps softmax well-conditioned).
+        d_head = config.hidden_size // config.num_heads
+        with torch.no_grad():
+            for block in model.transformer.h:
+                block.attn.attention.q_proj.weight.mul_(d_head**-0.25)
+                block.attn.attention.k_proj.weight.mul_(d_head**-0.25)
     return model.float().eval()
 
 

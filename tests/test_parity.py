@@ -233,6 +233,8 @@ def test_family_matches_transformerlens(family, tmp_path, gpt2_tokenizer):
     assert (result.pos_embed is None) == (family not in ("gpt2", "gpt_neo"))
     assert ("pos_embed" in result.layer_labels) == (family in ("gpt2", "gpt_neo"))
     assert result.parallel_attn_mlp == (family == "gpt_neox")
+    assert result.prepend_bos == (family not in ("gpt_neox", "qwen2"))  # TransformerLens's habit per family
+    assert result.prepend_bos == tl.cfg.default_prepend_bos
     np.testing.assert_allclose(result.decomposition_per_prompt.sum(0), result.logit_diff, rtol=0, atol=ATOL)
     assert np.abs(result.heads).max() > 1e-2
 

@@ -296,7 +296,7 @@ def test_notebook_html(small_result: StudyResult, small_html: str):
     srcdoc = re.search(r'<iframe srcdoc="([^"]*)"', nb).group(1)
     assert html.unescape(srcdoc) == small_html
     assert "mean logit diff" in nb  # the plain-text summary, readable where iframes are not shown
-    assert re.search(r"height:\d+px", nb)
+    assert re.search(r"height:\d+px", nb) and nb.isascii()
 
 
 # ------------------------------------------------------------------------------------------ browser
@@ -396,3 +396,13 @@ def test_browser_check_catches_broken_rendering(small_html: str, tmp_path: Path)
     page.write_text(broken, encoding="utf-8")
     dom, _ = render_dom(page, tmp_path)
     assert rendering_failures(dom, FIGURES, VIEWS) == [f"figure {f}" for f in FIGURES] + [f"view {v}" for v in VIEWS]
+
+
+def test_demo_result_builds_a_report_with_the_known_circuit():
+    from logitscope.report.demo import synthetic_result
+
+    result = synthetic_result(n_prompts=50)
+    assert float(np.abs(result.decomposition_error).max()) < 1e-4
+    assert known_circuit(result) is not None
+    assert [(l, h) for l, h, _ in result.top_heads(sign=1)] == [(9, 9), (9, 6), (10, 0)]
+    assert "Known circuit" in report_html(result)

@@ -43,7 +43,8 @@ def _info(result_or_model_info: Any) -> tuple[str, str, int, int]:
     """``(model, family, n_layers, n_heads)`` from a result-like object or a mapping."""
     src = result_or_model_info
     get = src.get if isinstance(src, dict) else lambda k, d=None: getattr(src, k, d)
-    return str(get("model", "") or ""), str(get("family", "") or ""), int(get("n_layers", 0) or 0), int(get("n_heads", 0) or 0)
+    model, family = str(get("model", "") or ""), str(get("family", "") or "")
+    return model, family, int(get("n_layers", 0) or 0), int(get("n_heads", 0) or 0)
 
 
 def is_gpt2_small(result_or_model_info: Any) -> bool:

@@ -43,7 +43,7 @@ class Adapter:
     final_norm: Callable[[nn.Module], nn.Module]
     value_bias: Callable[[nn.Module, "ModelShape"], torch.Tensor | None]
     n_heads: Callable[[object], int]
-    default_prepend_bos: bool = True
+    default_prepend_bos: bool = True  # TransformerLens's default_prepend_bos for the family
 
     def unembed(self, model: nn.Module) -> nn.Linear:
         return model.get_output_embeddings()
@@ -154,10 +154,11 @@ GPT_NEOX = Adapter(
     final_norm=lambda m: m.gpt_neox.final_layer_norm,
     value_bias=_neox_value_bias,
     n_heads=lambda cfg: cfg.num_attention_heads,
+    default_prepend_bos=False,  # as TransformerLens: Pythia was trained without a BOS habit
 )
 
 
-def _llama_like(family: str, *architectures: str) -> Adapter:
+def _llama_like(family: str, *architectures: str, prepend_bos: bool = True) -> Adapter:
     return Adapter(
         family=family,
         architectures=architectures,
@@ -174,12 +175,13 @@ def _llama_like(family: str, *architectures: str) -> Adapter:
         final_norm=lambda m: m.model.norm,
         value_bias=lambda b, s: _linear_value_bias(b.self_attn.v_proj, b.input_layernorm, s),
         n_heads=lambda cfg: cfg.num_attention_heads,
+        default_prepend_bos=prepend_bos,
     )
 
 
 LLAMA = _llama_like("llama", "LlamaForCausalLM")
 MISTRAL = _llama_like("mistral", "MistralForCausalLM")
-QWEN2 = _llama_like("qwen2", "Qwen2ForCausalLM")
+QWEN2 = _llama_like("qwen2", "Qwen2ForCausalLM", prepend_bos=False)  # TransformerLens's default
 
 ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPT_NEOX, LLAMA, MISTRAL, QWEN2)
 

@@ -43,15 +43,16 @@ def write_report(result: StudyResult, path: str | Path) -> Path:
 
 
 def notebook_html(result: StudyResult, height: int = 900) -> str:
-    """A short summary, then the full report in an ``<iframe srcdoc>``: it renders offline and its
-    scripts cannot clash with the notebook's (e.g. require.js); the frame grows to fit when it can."""
+    """A short text summary, then the full report in a scrolling ``<iframe srcdoc>`` of ``height``
+    pixels: it renders offline, and its scripts cannot clash with the notebook's (e.g. require.js).
+    Non-ASCII characters are written as character references, so the frame reads the same whatever
+    encoding the notebook page declares."""
     summary = html.escape(result.summary())
-    doc = html.escape(report_html(result), quote=True)
-    grow = "try{this.style.height=(this.contentDocument.documentElement.scrollHeight+24)+'px'}catch(e){}"
+    doc = html.escape(report_html(result), quote=True).encode("ascii", "xmlcharrefreplace").decode("ascii")
     return (
         '<div class="logitscope-result">'
         f'<pre style="font-size:12px;line-height:1.4;margin:0 0 8px;white-space:pre-wrap">{summary}</pre>'
-        f'<iframe srcdoc="{doc}" title="logitscope report" loading="eager" onload="{grow}" '
+        f'<iframe srcdoc="{doc}" title="logitscope report" '
         f'style="width:100%;height:{int(height)}px;border:1px solid #e3e7ed;border-radius:8px;background:#f6f7f9"></iframe>'
         "</div>"
     )

@@ -1,10 +1,12 @@
 """A synthetic, IOI-shaped study result, to preview the report without a model.
 
 The numbers are made up but shaped like GPT-2 small on the IOI task (ARENA's head and layer
-values), and internally consistent: the parts add up to the logit difference. Used for the README
-screenshot::
+values), and internally consistent: the parts add up to the logit difference. The README's
+screenshot, ``docs/report.png``, is the top of this report::
 
-    python -m logitscope.report.demo docs/report.html
+    python -m logitscope.report.demo /tmp/demo/report.html
+    chromium --headless --no-sandbox --hide-scrollbars --virtual-time-budget=10000 \
+        --window-size=1200,2400 --screenshot=docs/report.png file:///tmp/demo/report.html
 """
 
 from __future__ import annotations
@@ -27,18 +29,20 @@ _TEMPLATES = [
     "While {a} and {b} were working at the {place}, {s} gave a {obj} to",
 ]
 # Mean direct effect of notable heads (ARENA / TransformerLens demo, 8 prompts).
-_HEADS = {(9, 9): 2.985, (9, 6): 1.384, (10, 0): 0.561, (10, 10): 0.48, (8, 10): 0.29, (10, 6): 0.288, (7, 9): 0.183,
-          (10, 1): 0.171, (7, 3): 0.135, (9, 0): 0.086, (10, 7): -1.899, (11, 10): -0.97, (11, 2): -0.388, (8, 6): -0.083,
-          (11, 6): -0.081, (11, 9): -0.04}
+_HEADS = {
+    (9, 9): 2.985, (9, 6): 1.384, (10, 0): 0.561, (10, 10): 0.48, (8, 10): 0.29, (10, 6): 0.288, (7, 9): 0.183,
+    (10, 1): 0.171, (7, 3): 0.135, (9, 0): 0.086, (10, 7): -1.899, (11, 10): -0.97, (11, 2): -0.388, (8, 6): -0.083,
+    (11, 6): -0.081, (11, 9): -0.04,
+}
 
 
 def _prompts(n: int, rng: np.random.Generator) -> list[Prompt]:
     first = Prompt("When John and Mary went to the shops, John gave the bag to", " Mary", " John",
-                   {"template": 1, "order": "ABBA", "io": "Mary", "s": "John"})
+                   {"template": 1, "order": "BABA", "io": "Mary", "s": "John"})
     out = [first]
     for i in range(1, n):
         t = i % len(_TEMPLATES)
-        io, s = rng.choice(_NAMES, size=2, replace=False)
+        io, s = (str(x) for x in rng.choice(_NAMES, size=2, replace=False))
         order = "ABBA" if i % 2 == 0 else "BABA"
         a, b = (io, s) if order == "ABBA" else (s, io)
         text = _TEMPLATES[t].format(a=a, b=b, s=s, place=rng.choice(_PLACES), obj=rng.choice(_OBJECTS))
@@ -47,7 +51,8 @@ def _prompts(n: int, rng: np.random.Generator) -> list[Prompt]:
 
 
 def _attention(n_layers: int, n_heads: int, rng: np.random.Generator) -> AttentionView:
-    tokens = ["<|endoftext|>", "When", " John", " and", " Mary", " went", " to", " the", " shops", ",", " John", " gave", " the", " bag", " to"]
+    tokens = ["<|endoftext|>", "When", " John", " and", " Mary", " went", " to", " the", " shops", ",", " John", " gave",
+              " the", " bag", " to"]
     T = len(tokens)
     logits = rng.normal(0.0, 1.0, size=(n_layers, n_heads, T, T))
     logits[..., 0] += 2.5  # attention sink on BOS
@@ -59,7 +64,13 @@ def _attention(n_layers: int, n_heads: int, rng: np.random.Generator) -> Attenti
     return AttentionView(0, tokens, (p / p.sum(-1, keepdims=True)).astype(np.float32))
 
 
-def synthetic_result(n_prompts: int = 400, n_layers: int = 12, n_heads: int = 12, seed: int = 0, model: str = "gpt2") -> StudyResult:
+def synthetic_result(
+    n_prompts: int = 400,
+    n_layers: int = 12,
+    n_heads: int = 12,
+    seed: int = 0,
+    model: str = "gpt2 (synthetic demo data)",
+) -> StudyResult:
     """An IOI-shaped result for ``model`` with per-prompt noise; the parts sum to the logit difference."""
     rng = np.random.default_rng(seed)
     N, L, H = n_prompts, n_layers, n_heads
@@ -68,7 +79,8 @@ def synthetic_result(n_prompts: int = 400, n_layers: int = 12, n_heads: int = 12
         if layer < L and head < H:
             mean[layer, head] = v
     prompt_scale = rng.lognormal(0.0, 0.25, size=N)
-    heads = mean[..., None] * prompt_scale + rng.normal(0.0, 0.02, size=(L, H, N)) + rng.normal(0, 0.15, size=(L, H, N)) * (mean[..., None] != 0)
+    noise = rng.normal(0.0, 0.02, size=(L, H, N)) + rng.normal(0.0, 0.15, size=(L, H, N)) * (mean[..., None] != 0)
+    heads = mean[..., None] * prompt_scale + noise
     attn_bias = rng.normal(0.0, 0.01, size=(L, N))
     mlp_bias = rng.normal(0.0, 0.005, size=(L, N))
     mlp = mlp_bias + rng.normal(0.02, 0.05, size=(L, N)) * np.linspace(0.2, 1.0, L)[:, None]
@@ -83,7 +95,7 @@ def synthetic_result(n_prompts: int = 400, n_layers: int = 12, n_heads: int = 12
         family="gpt2",
         norm="LayerNorm",
         parallel_attn_mlp=False,
-        device="cuda:0",
+        device="cpu",
         dtype="float32",
         n_layers=L,
         n_heads=H,

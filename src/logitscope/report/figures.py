@@ -23,7 +23,7 @@ MUTED = "#8a94a6"
 NEGATIVE = "#c0392b"
 
 
-def _base_layout(title: str, x_title: str, y_title: str, height: int = 380) -> dict:
+def _base_layout(title: str, x_title: str, y_title: str, height: int = 350) -> dict:
     """Shared look: white background, light grid, compact margins."""
     return dict(
         template="plotly_white",
@@ -49,7 +49,9 @@ def _line_with_ci(labels: list[str], values: np.ndarray, ci: tuple[np.ndarray, n
         name=name,
         line=dict(color=ACCENT, width=2),
         marker=dict(size=6, color=ACCENT),
-        error_y=dict(type="data", symmetric=False, array=hi - values, arrayminus=values - lo, color=MUTED, thickness=1.2, width=3),
+        error_y=dict(
+            type="data", symmetric=False, array=hi - values, arrayminus=values - lo, color=MUTED, thickness=1.2, width=3
+        ),
         customdata=np.stack([lo, hi], axis=-1),
         hovertemplate="%{x}: %{y:+.3f}<br>95% CI [%{customdata[0]:+.3f}, %{customdata[1]:+.3f}]<extra></extra>",
     )
@@ -57,7 +59,8 @@ def _line_with_ci(labels: list[str], values: np.ndarray, ci: tuple[np.ndarray, n
 
 def logit_lens_figure(result: StudyResult) -> go.Figure:
     """Logit difference read from the accumulated residual stream before each layer (frozen final-norm scale)."""
-    fig = go.Figure(_line_with_ci(result.logit_lens_labels, result.logit_lens, result.intervals["logit_lens"], name="logit lens"))
+    trace = _line_with_ci(result.logit_lens_labels, result.logit_lens, result.intervals["logit_lens"], name="logit lens")
+    fig = go.Figure(trace)
     fig.update_layout(**_base_layout("Logit difference from the accumulated residual stream", "Residual stream", "Logit diff"))
     fig.update_layout(hovermode="x unified")
     return fig
@@ -65,7 +68,8 @@ def logit_lens_figure(result: StudyResult) -> go.Figure:
 
 def layer_attribution_figure(result: StudyResult) -> go.Figure:
     """Direct contribution of the embeddings and of each attention and MLP layer."""
-    fig = go.Figure(_line_with_ci(result.layer_labels, result.layer_attribution, result.intervals["layer_attribution"], name="layer"))
+    trace = _line_with_ci(result.layer_labels, result.layer_attribution, result.intervals["layer_attribution"], name="layer")
+    fig = go.Figure(trace)
     fig.update_layout(**_base_layout("Logit difference from each layer", "Component", "Logit diff"))
     fig.update_layout(hovermode="x unified")
     return fig
@@ -82,7 +86,7 @@ def head_attribution_figure(result: StudyResult) -> go.Figure:
     classes = [[circuit.get((l, h), "") for h in range(n_heads)] for l in range(n_layers)]
     tags = [[IOI_CLASS_ABBREV.get(c, "") for c in row] for row in classes]
     custom = [
-        [[labels[l][h], float(lo[l, h]), float(hi[l, h]), f"<br>IOI class: {classes[l][h]}" if classes[l][h] else ""] for h in range(n_heads)]
+        [[labels[l][h], float(lo[l, h]), float(hi[l, h]), f"<br>IOI class: {c}" if c else ""] for h, c in enumerate(classes[l])]
         for l in range(n_layers)
     ]
     bound = float(np.abs(values).max()) or 1.0
@@ -95,19 +99,25 @@ def head_attribution_figure(result: StudyResult) -> go.Figure:
         zmin=-bound,
         zmax=bound,
         customdata=custom,
-        hovertemplate="<b>%{customdata[0]}</b>: %{z:+.3f}<br>95% CI [%{customdata[1]:+.3f}, %{customdata[2]:+.3f}]%{customdata[3]}<extra></extra>",
+        hovertemplate=(
+            "<b>%{customdata[0]}</b>: %{z:+.3f}<br>95% CI [%{customdata[1]:+.3f}, %{customdata[2]:+.3f}]"
+            "%{customdata[3]}<extra></extra>"
+        ),
         colorbar=dict(title=dict(text="Logit diff", side="right"), thickness=14, outlinewidth=0),
         xgap=1,
         ygap=1,
     )
     if circuit:
         heatmap.update(text=tags, texttemplate="%{text}", textfont=dict(size=9))
-    cell = int(np.clip(560 / max(n_heads, n_layers), 12, 44))
+    cell = int(np.clip(560 / max(n_heads, n_layers), 12, 60))
     layout = _base_layout("Logit difference from each head", "Head", "Layer", height=n_layers * cell + 110)
     layout["margin"] = dict(l=64, r=24, t=48, b=56)
-    layout["width"] = max(n_heads * cell + 170, 360)
+    layout["width"] = max(n_heads * cell + 170, 480)
     layout["xaxis"].update(dtick=1 if n_heads <= 16 else None, showgrid=False, showline=False, ticks="", constrain="domain")
-    layout["yaxis"].update(dtick=1 if n_layers <= 16 else None, autorange="reversed", showgrid=False, zeroline=False, scaleanchor="x", constrain="domain")
+    layout["yaxis"].update(
+        dtick=1 if n_layers <= 16 else None, autorange="reversed", showgrid=False, zeroline=False, scaleanchor="x",
+        constrain="domain",
+    )
     fig = go.Figure(heatmap)
     fig.update_layout(**layout)
     return fig
