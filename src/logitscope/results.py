@@ -194,6 +194,20 @@ class StudyResult:
         order = np.argsort(-flat, kind="stable")[: min(k, flat.size)]
         return [(int(i) // self.n_heads, int(i) % self.n_heads, float(self.head_attribution.reshape(-1)[i])) for i in order]
 
+    def _top_head_rows(self, sign: int) -> list[dict[str, Any]]:
+        from logitscope.circuits import known_circuit
+
+        circuit = known_circuit(self) or {}
+        lo, hi = self.intervals["head_attribution"]
+        rows = []
+        for layer, head, value in self.top_heads(sign=sign):
+            row = {"layer": layer, "head": head, "name": f"L{layer}H{head}", "value": value,
+                   "ci95_low": float(lo[layer, head]), "ci95_high": float(hi[layer, head])}
+            if circuit:
+                row["ioi_class"] = circuit.get((layer, head))
+            rows.append(row)
+        return rows
+
     # ------------------------------------------------------------------ statistics
     @cached_property
     def intervals(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -296,10 +310,7 @@ class StudyResult:
             "logit_lens": block(self.logit_lens, "logit_lens", labels=self.logit_lens_labels),
             "layer_attribution": block(self.layer_attribution, "layer_attribution", labels=self.layer_labels),
             "head_attribution": block(self.head_attribution, "head_attribution"),
-            "top_heads": {
-                "positive": [{"layer": l, "head": h, "value": v} for l, h, v in self.top_heads(sign=1)],
-                "negative": [{"layer": l, "head": h, "value": v} for l, h, v in self.top_heads(sign=-1)],
-            },
+            "top_heads": {key: self._top_head_rows(sign) for key, sign in (("positive", 1), ("negative", -1))},
             "decomposition": block(
                 self.decomposition_per_prompt.mean(-1),
                 "decomposition",
