@@ -168,3 +168,28 @@ def test_prompt_lint_warns_but_runs(tiny_gpt2_dir, tmp_path, capsys):
     assert "the seed's prompts contain a double space" in capsys.readouterr().err
     assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", str(jsonl), "--out", str(out), "--quiet", "--no-report"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["gpt_neo", "gpt_neox", "llama", "mistral", "qwen2"])
+def test_run_works_on_a_local_checkpoint_of_each_family(family, tmp_path, capsys):
+    from oracle import make_hf_model, save_checkpoint
+
+    path = save_checkpoint(make_hf_model(family, size="tiny", seed=4), tmp_path / family)
+    out = tmp_path / "out"
+    assert main(["run", "--model", str(path), "--prompts", "ioi:20", "--out", str(out), "--quiet"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["family"] == family
+    assert doc["norm"] == ("RMSNorm" if family in ("llama", "mistral", "qwen2") else "LayerNorm")
+    assert ("pos_embed" in doc["layer_attribution"]["labels"]) == (family == "gpt_neo")
+    assert doc["decomposition"]["max_abs_error"] < 1e-4
+    html = (out / "report.html").read_text()
+    assert ("RMSNorm (no centring)" in html) == (doc["norm"] == "RMSNorm")
+    assert f"{doc['n_prompts']}" in html
+
+
+def test_no_prepend_bos_flag(tiny_gpt2_dir, tmp_path):
+    out = tmp_path / "o"
+    assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", "arena", "--out", str(out), "--quiet",
+                 "--no-report", "--no-prepend-bos"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["prepend_bos"] is False and {p["n_tokens"] for p in doc["prompts"]} == {14}
