@@ -105,6 +105,24 @@ class Recorder:
             term = term + (self.b_U[correct].float() - self.b_U[incorrect].float())
         return term
 
+    def answer_logits(
+        self, normed: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor, chunk: int = 16384
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The two answers' logits and the log-sum-exp over the vocabulary, in float32, from the
+        final normed residual ``[B, d]``. The vocabulary is swept in chunks so neither a float32
+        copy of the unembedding nor a ``[B, vocab]`` tensor larger than a chunk is ever held."""
+
+        def logits(rows: torch.Tensor | slice) -> torch.Tensor:
+            out = normed @ self.W_U[rows].float().T
+            return out if self.b_U is None else out + self.b_U[rows].float()
+
+        lc = (normed * self.W_U[correct].float()).sum(-1)
+        li = (normed * self.W_U[incorrect].float()).sum(-1)
+        if self.b_U is not None:
+            lc, li = lc + self.b_U[correct].float(), li + self.b_U[incorrect].float()
+        parts = [torch.logsumexp(logits(slice(i, i + chunk)), dim=-1) for i in range(0, self.W_U.shape[0], chunk)]
+        return lc, li, torch.logsumexp(torch.stack(parts), dim=0)
+
     # -------------------------------------------------------------- hooks
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
         """``x[b, pos_b]`` for each prompt b: [B, T, ...] -> [B, ...] float32."""
@@ -198,17 +216,12 @@ class Recorder:
         else:
             r_c = r
         scale = torch.sqrt((r_c * r_c).mean(-1) + self.eps)  # the final norm's σ at the answer position
-        logits = (st["normed_final"].to(dev) @ self.W_U.float().T)
-        if self.b_U is not None:
-            logits = logits + self.b_U.float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        rows = torch.arange(B, device=dev)
-        lc, li = logits[rows, correct], logits[rows, incorrect]
+        lc, li, lse = self.answer_logits(st["normed_final"].to(dev), correct, incorrect)
         inv = 1.0 / scale
         out = BatchScalars(
             logit_diff=lc - li,
-            prob_correct=logprobs[rows, correct].exp(),
-            prob_incorrect=logprobs[rows, incorrect].exp(),
+            prob_correct=(lc - lse).exp(),
+            prob_incorrect=(li - lse).exp(),
             direct=(r * D).sum(-1) * inv,
             scale=scale,
             embed=st["embed"].to(dev) * inv,

@@ -12,6 +12,7 @@ import torch
 
 from logitscope.capture import BatchScalars, Recorder
 from logitscope.errors import InputError
+from logitscope.models.kernels import equivalent_kernels
 from logitscope.models.load import LoadedModel, load_model, wrap_model
 from logitscope.results import AttentionView, StudyResult
 from logitscope.tasks.prompts import Prompt, load_prompts
@@ -150,7 +151,7 @@ def run_study(
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     batches: list[BatchScalars] = []
     bar = _progress(len(prompts), progress)
-    with Recorder(lm) as rec:
+    with Recorder(lm) as rec, equivalent_kernels(lm.model):
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             T = int(lengths[idx].max())
