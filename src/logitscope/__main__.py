@@ -1,5 +1,3 @@
-import sys
+from logitscope.cli import entry
 
-from logitscope.cli import main
-
-sys.exit(main())
+entry()

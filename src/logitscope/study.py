@@ -102,7 +102,10 @@ def auto_batch_size(lm: LoadedModel, max_len: int) -> int:
         free, _ = torch.cuda.mem_get_info(lm.device)
         budget = 0.5 * free
         return int(max(1, min(4096, budget // (per_token * max_len))))
-    budget_tokens = 16384 if lm.device.type == "cpu" else 65536
+    # CPU: ~2k tokens a batch keeps the MLP's activations near the last-level cache; measured on
+    # GPT-2 small (bench/), 128 prompts of 16 tokens ran faster and with a third less peak memory
+    # than one batch of 512.
+    budget_tokens = 2048 if lm.device.type == "cpu" else 65536
     return int(max(1, min(1024, budget_tokens // max_len)))
 
 
