@@ -208,7 +208,7 @@ def _assemble(batches: list[BatchScalars], order: np.ndarray) -> dict[str, np.nd
         if parts[0] is None:
             out[name] = None
             continue
-        arr = torch.cat(parts, dim=-1).double().cpu().numpy()
+        arr = torch.cat(parts, dim=-1).cpu().double().numpy()  # float64 after the move: MPS has none
         out[name] = arr[..., inverse]
     return out
 
