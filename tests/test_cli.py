@@ -193,3 +193,34 @@ def test_no_prepend_bos_flag(tiny_gpt2_dir, tmp_path):
                  "--no-report", "--no-prepend-bos"]) == 0
     doc = json.loads((out / "results.json").read_text())
     assert doc["prepend_bos"] is False and {p["n_tokens"] for p in doc["prompts"]} == {14}
+
+
+def test_more_bad_inputs_fail_before_any_work(tiny_gpt2_dir, tmp_path, capsys):
+    out = tmp_path / "o"
+    model = ["--model", str(tiny_gpt2_dir)]
+    _fail(["run", *model, "--prompts", "seed", "--out", str(out), "--seed", "-1"], capsys, "--seed -1: must be 0 or more")
+    _fail(["run", *model, "--prompts", "seed", "--out", str(out), "--device", "cpu", "--device-map", "auto"], capsys,
+          "give one or the other")
+    assert not out.exists()
+
+
+def test_odd_metadata_in_jsonl_rows_is_kept(tiny_gpt2_dir, tmp_path):
+    rows = [{**ROW, "template": ["a", 1]}, {**ROW, "template": ["a", 1]}, {**ROW, "template": 3}]
+    jsonl = write_jsonl(tmp_path / "meta.jsonl", rows)
+    out = tmp_path / "o"
+    assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", str(jsonl), "--out", str(out), "--quiet", "--no-report"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert [r["n"] for r in doc["by_template"]] == [1, 2]  # the number first, then the list (as JSON)
+    assert doc["prompts"][0]["template"] == ["a", 1]
+
+
+def test_a_new_run_leaves_no_stale_report(tiny_gpt2_dir, tmp_path):
+    out = tmp_path / "o"
+    base = ["run", "--model", str(tiny_gpt2_dir), "--out", str(out), "--quiet"]
+    assert main(base + ["--prompts", "seed"]) == 0
+    assert (out / "report.html").exists()
+    (out / "notes.txt").write_text("mine")
+    assert main(base + ["--prompts", "arena", "--no-report"]) == 0
+    assert not (out / "report.html").exists()  # it described the earlier run
+    assert (out / "notes.txt").read_text() == "mine"  # files logitscope does not own are left alone
+    assert json.loads((out / "results.json").read_text())["prompts"][0]["prompt"].startswith("When John and Mary went to the shops, John")

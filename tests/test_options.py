@@ -73,3 +73,80 @@ def test_batch_size_does_not_change_numbers(tiny_gpt2_dir):
     for other in (b, c):
         np.testing.assert_allclose(other.heads, a.heads, rtol=0, atol=1e-5)
         np.testing.assert_allclose(other.logit_diff, a.logit_diff, rtol=0, atol=1e-5)
+
+
+def test_added_pad_token_outside_the_embedding(tiny_gpt2_dir):
+    """A tokenizer whose pad id is past the embedding (an added [PAD]) must not matter: padding
+    is never read."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_gpt2_dir))
+    tok = AutoTokenizer.from_pretrained(str(tiny_gpt2_dir))
+    tok.add_special_tokens({"pad_token": "[PAD]"})
+    assert tok.pad_token_id >= model.get_input_embeddings().weight.shape[0]
+    prompts = [ls.Prompt("When Mary and John went to the store, John gave a drink to", " Mary", " John"),
+               ls.Prompt("The capital of France is", " Paris", " London")]
+    with_pad = ls.run_study(prompts, model, tokenizer=tok, batch_size=2)
+    alone = ls.run_study(prompts, model, tokenizer=tok, batch_size=1)
+    np.testing.assert_allclose(with_pad.heads, alone.heads, rtol=0, atol=1e-5)
+
+
+def test_neox_without_attention_biases(tmp_path, gpt2_tokenizer):
+    """``attention_bias=False`` NeoX checkpoints (TransformerLens 3.9's converter cannot read
+    them, so the check is against the model's own logits and the decomposition's identities)."""
+    import transformers
+
+    hf = make_hf_model("gpt_neox", size="tiny", seed=6)
+    cfg = hf.config
+    cfg.attention_bias = False
+    bare = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    bare.load_state_dict(hf.state_dict(), strict=False)  # everything but the attention biases
+    assert bare.gpt_neox.layers[0].attention.query_key_value.bias is None
+    path = save_checkpoint(bare, tmp_path / "neox")
+    result = ls.run_study("arena", str(path), device="cpu")
+    ids = torch.tensor(token_ids(result, gpt2_tokenizer))  # NeoX: no BOS by default
+    with torch.no_grad():
+        logits = bare(ids).logits[:, -1].double().numpy()
+    rows = np.arange(len(ids))
+    want = logits[rows, result.correct_ids] - logits[rows, result.incorrect_ids]
+    np.testing.assert_allclose(result.logit_diff, want, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(result.decomposition_per_prompt.sum(0), want, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(result.heads.sum(1) + result.attn_bias, result.attn, rtol=0, atol=1e-4)
+    assert np.abs(result.attn_bias).max() > 1e-3  # the first norm's bias through W_V is still there
+
+
+def test_intervals_and_per_template_means_are_right(tiny_gpt2_dir):
+    result = ls.run_study("ioi:120", str(tiny_gpt2_dir), device="cpu", seed=3)
+    doc = result.to_dict()
+    for key in ("logit_lens", "layer_attribution", "head_attribution", "decomposition"):
+        v, lo, hi = (np.array(doc[key][k]) for k in ("values", "ci95_low", "ci95_high"))
+        assert (lo <= v + 1e-12).all() and (v <= hi + 1e-12).all(), key
+        assert (hi - lo).max() > 0, key
+    ld = doc["logit_diff"]
+    assert ld["ci95_low"] < ld["mean"] < ld["ci95_high"]
+    # Independent check of the interval's width: a normal-theory 95% interval of the mean.
+    se = result.logit_diff.std(ddof=1) / np.sqrt(result.n_prompts)
+    assert (ld["ci95_high"] - ld["ci95_low"]) == pytest.approx(2 * 1.96 * se, rel=0.25)
+    # Per-template means, recomputed by hand from the per-prompt rows.
+    groups: dict[tuple, list[float]] = {}
+    for row in doc["prompts"]:
+        groups.setdefault((row["template"], row["order"]), []).append(row["logit_diff"])
+    assert len(doc["by_template"]) == len(groups)
+    for row in doc["by_template"]:
+        values = groups[(row["template"], row["order"])]
+        assert row["n"] == len(values)
+        assert row["logit_diff_mean"] == pytest.approx(np.mean(values), abs=1e-12)
+        assert row["frac_correct"] == pytest.approx(np.mean(np.array(values) > 0))
+    templates = [row["template"] for row in doc["by_template"]]
+    assert templates == sorted(templates)  # numeric order, 1, 2, ..., 15
+
+
+def test_weights_offloaded_by_accelerate_are_a_clear_error(tiny_gpt2_dir, tmp_path):
+    pytest.importorskip("accelerate")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_gpt2_dir), device_map="auto", max_memory={"cpu": "300KB"},
+                                                 offload_folder=str(tmp_path / "offload"))
+    tok = AutoTokenizer.from_pretrained(str(tiny_gpt2_dir))
+    with pytest.raises(ls.ModelLoadError, match="offloaded to CPU or disk"):
+        ls.run_study("arena", model, tokenizer=tok)

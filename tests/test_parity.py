@@ -35,6 +35,7 @@ PATTERN_ATOL = 1e-5
 class Reference:
     logit_diff: np.ndarray  # [N]
     prob_correct: np.ndarray
+    prob_incorrect: np.ndarray
     direct: np.ndarray  # [N]
     logit_lens: np.ndarray  # [n, N]
     lens_labels: list[str]
@@ -50,7 +51,7 @@ def tl_reference(tl, ids: list[list[int]], correct: np.ndarray, incorrect: np.nd
     """The seed's computations, per prompt. Prompts are batched only with others of the same
     length, so index -1 is every prompt's own last token, as in the seed."""
     n, L = len(ids), tl.cfg.n_layers
-    out: dict[str, list] = {k: [None] * n for k in ("ld", "pc", "direct", "lens", "layers", "heads", "bu")}
+    out: dict[str, list] = {k: [None] * n for k in ("ld", "pc", "pi", "direct", "lens", "layers", "heads", "bu")}
     labels: dict[str, list[str]] = {}
     pattern0 = None
     by_len: dict[int, list[int]] = {}
@@ -63,7 +64,8 @@ def tl_reference(tl, ids: list[list[int]], correct: np.ndarray, incorrect: np.nd
         final = logits[:, -1, :]
         pair = final.gather(-1, answers)
         ld = pair[:, 0] - pair[:, 1]
-        pc = torch.softmax(final, -1).gather(-1, answers[:, :1])[:, 0]
+        probs = torch.softmax(final, -1).gather(-1, answers)
+        pc, pi = probs[:, 0], probs[:, 1]
         dirs = tl.tokens_to_residual_directions(answers)
         ldd = dirs[:, 0] - dirs[:, 1]
 
@@ -80,6 +82,7 @@ def tl_reference(tl, ids: list[list[int]], correct: np.ndarray, incorrect: np.nd
         b_u = tl.b_U[answers[:, 0]] - tl.b_U[answers[:, 1]]
         for j, i in enumerate(idx):
             out["ld"][i], out["pc"][i], out["direct"][i] = float(ld[j]), float(pc[j]), float(direct[j])
+            out["pi"][i] = float(pi[j])
             out["lens"][i], out["layers"][i] = lens[:, j].numpy(), layers[:, j].numpy()
             out["heads"][i], out["bu"][i] = head_vals[:, :, j].numpy(), float(b_u[j])
             if i == 0:
@@ -87,6 +90,7 @@ def tl_reference(tl, ids: list[list[int]], correct: np.ndarray, incorrect: np.nd
     return Reference(
         logit_diff=np.array(out["ld"]),
         prob_correct=np.array(out["pc"]),
+        prob_incorrect=np.array(out["pi"]),
         direct=np.array(out["direct"]),
         logit_lens=np.stack(out["lens"], -1),
         lens_labels=labels["lens"],
@@ -108,6 +112,7 @@ def assert_matches(result: ls.StudyResult, ref: Reference) -> None:
     close = lambda a, b, what: np.testing.assert_allclose(a, b, rtol=0, atol=ATOL, err_msg=what)  # noqa: E731
     close(result.logit_diff, ref.logit_diff, "logit diff")
     close(result.prob_correct, ref.prob_correct, "probability of the correct answer")
+    close(result.prob_incorrect, ref.prob_incorrect, "probability of the incorrect answer")
     close(result.direct, ref.direct, "DLA check (scaled final residual)")
     assert result.logit_lens_labels == ref.lens_labels
     close(result.logit_lens_per_prompt, ref.logit_lens, "logit lens")
@@ -117,6 +122,23 @@ def assert_matches(result: ls.StudyResult, ref: Reference) -> None:
     # TL's logits carry the processed unembedding bias, which DLA leaves out: ours is final_bias.
     close(result.final_bias, ref.bias_b_u, "final norm bias term (TL's b_U difference)")
     np.testing.assert_allclose(result.attention.patterns, ref.pattern0, rtol=0, atol=PATTERN_ATOL)
+
+    # The complete decomposition: each labelled row is the right quantity, not just the right sum.
+    rows = dict(zip(result.decomposition_labels, result.decomposition_per_prompt))
+    L, H = result.n_layers, result.n_heads
+    layer_rows = dict(zip(ref.layer_labels, ref.layers))
+    close(rows["embed"], layer_rows["embed"], "decomposition: embed")
+    if "pos_embed" in layer_rows:
+        close(rows["pos_embed"], layer_rows["pos_embed"], "decomposition: pos_embed")
+    for layer in range(L):
+        for head in range(H):
+            close(rows[f"L{layer}H{head}"], ref.heads[layer, head], f"decomposition: L{layer}H{head}")
+        close(rows[f"{layer}_attn_bias"], layer_rows[f"{layer}_attn_out"] - ref.heads[layer].sum(0),
+              f"decomposition: {layer}_attn_bias")
+        close(rows[f"{layer}_mlp_neurons"] + rows[f"{layer}_mlp_bias"], layer_rows[f"{layer}_mlp_out"],
+              f"decomposition: {layer}_mlp")
+    close(rows["final_norm_bias"], ref.bias_b_u, "decomposition: final_norm_bias")
+    close(result.decomposition_per_prompt.sum(0), ref.logit_diff, "decomposition adds up to TL's logit diff")
 
     doc = json.loads(json.dumps(result.to_dict()))
     n = len(result.prompts)
@@ -152,6 +174,10 @@ def test_seed_study_matches_transformerlens_tiny(tiny_gpt2, gpt2_tokenizer):
     tl = tl_model(hf, "gpt2", **SEED_FLAGS)
     ids = token_ids(result, gpt2_tokenizer)
     assert {len(x) for x in ids} == {16}
+    # Our tokenization is TL's to_tokens (BOS string-prepended by TL, id-prepended by us).
+    assert tl.to_tokens([p.text for p in result.prompts], prepend_bos=True).tolist() == ids
+    for p, c in zip(result.prompts, result.correct_ids):
+        assert tl.to_single_token(p.correct) == c
     ref = tl_reference(tl, ids, result.correct_ids, result.incorrect_ids)
     assert_matches(result, ref)
     # The weights are hard enough that the conventions matter (a test that cannot fail is none).
@@ -217,14 +243,21 @@ def test_seed_study_matches_transformerlens_gpt2_small_shape(tmp_path, gpt2_toke
 # ---------------------------------------------------------------------------------------------
 # Beyond GPT-2: each family against TransformerLens with the processing it applies by default.
 OTHER_FAMILIES = ["gpt_neo", "gpt_neox", "llama", "mistral", "qwen2"]
+MIXED_PROMPTS = [
+    ls.Prompt("When Mary and John went to the store, John gave a drink to", " Mary", " John"),
+    ls.Prompt("Then, John and Mary had a long argument, and afterwards John said to", " Mary", " John"),
+    ls.Prompt("The capital of France is", " Paris", " London"),
+    ls.Prompt("Friends Dan and Sid found a ring at the school. Sid gave it to", " Dan", " Sid"),
+]
 
 
 @pytest.mark.parametrize("family", OTHER_FAMILIES)
 def test_family_matches_transformerlens(family, tmp_path, gpt2_tokenizer):
     hf = make_hf_model(family, size="tiny", seed=3)
     path = save_checkpoint(hf, tmp_path / family)
-    result = ls.run_study("arena", str(path), device="cpu")
-    assert result.family == family
+    # Prompts of different lengths, padded together in batches of 3.
+    result = ls.run_study(MIXED_PROMPTS + ls.builtin_prompts("arena")[:2], str(path), device="cpu", batch_size=3)
+    assert result.family == family and len(set(result.n_tokens.tolist())) >= 3
     tl = tl_model(hf, family, **tl_default_flags(family))
     ids = token_ids(result, gpt2_tokenizer)
     ref = tl_reference(tl, ids, result.correct_ids, result.incorrect_ids, incl_mid=not result.parallel_attn_mlp)

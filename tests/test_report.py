@@ -113,9 +113,12 @@ def test_known_circuit_is_the_ioi_papers_26_heads():
     assert ioi_head_class(info, 4, 11) == "previous token"
     assert ioi_head_class(info, 1, 1) is None
     assert known_circuit(info)[(9, 6)] == "name mover"
-    for name in ("gpt2-small", "openai-community/gpt2"):
-        assert is_gpt2_small({**info, "model": name, "family": "other"})
-    assert is_gpt2_small({**info, "model": "/models/my-gpt2"})  # family gpt2, 12 x 12
+    for name in ("gpt2-small", "openai-community/gpt2", "/models/gpt2", "./gpt2-small/"):
+        assert is_gpt2_small({**info, "model": name})
+    # Same shape, not GPT-2 small: a random or fine-tuned checkpoint gets no IOI classes.
+    assert not is_gpt2_small({**info, "model": "/models/my-gpt2"})
+    assert not is_gpt2_small({**info, "model": "bench/.cache/gpt2-small-random"})
+    assert not is_gpt2_small({**info, "family": "llama"})
     assert not is_gpt2_small({**info, "n_layers": 24, "n_heads": 16})  # gpt2-medium
     assert not is_gpt2_small({"model": "tiny", "family": "llama", "n_layers": 12, "n_heads": 12})
     assert known_circuit({"model": "gpt2", "family": "gpt2", "n_layers": 2, "n_heads": 4}) is None

@@ -8,6 +8,7 @@ the attribution recovers.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 # (layer, head) of each class, in the paper's order of importance within the class.
@@ -48,10 +49,13 @@ def _info(result_or_model_info: Any) -> tuple[str, str, int, int]:
 
 
 def is_gpt2_small(result_or_model_info: Any) -> bool:
-    """True for GPT-2 small: a 12 × 12 model named ``gpt2`` (or an alias) or of the ``gpt2`` family."""
+    """True for GPT-2 small itself: a 12 × 12 ``gpt2``-family model named ``gpt2`` (or an alias, or a
+    local folder of that name). Other checkpoints of the same shape (random, fine-tuned) are not
+    GPT-2 small, and the paper's head classes say nothing about them."""
     model, family, n_layers, n_heads = _info(result_or_model_info)
-    named = model.strip().rstrip("/") in GPT2_SMALL_NAMES
-    return (named or family == "gpt2") and (n_layers, n_heads) == (12, 12)
+    name = re.sub(r"\s*\(.*\)$", "", model.strip()).rstrip("/")  # "gpt2 (synthetic demo data)" -> "gpt2"
+    named = name in GPT2_SMALL_NAMES or name.rsplit("/", 1)[-1] in GPT2_SMALL_NAMES
+    return named and family in ("gpt2", "") and (n_layers, n_heads) == (12, 12)
 
 
 def ioi_head_class(result_or_model_info: Any, layer: int, head: int) -> str | None:

@@ -102,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
     from logitscope.io import check_out_dir
     from logitscope.models.load import resolve_device
     from logitscope.tasks.lint import lint_prompts
-    from logitscope.tasks.prompts import BUILTIN_SETS, load_prompts
+    from logitscope.tasks.prompts import load_prompts
 
     # Everything that can be checked without the model is checked first, so a typo costs no load.
     check_out_dir(args.out)
@@ -111,6 +111,10 @@ def _run(args: argparse.Namespace) -> int:
             raise InputError(f"{flag} {value}: must be at least 1")
     if args.device_map is None:
         resolve_device(args.device)
+    elif args.device != "auto":
+        raise InputError(f"--device {args.device} and --device-map {args.device_map}: give one or the other")
+    if args.seed < 0:
+        raise InputError(f"--seed {args.seed}: must be 0 or more")
     generated = args.prompts.split(":", 1)[0] in ("ioi", "ioi-abba", "ioi-baba")
     prompts = None if generated else load_prompts(args.prompts, seed=args.seed)
 
@@ -123,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
         prompts = load_prompts(args.prompts, seed=args.seed, tokenizer=lm.tokenizer)
     if not generated:
         for w in lint_prompts(prompts):
-            if args.prompts in BUILTIN_SETS and "double space" in w and args.prompts == "seed":
+            if args.prompts == "seed" and "double space" in w:
                 w = "the seed's prompts contain a double space ('shops,  John'), kept byte for byte as in the seed notebook"
             _warn(w, args)
     result = run_study(

@@ -35,9 +35,11 @@ def _existing_parent(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_output_dir(out_dir: str | Path) -> Iterator[Path]:
+def atomic_output_dir(out_dir: str | Path, owned: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``out_dir``; on success move its files into
-    ``out_dir`` (each by an atomic rename), on failure delete it and leave ``out_dir`` as it was."""
+    ``out_dir`` (each by an atomic rename) and delete any file named in ``owned`` that this run
+    did not write (a report from an earlier run must not sit beside newer results); on failure
+    delete the temporary folder and leave ``out_dir`` as it was."""
     out = check_out_dir(out_dir).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -49,8 +51,12 @@ def atomic_output_dir(out_dir: str | Path) -> Iterator[Path]:
         if not out.exists():
             os.replace(tmp, out)
             return
+        written = set()
         for item in tmp.iterdir():
             os.replace(item, out / item.name)
+            written.add(item.name)
+        for name in set(owned) - written:
+            (out / name).unlink(missing_ok=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -21,6 +21,7 @@ from logitscope.stats import bootstrap_ci
 from logitscope.tasks.prompts import Prompt
 
 RESULTS_SCHEMA_VERSION = 1
+OUTPUT_FILES = ("results.json", "per_prompt_heads.npy", "report.html")
 
 
 @dataclass
@@ -239,9 +240,15 @@ class StudyResult:
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(self.prompts):
             if "template" in p.meta:
-                groups.setdefault((p.meta["template"], p.meta.get("order", "")), []).append(i)
+                key = tuple(v if isinstance(v, (str, int, float, bool)) else json.dumps(v)
+                            for v in (p.meta["template"], p.meta.get("order", "")))
+                groups.setdefault(key, []).append(i)
+
+        def order_key(key: tuple) -> tuple:  # numbers in numeric order, then text
+            return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for v in key)
+
         rows = []
-        for (template, order), idx in sorted(groups.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]))):
+        for (template, order), idx in sorted(groups.items(), key=lambda kv: order_key(kv[0])):
             ld = self.logit_diff[idx]
             lo, hi = bootstrap_ci(ld[None], seed=self.seed)
             rows.append(
@@ -333,7 +340,7 @@ class StudyResult:
         complete, so a failure leaves earlier files untouched."""
         from logitscope.io import atomic_output_dir
 
-        with atomic_output_dir(out_dir) as tmp:
+        with atomic_output_dir(out_dir, owned=OUTPUT_FILES) as tmp:
             (tmp / "results.json").write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
             # [n_prompts, n_layers, n_heads] float32, prompts in results.json order.
             np.save(tmp / "per_prompt_heads.npy", np.ascontiguousarray(np.moveaxis(self.heads, -1, 0), dtype=np.float32))

@@ -31,10 +31,6 @@ class Encoded:
         return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
 
 
-def default_prepend_bos(lm: LoadedModel) -> bool:
-    return lm.adapter.default_prepend_bos
-
-
 def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: bool = True) -> Encoded:
     """Tokenize (batched, fast tokenizer) and validate: each answer exactly one token, correct ≠
     incorrect, every prompt within the model's context. Errors name the prompt and what to do."""
@@ -138,9 +134,11 @@ def run_study(
         raise InputError("no prompts given")
     if top_k < 1:
         raise InputError(f"--top-k {top_k}: must be at least 1")
+    if seed < 0:
+        raise InputError(f"--seed {seed}: must be 0 or more")
     if not 0 <= attention_prompt < len(prompts):
         raise InputError(f"--attention-prompt {attention_prompt}: must be between 0 and {len(prompts) - 1}")
-    bos = default_prepend_bos(lm) if prepend_bos is None else prepend_bos
+    bos = lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos
     enc = encode_prompts(prompts, lm, prepend_bos=bos)
     lengths = enc.lengths
     if batch_size is None:
@@ -151,7 +149,7 @@ def run_study(
     # Sort by length so batches carry little padding; results go back to the prompts' order.
     order = np.argsort(lengths, kind="stable")
     in_dev = lm.adapter.embed(lm.model).weight.device
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pad = 0  # right padding is never read (causal attention); 0 is a valid id in every vocabulary
     batches: list[BatchScalars] = []
     bar = _progress(len(prompts), progress)
     with Recorder(lm) as rec, equivalent_kernels(lm.model):

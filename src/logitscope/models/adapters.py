@@ -90,12 +90,13 @@ def _linear_value_bias(v_proj: nn.Linear, norm: nn.Module, shape: ModelShape) ->
 
 
 def _neox_value_bias(block: nn.Module, shape: ModelShape) -> torch.Tensor:
+    """``b_V + β·W_V`` for NeoX's fused projection (``attention_bias=False`` models have no b_V)."""
     # query_key_value's output is viewed as [n_heads, 3 * d_head]: per head q, then k, then v.
     qkv = block.attention.query_key_value
     dh = shape.d_head
     rows = torch.arange(shape.n_heads * 3 * dh, device=qkv.weight.device).view(shape.n_heads, 3, dh)[:, 2].reshape(-1)
-    w_v, b_v = qkv.weight[rows].float(), qkv.bias[rows].float()
-    return b_v + w_v @ block.input_layernorm.bias.float()
+    through = qkv.weight[rows].float() @ block.input_layernorm.bias.float()
+    return through if qkv.bias is None else through + qkv.bias[rows].float()
 
 
 def _never(cfg: object) -> bool:
@@ -196,11 +197,12 @@ def adapter_for(model: nn.Module) -> Adapter:
     for adapter in ADAPTERS:
         if any(a in adapter.architectures for a in archs):
             return adapter
+    raise ModelLoadError(unsupported_message(archs[0], getattr(model.config, "model_type", "?")))
+
+
+def unsupported_message(architecture: str, model_type: str) -> str:
     families = ", ".join(f"{ad.family} ({'/'.join(ad.architectures)})" for ad in ADAPTERS)
-    raise ModelLoadError(
-        f"unsupported architecture {archs[0]!r} (model_type {getattr(model.config, 'model_type', '?')!r}); "
-        f"logitscope supports: {families}"
-    )
+    return f"unsupported architecture {architecture!r} (model_type {model_type!r}); logitscope supports: {families}"
 
 
 def model_shape(model: nn.Module, adapter: Adapter) -> ModelShape:

@@ -115,8 +115,11 @@ def load_model(
         kwargs = {}
         if not cached:
             _check_hub_reachable(name, source)
+        if cached:
+            kwargs = {"local_files_only": True}  # read the cache; no request to the hub
     dev = None if device_map else resolve_device(device)
     try:
+        _check_architecture(source, kwargs)  # before any weights are read or downloaded
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = _from_pretrained(AutoModelForCausalLM, source, dtype=torch_dtype, device_map=device_map, **kwargs)
     except (OSError, ValueError) as e:
@@ -134,6 +137,17 @@ def load_model(
     return wrap_model(model, tokenizer, name=name, adapter=adapter)
 
 
+def _check_architecture(source: str, kwargs: dict[str, Any]) -> None:
+    from transformers import AutoConfig
+
+    from logitscope.models.adapters import ADAPTERS, unsupported_message
+
+    config = AutoConfig.from_pretrained(source, **kwargs)
+    archs = list(getattr(config, "architectures", None) or [])
+    if archs and not any(a in ad.architectures for ad in ADAPTERS for a in archs):
+        raise ModelLoadError(unsupported_message(archs[0], getattr(config, "model_type", "?")))
+
+
 def _from_pretrained(auto_cls: Any, source: str, **kwargs: Any) -> nn.Module:
     """PyTorch's fused attention (sdpa: exact, and the fastest kernel for what we capture, which is
     never the attention weights); families without it (GPT-Neo) fall back to eager."""
@@ -148,6 +162,17 @@ def _from_pretrained(auto_cls: Any, source: str, **kwargs: Any) -> nn.Module:
 def wrap_model(model: nn.Module, tokenizer: Any, *, name: str | None = None, adapter: Adapter | None = None) -> LoadedModel:
     """Wrap an already-loaded ``transformers`` model and its tokenizer."""
     adapter = adapter or adapter_for(model)
+    placements = {str(v) for v in (getattr(model, "hf_device_map", None) or {}).values()}
+    offloaded = (
+        any(p.device.type == "meta" for p in model.parameters())
+        or "disk" in placements
+        or ("cpu" in placements and len(placements) > 1)  # accelerate's CPU offload
+    )
+    if offloaded:
+        raise ModelLoadError(
+            "the model is partly offloaded to CPU or disk by accelerate (device_map); logitscope needs every "
+            "weight resident on a device. Give it more GPU memory (more GPUs, --dtype bfloat16) or load it on one device"
+        )
     model.eval()
     device = next(model.parameters()).device
     name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
