@@ -180,6 +180,11 @@ def test_seed_study_matches_transformerlens_tiny(tiny_gpt2, gpt2_tokenizer):
         assert tl.to_single_token(p.correct) == c
     ref = tl_reference(tl, ids, result.correct_ids, result.incorrect_ids)
     assert_matches(result, ref)
+    # The seed's logit_diff_directions, shape [8, d_model], against TL's tokens_to_residual_directions.
+    dirs = ls.logit_diff_directions("seed", str(path))
+    tl_dirs = tl.tokens_to_residual_directions(torch.tensor(np.stack([result.correct_ids, result.incorrect_ids], 1)))
+    assert tuple(dirs.shape) == (8, 64)
+    np.testing.assert_allclose(dirs.numpy(), (tl_dirs[:, 0] - tl_dirs[:, 1]).detach().numpy(), rtol=0, atol=1e-5)
     # The weights are hard enough that the conventions matter (a test that cannot fail is none).
     assert np.abs(result.final_bias).max() > 1e-2
     assert np.abs(result.heads).max() > 1e-2

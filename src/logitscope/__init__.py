@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 from logitscope.errors import InputError, LogitscopeError, ModelLoadError
 from logitscope.models import LoadedModel, load_model, wrap_model
 from logitscope.results import AttentionView, StudyResult
-from logitscope.study import run_study
+from logitscope.study import logit_diff_directions, run_study
 from logitscope.tasks import Prompt, builtin_prompts, load_jsonl, load_prompts
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "load_jsonl",
     "load_model",
     "load_prompts",
+    "logit_diff_directions",
     "run_study",
     "wrap_model",
 ]

@@ -196,6 +196,21 @@ def run_study(
     return result
 
 
+@torch.inference_mode()
+def logit_diff_directions(prompts: Sequence[Prompt] | str, model: Any, *, tokenizer: Any = None) -> torch.Tensor:
+    """The seed's ``logit_diff_directions``: ``[n_prompts, d_model]`` residual-stream directions
+    whose dot product with the final residual, divided by the final norm's scale, is each prompt's
+    direct logit difference — TransformerLens's ``tokens_to_residual_directions(correct) −
+    tokens_to_residual_directions(incorrect)`` after ``fold_ln`` (the final norm's weight folded
+    in; centred over ``d_model`` for LayerNorm models). float32, on the unembedding's device."""
+    lm = _as_loaded(model, tokenizer, device="auto", dtype="float32", device_map=None)
+    if isinstance(prompts, str):
+        prompts = load_prompts(prompts, tokenizer=lm.tokenizer)
+    enc = encode_prompts(list(prompts), lm, prepend_bos=lm.adapter.default_prepend_bos)
+    rec = Recorder(lm)
+    return rec.directions(torch.from_numpy(enc.correct).to(rec.out_device), torch.from_numpy(enc.incorrect).to(rec.out_device))
+
+
 def _assemble(batches: list[BatchScalars], order: np.ndarray) -> dict[str, np.ndarray | None]:
     """Concatenate per-batch scalars (one host transfer per field) and undo the length sort."""
     inverse = np.empty_like(order)
