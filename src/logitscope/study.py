@@ -48,6 +48,10 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
     answer_ids = dict(zip(answers, tok(answers, add_special_tokens=False)["input_ids"]))
     for a, toks in answer_ids.items():
         if len(toks) != 1:
+            in_context = _next_token_in_context(tok, [p for p in prompts if a in (p.correct, p.incorrect)], a)
+            if in_context is not None:  # e.g. SentencePiece: " Mary" alone is ['▁', '▁Mary']
+                answer_ids[a] = [in_context]
+                continue
             where = _where(prompts, a)
             pieces = [tok.decode([t]) for t in toks]
             hint = "" if a.startswith(" ") or not a else f" (did you mean {' ' + a!r}, with a leading space?)"
@@ -77,6 +81,19 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
                 f"{' with BOS' if prepend_bos else ''}, longer than the model's context of {n_ctx}; shorten it"
             )
     return Encoded(ids, correct, incorrect)
+
+
+def _next_token_in_context(tok: Any, prompts: Sequence[Prompt], answer: str) -> int | None:
+    """The one token that ``answer`` adds after every prompt it follows, or ``None``.
+
+    Tokenizers that add a word-boundary marker of their own (SentencePiece's ``▁``) split a
+    space-led answer on its own into two tokens, yet continue a prompt with one; what the model is
+    asked to predict is that continuation."""
+    base = tok([p.text for p in prompts], add_special_tokens=False)["input_ids"]
+    full = tok([p.text + answer for p in prompts], add_special_tokens=False)["input_ids"]
+    found = {f[-1] for b, f in zip(base, full) if len(f) == len(b) + 1 and f[: len(b)] == b}
+    ok = all(len(f) == len(b) + 1 and f[: len(b)] == b for b, f in zip(base, full))
+    return found.pop() if ok and len(found) == 1 else None
 
 
 def _where(prompts: Sequence[Prompt], answer: str | None = None, prompt: Prompt | None = None) -> str:

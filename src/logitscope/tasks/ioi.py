@@ -174,7 +174,8 @@ def _resolve_templates(templates: Any) -> list[tuple[int, str]]:
 
 
 def _single_token_words(words: Sequence[str], tokenizer: Any) -> tuple[str, ...]:
-    """The words ``tokenizer`` encodes as exactly one token when written with a leading space."""
+    """The words ``tokenizer`` encodes as exactly one token when written with a leading space (or,
+    for tokenizers with their own word-boundary marker, as one token continuing a sentence)."""
     keep = []
     for w in words:
         try:
@@ -184,9 +185,17 @@ def _single_token_words(words: Sequence[str], tokenizer: Any) -> tuple[str, ...]
                 "tokenizer must be a Hugging Face tokenizer with "
                 f".encode(text, add_special_tokens=False) ({e})"
             ) from None
-        if len(ids) == 1:
+        if len(ids) == 1 or _one_token_after_a_word(tokenizer, w):
             keep.append(w)
     return tuple(keep)
+
+
+def _one_token_after_a_word(tokenizer: Any, word: str) -> bool:
+    """SentencePiece-style tokenizers split " Mary" alone into ['▁', '▁Mary'] but continue a
+    sentence with one token; that is the token an IOI prompt asks for."""
+    base = tokenizer.encode("the", add_special_tokens=False)
+    full = tokenizer.encode("the " + word, add_special_tokens=False)
+    return len(full) == len(base) + 1 and full[: len(base)] == base
 
 
 def ioi_word_lists(tokenizer: Any = None) -> dict[str, tuple[str, ...]]:

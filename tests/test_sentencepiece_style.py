@@ -1,0 +1,59 @@
+"""Answers for tokenizers with their own word-boundary marker (SentencePiece's ``▁``, as Llama 2 and
+Mistral v0.1 use): " Mary" alone is ['▁', '▁Mary'], but after a prompt it is the one token '▁Mary'.
+
+No such tokenizer can be downloaded here, so the test trains a small one offline with the same
+normalisation (a ``▁`` prepended to the text, spaces replaced by ``▁``) on IOI sentences.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import logitscope as ls
+from logitscope.tasks.ioi import generate_ioi_prompts
+from oracle import make_hf_model, save_checkpoint, tl_default_flags, tl_model
+from test_parity import assert_matches, tl_reference
+
+
+@pytest.fixture(scope="module")
+def sp_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Strip(" ", 1, 0)])
+    corpus = [p.text + p.correct for p in generate_ioi_prompts(3000, seed=1)] * 3
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=1200, special_tokens=["<unk>", "<s>", "</s>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_space_led_answers_are_the_token_that_continues_the_prompt(sp_tokenizer, tmp_path):
+    assert sp_tokenizer.convert_ids_to_tokens(sp_tokenizer.encode(" Mary", add_special_tokens=False)) == ["▁", "▁Mary"]
+    hf = make_hf_model("llama", size="tiny", seed=2, vocab_size=len(sp_tokenizer))
+    path = save_checkpoint(hf, tmp_path / "llama-sp")
+    sp_tokenizer.save_pretrained(path)  # replaces the GPT-2 tokenizer files
+
+    result = ls.run_study("ioi:24", str(path), device="cpu", batch_size=5)
+    assert result.n_prompts == 24  # every IOI name survived the single-token filter
+    for p, c, i in zip(result.prompts, result.correct_ids, result.incorrect_ids):
+        for answer, token in ((p.correct, c), (p.incorrect, i)):
+            continued = sp_tokenizer.encode(p.text + answer, add_special_tokens=False)
+            assert continued[-1] == token and sp_tokenizer.convert_ids_to_tokens([token])[0] == "▁" + answer.strip()
+
+    tl = tl_model(hf, "llama", **tl_default_flags("llama"))
+    bos = [sp_tokenizer.bos_token_id] if result.prepend_bos else []
+    ids = [bos + sp_tokenizer.encode(p.text, add_special_tokens=False) for p in result.prompts]
+    assert_matches(result, tl_reference(tl, ids, result.correct_ids, result.incorrect_ids))
+
+
+def test_an_answer_that_is_two_tokens_even_in_context_is_still_an_error(sp_tokenizer, tmp_path):
+    hf = make_hf_model("llama", size="tiny", seed=2, vocab_size=len(sp_tokenizer))
+    path = save_checkpoint(hf, tmp_path / "llama-sp")
+    sp_tokenizer.save_pretrained(path)
+    prompts = [ls.Prompt("When Mary and John went to the store, John gave a drink to", " Maryjohn", " John")]
+    with pytest.raises(ls.InputError, match="answer ' Maryjohn' is"):
+        ls.run_study(prompts, str(path), device="cpu")
+    assert np.isfinite(ls.run_study(prompts[:0] + [ls.Prompt(prompts[0].text, " Mary", " John")], str(path), device="cpu").logit_diff).all()
