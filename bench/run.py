@@ -173,9 +173,17 @@ def source_state() -> dict[str, Any]:
         digest.update((REPO / f).read_bytes() if (REPO / f).is_file() else b"")
     return {
         "commit": git("rev-parse", "--short", "HEAD") or None,
+        "src_tree": git("rev-parse", "--short", "HEAD:src") or None,  # what was measured
         "src_uncommitted": dirty,
         "src_diff_sha1": digest.hexdigest() if dirty else None,
     }
+
+
+def _src_changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether logitscope's sources changed while contenders ran (a commit that touched only docs
+    does not count)."""
+    keys = ("src_tree", "src_uncommitted", "src_diff_sha1")
+    return any(before.get(k) != after.get(k) for k in keys)
 
 
 def machine_info(device: str) -> dict[str, Any]:
@@ -532,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         "n": args.n,
         "prompt_tokens": length + 1,
         "machine": machine_info(args.device),
-        "source": {**source, "changed_during_run": source_state() != source},
+        "source": {**source, "changed_during_run": _src_changed(source, source_state())},
         "settings": {
             "repeat": args.repeat,
             "batch_size": args.batch_size,
