@@ -150,3 +150,13 @@ def test_weights_offloaded_by_accelerate_are_a_clear_error(tiny_gpt2_dir, tmp_pa
     tok = AutoTokenizer.from_pretrained(str(tiny_gpt2_dir))
     with pytest.raises(ls.ModelLoadError, match="offloaded to CPU or disk"):
         ls.run_study("arena", model, tokenizer=tok)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_gives_the_cpu_numbers(tiny_gpt2_dir):
+    cpu = ls.run_study("ioi:64", str(tiny_gpt2_dir), device="cpu")
+    gpu = ls.run_study("ioi:64", str(tiny_gpt2_dir), device="cuda")
+    assert gpu.device.startswith("cuda")
+    for name in ("logit_diff", "direct", "heads", "attn", "mlp", "final_bias"):
+        np.testing.assert_allclose(getattr(gpu, name), getattr(cpu, name), rtol=0, atol=1e-4, err_msg=name)
+    np.testing.assert_allclose(gpu.attention.patterns, cpu.attention.patterns, rtol=0, atol=1e-5)
