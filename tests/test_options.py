@@ -160,3 +160,13 @@ def test_cuda_gives_the_cpu_numbers(tiny_gpt2_dir):
     for name in ("logit_diff", "direct", "heads", "attn", "mlp", "final_bias"):
         np.testing.assert_allclose(getattr(gpu, name), getattr(cpu, name), rtol=0, atol=1e-4, err_msg=name)
     np.testing.assert_allclose(gpu.attention.patterns, cpu.attention.patterns, rtol=0, atol=1e-5)
+
+
+def test_cpu_batch_size_follows_the_token_budget_and_available_memory(tiny_gpt2_dir, monkeypatch):
+    import logitscope.study as study
+
+    lm = ls.load_model(str(tiny_gpt2_dir), device="cpu")
+    assert study.auto_batch_size(lm, 16) == 2048 // 16  # ~2k tokens a batch (bench/: cache-friendly)
+    assert study.auto_batch_size(lm, 60) == 2048 // 60
+    monkeypatch.setattr(study, "_available_host_memory", lambda: 4 * 1024 * 1024)  # 4 MiB free
+    assert 1 <= study.auto_batch_size(lm, 16) < 2048 // 16
