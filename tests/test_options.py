@@ -170,3 +170,15 @@ def test_cpu_batch_size_follows_the_token_budget_and_available_memory(tiny_gpt2_
     assert study.auto_batch_size(lm, 60) == 2048 // 60
     monkeypatch.setattr(study, "_available_host_memory", lambda: 4 * 1024 * 1024)  # 4 MiB free
     assert 1 <= study.auto_batch_size(lm, 16) < 2048 // 16
+
+
+def test_recomputed_logit_lens_in_results_and_report(tiny_gpt2_dir):
+    result = ls.run_study("arena", str(tiny_gpt2_dir), device="cpu")
+    lens = result.figures()["logit_lens"]
+    assert len(lens.data) == 2 and lens.data[1].line.dash == "dash"
+    np.testing.assert_allclose(lens.data[1].y, result.logit_lens_recomputed_per_prompt.mean(-1))
+    # Both lenses end on the real final residual; before it they differ (different scales).
+    np.testing.assert_allclose(result.logit_lens_recomputed_per_prompt[-1], result.logit_lens_per_prompt[-1], atol=1e-6)
+    assert np.abs(result.logit_lens_recomputed_per_prompt[:-1] - result.logit_lens_per_prompt[:-1]).max() > 1e-3
+    doc = result.to_dict()
+    assert doc["logit_lens_recomputed"]["labels"] == doc["logit_lens"]["labels"]

@@ -42,6 +42,7 @@ class BatchScalars:
     attn_bias: torch.Tensor  # [L, B]
     mlp_bias: torch.Tensor  # [L, B]
     final_bias: torch.Tensor  # [B]
+    lens_recomputed: torch.Tensor  # [n_lens, B]: each logit-lens point through the final norm afresh
 
 
 def _on(x: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -56,6 +57,7 @@ class Recorder:
         ad, model, shape = lm.adapter, lm.model, lm.shape
         self.blocks = list(ad.blocks(model))
         self.centre = ad.norm == "LayerNorm"
+        self.parallel = ad.parallel_attn_mlp(model.config)
         self.eps = ad.final_norm_eps(model)
         gamma, beta = ad.final_norm_weight_bias(model)
         unembed = ad.unembed(model)
@@ -144,6 +146,7 @@ class Recorder:
         if pos is not None:
             self._handles.append(pos.register_forward_hook(self._embed_hook("pos_embed")))
         for layer, block in enumerate(self.blocks):
+            self._handles.append(block.register_forward_pre_hook(self._block_hook(layer), with_kwargs=True))
             self._handles.append(ad.out_proj(block).register_forward_hook(self._attn_hook(layer)))
             self._handles.append(ad.mlp(block).register_forward_hook(self._mlp_hook(layer)))
         self._handles.append(ad.final_norm(model).register_forward_hook(self._final_hook))
@@ -161,6 +164,25 @@ class Recorder:
 
         return hook
 
+    def norm_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """The final norm's scale σ of residual vectors ``[B, d]`` (centred for LayerNorm)."""
+        if self.centre:
+            x = x - x.mean(-1, keepdim=True)
+        return torch.sqrt((x * x).mean(-1) + self.eps)
+
+    def _lens_point(self, resid: torch.Tensor) -> None:
+        """Project one accumulated residual ``[B, d]`` through the final norm with its own scale."""
+        value = (resid * self._dir(resid.device)).sum(-1) / self.norm_scale(resid)
+        self._state["lens_recomputed"].append(value.to(self.out_device))
+
+    def _block_hook(self, layer: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            resid = self._gather(args[0] if args else kwargs["hidden_states"])  # resid_pre
+            self._state["resid_pre"] = resid
+            self._lens_point(resid)
+
+        return hook
+
     def _attn_hook(self, layer: int):
         w_fn = self.lm.adapter.out_proj_weight
         block = self.blocks[layer]
@@ -175,6 +197,8 @@ class Recorder:
             per_dim = z * (D @ w_fn(block).float())  # [B, H*d_head]
             self._state["heads"][layer] = per_dim.view(z.shape[0], self.H, self.d_head).sum(-1).T.to(self.out_device)
             self._state["attn"][layer] = (a * D).sum(-1).to(self.out_device)
+            if not self.parallel:  # resid_mid = resid_pre + attn_out
+                self._lens_point(self._state.pop("resid_pre").to(a.device) + a)
 
         return hook
 
@@ -206,6 +230,7 @@ class Recorder:
             "heads": [None] * L,
             "attn": [None] * L,
             "mlp": [None] * L,
+            "lens_recomputed": [],
         }
         # Right padding needs no attention mask: a causal model's real tokens never see later pads.
         self.lm.adapter.base(self.lm.model)(input_ids=input_ids, use_cache=False)
@@ -232,6 +257,7 @@ class Recorder:
             attn_bias=(self.attn_bias_vec @ D.T) * inv,
             mlp_bias=(self.mlp_bias_vec @ D.T) * inv,
             final_bias=self.final_bias_term(correct, incorrect),
+            lens_recomputed=torch.stack(st["lens_recomputed"] + [(r * D).sum(-1) * inv]),
         )
         self._state = {}
         return out

@@ -82,6 +82,7 @@ class StudyResult:
     mlp_bias: np.ndarray
     final_bias: np.ndarray
     attention: AttentionView | None = None
+    lens_recomputed: np.ndarray | None = None  # [n_lens, N]: see logit_lens_recomputed_per_prompt
     top_k: int = 3
     seed: int = 0
     prepend_bos: bool = True
@@ -131,6 +132,13 @@ class StudyResult:
                 resid = resid + self.mlp[layer]
         rows.append(self.direct)
         return np.stack(rows)
+
+    @cached_property
+    def logit_lens_recomputed_per_prompt(self) -> np.ndarray | None:
+        """The logit lens with the final norm applied afresh to each accumulated residual (its own
+        scale, as TransformerLens's ``accumulated_resid(apply_ln=True)`` since 2.18), rather than
+        the final position's frozen scale the seed uses. ``None`` if it was not recorded."""
+        return self.lens_recomputed
 
     @cached_property
     def layer_attribution_per_prompt(self) -> np.ndarray:
@@ -221,6 +229,8 @@ class StudyResult:
             "head_attribution": self.heads.reshape(self.n_layers * self.n_heads, -1),
             "decomposition": self.decomposition_per_prompt,
         }
+        if self.logit_lens_recomputed_per_prompt is not None:
+            parts["logit_lens_recomputed"] = self.logit_lens_recomputed_per_prompt
         stacked = np.concatenate(list(parts.values()))
         low, high = bootstrap_ci(stacked, seed=self.seed)
         out, start = {}, 0
@@ -316,6 +326,11 @@ class StudyResult:
             "dla_check": {"direct": float(self.direct.mean()), "logit_diff": self.mean_logit_diff},
             "logit_lens": block(self.logit_lens, "logit_lens", labels=self.logit_lens_labels),
             "layer_attribution": block(self.layer_attribution, "layer_attribution", labels=self.layer_labels),
+            **(
+                {"logit_lens_recomputed": block(self.logit_lens_recomputed_per_prompt.mean(-1), "logit_lens_recomputed",
+                                                labels=self.logit_lens_labels)}
+                if self.logit_lens_recomputed_per_prompt is not None else {}
+            ),
             "head_attribution": block(self.head_attribution, "head_attribution"),
             "top_heads": {key: self._top_head_rows(sign) for key, sign in (("positive", 1), ("negative", -1))},
             "decomposition": block(

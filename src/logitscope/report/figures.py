@@ -61,6 +61,12 @@ def logit_lens_figure(result: StudyResult) -> go.Figure:
     """Logit difference read from the accumulated residual stream before each layer (frozen final-norm scale)."""
     trace = _line_with_ci(result.logit_lens_labels, result.logit_lens, result.intervals["logit_lens"], name="logit lens")
     fig = go.Figure(trace)
+    recomputed = result.logit_lens_recomputed_per_prompt
+    if recomputed is not None:
+        again = _line_with_ci(result.logit_lens_labels, recomputed.mean(-1), result.intervals["logit_lens_recomputed"],
+                              name="norm recomputed per point")
+        again.line.dash, again.line.color, again.marker.color = "dash", MUTED, MUTED
+        fig.add_trace(again)
     fig.update_layout(**_base_layout("Logit difference from the accumulated residual stream", "Residual stream", "Logit diff"))
     fig.update_layout(hovermode="x unified")
     return fig

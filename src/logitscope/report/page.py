@@ -140,7 +140,8 @@ def _lines(figs: dict[str, go.Figure]) -> str:
         "Logit difference read off the residual stream accumulated before each layer (<code>N_pre</code>), after its "
         "attention (<code>N_mid</code>) and at the end (<code>final_post</code>), all divided by the final norm's frozen scale.",
         "Read it left to right: the curve rises where the model starts to prefer the correct answer; "
-        "error bars are 95% intervals over prompts.",
+        "error bars are 95% intervals over prompts. The dashed line, where shown, applies the final norm afresh "
+        "to each point (its own scale, as TransformerLens's <code>accumulated_resid(apply_ln=True)</code>).",
     )
     layers = _caption(
         "Direct contribution of the embeddings and of each attention (<code>N_attn_out</code>) and MLP "
