@@ -236,11 +236,7 @@ class Recorder:
         self.lm.adapter.base(self.lm.model)(input_ids=input_ids, use_cache=False)
         st = self._state
         r = st["resid_final"].to(dev)
-        if self.centre:
-            r_c = r - r.mean(-1, keepdim=True)
-        else:
-            r_c = r
-        scale = torch.sqrt((r_c * r_c).mean(-1) + self.eps)  # the final norm's σ at the answer position
+        scale = self.norm_scale(r)  # the final norm's σ at the answer position
         lc, li, lse = self.answer_logits(st["normed_final"].to(dev), correct, incorrect)
         inv = 1.0 / scale
         out = BatchScalars(
