@@ -7,7 +7,7 @@ its value bias? Each family answers in a few lines; everything else is family-in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -121,20 +121,14 @@ GPT2 = Adapter(
     n_heads=lambda cfg: cfg.n_head,
 )
 
-GPT_NEO = Adapter(
+# GPT-Neo keeps GPT-2's module tree (transformer.wte/wpe/h/ln_f, mlp.c_proj) and differs only in
+# its attention block (separate Linear q/k/v/out projections, no value bias of its own).
+GPT_NEO = replace(
+    GPT2,
     family="gpt_neo",
     architectures=("GPTNeoForCausalLM",),
-    norm="LayerNorm",
-    parallel_attn_mlp=_never,
-    base=lambda m: m.transformer,
-    blocks=lambda m: m.transformer.h,
-    embed=lambda m: m.transformer.wte,
-    pos_embed=lambda m: m.transformer.wpe,
     out_proj=lambda b: b.attn.attention.out_proj,
     out_proj_weight=lambda b: b.attn.attention.out_proj.weight,
-    mlp=lambda b: b.mlp,
-    mlp_out_bias=lambda b: b.mlp.c_proj.bias,
-    final_norm=lambda m: m.transformer.ln_f,
     value_bias=lambda b, s: _linear_value_bias(b.attn.attention.v_proj, b.ln_1, s),
     n_heads=lambda cfg: cfg.num_heads,
 )
