@@ -72,6 +72,7 @@ GB = 1e9
 TARGET_SPEEDUP = 8.0
 TARGET_MEMORY = 5.0
 TARGET_FLOOR_RATIO = 1.2
+TARGET_GPU_PROMPTS_PER_S = 10_000  # the study alone, on an H100, 10,000 prompts
 ALL_CONTENDERS = ("logitscope", "transformer_lens", "floor", "floor_lean", "tl_naive")
 DEFAULT_CONTENDERS = ("logitscope", "transformer_lens", "floor", "floor_lean")
 
@@ -332,6 +333,11 @@ def summarise(runs: list[Run], n: int) -> dict[str, dict[str, Any]]:
             mean_logit_diff=good[-1].child.get("mean_logit_diff"),
             phases_s=good[-1].child.get("phases_s"),
         )
+        studies = [r.child["study_timing"] for r in good if r.child.get("study_timing")]
+        if studies:  # logitscope's own timing of run_study: tokenization to every number, in-process
+            row["study_s"] = statistics.median(t["study_s"] for t in studies)
+            row["study_prompts_per_s"] = n / row["study_s"]
+            row["study_timing_all"] = studies
         peaks = [r.child.get("cuda_peak_bytes") for r in good if r.child.get("cuda_peak_bytes") is not None]
         if peaks:
             row["cuda_peak_gb"] = max(peaks) / GB
@@ -439,6 +445,17 @@ def markdown(doc: dict[str, Any]) -> str:
         + (f", {r['wall_vs_floor_lean']:.2f}× the lean floor" if r.get("wall_vs_floor_lean") else "")
         + "."
     )
+    ls = s.get("logitscope", {})
+    if "study_s" in ls:
+        t = ls["study_timing_all"][-1]
+        lines.append(
+            f"\nlogitscope's study alone (run_study's own clock, inside the process: tokenization, every "
+            f"forward pass and attribution, the attention pass; not start-up, model load or writing): "
+            f"{ls['study_s']:.2f} s, **{ls['study_prompts_per_s']:,.0f} prompts/s**"
+            + (f" (target on an H100 ≥ {TARGET_GPU_PROMPTS_PER_S:,}/s)" if m["device"].startswith("cuda") else "")
+            + f"; last run: tokenize {t['tokenize_s']:.2f} s, forward {t['forward_s']:.2f} s, "
+            f"attention {t['attention_s']:.2f} s."
+        )
     other = max((row.get("other_cpu_s", 0.0) / row["wall_s"] for row in s.values() if "wall_s" in row), default=0.0)
     if other > 0.2:
         lines.append(

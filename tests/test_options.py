@@ -182,3 +182,26 @@ def test_recomputed_logit_lens_in_results_and_report(tiny_gpt2_dir):
     assert np.abs(result.logit_lens_recomputed_per_prompt[:-1] - result.logit_lens_per_prompt[:-1]).max() > 1e-3
     doc = result.to_dict()
     assert doc["logit_lens_recomputed"]["labels"] == doc["logit_lens"]["labels"]
+
+
+def test_decomposition_groups_in_results_add_up(tiny_gpt2_dir):
+    """The report's waterfall groups, written to results.json: each group is the sum of its rows of
+    the complete decomposition, and the groups add up to the mean logit difference."""
+    result = ls.run_study("ioi:50", str(tiny_gpt2_dir), device="cpu")
+    doc = result.to_dict()
+    g = doc["decomposition"]["groups"]
+    assert g["labels"] == ["embed", "pos_embed", "attention heads", "attention biases", "MLP neurons",
+                           "MLP biases", "final norm bias"]
+    labels, values = doc["decomposition"]["labels"], np.array(doc["decomposition"]["values"])
+
+    def rows(pred):
+        return values[[i for i, lab in enumerate(labels) if pred(lab)]].sum()
+
+    expected = [rows(lambda s: s == "embed"), rows(lambda s: s == "pos_embed"),
+                rows(lambda s: s.startswith("L") and "H" in s), rows(lambda s: s.endswith("_attn_bias")),
+                rows(lambda s: s.endswith("_mlp_neurons")), rows(lambda s: s.endswith("_mlp_bias")),
+                rows(lambda s: s == "final_norm_bias")]
+    np.testing.assert_allclose(g["values"], expected, rtol=0, atol=1e-9)
+    assert sum(g["values"]) == pytest.approx(doc["logit_diff"]["mean"], abs=1e-5)
+    lo, hi, v = np.array(g["ci95_low"]), np.array(g["ci95_high"]), np.array(g["values"])
+    assert (lo <= v + 1e-12).all() and (v <= hi + 1e-12).all() and (hi > lo).all()

@@ -57,3 +57,10 @@ def test_an_answer_that_is_two_tokens_even_in_context_is_still_an_error(sp_token
     with pytest.raises(ls.InputError, match="answer ' Maryjohn' is"):
         ls.run_study(prompts, str(path), device="cpu")
     assert np.isfinite(ls.run_study(prompts[:0] + [ls.Prompt(prompts[0].text, " Mary", " John")], str(path), device="cpu").logit_diff).all()
+
+
+def test_fast_tokenize_path_equals_the_tokenizer_call(sp_tokenizer):
+    from logitscope.study import tokenize
+
+    texts = [p.text for p in generate_ioi_prompts(50, seed=4)] + [" Mary", "Mary", "", "  two  spaces"]
+    assert tokenize(sp_tokenizer, texts) == sp_tokenizer(texts, add_special_tokens=False)["input_ids"]

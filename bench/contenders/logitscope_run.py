@@ -7,9 +7,10 @@ Everything after ``--`` is passed unchanged to ``logitscope.cli.main``, the func
 the ``logitscope`` console script and ``python -m logitscope``, so the process does exactly what
 ``python -m logitscope run ...`` does (imports, model load, study, results.json, report.html). The
 only additions happen after ``main`` returns: reading the mean logit difference back from
-``OUT/results.json`` and, on CUDA, ``torch.cuda.max_memory_allocated``; they are written to
-``--result``. No phase timings: this process is not instrumented (``bench/profile_logitscope.py``
-breaks the same run down by phase).
+``OUT/results.json`` (with the study's own phase timings, ``timing``: tokenization to every
+number, measured by ``run_study``) and, on CUDA, ``torch.cuda.max_memory_allocated``; they are
+written to ``--result``. Nothing else is instrumented (``bench/profile_logitscope.py`` breaks the
+same run down by phase).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def main() -> int:
         top_heads=[[h["layer"], h["head"]] for h in doc["top_heads"]["positive"]],
         bottom_heads=[[h["layer"], h["head"]] for h in doc["top_heads"]["negative"]],
         report_written=(out / "report.html").exists(),
+        study_timing=doc.get("timing"),
     )
     return 0
 

@@ -89,6 +89,9 @@ class StudyResult:
     version: str = ""
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # Wall-clock seconds of run_study's phases (tokenize_s, forward_s, attention_s, study_s) and
+    # prompts_per_s = n_prompts / study_s; measured, not computed from the model.
+    timing: dict[str, float] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ sizes and labels
     @property
@@ -172,6 +175,17 @@ class StudyResult:
         ]
         return np.concatenate(rows)
 
+    @cached_property
+    def decomposition_groups_per_prompt(self) -> tuple[list[str], np.ndarray]:
+        """The complete decomposition summed by kind of part: ``(names, [n_groups, n_prompts])``;
+        the groups add up to the logit difference up to ``decomposition_error``."""
+        names = ["embed"] + (["pos_embed"] if self.pos_embed is not None else [])
+        rows = [self.embed] + ([self.pos_embed] if self.pos_embed is not None else [])
+        names += ["attention heads", "attention biases", "MLP neurons", "MLP biases", "final norm bias"]
+        rows += [self.heads.sum((0, 1)), self.attn_bias.sum(0), (self.mlp - self.mlp_bias).sum(0),
+                 self.mlp_bias.sum(0), self.final_bias]
+        return names, np.stack([np.asarray(r, dtype=np.float64) for r in rows])
+
     @property
     def decomposition_error(self) -> np.ndarray:
         """``logit_diff`` minus the sum of all parts, per prompt."""
@@ -220,7 +234,8 @@ class StudyResult:
     # ------------------------------------------------------------------ statistics
     @cached_property
     def intervals(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Seeded 95% bootstrap intervals (over prompts) of each mean, keyed by results.json key."""
+        """Seeded 95% bootstrap intervals (over prompts) of each mean, keyed by results.json key
+        (``decomposition_groups``: the decomposition summed by kind of part)."""
         # One stack, one set of resamples: intervals of a whole and of its parts are consistent.
         parts = {
             "logit_diff": self.logit_diff[None],
@@ -228,6 +243,7 @@ class StudyResult:
             "layer_attribution": self.layer_attribution_per_prompt,
             "head_attribution": self.heads.reshape(self.n_layers * self.n_heads, -1),
             "decomposition": self.decomposition_per_prompt,
+            "decomposition_groups": self.decomposition_groups_per_prompt[1],
         }
         if self.logit_lens_recomputed_per_prompt is not None:
             parts["logit_lens_recomputed"] = self.logit_lens_recomputed_per_prompt
@@ -344,6 +360,8 @@ class StudyResult:
                 "decomposition",
                 labels=self.decomposition_labels,
                 max_abs_error=float(np.abs(self.decomposition_error).max()),
+                groups=block(self.decomposition_groups_per_prompt[1].mean(-1), "decomposition_groups",
+                             labels=self.decomposition_groups_per_prompt[0]),
             ),
             "by_template": self.by_template(),
         }
@@ -352,6 +370,8 @@ class StudyResult:
                 "prompt_index": self.attention.prompt_index,
                 "str_tokens": self.attention.str_tokens,
             }
+        if self.timing:
+            doc["timing"] = dict(self.timing)
         doc.update(self.extra)
         return doc
 
@@ -359,10 +379,10 @@ class StudyResult:
         """Write ``results.json``, ``per_prompt_heads.npy`` and (by default) ``report.html`` into
         ``out_dir``. Everything is written to a temporary folder beside it and moved in only when
         complete, so a failure leaves earlier files untouched."""
-        from logitscope.io import atomic_output_dir
+        from logitscope.io import atomic_output_dir, json_text
 
         with atomic_output_dir(out_dir, owned=OUTPUT_FILES) as tmp:
-            (tmp / "results.json").write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+            (tmp / "results.json").write_text(json_text(self.to_dict()), encoding="utf-8")
             # [n_prompts, n_layers, n_heads] float32, prompts in results.json order.
             np.save(tmp / "per_prompt_heads.npy", np.ascontiguousarray(np.moveaxis(self.heads, -1, 0), dtype=np.float32))
             if report:
@@ -396,7 +416,13 @@ class StudyResult:
                 f"top positive heads: {pos}",
                 f"top negative heads: {neg}",
             ]
+            + ([self._timing_line()] if self.timing else [])
         )
+
+    def _timing_line(self) -> str:
+        t = self.timing
+        return (f"study {self.n_prompts} prompts in {t['study_s']:.2f} s ({t['prompts_per_s']:,.0f} prompts/s; "
+                f"tokenize {t['tokenize_s']:.2f} s, forward {t['forward_s']:.2f} s, attention {t['attention_s']:.2f} s)")
 
     def _repr_html_(self) -> str:
         from logitscope.report import notebook_html

@@ -12,7 +12,6 @@ import numpy as np
 import plotly.graph_objects as go
 
 from logitscope.circuits import IOI_CLASS_ABBREV, known_circuit
-from logitscope.stats import bootstrap_ci
 
 if TYPE_CHECKING:
     from logitscope.results import StudyResult
@@ -156,25 +155,14 @@ def logit_diff_histogram(result: StudyResult) -> go.Figure:
 
 
 def decomposition_groups(result: StudyResult) -> list[tuple[str, np.ndarray]]:
-    """The complete decomposition summed by kind of part: ``(name, per-prompt values)``; the parts
-    add up to the logit difference up to ``result.decomposition_error``."""
-    groups = [("embed", result.embed)]
-    if result.pos_embed is not None:
-        groups.append(("pos_embed", result.pos_embed))
-    groups += [
-        ("attention heads", result.heads.sum((0, 1))),
-        ("attention biases", result.attn_bias.sum(0)),
-        ("MLP neurons", (result.mlp - result.mlp_bias).sum(0)),
-        ("MLP biases", result.mlp_bias.sum(0)),
-        ("final norm bias", result.final_bias),
-    ]
-    return [(name, np.asarray(v, dtype=float)) for name, v in groups]
+    """The complete decomposition summed by kind of part: ``(name, per-prompt values)``."""
+    names, rows = result.decomposition_groups_per_prompt
+    return list(zip(names, rows))
 
 
 def decomposition_group_intervals(result: StudyResult) -> tuple[np.ndarray, np.ndarray]:
-    """95% bootstrap intervals (same seed as the study) of each group's mean."""
-    stack = np.stack([v for _, v in decomposition_groups(result)])
-    return bootstrap_ci(stack, seed=result.seed)
+    """95% bootstrap intervals of each group's mean (the study's resamples: see StudyResult.intervals)."""
+    return result.intervals["decomposition_groups"]
 
 
 def decomposition_figure(result: StudyResult) -> go.Figure:
