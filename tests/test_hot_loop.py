@@ -136,3 +136,34 @@ def test_tokenize_leaves_a_truncating_tokenizer_to_transformers(gpt2_tokenizer):
     tok.backend_tokenizer.enable_truncation(max_length=5)
     assert study.tokenize(tok, TEXTS) == gpt2_tokenizer(TEXTS, add_special_tokens=False)["input_ids"]
     assert max(len(x) for x in study.tokenize(tok, TEXTS)) > 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_hot_loop_adds_no_synchronisation(tiny_gpt2_dir):
+    """On a GPU, CUDA's own sync debugging counts what makes the host wait: a batch of the study
+    makes no more of those than the model's plain forward pass does."""
+    import warnings
+
+    lm = ls.load_model(str(tiny_gpt2_dir), device="cuda")
+    enc = study.encode_prompts(ls.builtin_prompts("arena"), lm, prepend_bos=True)
+    ids = torch.tensor(enc.ids, device="cuda")
+    pos = torch.full((ids.shape[0],), ids.shape[1] - 1, device="cuda")
+    c, i = torch.from_numpy(enc.correct).cuda(), torch.from_numpy(enc.incorrect).cuda()
+
+    def syncs(fn) -> int:
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                fn()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    with torch.inference_mode(), Recorder(lm) as rec:
+        rec.run_batch(ids, pos, c, i)  # warm-up: first calls may allocate
+        ours = syncs(lambda: rec.run_batch(ids, pos, c, i))
+    with torch.inference_mode():
+        plain = syncs(lambda: lm.adapter.base(lm.model)(input_ids=ids, use_cache=False))
+    assert ours <= plain, (ours, plain)
