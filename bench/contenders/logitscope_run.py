@@ -5,7 +5,8 @@
 
 Everything after ``--`` is passed unchanged to ``logitscope.cli.main``, the function behind both
 the ``logitscope`` console script and ``python -m logitscope``, so the process does exactly what
-``python -m logitscope run ...`` does (imports, model load, study, results.json, report.html). The
+``python -m logitscope run ...`` does (imports, model load, study, results.json, report.html), and
+it ends as they do, with ``os._exit`` once everything is written (no interpreter teardown). The
 only additions happen after ``main`` returns: reading the mean logit difference back from
 ``OUT/results.json`` (with the study's own phase timings, ``timing``: tokenization to every
 number, measured by ``run_study``) and, on CUDA, ``torch.cuda.max_memory_allocated``; they are
@@ -18,6 +19,7 @@ from __future__ import annotations
 import _common  # noqa: I001
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -60,4 +62,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # As the ``logitscope`` console script does (``logitscope.cli.entry``): flush and leave without
+    # interpreter teardown; every output, this script's result file included, is already closed.
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
