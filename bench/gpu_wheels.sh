@@ -9,7 +9,8 @@
 # with), TransformerLens 3.9 and what it imports (datasets, dill, multiprocess, beartype, typeguard,
 # better-abc, fancy-einsum; not transformers-stream-generator, an sdist TransformerLens
 # declares but never imports), circuitsvis (importlib-metadata,
-# lazy-importer) and plotly. All are pure Python (py3-none-any), about 25 MB together.
+# lazy-importer) and plotly; and regex (transformers 5.24 will not import with a regex older than
+# 2025.10.22, and the image's version is unknown). All but regex are pure Python; ~29 MB together.
 #
 #   bash bench/gpu_wheels.sh            # then: run bench/gpu_check.sh with carry [".whl"]
 set -euo pipefail
@@ -22,6 +23,6 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   transformers==5.24.0 transformer-lens==3.9.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 \
   beartype==0.23.1 typeguard==4.6.1 better-abc==0.0.3 fancy-einsum==0.0.3 \
   circuitsvis==1.43.3 importlib-metadata==10.2.0 \
-  lazy-importer==0.1.0 plotly==7.1.0
+  lazy-importer==0.1.0 plotly==7.1.0 regex==2026.11.19
 du -sh .whl
 ls .whl

@@ -9,6 +9,7 @@ be seen on the CPU too: an operator that must read a device value on the host (`
 from __future__ import annotations
 
 import collections
+import re
 import functools
 
 import numpy as np
@@ -125,6 +126,7 @@ TEXTS = [
 
 def test_tokenize_equals_the_tokenizer_call(gpt2_tokenizer):
     texts = TEXTS + [p.text for p in ls.builtin_prompts("seed")]
+    assert study._backend_is_faithful(gpt2_tokenizer)  # the fast path is the one taken
     assert study.tokenize(gpt2_tokenizer, texts) == gpt2_tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
@@ -167,3 +169,43 @@ def test_cuda_hot_loop_adds_no_synchronisation(tiny_gpt2_dir):
     with torch.inference_mode():
         plain = syncs(lambda: lm.adapter.base(lm.model)(input_ids=ids, use_cache=False))
     assert ours <= plain, (ours, plain)
+
+
+def test_tokenize_follows_split_special_tokens(gpt2_tokenizer):
+    """transformers sets the backend's special-token splitting on every call; the fast path must
+    give what the call gives whatever an earlier call left on the backend."""
+    import copy
+
+    texts = ["<|endoftext|>When Mary", "x"] * 10
+    tok = copy.deepcopy(gpt2_tokenizer)
+    tok("x", split_special_tokens=True)  # leaves the backend splitting special tokens
+    assert study.tokenize(tok, texts) == tok(texts, add_special_tokens=False)["input_ids"]
+    assert study.tokenize(tok, texts)[0][0] == 50256
+    tok.split_special_tokens = True
+    assert study.tokenize(tok, texts) == tok(texts, add_special_tokens=False)["input_ids"]
+    assert study.tokenize(tok, texts)[0][0] != 50256
+
+
+HOST_READS = re.compile(r"\.(cpu|item|tolist|numpy)\(|(?<![.\w])(float|int|bool|print)\(|\.to\([^)]*\bcpu\b")
+
+
+def _source_of_hot_path() -> str:
+    import inspect
+
+    loop = inspect.getsource(study.run_study)
+    loop = loop[loop.index("# hot loop: start") : loop.index("# hot loop: end")]
+    hooks = [Recorder.run_batch, Recorder._gather, Recorder._dir, Recorder._embed_hook, Recorder._block_hook,
+             Recorder._attn_hook, Recorder._mlp_hook, Recorder._final_hook, Recorder._lens_point,
+             Recorder.norm_scale, Recorder.answer_logits, Recorder.directions, Recorder.final_bias_term]
+    return loop + "".join(inspect.getsource(f) for f in [study._to_device, *hooks])
+
+
+def test_hot_path_source_reads_nothing_back_to_the_host():
+    """What the CPU cannot show (a copy to the host is free there): no ``.cpu()``, ``.item()``,
+    ``.tolist()``, ``.numpy()``, ``float()``/``int()``/``bool()`` of a tensor, no print, in the loop
+    of run_study or in anything the hooks run. (On a GPU, test_cuda_hot_loop_adds_no_synchronisation
+    checks the real thing.)"""
+    source = _source_of_hot_path()
+    assert "rec.run_batch(" in source and "def _attn_hook" in source
+    assert HOST_READS.findall(source) == []
+    assert HOST_READS.search("x = t.cpu()") and HOST_READS.search("v = float(t.sum())")  # the check can fail

@@ -28,13 +28,16 @@ def test_parts_and_whole_share_resamples(monkeypatch):
 
 
 def test_interval_matches_normal_theory_and_is_seeded():
-    """For 4,000 normal values the bootstrap interval of the mean is mean ± 1.96·s/√n to within a
-    few per cent (the percentile bootstrap's own Monte-Carlo error at 1,000 resamples is ~3%)."""
+    """For 4,000 normal values the bootstrap interval of the mean is mean ± 1.96·s/√n, up to the
+    percentile bootstrap's Monte-Carlo error: with 1,000 resamples the 2.5% quantile's standard
+    deviation is √(0.025·0.975/1000)/φ(1.96) ≈ 0.085·se, so 0.3·se is 3.5 standard deviations (a
+    correct implementation fails this about once in 2,000 seeds; a wrong width, e.g. ±1·se or
+    ±2.5·se, fails it always)."""
     x = np.random.default_rng(3).normal(loc=2.0, scale=3.0, size=4000)
     lo, hi = stats.bootstrap_ci(x, seed=9)
     se = x.std(ddof=1) / np.sqrt(x.size)
-    assert lo == pytest.approx(x.mean() - 1.96 * se, abs=0.1 * se)
-    assert hi == pytest.approx(x.mean() + 1.96 * se, abs=0.1 * se)
+    assert lo == pytest.approx(x.mean() - 1.96 * se, abs=0.3 * se)
+    assert hi == pytest.approx(x.mean() + 1.96 * se, abs=0.3 * se)
     assert stats.bootstrap_ci(x, seed=9) == (lo, hi)
     assert stats.bootstrap_ci(x, seed=10) != (lo, hi)
 
@@ -47,7 +50,8 @@ def test_json_text_is_the_same_document():
 
     doc = {"a": 1, "prompts": [{"prompt": "x \u00e9\n", "v": 0.1}, {"prompt": "y", "v": [1, 2]}],
            "block": {"values": [[1.5, -2.0], [3.0, 4e-9]], "labels": ["L0", "L1"], "empty": {}, "none": None},
-           "empty_list": [], "mixed": [{"a": 1}, 2], "nan": float("nan"), 3: "int key"}
+           "empty_list": [], "mixed": [{"a": 1}, 2], "nan": float("nan"), 3: "int key",
+           "keys": {True: 1, None: 2, 1.5: 3, float("inf"): 4}}
     text = json_text(doc)
     assert text.endswith("\n")
     expected = json.loads(json.dumps(doc))

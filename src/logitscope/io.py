@@ -72,10 +72,15 @@ def json_text(obj: Any) -> str:
     def dump(value: Any, pad: str) -> str:
         inner = pad + " "
         if isinstance(value, dict) and value:
-            items = (f"{inner}{json.dumps(str(k))}: {dump(v, inner)}" for k, v in value.items())
+            items = (f"{inner}{_key(k)}: {dump(v, inner)}" for k, v in value.items())
             return "{\n" + ",\n".join(items) + f"\n{pad}}}"
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             return "[\n" + ",\n".join(inner + json.dumps(v) for v in value) + f"\n{pad}]"
         return json.dumps(value)
 
     return dump(obj, "") + "\n"
+
+
+def _key(k: Any) -> str:
+    """An object key as ``json.dumps`` writes it (``True`` -> ``"true"``; it raises where it would)."""
+    return json.dumps({k: 0})[1:-4]

@@ -89,8 +89,10 @@ class StudyResult:
     version: str = ""
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
-    # Wall-clock seconds of run_study's phases (tokenize_s, forward_s, attention_s, study_s) and
-    # prompts_per_s = n_prompts / study_s; measured, not computed from the model.
+    # Wall-clock seconds of run_study's phases and prompts_per_s = n_prompts / study_s; measured,
+    # not computed from the model. tokenize_s: token ids and checks; forward_s: batch set-up, every
+    # forward pass and attribution, the copy back to the host; attention_s: the attention-pattern
+    # pass; study_s: all of run_study from tokenization on.
     timing: dict[str, float] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ sizes and labels
