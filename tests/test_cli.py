@@ -224,3 +224,37 @@ def test_a_new_run_leaves_no_stale_report(tiny_gpt2_dir, tmp_path):
     assert not (out / "report.html").exists()  # it described the earlier run
     assert (out / "notes.txt").read_text() == "mine"  # files logitscope does not own are left alone
     assert json.loads((out / "results.json").read_text())["prompts"][0]["prompt"].startswith("When John and Mary went to the shops, John")
+
+
+def test_per_prompt_csv_holds_every_prompt_and_attribution(tiny_gpt2_dir, tmp_path):
+    """per_prompt.csv, read back with the csv module, against results.json and per_prompt_heads.npy."""
+    import csv
+
+    out = tmp_path / "csv"
+    assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", "ioi:30", "--out", str(out), "--quiet", "--no-report",
+                 "--csv"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    with open(out / "per_prompt.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 30
+    assert [r["prompt"] for r in rows] == [p["prompt"] for p in doc["prompts"]]  # commas in prompts survive
+    assert [r["template"] for r in rows] == [str(p["template"]) for p in doc["prompts"]]
+    col = lambda name: np.array([float(r[name]) for r in rows])  # noqa: E731
+    np.testing.assert_array_equal(col("logit_diff"), doc["logit_diff"]["per_prompt"])  # repr round-trips floats
+    for key, prefix in (("logit_lens", "lens"), ("layer_attribution", "layer")):
+        means = [col(f"{prefix}:{label}").mean() for label in doc[key]["labels"]]
+        np.testing.assert_allclose(means, doc[key]["values"], rtol=0, atol=1e-12)
+    heads = np.load(out / "per_prompt_heads.npy")
+    np.testing.assert_allclose(col("head:L1H2"), heads[:, 1, 2], rtol=0, atol=1e-6)  # npy is float32
+    parts = sum(col(f"part:{label}") for label in doc["decomposition"]["groups"]["labels"])
+    np.testing.assert_allclose(parts, col("logit_diff"), rtol=0, atol=1e-4)
+
+    import logitscope as ls
+
+    result = ls.run_study("ioi:30", str(tiny_gpt2_dir), device="cpu")
+    frame = result.to_dataframe()
+    assert frame.shape[0] == 30 and list(frame.columns) == list(rows[0].keys())
+    np.testing.assert_allclose(frame["head:L1H2"].to_numpy(), col("head:L1H2"), rtol=0, atol=1e-5)
+    # A later run without --csv leaves no stale CSV describing the earlier run.
+    assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--out", str(out), "--quiet", "--no-report"]) == 0
+    assert not (out / "per_prompt.csv").exists()

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run the study and write results.json and report.html",
         description="Run the direct-logit-attribution study on a model and a prompt set; write "
-        "DIR/results.json, DIR/per_prompt_heads.npy and DIR/report.html (atomically: a failed run "
+        "DIR/results.json, DIR/per_prompt_heads.npy and DIR/report.html (with --csv also DIR/per_prompt.csv; atomically: a failed run "
         "leaves earlier files in DIR untouched), and print a summary.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="prepend the BOS token to every prompt (default: the family's TransformerLens habit)")
     bos.add_argument("--no-prepend-bos", dest="prepend_bos", action="store_false")
     run.add_argument("--no-report", action="store_true", help="skip report.html")
+    run.add_argument("--csv", action="store_true",
+                     help="also write per_prompt.csv: one row per prompt, every logit-lens point, layer, head and "
+                     "decomposition group as a column (TransformerLens labels)")
     run.add_argument("--quiet", action="store_true", help="no progress bar or warnings")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
@@ -140,9 +143,10 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
-    out = result.save(args.out, report=not args.no_report)
+    out = result.save(args.out, report=not args.no_report, csv=args.csv)
     print(result.summary())
-    written = ["results.json", "per_prompt_heads.npy"] + ([] if args.no_report else ["report.html"])
+    written = (["results.json", "per_prompt_heads.npy"] + (["per_prompt.csv"] if args.csv else [])
+               + ([] if args.no_report else ["report.html"]))
     print(f"wrote {', '.join(str(Path(out) / w) for w in written)}")
     return 0
 

@@ -21,7 +21,7 @@ from logitscope.stats import bootstrap_ci
 from logitscope.tasks.prompts import Prompt
 
 RESULTS_SCHEMA_VERSION = 1
-OUTPUT_FILES = ("results.json", "per_prompt_heads.npy", "report.html")
+OUTPUT_FILES = ("results.json", "per_prompt_heads.npy", "per_prompt.csv", "report.html")
 
 
 @dataclass
@@ -298,17 +298,12 @@ class StudyResult:
         seeded 95% intervals and the fraction of prompts where the correct answer wins."""
         return [dict(row) for row in self._by_template]
 
-    # ------------------------------------------------------------------ serialisation
-    def to_dict(self) -> dict[str, Any]:
-        """The ``results.json`` document (means over prompts, divided by the number of prompts as
-        the seed does, with 95% bootstrap intervals)."""
-        ci = self.intervals
-
-        def block(values: np.ndarray, key: str, **extra: Any) -> dict[str, Any]:
-            lo, hi = ci[key]
-            return {**extra, "values": _tolist(values), "ci95_low": _tolist(lo), "ci95_high": _tolist(hi)}
-
-        prompts = []
+    # ------------------------------------------------------------------ per-prompt tables
+    def prompt_rows(self) -> list[dict[str, Any]]:
+        """One dict per prompt, as in ``results.json``'s ``prompts``: the text, answers and their
+        ids, the token count, logit difference, direct term, both answers' probabilities, then the
+        prompt's own metadata (IOI: template, order, names, ...)."""
+        rows = []
         for i, p in enumerate(self.prompts):
             row = {
                 "prompt": p.text,
@@ -323,7 +318,65 @@ class StudyResult:
                 "prob_incorrect": float(self.prob_incorrect[i]),
             }
             row.update({k: v for k, v in p.meta.items() if k not in row})
-            prompts.append(row)
+            rows.append(row)
+        return rows
+
+    def per_prompt_columns(self) -> tuple[list[str], np.ndarray]:
+        """Every per-prompt attribution as named columns: ``(names, [n_prompts, n_columns])``.
+        Names are TransformerLens labels, prefixed by what they are: ``lens:0_pre`` …
+        ``lens:final_post`` (the logit lens, frozen scale), ``layer:embed`` … ``layer:11_mlp_out``,
+        ``head:L0H0`` … (``stack_head_results``), ``part:...`` (the complete decomposition's
+        groups)."""
+        names = ([f"lens:{x}" for x in self.logit_lens_labels] + [f"layer:{x}" for x in self.layer_labels]
+                 + [f"head:{x}" for x in self.head_labels]
+                 + [f"part:{x}" for x in self.decomposition_groups_per_prompt[0]])
+        values = np.concatenate([self.logit_lens_per_prompt, self.layer_attribution_per_prompt,
+                                 self.heads.reshape(self.n_layers * self.n_heads, -1),
+                                 self.decomposition_groups_per_prompt[1]])
+        return names, np.ascontiguousarray(values.T, dtype=np.float64)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One flat dict per prompt: :meth:`prompt_rows` and :meth:`per_prompt_columns` together
+        (what ``per_prompt.csv`` holds, and what ``pandas.DataFrame(result.to_records())`` takes)."""
+        names, values = self.per_prompt_columns()
+        return [{**row, **dict(zip(names, v))} for row, v in zip(self.prompt_rows(), values.tolist())]
+
+    def to_dataframe(self) -> Any:
+        """:meth:`to_records` as a ``pandas.DataFrame`` (needs pandas, which logitscope itself does
+        not: ``pip install pandas``)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:  # pragma: no cover - pandas is in the test environment
+            raise ImportError("to_dataframe() needs pandas: pip install pandas "
+                              "(to_records() gives the same rows as plain dicts)") from exc
+        return pd.DataFrame(self.to_records())
+
+    def write_csv(self, path: str | Path) -> Path:
+        """Write :meth:`to_records` as CSV (UTF-8, a header row; columns in the order of the first
+        prompt's row, then any metadata key later prompts add; an absent value is an empty cell)."""
+        import csv
+
+        names, values = self.per_prompt_columns()
+        rows = self.prompt_rows()
+        head = list(dict.fromkeys(k for row in rows for k in row))
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(head + names)
+            for row, v in zip(rows, values.tolist()):
+                w.writerow([_cell(row.get(k, "")) for k in head] + v)
+        return Path(path)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """The ``results.json`` document (means over prompts, divided by the number of prompts as
+        the seed does, with 95% bootstrap intervals)."""
+        ci = self.intervals
+
+        def block(values: np.ndarray, key: str, **extra: Any) -> dict[str, Any]:
+            lo, hi = ci[key]
+            return {**extra, "values": _tolist(values), "ci95_low": _tolist(lo), "ci95_high": _tolist(hi)}
+
+        prompts = self.prompt_rows()
         lo, hi = ci["logit_diff"]
         doc: dict[str, Any] = {
             "schema_version": RESULTS_SCHEMA_VERSION,
@@ -377,16 +430,18 @@ class StudyResult:
         doc.update(self.extra)
         return doc
 
-    def save(self, out_dir: str | Path, *, report: bool = True) -> Path:
-        """Write ``results.json``, ``per_prompt_heads.npy`` and (by default) ``report.html`` into
-        ``out_dir``. Everything is written to a temporary folder beside it and moved in only when
-        complete, so a failure leaves earlier files untouched."""
+    def save(self, out_dir: str | Path, *, report: bool = True, csv: bool = False) -> Path:
+        """Write ``results.json``, ``per_prompt_heads.npy``, (by default) ``report.html`` and (if
+        asked) ``per_prompt.csv`` into ``out_dir``. Everything is written to a temporary folder
+        beside it and moved in only when complete, so a failure leaves earlier files untouched."""
         from logitscope.io import atomic_output_dir, json_text
 
         with atomic_output_dir(out_dir, owned=OUTPUT_FILES) as tmp:
             (tmp / "results.json").write_text(json_text(self.to_dict()), encoding="utf-8")
             # [n_prompts, n_layers, n_heads] float32, prompts in results.json order.
             np.save(tmp / "per_prompt_heads.npy", np.ascontiguousarray(np.moveaxis(self.heads, -1, 0), dtype=np.float32))
+            if csv:  # ~4.6 KB a prompt for GPT-2 small (200 columns at full float64 precision)
+                self.write_csv(tmp / "per_prompt.csv")
             if report:
                 self.write_report(tmp / "report.html")
         return Path(out_dir)
@@ -433,6 +488,11 @@ class StudyResult:
 
     def __repr__(self) -> str:
         return f"<StudyResult {self.model}: {self.n_prompts} prompts, mean logit diff {self.mean_logit_diff:.4f}>"
+
+
+def _cell(v: Any) -> Any:
+    """A metadata value as one CSV cell: text and numbers as they are, anything else as JSON."""
+    return v if isinstance(v, (str, int, float)) else json.dumps(v)
 
 
 def _tolist(a: Any) -> Any:
