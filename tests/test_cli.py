@@ -80,6 +80,8 @@ def test_bad_inputs_are_clear_errors_that_write_nothing(tiny_gpt2_dir, tmp_path,
     cases = {
         "missing model folder": (["--model", str(tmp_path / "nope")], "seed", "model folder not found"),
         "folder that is no model": (["--model", str(tmp_path)], "seed", "has no config.json"),
+        "folder without tokenizer": (["--model", str(_without_tokenizer(tiny_gpt2_dir, tmp_path / "notok"))], "seed",
+                                     "has no tokenizer"),
         "hub id without network": (["--model", "no-such-org/no-such-model"], "seed", "no-such-org/no-such-model"),
         "prompts file missing": (model, str(tmp_path / "missing.jsonl"), "prompts file not found"),
         "prompts file empty": (model, write_jsonl(tmp_path / "empty.jsonl", [""]), "prompts file is empty"),
@@ -94,7 +96,10 @@ def test_bad_inputs_are_clear_errors_that_write_nothing(tiny_gpt2_dir, tmp_path,
                                      "are the same token"),
         "prompt too long": (model, write_jsonl(tmp_path / "long.jsonl", [{**ROW, "prompt": long_prompt}]),
                             "longer than the model's context of 64"),
-        "unknown prompt set": (model, "sed", "unknown prompt set 'sed'"),
+        "unknown prompt set": (model, "sed", "ioi-abba:N, ioi-baba:N, or a path"),
+        "several bad answers": (model, write_jsonl(tmp_path / "many.jsonl", [
+            ROW, {**ROW, "correct": " Maryanne-Louise"}, {**ROW, "incorrect": " Jonathanson-Smith"}]),
+            "(line 2): answer ' Maryanne-Louise' is"),
         "bad ioi count": (model, "ioi:lots", "N must be a whole number"),
     }
     for name, (model_args, prompts, expected) in cases.items():
@@ -105,6 +110,8 @@ def test_bad_inputs_are_clear_errors_that_write_nothing(tiny_gpt2_dir, tmp_path,
             assert "tokens [" in err  # shows how it tokenizes
         if name in ("prompts file missing", "not JSON at line 2"):
             assert str(tmp_path) in err  # names the path
+        if name == "several bad answers":
+            assert "1 other answer too: ' Jonathanson-Smith' (line 3)" in err
 
     # --out problems and an unavailable device are caught before any work.
     a_file = tmp_path / "a-file"
@@ -115,7 +122,32 @@ def test_bad_inputs_are_clear_errors_that_write_nothing(tiny_gpt2_dir, tmp_path,
     _fail(["run", *model, "--prompts", "seed", "--out", str(out), "--device", "cuda:7"], capsys, "--device cuda:7")
     _fail(["run", *model, "--prompts", "seed", "--out", str(out), "--device", "toaster"], capsys, "not a device name")
     _fail(["run", *model, "--prompts", "seed", "--out", str(out), "--top-k", "0"], capsys, "--top-k 0")
+    _fail(["run", *model, "--prompts", "seed", "--out", ""], capsys, "--out is empty")
+    # --debug adds the traceback; the exit status stays 2.
+    assert main(["run", *model, "--prompts", "sed", "--out", str(out), "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "logitscope: error: unknown prompt set" in err
     assert snapshot(out) == before
+
+
+def _without_tokenizer(model_dir: Path, folder: Path) -> Path:
+    import shutil
+
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(model_dir / name, folder / name)
+    return folder
+
+
+def test_jsonl_with_a_byte_order_mark_and_colliding_keys(tiny_gpt2_dir, tmp_path):
+    """A file saved by a Windows editor (BOM, CRLF) reads as any other; a row key that names a
+    computed field (correct_id) is kept, as meta_correct_id."""
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + (json.dumps({**ROW, "correct_id": "mine"}) + "\r\n").encode() * 2)
+    out = tmp_path / "o"
+    assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", str(path), "--out", str(out), "--quiet", "--no-report"]) == 0
+    row = json.loads((out / "results.json").read_text())["prompts"][0]
+    assert row["meta_correct_id"] == "mine" and isinstance(row["correct_id"], int)
 
 
 def test_failure_while_writing_keeps_earlier_results(tiny_gpt2_dir, tmp_path, capsys, monkeypatch):
@@ -155,15 +187,17 @@ def test_prompt_lint_warns_but_runs(tiny_gpt2_dir, tmp_path, capsys):
         {"prompt": "When Mary and John went to the store, John gave a drink to ", "correct": " Mary", "incorrect": " John"},
         {"prompt": "When Mary and John went to the store, John gave a drink to", "correct": "Mary", "incorrect": " John"},
         {"prompt": "The capital of France is", "correct": " Paris", "incorrect": " London"},
+        {"prompt": "When Mary and John went to the store, John gave a drink to", "correct": " Mark", "incorrect": " John"},
     ]
     jsonl = write_jsonl(tmp_path / "lint.jsonl", rows)
     out = tmp_path / "o"
     assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", str(jsonl), "--out", str(out), "--no-report"]) == 0
     err = capsys.readouterr().err
-    assert "1 of 4 prompts contain a double space" in err and "[line 1]" in err
-    assert "1 of 4 prompts end in a space" in err and "[line 2]" in err
-    assert "1 of 4 prompts have an answer without a leading space" in err and "[line 3]" in err
-    assert "1 of 4 prompts have an answer word that does not occur in the prompt" in err and "[line 4]" in err
+    assert "1 of 5 prompts contain a double space" in err and "[line 1]" in err
+    assert "1 of 5 prompts end in a space" in err and "[line 2]" in err
+    assert "1 of 5 prompts have an answer without a leading space" in err and "[line 3]" in err
+    # A factual prompt (neither answer in it) is fine; a name typo (one answer in it) is flagged.
+    assert "1 of 5 prompts have one answer word in the prompt and the other not" in err and "[line 5]" in err
     assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--out", str(out), "--no-report"]) == 0
     assert "the seed's prompts contain a double space" in capsys.readouterr().err
     assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", str(jsonl), "--out", str(out), "--quiet", "--no-report"]) == 0

@@ -205,3 +205,12 @@ def test_decomposition_groups_in_results_add_up(tiny_gpt2_dir):
     assert sum(g["values"]) == pytest.approx(doc["logit_diff"]["mean"], abs=1e-5)
     lo, hi, v = np.array(g["ci95_low"]), np.array(g["ci95_high"]), np.array(g["values"])
     assert (lo <= v + 1e-12).all() and (v <= hi + 1e-12).all() and (hi > lo).all()
+
+
+def test_api_misuse_is_a_clear_error(tiny_gpt2_dir):
+    result = ls.run_study("arena", str(tiny_gpt2_dir), device="cpu")
+    with pytest.raises(ValueError, match="no head L1H7: this model has layers 0-1 and heads 0-3"):
+        result.attention.heads([(1, 7)])
+    with pytest.raises(ValueError, match="sign=0"):
+        result.top_heads(3, sign=0)
+    assert result.attention.heads([(1, 3)]).shape[0] == 1

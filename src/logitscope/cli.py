@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from logitscope import __version__
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     except LogitscopeError as e:
         if args.debug:
-            raise
+            traceback.print_exc()
         print(f"logitscope: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

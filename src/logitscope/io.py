@@ -15,6 +15,8 @@ from logitscope.errors import InputError
 
 def check_out_dir(out_dir: str | Path) -> Path:
     """Fail early, before any work, if ``out_dir`` cannot receive the outputs."""
+    if not str(out_dir).strip():
+        raise InputError("--out is empty: give the folder to write into (e.g. --out runs/first)")
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out_dir}: is a file, not a folder; choose a folder path")

@@ -34,6 +34,10 @@ class AttentionView:
 
     def heads(self, heads: list[tuple[int, int]]) -> np.ndarray:
         """Patterns of the given ``(layer, head)`` pairs, stacked: ``[len(heads), T, T]``."""
+        L, H = self.patterns.shape[:2]
+        for layer, head in heads:
+            if not (0 <= layer < L and 0 <= head < H):
+                raise ValueError(f"no head L{layer}H{head}: this model has layers 0-{L - 1} and heads 0-{H - 1}")
         return np.stack([self.patterns[layer, head] for layer, head in heads])
 
 
@@ -214,6 +218,8 @@ class StudyResult:
     def top_heads(self, k: int | None = None, sign: int = 1) -> list[tuple[int, int, float]]:
         """The ``k`` heads with the largest (``sign=1``) or most negative (``sign=-1``) mean
         attribution, in order, as ``(layer, head, value)``."""
+        if sign not in (1, -1):
+            raise ValueError(f"sign={sign!r}: use 1 (largest) or -1 (most negative)")
         k = self.top_k if k is None else k
         flat = self.head_attribution.reshape(-1) * sign
         order = np.argsort(-flat, kind="stable")[: min(k, flat.size)]
@@ -317,7 +323,8 @@ class StudyResult:
                 "prob_correct": float(self.prob_correct[i]),
                 "prob_incorrect": float(self.prob_incorrect[i]),
             }
-            row.update({k: v for k, v in p.meta.items() if k not in row})
+            # The prompt's own keys follow; one that names a computed field is kept as meta_<key>.
+            row.update({(f"meta_{k}" if k in row else k): v for k, v in p.meta.items()})
             rows.append(row)
         return rows
 

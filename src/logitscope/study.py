@@ -47,19 +47,28 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
         ids = [[bos] + x for x in ids]
     answers = sorted({p.correct for p in prompts} | {p.incorrect for p in prompts})
     answer_ids = dict(zip(answers, tokenize(tok, answers)))
+    bad = []
     for a, toks in answer_ids.items():
         if len(toks) != 1:
             in_context = _next_token_in_context(tok, [p for p in prompts if a in (p.correct, p.incorrect)], a)
             if in_context is not None:  # e.g. SentencePiece: " Mary" alone is ['▁', '▁Mary']
                 answer_ids[a] = [in_context]
-                continue
-            where = _where(prompts, a)
-            pieces = [tok.decode([t]) for t in toks]
-            hint = "" if a.startswith(" ") or not a else f" (did you mean {' ' + a!r}, with a leading space?)"
-            raise InputError(
-                f"{where}: answer {a!r} is {len(toks)} tokens {pieces} for this model's tokenizer, "
-                f"not one; choose an answer that is a single token{hint}"
-            )
+            else:
+                bad.append(a)
+    if bad:  # name the first in file order, count the others, so one run finds them all
+        first_at = {a: next(i for i, p in enumerate(prompts) if a in (p.correct, p.incorrect)) for a in bad}
+        bad.sort(key=first_at.__getitem__)
+        a, toks = bad[0], answer_ids[bad[0]]
+        pieces = [tok.decode([t]) for t in toks]
+        hint = "" if a.startswith(" ") or not a else f" (did you mean {' ' + a!r}, with a leading space?)"
+        others = ""
+        if len(bad) > 1:
+            shown = ", ".join(f"{b!r}{_line_of(prompts[first_at[b]])}" for b in bad[1:6])
+            others = f"; {len(bad) - 1} other answer{'s' if len(bad) > 2 else ''} too: {shown}{', ...' if len(bad) > 6 else ''}"
+        raise InputError(
+            f"{_where(prompts, a)}: answer {a!r} is {len(toks)} tokens {pieces} for this model's tokenizer, "
+            f"not one; choose an answer that is a single token{hint}{others}"
+        )
     correct = np.array([answer_ids[p.correct][0] for p in prompts], dtype=np.int64)
     incorrect = np.array([answer_ids[p.incorrect][0] for p in prompts], dtype=np.int64)
     same = np.nonzero(correct == incorrect)[0]
@@ -128,6 +137,11 @@ def _next_token_in_context(tok: Any, prompts: Sequence[Prompt], answer: str) -> 
     found = {f[-1] for b, f in zip(base, full) if len(f) == len(b) + 1 and f[: len(b)] == b}
     ok = all(len(f) == len(b) + 1 and f[: len(b)] == b for b, f in zip(base, full))
     return found.pop() if ok and len(found) == 1 else None
+
+
+def _line_of(prompt: Prompt) -> str:
+    line = prompt.meta.get("line")
+    return f" (line {line})" if line is not None else ""
 
 
 def _where(prompts: Sequence[Prompt], answer: str | None = None, prompt: Prompt | None = None) -> str:

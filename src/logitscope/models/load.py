@@ -121,6 +121,12 @@ def load_model(
     try:
         _check_architecture(source, kwargs)  # before any weights are read or downloaded
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        if not tokenizer("a", add_special_tokens=False)["input_ids"]:  # built empty: its files are missing
+            raise ModelLoadError(
+                f"model {name!r} has no tokenizer: {'the folder' if local else 'the repository'} lacks the tokenizer's "
+                "files (tokenizer.json, or vocab.json and merges.txt, or tokenizer.model); save them beside the "
+                "weights with tokenizer.save_pretrained(folder)"
+            )
         model = _from_pretrained(AutoModelForCausalLM, source, dtype=torch_dtype, device_map=device_map, **kwargs)
     except (OSError, ValueError) as e:
         where = "that folder" if local else "the hub or the local cache"

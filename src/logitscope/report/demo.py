@@ -125,7 +125,12 @@ def synthetic_result(
 
 
 if __name__ == "__main__":
+    import argparse
+
     from logitscope.report import write_report
 
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "report.html")
-    print(write_report(synthetic_result(), target))
+    parser = argparse.ArgumentParser(
+        prog="python -m logitscope.report.demo",
+        description="Write a report from synthetic, IOI-shaped demo numbers (no model needed).")
+    parser.add_argument("target", nargs="?", default="report.html", help="the HTML file to write (default report.html)")
+    print(write_report(synthetic_result(), Path(parser.parse_args().target)))

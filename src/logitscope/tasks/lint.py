@@ -17,6 +17,11 @@ def _answer_word(answer: str) -> str:
     return answer.strip()
 
 
+def _in_prompt(p: Prompt, answer: str) -> bool:
+    word = _answer_word(answer)
+    return bool(word) and re.search(rf"(?<!\w){re.escape(word)}(?!\w)", p.text) is not None
+
+
 _CHECKS: list[tuple[str, Callable[[Prompt], bool], str]] = [
     (
         "double space",
@@ -38,13 +43,10 @@ _CHECKS: list[tuple[str, Callable[[Prompt], bool], str]] = [
         " leading-space token is then unlikely",
     ),
     (
-        "answer not in prompt",
-        lambda p: any(
-            _answer_word(a) and re.search(rf"(?<!\w){re.escape(_answer_word(a))}(?!\w)", p.text) is None
-            for a in (p.correct, p.incorrect)
-        ),
-        "have an answer word that does not occur in the prompt (expected for IOI-style tasks,"
-        " where both names appear)",
+        "one answer in prompt",
+        lambda p: _in_prompt(p, p.correct) != _in_prompt(p, p.incorrect),
+        "have one answer word in the prompt and the other not; where the answers are names from the"
+        " prompt (IOI-style), that is usually a typo",
     ),
 ]
 

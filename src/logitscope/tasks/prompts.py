@@ -62,7 +62,7 @@ def builtin_prompts(name: str) -> list[Prompt]:
     except KeyError:
         raise InputError(
             f"unknown prompt set {name!r}: use one of {', '.join(sorted(BUILTIN_SETS))}, "
-            "ioi:N, or a path to a .jsonl file"
+            "ioi:N, ioi-abba:N, ioi-baba:N, or a path to a .jsonl file"
         ) from None
 
 
@@ -81,7 +81,7 @@ def load_jsonl(path: str | Path) -> list[Prompt]:
     if path.is_dir():
         raise InputError(f"prompts path is a directory, not a JSONL file: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not content
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     prompts = []
