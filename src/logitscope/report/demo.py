@@ -11,7 +11,6 @@ screenshot, ``docs/report.png``, is the top of this report::
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
