@@ -213,11 +213,11 @@ def run_study(
     if not prompts:
         raise InputError("no prompts given")
     if top_k < 1:
-        raise InputError(f"--top-k {top_k}: must be at least 1")
+        raise InputError(f"top_k={top_k} (--top-k): must be at least 1")
     if seed < 0:
-        raise InputError(f"--seed {seed}: must be 0 or more")
+        raise InputError(f"seed={seed} (--seed): must be 0 or more")
     if not 0 <= attention_prompt < len(prompts):
-        raise InputError(f"--attention-prompt {attention_prompt}: must be between 0 and {len(prompts) - 1}")
+        raise InputError(f"attention_prompt={attention_prompt} (--attention-prompt): must be between 0 and {len(prompts) - 1}")
     bos = lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos
     t_start = time.perf_counter()
     enc = encode_prompts(prompts, lm, prepend_bos=bos)
@@ -226,7 +226,7 @@ def run_study(
     if batch_size is None:
         batch_size = auto_batch_size(lm, int(lengths.max()))
     if batch_size < 1:
-        raise InputError(f"--batch-size {batch_size}: must be at least 1")
+        raise InputError(f"batch_size={batch_size} (--batch-size): must be at least 1")
 
     # Sort by length so batches carry little padding; results go back to the prompts' order.
     order = np.argsort(lengths, kind="stable")

@@ -123,9 +123,9 @@ def load_prompts(spec: str, *, seed: int = 0, tokenizer: Any = None) -> list[Pro
         try:
             n = int(tail)
         except ValueError:
-            raise InputError(f"--prompts {spec}: N must be a whole number, e.g. ioi:500") from None
+            raise InputError(f"prompt set {spec!r}: N must be a whole number, e.g. ioi:500") from None
         if n <= 0:
-            raise InputError(f"--prompts {spec}: N must be at least 1")
+            raise InputError(f"prompt set {spec!r}: N must be at least 1")
         order = {"ioi": "mixed", "ioi-abba": "ABBA", "ioi-baba": "BABA"}[head]
         return generate_ioi_prompts(n, order=order, seed=seed, tokenizer=tokenizer)
     if spec.endswith(".jsonl") or Path(spec).exists() or "/" in spec:
