@@ -133,20 +133,11 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _mem_total_bytes() -> int | None:
+def _meminfo_bytes(key: str) -> int | None:
+    """A /proc/meminfo field (``MemTotal``, ``MemAvailable``) in bytes; ``None`` where unknown."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _mem_available_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -191,7 +182,7 @@ def machine_info(device: str) -> dict[str, Any]:
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "memory_gb": round((_mem_total_bytes() or 0) / GB, 1),
+        "memory_gb": round((_meminfo_bytes("MemTotal") or 0) / GB, 1),
         "os": platform.platform(),
         "python": platform.python_version(),
         "torch": _version("torch"),
@@ -510,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown contenders {sorted(unknown)}")
     out_json = Path(args.out) if args.out else BENCH / "results" / f"{args.device.split(':')[0]}-{args.n}.json"
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    mem_limit = int((args.mem_limit_gb * GB) if args.mem_limit_gb else 0.9 * (_mem_available_bytes() or 16 * GB))
+    mem_limit = int((args.mem_limit_gb * GB) if args.mem_limit_gb else 0.9 * (_meminfo_bytes("MemAvailable") or 16 * GB))
 
     if args.device.startswith("cuda"):
         probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],

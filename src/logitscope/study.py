@@ -147,9 +147,8 @@ def _line_of(prompt: Prompt) -> str:
 def _where(prompts: Sequence[Prompt], answer: str | None = None, prompt: Prompt | None = None) -> str:
     if prompt is None:
         prompt = next(p for p in prompts if answer in (p.correct, p.incorrect))
-    line = prompt.meta.get("line")
     text = prompt.text if len(prompt.text) <= 60 else prompt.text[:57] + "..."
-    return f"prompt {text!r}" + (f" (line {line})" if line is not None else "")
+    return f"prompt {text!r}{_line_of(prompt)}"
 
 
 def auto_batch_size(lm: LoadedModel, max_len: int) -> int:
