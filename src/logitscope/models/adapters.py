@@ -8,7 +8,7 @@ its value bias? Each family answers in a few lines; everything else is family-in
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -44,6 +44,15 @@ class Adapter:
     value_bias: Callable[[nn.Module, "ModelShape"], torch.Tensor | None]
     n_heads: Callable[[object], int]
     default_prepend_bos: bool = True  # TransformerLens's default_prepend_bos for the family
+    # Hook points (logitscope.hooks). ``attention(block)``: the attention module, the ``module`` the
+    # AttentionInterface receives. ``attention_points``: for families whose attention does not go
+    # through the AttentionInterface, the modules whose outputs are q, k, v and the pattern.
+    # ``attn_out`` / ``mlp_out``: the module whose output is added to the residual stream, where it is
+    # not ``out_proj`` / ``mlp`` (e.g. a norm after the attention layer).
+    attention: Callable[[nn.Module], nn.Module] | None = None
+    attention_points: Mapping[str, Callable[[nn.Module], nn.Module]] | None = None
+    attn_out: Callable[[nn.Module], nn.Module] | None = None
+    mlp_out: Callable[[nn.Module], nn.Module] | None = None
 
     def unembed(self, model: nn.Module) -> nn.Linear:
         return model.get_output_embeddings()
@@ -119,6 +128,7 @@ GPT2 = Adapter(
     final_norm=lambda m: m.transformer.ln_f,
     value_bias=_gpt2_value_bias,
     n_heads=lambda cfg: cfg.n_head,
+    attention=lambda b: b.attn,
 )
 
 # GPT-Neo keeps GPT-2's module tree (transformer.wte/wpe/h/ln_f, mlp.c_proj) and differs only in
@@ -131,6 +141,13 @@ GPT_NEO = replace(
     out_proj_weight=lambda b: b.attn.attention.out_proj.weight,
     value_bias=lambda b, s: _linear_value_bias(b.attn.attention.v_proj, b.ln_1, s),
     n_heads=lambda cfg: cfg.num_heads,
+    attention=lambda b: b.attn.attention,
+    attention_points={  # GPT-Neo's attention has its own kernel, not the AttentionInterface
+        "q": lambda b: b.attn.attention.q_proj,
+        "k": lambda b: b.attn.attention.k_proj,
+        "v": lambda b: b.attn.attention.v_proj,
+        "pattern": lambda b: b.attn.attention.attn_dropout,  # receives the softmaxed pattern
+    },
 )
 
 GPT_NEOX = Adapter(
@@ -150,6 +167,7 @@ GPT_NEOX = Adapter(
     value_bias=_neox_value_bias,
     n_heads=lambda cfg: cfg.num_attention_heads,
     default_prepend_bos=False,  # as TransformerLens: Pythia was trained without a BOS habit
+    attention=lambda b: b.attention,
 )
 
 
@@ -171,6 +189,7 @@ def _llama_like(family: str, *architectures: str, prepend_bos: bool = True) -> A
         value_bias=lambda b, s: _linear_value_bias(b.self_attn.v_proj, b.input_layernorm, s),
         n_heads=lambda cfg: cfg.num_attention_heads,
         default_prepend_bos=prepend_bos,
+        attention=lambda b: b.self_attn,
     )
 
 

@@ -16,12 +16,15 @@ class Prompt:
 
     ``meta`` carries provenance that results keep beside the prompt, e.g. ``{"template": 3,
     "order": "ABBA"}`` for generated IOI prompts or ``{"line": 12}`` for a JSONL row.
+    ``corrupted``: the prompt's counterpart for activation patching (same number of tokens, the
+    answer changed), or ``None``.
     """
 
     text: str
     correct: str
     incorrect: str
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    corrupted: str | None = None
 
 
 # The seed notebook's four formats and name pairs, byte for byte. Note the double space before
@@ -67,10 +70,12 @@ def builtin_prompts(name: str) -> list[Prompt]:
 
 
 _FIELDS = ("prompt", "correct", "incorrect")
+_OPTIONAL = ("corrupted",)  # the counterpart prompt for activation patching
 
 
 def load_jsonl(path: str | Path) -> list[Prompt]:
-    """Read ``{"prompt", "correct", "incorrect"}`` rows, one JSON object per line.
+    """Read ``{"prompt", "correct", "incorrect"}`` rows (and optionally ``"corrupted"``, the
+    counterpart prompt for activation patching), one JSON object per line.
 
     Blank lines are skipped. Any other problem raises :class:`InputError` naming the file and line.
     Extra keys are kept in ``Prompt.meta``.
@@ -100,12 +105,12 @@ def load_jsonl(path: str | Path) -> list[Prompt]:
         missing = [k for k in _FIELDS if k not in row]
         if missing:
             raise InputError(f"{path}:{lineno}: missing field {', '.join(repr(m) for m in missing)}")
-        bad = [k for k in _FIELDS if not isinstance(row[k], str) or not row[k]]
+        bad = [k for k in (*_FIELDS, *_OPTIONAL) if k in row and (not isinstance(row[k], str) or not row[k])]
         if bad:
             raise InputError(f"{path}:{lineno}: field {bad[0]!r} must be a non-empty string")
-        meta = {k: v for k, v in row.items() if k not in _FIELDS}
+        meta = {k: v for k, v in row.items() if k not in _FIELDS and k not in _OPTIONAL}
         meta["line"] = lineno
-        prompts.append(Prompt(row["prompt"], row["correct"], row["incorrect"], meta))
+        prompts.append(Prompt(row["prompt"], row["correct"], row["incorrect"], meta, row.get("corrupted")))
     if not prompts:
         raise InputError(f"prompts file is empty: {path}")
     return prompts

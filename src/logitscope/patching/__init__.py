@@ -1,0 +1,179 @@
+"""Does the answer depend on a component? Exact activation patching and ablation.
+
+:func:`run_patching` runs the study of the clean prompts (direct logit attribution) and, on the same
+hook points, TransformerLens's activation-patching grids and ablations, with per-prompt values and
+bootstrap intervals that use the study's resamples. See :mod:`logitscope.patching.grids` for the
+grids, :mod:`logitscope.patching.ablation` for ablations, :mod:`logitscope.patching.engine` for how
+patched runs reuse the unpatched run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from logitscope.errors import InputError
+from logitscope.patching.ablation import ABLATIONS, AblationRunner, GroupMeans, group_keys, parse_components
+from logitscope.patching.engine import Engine
+from logitscope.patching.grids import GRIDS, WHAT, resolve_what
+from logitscope.patching.pairs import EncodedPairs, encode_pairs
+from logitscope.patching.positions import POSITION_MODES, position_axis
+from logitscope.patching.result import PatchingResult
+from logitscope.patching.run import DIRECTIONS, GridRunner, pair_batches
+from logitscope.tasks.counterparts import with_counterparts
+from logitscope.tasks.prompts import Prompt
+
+__all__ = ["ABLATIONS", "DIRECTIONS", "GRIDS", "POSITION_MODES", "PatchingResult", "WHAT", "run_patching"]
+
+
+def run_patching(
+    prompts: Sequence[Prompt] | str,
+    model: Any,
+    *,
+    tokenizer: Any = None,
+    what: str | Sequence[str] = "heads",
+    direction: str = "denoise",
+    corrupt: str | None = None,
+    positions: str = "auto",
+    ablate: str | Sequence[str] | dict[str, Any] | None = None,
+    ablation: str = "mean",
+    device: Any = "auto",
+    dtype: Any = "float32",
+    device_map: str | None = None,
+    batch_size: int | None = None,
+    top_k: int = 3,
+    attention_prompt: int = 0,
+    prepend_bos: bool | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> PatchingResult:
+    """Activation patching and ablation of ``prompts`` (each with a ``corrupted`` counterpart, or a
+    set that has them: ``seed``, ``arena``, ``ioi:N``) on ``model``.
+
+    ``what``: grids or groups of grids (``heads`` (default), ``heads_by_pos``, ``resid``, ``layers``,
+    ``qkv``, ``ablation``, ``all``, or names such as ``attn_head_out_all_pos``). ``direction``:
+    ``denoise`` (clean activations into the corrupted run) or ``noise`` (corrupted into clean).
+    ``corrupt``: the counterpart of IOI prompts, ``abc`` (default) or ``flip``. ``positions``: the
+    position axis of per-position grids (``auto``, ``index``, ``named``, ``end``). ``ablate``: a
+    component set to ablate (``"L9H9,L9H6"``; a list; or ``{name: spec}`` for several sets), with
+    ``ablation`` = ``zero``, ``mean`` or ``resample``. The metric is the clean answers' logit
+    difference in every run. The other arguments are :func:`logitscope.run_study`'s.
+    """
+    from logitscope.study import _as_loaded, encode_prompts, run_study, tokenize
+    from logitscope.tasks.prompts import load_prompts
+
+    t0 = time.perf_counter()
+    if direction not in DIRECTIONS:
+        raise InputError(f"direction={direction!r} (--direction): use denoise or noise")
+    grids, head_ablation = resolve_what(what)
+    if ablation not in ABLATIONS:
+        raise InputError(f"ablation={ablation!r} (--ablation): use one of {', '.join(ABLATIONS)}")
+    if positions not in POSITION_MODES:
+        raise InputError(f"positions={positions!r} (--positions): use one of {', '.join(POSITION_MODES)}")
+    lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map)
+    if isinstance(prompts, str):
+        prompts = load_prompts(prompts, seed=seed, tokenizer=lm.tokenizer)
+    prompts = with_counterparts(list(prompts), corrupt, seed=seed, tokenizer=lm.tokenizer)
+    L, H = lm.shape.n_layers, lm.shape.n_heads
+    sets = _ablation_sets(ablate, L, H)
+    notes: list[str] = []
+    if "resid_mid" in grids and lm.adapter.parallel_attn_mlp(lm.model.config):
+        grids.remove("resid_mid")
+        notes.append(f"resid_mid: not computed; {lm.adapter.family} runs attention and MLP in parallel, so there is "
+                     "no resid_mid (TransformerLens has no hook_resid_mid for it either)")
+
+    bos = lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos
+    enc = encode_prompts(prompts, lm, prepend_bos=bos)  # the study's checks, before any forward pass
+    pairs = encode_pairs(prompts, enc.ids, enc.correct, enc.incorrect, lambda t: tokenize(lm.tokenizer, t),
+                         lm.tokenizer.bos_token_id if bos else None)
+    axis = position_axis(pairs, positions) if any(GRIDS[g].by_position for g in grids) else None
+    if axis is not None and axis.note:
+        notes.append(axis.note)
+
+    study = run_study(prompts, lm, batch_size=batch_size, top_k=top_k, attention_prompt=attention_prompt,
+                      prepend_bos=bos, seed=seed, progress=False)
+    t_study = time.perf_counter()
+    result = _patch(lm, prompts, pairs, axis, grids, direction, sets, ablation, head_ablation, batch_size, progress)
+    timing = {"study_s": t_study - t0, "patching_s": time.perf_counter() - t_study}
+    return PatchingResult(
+        study=study, direction=direction, corrupted_prompts=[p.corrupted for p in prompts], positions=axis,
+        position_tokens=_position_tokens(lm, pairs, axis), notes=tuple(notes), seed=seed, timing=timing,
+        ablation_kind=ablation if (sets or head_ablation) else None,
+        ablation_sets={k: tuple(c.label for c in v) for k, v in sets.items()}, **result,
+    )
+
+
+def _ablation_sets(ablate, n_layers: int, n_heads: int) -> dict:
+    if ablate is None:
+        return {}
+    if isinstance(ablate, dict):
+        return {name: parse_components(spec, n_layers, n_heads) for name, spec in ablate.items()}
+    label = ablate if isinstance(ablate, str) else ",".join(ablate)
+    return {label: parse_components(ablate, n_layers, n_heads)}
+
+
+def _position_tokens(lm, pairs: EncodedPairs, axis) -> list[str] | None:
+    if axis is None or axis.mode != "index":
+        return None
+    return [lm.tokenizer.decode([t], clean_up_tokenization_spaces=False) for t in pairs.clean[0]]
+
+
+def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: str, sets: dict, kind: str,
+           head_ablation: bool, batch_size: int | None, progress: bool) -> dict[str, Any]:
+    """Every grid and ablation, batch by batch; per-prompt arrays."""
+    from logitscope.study import _progress, auto_batch_size
+
+    engine = Engine(lm)
+    T = int(pairs.lengths.max())
+    B = batch_size or auto_batch_size(lm, T)
+    budget = 4 * B * T
+    n = pairs.n
+    bar = _progress(1, progress)
+    step = (lambda k: bar.update(k)) if bar is not None else None
+    runner = GridRunner(engine, grids, direction, axis, n, budget, step)
+    means = None
+    if kind == "mean" and (sets or head_ablation):
+        means = GroupMeans(group_keys(prompts, pairs.lengths), pairs.lengths)
+    ablations = AblationRunner(engine, kind, sets, head_ablation, means, n, budget, step) if (sets or head_ablation) else None
+    if bar is not None:
+        head_cells = engine.n_layers * engine.points.n_heads if head_ablation else 0
+        bar.total = n * (runner.n_cells + len(sets) + head_cells) + (n if means is not None else 0)
+        bar.refresh()
+    device = engine.in_device
+    axis_for_batches = axis if axis is not None else _no_axis(pairs)
+    if means is not None:  # the reference distribution's means, before any ablated run
+        for b in pair_batches(pairs, axis_for_batches, B, device):
+            run = engine.record(b.corrupted, b.end, b.correct, b.incorrect, acts=ablations.points())
+            for key in ablations.points():
+                means.add(key, b.rows, run.acts[key])
+            if step is not None:
+                step(len(b.rows))
+    needs = [runner.needs()] + ([ablations.needs()] if ablations is not None else [])
+    clean_acts = sorted({a for nd in needs for a in nd["clean_acts"]})
+    corrupted_acts = sorted({a for nd in needs for a in nd["corrupted_acts"]})
+    clean_kv = any(nd["clean_kv"] for nd in needs)
+    corrupted_kv = any(nd["corrupted_kv"] for nd in needs)
+    for b in pair_batches(pairs, axis_for_batches, B, device):
+        clean = engine.record(b.clean, b.end, b.correct, b.incorrect, acts=clean_acts, keep_kv=clean_kv)
+        corrupted = engine.record(b.corrupted, b.end, b.correct, b.incorrect, acts=corrupted_acts, keep_kv=corrupted_kv)
+        runner.run_batch(b, clean, corrupted)
+        if ablations is not None:
+            ablations.run_batch(b, clean, corrupted)
+    if bar is not None:
+        bar.close()
+    return {
+        "clean_logit_diff": runner.clean,
+        "corrupted_logit_diff": runner.corrupted,
+        "grids": runner.values,
+        "grid_axes": {s.name: s.axes for s in runner.specs},
+        "ablated": ablations.after if ablations is not None else {},
+        "ablated_heads": ablations.heads if ablations is not None else None,
+    }
+
+
+def _no_axis(pairs: EncodedPairs):
+    from logitscope.patching.positions import PositionAxis
+
+    return PositionAxis("end", ["END"], (pairs.lengths - 1)[None].copy())

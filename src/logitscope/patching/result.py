@@ -1,0 +1,246 @@
+"""The result of activation patching: per-prompt patched logit differences with labels, their means,
+TransformerLens's normalised metric and bootstrap intervals on the study's resamples."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from logitscope.patching.positions import PositionAxis
+from logitscope.stats import bootstrap_means, percentile_interval
+
+OUTPUT_FILES = ("results.json", "per_prompt_heads.npy", "per_prompt.csv", "report.html", "patching_per_prompt.npz")
+METRIC = "logit difference of the clean prompt's answers (correct − incorrect) at each prompt's last token"
+
+
+@dataclass(frozen=True)
+class PatchingResult:
+    """Activation patching and ablation of a prompt set, beside the study of its clean prompts.
+
+    Per-prompt arrays have the prompt as their last axis: ``grids[name]`` is ``[*grid_axes[name], N]``
+    (the patched run's clean-answer logit difference), ``ablated[set]`` is ``[N]``,
+    ``ablated_heads`` ``[layer, head, N]``.
+    """
+
+    study: Any  # logitscope.StudyResult of the clean prompts
+    direction: str  # "denoise" (clean into corrupted) or "noise" (corrupted into clean)
+    corrupted_prompts: list[str]
+    clean_logit_diff: np.ndarray  # [N]
+    corrupted_logit_diff: np.ndarray  # [N], the clean answers' logit difference on the counterparts
+    grids: dict[str, np.ndarray]
+    grid_axes: dict[str, tuple[str, ...]]
+    positions: PositionAxis | None
+    position_tokens: list[str] | None
+    ablation_kind: str | None
+    ablation_sets: dict[str, tuple[str, ...]]
+    ablated: dict[str, np.ndarray]
+    ablated_heads: np.ndarray | None
+    notes: tuple[str, ...] = ()
+    seed: int = 0
+    timing: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.clean_logit_diff.shape[0])
+
+    def mean(self, name: str) -> np.ndarray:
+        """A grid's mean patched logit difference over prompts (TransformerLens's metric's value)."""
+        return self.grids[name].mean(-1)
+
+    def normalised(self, name: str) -> np.ndarray:
+        """TransformerLens's normalised metric on means: (patched − corrupted) / (clean − corrupted):
+        0 where the patch changes nothing in a denoising run, 1 where it restores the clean result."""
+        c, x = self.clean_logit_diff.mean(), self.corrupted_logit_diff.mean()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (self.mean(name) - x) / (c - x)
+
+    def position_labels(self, name: str) -> list[str] | None:
+        return list(self.positions.labels) if "position" in self.grid_axes[name] and self.positions else None
+
+    # ------------------------------------------------------------------ intervals
+    @cached_property
+    def intervals(self) -> dict[str, dict[str, np.ndarray]]:
+        """95% bootstrap intervals (the study's resamples: same seed, same prompts drawn) of every mean
+        and of every normalised value (each resample's own normalisation)."""
+        rows = {"clean": self.clean_logit_diff[None], "corrupted": self.corrupted_logit_diff[None]}
+        for name, values in self.grids.items():
+            rows[f"grid:{name}"] = values.reshape(-1, self.n_prompts)
+        for name, values in self.ablated.items():
+            rows[f"ablated:{name}"] = values[None]
+        if self.ablated_heads is not None:
+            rows["ablated_heads"] = self.ablated_heads.reshape(-1, self.n_prompts)
+        means = bootstrap_means(np.concatenate(list(rows.values())), seed=self.seed)
+        out: dict[str, dict[str, np.ndarray]] = {}
+        start = 0
+        clean_r, corrupted_r = means[0], means[1]
+        for key, arr in rows.items():
+            stop = start + arr.shape[0]
+            block = means[start:stop]
+            lo, hi = percentile_interval(block)
+            entry = {"ci95_low": lo, "ci95_high": hi}
+            if key.startswith("grid:"):
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    nlo, nhi = percentile_interval((block - corrupted_r) / (clean_r - corrupted_r))
+                entry.update(normalised_ci95_low=nlo, normalised_ci95_high=nhi)
+            out[key] = entry
+            start = stop
+        return out
+
+    def grid_interval(self, name: str, which: str = "ci95") -> tuple[np.ndarray, np.ndarray]:
+        """``(low, high)`` of a grid's means (``which="ci95"``) or normalised values (``"normalised_ci95"``)."""
+        iv = self.intervals[f"grid:{name}"]
+        shape = self.grids[name].shape[:-1]
+        return iv[f"{which}_low"].reshape(shape), iv[f"{which}_high"].reshape(shape)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """results.json's ``patching`` object."""
+        iv = self.intervals
+
+        def scalar(key: str, values: np.ndarray) -> dict[str, Any]:
+            lo, hi = iv[key]["ci95_low"], iv[key]["ci95_high"]
+            return {"mean": _num(values.mean()), "ci95_low": _num(lo[0]), "ci95_high": _num(hi[0]),
+                    "per_prompt": _nested(values)}
+
+        doc: dict[str, Any] = {
+            "direction": self.direction,
+            "metric": METRIC,
+            "n_pairs": self.n_prompts,
+            "clean_logit_diff": scalar("clean", self.clean_logit_diff),
+            "corrupted_logit_diff": scalar("corrupted", self.corrupted_logit_diff),
+        }
+        if self.positions is not None:
+            doc["positions"] = {"mode": self.positions.mode, "labels": list(self.positions.labels),
+                                **({"tokens": self.position_tokens} if self.position_tokens else {}),
+                                **({"note": self.positions.note} if self.positions.note else {})}
+        for name in self.grids:
+            lo, hi = self.grid_interval(name)
+            nlo, nhi = self.grid_interval(name, "normalised_ci95")
+            entry = {"axes": list(self.grid_axes[name]), "values": _nested(self.mean(name)),
+                     "normalised": _nested(self.normalised(name)), "ci95_low": _nested(lo), "ci95_high": _nested(hi),
+                     "normalised_ci95_low": _nested(nlo), "normalised_ci95_high": _nested(nhi)}
+            labels = self.position_labels(name)
+            if labels:
+                entry["position_labels"] = labels
+            doc[name] = entry
+        if self.ablation_kind is not None:
+            ab: dict[str, Any] = {"kind": self.ablation_kind, "before": scalar("clean", self.clean_logit_diff)}
+            ab["sets"] = [
+                {"name": name, "components": list(self.ablation_sets[name]), "after": scalar(f"ablated:{name}", values)}
+                for name, values in self.ablated.items()
+            ]
+            if self.ablated_heads is not None:
+                shape = self.ablated_heads.shape[:-1]
+                ab["heads"] = {"axes": ["layer", "head"], "values": _nested(self.ablated_heads.mean(-1)),
+                               "ci95_low": _nested(iv["ablated_heads"]["ci95_low"].reshape(shape)),
+                               "ci95_high": _nested(iv["ablated_heads"]["ci95_high"].reshape(shape))}
+            doc["ablation"] = ab
+        if self.notes:
+            doc["notes"] = list(self.notes)
+        if self.timing:
+            doc["timing"] = dict(self.timing)
+        return doc
+
+    def results_document(self) -> dict[str, Any]:
+        """The whole results.json: the study of the clean prompts, each prompt row with its
+        counterpart, and ``patching``."""
+        doc = self.study.to_dict()
+        for row, text, c in zip(doc["prompts"], self.corrupted_prompts, self.corrupted_logit_diff):
+            row["corrupted"] = text
+            row["corrupted_logit_diff"] = float(c)
+        doc["patching"] = self.to_dict()
+        return doc
+
+    def per_prompt_arrays(self) -> dict[str, np.ndarray]:
+        """Every per-prompt array, as ``patching_per_prompt.npz`` holds them (float32)."""
+        arrays = {"clean_logit_diff": self.clean_logit_diff, "corrupted_logit_diff": self.corrupted_logit_diff}
+        arrays.update({f"grid_{k}": v for k, v in self.grids.items()})
+        arrays.update({f"ablated_{i}": v for i, v in enumerate(self.ablated.values())})
+        if self.ablated_heads is not None:
+            arrays["ablated_heads"] = self.ablated_heads
+        return {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+
+    def save(self, out_dir: str | Path, *, report: bool = True) -> Path:
+        """Write results.json, per_prompt_heads.npy, patching_per_prompt.npz and (by default)
+        report.html into ``out_dir``, atomically (a failure leaves earlier files untouched)."""
+        from logitscope.io import atomic_output_dir, json_text
+
+        with atomic_output_dir(out_dir, owned=OUTPUT_FILES) as tmp:
+            (tmp / "results.json").write_text(json_text(self.results_document()), encoding="utf-8")
+            heads = np.moveaxis(self.study.heads, -1, 0)
+            np.save(tmp / "per_prompt_heads.npy", np.ascontiguousarray(heads, dtype=np.float32))
+            np.savez(tmp / "patching_per_prompt.npz", **self.per_prompt_arrays())
+            if report:
+                self.write_report(tmp / "report.html")
+        return Path(out_dir)
+
+    def write_report(self, path: str | Path) -> Path:
+        from logitscope.report import write_report
+
+        return write_report(self.study, path, patching=self)
+
+    def figures(self) -> dict[str, Any]:
+        """The patching section's plotly figures, by name."""
+        from logitscope.report.patching import patching_figures
+
+        return patching_figures(self)
+
+    def summary(self) -> str:
+        iv = self.intervals
+        c, x = self.clean_logit_diff.mean(), self.corrupted_logit_diff.mean()
+        lines = [
+            self.study.summary(),
+            f"patching ({self.direction}, {self.n_prompts} pairs): clean {c:.4f} [{iv['clean']['ci95_low'][0]:.4f}, "
+            f"{iv['clean']['ci95_high'][0]:.4f}], corrupted {x:.4f} [{iv['corrupted']['ci95_low'][0]:.4f}, "
+            f"{iv['corrupted']['ci95_high'][0]:.4f}]",
+        ]
+        for name in self.grids:
+            norm = self.normalised(name)
+            flat = np.nan_to_num(norm.reshape(-1), nan=-np.inf)
+            k = int(np.argmax(flat))
+            lines.append(f"  {name}: largest normalised effect {norm.reshape(-1)[k]:+.3f} at {self.cell_label(name, k)}")
+        for name, values in self.ablated.items():
+            lo, hi = iv[f"ablated:{name}"]["ci95_low"][0], iv[f"ablated:{name}"]["ci95_high"][0]
+            lines.append(f"  ablating {name} ({self.ablation_kind}): logit diff {c:.4f} -> {values.mean():.4f} [{lo:.4f}, {hi:.4f}]")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def cell_label(self, name: str, flat_index: int) -> str:
+        """A grid cell in TransformerLens's words: ``L9H6``, ``L9 @ S2``, ``L9H6 @ END``."""
+        axes = self.grid_axes[name]
+        idx = np.unravel_index(flat_index, self.grids[name].shape[:-1])
+        parts = dict(zip(axes, (int(i) for i in idx)))
+        head = parts.get("head", parts.get("kv_head"))
+        where = f"L{parts['layer']}" + (f"H{head}" if head is not None else "")
+        if "position" in parts and self.positions is not None:
+            where += f" @ {self.positions.labels[parts['position']]}"
+        return where
+
+    def _repr_html_(self) -> str:
+        from logitscope.report import notebook_html
+
+        return notebook_html(self.study, patching=self)
+
+    def __repr__(self) -> str:
+        return (f"<PatchingResult {self.study.model}: {self.n_prompts} pairs, {self.direction}, "
+                f"grids {', '.join(self.grids) or '-'}>")
+
+
+def _num(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _nested(a: np.ndarray) -> Any:
+    """A float64 array as nested lists, with ``None`` for values that are not finite (JSON has no NaN)."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 0:
+        return _num(a)
+    if np.isfinite(a).all():
+        return a.tolist()
+    return [_nested(x) for x in a]

@@ -1,0 +1,152 @@
+"""Activation patching over a prompt set: batches of pairs, grids of patched runs, per-prompt results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from logitscope.patching.engine import Engine, Run
+from logitscope.patching.grids import GRIDS, GridSpec, replace_fn
+from logitscope.patching.pairs import EncodedPairs
+from logitscope.patching.positions import PositionAxis
+
+DIRECTIONS = ("denoise", "noise")
+
+
+@dataclass
+class PairBatch:
+    rows: np.ndarray  # indices of the batch's pairs in the prompt set
+    clean: torch.Tensor  # [B, T] right-padded
+    corrupted: torch.Tensor
+    end: torch.Tensor  # [B]
+    correct: torch.Tensor
+    incorrect: torch.Tensor
+    at: torch.Tensor  # [n_positions, B]: the position axis for these pairs
+
+
+def pair_batches(pairs: EncodedPairs, axis: PositionAxis, batch_size: int, device: torch.device) -> Iterator[PairBatch]:
+    """Pairs in batches of ``batch_size``, sorted by length so batches carry little padding."""
+    order = np.argsort(pairs.lengths, kind="stable")
+    for s in range(0, len(order), batch_size):
+        rows = order[s : s + batch_size]
+        T = int(pairs.lengths[rows].max())
+        clean = np.zeros((len(rows), T), dtype=np.int64)  # pads: a valid id, never attended by real tokens
+        corrupted = np.zeros_like(clean)
+        for j, r in enumerate(rows):
+            clean[j, : pairs.lengths[r]] = pairs.clean[r]
+            corrupted[j, : pairs.lengths[r]] = pairs.corrupted[r]
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+        yield PairBatch(rows, t(clean), t(corrupted), t(pairs.lengths[rows] - 1), t(pairs.correct[rows]),
+                        t(pairs.incorrect[rows]), t(axis.at[:, rows]))
+
+
+def grid_shape(spec: GridSpec, n_layers: int, n_heads: int, n_kv_heads: int, n_positions: int) -> tuple[int, ...]:
+    size = {"layer": n_layers, "head": n_heads, "kv_head": n_kv_heads, "position": n_positions}
+    return tuple(size[a] for a in spec.axes)
+
+
+class GridRunner:
+    """Fills each grid's per-prompt patched logit differences, batch by batch."""
+
+    def __init__(self, engine: Engine, grids: list[str], direction: str, axis: PositionAxis, n_prompts: int,
+                 token_budget: int, progress: Callable[[int], None] | None = None):
+        self.engine, self.direction, self.axis = engine, direction, axis
+        self.specs = [GRIDS[g] for g in grids]
+        p = engine.points
+        self.n_heads, self.n_kv = p.n_heads, p.n_kv_heads
+        self.L = engine.n_layers
+        self.budget = token_budget
+        self.progress = progress or (lambda n: None)
+        self.values = {
+            s.name: np.full(grid_shape(s, self.L, self.n_heads, self.n_kv, len(axis)) + (n_prompts,), np.nan)
+            for s in self.specs
+        }
+        self.clean = np.full(n_prompts, np.nan)
+        self.corrupted = np.full(n_prompts, np.nan)
+
+    @property
+    def n_cells(self) -> int:
+        return sum(int(np.prod(v.shape[:-1])) for v in self.values.values())
+
+    def needs(self) -> dict[str, object]:
+        """What the clean and corrupted runs must keep for these grids."""
+        acts = sorted({(s.point, layer) for s in self.specs if s.point != "resid_pre" for layer in range(self.L)})
+        suffix = any(s.by_position for s in self.specs)
+        denoise = self.direction == "denoise"
+        return {"clean_acts": acts if denoise else [], "corrupted_acts": [] if denoise else acts,
+                "clean_kv": suffix and not denoise, "corrupted_kv": suffix and denoise}
+
+    def run_batch(self, b: PairBatch, clean: Run, corrupted: Run) -> None:
+        self.clean[b.rows] = clean.logit_diff.cpu().double().numpy()
+        self.corrupted[b.rows] = corrupted.logit_diff.cpu().double().numpy()
+        base, source = (corrupted, clean) if self.direction == "denoise" else (clean, corrupted)
+        for spec in self.specs:
+            for layer in range(self.L):
+                if spec.by_position:
+                    self._positions(spec, layer, base, source, b)
+                else:
+                    self._heads(spec, layer, base, source, b)
+
+    def _source(self, spec: GridSpec, layer: int, source: Run) -> torch.Tensor:
+        return source.resid_pre[layer] if spec.point == "resid_pre" else source.acts[(spec.point, layer)]
+
+    def _patched(self, spec: GridSpec, layer: int, base: Run, b: PairBatch, cells, start: int, src: torch.Tensor):
+        fn = replace_fn(spec.point, src, cells, start, base.batch)
+        kw = {"edit_input": fn, "hooks": {}} if spec.point == "resid_pre" else {"hooks": {(spec.point, layer): fn}}
+        out = self.engine.patched(base, layer, groups=len(cells), end=b.end, correct=b.correct,
+                                  incorrect=b.incorrect, start=start, **kw)
+        self.progress(len(cells) * base.batch)
+        return out.view(len(cells), base.batch).cpu().double().numpy()
+
+    def _groups(self, n: int, tokens_per_group: int) -> Iterator[range]:
+        size = max(1, min(n, self.budget // max(1, tokens_per_group)))
+        for s in range(0, n, size):
+            yield range(s, min(n, s + size))
+
+    def _heads(self, spec: GridSpec, layer: int, base: Run, source: Run, b: PairBatch) -> None:
+        n = self.n_kv if spec.axes[1] == "kv_head" else self.n_heads
+        src = self._source(spec, layer, source)
+        for heads in self._groups(n, base.batch * base.length):
+            out = self._patched(spec, layer, base, b, [(h, None) for h in heads], 0, src)
+            self.values[spec.name][layer, heads.start : heads.stop][..., b.rows] = out
+
+    def _start(self, base: Run, at: torch.Tensor) -> int:
+        return int(at.min()) if base.suffix_ok else 0
+
+    def _positions(self, spec: GridSpec, layer: int, base: Run, source: Run, b: PairBatch) -> None:
+        src = self._source(spec, layer, source)
+        starts = [self._start(base, b.at[k]) for k in range(len(self.axis))]
+        grid = self.values[spec.name]
+        if spec.axes[-1] == "head":  # one run per position, heads in groups
+            for k, start in enumerate(starts):
+                for heads in self._groups(self.n_heads, base.batch * (base.length - start)):
+                    out = self._patched(spec, layer, base, b, [(h, b.at[k]) for h in heads], start, src)
+                    grid[layer, k, heads.start : heads.stop][..., b.rows] = out
+            return
+        for pack in _packs(starts, base.length, base.batch, self.budget):
+            start = min(starts[k] for k in pack)
+            out = self._patched(spec, layer, base, b, [(None, b.at[k]) for k in pack], start, src)
+            for g, k in enumerate(pack):
+                grid[layer, k][b.rows] = out[g]
+
+
+def _packs(starts: list[int], length: int, batch: int, budget: int, slack: float = 1.3) -> list[list[int]]:
+    """Group positions into runs that share a start: each run costs ``len(pack) * (length - start)``
+    positions per row, kept within ``slack`` times what separate runs would cost and within the
+    token budget."""
+    order = sorted(range(len(starts)), key=lambda k: starts[k])
+    packs: list[list[int]] = []
+    for k in order:
+        if packs:
+            pack = packs[-1] + [k]
+            s0 = starts[pack[0]]
+            cost = len(pack) * (length - s0)
+            ideal = sum(length - starts[j] for j in pack)
+            if cost <= slack * ideal and cost * batch <= budget:
+                packs[-1] = pack
+                continue
+        packs.append([k])
+    return packs
