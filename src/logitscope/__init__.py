@@ -10,6 +10,7 @@ from logitscope.errors import InputError, LogitscopeError, ModelLoadError
 from logitscope.models import LoadedModel, load_model, wrap_model
 from logitscope.results import AttentionView, StudyResult
 from logitscope.study import logit_diff_directions, run_study
+from logitscope.patching import PatchingResult, run_patching
 from logitscope.tasks import Prompt, builtin_prompts, load_jsonl, load_prompts
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "LoadedModel",
     "LogitscopeError",
     "ModelLoadError",
+    "PatchingResult",
     "Prompt",
     "StudyResult",
     "__version__",
@@ -26,6 +28,7 @@ __all__ = [
     "load_model",
     "load_prompts",
     "logit_diff_directions",
+    "run_patching",
     "run_study",
     "wrap_model",
 ]

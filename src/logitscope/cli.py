@@ -44,34 +44,83 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--model", required=True, help="hub id or TransformerLens alias (gpt2-small, ...), or a local folder")
-    run.add_argument(
+    _study_options(run)
+    patch = sub.add_parser(
+        "patch",
+        help="activation patching and ablation (the study of the clean prompts too)",
+        description="Run the study of the clean prompts and activation patching of each prompt against its "
+        "counterpart ('corrupted': a JSONL field, the seed/arena partner, or an IOI counterpart), with "
+        "TransformerLens's grids and names; write DIR/results.json (the study plus a 'patching' object), "
+        "DIR/patching_per_prompt.npz, DIR/per_prompt_heads.npy and DIR/report.html, atomically.",
+        epilog=PATCH_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _study_options(patch, csv=False)
+    patch.add_argument("--what", default="heads", metavar="GRIDS",
+                       help="comma list of heads (default: each head's output at all positions), heads_by_pos, "
+                       "resid (resid_pre, resid_mid by layer x position), layers (attn_out, mlp_out by layer x "
+                       "position), qkv (q, k, v, pattern of each head), ablation (each head ablated alone), all, "
+                       "none, or grid names such as attn_head_out_all_pos")
+    patch.add_argument("--direction", default="denoise", choices=["denoise", "noise"],
+                       help="denoise: clean activations into the corrupted run (default); noise: corrupted into clean")
+    patch.add_argument("--corrupt", default=None, choices=["abc", "flip"],
+                       help="the counterpart of IOI prompts: abc (the IOI paper's three new names; default) or flip "
+                       "(the second subject replaced by the indirect object)")
+    patch.add_argument("--positions", default="auto", choices=["auto", "index", "named", "end"],
+                       help="position axis of per-position grids: auto (named IOI positions IO, S1, S1+1, S2, END for "
+                       "IOI prompts, else indices for prompts of one length, else END), index, named, end")
+    patch.add_argument("--ablate", default=None, metavar="SET",
+                       help="components to ablate together, e.g. L9H9,L9H6,L10H0 or 9.9 (heads), L9 (a layer's "
+                       "heads), 9_attn_out, 9_mlp_out, or an IOI class (name-mover, s-inhibition, ...)")
+    patch.add_argument("--ablation", default="mean", choices=["zero", "mean", "resample"],
+                       help="what an ablated component becomes: zero, its mean over the counterparts per template "
+                       "(default), or its value on the prompt's counterpart")
+    return parser
+
+
+def _study_options(p: argparse.ArgumentParser, csv: bool = True) -> None:
+    p.add_argument("--model", required=True, help="hub id or TransformerLens alias (gpt2-small, ...), or a local folder")
+    p.add_argument(
         "--prompts",
         required=True,
         help="seed | arena | ioi:N | ioi-abba:N | ioi-baba:N | a .jsonl file of {prompt, correct, incorrect}",
     )
-    run.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    run.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N, mps")
-    run.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"],
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"],
                      help="weights' dtype (attributions are computed in float32 whatever this is)")
-    run.add_argument("--device-map", default=None, metavar="MAP",
+    p.add_argument("--device-map", default=None, metavar="MAP",
                      help="e.g. auto: shard a large model over the available GPUs (needs accelerate)")
-    run.add_argument("--top-k", type=int, default=3, help="how many top positive and negative heads (default 3)")
-    run.add_argument("--batch-size", type=int, default=None, help="prompts per forward pass (default: from memory)")
-    run.add_argument("--seed", type=int, default=0, help="seed for generated prompts and bootstrap intervals")
-    run.add_argument("--attention-prompt", type=int, default=0, metavar="I",
+    p.add_argument("--top-k", type=int, default=3, help="how many top positive and negative heads (default 3)")
+    p.add_argument("--batch-size", type=int, default=None, help="prompts per forward pass (default: from memory)")
+    p.add_argument("--seed", type=int, default=0, help="seed for generated prompts and bootstrap intervals")
+    p.add_argument("--attention-prompt", type=int, default=0, metavar="I",
                      help="index of the prompt whose attention patterns are shown (default 0, the first)")
-    bos = run.add_mutually_exclusive_group()
+    bos = p.add_mutually_exclusive_group()
     bos.add_argument("--prepend-bos", dest="prepend_bos", action="store_true", default=None,
                      help="prepend the BOS token to every prompt (default: the family's TransformerLens habit)")
     bos.add_argument("--no-prepend-bos", dest="prepend_bos", action="store_false")
-    run.add_argument("--no-report", action="store_true", help="skip report.html")
-    run.add_argument("--csv", action="store_true",
-                     help="also write per_prompt.csv: one row per prompt, every logit-lens point, layer, head and "
-                     "decomposition group as a column (TransformerLens labels)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar or warnings")
-    run.add_argument("--debug", action="store_true", help="show tracebacks")
-    return parser
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    if csv:
+        p.add_argument("--csv", action="store_true",
+                       help="also write per_prompt.csv: one row per prompt, every logit-lens point, layer, head and "
+                       "decomposition group as a column (TransformerLens labels)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or warnings")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+PATCH_EXAMPLES = """\
+examples:
+  logitscope patch --model ./my-checkpoint --prompts seed --out runs/patch
+      each head's output patched from each seed prompt into its name-swapped partner (denoising)
+  logitscope patch --model gpt2-small --prompts ioi:500 --what heads,resid,ablation --out runs/ioi-patch
+      the IOI paper's ABC counterparts; residual stream by layer and named position (IO, S1, S1+1, S2, END);
+      every head mean-ablated alone
+  logitscope patch --model gpt2-small --prompts ioi:500 --what none --ablate name-mover --ablation mean --out runs/nm
+      the logit difference before and after mean-ablating the three name movers
+  logitscope patch --model ./my-checkpoint --prompts pairs.jsonl --what all --out runs/all
+      JSONL rows with a "corrupted" field: every TransformerLens patching grid
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return _run(args)
+        return _patch(args) if args.command == "patch" else _run(args)
     except LogitscopeError as e:
         if args.debug:
             traceback.print_exc()
@@ -102,13 +151,14 @@ def _warn(msg: str, args: argparse.Namespace) -> None:
         print(f"logitscope: warning: {msg}", file=sys.stderr)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _prepare(args: argparse.Namespace):
+    """Check everything that can be checked without the model (so a typo costs no load), load the
+    model, then the prompts, and print the prompt warnings: ``(loaded model, prompts)``."""
     from logitscope.io import check_out_dir
     from logitscope.models.load import resolve_device
     from logitscope.tasks.lint import lint_prompts
     from logitscope.tasks.prompts import load_prompts
 
-    # Everything that can be checked without the model is checked first, so a typo costs no load.
     check_out_dir(args.out)
     for flag, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
@@ -124,7 +174,6 @@ def _run(args: argparse.Namespace) -> int:
 
     _quiet_libraries()
     from logitscope.models.load import load_model
-    from logitscope.study import run_study
 
     lm = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     if prompts is None:
@@ -134,6 +183,13 @@ def _run(args: argparse.Namespace) -> int:
             if args.prompts == "seed" and "double space" in w:
                 w = "the seed's prompts contain a double space ('shops,  John'), kept byte for byte as in the seed notebook"
             _warn(w, args)
+    return lm, prompts
+
+
+def _run(args: argparse.Namespace) -> int:
+    from logitscope.study import run_study
+
+    lm, prompts = _prepare(args)
     result = run_study(
         prompts,
         lm,
@@ -148,6 +204,24 @@ def _run(args: argparse.Namespace) -> int:
     print(result.summary())
     written = (["results.json", "per_prompt_heads.npy"] + (["per_prompt.csv"] if args.csv else [])
                + ([] if args.no_report else ["report.html"]))
+    print(f"wrote {', '.join(str(Path(out) / w) for w in written)}")
+    return 0
+
+
+def _patch(args: argparse.Namespace) -> int:
+    from logitscope.patching import run_patching
+    from logitscope.patching.grids import resolve_what
+
+    resolve_what(args.what)  # a typo must not cost a model load
+    lm, prompts = _prepare(args)
+    result = run_patching(
+        prompts, lm, what=args.what, direction=args.direction, corrupt=args.corrupt, positions=args.positions,
+        ablate=args.ablate, ablation=args.ablation, batch_size=args.batch_size, top_k=args.top_k,
+        attention_prompt=args.attention_prompt, prepend_bos=args.prepend_bos, seed=args.seed, progress=not args.quiet,
+    )
+    out = result.save(args.out, report=not args.no_report)
+    print(result.summary())
+    written = ["results.json", "patching_per_prompt.npz", "per_prompt_heads.npy"] + ([] if args.no_report else ["report.html"])
     print(f"wrote {', '.join(str(Path(out) / w) for w in written)}")
     return 0
 

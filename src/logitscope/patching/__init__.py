@@ -78,6 +78,9 @@ def run_patching(
     prompts = with_counterparts(list(prompts), corrupt, seed=seed, tokenizer=lm.tokenizer)
     L, H = lm.shape.n_layers, lm.shape.n_heads
     sets = _ablation_sets(ablate, L, H)
+    if not grids and not sets and not head_ablation:
+        raise InputError(f"what={what!r} (--what): nothing to compute; name a grid or group "
+                         f"({', '.join(WHAT)}), or give --ablate")
     notes: list[str] = []
     if "resid_mid" in grids and lm.adapter.parallel_attn_mlp(lm.model.config):
         grids.remove("resid_mid")

@@ -1,7 +1,10 @@
 """Ablation: a component's output replaced, on the clean prompts, by zero, by its mean over the
 reference (corrupted) distribution, or by its value on a reference prompt.
 
-- ``zero``: the head's ``z`` (or the layer's ``attn_out`` / ``mlp_out``) set to 0 at every position.
+- ``zero``: the head's output (or the layer's ``attn_out`` / ``mlp_out``) set to 0 at every position.
+  A head's output is counted, as in its direct logit attribution and TransformerLens's ``hook_z``
+  after ``fold_value_biases``, without its value bias: the constant every head adds whatever it
+  attends to stays in the layer's output bias.
 - ``mean``: set to its mean over the counterpart prompts, position by position, per template as the
   IOI paper's knockouts do (prompts without a template are grouped by their number of tokens).
 - ``resample``: set to its value on the prompt's counterpart, a draw from the reference
@@ -165,7 +168,11 @@ class AblationRunner:
             return corrupted.acts[key]
         shape = (clean.batch, clean.length) + self._trailing(key[0])
         if self.kind == "zero":
-            return torch.zeros(shape, dtype=clean.resid_pre[0].dtype, device=clean.resid_pre[0].device)
+            zero = torch.zeros(shape, dtype=clean.resid_pre[0].dtype, device=clean.resid_pre[0].device)
+            bias = self.engine.value_bias(key[1]) if key[0] == "z" else None
+            # A head's output without its value bias, as its attribution counts it (TransformerLens's
+            # hook_z after fold_value_biases): zeroing the head leaves that constant in place.
+            return zero if bias is None else zero + bias.to(zero.device, zero.dtype)
         return self.means.mean(key, b.rows, clean.length, clean.resid_pre[0].dtype)
 
     def _trailing(self, point: str) -> tuple[int, ...]:

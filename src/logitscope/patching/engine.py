@@ -55,6 +55,15 @@ class Engine:
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.in_device = ad.embed(model).weight.device
 
+    def value_bias(self, layer: int) -> torch.Tensor | None:
+        """The constant ``[n_heads, d_head]`` each head adds to its ``z`` whatever it attends to (value
+        bias plus the first norm's bias through W_V), or ``None``: what a head's DLA leaves out."""
+        block = self.blocks[layer]
+        bias = self.lm.adapter.value_bias(block, self.lm.shape)
+        if bias is None:
+            return None
+        return bias.detach().to(self.lm.adapter.out_proj_weight(block).dtype).view(self.points.n_heads, self.points.d_head)
+
     def logit_diff(self, resid: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor) -> torch.Tensor:
         """logit(correct) − logit(incorrect) from final residual vectors ``[N, d]``: the model's final
         norm, its two unembedding rows (and bias, and soft-cap where it has them), in float32."""

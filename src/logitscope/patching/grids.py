@@ -64,11 +64,12 @@ WHAT["all"] = tuple(GRIDS)
 
 def resolve_what(what: str | list[str] | tuple[str, ...]) -> tuple[list[str], bool]:
     """``(grid names, whether the single-head ablation grid is asked for)`` from ``--what``: a comma
-    list of groups (heads, heads_by_pos, resid, layers, qkv, ablation, all) or grid names."""
+    list of groups (heads, heads_by_pos, resid, layers, qkv, ablation, all) or grid names, or
+    ``none`` (only the sets given to ``--ablate``)."""
     items = [w.strip() for w in (what.split(",") if isinstance(what, str) else what) if w.strip()]
-    if not items:
-        raise InputError(f"what={what!r} (--what): name at least one of {', '.join(WHAT)} or a grid name")
     names: list[str] = []
+    if items == ["none"]:  # only the ablations asked for with --ablate
+        return names, False
     ablation = False
     for item in items:
         if item in WHAT:

@@ -45,8 +45,9 @@ def encode_pairs(prompts: Sequence[Prompt], clean_ids: list[list[int]], correct:
             p = prompts[i]
             line = p.meta.get("line")
             where = f"line {line}: " if line is not None else f"prompt {i}: "
+            with_bos = " (with BOS)" if bos is not None else ""
             raise InputError(
-                f"{where}the corrupted prompt {p.corrupted!r} is {len(x)} tokens but the prompt {p.text!r} is "
+                f"{where}the corrupted prompt {p.corrupted!r} is {len(x)} tokens{with_bos} but the prompt {p.text!r} is "
                 f"{len(c)}; a counterpart must have the same number of tokens so that positions align"
             )
     lengths = np.array([len(c) for c in clean_ids], dtype=np.int64)

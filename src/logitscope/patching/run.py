@@ -25,6 +25,7 @@ class PairBatch:
     correct: torch.Tensor
     incorrect: torch.Tensor
     at: torch.Tensor  # [n_positions, B]: the position axis for these pairs
+    same_until: int  # every pair's two prompts have the same tokens before this position
 
 
 def pair_batches(pairs: EncodedPairs, axis: PositionAxis, batch_size: int, device: torch.device) -> Iterator[PairBatch]:
@@ -39,8 +40,11 @@ def pair_batches(pairs: EncodedPairs, axis: PositionAxis, batch_size: int, devic
             clean[j, : pairs.lengths[r]] = pairs.clean[r]
             corrupted[j, : pairs.lengths[r]] = pairs.corrupted[r]
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-        yield PairBatch(rows, t(clean), t(corrupted), t(pairs.lengths[rows] - 1), t(pairs.correct[rows]),
-                        t(pairs.incorrect[rows]), t(axis.at[:, rows]))
+        end = pairs.lengths[rows] - 1
+        differ = clean != corrupted
+        first = np.where(differ.any(1), differ.argmax(1), end)  # a pair of equal prompts: only END counts
+        yield PairBatch(rows, t(clean), t(corrupted), t(end), t(pairs.correct[rows]), t(pairs.incorrect[rows]),
+                        t(axis.at[:, rows]), int(min(first.min(), end.min())))
 
 
 def grid_shape(spec: GridSpec, n_layers: int, n_heads: int, n_kv_heads: int, n_positions: int) -> tuple[int, ...]:
@@ -61,7 +65,7 @@ class GridRunner:
         self.budget = token_budget
         self.progress = progress or (lambda n: None)
         self.values = {
-            s.name: np.full(grid_shape(s, self.L, self.n_heads, self.n_kv, len(axis)) + (n_prompts,), np.nan)
+            s.name: np.full(grid_shape(s, self.L, self.n_heads, self.n_kv, len(axis) if axis is not None else 0) + (n_prompts,), np.nan)
             for s in self.specs
         }
         self.clean = np.full(n_prompts, np.nan)
@@ -72,12 +76,12 @@ class GridRunner:
         return sum(int(np.prod(v.shape[:-1])) for v in self.values.values())
 
     def needs(self) -> dict[str, object]:
-        """What the clean and corrupted runs must keep for these grids."""
+        """What the clean and corrupted runs must keep for these grids (keys and values, for runs
+        on a suffix of the positions, from the run that is patched)."""
         acts = sorted({(s.point, layer) for s in self.specs if s.point != "resid_pre" for layer in range(self.L)})
-        suffix = any(s.by_position for s in self.specs)
         denoise = self.direction == "denoise"
         return {"clean_acts": acts if denoise else [], "corrupted_acts": [] if denoise else acts,
-                "clean_kv": suffix and not denoise, "corrupted_kv": suffix and denoise}
+                "clean_kv": bool(self.specs) and not denoise, "corrupted_kv": bool(self.specs) and denoise}
 
     def run_batch(self, b: PairBatch, clean: Run, corrupted: Run) -> None:
         self.clean[b.rows] = clean.logit_diff.cpu().double().numpy()
@@ -109,8 +113,11 @@ class GridRunner:
     def _heads(self, spec: GridSpec, layer: int, base: Run, source: Run, b: PairBatch) -> None:
         n = self.n_kv if spec.axes[1] == "kv_head" else self.n_heads
         src = self._source(spec, layer, source)
-        for heads in self._groups(n, base.batch * base.length):
-            out = self._patched(spec, layer, base, b, [(h, None) for h in heads], 0, src)
+        # Before the pair's first differing token both runs are the same, so is what is patched in:
+        # only the positions from there on are run (exact; the skipped positions equal the base run's).
+        start = b.same_until if base.suffix_ok else 0
+        for heads in self._groups(n, base.batch * (base.length - start)):
+            out = self._patched(spec, layer, base, b, [(h, None) for h in heads], start, src)
             self.values[spec.name][layer, heads.start : heads.stop][..., b.rows] = out
 
     def _start(self, base: Run, at: torch.Tensor) -> int:

@@ -17,17 +17,18 @@ from typing import TYPE_CHECKING
 from logitscope.report.page import report_html
 
 if TYPE_CHECKING:
+    from logitscope.patching import PatchingResult
     from logitscope.results import StudyResult
 
 __all__ = ["notebook_html", "report_html", "write_report"]
 
 
-def write_report(result: StudyResult, path: str | Path) -> Path:
+def write_report(result: StudyResult, path: str | Path, patching: PatchingResult | None = None) -> Path:
     """Write the report to ``path``: a temporary file in the same folder, then ``os.replace``, so a
     reader never sees half a file and a failure leaves any earlier report in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = report_html(result)
+    text = report_html(result, patching)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
@@ -42,13 +43,13 @@ def write_report(result: StudyResult, path: str | Path) -> Path:
     return path
 
 
-def notebook_html(result: StudyResult, height: int = 900) -> str:
+def notebook_html(result: StudyResult, height: int = 900, patching: PatchingResult | None = None) -> str:
     """A short text summary, then the full report in a scrolling ``<iframe srcdoc>`` of ``height``
     pixels: it renders offline, and its scripts cannot clash with the notebook's (e.g. require.js).
     Non-ASCII characters are written as character references, so the frame reads the same whatever
     encoding the notebook page declares."""
-    summary = html.escape(result.summary())
-    doc = html.escape(report_html(result), quote=True).encode("ascii", "xmlcharrefreplace").decode("ascii")
+    summary = html.escape((patching or result).summary())
+    doc = html.escape(report_html(result, patching), quote=True).encode("ascii", "xmlcharrefreplace").decode("ascii")
     return (
         '<div class="logitscope-result">'
         f'<pre style="font-size:12px;line-height:1.4;margin:0 0 8px;white-space:pre-wrap">{summary}</pre>'

@@ -20,6 +20,7 @@ from logitscope.report.style import CSS
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
+    from logitscope.patching import PatchingResult
     from logitscope.results import StudyResult
 
 MAX_PROMPT_ROWS = 200
@@ -90,7 +91,7 @@ def norm_kind(norm: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- header
-def _header(result: StudyResult) -> str:
+def _header(result: StudyResult, extra_toc: list[tuple[str, str]] = ()) -> str:
     lo, hi = result.intervals["logit_diff"]
     ld = result.mean_logit_diff
     direct = float(result.direct.mean())
@@ -120,6 +121,7 @@ def _header(result: StudyResult) -> str:
         ("layers", "Layer attribution"),
         ("heads", "Head attribution"),
         ("top-heads", "Top heads"),
+        *extra_toc,
         ("attention", "Attention"),
         ("prompts", "Per-prompt logit difference"),
         ("decomposition", "Complete decomposition"),
@@ -357,19 +359,27 @@ def _decomposition(result: StudyResult, figs: dict[str, go.Figure]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- page
-def report_html(result: StudyResult) -> str:
-    """The whole self-contained report as one HTML string (no network needed to render it)."""
+def report_html(result: StudyResult, patching: PatchingResult | None = None) -> str:
+    """The whole self-contained report as one HTML string (no network needed to render it); with
+    ``patching``, also its causal section (activation patching and ablation)."""
     figs = make_figures(result)
+    causal, toc = "", []
+    if patching is not None:
+        from logitscope.report.patching import patching_section
+
+        anchor, title, body = patching_section(patching, _figure, _table, _caption)
+        causal, toc = _section(anchor, title, body), [(anchor, "Patching")]
     views = attention_views(result)
     scripts = [f'<script type="text/javascript">{plotly_js()}</script>']
     if any(views.values()):
         scripts.append(f'<script type="text/javascript">{circuitsvis_js()}</script>')
     body = "".join(
         [
-            _header(result),
+            _header(result, toc),
             _lines(figs),
             _heads(result, figs),
             _top_heads(result),
+            causal,
             _attention(result, views),
             _prompts(result, figs),
             _decomposition(result, figs),

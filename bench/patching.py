@@ -1,0 +1,212 @@
+"""Benchmark: exact activation patching, logitscope vs TransformerLens 3.9 (and nnsight, when its
+environment is there), in forward-pass equivalents.
+
+    .venv/bin/python bench/patching.py --n 512 --threads 1            # writes bench/results/patching-cpu-512.{json,md}
+    .venv/bin/python bench/patching.py --n 64 --quick                  # a smoke run: small model, no TL
+
+One run, one machine, each contender its own process (``bench/run.py``'s ``run_process``: wall
+time from spawn to exit, peak RSS from ``os.wait4``):
+
+1. a random-weight GPT-2-small-shaped checkpoint (``make_checkpoint.py``) and N equal-length IOI
+   prompts (``prompts.py``) with the IOI paper's ABC counterparts (``--corrupt abc``) as JSONL;
+2. ``floor``: one plain forward pass over the clean prompts (``contenders/floor.py``); its
+   ``forward`` phase is the unit: a grid's cost in *forward-pass equivalents* is its patching time
+   divided by it;
+3. logitscope (``logitscope patch``, the whole command) for three grids, each its own process:
+   every head's output at every position (``attn_head_out_all_pos``), every head at END
+   (``attn_head_out_by_pos --positions end``), and ``resid_pre`` by layer x position
+   (``--positions index``); the patching time is the run's own clock (results.json
+   ``patching.timing.patching_s``: both unpatched runs of every batch and every patched run);
+4. TransformerLens 3.9 used well on the first grid (``contenders/patch_tl.py``: batches of 64, a
+   cache filtered to ``hook_z``, ``get_act_patch_attn_head_out_all_pos``), timed in-process;
+5. logitscope's END grid again on ``--flat-n`` pairs (default 10x N): peak RSS must stay flat;
+6. checks that the grids agree (TL's within 1e-4 of logitscope's), prints the table and writes
+   ``--out`` (.json and .md).
+
+Targets (issue 10; L layers, H heads, T tokens per prompt): heads at all positions <= 0.6 L*H
+forward passes; heads at END <= L*H/T + 2; resid_pre by layer x position <= 0.6 L*T; at least 3x
+faster than TransformerLens and 2x faster than nnsight on all heads at all positions; peak memory
+flat from 512 to 5,000 pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from make_checkpoint import make_checkpoint  # noqa: E402
+from prompts import equal_length_ioi  # noqa: E402
+from run import CONTENDERS, GB, machine_info, run_process, wait_for_idle  # noqa: E402
+
+GRIDS = {  # name: (logitscope patch arguments, grid key)
+    "heads_all_pos": (["--what", "attn_head_out_all_pos"], "attn_head_out_all_pos"),
+    "heads_end": (["--what", "attn_head_out_by_pos", "--positions", "end"], "attn_head_out_by_pos"),
+    "resid_pre": (["--what", "resid_pre", "--positions", "index"], "resid_pre"),
+}
+
+
+def write_pairs(path: Path, n: int, seed: int = 0) -> tuple[Path, int]:
+    """``n`` equal-length IOI prompts with ABC counterparts, as JSONL; ``(path, tokens without BOS)``."""
+    from transformers import AutoTokenizer
+
+    from logitscope.tasks.counterparts import with_counterparts
+    from logitscope.tasks.prompts import Prompt
+
+    tok = AutoTokenizer.from_pretrained(str(BENCH.parent / "tests" / "data" / "gpt2-tokenizer"))
+    rows, length = equal_length_ioi(n, seed=seed, tokenizer=tok)
+    prompts = [Prompt(r["prompt"], r["correct"], r["incorrect"], {k: v for k, v in r.items()
+                                                                  if k not in ("prompt", "correct", "incorrect")})
+               for r in rows]
+    pairs = with_counterparts(prompts, "abc", seed=seed, tokenizer=tok)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"prompt": p.text, "correct": p.correct, "incorrect": p.incorrect,
+                                        "corrupted": p.corrupted, **p.meta}) + "\n" for p in pairs), encoding="utf-8")
+    return path, length
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--flat-n", type=int, default=None, help="pairs for the memory-flatness run (default 10 x n)")
+    ap.add_argument("--threads", type=int, default=None, help="threads per process (OMP/MKL/torch); default: all")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="smoke run: skip TransformerLens and the flatness run")
+    ap.add_argument("--skip", default="", help="comma list of contenders to skip (transformer_lens, flat)")
+    ap.add_argument("--wait-idle", type=float, default=0.0, help="seconds to wait for a quiet machine first")
+    ap.add_argument("--timeout", type=float, default=4 * 3600)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    skip = set(filter(None, args.skip.split(","))) | ({"transformer_lens", "flat"} if args.quick else set())
+    if args.threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
+    out = Path(args.out or BENCH / "results" / f"patching-{args.device.split(':')[0]}-{args.n}.json")
+    cache = BENCH / ".cache"
+    model = make_checkpoint(cache / "gpt2-small-random")
+    pairs, length = write_pairs(cache / f"ioi-pairs-{args.n}.jsonl", args.n)
+    T = length + 1
+    load = wait_for_idle(args.wait_idle) if args.wait_idle else None
+    py = sys.executable
+    runs: dict[str, Any] = {}
+    mem_limit = int(20 * GB)
+    tmp = Path(tempfile.mkdtemp(prefix="logitscope-patch-bench-"))
+
+    def run(name: str, cmd: list[str]) -> dict[str, Any]:
+        result = tmp / f"{name}.json"
+        cmd = [str(result) if c == "{r}" else c for c in cmd]
+        r = run_process(name, 0, cmd, result, mem_limit_bytes=mem_limit, timeout_s=args.timeout)
+        if not r.ok:
+            print(f"{name} failed (exit {r.returncode}):\n{r.stderr_tail}", file=sys.stderr)
+        entry = {"wall_s": r.wall_s, "peak_rss_gb": r.peak_rss_bytes / GB, "cpu_s": r.cpu_user_s + r.cpu_sys_s,
+                 "other_cpu_s": r.other_cpu_s, "ok": r.ok, "child": r.child, "command": " ".join(cmd)}
+        runs[name] = entry
+        print(f"{name}: wall {r.wall_s:.1f} s, peak RSS {r.peak_rss_bytes / GB:.2f} GB", flush=True)
+        return entry
+
+    common = ["--model", str(model), "--device", args.device]
+    run("floor", [py, str(CONTENDERS / "floor.py"), *common, "--prompts", str(pairs), "--result", "{r}"])
+    for name, (extra, _) in GRIDS.items():
+        run(f"logitscope_{name}", [py, str(CONTENDERS / "patch_logitscope.py"), "--result", "{r}", "--", "patch",
+                                   "--model", str(model), "--prompts", str(pairs), "--out", str(tmp / name),
+                                   "--quiet", "--no-report", "--device", args.device, *extra])
+    if "transformer_lens" not in skip:
+        run("transformer_lens_heads_all_pos", [py, str(CONTENDERS / "patch_tl.py"), *common, "--prompts", str(pairs),
+                                               "--result", "{r}"])
+    if "flat" not in skip:
+        flat_n = args.flat_n or 10 * args.n
+        flat_pairs, _ = write_pairs(cache / f"ioi-pairs-{flat_n}.jsonl", flat_n)
+        extra = GRIDS["heads_end"][0]
+        run("logitscope_heads_end_flat", [py, str(CONTENDERS / "patch_logitscope.py"), "--result", "{r}", "--", "patch",
+                                          "--model", str(model), "--prompts", str(flat_pairs), "--out",
+                                          str(tmp / "flat"), "--quiet", "--no-report", "--device", args.device, *extra])
+    doc = summarise(runs, args, T, load)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown(doc), encoding="utf-8")
+    print(markdown(doc))
+    return 0 if doc["agree"] is not False else 1
+
+
+def summarise(runs: dict[str, Any], args: argparse.Namespace, T: int, load: float | None) -> dict[str, Any]:
+    import numpy as np
+
+    L, H = 12, 12
+    forward = runs["floor"]["child"].get("phases_s", {}).get("forward")
+    rows = {}
+    targets = {"heads_all_pos": 0.6 * L * H, "heads_end": L * H / T + 2, "resid_pre": 0.6 * L * T}
+    for name in GRIDS:
+        r = runs.get(f"logitscope_{name}")
+        if not r or not r["ok"]:
+            continue
+        s = r["child"]["timing"]["patching_s"]
+        rows[name] = {"patching_s": s, "fpe": s / forward, "target_fpe": targets[name], "wall_s": r["wall_s"],
+                      "peak_rss_gb": r["peak_rss_gb"]}
+    doc: dict[str, Any] = {"n": args.n, "tokens": T, "threads": args.threads, "device": args.device,
+                           "machine": machine_info(args.device), "load_before": load, "forward_s": forward,
+                           "grids": rows, "runs": runs, "agree": None}
+    tl = runs.get("transformer_lens_heads_all_pos")
+    ours = runs.get("logitscope_heads_all_pos")
+    if tl and tl["ok"] and ours and ours["ok"]:
+        tl_s = tl["child"]["phases_s"]["patching"]
+        doc["transformer_lens"] = {"patching_s": tl_s, "fpe": tl_s / forward, "wall_s": tl["wall_s"],
+                                   "peak_rss_gb": tl["peak_rss_gb"],
+                                   "own_forward_s": tl["child"]["phases_s"].get("plain_forward")}
+        diff = np.abs(np.array(tl["child"]["grid"]) - np.array(ours["child"]["grids"]["attn_head_out_all_pos"])).max()
+        doc["max_abs_diff_vs_tl"] = float(diff)
+        doc["agree"] = bool(diff <= 1e-4)
+        doc["speedup_vs_tl"] = tl_s / rows["heads_all_pos"]["patching_s"]
+        doc["speedup_vs_tl_wall"] = tl["wall_s"] / ours["wall_s"]
+    flat = runs.get("logitscope_heads_end_flat")
+    if flat and flat["ok"] and "heads_end" in rows:
+        doc["flat"] = {"n": flat["child"]["n_prompts"], "peak_rss_gb": flat["peak_rss_gb"],
+                       "ratio": flat["peak_rss_gb"] / rows["heads_end"]["peak_rss_gb"]}
+    return doc
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    lines = [
+        f"{doc['n']} equal-length IOI pairs (ABC counterparts, {doc['tokens']} tokens with BOS), GPT-2-small-shaped "
+        f"random-weight model, fp32, device {doc['device']}, {doc['threads'] or 'all'} thread(s) per process; "
+        f"{m['cpu']}, {m['cores']} cores; torch {m['torch']}, transformers {m['transformers']}.",
+        "",
+        f"One plain forward pass over the {doc['n']} clean prompts (the unit): {doc['forward_s']:.2f} s.",
+        "",
+        "| grid | patches | patching time (s) | forward-pass equivalents | target | whole process wall (s) | peak RSS (GB) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    L, H, T = 12, 12, doc["tokens"]
+    patches = {"heads_all_pos": L * H, "heads_end": L * H, "resid_pre": L * T}
+    labels = {"heads_all_pos": "each head, all positions (`attn_head_out_all_pos`)",
+              "heads_end": "each head at END (`attn_head_out_by_pos --positions end`)",
+              "resid_pre": "`resid_pre`, layer x position"}
+    for name, r in doc["grids"].items():
+        ok = "met" if r["fpe"] <= r["target_fpe"] else "missed"
+        lines.append(f"| logitscope: {labels[name]} | {patches[name]} | {r['patching_s']:.1f} | {r['fpe']:.1f} | "
+                     f"<= {r['target_fpe']:.1f} ({ok}) | {r['wall_s']:.1f} | {r['peak_rss_gb']:.2f} |")
+    tl = doc.get("transformer_lens")
+    if tl:
+        lines.append(f"| TransformerLens 3.9: `get_act_patch_attn_head_out_all_pos`, batches of 64 | {L * H} | "
+                     f"{tl['patching_s']:.1f} | {tl['fpe']:.1f} | | {tl['wall_s']:.1f} | {tl['peak_rss_gb']:.2f} |")
+        lines += ["", f"logitscope vs TransformerLens on every head at every position: {doc['speedup_vs_tl']:.2f}x faster "
+                  f"(patching time; target >= 3x), {doc['speedup_vs_tl_wall']:.2f}x on whole-process wall time; grids agree "
+                  f"within {doc['max_abs_diff_vs_tl']:.1e} (tolerance 1e-4)."]
+    flat = doc.get("flat")
+    if flat:
+        lines += ["", f"Memory with the number of pairs (each head at END): {doc['n']} pairs "
+                  f"{doc['grids']['heads_end']['peak_rss_gb']:.2f} GB, {flat['n']} pairs {flat['peak_rss_gb']:.2f} GB "
+                  f"(x{flat['ratio']:.2f})."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

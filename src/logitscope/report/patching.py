@@ -1,0 +1,156 @@
+"""The report's causal section: activation-patching grids and ablations, as plotly heatmaps with
+TransformerLens's labels, each cell's interval on hover, and the single-head ablation grid beside
+the direct-logit-attribution heatmap (direct effect and total effect side by side)."""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from logitscope.report.figures import FONT, _base_layout
+
+if TYPE_CHECKING:
+    from logitscope.patching import PatchingResult
+
+TITLES = {
+    "resid_pre": "Residual stream before each layer (resid_pre), by position",
+    "resid_mid": "Residual stream between attention and MLP (resid_mid), by position",
+    "attn_out": "Attention layer output (attn_out), by position",
+    "mlp_out": "MLP output (mlp_out), by position",
+    "attn_head_out_all_pos": "Each head's output (z), all positions",
+    "attn_head_q_all_pos": "Each head's queries (q), all positions",
+    "attn_head_k_all_pos": "Each key/value head's keys (k), all positions",
+    "attn_head_v_all_pos": "Each key/value head's values (v), all positions",
+    "attn_head_pattern_all_pos": "Each head's attention pattern, all positions",
+    "attn_head_out_by_pos": "Each head's output (z) at one position",
+}
+
+
+def _heatmap(z: np.ndarray, x: list, y: list, custom: list, title: str, x_title: str, y_title: str,
+             colorbar: str, bound: float | None = None, cell: int | None = None) -> go.Figure:
+    if bound is None:
+        bound = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
+    bound = bound or 1.0
+    n_y, n_x = z.shape
+    cell = cell or int(np.clip(560 / max(n_x, n_y), 10, 48))
+    fig = go.Figure(go.Heatmap(
+        z=z, x=x, y=y, colorscale="RdBu", zmid=0.0, zmin=-bound, zmax=bound, customdata=custom,
+        hovertemplate="%{customdata}<extra></extra>", xgap=1, ygap=1,
+        colorbar=dict(title=dict(text=colorbar, side="right"), thickness=14, outlinewidth=0),
+    ))
+    layout = _base_layout(title, x_title, y_title, height=min(1400, n_y * cell + 130))
+    layout["width"] = max(n_x * cell + 200, 460)
+    layout["font"] = dict(family=FONT, size=12, color="#1f2933")
+    layout["xaxis"].update(showgrid=False, showline=False, ticks="", type="category")
+    layout["yaxis"].update(autorange="reversed", showgrid=False, zeroline=False, type="category")
+    fig.update_layout(**layout)
+    return fig
+
+
+def _hover(label: str, value: float, lo: float, hi: float, norm: float, nlo: float, nhi: float) -> str:
+    return (f"<b>{html.escape(label)}</b><br>patched logit diff {value:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+            f"<br>normalised {norm:+.3f} [{nlo:+.3f}, {nhi:+.3f}]")
+
+
+def grid_figure(result: PatchingResult, name: str) -> go.Figure:
+    """One grid as a heatmap of TransformerLens's normalised metric (hover: the patched logit
+    difference and both intervals)."""
+    axes = result.grid_axes[name]
+    values, norm = result.mean(name), result.normalised(name)
+    lo, hi = result.grid_interval(name)
+    nlo, nhi = result.grid_interval(name, "normalised_ci95")
+    L = values.shape[0]
+    if axes == ("layer", "position", "head"):  # rows: heads (L0H0 ...), columns: positions
+        H = values.shape[2]
+        rows = [(l, h) for l in range(L) for h in range(H)]
+        positions = result.positions.labels
+        z = np.array([[norm[l, k, h] for k in range(len(positions))] for l, h in rows])
+        custom = [[_hover(f"L{l}H{h} @ {positions[k]}", values[l, k, h], lo[l, k, h], hi[l, k, h], norm[l, k, h],
+                          nlo[l, k, h], nhi[l, k, h]) for k in range(len(positions))] for l, h in rows]
+        return _heatmap(z, _pos_ticks(result, positions), [f"L{l}H{h}" for l, h in rows], custom, TITLES[name],
+                        "Position", "Head", "Normalised", bound=1.0, cell=14)
+    if axes[1] == "position":
+        positions = result.positions.labels
+        custom = [[_hover(f"L{l} {name} @ {positions[k]}", values[l, k], lo[l, k], hi[l, k], norm[l, k], nlo[l, k],
+                          nhi[l, k]) for k in range(len(positions))] for l in range(L)]
+        return _heatmap(norm, _pos_ticks(result, positions), [f"L{l}" for l in range(L)], custom, TITLES[name],
+                        "Position", "Layer", "Normalised", bound=1.0)
+    heads = values.shape[1]
+    letter = "KV" if axes[1] == "kv_head" else "H"
+    custom = [[_hover(f"L{l}{letter}{h}", values[l, h], lo[l, h], hi[l, h], norm[l, h], nlo[l, h], nhi[l, h])
+               for h in range(heads)] for l in range(L)]
+    return _heatmap(norm, [str(h) for h in range(heads)], [f"L{l}" for l in range(L)], custom, TITLES[name],
+                    "KV head" if letter == "KV" else "Head", "Layer", "Normalised", bound=1.0)
+
+
+def _pos_ticks(result: PatchingResult, labels: list[str]) -> list[str]:
+    if result.positions is not None and result.positions.mode == "index" and result.position_tokens:
+        return [f"{i} {t!r}" for i, t in zip(labels, result.position_tokens)]
+    return list(labels)
+
+
+def ablation_figure(result: PatchingResult) -> go.Figure:
+    """Change in the mean logit difference when each head alone is ablated (total effect)."""
+    after = result.ablated_heads.mean(-1)
+    iv = result.intervals["ablated_heads"]
+    lo, hi = iv["ci95_low"].reshape(after.shape), iv["ci95_high"].reshape(after.shape)
+    before = float(result.clean_logit_diff.mean())
+    change = after - before
+    L, H = after.shape
+    custom = [[f"<b>L{l}H{h}</b><br>logit diff {before:+.3f} → {after[l, h]:+.3f} [{lo[l, h]:+.3f}, {hi[l, h]:+.3f}]"
+               f"<br>change {change[l, h]:+.3f}" for h in range(H)] for l in range(L)]
+    title = f"Total effect: change in logit diff when each head is {result.ablation_kind}-ablated"
+    return _heatmap(change, [str(h) for h in range(H)], [f"L{l}" for l in range(L)], custom, title, "Head", "Layer",
+                    "Change")
+
+
+def patching_figures(result: PatchingResult) -> dict[str, go.Figure]:
+    figs = {f"patch_{name}": grid_figure(result, name) for name in result.grids}
+    if result.ablated_heads is not None:
+        figs["ablation_heads"] = ablation_figure(result)
+    return figs
+
+
+def patching_section(result: PatchingResult, figure_html, table_html, caption_html) -> tuple[str, str, str]:
+    """``(anchor, title, body)`` of the report's causal section, drawn with the page's own helpers."""
+    iv = result.intervals
+    c, x = float(result.clean_logit_diff.mean()), float(result.corrupted_logit_diff.mean())
+    direction = ("clean activations patched into the corrupted run (denoising)" if result.direction == "denoise"
+                 else "corrupted activations patched into the clean run (noising)")
+    parts = [caption_html(
+        f"Activation patching, {direction}, on {result.n_prompts:,} prompt pairs; the metric is the clean answers' "
+        "logit difference at each prompt's last token. Cells show TransformerLens's normalised metric, "
+        "(patched − corrupted) / (clean − corrupted): 1 where the patch restores the clean run, 0 where it changes nothing.",
+        "Hover a cell for the patched logit difference and its 95% interval (the study's bootstrap resamples).",
+    )]
+    rows = [["clean prompts", f"{c:+.4f}", _ci(iv["clean"])], ["corrupted prompts", f"{x:+.4f}", _ci(iv["corrupted"])]]
+    parts.append(table_html([("Run", False), ("Mean logit diff", True), ("95% CI", True)], rows))
+    figs = patching_figures(result)
+    for name in result.grids:
+        parts.append(figure_html(figs[f"patch_{name}"], f"patch_{name}"))
+    if result.ablation_kind is not None:
+        parts.append(f"<h3>Ablation ({html.escape(result.ablation_kind)})</h3>")
+        if result.ablated:
+            before = float(result.clean_logit_diff.mean())
+            ab_rows = []
+            for name, values in result.ablated.items():
+                comps = ", ".join(result.ablation_sets[name])
+                ab_rows.append([html.escape(comps), f"{before:+.4f}", f"{values.mean():+.4f}", _ci(iv[f"ablated:{name}"]),
+                                f"{values.mean() - before:+.4f}"])
+            parts.append(table_html([("Ablated", False), ("Before", True), ("After", True), ("95% CI", True),
+                                     ("Change", True)], ab_rows))
+        if "ablation_heads" in figs:
+            parts.append('<p class="note">Direct effect (the head attribution above) beside total effect (the change '
+                         'when the head alone is ablated): a head with a large direct effect and a small total effect '
+                         'is compensated for by others (backup heads).</p>')
+            parts.append(figure_html(figs["ablation_heads"], "ablation_heads"))
+    for note in result.notes:
+        parts.append(f'<p class="note">Note: {html.escape(note)}</p>')
+    return "patching", "Causal checks: activation patching and ablation", "".join(parts)
+
+
+def _ci(entry: dict[str, Any]) -> str:
+    return f"[{float(entry['ci95_low'][0]):+.4f}, {float(entry['ci95_high'][0]):+.4f}]"
