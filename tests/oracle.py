@@ -31,7 +31,7 @@ import transformers
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2")
+FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "gemma3")
 
 TOKENIZER_DIR: Path = Path(__file__).resolve().parent / "data" / "gpt2-tokenizer"
 TOKENIZER_FILES: tuple[str, ...] = ("vocab.json", "merges.txt", "tokenizer_config.json")
@@ -45,10 +45,16 @@ ARCHITECTURES: dict[str, str] = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
 }
 
-RMS_FAMILIES: frozenset[str] = frozenset({"llama", "mistral", "qwen2"})
-ROTARY_FAMILIES: frozenset[str] = frozenset({"gpt_neox", "llama", "mistral", "qwen2"})
+RMS_FAMILIES: frozenset[str] = frozenset({"llama", "mistral", "qwen2", "gemma3"})
+ROTARY_FAMILIES: frozenset[str] = frozenset({"gpt_neox", "llama", "mistral", "qwen2", "gemma3"})
+# Families whose RMSNorm multiplies by (1 + weight): their norm weights are drawn around 0.
+NORM_WEIGHT_OFFSET: dict[str, float] = {"gemma3": 1.0}
+# Families TL 3.9 configures by official model name only (convert_hf_model_config's name-based
+# branches): tl_config routes them through that name's config with the random model's own sizes.
+TL_OFFICIAL_NAME: dict[str, str] = {"gemma3": "google/gemma-3-270m"}
 
 # The seed notebook's GPT-2 flags (TL's IOI / Exploratory-Analysis demo).
 SEED_FLAGS: dict[str, bool] = {
@@ -141,6 +147,25 @@ def _family_config(
             use_sliding_window=False, max_window_layers=n_layers, tie_word_embeddings=True,
             **common,
         )
+    if family == "gemma3":
+        # Gemma 3 270M's choices, shrunk: one key/value head; d_head (32) * n_heads != d_model;
+        # query_pre_attn_scalar (48) != d_head, so the attention scale is not 1/sqrt(d_head);
+        # sliding and full layers (every 6th is full in the real models, every 2nd in 2 layers)
+        # with the window shrunk to n_ctx // 8 so it masks something; distinct local/global rope
+        # bases; q/k norms; tied embeddings; no soft-caps (as released).
+        n_layer_types = min(6, n_layers)
+        return transformers.Gemma3TextConfig(
+            hidden_size=d_model, intermediate_size=d_mlp_gated, num_hidden_layers=n_layers,
+            num_attention_heads=n_heads, num_key_value_heads=1, head_dim=32,
+            query_pre_attn_scalar=48, hidden_activation="gelu_pytorch_tanh",
+            max_position_embeddings=n_ctx, rms_norm_eps=1e-6, sliding_window=max(2, n_ctx // 8),
+            layer_types=["full_attention" if (i + 1) % n_layer_types == 0 else "sliding_attention"
+                         for i in range(n_layers)],
+            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                             "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
+            attention_bias=False, final_logit_softcapping=None, attn_logit_softcapping=None,
+            tie_word_embeddings=True, pad_token_id=0, **common,
+        )
     raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
 
 
@@ -151,12 +176,13 @@ def _is_norm(module: torch.nn.Module) -> bool:
 
 
 @torch.no_grad()
-def _randomize(model: PreTrainedModel, seed: int) -> None:
+def _randomize(model: PreTrainedModel, seed: int, norm_offset: float = 0.0) -> None:
     """Overwrite every parameter with seeded, well-scaled, non-trivial random values.
 
     Matrices get std 1/sqrt(fan_in) (unit-scale activations, non-uniform attention); embeddings
-    std 0.5 (token) / 0.2 (position); norm weights 1 + 0.3 N(0,1); norm and linear biases
-    0.2 N(0,1). Tied parameters are visited once.
+    std 0.5 (token) / 0.2 (position); norm weights 1 + 0.3 N(0,1) as the norm applies them (drawn
+    around ``1 - norm_offset`` for norms that add ``norm_offset``, Gemma's 1 + weight); norm and
+    linear biases 0.2 N(0,1). Tied parameters are visited once.
     """
     gen = torch.Generator().manual_seed(seed)
 
@@ -170,7 +196,7 @@ def _randomize(model: PreTrainedModel, seed: int) -> None:
                 continue
             seen.add(id(param))
             if _is_norm(module):
-                value = 1.0 + 0.3 * randn(param.shape) if pname == "weight" else 0.2 * randn(param.shape)
+                value = 1.0 - norm_offset + 0.3 * randn(param.shape) if pname == "weight" else 0.2 * randn(param.shape)
             elif pname == "bias":
                 value = 0.2 * randn(param.shape)
             elif isinstance(module, torch.nn.Embedding):
@@ -205,7 +231,7 @@ def make_hf_model(
         config, attn_implementation="eager", dtype=torch.float32
     )
     assert model.config._attn_implementation == "eager"
-    _randomize(model, seed)
+    _randomize(model, seed, NORM_WEIGHT_OFFSET.get(family, 0.0))
     if family == "gpt_neo":
         # GPT-Neo does not divide scores by sqrt(d_head); shrink W_Q and W_K by d_head**-0.25 each
         # so its scores have the same scale as the other families' (keeps softmax well-conditioned).
@@ -273,6 +299,7 @@ def _converter(family: str) -> Callable[[PreTrainedModel, Any], dict[str, torch.
         "llama": wc.convert_llama_weights,
         "mistral": wc.convert_mistral_weights,
         "qwen2": wc.convert_qwen2_weights,
+        "gemma3": wc.convert_gemma_weights,
     }[family]
 
 
@@ -285,27 +312,101 @@ def _neutral_tempdir() -> Path:
         shutil.rmtree(path)
 
 
+# Keys tl_size_overrides may add to an official name's config dict: TL sets them for other members
+# of the same family (Gemma 2 27B's attn_scale, Gemma 2's soft-caps).
+_TL_KEYS_OF_THE_FAMILY: frozenset[str] = frozenset({"attn_scale", "attn_scores_soft_cap", "output_logits_soft_cap"})
+
+
+def tl_size_overrides(hf_config: transformers.PretrainedConfig, family: str, official: dict[str, Any]) -> dict[str, Any]:
+    """The entries of TL's config dict for ``TL_OFFICIAL_NAME[family]`` (``official``) that the
+    model at hand (random or real) sets differently: sizes and hyper-parameters, read from its HF
+    config as the TL branch for an architecture-dispatched family would read them."""
+    c = hf_config
+    if family != "gemma3":
+        raise ValueError(f"no official-name route for {family!r}")
+    rope = c.rope_parameters
+    for kind in ("sliding_attention", "full_attention"):
+        if rope[kind].get("rope_type", "default") != "default":
+            raise ValueError(f"gemma3: rope_type {rope[kind]['rope_type']!r} for {kind} is not routed to TL here")
+    out: dict[str, Any] = {
+        "d_model": c.hidden_size, "d_head": c.head_dim, "n_heads": c.num_attention_heads,
+        "d_mlp": c.intermediate_size, "n_layers": c.num_hidden_layers,
+        "n_ctx": min(c.max_position_embeddings, official["n_ctx"]),  # TL caps n_ctx (8192)
+        "eps": c.rms_norm_eps, "d_vocab": c.vocab_size, "act_fn": c.hidden_activation,
+        "n_key_value_heads": c.num_key_value_heads, "window_size": c.sliding_window,
+        "attn_types": ["local" if t == "sliding_attention" else "global" for t in c.layer_types],
+        "rotary_base": rope["full_attention"]["rope_theta"],
+        "rotary_base_local": rope["sliding_attention"]["rope_theta"],
+        # HF scales scores by query_pre_attn_scalar ** -0.5; TL divides by attn_scale (its
+        # default sqrt(d_head) equals it in the released models, where both are 256).
+        "attn_scale": float(c.query_pre_attn_scalar) ** 0.5,
+    }
+    if c.final_logit_softcapping is not None:
+        out["output_logits_soft_cap"] = float(c.final_logit_softcapping)
+    if c.attn_logit_softcapping is not None:
+        out["attn_scores_soft_cap"] = float(c.attn_logit_softcapping)
+    return out
+
+
+def _tl_config_by_official_name(hf_config: transformers.PretrainedConfig, family: str, *, fold_ln: bool) -> Any:
+    """TL's config for a family TL 3.9 configures by official model name only.
+
+    ``convert_hf_model_config`` picks Gemma's config by the name (``google/gemma-3-270m``: sizes
+    hard-coded, no HF config read); a local folder of a Gemma model falls through to
+    NotImplementedError. So TL's own ``get_pretrained_model_config`` is run for the official name
+    with ``convert_hf_model_config`` wrapped to put the model's own sizes into its dict
+    (``tl_size_overrides``). Every family flag TL sets (use_normalization_before_and_after,
+    use_qk_norm, final_rms, gated_mlp, positional_embedding_type, ...) stays TL's, and every later
+    step (fold_ln's RMSPre, default_prepend_bos, d_vocab from the HF config) is TL's own; the
+    override may only replace keys TL's dict has or TL sets for the family (_TL_KEYS_OF_THE_FAMILY).
+    """
+    from unittest import mock
+
+    from transformer_lens import loading_from_pretrained as loading
+
+    original = loading.convert_hf_model_config
+
+    def convert(name: str, **kwargs: Any) -> dict[str, Any]:
+        cfg_dict = original(name, **kwargs)
+        overrides = tl_size_overrides(hf_config, family, cfg_dict)
+        foreign = set(overrides) - set(cfg_dict) - _TL_KEYS_OF_THE_FAMILY
+        if foreign:
+            raise ValueError(f"{family}: TL's {name} config has no {sorted(foreign)}")
+        return {**cfg_dict, **overrides}
+
+    with mock.patch.object(loading, "convert_hf_model_config", convert):
+        return loading.get_pretrained_model_config(
+            TL_OFFICIAL_NAME[family], hf_cfg=hf_config.to_dict(), fold_ln=fold_ln, device="cpu",
+            dtype=torch.float32,
+        )
+
+
 def tl_config(hf_model: PreTrainedModel, family: str, *, fold_ln: bool = True) -> Any:
     """The ``HookedTransformerConfig`` that ``from_pretrained`` derives for ``hf_model``.
 
     Runs TL's own ``get_pretrained_model_config`` on a local directory holding only the model's
     ``config.json`` (read via ``AutoConfig``, no network); device cpu, dtype float32, and TL's
     per-family ``default_prepend_bos``. ``fold_ln`` selects LNPre/RMSPre, as in from_pretrained.
+    Families TL configures by official name only (``TL_OFFICIAL_NAME``) go through that name's
+    config with the model's own sizes (``_tl_config_by_official_name``).
     """
     from transformer_lens import loading_from_pretrained as loading
 
     hf_config = copy.deepcopy(hf_model.config)
     hf_config.architectures = [ARCHITECTURES[family]]
-    tmp = _neutral_tempdir()
-    try:
-        local = tmp / "checkpoint"
-        hf_config.save_pretrained(local)
-        cfg = loading.get_pretrained_model_config(
-            str(local), hf_cfg=hf_config.to_dict(), fold_ln=fold_ln, device="cpu",
-            dtype=torch.float32,
-        )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if family in TL_OFFICIAL_NAME:
+        cfg = _tl_config_by_official_name(hf_config, family, fold_ln=fold_ln)
+    else:
+        tmp = _neutral_tempdir()
+        try:
+            local = tmp / "checkpoint"
+            hf_config.save_pretrained(local)
+            cfg = loading.get_pretrained_model_config(
+                str(local), hf_cfg=hf_config.to_dict(), fold_ln=fold_ln, device="cpu",
+                dtype=torch.float32,
+            )
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     if cfg.original_architecture != ARCHITECTURES[family]:
         raise ValueError(f"{family}: TL saw {cfg.original_architecture}")
     cfg.model_name = f"random-{family}"

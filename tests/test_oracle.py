@@ -33,6 +33,7 @@ from oracle import (
     BOS_ID,
     FAMILIES,
     NO_PROCESSING_FLAGS,
+    NORM_WEIGHT_OFFSET,
     RMS_FAMILIES,
     SEED_FLAGS,
     gpt2_tokenizer,
@@ -55,15 +56,21 @@ BATCH, SEQ = 3, 32  # SEQ > the tiny GPT-Neo / Mistral window (64 // 8 = 8), so 
 HF_LAYERS = {
     "gpt2": "transformer.h", "gpt_neo": "transformer.h", "gpt_neox": "gpt_neox.layers",
     "llama": "model.layers", "mistral": "model.layers", "qwen2": "model.layers",
+    "gemma3": "model.layers",
 }
 HF_OUT_PROJ = {
     "gpt2": "attn.c_proj", "gpt_neo": "attn.attention.out_proj", "gpt_neox": "attention.dense",
     "llama": "self_attn.o_proj", "mistral": "self_attn.o_proj", "qwen2": "self_attn.o_proj",
+    "gemma3": "self_attn.o_proj",
 }
 HF_FINAL_NORM = {
     "gpt2": "transformer.ln_f", "gpt_neo": "transformer.ln_f", "gpt_neox": "gpt_neox.final_layer_norm",
     "llama": "model.norm", "mistral": "model.norm", "qwen2": "model.norm",
+    "gemma3": "model.norm",
 }
+# Families without any bias parameter (value-bias folding is a no-op for them).
+BIAS_FREE = ("llama", "mistral", "gemma3")
+TIED = ("gpt2", "gpt_neo", "qwen2", "gemma3")
 
 
 @dataclass
@@ -178,8 +185,8 @@ def test_value_bias_folding(hf_run: HFRun) -> None:
         assert _max_diff(cache["z", layer], hf_run.z[layer] - b_v) < RESID_ATOL
         assert torch.count_nonzero(model.blocks[layer].attn.b_V) == 0
         largest = max(largest, b_v.abs().max().item())
-    # Non-trivial everywhere except the bias-free Llama/Mistral (where folding is a no-op).
-    assert (largest > 0.05) == (family not in ("llama", "mistral"))
+    # Non-trivial everywhere except the bias-free families (where folding is a no-op).
+    assert (largest > 0.05) == (family not in BIAS_FREE)
 
 
 @torch.no_grad()
@@ -241,6 +248,13 @@ def test_tl_config_facts() -> None:
                     "use_local_attn": True, "window_size": 8, "normalization_type": "RMSPre"},
         "qwen2": {"default_prepend_bos": False, "n_key_value_heads": 2, "rotary_base": 1e6,
                   "eps": 1e-6, "rotary_adjacent_pairs": False, "normalization_type": "RMSPre"},
+        # Routed through google/gemma-3-270m's config with the random model's sizes.
+        "gemma3": {"default_prepend_bos": True, "n_key_value_heads": 1, "d_head": 32, "n_heads": 4,
+                   "d_model": 64, "n_layers": 2, "d_vocab": 50257, "attn_scale": 48**0.5,
+                   "rotary_base": 1e6, "rotary_base_local": 10000.0, "use_local_attn": True,
+                   "attn_types": ["local", "global"], "window_size": 8, "use_qk_norm": True,
+                   "use_normalization_before_and_after": True, "normalization_type": "RMSPre",
+                   "act_fn": "gelu_pytorch_tanh", "eps": 1e-6, "output_logits_soft_cap": -1.0},
     }
     for family, expected in facts.items():
         cfg = tl_config(make_hf_model(family), family)
@@ -248,18 +262,18 @@ def test_tl_config_facts() -> None:
             assert getattr(cfg, name) == value, (family, name, getattr(cfg, name))
 
 
-@pytest.mark.parametrize("family", ["gpt_neo", "mistral"])
+@pytest.mark.parametrize("family", ["gpt_neo", "mistral", "gemma3"])
 def test_local_attention_is_exercised(family: str) -> None:
     """Local/sliding-window layers mask keys older than the window at SEQ > window."""
     run = _run_hf(family)
     window = 8
-    local_layers = [1] if family == "gpt_neo" else [0, 1]
+    local_layers = {"gpt_neo": [1], "mistral": [0, 1], "gemma3": [0]}[family]
     for layer in local_layers:
         pattern = run.attentions[layer]
         assert pattern[..., SEQ - 1, : SEQ - window].abs().max() == 0
         assert pattern[..., SEQ - 1, SEQ - window:].min() > 0
-    if family == "gpt_neo":  # layer 0 is global
-        assert run.attentions[0][..., SEQ - 1, 0].min() > 0
+    if family in ("gpt_neo", "gemma3"):  # the other layer is global
+        assert run.attentions[1 - local_layers[0]][..., SEQ - 1, 0].min() > 0
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -277,11 +291,12 @@ def test_weights_nontrivial_and_deterministic(family: str) -> None:
         if name.endswith("bias"):
             n_biases += 1
             assert param.std() > 0.1, name
-        elif "norm" in name or ".ln_" in name:
-            assert (param - 1).abs().mean() > 0.1, name
+        elif "norm" in name or ".ln_" in name:  # as applied: Gemma's norms multiply by 1 + weight
+            assert (param + NORM_WEIGHT_OFFSET.get(family, 0.0) - 1).abs().mean() > 0.1, name
+            assert (param + NORM_WEIGHT_OFFSET.get(family, 0.0)).abs().mean() > 0.5, name
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    assert tied == (family in ("gpt2", "gpt_neo", "qwen2"))
-    assert (n_biases == 0) == (family in ("llama", "mistral"))
+    assert tied == (family in TIED)
+    assert (n_biases == 0) == (family in BIAS_FREE)
 
 
 PLAIN_TEXT = "When John and Mary went to the shops, John gave the bag to"

@@ -56,6 +56,9 @@ class StudyResult:
     - ``attn_bias[layer]``: the attention output bias including every head's value bias, so that
       ``attn = heads.sum(1) + attn_bias``; ``mlp_bias[layer]``: the MLP output bias (inside ``mlp``).
     - ``final_bias``: the final norm's bias (and any unembedding bias) through the unembedding.
+    - ``logit_diff_softcapped`` (``None`` unless the family soft-caps its final logits, Gemma 2):
+      the difference of the model's own, capped, logits. ``logit_diff`` is then that of the linear
+      logits before the cap, which the parts add up to; probabilities are the model's (capped).
     """
 
     model: str
@@ -85,6 +88,7 @@ class StudyResult:
     final_bias: np.ndarray
     attention: AttentionView | None = None
     lens_recomputed: np.ndarray | None = None  # [n_lens, N]: see logit_lens_recomputed_per_prompt
+    logit_diff_softcapped: np.ndarray | None = None  # [N]: see the class docstring
     top_k: int = 3
     seed: int = 0
     prepend_bos: bool = True
@@ -425,6 +429,12 @@ class StudyResult:
             ),
             "by_template": self.by_template(),
         }
+        if self.logit_diff_softcapped is not None:  # results.json key logit_diff_softcapped
+            doc["logit_diff_softcapped"] = {
+                "mean": float(self.logit_diff_softcapped.mean()),
+                "per_prompt": _tolist(self.logit_diff_softcapped),
+                "frac_correct": float((self.logit_diff_softcapped > 0).mean()),
+            }
         if self.attention is not None:
             doc["attention"] = {
                 "prompt_index": self.attention.prompt_index,

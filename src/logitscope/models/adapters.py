@@ -3,6 +3,11 @@
 Where are the embeddings, the blocks, each block's attention output projection and MLP, the final
 norm and the unembedding? Which kind of final norm is it? What constant does each head add through
 its value bias? Each family answers in a few lines; everything else is family-independent.
+
+A few conventions go beyond GPT-2's and are answered the same way, as optional fields that default
+to "absent": a norm weight offset (Gemma's RMSNorm multiplies by ``1 + weight``), norms on the
+attention and MLP outputs before the residual add (Gemma 2/3, OLMo-2) and a final
+logit soft-cap (Gemma 2).
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ import torch
 from torch import nn
 
 from logitscope.errors import ModelLoadError
+
+
+def _absent(_: object) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -44,20 +53,36 @@ class Adapter:
     value_bias: Callable[[nn.Module, "ModelShape"], torch.Tensor | None]
     n_heads: Callable[[object], int]
     default_prepend_bos: bool = True  # TransformerLens's default_prepend_bos for the family
+    # Every norm of the family multiplies by (norm_weight_offset + weight): Gemma's RMSNorm by 1 + w.
+    norm_weight_offset: float = 0.0
+    # An RMSNorm between the attention output projection (resp. the MLP) and the residual add, or
+    # None: Gemma 2/3's post_attention_layernorm / post_feedforward_layernorm, OLMo-2's.
+    attn_post_norm: Callable[[nn.Module], nn.Module | None] = _absent
+    mlp_post_norm: Callable[[nn.Module], nn.Module | None] = _absent
+    # From the config: the final logits are cap * tanh(linear_logits / cap) (Gemma 2), or None.
+    logit_softcap: Callable[[object], float | None] = _absent
 
     def unembed(self, model: nn.Module) -> nn.Linear:
         return model.get_output_embeddings()
 
     def final_norm_eps(self, model: nn.Module) -> float:
-        norm = self.final_norm(model)
-        for attr in ("eps", "variance_epsilon", "epsilon"):
-            if hasattr(norm, attr):
-                return float(getattr(norm, attr))
-        raise ModelLoadError(f"cannot find the epsilon of the final norm {type(norm).__name__}")
+        return norm_eps(self.final_norm(model))
+
+    def norm_weight(self, norm: nn.Module) -> torch.Tensor:
+        """The vector a norm of this family multiplies its normalised input by."""
+        return norm.weight + self.norm_weight_offset if self.norm_weight_offset else norm.weight
 
     def final_norm_weight_bias(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         norm = self.final_norm(model)
-        return norm.weight, getattr(norm, "bias", None)
+        return self.norm_weight(norm), getattr(norm, "bias", None)
+
+
+def norm_eps(norm: nn.Module) -> float:
+    """The epsilon of a LayerNorm or of a family's RMSNorm, whatever the attribute is called."""
+    for attr in ("eps", "variance_epsilon", "epsilon"):
+        if hasattr(norm, attr):
+            return float(getattr(norm, attr))
+    raise ModelLoadError(f"cannot find the epsilon of the norm {type(norm).__name__}")
 
 
 @dataclass(frozen=True)
@@ -178,7 +203,21 @@ LLAMA = _llama_like("llama", "LlamaForCausalLM")
 MISTRAL = _llama_like("mistral", "MistralForCausalLM")
 QWEN2 = _llama_like("qwen2", "Qwen2ForCausalLM", prepend_bos=False)  # TransformerLens's default
 
-ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPT_NEOX, LLAMA, MISTRAL, QWEN2)
+# Gemma 3 keeps Llama's module tree. Its RMSNorm multiplies by (1 + weight); its embeddings are
+# scaled by sqrt(d_model) (inside the embedding module in transformers 5; the study reads the
+# embedding as layer 0's resid_pre, so where the scaling sits does not matter). A norm sits on the
+# attention output and on the MLP output, before each residual add (the MLP reads
+# pre_feedforward_layernorm, which has no bias and so needs no answer here). Its config can
+# soft-cap the final logits (None in the released models).
+GEMMA3 = replace(
+    _llama_like("gemma3", "Gemma3ForCausalLM"),
+    norm_weight_offset=1.0,
+    attn_post_norm=lambda b: b.post_attention_layernorm,
+    mlp_post_norm=lambda b: b.post_feedforward_layernorm,
+    logit_softcap=lambda cfg: getattr(cfg, "final_logit_softcapping", None),
+)
+
+ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPT_NEOX, LLAMA, MISTRAL, QWEN2, GEMMA3)
 
 
 def supported_architectures() -> list[str]:
@@ -190,6 +229,11 @@ def adapter_for(model: nn.Module) -> Adapter:
     archs = list(getattr(model.config, "architectures", None) or []) + [type(model).__name__]
     for adapter in ADAPTERS:
         if any(a in adapter.architectures for a in archs):
+            if getattr(model.config, "use_bidirectional_attention", False):  # e.g. EmbeddingGemma
+                raise ModelLoadError(
+                    f"{archs[0]} with use_bidirectional_attention=True attends to later tokens too; logitscope "
+                    "studies causal language models (each answer read at the last token of its prompt)"
+                )
             return adapter
     raise ModelLoadError(unsupported_message(archs[0], getattr(model.config, "model_type", "?")))
 

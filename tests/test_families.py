@@ -1,0 +1,213 @@
+"""Model families beyond GPT-2 / Neo / NeoX / Llama / Mistral / Qwen2, each against TransformerLens 3.9.
+
+The reference is ``tests/test_parity.py``'s (the seed's own calls on TL's cache: ``run_with_cache``,
+``accumulated_resid``, ``decompose_resid``, ``apply_ln_to_stack``, ``tokens_to_residual_directions``),
+widened where a family's convention needs it, each widening built from TL's own activations:
+
+- Post norms (Gemma 2/3 ``ln1_post`` / ``ln2_post``, OLMo-2's post-norm ``ln1`` / ``ln2``): TL's
+  ``stack_head_results`` is each head's ``z @ W_O`` *before* the norm, so it does not add up to
+  ``attn_out``. The reference head is that vector through the norm with TL's cached scale at the
+  answer position: ``(z_h W_O[h]) ⊙ w / hook_scale`` (what logitscope reports).
+- Final logit soft-cap (Gemma 2): TL's logits are capped; the reference logit difference is that
+  of the linear logits ``ln_final(resid) @ W_U + b_U``, and the capped one is checked beside it.
+- Unfolded final norm (TL forces fold_ln off for OLMo-2): ``apply_ln_to_stack`` then divides by
+  the scale only, so the reference direction is ``ln_final.w ⊙ (W_U[A] - W_U[B])`` (what fold_ln
+  would put into W_U).
+
+Tolerances are test_parity's (1e-4 on logits, 1e-5 on patterns) and for the same reasons.
+"""
+
+from __future__ import annotations
+
+import json
+
+import einops
+import numpy as np
+import pytest
+import torch
+
+import logitscope as ls
+from logitscope.cli import main
+from oracle import make_hf_model, save_checkpoint, tl_default_flags, tl_model
+from test_parity import MIXED_PROMPTS, Reference, assert_matches, token_ids
+
+ATOL = 1e-4
+
+NEW_FAMILIES = ["gemma3"]
+
+
+def _post_norms(tl, layer: int) -> tuple[str | None, str | None]:
+    """Hook prefixes of the norms on layer ``layer``'s attention and MLP outputs, if any."""
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    if tl.cfg.use_normalization_before_and_after:
+        return f"blocks.{layer}.ln1_post", f"blocks.{layer}.ln2_post"
+    if tl.cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        return f"blocks.{layer}.ln1", f"blocks.{layer}.ln2"
+    return None, None
+
+
+@torch.no_grad()
+def family_reference(tl, ids: list[list[int]], correct: np.ndarray, incorrect: np.ndarray, *,
+                     incl_mid: bool = True) -> tuple[Reference, dict[str, np.ndarray]]:
+    """test_parity's reference, widened as the module docstring says; prompts batched by length so
+    index -1 is each prompt's last token. Also returns extras: ``capped`` (the logit difference of
+    TL's own logits), ``prenorm_heads`` (TL's stack_head_results as it is, before any post norm)."""
+    n, L = len(ids), tl.cfg.n_layers
+    keys = ("ld", "capped", "pc", "pi", "direct", "lens", "lens_ln", "layers", "heads", "prenorm", "bu")
+    out: dict[str, list] = {k: [None] * n for k in keys}
+    labels: dict[str, list[str]] = {}
+    pattern0 = None
+    unfolded = tl.cfg.normalization_type in ("RMS", "LN")
+    assert tl.cfg.normalization_type in ("RMS", "RMSPre", "LNPre"), tl.cfg.normalization_type
+    by_len: dict[int, list[int]] = {}
+    for i, x in enumerate(ids):
+        by_len.setdefault(len(x), []).append(i)
+    for idx in by_len.values():
+        tokens = torch.tensor([ids[i] for i in idx])
+        answers = torch.tensor([[correct[i], incorrect[i]] for i in idx])
+        logits, cache = tl.run_with_cache(tokens)
+        final = logits[:, -1, :]
+        pair = final.gather(-1, answers)
+        probs = torch.softmax(final, -1).gather(-1, answers)
+        linear = tl.ln_final(cache["resid_post", -1])[:, -1] @ tl.W_U + tl.b_U  # before any soft-cap
+        lin_pair = linear.gather(-1, answers)
+        raw_dirs = tl.tokens_to_residual_directions(answers)
+        raw_ldd = raw_dirs[:, 0] - raw_dirs[:, 1]
+        ldd = raw_ldd * tl.ln_final.w if unfolded else raw_ldd  # the direction fold_ln would give
+
+        def project(stack):
+            scaled = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)
+            return einops.einsum(scaled, ldd, "... batch d_model, batch d_model -> ... batch")
+
+        direct = project(cache["resid_post", -1][:, -1, :])
+        acc, labels["lens"] = cache.accumulated_resid(layer=-1, incl_mid=incl_mid, pos_slice=-1, return_labels=True)
+        acc_ln = cache.accumulated_resid(layer=-1, incl_mid=incl_mid, pos_slice=-1, apply_ln=True)  # ln_final itself
+        lens_ln = einops.einsum(acc_ln, raw_ldd, "... batch d_model, batch d_model -> ... batch")
+        per_layer, labels["layers"] = cache.decompose_resid(layer=-1, pos_slice=-1, return_labels=True)
+        prenorm = einops.rearrange(cache.stack_head_results(layer=-1, pos_slice=-1), "(l h) b d -> l h b d", l=L)
+        through = prenorm.clone()
+        for layer in range(L):
+            attn_post, _ = _post_norms(tl, layer)
+            if attn_post is not None:
+                w = tl.get_submodule(attn_post).w
+                scale = cache[f"{attn_post}.hook_scale"][:, -1]  # [batch, 1]
+                through[layer] = prenorm[layer] * w / scale
+        lens, layers, heads, prenorm_heads = project(acc), project(per_layer), project(through), project(prenorm)
+        b_u = tl.b_U[answers[:, 0]] - tl.b_U[answers[:, 1]]
+        for j, i in enumerate(idx):
+            out["ld"][i], out["capped"][i] = float(lin_pair[j, 0] - lin_pair[j, 1]), float(pair[j, 0] - pair[j, 1])
+            out["pc"][i], out["pi"][i], out["direct"][i] = float(probs[j, 0]), float(probs[j, 1]), float(direct[j])
+            out["lens"][i], out["layers"][i] = lens[:, j].numpy(), layers[:, j].numpy()
+            out["lens_ln"][i] = lens_ln[:, j].numpy()
+            out["heads"][i], out["prenorm"][i] = heads[:, :, j].numpy(), prenorm_heads[:, :, j].numpy()
+            out["bu"][i] = float(b_u[j])
+            if i == 0:
+                pattern0 = torch.stack([cache["pattern", layer][j] for layer in range(L)]).numpy()
+    ref = Reference(
+        logit_diff=np.array(out["ld"]),
+        prob_correct=np.array(out["pc"]),
+        prob_incorrect=np.array(out["pi"]),
+        direct=np.array(out["direct"]),
+        logit_lens=np.stack(out["lens"], -1),
+        logit_lens_recomputed=np.stack(out["lens_ln"], -1),
+        lens_labels=labels["lens"],
+        layers=np.stack(out["layers"], -1),
+        layer_labels=labels["layers"],
+        heads=np.stack(out["heads"], -1),
+        bias_b_u=np.array(out["bu"]),
+        pattern0=pattern0,
+    )
+    return ref, {"capped": np.array(out["capped"]), "prenorm_heads": np.stack(out["prenorm"], -1)}
+
+
+def _study(family: str, tmp_path, seed: int = 3):
+    hf = make_hf_model(family, size="tiny", seed=seed)
+    path = save_checkpoint(hf, tmp_path / family)
+    # Prompts of different lengths, padded together in batches of 3.
+    result = ls.run_study(MIXED_PROMPTS + ls.builtin_prompts("arena")[:2], str(path), device="cpu", batch_size=3)
+    return hf, path, result
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_family_matches_transformerlens(family, tmp_path, gpt2_tokenizer):
+    hf, _, result = _study(family, tmp_path)
+    assert result.family == family and len(set(result.n_tokens.tolist())) >= 3
+    tl = tl_model(hf, family, **tl_default_flags(family))
+    ref, extra = family_reference(tl, token_ids(result, gpt2_tokenizer), result.correct_ids, result.incorrect_ids,
+                                  incl_mid=not result.parallel_attn_mlp)
+    assert_matches(result, ref)
+    assert result.prepend_bos == tl.cfg.default_prepend_bos
+    np.testing.assert_allclose(result.decomposition_per_prompt.sum(0), result.logit_diff, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(result.heads.sum(1) + result.attn_bias, result.attn, rtol=0, atol=ATOL)
+    assert np.abs(result.heads).max() > 1e-2
+    if result.logit_diff_softcapped is None:  # no cap: the linear logits are the model's own
+        np.testing.assert_allclose(extra["capped"], ref.logit_diff, rtol=0, atol=ATOL)
+    else:
+        np.testing.assert_allclose(result.logit_diff_softcapped, extra["capped"], rtol=0, atol=ATOL)
+    if tl.cfg.use_normalization_before_and_after or family == "olmo2":
+        # The post norm is visible: TL's own (pre-norm) stack_head_results is a different number.
+        assert np.abs(result.heads - extra["prenorm_heads"]).max() > 1e-1
+
+
+def test_gemma3_conventions_are_exercised(tmp_path):
+    """On these weights each Gemma 3 convention moves the numbers: the (1 + w) norms, the scaled
+    embedding, the post norms' scales, and the sliding window (prompts longer than it)."""
+    hf, path, result = _study("gemma3", tmp_path)
+    cfg = hf.config
+    assert result.n_tokens.max() > cfg.sliding_window
+    assert cfg.query_pre_attn_scalar != cfg.head_dim and cfg.head_dim * cfg.num_attention_heads != cfg.hidden_size
+    lm = ls.load_model(str(path), device="cpu")
+    from logitscope.capture import Recorder
+
+    rec = Recorder(lm)
+    w = hf.model.norm.weight.detach()
+    np.testing.assert_allclose(rec.gamma.numpy(), (1 + w).numpy())
+    assert (w.abs() > 0.1).float().mean() > 0.5  # 1 + w is far from w and from 1
+    post = [p for p in rec.attn_post + rec.mlp_post]
+    assert all(p is not None for p in post) and all((p[0] - 1).abs().mean() > 0.1 for p in post)
+    # The embedding enters scaled by sqrt(d_model): the embed row is that of the scaled vector.
+    assert abs(float(hf.model.embed_tokens.embed_scale) - cfg.hidden_size**0.5) < 1e-6
+    # The post norms' scales differ from 1 and from one position to the next, so freezing each at
+    # its prompt's answer position matters.
+    with torch.no_grad():
+        seen = []
+        h = hf.model.layers[0].post_attention_layernorm.register_forward_hook(
+            lambda m, a, o: seen.append(a[0].pow(2).mean(-1).add(m.eps).sqrt()))
+        hf(torch.tensor([[50256, 2215, 1757, 290, 5335]]))
+        h.remove()
+    assert (seen[0] - 1).abs().max() > 0.3 and seen[0].max() - seen[0].min() > 0.2
+
+
+def test_post_norm_with_biases_adds_up(tmp_path):
+    """With attention biases (Gemma 3's attention_bias=True, which TL's converter drops), the
+    output bias and value biases pass through the frozen post norm too: parts still add up."""
+    hf = make_hf_model("gemma3", size="tiny", seed=5)
+    hf.config.attention_bias = True
+    biased = type(hf)(hf.config).eval()
+    state = hf.state_dict()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in biased.named_parameters():
+            param.copy_(state[name] if name in state else 0.5 * torch.randn(param.shape, generator=gen))
+    path = save_checkpoint(biased, tmp_path / "biased")
+    result = ls.run_study("ioi:24", str(path), device="cpu", batch_size=5)
+    np.testing.assert_allclose(result.decomposition_per_prompt.sum(0), result.logit_diff, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(result.heads.sum(1) + result.attn_bias, result.attn, rtol=0, atol=ATOL)
+    assert np.abs(result.attn_bias).max() > 1e-2
+    # The bias term differs per prompt only through the post norm's per-prompt scale.
+    assert np.ptp(result.attn_bias[0]) > 1e-3
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_cli_runs_on_a_local_checkpoint(family, tmp_path, capsys):
+    path = save_checkpoint(make_hf_model(family, size="tiny", seed=4), tmp_path / family)
+    out = tmp_path / "out"
+    assert main(["run", "--model", str(path), "--prompts", "ioi:20", "--out", str(out), "--quiet", "--csv"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["family"] == family and doc["norm"] == "RMSNorm" and doc["n_prompts"] == 20
+    assert "pos_embed" not in doc["layer_attribution"]["labels"]
+    assert doc["decomposition"]["max_abs_error"] < 1e-4
+    html = (out / "report.html").read_text()
+    assert "RMSNorm (no centring)" in html and f"{doc['n_prompts']}" in html
+    assert (out / "per_prompt.csv").read_text().count("\n") == 21
