@@ -31,7 +31,7 @@ import transformers
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "gemma3")
+FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "gemma", "gemma3")
 
 TOKENIZER_DIR: Path = Path(__file__).resolve().parent / "data" / "gpt2-tokenizer"
 TOKENIZER_FILES: tuple[str, ...] = ("vocab.json", "merges.txt", "tokenizer_config.json")
@@ -45,16 +45,17 @@ ARCHITECTURES: dict[str, str] = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "gemma": "GemmaForCausalLM",
     "gemma3": "Gemma3ForCausalLM",
 }
 
-RMS_FAMILIES: frozenset[str] = frozenset({"llama", "mistral", "qwen2", "gemma3"})
-ROTARY_FAMILIES: frozenset[str] = frozenset({"gpt_neox", "llama", "mistral", "qwen2", "gemma3"})
+RMS_FAMILIES: frozenset[str] = frozenset({"llama", "mistral", "qwen2", "gemma", "gemma3"})
+ROTARY_FAMILIES: frozenset[str] = frozenset({"gpt_neox", "llama", "mistral", "qwen2", "gemma", "gemma3"})
 # Families whose RMSNorm multiplies by (1 + weight): their norm weights are drawn around 0.
-NORM_WEIGHT_OFFSET: dict[str, float] = {"gemma3": 1.0}
+NORM_WEIGHT_OFFSET: dict[str, float] = {"gemma": 1.0, "gemma3": 1.0}
 # Families TL 3.9 configures by official model name only (convert_hf_model_config's name-based
 # branches): tl_config routes them through that name's config with the random model's own sizes.
-TL_OFFICIAL_NAME: dict[str, str] = {"gemma3": "google/gemma-3-270m"}
+TL_OFFICIAL_NAME: dict[str, str] = {"gemma": "google/gemma-2b", "gemma3": "google/gemma-3-270m"}
 
 # The seed notebook's GPT-2 flags (TL's IOI / Exploratory-Analysis demo).
 SEED_FLAGS: dict[str, bool] = {
@@ -146,6 +147,16 @@ def _family_config(
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
             use_sliding_window=False, max_window_layers=n_layers, tie_word_embeddings=True,
             **common,
+        )
+    if family == "gemma":
+        # Gemma 2B's choices, shrunk: one key/value head (multi-query); d_head (32) * n_heads !=
+        # d_model; tanh GELU (transformers reads the checkpoints' legacy "gelu" as it); tied.
+        return transformers.GemmaConfig(
+            hidden_size=d_model, intermediate_size=d_mlp_gated, num_hidden_layers=n_layers,
+            num_attention_heads=n_heads, num_key_value_heads=1, head_dim=32,
+            hidden_act="gelu_pytorch_tanh", max_position_embeddings=n_ctx, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, attention_bias=False,
+            tie_word_embeddings=True, pad_token_id=0, **common,
         )
     if family == "gemma3":
         # Gemma 3 270M's choices, shrunk: one key/value head; d_head (32) * n_heads != d_model;
@@ -299,6 +310,7 @@ def _converter(family: str) -> Callable[[PreTrainedModel, Any], dict[str, torch.
         "llama": wc.convert_llama_weights,
         "mistral": wc.convert_mistral_weights,
         "qwen2": wc.convert_qwen2_weights,
+        "gemma": wc.convert_gemma_weights,
         "gemma3": wc.convert_gemma_weights,
     }[family]
 
@@ -322,6 +334,19 @@ def tl_size_overrides(hf_config: transformers.PretrainedConfig, family: str, off
     model at hand (random or real) sets differently: sizes and hyper-parameters, read from its HF
     config as the TL branch for an architecture-dispatched family would read them."""
     c = hf_config
+    if family == "gemma":
+        if c.rope_parameters.get("rope_type", "default") != "default":
+            raise ValueError(f"gemma: rope_type {c.rope_parameters['rope_type']!r} is not routed to TL here")
+        return {
+            "d_model": c.hidden_size, "d_head": c.head_dim, "n_heads": c.num_attention_heads,
+            "d_mlp": c.intermediate_size, "n_layers": c.num_hidden_layers,
+            "n_ctx": min(c.max_position_embeddings, official["n_ctx"]), "eps": c.rms_norm_eps,
+            "d_vocab": c.vocab_size, "n_key_value_heads": c.num_key_value_heads,
+            "rotary_base": c.rope_parameters["rope_theta"], "rotary_dim": c.head_dim,
+            # TL's gemma-2b/7b configs say "gelu" (exact); transformers computes the tanh
+            # approximation for every Gemma checkpoint (GemmaConfig rewrites their legacy "gelu").
+            "act_fn": c.hidden_act,
+        }
     if family != "gemma3":
         raise ValueError(f"no official-name route for {family!r}")
     rope = c.rope_parameters

@@ -33,7 +33,7 @@ from test_parity import MIXED_PROMPTS, Reference, assert_matches, token_ids
 
 ATOL = 1e-4
 
-NEW_FAMILIES = ["gemma3"]
+NEW_FAMILIES = ["gemma", "gemma3"]
 
 
 def _post_norms(tl, layer: int) -> tuple[str | None, str | None]:
@@ -150,13 +150,14 @@ def test_family_matches_transformerlens(family, tmp_path, gpt2_tokenizer):
         assert np.abs(result.heads - extra["prenorm_heads"]).max() > 1e-1
 
 
-def test_gemma3_conventions_are_exercised(tmp_path):
-    """On these weights each Gemma 3 convention moves the numbers: the (1 + w) norms, the scaled
-    embedding, the post norms' scales, and the sliding window (prompts longer than it)."""
-    hf, path, result = _study("gemma3", tmp_path)
+@pytest.mark.parametrize("family", ["gemma", "gemma3"])
+def test_gemma_conventions_are_exercised(family, tmp_path):
+    """On these weights each Gemma convention moves the numbers: the (1 + w) norms, the scaled
+    embedding, one key/value head, d_head * n_heads != d_model; for Gemma 3 also the post norms'
+    scales, the attention scale and the sliding window (prompts longer than it)."""
+    hf, path, result = _study(family, tmp_path)
     cfg = hf.config
-    assert result.n_tokens.max() > cfg.sliding_window
-    assert cfg.query_pre_attn_scalar != cfg.head_dim and cfg.head_dim * cfg.num_attention_heads != cfg.hidden_size
+    assert cfg.num_key_value_heads == 1 and cfg.head_dim * cfg.num_attention_heads != cfg.hidden_size
     lm = ls.load_model(str(path), device="cpu")
     from logitscope.capture import Recorder
 
@@ -164,10 +165,15 @@ def test_gemma3_conventions_are_exercised(tmp_path):
     w = hf.model.norm.weight.detach()
     np.testing.assert_allclose(rec.gamma.numpy(), (1 + w).numpy())
     assert (w.abs() > 0.1).float().mean() > 0.5  # 1 + w is far from w and from 1
-    post = [p for p in rec.attn_post + rec.mlp_post]
-    assert all(p is not None for p in post) and all((p[0] - 1).abs().mean() > 0.1 for p in post)
     # The embedding enters scaled by sqrt(d_model): the embed row is that of the scaled vector.
     assert abs(float(hf.model.embed_tokens.embed_scale) - cfg.hidden_size**0.5) < 1e-6
+    if family == "gemma":
+        assert all(p is None for p in rec.attn_post + rec.mlp_post)
+        return
+    assert result.n_tokens.max() > cfg.sliding_window
+    assert cfg.query_pre_attn_scalar != cfg.head_dim
+    post = rec.attn_post + rec.mlp_post
+    assert all(p is not None for p in post) and all((p[0] - 1).abs().mean() > 0.1 for p in post)
     # The post norms' scales differ from 1 and from one position to the next, so freezing each at
     # its prompt's answer position matters.
     with torch.no_grad():

@@ -203,21 +203,24 @@ LLAMA = _llama_like("llama", "LlamaForCausalLM")
 MISTRAL = _llama_like("mistral", "MistralForCausalLM")
 QWEN2 = _llama_like("qwen2", "Qwen2ForCausalLM", prepend_bos=False)  # TransformerLens's default
 
-# Gemma 3 keeps Llama's module tree. Its RMSNorm multiplies by (1 + weight); its embeddings are
+# Gemma keeps Llama's module tree. Its RMSNorm multiplies by (1 + weight); its embeddings are
 # scaled by sqrt(d_model) (inside the embedding module in transformers 5; the study reads the
-# embedding as layer 0's resid_pre, so where the scaling sits does not matter). A norm sits on the
-# attention output and on the MLP output, before each residual add (the MLP reads
-# pre_feedforward_layernorm, which has no bias and so needs no answer here). Its config can
-# soft-cap the final logits (None in the released models).
+# embedding as layer 0's resid_pre, so where the scaling sits does not matter).
+GEMMA = replace(_llama_like("gemma", "GemmaForCausalLM"), norm_weight_offset=1.0)
+# Gemma 3 adds a norm on the attention output and on the MLP output, before each residual add (the
+# MLP reads pre_feedforward_layernorm, which has no bias and so needs no answer here), and q/k
+# norms inside attention (nothing to answer). Its config can soft-cap the final logits (None in
+# the released models).
 GEMMA3 = replace(
-    _llama_like("gemma3", "Gemma3ForCausalLM"),
-    norm_weight_offset=1.0,
+    GEMMA,
+    family="gemma3",
+    architectures=("Gemma3ForCausalLM",),
     attn_post_norm=lambda b: b.post_attention_layernorm,
     mlp_post_norm=lambda b: b.post_feedforward_layernorm,
     logit_softcap=lambda cfg: getattr(cfg, "final_logit_softcapping", None),
 )
 
-ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPT_NEOX, LLAMA, MISTRAL, QWEN2, GEMMA3)
+ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPT_NEOX, LLAMA, MISTRAL, QWEN2, GEMMA, GEMMA3)
 
 
 def supported_architectures() -> list[str]:
