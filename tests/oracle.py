@@ -31,7 +31,7 @@ import transformers
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "gemma", "gemma3")
+FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3")
 
 TOKENIZER_DIR: Path = Path(__file__).resolve().parent / "data" / "gpt2-tokenizer"
 TOKENIZER_FILES: tuple[str, ...] = ("vocab.json", "merges.txt", "tokenizer_config.json")
@@ -46,16 +46,19 @@ ARCHITECTURES: dict[str, str] = {
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
     "gemma3": "Gemma3ForCausalLM",
 }
 
-RMS_FAMILIES: frozenset[str] = frozenset({"llama", "mistral", "qwen2", "gemma", "gemma3"})
-ROTARY_FAMILIES: frozenset[str] = frozenset({"gpt_neox", "llama", "mistral", "qwen2", "gemma", "gemma3"})
+RMS_FAMILIES: frozenset[str] = frozenset({"llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3"})
+ROTARY_FAMILIES: frozenset[str] = frozenset({"gpt_neox", "llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3"})
+# Families whose final logits are soft-capped (TL's from_pretrained sets center_unembed=False).
+SOFTCAP_FAMILIES: frozenset[str] = frozenset({"gemma2"})
 # Families whose RMSNorm multiplies by (1 + weight): their norm weights are drawn around 0.
-NORM_WEIGHT_OFFSET: dict[str, float] = {"gemma": 1.0, "gemma3": 1.0}
+NORM_WEIGHT_OFFSET: dict[str, float] = {"gemma": 1.0, "gemma2": 1.0, "gemma3": 1.0}
 # Families TL 3.9 configures by official model name only (convert_hf_model_config's name-based
 # branches): tl_config routes them through that name's config with the random model's own sizes.
-TL_OFFICIAL_NAME: dict[str, str] = {"gemma": "google/gemma-2b", "gemma3": "google/gemma-3-270m"}
+TL_OFFICIAL_NAME: dict[str, str] = {"gemma": "google/gemma-2b", "gemma2": "google/gemma-2-2b", "gemma3": "google/gemma-3-270m"}
 
 # The seed notebook's GPT-2 flags (TL's IOI / Exploratory-Analysis demo).
 SEED_FLAGS: dict[str, bool] = {
@@ -156,6 +159,20 @@ def _family_config(
             num_attention_heads=n_heads, num_key_value_heads=1, head_dim=32,
             hidden_act="gelu_pytorch_tanh", max_position_embeddings=n_ctx, rms_norm_eps=1e-6,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, attention_bias=False,
+            tie_word_embeddings=True, pad_token_id=0, **common,
+        )
+    if family == "gemma2":
+        # Gemma 2 2B's choices, shrunk: grouped-query attention; d_head (32) * n_heads != d_model;
+        # query_pre_attn_scalar (48) != d_head (as Gemma 2 27B's); sliding (even) and full (odd)
+        # layers, window n_ctx // 8; both soft-caps, shrunk from 30 / 50 so that they bite on these
+        # weights (logit differences reach ~10, attention scores a few units); tied.
+        return transformers.Gemma2Config(
+            hidden_size=d_model, intermediate_size=d_mlp_gated, num_hidden_layers=n_layers,
+            num_attention_heads=n_heads, num_key_value_heads=n_kv, head_dim=32,
+            query_pre_attn_scalar=48, hidden_activation="gelu_pytorch_tanh",
+            max_position_embeddings=n_ctx, rms_norm_eps=1e-6, sliding_window=max(2, n_ctx // 8),
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            final_logit_softcapping=8.0, attn_logit_softcapping=3.0, attention_bias=False,
             tie_word_embeddings=True, pad_token_id=0, **common,
         )
     if family == "gemma3":
@@ -282,18 +299,20 @@ def tl_default_flags(family: str) -> dict[str, bool]:
     """The processing TL 3.9's ``HookedTransformer.from_pretrained`` effectively applies by default.
 
     ``from_pretrained``'s defaults are fold_ln, center_writing_weights, center_unembed,
-    fold_value_biases = True and refactor_factored_attn_matrices = False for every family here
-    (it only overrides them for shortformer, post-norm and logit-softcap models). Inside
+    fold_value_biases = True and refactor_factored_attn_matrices = False for every family here;
+    it overrides them for shortformer models, for post-norm architectures (OLMo-2: fold_ln and
+    center_writing_weights off) and for models with a final logit soft-cap (Gemma 2:
+    center_unembed off, since the cap is not invariant to a shift of the logits). Inside
     ``ProcessWeights.process_weights`` center_writing_weights is a silent no-op for RMSNorm models,
-    so it is reported as False for llama/mistral/qwen2 (passing True gives identical weights).
-    Refactoring is off by default and would assert for rotary models.
+    so it is reported as False for them (passing True gives identical weights). Refactoring is off
+    by default and would assert for rotary models.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     return {
         "fold_ln": True,
         "center_writing_weights": family not in RMS_FAMILIES,
-        "center_unembed": True,
+        "center_unembed": family not in SOFTCAP_FAMILIES,  # from_pretrained turns it off for them
         "fold_value_biases": True,
         "refactor_factored_attn_matrices": False,
     }
@@ -311,6 +330,7 @@ def _converter(family: str) -> Callable[[PreTrainedModel, Any], dict[str, torch.
         "mistral": wc.convert_mistral_weights,
         "qwen2": wc.convert_qwen2_weights,
         "gemma": wc.convert_gemma_weights,
+        "gemma2": wc.convert_gemma_weights,
         "gemma3": wc.convert_gemma_weights,
     }[family]
 
@@ -347,12 +367,14 @@ def tl_size_overrides(hf_config: transformers.PretrainedConfig, family: str, off
             # approximation for every Gemma checkpoint (GemmaConfig rewrites their legacy "gelu").
             "act_fn": c.hidden_act,
         }
-    if family != "gemma3":
+    if family not in ("gemma2", "gemma3"):
         raise ValueError(f"no official-name route for {family!r}")
-    rope = c.rope_parameters
+    # Gemma 3 has a rope per layer type (local and global bases), Gemma 2 one for all layers.
+    rope = c.rope_parameters if family == "gemma3" else {"sliding_attention": c.rope_parameters,
+                                                          "full_attention": c.rope_parameters}
     for kind in ("sliding_attention", "full_attention"):
         if rope[kind].get("rope_type", "default") != "default":
-            raise ValueError(f"gemma3: rope_type {rope[kind]['rope_type']!r} for {kind} is not routed to TL here")
+            raise ValueError(f"{family}: rope_type {rope[kind]['rope_type']!r} for {kind} is not routed to TL here")
     out: dict[str, Any] = {
         "d_model": c.hidden_size, "d_head": c.head_dim, "n_heads": c.num_attention_heads,
         "d_mlp": c.intermediate_size, "n_layers": c.num_hidden_layers,
@@ -361,11 +383,12 @@ def tl_size_overrides(hf_config: transformers.PretrainedConfig, family: str, off
         "n_key_value_heads": c.num_key_value_heads, "window_size": c.sliding_window,
         "attn_types": ["local" if t == "sliding_attention" else "global" for t in c.layer_types],
         "rotary_base": rope["full_attention"]["rope_theta"],
-        "rotary_base_local": rope["sliding_attention"]["rope_theta"],
         # HF scales scores by query_pre_attn_scalar ** -0.5; TL divides by attn_scale (its
         # default sqrt(d_head) equals it in the released models, where both are 256).
         "attn_scale": float(c.query_pre_attn_scalar) ** 0.5,
     }
+    if family == "gemma3":
+        out["rotary_base_local"] = rope["sliding_attention"]["rope_theta"]
     if c.final_logit_softcapping is not None:
         out["output_logits_soft_cap"] = float(c.final_logit_softcapping)
     if c.attn_logit_softcapping is not None:

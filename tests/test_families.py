@@ -33,7 +33,7 @@ from test_parity import MIXED_PROMPTS, Reference, assert_matches, token_ids
 
 ATOL = 1e-4
 
-NEW_FAMILIES = ["gemma", "gemma3"]
+NEW_FAMILIES = ["gemma", "gemma2", "gemma3"]
 
 
 def _post_norms(tl, layer: int) -> tuple[str | None, str | None]:
@@ -150,14 +150,15 @@ def test_family_matches_transformerlens(family, tmp_path, gpt2_tokenizer):
         assert np.abs(result.heads - extra["prenorm_heads"]).max() > 1e-1
 
 
-@pytest.mark.parametrize("family", ["gemma", "gemma3"])
+@pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
 def test_gemma_conventions_are_exercised(family, tmp_path):
     """On these weights each Gemma convention moves the numbers: the (1 + w) norms, the scaled
-    embedding, one key/value head, d_head * n_heads != d_model; for Gemma 3 also the post norms'
-    scales, the attention scale and the sliding window (prompts longer than it)."""
+    embedding, few key/value heads, d_head * n_heads != d_model; for Gemma 2/3 also the post norms'
+    scales, the attention scale and the sliding window (prompts longer than it); for Gemma 2 both
+    soft-caps."""
     hf, path, result = _study(family, tmp_path)
     cfg = hf.config
-    assert cfg.num_key_value_heads == 1 and cfg.head_dim * cfg.num_attention_heads != cfg.hidden_size
+    assert cfg.num_key_value_heads < cfg.num_attention_heads and cfg.head_dim * cfg.num_attention_heads != cfg.hidden_size
     lm = ls.load_model(str(path), device="cpu")
     from logitscope.capture import Recorder
 
@@ -183,6 +184,21 @@ def test_gemma_conventions_are_exercised(family, tmp_path):
         hf(torch.tensor([[50256, 2215, 1757, 290, 5335]]))
         h.remove()
     assert (seen[0] - 1).abs().max() > 0.3 and seen[0].max() - seen[0].min() > 0.2
+    if family == "gemma2":
+        assert np.abs(result.logit_diff_softcapped - result.logit_diff).max() > 0.3  # the final cap bites
+        uncapped = ls.run_study(MIXED_PROMPTS[:1], ls.wrap_model(_without_attn_softcap(hf), lm.tokenizer), device="cpu")
+        assert np.abs(uncapped.attention.patterns - result.attention.patterns).max() > 1e-2  # so does the scores'
+    else:
+        assert result.logit_diff_softcapped is None
+
+
+def _without_attn_softcap(hf):
+    import copy
+
+    other = copy.deepcopy(hf)
+    for layer in other.model.layers:
+        layer.self_attn.attn_logit_softcapping = None
+    return other
 
 
 def test_post_norm_with_biases_adds_up(tmp_path):
@@ -216,4 +232,8 @@ def test_cli_runs_on_a_local_checkpoint(family, tmp_path, capsys):
     assert doc["decomposition"]["max_abs_error"] < 1e-4
     html = (out / "report.html").read_text()
     assert "RMSNorm (no centring)" in html and f"{doc['n_prompts']}" in html
+    capped = family == "gemma2"
+    assert ("logit_diff_softcapped" in doc) == capped and ("before the final soft-cap" in html) == capped
+    if capped:
+        assert len(doc["logit_diff_softcapped"]["per_prompt"]) == 20
     assert (out / "per_prompt.csv").read_text().count("\n") == 21

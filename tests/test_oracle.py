@@ -36,6 +36,7 @@ from oracle import (
     NORM_WEIGHT_OFFSET,
     RMS_FAMILIES,
     SEED_FLAGS,
+    SOFTCAP_FAMILIES,
     gpt2_tokenizer,
     make_hf_model,
     save_checkpoint,
@@ -56,21 +57,21 @@ BATCH, SEQ = 3, 32  # SEQ > the tiny GPT-Neo / Mistral window (64 // 8 = 8), so 
 HF_LAYERS = {
     "gpt2": "transformer.h", "gpt_neo": "transformer.h", "gpt_neox": "gpt_neox.layers",
     "llama": "model.layers", "mistral": "model.layers", "qwen2": "model.layers",
-    "gemma": "model.layers", "gemma3": "model.layers",
+    "gemma": "model.layers", "gemma2": "model.layers", "gemma3": "model.layers",
 }
 HF_OUT_PROJ = {
     "gpt2": "attn.c_proj", "gpt_neo": "attn.attention.out_proj", "gpt_neox": "attention.dense",
     "llama": "self_attn.o_proj", "mistral": "self_attn.o_proj", "qwen2": "self_attn.o_proj",
-    "gemma": "self_attn.o_proj", "gemma3": "self_attn.o_proj",
+    "gemma": "self_attn.o_proj", "gemma2": "self_attn.o_proj", "gemma3": "self_attn.o_proj",
 }
 HF_FINAL_NORM = {
     "gpt2": "transformer.ln_f", "gpt_neo": "transformer.ln_f", "gpt_neox": "gpt_neox.final_layer_norm",
     "llama": "model.norm", "mistral": "model.norm", "qwen2": "model.norm",
-    "gemma": "model.norm", "gemma3": "model.norm",
+    "gemma": "model.norm", "gemma2": "model.norm", "gemma3": "model.norm",
 }
 # Families without any bias parameter (value-bias folding is a no-op for them).
-BIAS_FREE = ("llama", "mistral", "gemma", "gemma3")
-TIED = ("gpt2", "gpt_neo", "qwen2", "gemma", "gemma3")
+BIAS_FREE = ("llama", "mistral", "gemma", "gemma2", "gemma3")
+TIED = ("gpt2", "gpt_neo", "qwen2", "gemma", "gemma2", "gemma3")
 
 
 @dataclass
@@ -229,6 +230,8 @@ def test_default_flags_follow_from_pretrained() -> None:
         for name, value in tl_default_flags(family).items():
             if name == "center_writing_weights" and family in RMS_FAMILIES:
                 assert value is False
+            elif name == "center_unembed" and family in SOFTCAP_FAMILIES:
+                assert value is False  # from_pretrained's softcap override
             else:
                 assert value is params[name].default, (family, name)
     assert SEED_FLAGS["refactor_factored_attn_matrices"] is True
@@ -253,6 +256,12 @@ def test_tl_config_facts() -> None:
                   "d_model": 64, "rotary_dim": 32, "rotary_base": 10000.0, "act_fn": "gelu_pytorch_tanh",
                   "use_normalization_before_and_after": False, "use_qk_norm": False,
                   "normalization_type": "RMSPre", "final_rms": True, "gated_mlp": True},
+        # Routed through google/gemma-2-2b's config with the random model's sizes.
+        "gemma2": {"default_prepend_bos": True, "n_key_value_heads": 2, "d_head": 32, "attn_scale": 48**0.5,
+                   "attn_types": ["local", "global"], "window_size": 8, "use_local_attn": True,
+                   "attn_scores_soft_cap": 3.0, "output_logits_soft_cap": 8.0, "use_qk_norm": False,
+                   "use_normalization_before_and_after": True, "normalization_type": "RMSPre",
+                   "rotary_base": 10000.0, "rotary_base_local": None},
         # Routed through google/gemma-3-270m's config with the random model's sizes.
         "gemma3": {"default_prepend_bos": True, "n_key_value_heads": 1, "d_head": 32, "n_heads": 4,
                    "d_model": 64, "n_layers": 2, "d_vocab": 50257, "attn_scale": 48**0.5,
@@ -267,17 +276,17 @@ def test_tl_config_facts() -> None:
             assert getattr(cfg, name) == value, (family, name, getattr(cfg, name))
 
 
-@pytest.mark.parametrize("family", ["gpt_neo", "mistral", "gemma3"])
+@pytest.mark.parametrize("family", ["gpt_neo", "mistral", "gemma2", "gemma3"])
 def test_local_attention_is_exercised(family: str) -> None:
     """Local/sliding-window layers mask keys older than the window at SEQ > window."""
     run = _run_hf(family)
     window = 8
-    local_layers = {"gpt_neo": [1], "mistral": [0, 1], "gemma3": [0]}[family]
+    local_layers = {"gpt_neo": [1], "mistral": [0, 1], "gemma2": [0], "gemma3": [0]}[family]
     for layer in local_layers:
         pattern = run.attentions[layer]
         assert pattern[..., SEQ - 1, : SEQ - window].abs().max() == 0
         assert pattern[..., SEQ - 1, SEQ - window:].min() > 0
-    if family in ("gpt_neo", "gemma3"):  # the other layer is global
+    if family in ("gpt_neo", "gemma2", "gemma3"):  # the other layer is global
         assert run.attentions[1 - local_layers[0]][..., SEQ - 1, 0].min() > 0
 
 

@@ -488,6 +488,8 @@ class StudyResult:
                 f"top positive heads: {pos}",
                 f"top negative heads: {neg}",
             ]
+            + ([f"logit diff of the linear logits, before the final soft-cap; the model's capped logits differ by "
+                f"{self.logit_diff_softcapped.mean():.4f} on average"] if self.logit_diff_softcapped is not None else [])
             + ([self._timing_line()] if self.timing else [])
         )
 

@@ -207,20 +207,22 @@ QWEN2 = _llama_like("qwen2", "Qwen2ForCausalLM", prepend_bos=False)  # Transform
 # scaled by sqrt(d_model) (inside the embedding module in transformers 5; the study reads the
 # embedding as layer 0's resid_pre, so where the scaling sits does not matter).
 GEMMA = replace(_llama_like("gemma", "GemmaForCausalLM"), norm_weight_offset=1.0)
-# Gemma 3 adds a norm on the attention output and on the MLP output, before each residual add (the
-# MLP reads pre_feedforward_layernorm, which has no bias and so needs no answer here), and q/k
-# norms inside attention (nothing to answer). Its config can soft-cap the final logits (None in
-# the released models).
-GEMMA3 = replace(
+# Gemma 2 adds a norm on the attention output and on the MLP output, before each residual add (the
+# MLP reads pre_feedforward_layernorm, which has no bias and so needs no answer here), and
+# soft-caps the final logits (30 in the released models; attention scores too, inside attention).
+GEMMA2 = replace(
     GEMMA,
-    family="gemma3",
-    architectures=("Gemma3ForCausalLM",),
+    family="gemma2",
+    architectures=("Gemma2ForCausalLM",),
     attn_post_norm=lambda b: b.post_attention_layernorm,
     mlp_post_norm=lambda b: b.post_feedforward_layernorm,
     logit_softcap=lambda cfg: getattr(cfg, "final_logit_softcapping", None),
 )
+# Gemma 3 keeps Gemma 2's tree and adds q/k norms inside attention (nothing to answer); its config
+# keeps the soft-cap fields (None in the released models).
+GEMMA3 = replace(GEMMA2, family="gemma3", architectures=("Gemma3ForCausalLM",))
 
-ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPT_NEOX, LLAMA, MISTRAL, QWEN2, GEMMA, GEMMA3)
+ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPT_NEOX, LLAMA, MISTRAL, QWEN2, GEMMA, GEMMA2, GEMMA3)
 
 
 def supported_architectures() -> list[str]:

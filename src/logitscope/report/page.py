@@ -90,6 +90,14 @@ def norm_kind(norm: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- header
+def _softcap_note(result: StudyResult) -> str:
+    """For soft-capped models (Gemma 2): which logits the difference is taken from."""
+    if result.logit_diff_softcapped is None:
+        return ""
+    capped = float(result.logit_diff_softcapped.mean())
+    return f"<br><small>linear logits, before the final soft-cap (capped: {_num(capped, 4)})</small>"
+
+
 def _header(result: StudyResult) -> str:
     lo, hi = result.intervals["logit_diff"]
     ld = result.mean_logit_diff
@@ -101,7 +109,8 @@ def _header(result: StudyResult) -> str:
         ("Model", f"{_e(result.model)}<br><small>{_e(result.family)} · {result.n_layers} layers × {result.n_heads} heads</small>"),
         ("Device · dtype", f"{_e(result.device)} · {_e(result.dtype)}"),
         ("Prompts", f'<span class="big">{result.n_prompts:,}</span><br><small>BOS prepended: {bos}</small>'),
-        ("Mean logit difference", f'<span class="big">{_num(ld)}</span><br><small>95% CI {_ci(lo, hi)} · correct wins {wins:.1f}%</small>'),
+        ("Mean logit difference", f'<span class="big">{_num(ld)}</span><br><small>95% CI {_ci(lo, hi)} · correct wins {wins:.1f}%</small>'
+         + _softcap_note(result)),
         (
             "DLA check",
             f"direct {_num(direct, 4)} vs logit diff {_num(ld, 4)}<br><small>gap {_num(ld - direct, 4, True)} = "
