@@ -31,7 +31,7 @@ import transformers
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3")
+FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
 
 TOKENIZER_DIR: Path = Path(__file__).resolve().parent / "data" / "gpt2-tokenizer"
 TOKENIZER_FILES: tuple[str, ...] = ("vocab.json", "merges.txt", "tokenizer_config.json")
@@ -45,13 +45,14 @@ ARCHITECTURES: dict[str, str] = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
     "gemma": "GemmaForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "gemma3": "Gemma3ForCausalLM",
 }
 
-RMS_FAMILIES: frozenset[str] = frozenset({"llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3"})
-ROTARY_FAMILIES: frozenset[str] = frozenset({"gpt_neox", "llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3"})
+RMS_FAMILIES: frozenset[str] = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"})
+ROTARY_FAMILIES: frozenset[str] = frozenset({"gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"})
 # Families whose final logits are soft-capped (TL's from_pretrained sets center_unembed=False).
 SOFTCAP_FAMILIES: frozenset[str] = frozenset({"gemma2"})
 # Families whose RMSNorm multiplies by (1 + weight): their norm weights are drawn around 0.
@@ -150,6 +151,16 @@ def _family_config(
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
             use_sliding_window=False, max_window_layers=n_layers, tie_word_embeddings=True,
             **common,
+        )
+    if family == "qwen3":
+        # Qwen3-0.6B's choices, shrunk: q/k norms; d_head (32) * n_heads != d_model; grouped-query
+        # attention; rope_theta 1e6; no biases; tied embeddings; no sliding window.
+        return transformers.Qwen3Config(
+            hidden_size=d_model, intermediate_size=d_mlp_gated, num_hidden_layers=n_layers,
+            num_attention_heads=n_heads, num_key_value_heads=n_kv, head_dim=32, hidden_act="silu",
+            max_position_embeddings=n_ctx, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, attention_bias=False,
+            use_sliding_window=False, tie_word_embeddings=True, **common,
         )
     if family == "gemma":
         # Gemma 2B's choices, shrunk: one key/value head (multi-query); d_head (32) * n_heads !=
@@ -329,6 +340,7 @@ def _converter(family: str) -> Callable[[PreTrainedModel, Any], dict[str, torch.
         "llama": wc.convert_llama_weights,
         "mistral": wc.convert_mistral_weights,
         "qwen2": wc.convert_qwen2_weights,
+        "qwen3": wc.convert_qwen3_weights,
         "gemma": wc.convert_gemma_weights,
         "gemma2": wc.convert_gemma_weights,
         "gemma3": wc.convert_gemma_weights,

@@ -202,6 +202,8 @@ def _llama_like(family: str, *architectures: str, prepend_bos: bool = True) -> A
 LLAMA = _llama_like("llama", "LlamaForCausalLM")
 MISTRAL = _llama_like("mistral", "MistralForCausalLM")
 QWEN2 = _llama_like("qwen2", "Qwen2ForCausalLM", prepend_bos=False)  # TransformerLens's default
+# Qwen3: Llama's tree; its q/k norms act inside attention, before the scores (nothing to answer).
+QWEN3 = _llama_like("qwen3", "Qwen3ForCausalLM", prepend_bos=False)  # TransformerLens's default
 
 # Gemma keeps Llama's module tree. Its RMSNorm multiplies by (1 + weight); its embeddings are
 # scaled by sqrt(d_model) (inside the embedding module in transformers 5; the study reads the
@@ -222,7 +224,7 @@ GEMMA2 = replace(
 # keeps the soft-cap fields (None in the released models).
 GEMMA3 = replace(GEMMA2, family="gemma3", architectures=("Gemma3ForCausalLM",))
 
-ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPT_NEOX, LLAMA, MISTRAL, QWEN2, GEMMA, GEMMA2, GEMMA3)
+ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPT_NEOX, LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA, GEMMA2, GEMMA3)
 
 
 def supported_architectures() -> list[str]:
