@@ -31,7 +31,7 @@ import transformers
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
+FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3")
 
 TOKENIZER_DIR: Path = Path(__file__).resolve().parent / "data" / "gpt2-tokenizer"
 TOKENIZER_FILES: tuple[str, ...] = ("vocab.json", "merges.txt", "tokenizer_config.json")
@@ -46,13 +46,14 @@ ARCHITECTURES: dict[str, str] = {
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
     "gemma": "GemmaForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "gemma3": "Gemma3ForCausalLM",
 }
 
-RMS_FAMILIES: frozenset[str] = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"})
-ROTARY_FAMILIES: frozenset[str] = frozenset({"gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"})
+RMS_FAMILIES: frozenset[str] = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3"})
+ROTARY_FAMILIES: frozenset[str] = frozenset({"gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3"})
 # Families whose final logits are soft-capped (TL's from_pretrained sets center_unembed=False).
 SOFTCAP_FAMILIES: frozenset[str] = frozenset({"gemma2"})
 # Families whose RMSNorm multiplies by (1 + weight): their norm weights are drawn around 0.
@@ -161,6 +162,18 @@ def _family_config(
             max_position_embeddings=n_ctx, rms_norm_eps=1e-6,
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, attention_bias=False,
             use_sliding_window=False, tie_word_embeddings=True, **common,
+        )
+    if family == "phi3":
+        # Phi-3's choices, shrunk: fused qkv_proj and gate_up_proj; grouped-query attention (as
+        # Phi-3-medium); sliding window on every layer (2047 in Phi-3-mini-4k, shrunk to n_ctx // 8
+        # so it masks something); full rotary (TL 3.9 reads no partial_rotary_factor); untied.
+        return transformers.Phi3Config(
+            hidden_size=d_model, intermediate_size=d_mlp_gated, num_hidden_layers=n_layers,
+            num_attention_heads=n_heads, num_key_value_heads=n_kv, hidden_act="silu",
+            max_position_embeddings=n_ctx, original_max_position_embeddings=n_ctx, rms_norm_eps=1e-5,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0},
+            sliding_window=max(2, n_ctx // 8), resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0,
+            tie_word_embeddings=False, pad_token_id=0, **common,
         )
     if family == "gemma":
         # Gemma 2B's choices, shrunk: one key/value head (multi-query); d_head (32) * n_heads !=
@@ -341,6 +354,7 @@ def _converter(family: str) -> Callable[[PreTrainedModel, Any], dict[str, torch.
         "mistral": wc.convert_mistral_weights,
         "qwen2": wc.convert_qwen2_weights,
         "qwen3": wc.convert_qwen3_weights,
+        "phi3": wc.convert_phi3_weights,
         "gemma": wc.convert_gemma_weights,
         "gemma2": wc.convert_gemma_weights,
         "gemma3": wc.convert_gemma_weights,

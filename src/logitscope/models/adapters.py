@@ -205,6 +205,11 @@ QWEN2 = _llama_like("qwen2", "Qwen2ForCausalLM", prepend_bos=False)  # Transform
 # Qwen3: Llama's tree; its q/k norms act inside attention, before the scores (nothing to answer).
 QWEN3 = _llama_like("qwen3", "Qwen3ForCausalLM", prepend_bos=False)  # TransformerLens's default
 
+# Phi-3: Llama's tree with fused projections (qkv_proj for queries, keys and values, gate_up_proj
+# for the gated MLP); neither changes where the heads' z or the MLP output are read. transformers'
+# qkv_proj has no bias and RMSNorm none to pass through W_V: no value bias.
+PHI3 = replace(_llama_like("phi3", "Phi3ForCausalLM"), value_bias=lambda b, s: None)
+
 # Gemma keeps Llama's module tree. Its RMSNorm multiplies by (1 + weight); its embeddings are
 # scaled by sqrt(d_model) (inside the embedding module in transformers 5; the study reads the
 # embedding as layer 0's resid_pre, so where the scaling sits does not matter).
@@ -224,7 +229,7 @@ GEMMA2 = replace(
 # keeps the soft-cap fields (None in the released models).
 GEMMA3 = replace(GEMMA2, family="gemma3", architectures=("Gemma3ForCausalLM",))
 
-ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPT_NEOX, LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA, GEMMA2, GEMMA3)
+ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPT_NEOX, LLAMA, MISTRAL, QWEN2, QWEN3, PHI3, GEMMA, GEMMA2, GEMMA3)
 
 
 def supported_architectures() -> list[str]:
