@@ -31,7 +31,7 @@ import transformers
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3")
+FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3")
 
 TOKENIZER_DIR: Path = Path(__file__).resolve().parent / "data" / "gpt2-tokenizer"
 TOKENIZER_FILES: tuple[str, ...] = ("vocab.json", "merges.txt", "tokenizer_config.json")
@@ -47,20 +47,24 @@ ARCHITECTURES: dict[str, str] = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "phi3": "Phi3ForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
     "gemma": "GemmaForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "gemma3": "Gemma3ForCausalLM",
 }
 
-RMS_FAMILIES: frozenset[str] = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3"})
-ROTARY_FAMILIES: frozenset[str] = frozenset({"gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3"})
+RMS_FAMILIES: frozenset[str] = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3"})
+ROTARY_FAMILIES: frozenset[str] = frozenset({"gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3"})
 # Families whose final logits are soft-capped (TL's from_pretrained sets center_unembed=False).
 SOFTCAP_FAMILIES: frozenset[str] = frozenset({"gemma2"})
 # Families whose RMSNorm multiplies by (1 + weight): their norm weights are drawn around 0.
 NORM_WEIGHT_OFFSET: dict[str, float] = {"gemma": 1.0, "gemma2": 1.0, "gemma3": 1.0}
 # Families TL 3.9 configures by official model name only (convert_hf_model_config's name-based
 # branches): tl_config routes them through that name's config with the random model's own sizes.
-TL_OFFICIAL_NAME: dict[str, str] = {"gemma": "google/gemma-2b", "gemma2": "google/gemma-2-2b", "gemma3": "google/gemma-3-270m"}
+# Post-norm architectures (TL's POST_NORM_ARCHITECTURES): from_pretrained turns fold_ln and
+# center_writing_weights off for them.
+POST_NORM_FAMILIES: frozenset[str] = frozenset({"olmo2"})
+TL_OFFICIAL_NAME: dict[str, str] = {"olmo2": "allenai/OLMo-2-0425-1B", "gemma": "google/gemma-2b", "gemma2": "google/gemma-2-2b", "gemma3": "google/gemma-3-270m"}
 
 # The seed notebook's GPT-2 flags (TL's IOI / Exploratory-Analysis demo).
 SEED_FLAGS: dict[str, bool] = {
@@ -173,6 +177,17 @@ def _family_config(
             max_position_embeddings=n_ctx, original_max_position_embeddings=n_ctx, rms_norm_eps=1e-5,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0},
             sliding_window=max(2, n_ctx // 8), resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0,
+            tie_word_embeddings=False, pad_token_id=0, **common,
+        )
+    if family == "olmo2":
+        # OLMo-2 1B's choices, shrunk: no input norms, norms on each sublayer's output; q/k norms
+        # over all heads; rope_theta 5e5; untied. Multi-head attention: TL 3.9's converter
+        # reshapes k/v with n_heads (the released OLMo-2 models have as many key/value heads).
+        return transformers.Olmo2Config(
+            hidden_size=d_model, intermediate_size=d_mlp_gated, num_hidden_layers=n_layers,
+            num_attention_heads=n_heads, num_key_value_heads=n_heads, hidden_act="silu",
+            max_position_embeddings=n_ctx, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 500000.0}, attention_bias=False,
             tie_word_embeddings=False, pad_token_id=0, **common,
         )
     if family == "gemma":
@@ -334,8 +349,8 @@ def tl_default_flags(family: str) -> dict[str, bool]:
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     return {
-        "fold_ln": True,
-        "center_writing_weights": family not in RMS_FAMILIES,
+        "fold_ln": family not in POST_NORM_FAMILIES,
+        "center_writing_weights": family not in RMS_FAMILIES | POST_NORM_FAMILIES,
         "center_unembed": family not in SOFTCAP_FAMILIES,  # from_pretrained turns it off for them
         "fold_value_biases": True,
         "refactor_factored_attn_matrices": False,
@@ -355,6 +370,7 @@ def _converter(family: str) -> Callable[[PreTrainedModel, Any], dict[str, torch.
         "qwen2": wc.convert_qwen2_weights,
         "qwen3": wc.convert_qwen3_weights,
         "phi3": wc.convert_phi3_weights,
+        "olmo2": wc.convert_olmo2_weights,
         "gemma": wc.convert_gemma_weights,
         "gemma2": wc.convert_gemma_weights,
         "gemma3": wc.convert_gemma_weights,
@@ -380,6 +396,18 @@ def tl_size_overrides(hf_config: transformers.PretrainedConfig, family: str, off
     model at hand (random or real) sets differently: sizes and hyper-parameters, read from its HF
     config as the TL branch for an architecture-dispatched family would read them."""
     c = hf_config
+    if family == "olmo2":
+        if c.rope_parameters.get("rope_type", "default") != "default":
+            raise ValueError(f"olmo2: rope_type {c.rope_parameters['rope_type']!r} is not routed to TL here")
+        if c.num_key_value_heads != c.num_attention_heads:
+            raise ValueError("olmo2: TL 3.9's converter needs as many key/value heads as heads")
+        return {
+            "d_model": c.hidden_size, "d_head": c.hidden_size // c.num_attention_heads,
+            "n_heads": c.num_attention_heads, "d_mlp": c.intermediate_size, "n_layers": c.num_hidden_layers,
+            "n_ctx": min(c.max_position_embeddings, official["n_ctx"]), "eps": c.rms_norm_eps,
+            "d_vocab": c.vocab_size, "act_fn": c.hidden_act, "rotary_base": c.rope_parameters["rope_theta"],
+            "attn_types": ["global"] * c.num_hidden_layers,
+        }
     if family == "gemma":
         if c.rope_parameters.get("rope_type", "default") != "default":
             raise ValueError(f"gemma: rope_type {c.rope_parameters['rope_type']!r} is not routed to TL here")
@@ -425,9 +453,10 @@ def tl_size_overrides(hf_config: transformers.PretrainedConfig, family: str, off
 def _tl_config_by_official_name(hf_config: transformers.PretrainedConfig, family: str, *, fold_ln: bool) -> Any:
     """TL's config for a family TL 3.9 configures by official model name only.
 
-    ``convert_hf_model_config`` picks Gemma's config by the name (``google/gemma-3-270m``: sizes
-    hard-coded, no HF config read); a local folder of a Gemma model falls through to
-    NotImplementedError. So TL's own ``get_pretrained_model_config`` is run for the official name
+    ``convert_hf_model_config`` picks Gemma's and OLMo-2's configs by the name
+    (``google/gemma-3-270m``, ``allenai/OLMo-2-0425-1B``: sizes hard-coded; for OLMo-2 it also
+    fetches the name's HF config, here answered with the model's own); a local folder of such a
+    model falls through to NotImplementedError. So TL's own ``get_pretrained_model_config`` is run for the official name
     with ``convert_hf_model_config`` wrapped to put the model's own sizes into its dict
     (``tl_size_overrides``). Every family flag TL sets (use_normalization_before_and_after,
     use_qk_norm, final_rms, gated_mlp, positional_embedding_type, ...) stays TL's, and every later
@@ -439,6 +468,14 @@ def _tl_config_by_official_name(hf_config: transformers.PretrainedConfig, family
     from transformer_lens import loading_from_pretrained as loading
 
     original = loading.convert_hf_model_config
+    official_name = TL_OFFICIAL_NAME[family]
+
+    class OwnConfig:  # OLMo-2's branch reads AutoConfig for the name (only the architecture is used)
+        @staticmethod
+        def from_pretrained(name: str, **kwargs: Any) -> transformers.PretrainedConfig:
+            if name != official_name:
+                raise ValueError(f"unexpected config request for {name!r}")
+            return copy.deepcopy(hf_config)
 
     def convert(name: str, **kwargs: Any) -> dict[str, Any]:
         cfg_dict = original(name, **kwargs)
@@ -448,10 +485,9 @@ def _tl_config_by_official_name(hf_config: transformers.PretrainedConfig, family
             raise ValueError(f"{family}: TL's {name} config has no {sorted(foreign)}")
         return {**cfg_dict, **overrides}
 
-    with mock.patch.object(loading, "convert_hf_model_config", convert):
+    with mock.patch.object(loading, "convert_hf_model_config", convert), mock.patch.object(loading, "AutoConfig", OwnConfig):
         return loading.get_pretrained_model_config(
-            TL_OFFICIAL_NAME[family], hf_cfg=hf_config.to_dict(), fold_ln=fold_ln, device="cpu",
-            dtype=torch.float32,
+            official_name, hf_cfg=hf_config.to_dict(), fold_ln=fold_ln, device="cpu", dtype=torch.float32,
         )
 
 

@@ -33,7 +33,7 @@ from test_parity import MIXED_PROMPTS, Reference, assert_matches, token_ids
 
 ATOL = 1e-4
 
-NEW_FAMILIES = ["gemma", "gemma2", "gemma3", "qwen3", "phi3"]
+NEW_FAMILIES = ["gemma", "gemma2", "gemma3", "qwen3", "phi3", "olmo2"]
 
 
 def _post_norms(tl, layer: int) -> tuple[str | None, str | None]:

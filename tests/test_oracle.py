@@ -36,6 +36,7 @@ from oracle import (
     NORM_WEIGHT_OFFSET,
     RMS_FAMILIES,
     SEED_FLAGS,
+    POST_NORM_FAMILIES,
     SOFTCAP_FAMILIES,
     gpt2_tokenizer,
     make_hf_model,
@@ -57,20 +58,20 @@ BATCH, SEQ = 3, 32  # SEQ > the tiny GPT-Neo / Mistral window (64 // 8 = 8), so 
 HF_LAYERS = {
     "gpt2": "transformer.h", "gpt_neo": "transformer.h", "gpt_neox": "gpt_neox.layers",
     "llama": "model.layers", "mistral": "model.layers", "qwen2": "model.layers",
-    "qwen3": "model.layers", "phi3": "model.layers", "gemma": "model.layers", "gemma2": "model.layers", "gemma3": "model.layers",
+    "qwen3": "model.layers", "phi3": "model.layers", "olmo2": "model.layers", "gemma": "model.layers", "gemma2": "model.layers", "gemma3": "model.layers",
 }
 HF_OUT_PROJ = {
     "gpt2": "attn.c_proj", "gpt_neo": "attn.attention.out_proj", "gpt_neox": "attention.dense",
     "llama": "self_attn.o_proj", "mistral": "self_attn.o_proj", "qwen2": "self_attn.o_proj",
-    "qwen3": "self_attn.o_proj", "phi3": "self_attn.o_proj", "gemma": "self_attn.o_proj", "gemma2": "self_attn.o_proj", "gemma3": "self_attn.o_proj",
+    "qwen3": "self_attn.o_proj", "phi3": "self_attn.o_proj", "olmo2": "self_attn.o_proj", "gemma": "self_attn.o_proj", "gemma2": "self_attn.o_proj", "gemma3": "self_attn.o_proj",
 }
 HF_FINAL_NORM = {
     "gpt2": "transformer.ln_f", "gpt_neo": "transformer.ln_f", "gpt_neox": "gpt_neox.final_layer_norm",
     "llama": "model.norm", "mistral": "model.norm", "qwen2": "model.norm",
-    "qwen3": "model.norm", "phi3": "model.norm", "gemma": "model.norm", "gemma2": "model.norm", "gemma3": "model.norm",
+    "qwen3": "model.norm", "phi3": "model.norm", "olmo2": "model.norm", "gemma": "model.norm", "gemma2": "model.norm", "gemma3": "model.norm",
 }
 # Families without any bias parameter (value-bias folding is a no-op for them).
-BIAS_FREE = ("llama", "mistral", "qwen3", "phi3", "gemma", "gemma2", "gemma3")
+BIAS_FREE = ("llama", "mistral", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3")
 TIED = ("gpt2", "gpt_neo", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
 
 
@@ -232,6 +233,8 @@ def test_default_flags_follow_from_pretrained() -> None:
                 assert value is False
             elif name == "center_unembed" and family in SOFTCAP_FAMILIES:
                 assert value is False  # from_pretrained's softcap override
+            elif name in ("fold_ln", "center_writing_weights") and family in POST_NORM_FAMILIES:
+                assert value is False  # from_pretrained's post-norm override
             else:
                 assert value is params[name].default, (family, name)
     assert SEED_FLAGS["refactor_factored_attn_matrices"] is True
@@ -256,6 +259,10 @@ def test_tl_config_facts() -> None:
         "phi3": {"default_prepend_bos": True, "n_key_value_heads": 2, "d_head": 16, "rotary_dim": 16,
                  "use_local_attn": True, "attn_types": ["local", "local"], "window_size": 8,
                  "gated_mlp": True, "normalization_type": "RMSPre"},
+        # Routed through allenai/OLMo-2-0425-1B's config; post-norm: fold_ln is forced off.
+        "olmo2": {"default_prepend_bos": True, "n_key_value_heads": None, "d_head": 16, "rotary_dim": 16,
+                  "rotary_base": 500000.0, "normalization_type": "RMS", "gated_mlp": True,
+                  "original_architecture": "Olmo2ForCausalLM", "d_vocab": 50257, "n_layers": 2},
         # Routed through google/gemma-2b's config with the random model's sizes.
         "gemma": {"default_prepend_bos": True, "n_key_value_heads": 1, "d_head": 32, "n_heads": 4,
                   "d_model": 64, "rotary_dim": 32, "rotary_base": 10000.0, "act_fn": "gelu_pytorch_tanh",

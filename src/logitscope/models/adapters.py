@@ -100,8 +100,9 @@ def _gpt2_value_bias(block: nn.Module, shape: ModelShape) -> torch.Tensor:
     return b_v + block.ln_1.bias @ w_v
 
 
-def _linear_value_bias(v_proj: nn.Linear, norm: nn.Module, shape: ModelShape) -> torch.Tensor | None:
-    """``b_V + β·W_V`` for a separate value projection, repeated for grouped-query heads."""
+def _linear_value_bias(v_proj: nn.Linear, norm: nn.Module | None, shape: ModelShape) -> torch.Tensor | None:
+    """``b_V + β·W_V`` for a separate value projection (``norm``: the one it reads through, if
+    any), repeated for grouped-query heads."""
     bias = v_proj.bias.detach().float() if v_proj.bias is not None else None
     beta = getattr(norm, "bias", None)
     if beta is not None:
@@ -210,6 +211,16 @@ QWEN3 = _llama_like("qwen3", "Qwen3ForCausalLM", prepend_bos=False)  # Transform
 # qkv_proj has no bias and RMSNorm none to pass through W_V: no value bias.
 PHI3 = replace(_llama_like("phi3", "Phi3ForCausalLM"), value_bias=lambda b, s: None)
 
+# OLMo-2: Llama's tree without input norms. Each sublayer reads the residual stream as it is and its
+# output passes through a norm (post_attention_layernorm, post_feedforward_layernorm) before the
+# residual add; q/k norms over all heads act inside attention (nothing to answer).
+OLMO2 = replace(
+    _llama_like("olmo2", "Olmo2ForCausalLM"),
+    attn_post_norm=lambda b: b.post_attention_layernorm,
+    mlp_post_norm=lambda b: b.post_feedforward_layernorm,
+    value_bias=lambda b, s: _linear_value_bias(b.self_attn.v_proj, None, s),
+)
+
 # Gemma keeps Llama's module tree. Its RMSNorm multiplies by (1 + weight); its embeddings are
 # scaled by sqrt(d_model) (inside the embedding module in transformers 5; the study reads the
 # embedding as layer 0's resid_pre, so where the scaling sits does not matter).
@@ -229,7 +240,7 @@ GEMMA2 = replace(
 # keeps the soft-cap fields (None in the released models).
 GEMMA3 = replace(GEMMA2, family="gemma3", architectures=("Gemma3ForCausalLM",))
 
-ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPT_NEOX, LLAMA, MISTRAL, QWEN2, QWEN3, PHI3, GEMMA, GEMMA2, GEMMA3)
+ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPT_NEOX, LLAMA, MISTRAL, QWEN2, QWEN3, PHI3, OLMO2, GEMMA, GEMMA2, GEMMA3)
 
 
 def supported_architectures() -> list[str]:
