@@ -31,7 +31,7 @@ import transformers
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3")
+FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3")
 
 TOKENIZER_DIR: Path = Path(__file__).resolve().parent / "data" / "gpt2-tokenizer"
 TOKENIZER_FILES: tuple[str, ...] = ("vocab.json", "merges.txt", "tokenizer_config.json")
@@ -41,6 +41,7 @@ BOS_ID: int = 50256  # GPT-2 "<|endoftext|>", used as BOS for every family in th
 ARCHITECTURES: dict[str, str] = {
     "gpt2": "GPT2LMHeadModel",
     "gpt_neo": "GPTNeoForCausalLM",
+    "gptj": "GPTJForCausalLM",
     "gpt_neox": "GPTNeoXForCausalLM",
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
@@ -54,7 +55,7 @@ ARCHITECTURES: dict[str, str] = {
 }
 
 RMS_FAMILIES: frozenset[str] = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3"})
-ROTARY_FAMILIES: frozenset[str] = frozenset({"gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3"})
+ROTARY_FAMILIES: frozenset[str] = frozenset({"gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3"})
 # Families whose final logits are soft-capped (TL's from_pretrained sets center_unembed=False).
 SOFTCAP_FAMILIES: frozenset[str] = frozenset({"gemma2"})
 # Families whose RMSNorm multiplies by (1 + weight): their norm weights are drawn around 0.
@@ -117,6 +118,15 @@ def _family_config(
             window_size=max(2, min(256, n_ctx // 8)), intermediate_size=None,
             activation_function="gelu_new", layer_norm_epsilon=1e-5, resid_dropout=0.0,
             embed_dropout=0.0, attention_dropout=0.0, tie_word_embeddings=True, **common,
+        )
+    if family == "gptj":
+        # GPT-J 6B's choices, shrunk: parallel attention and MLP from one ln_1; rotary on a quarter
+        # of d_head (64 of 256 there, 4 of 16 here), adjacent pairs; MLP biases; untied lm_head
+        # with a bias. TL 3.9 hard-codes eps 1e-5 and d_mlp = 4 * d_model, as GPT-J's are.
+        return transformers.GPTJConfig(
+            n_positions=n_ctx, n_embd=d_model, n_layer=n_layers, n_head=n_heads, rotary_dim=4,
+            n_inner=None, activation_function="gelu_new", layer_norm_epsilon=1e-5, resid_pdrop=0.0,
+            embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False, **common,
         )
     if family == "gpt_neox":
         # Pythia style: parallel residual, partial rotary (25% of d_head), biased attention, untied.
@@ -364,6 +374,7 @@ def _converter(family: str) -> Callable[[PreTrainedModel, Any], dict[str, torch.
     return {
         "gpt2": wc.convert_gpt2_weights,
         "gpt_neo": wc.convert_neo_weights,
+        "gptj": wc.convert_gptj_weights,
         "gpt_neox": wc.convert_neox_weights,
         "llama": wc.convert_llama_weights,
         "mistral": wc.convert_mistral_weights,

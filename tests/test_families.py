@@ -33,7 +33,7 @@ from test_parity import MIXED_PROMPTS, Reference, assert_matches, token_ids
 
 ATOL = 1e-4
 
-NEW_FAMILIES = ["gemma", "gemma2", "gemma3", "qwen3", "phi3", "olmo2"]
+NEW_FAMILIES = ["gemma", "gemma2", "gemma3", "qwen3", "phi3", "olmo2", "gptj"]
 
 
 def _post_norms(tl, layer: int) -> tuple[str | None, str | None]:
@@ -201,6 +201,18 @@ def _without_attn_softcap(hf):
     return other
 
 
+def test_gptj_conventions_are_exercised(tmp_path):
+    """GPT-J: parallel attention and MLP (no resid_mid, so no _mid lens points), an lm_head bias
+    (final_bias, which TL's b_U carries), ln_1's bias through W_V (the value bias in attn_bias) and
+    the MLP biases, each non-trivial on these weights; rotary on a quarter of d_head."""
+    hf, _, result = _study("gptj", tmp_path)
+    assert result.parallel_attn_mlp and not any(x.endswith("_mid") for x in result.logit_lens_labels)
+    assert hf.config.rotary_dim < hf.config.n_embd // hf.config.n_head
+    assert hf.lm_head.bias is not None
+    for name in ("final_bias", "attn_bias", "mlp_bias"):
+        assert np.abs(getattr(result, name)).max() > 1e-2, name
+
+
 def test_post_norm_with_biases_adds_up(tmp_path):
     """With attention biases (Gemma 3's attention_bias=True, which TL's converter drops), the
     output bias and value biases pass through the frozen post norm too: parts still add up."""
@@ -227,11 +239,12 @@ def test_cli_runs_on_a_local_checkpoint(family, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["run", "--model", str(path), "--prompts", "ioi:20", "--out", str(out), "--quiet", "--csv"]) == 0
     doc = json.loads((out / "results.json").read_text())
-    assert doc["family"] == family and doc["norm"] == "RMSNorm" and doc["n_prompts"] == 20
+    assert doc["family"] == family and doc["n_prompts"] == 20
+    assert doc["norm"] == ("LayerNorm" if family == "gptj" else "RMSNorm")
     assert "pos_embed" not in doc["layer_attribution"]["labels"]
     assert doc["decomposition"]["max_abs_error"] < 1e-4
     html = (out / "report.html").read_text()
-    assert "RMSNorm (no centring)" in html and f"{doc['n_prompts']}" in html
+    assert ("RMSNorm (no centring)" in html) == (doc["norm"] == "RMSNorm") and f"{doc['n_prompts']}" in html
     capped = family == "gemma2"
     assert ("logit_diff_softcapped" in doc) == capped and ("before the final soft-cap" in html) == capped
     if capped:

@@ -56,17 +56,17 @@ BATCH, SEQ = 3, 32  # SEQ > the tiny GPT-Neo / Mistral window (64 // 8 = 8), so 
 # Where each family keeps its blocks, attention output projection (its INPUT is the merged heads,
 # head-major), and final norm; relative to the HF model.
 HF_LAYERS = {
-    "gpt2": "transformer.h", "gpt_neo": "transformer.h", "gpt_neox": "gpt_neox.layers",
+    "gpt2": "transformer.h", "gpt_neo": "transformer.h", "gptj": "transformer.h", "gpt_neox": "gpt_neox.layers",
     "llama": "model.layers", "mistral": "model.layers", "qwen2": "model.layers",
     "qwen3": "model.layers", "phi3": "model.layers", "olmo2": "model.layers", "gemma": "model.layers", "gemma2": "model.layers", "gemma3": "model.layers",
 }
 HF_OUT_PROJ = {
-    "gpt2": "attn.c_proj", "gpt_neo": "attn.attention.out_proj", "gpt_neox": "attention.dense",
+    "gpt2": "attn.c_proj", "gpt_neo": "attn.attention.out_proj", "gptj": "attn.out_proj", "gpt_neox": "attention.dense",
     "llama": "self_attn.o_proj", "mistral": "self_attn.o_proj", "qwen2": "self_attn.o_proj",
     "qwen3": "self_attn.o_proj", "phi3": "self_attn.o_proj", "olmo2": "self_attn.o_proj", "gemma": "self_attn.o_proj", "gemma2": "self_attn.o_proj", "gemma3": "self_attn.o_proj",
 }
 HF_FINAL_NORM = {
-    "gpt2": "transformer.ln_f", "gpt_neo": "transformer.ln_f", "gpt_neox": "gpt_neox.final_layer_norm",
+    "gpt2": "transformer.ln_f", "gpt_neo": "transformer.ln_f", "gptj": "transformer.ln_f", "gpt_neox": "gpt_neox.final_layer_norm",
     "llama": "model.norm", "mistral": "model.norm", "qwen2": "model.norm",
     "qwen3": "model.norm", "phi3": "model.norm", "olmo2": "model.norm", "gemma": "model.norm", "gemma2": "model.norm", "gemma3": "model.norm",
 }
@@ -246,6 +246,9 @@ def test_tl_config_facts() -> None:
         "gpt2": {"default_prepend_bos": True, "act_fn": "gelu_new", "n_ctx": 64},
         "gpt_neo": {"default_prepend_bos": True, "use_attn_scale": False, "use_local_attn": True,
                     "attn_types": ["global", "local"], "window_size": 8},
+        "gptj": {"default_prepend_bos": True, "parallel_attn_mlp": True, "rotary_dim": 4,
+                 "rotary_adjacent_pairs": True, "positional_embedding_type": "rotary", "act_fn": "gelu_new",
+                 "normalization_type": "LNPre"},
         "gpt_neox": {"default_prepend_bos": False, "parallel_attn_mlp": True, "rotary_dim": 4,
                      "positional_embedding_type": "rotary", "act_fn": "gelu"},
         "llama": {"default_prepend_bos": True, "n_key_value_heads": 2, "rotary_base": 500000.0,

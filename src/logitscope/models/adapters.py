@@ -159,6 +159,21 @@ GPT_NEO = replace(
     n_heads=lambda cfg: cfg.num_heads,
 )
 
+# GPT-J keeps GPT-2's module tree too (transformer.wte/h/ln_f) but has no learned positions
+# (rotary on part of d_head, inside attention), separate bias-free q/k/v/out projections, attention
+# and MLP reading the same ln_1 output in parallel, and an untied lm_head with a bias (in final_bias).
+GPTJ = replace(
+    GPT2,
+    family="gptj",
+    architectures=("GPTJForCausalLM",),
+    parallel_attn_mlp=lambda cfg: True,
+    pos_embed=lambda m: None,
+    out_proj=lambda b: b.attn.out_proj,
+    out_proj_weight=lambda b: b.attn.out_proj.weight,
+    mlp_out_bias=lambda b: b.mlp.fc_out.bias,
+    value_bias=lambda b, s: _linear_value_bias(b.attn.v_proj, b.ln_1, s),
+)
+
 GPT_NEOX = Adapter(
     family="gpt_neox",
     architectures=("GPTNeoXForCausalLM",),
@@ -240,7 +255,7 @@ GEMMA2 = replace(
 # keeps the soft-cap fields (None in the released models).
 GEMMA3 = replace(GEMMA2, family="gemma3", architectures=("Gemma3ForCausalLM",))
 
-ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPT_NEOX, LLAMA, MISTRAL, QWEN2, QWEN3, PHI3, OLMO2, GEMMA, GEMMA2, GEMMA3)
+ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPTJ, GPT_NEOX, LLAMA, MISTRAL, QWEN2, QWEN3, PHI3, OLMO2, GEMMA, GEMMA2, GEMMA3)
 
 
 def supported_architectures() -> list[str]:
