@@ -31,7 +31,7 @@ import transformers
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3")
+FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3")
 
 TOKENIZER_DIR: Path = Path(__file__).resolve().parent / "data" / "gpt2-tokenizer"
 TOKENIZER_FILES: tuple[str, ...] = ("vocab.json", "merges.txt", "tokenizer_config.json")
@@ -45,6 +45,7 @@ ARCHITECTURES: dict[str, str] = {
     "gpt_neox": "GPTNeoXForCausalLM",
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
+    "mixtral": "MixtralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "phi3": "Phi3ForCausalLM",
@@ -54,8 +55,8 @@ ARCHITECTURES: dict[str, str] = {
     "gemma3": "Gemma3ForCausalLM",
 }
 
-RMS_FAMILIES: frozenset[str] = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3"})
-ROTARY_FAMILIES: frozenset[str] = frozenset({"gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3"})
+RMS_FAMILIES: frozenset[str] = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3"})
+ROTARY_FAMILIES: frozenset[str] = frozenset({"gptj", "gpt_neox", "llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3"})
 # Families whose final logits are soft-capped (TL's from_pretrained sets center_unembed=False).
 SOFTCAP_FAMILIES: frozenset[str] = frozenset({"gemma2"})
 # Families whose RMSNorm multiplies by (1 + weight): their norm weights are drawn around 0.
@@ -156,6 +157,18 @@ def _family_config(
             hidden_act="silu", max_position_embeddings=n_ctx, rms_norm_eps=1e-5,
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
             sliding_window=max(2, min(4096, n_ctx // 8)), tie_word_embeddings=False, **common,
+        )
+    if family == "mixtral":
+        # Mixtral 8x7B's choices, shrunk: a sparse MoE MLP (4 experts here, 2 chosen per token,
+        # top-k weights renormalised as in transformers); grouped-query attention; rope_theta 1e6;
+        # a sliding window (None in the released 8x7B, which TL 3.9 also handles; n_ctx // 8 here
+        # so it masks something); untied.
+        return transformers.MixtralConfig(
+            hidden_size=d_model, intermediate_size=d_mlp_gated // 2, num_hidden_layers=n_layers,
+            num_attention_heads=n_heads, num_key_value_heads=n_kv, hidden_act="silu",
+            max_position_embeddings=n_ctx, rms_norm_eps=1e-5, num_local_experts=4, num_experts_per_tok=2,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            sliding_window=max(2, n_ctx // 8), router_jitter_noise=0.0, tie_word_embeddings=False, **common,
         )
     if family == "qwen2":
         # Qwen2/2.5-0.5B style: q/k/v biases, no sliding window, rope_theta 1e6, tied embeddings.
@@ -283,6 +296,8 @@ def _randomize(model: PreTrainedModel, seed: int, norm_offset: float = 0.0) -> N
                 value = randn(param.shape) / param.shape[0] ** 0.5
             elif isinstance(module, torch.nn.Linear):  # weight stored [out, in]
                 value = randn(param.shape) / param.shape[1] ** 0.5
+            elif type(module).__name__.endswith(("Experts", "TopKRouter")):  # MoE: [(experts,) out, in]
+                value = randn(param.shape) / param.shape[-1] ** 0.5
             else:
                 raise TypeError(f"unexpected parameter {pname} of {type(module).__name__}")
             param.copy_(value)
@@ -378,6 +393,7 @@ def _converter(family: str) -> Callable[[PreTrainedModel, Any], dict[str, torch.
         "gpt_neox": wc.convert_neox_weights,
         "llama": wc.convert_llama_weights,
         "mistral": wc.convert_mistral_weights,
+        "mixtral": wc.convert_mixtral_weights,
         "qwen2": wc.convert_qwen2_weights,
         "qwen3": wc.convert_qwen3_weights,
         "phi3": wc.convert_phi3_weights,

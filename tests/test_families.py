@@ -10,6 +10,10 @@ widened where a family's convention needs it, each widening built from TL's own 
   answer position: ``(z_h W_O[h]) ⊙ w / hook_scale`` (what logitscope reports).
 - Final logit soft-cap (Gemma 2): TL's logits are capped; the reference logit difference is that
   of the linear logits ``ln_final(resid) @ W_U + b_U``, and the capped one is checked beside it.
+- Mixture of experts (Mixtral): each expert's share at the answer position is TL's own expert
+  module applied to TL's MoE input there (``ln2.hook_normalized``), times TL's routing weight
+  (``hook_expert_weights`` at ``hook_expert_indices``, renormalised over the chosen experts as
+  TL's ``norm_topk_prob`` does); the shares are checked to add up to TL's ``mlp_out``.
 - Unfolded final norm (TL forces fold_ln off for OLMo-2): ``apply_ln_to_stack`` then divides by
   the scale only, so the reference direction is ``ln_final.w ⊙ (W_U[A] - W_U[B])`` (what fold_ln
   would put into W_U).
@@ -20,6 +24,7 @@ Tolerances are test_parity's (1e-4 on logits, 1e-5 on patterns) and for the same
 from __future__ import annotations
 
 import json
+import shutil
 
 import einops
 import numpy as np
@@ -33,7 +38,7 @@ from test_parity import MIXED_PROMPTS, Reference, assert_matches, token_ids
 
 ATOL = 1e-4
 
-NEW_FAMILIES = ["gemma", "gemma2", "gemma3", "qwen3", "phi3", "olmo2", "gptj"]
+NEW_FAMILIES = ["gemma", "gemma2", "gemma3", "qwen3", "phi3", "olmo2", "gptj", "mixtral"]
 
 
 def _post_norms(tl, layer: int) -> tuple[str | None, str | None]:
@@ -52,9 +57,10 @@ def family_reference(tl, ids: list[list[int]], correct: np.ndarray, incorrect: n
                      incl_mid: bool = True) -> tuple[Reference, dict[str, np.ndarray]]:
     """test_parity's reference, widened as the module docstring says; prompts batched by length so
     index -1 is each prompt's last token. Also returns extras: ``capped`` (the logit difference of
-    TL's own logits), ``prenorm_heads`` (TL's stack_head_results as it is, before any post norm)."""
+    TL's own logits), ``prenorm_heads`` (TL's stack_head_results as it is, before any post norm),
+    for MoE models ``experts`` and ``expert_routing`` ([L, E, N])."""
     n, L = len(ids), tl.cfg.n_layers
-    keys = ("ld", "capped", "pc", "pi", "direct", "lens", "lens_ln", "layers", "heads", "prenorm", "bu")
+    keys = ("ld", "capped", "pc", "pi", "direct", "lens", "lens_ln", "layers", "heads", "prenorm", "bu", "experts", "routing")
     out: dict[str, list] = {k: [None] * n for k in keys}
     labels: dict[str, list[str]] = {}
     pattern0 = None
@@ -94,6 +100,10 @@ def family_reference(tl, ids: list[list[int]], correct: np.ndarray, incorrect: n
                 scale = cache[f"{attn_post}.hook_scale"][:, -1]  # [batch, 1]
                 through[layer] = prenorm[layer] * w / scale
         lens, layers, heads, prenorm_heads = project(acc), project(per_layer), project(through), project(prenorm)
+        experts, routing = _tl_experts(tl, cache, tokens.shape) if tl.cfg.num_experts else (None, None)
+        if experts is not None:
+            E = tl.cfg.num_experts
+            experts = project(experts.flatten(0, 1)).unflatten(0, (L, E))  # [L, E, batch]
         b_u = tl.b_U[answers[:, 0]] - tl.b_U[answers[:, 1]]
         for j, i in enumerate(idx):
             out["ld"][i], out["capped"][i] = float(lin_pair[j, 0] - lin_pair[j, 1]), float(pair[j, 0] - pair[j, 1])
@@ -102,6 +112,8 @@ def family_reference(tl, ids: list[list[int]], correct: np.ndarray, incorrect: n
             out["lens_ln"][i] = lens_ln[:, j].numpy()
             out["heads"][i], out["prenorm"][i] = heads[:, :, j].numpy(), prenorm_heads[:, :, j].numpy()
             out["bu"][i] = float(b_u[j])
+            if experts is not None:
+                out["experts"][i], out["routing"][i] = experts[:, :, j].numpy(), routing[:, :, j].numpy()
             if i == 0:
                 pattern0 = torch.stack([cache["pattern", layer][j] for layer in range(L)]).numpy()
     ref = Reference(
@@ -118,7 +130,34 @@ def family_reference(tl, ids: list[list[int]], correct: np.ndarray, incorrect: n
         bias_b_u=np.array(out["bu"]),
         pattern0=pattern0,
     )
-    return ref, {"capped": np.array(out["capped"]), "prenorm_heads": np.stack(out["prenorm"], -1)}
+    extra = {"capped": np.array(out["capped"]), "prenorm_heads": np.stack(out["prenorm"], -1)}
+    if tl.cfg.num_experts:
+        extra["experts"], extra["expert_routing"] = np.stack(out["experts"], -1), np.stack(out["routing"], -1)
+    return ref, extra
+
+
+def _tl_experts(tl, cache, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each expert's routing-weighted output at the last position, ``[L, E, batch, d_model]``, and
+    its routing weight ``[L, E, batch]`` (zero where not chosen), from TL's modules and hooks."""
+    batch, T = shape
+    L, E, k = tl.cfg.n_layers, tl.cfg.num_experts, tl.cfg.experts_per_token
+    shares = torch.zeros(L, E, batch, tl.cfg.d_model)
+    routing = torch.zeros(L, E, batch)
+    for layer in range(L):
+        moe = tl.blocks[layer].mlp
+        x = cache[f"blocks.{layer}.ln2.hook_normalized"][:, -1]  # the MoE's input
+        probs = cache[f"blocks.{layer}.mlp.hook_expert_weights"].view(batch, T, E)[:, -1]
+        chosen = cache[f"blocks.{layer}.mlp.hook_expert_indices"].view(batch, T, k)[:, -1]
+        weights = probs.gather(-1, chosen)
+        assert tl.cfg.norm_topk_prob
+        weights = weights / weights.sum(-1, keepdim=True)
+        for b in range(batch):
+            for slot in range(k):
+                e = int(chosen[b, slot])
+                shares[layer, e, b] = moe.experts[e](x[b : b + 1])[0] * weights[b, slot]
+                routing[layer, e, b] = weights[b, slot]
+        torch.testing.assert_close(shares[layer].sum(0), cache["mlp_out", layer][:, -1], rtol=0, atol=1e-5)
+    return shares, routing
 
 
 def _study(family: str, tmp_path, seed: int = 3):
@@ -145,6 +184,12 @@ def test_family_matches_transformerlens(family, tmp_path, gpt2_tokenizer):
         np.testing.assert_allclose(extra["capped"], ref.logit_diff, rtol=0, atol=ATOL)
     else:
         np.testing.assert_allclose(result.logit_diff_softcapped, extra["capped"], rtol=0, atol=ATOL)
+    if tl.cfg.num_experts:
+        np.testing.assert_allclose(result.experts, extra["experts"], rtol=0, atol=ATOL)
+        np.testing.assert_allclose(result.expert_routing, extra["expert_routing"], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(result.experts.sum(1), result.mlp, rtol=0, atol=ATOL)
+    else:
+        assert result.experts is None
     if tl.cfg.use_normalization_before_and_after or family == "olmo2":
         # The post norm is visible: TL's own (pre-norm) stack_head_results is a different number.
         assert np.abs(result.heads - extra["prenorm_heads"]).max() > 1e-1
@@ -213,6 +258,61 @@ def test_gptj_conventions_are_exercised(tmp_path):
         assert np.abs(getattr(result, name)).max() > 1e-2, name
 
 
+def test_mixtral_experts_follow_the_routing(tmp_path):
+    """Per layer and prompt exactly k experts are routed to, with weights adding up to one; an
+    expert not routed to writes nothing; routing differs between prompts and experts matter; and
+    the numbers do not depend on which experts implementation transformers runs (the study calls
+    the model's own)."""
+    hf, path, result = _study("mixtral", tmp_path)
+    k, E = hf.config.num_experts_per_tok, hf.config.num_local_experts
+    routed = result.expert_routing > 0
+    assert result.experts.shape == (result.n_layers, E, result.n_prompts)
+    assert (routed.sum(1) == k).all()
+    np.testing.assert_allclose(result.expert_routing.sum(1), 1.0, rtol=0, atol=1e-6)
+    assert (result.experts[~routed] == 0).all() and np.abs(result.experts[routed]).min() > 0
+    assert len({tuple(np.flatnonzero(routed[0, :, i])) for i in range(result.n_prompts)}) > 1
+    assert np.abs(result.experts).max() > 1e-2
+    lm = ls.load_model(str(path), device="cpu")
+    assert lm.model.config._experts_implementation == "grouped_mm"  # transformers' default here
+    for implementation in ("eager", "batched_mm"):
+        lm.model.set_experts_implementation(implementation)
+        other = ls.run_study(MIXED_PROMPTS + ls.builtin_prompts("arena")[:2], lm, batch_size=3)
+        np.testing.assert_allclose(other.experts, result.experts, rtol=0, atol=1e-5, err_msg=implementation)
+    doc = json.loads(json.dumps(result.to_dict()))
+    block = doc["expert_attribution"]
+    np.testing.assert_allclose(block["values"], result.experts.mean(-1), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(block["frac_routed"], routed.mean(-1))
+    assert np.all(np.array(block["ci95_low"]) <= np.array(block["values"]) + 1e-12)
+    top = block["top"]["positive"][0]
+    assert top["value"] == pytest.approx(result.experts.mean(-1).max()) and top["name"] == f"L{top['layer']}E{top['expert']}"
+    assert "top experts: " + top["name"] in result.summary()
+
+
+def test_mixtral_extra_host_syncs_are_the_experts_own(tmp_path):
+    """Rerunning the chosen experts at the answer positions (k calls of the model's own experts
+    module per layer) adds only the host syncs those calls make themselves: with transformers'
+    default grouped_mm, one per call, as its own forward makes one per layer."""
+    from logitscope import study
+    from logitscope.capture import Recorder
+    from test_hot_loop import SyncSpy
+
+    hf = make_hf_model("mixtral", size="tiny", seed=3)
+    lm = ls.load_model(str(save_checkpoint(hf, tmp_path)), device="cpu")
+    enc = study.encode_prompts(ls.builtin_prompts("arena"), lm, prepend_bos=True)
+    ids = torch.tensor(enc.ids)
+    pos = torch.full((ids.shape[0],), ids.shape[1] - 1)
+    c, i = torch.from_numpy(enc.correct), torch.from_numpy(enc.incorrect)
+    with torch.inference_mode():
+        with SyncSpy() as plain:
+            lm.adapter.base(lm.model)(input_ids=ids, use_cache=False)
+        with Recorder(lm) as rec, SyncSpy() as ours:
+            rec.run_batch(ids, pos, c, i)
+    per_call = plain.syncs["aten.histc"] / hf.config.num_hidden_layers
+    assert per_call == 1
+    extra = hf.config.num_hidden_layers * hf.config.num_experts_per_tok * per_call
+    assert sum(ours.syncs.values()) == sum(plain.syncs.values()) + extra, (ours.syncs, plain.syncs)
+
+
 def test_post_norm_with_biases_adds_up(tmp_path):
     """With attention biases (Gemma 3's attention_bias=True, which TL's converter drops), the
     output bias and value biases pass through the frozen post norm too: parts still add up."""
@@ -245,8 +345,23 @@ def test_cli_runs_on_a_local_checkpoint(family, tmp_path, capsys):
     assert doc["decomposition"]["max_abs_error"] < 1e-4
     html = (out / "report.html").read_text()
     assert ("RMSNorm (no centring)" in html) == (doc["norm"] == "RMSNorm") and f"{doc['n_prompts']}" in html
+    assert ("expert_attribution" in doc) == (family == "mixtral")
+    assert ('data-figure="expert_attribution"' in html) == (family == "mixtral")
     capped = family == "gemma2"
     assert ("logit_diff_softcapped" in doc) == capped and ("before the final soft-cap" in html) == capped
     if capped:
         assert len(doc["logit_diff_softcapped"]["per_prompt"]) == 20
     assert (out / "per_prompt.csv").read_text().count("\n") == 21
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
+                    reason="needs headless chromium on PATH (apt-get install chromium)")
+def test_mixtral_report_renders_the_expert_heatmap_offline(tmp_path):
+    from test_report import FIGURES, VIEWS, render_dom, rendering_failures
+
+    _, _, result = _study("mixtral", tmp_path)
+    page = result.write_report(tmp_path / "report.html")
+    dom, log = render_dom(page, tmp_path)
+    assert "Uncaught" not in log, log[-2000:]
+    assert rendering_failures(dom, FIGURES + ["expert_attribution"], VIEWS) == []

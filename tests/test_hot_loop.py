@@ -198,7 +198,8 @@ def _source_of_hot_path() -> str:
              Recorder._attn_hook, Recorder._mlp_hook, Recorder._final_hook, Recorder._lens_point,
              Recorder.norm_scale, Recorder.answer_logits, Recorder.directions, Recorder.final_bias_term,
              Recorder._take, Recorder._through_post_norm, Recorder._scaled, Recorder.capped,
-             Recorder._attn_out_hook, Recorder._attn_out, Recorder._mlp_out_hook]
+             Recorder._attn_out_hook, Recorder._attn_out, Recorder._mlp_out_hook, Recorder._experts_hook,
+             Recorder._take_flat, Recorder._per_expert]
     return loop + "".join(inspect.getsource(f) for f in [study._to_device, *hooks])
 
 

@@ -57,21 +57,21 @@ BATCH, SEQ = 3, 32  # SEQ > the tiny GPT-Neo / Mistral window (64 // 8 = 8), so 
 # head-major), and final norm; relative to the HF model.
 HF_LAYERS = {
     "gpt2": "transformer.h", "gpt_neo": "transformer.h", "gptj": "transformer.h", "gpt_neox": "gpt_neox.layers",
-    "llama": "model.layers", "mistral": "model.layers", "qwen2": "model.layers",
+    "llama": "model.layers", "mistral": "model.layers", "mixtral": "model.layers", "qwen2": "model.layers",
     "qwen3": "model.layers", "phi3": "model.layers", "olmo2": "model.layers", "gemma": "model.layers", "gemma2": "model.layers", "gemma3": "model.layers",
 }
 HF_OUT_PROJ = {
     "gpt2": "attn.c_proj", "gpt_neo": "attn.attention.out_proj", "gptj": "attn.out_proj", "gpt_neox": "attention.dense",
-    "llama": "self_attn.o_proj", "mistral": "self_attn.o_proj", "qwen2": "self_attn.o_proj",
+    "llama": "self_attn.o_proj", "mistral": "self_attn.o_proj", "mixtral": "self_attn.o_proj", "qwen2": "self_attn.o_proj",
     "qwen3": "self_attn.o_proj", "phi3": "self_attn.o_proj", "olmo2": "self_attn.o_proj", "gemma": "self_attn.o_proj", "gemma2": "self_attn.o_proj", "gemma3": "self_attn.o_proj",
 }
 HF_FINAL_NORM = {
     "gpt2": "transformer.ln_f", "gpt_neo": "transformer.ln_f", "gptj": "transformer.ln_f", "gpt_neox": "gpt_neox.final_layer_norm",
-    "llama": "model.norm", "mistral": "model.norm", "qwen2": "model.norm",
+    "llama": "model.norm", "mistral": "model.norm", "mixtral": "model.norm", "qwen2": "model.norm",
     "qwen3": "model.norm", "phi3": "model.norm", "olmo2": "model.norm", "gemma": "model.norm", "gemma2": "model.norm", "gemma3": "model.norm",
 }
 # Families without any bias parameter (value-bias folding is a no-op for them).
-BIAS_FREE = ("llama", "mistral", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3")
+BIAS_FREE = ("llama", "mistral", "mixtral", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3")
 TIED = ("gpt2", "gpt_neo", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
 
 
@@ -257,6 +257,9 @@ def test_tl_config_facts() -> None:
                     "use_local_attn": True, "window_size": 8, "normalization_type": "RMSPre"},
         "qwen2": {"default_prepend_bos": False, "n_key_value_heads": 2, "rotary_base": 1e6,
                   "eps": 1e-6, "rotary_adjacent_pairs": False, "normalization_type": "RMSPre"},
+        "mixtral": {"default_prepend_bos": True, "n_key_value_heads": 2, "num_experts": 4,
+                    "experts_per_token": 2, "norm_topk_prob": True, "use_local_attn": True,
+                    "window_size": 8, "dtype": torch.float32, "normalization_type": "RMSPre"},
         "qwen3": {"default_prepend_bos": False, "n_key_value_heads": 2, "d_head": 32, "rotary_dim": 32,
                   "rotary_base": 1e6, "use_qk_norm": True, "eps": 1e-6, "normalization_type": "RMSPre"},
         "phi3": {"default_prepend_bos": True, "n_key_value_heads": 2, "d_head": 16, "rotary_dim": 16,
@@ -291,12 +294,12 @@ def test_tl_config_facts() -> None:
             assert getattr(cfg, name) == value, (family, name, getattr(cfg, name))
 
 
-@pytest.mark.parametrize("family", ["gpt_neo", "mistral", "phi3", "gemma2", "gemma3"])
+@pytest.mark.parametrize("family", ["gpt_neo", "mistral", "mixtral", "phi3", "gemma2", "gemma3"])
 def test_local_attention_is_exercised(family: str) -> None:
     """Local/sliding-window layers mask keys older than the window at SEQ > window."""
     run = _run_hf(family)
     window = 8
-    local_layers = {"gpt_neo": [1], "mistral": [0, 1], "phi3": [0, 1], "gemma2": [0], "gemma3": [0]}[family]
+    local_layers = {"gpt_neo": [1], "mistral": [0, 1], "mixtral": [0, 1], "phi3": [0, 1], "gemma2": [0], "gemma3": [0]}[family]
     for layer in local_layers:
         pattern = run.attentions[layer]
         assert pattern[..., SEQ - 1, : SEQ - window].abs().max() == 0

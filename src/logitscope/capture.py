@@ -23,6 +23,10 @@ Beyond that (each an optional adapter answer):
 - A final logit soft-cap (Gemma 2) is not linear: the logit difference and its decomposition are
   those of the linear logits before the cap; the capped difference and the probabilities (from the
   model's own, capped, logits) are recorded beside them.
+- Mixture-of-experts MLPs (Mixtral): at each answer position the chosen experts are run once more,
+  one at a time, through the model's own experts module with their routing weights, so each
+  expert's share of the MLP output is projected on ``D`` (zero for experts not routed to); the
+  shares add up to the MLP's output.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ class BatchScalars:
     final_bias: torch.Tensor  # [B]
     lens_recomputed: torch.Tensor  # [n_lens, B]: each logit-lens point through the final norm afresh
     logit_diff_softcapped: torch.Tensor | None = None  # [B]: the model's capped logits' difference
+    experts: torch.Tensor | None = None  # [L, E, B]: each expert's routing-weighted share of mlp
+    expert_routing: torch.Tensor | None = None  # [L, E, B]: routing weight, 0 where not routed
 
 
 def _on(x: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -92,6 +98,8 @@ class Recorder:
         self.mlp_bias_vec: list[torch.Tensor] = []
         self.attn_post: list[tuple[torch.Tensor, float] | None] = []
         self.mlp_post: list[tuple[torch.Tensor, float] | None] = []
+        self.experts = [ad.experts(block) for block in self.blocks]
+        self.n_experts = ad.n_experts(model.config) if any(e is not None for e in self.experts) else 0
         for block in self.blocks:
             proj = ad.out_proj(block)
             w_o = ad.out_proj_weight(block)  # [d, H*d_head]
@@ -172,6 +180,10 @@ class Recorder:
             return x[0, pos.to(x.device)]
         return x[rows.to(x.device), pos.to(x.device)]
 
+    def _take_flat(self, x: torch.Tensor) -> torch.Tensor:
+        """As ``_take`` for tokens flattened to ``[B * T, ...]`` (as MoE layers see them)."""
+        return self._take(x.view(self._state["rows"].shape[0], self._state["T"], *x.shape[1:]))
+
     @staticmethod
     def _through_post_norm(post: tuple[torch.Tensor, float] | None, pre: torch.Tensor, D: torch.Tensor):
         """The direction a sublayer's parts are projected on, and the factor (``1/σ_p`` per prompt,
@@ -209,6 +221,10 @@ class Recorder:
             if self.mlp_post[layer] is not None:
                 post = ad.mlp_post_norm(block)
                 self._handles.append(post.register_forward_hook(self._mlp_out_hook(layer)))
+            if self.experts[layer] is not None:
+                self._handles.append(
+                    self.experts[layer].register_forward_hook(self._experts_hook(layer), with_kwargs=True)
+                )
         self._handles.append(ad.final_norm(model).register_forward_hook(self._final_hook))
         return self
 
@@ -297,9 +313,35 @@ class Recorder:
 
         return hook
 
+    def _experts_hook(self, layer: int):
+        """On a MoE experts module: rerun each chosen expert alone, at the answer positions only,
+        through the module's own forward (whatever experts implementation the model uses; calling
+        ``forward`` directly does not re-enter this hook), and project its weighted output."""
+        experts = self.experts[layer]
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+            names = ("hidden_states", "top_k_index", "top_k_weights")
+            x, index, weights = (args[i] if i < len(args) else kwargs[n] for i, n in enumerate(names))
+            x, index, weights = (self._take_flat(t) for t in (x, index, weights))  # [B, d], [B, k], [B, k]
+            D = self._dir(x.device)
+            shares = torch.zeros(x.shape[0], self.n_experts, device=x.device)
+            for j in range(index.shape[1]):
+                y = experts.forward(x, index[:, j : j + 1], weights[:, j : j + 1])  # routing weight included
+                shares.scatter_add_(1, index[:, j : j + 1], (y.float() * D).sum(-1, keepdim=True))
+            routing = torch.zeros_like(shares).scatter_add_(1, index, weights.float())
+            self._state["experts"][layer] = shares.T.to(self.out_device)
+            self._state["expert_routing"][layer] = routing.T.to(self.out_device)
+
+        return hook
+
     def _final_hook(self, module: nn.Module, args: tuple, out: torch.Tensor) -> None:
         self._state["resid_final"] = self._gather(args[0])
         self._state["normed_final"] = self._gather(out)
+
+    def _per_expert(self, name: str, B: int) -> torch.Tensor:
+        """``[L, E, B]`` from the experts hooks' rows (zero for a layer without experts)."""
+        zero = torch.zeros(self.n_experts, B, device=self.out_device)
+        return torch.stack([zero if x is None else x for x in self._state[name]])
 
     # -------------------------------------------------------------- one batch
     @torch.inference_mode()
@@ -314,12 +356,15 @@ class Recorder:
         self._state = {
             "rows": torch.arange(B, device=input_ids.device),
             "pos": answer_pos.to(input_ids.device),
+            "T": input_ids.shape[1],
             "dir": D,
             "heads": [None] * L,
             "attn": [None] * L,
             "mlp": [None] * L,
             "attn_bias": [None] * L,
             "mlp_bias": [None] * L,
+            "experts": [None] * L,
+            "expert_routing": [None] * L,
             "lens_recomputed": [],
         }
         # Right padding needs no attention mask: a causal model's real tokens never see later pads.
@@ -346,6 +391,8 @@ class Recorder:
             final_bias=self.final_bias_term(correct, incorrect),
             lens_recomputed=torch.stack(st["lens_recomputed"] + [(r * D).sum(-1) * inv]),
             logit_diff_softcapped=None if self.softcap is None else capped_c - capped_i,
+            experts=None if not self.n_experts else self._per_expert("experts", B) * inv,
+            expert_routing=None if not self.n_experts else self._per_expert("expert_routing", B),
         )
         self._state = {}
         return out

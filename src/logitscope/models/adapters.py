@@ -6,8 +6,8 @@ its value bias? Each family answers in a few lines; everything else is family-in
 
 A few conventions go beyond GPT-2's and are answered the same way, as optional fields that default
 to "absent": a norm weight offset (Gemma's RMSNorm multiplies by ``1 + weight``), norms on the
-attention and MLP outputs before the residual add (Gemma 2/3, OLMo-2) and a final
-logit soft-cap (Gemma 2).
+attention and MLP outputs before the residual add (Gemma 2/3, OLMo-2), a final logit
+soft-cap (Gemma 2) and mixture-of-experts MLPs (Mixtral).
 """
 
 from __future__ import annotations
@@ -61,6 +61,12 @@ class Adapter:
     mlp_post_norm: Callable[[nn.Module], nn.Module | None] = _absent
     # From the config: the final logits are cap * tanh(linear_logits / cap) (Gemma 2), or None.
     logit_softcap: Callable[[object], float | None] = _absent
+    # Mixture of experts: the block's experts module, which the model calls as
+    # experts(hidden [tokens, d], top_k_index [tokens, k], top_k_weights [tokens, k]) and which
+    # returns the routing-weighted sum of the chosen experts' outputs (transformers 5's fused MoE
+    # experts, weights as 3D tensors); None for a dense MLP. n_experts from the config.
+    experts: Callable[[nn.Module], nn.Module | None] = _absent
+    n_experts: Callable[[object], int] = lambda cfg: 0
 
     def unembed(self, model: nn.Module) -> nn.Linear:
         return model.get_output_embeddings()
@@ -221,6 +227,16 @@ QWEN2 = _llama_like("qwen2", "Qwen2ForCausalLM", prepend_bos=False)  # Transform
 # Qwen3: Llama's tree; its q/k norms act inside attention, before the scores (nothing to answer).
 QWEN3 = _llama_like("qwen3", "Qwen3ForCausalLM", prepend_bos=False)  # TransformerLens's default
 
+# Mixtral: Mistral's tree with a sparse MoE block as the MLP (mlp.gate, the router; mlp.experts,
+# every expert's gate_up_proj / down_proj as one 3D tensor each; no biases). The MLP's output is
+# read as for any MLP; the experts module answers which expert wrote what.
+MIXTRAL = replace(
+    _llama_like("mixtral", "MixtralForCausalLM"),
+    mlp_out_bias=lambda b: None,
+    experts=lambda b: b.mlp.experts,
+    n_experts=lambda cfg: cfg.num_local_experts,
+)
+
 # Phi-3: Llama's tree with fused projections (qkv_proj for queries, keys and values, gate_up_proj
 # for the gated MLP); neither changes where the heads' z or the MLP output are read. transformers'
 # qkv_proj has no bias and RMSNorm none to pass through W_V: no value bias.
@@ -255,7 +271,7 @@ GEMMA2 = replace(
 # keeps the soft-cap fields (None in the released models).
 GEMMA3 = replace(GEMMA2, family="gemma3", architectures=("Gemma3ForCausalLM",))
 
-ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPTJ, GPT_NEOX, LLAMA, MISTRAL, QWEN2, QWEN3, PHI3, OLMO2, GEMMA, GEMMA2, GEMMA3)
+ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPTJ, GPT_NEOX, LLAMA, MISTRAL, MIXTRAL, QWEN2, QWEN3, PHI3, OLMO2, GEMMA, GEMMA2, GEMMA3)
 
 
 def supported_architectures() -> list[str]:

@@ -128,6 +128,7 @@ def _header(result: StudyResult) -> str:
         ("logit-lens", "Logit lens"),
         ("layers", "Layer attribution"),
         ("heads", "Head attribution"),
+        *([("experts", "Expert attribution")] if result.experts is not None else []),
         ("top-heads", "Top heads"),
         ("attention", "Attention"),
         ("prompts", "Per-prompt logit difference"),
@@ -365,6 +366,20 @@ def _decomposition(result: StudyResult, figs: dict[str, go.Figure]) -> str:
     return _section("decomposition", "Complete decomposition", body)
 
 
+def _experts(result: StudyResult, figs: dict[str, go.Figure]) -> str:
+    """Mixture-of-experts models only: which experts write the answer."""
+    if "expert_attribution" not in figs:
+        return ""
+    caption = _caption(
+        "Mean direct logit attribution of every expert of each MoE layer, its routing weight included: the experts "
+        "of a layer add up to its MLP's attribution; an expert the router did not choose at a prompt's answer "
+        "position counts zero there.",
+        "Blue experts push towards the correct answer, red ones towards the incorrect one; hover a cell for how "
+        "often the router chose it and its mean routing weight.",
+    )
+    return _section("experts", "Expert attribution", caption + _figure(figs["expert_attribution"], "expert_attribution", True))
+
+
 # ---------------------------------------------------------------------------------------------- page
 def report_html(result: StudyResult) -> str:
     """The whole self-contained report as one HTML string (no network needed to render it)."""
@@ -378,6 +393,7 @@ def report_html(result: StudyResult) -> str:
             _header(result),
             _lines(figs),
             _heads(result, figs),
+            _experts(result, figs),
             _top_heads(result),
             _attention(result, views),
             _prompts(result, figs),
