@@ -313,6 +313,15 @@ def test_mixtral_extra_host_syncs_are_the_experts_own(tmp_path):
     assert sum(ours.syncs.values()) == sum(plain.syncs.values()) + extra, (ours.syncs, plain.syncs)
 
 
+def test_bidirectional_gemma_is_refused(gpt2_tokenizer):
+    """A Gemma 3 config with use_bidirectional_attention (EmbeddingGemma) attends to later tokens:
+    the answer position and right padding would mean nothing, so it is a clear error."""
+    hf = make_hf_model("gemma3", size="tiny", seed=1)
+    hf.config.use_bidirectional_attention = True
+    with pytest.raises(ls.ModelLoadError, match="use_bidirectional_attention=True attends to later tokens"):
+        ls.run_study("arena", hf, tokenizer=gpt2_tokenizer)
+
+
 def test_post_norm_with_biases_adds_up(tmp_path):
     """With attention biases (Gemma 3's attention_bias=True, which TL's converter drops), the
     output bias and value biases pass through the frozen post norm too: parts still add up."""

@@ -30,13 +30,14 @@ import torch
 import transformers
 
 from oracle import (
+    ARCHITECTURES,
     BOS_ID,
     FAMILIES,
     NO_PROCESSING_FLAGS,
     NORM_WEIGHT_OFFSET,
+    POST_NORM_FAMILIES,
     RMS_FAMILIES,
     SEED_FLAGS,
-    POST_NORM_FAMILIES,
     SOFTCAP_FAMILIES,
     gpt2_tokenizer,
     make_hf_model,
@@ -371,3 +372,55 @@ def test_gpt2_small_shape_matches_hf() -> None:
     hf_logits = model(tokens).logits
     tl_logits = tl_model(model, "gpt2")(tokens)
     assert _max_diff(tl_logits, _center(hf_logits)) < _logit_tol(_center(hf_logits))
+
+
+# The released models' HF configs (the values that reach TL), to check the official-name route.
+RELEASED_CONFIGS: dict[str, tuple[str, Any]] = {
+    "gemma": ("google/gemma-2b", lambda: transformers.GemmaConfig(
+        hidden_size=2048, intermediate_size=16384, num_hidden_layers=18, num_attention_heads=8,
+        num_key_value_heads=1, head_dim=256, vocab_size=256000, max_position_embeddings=8192,
+        rms_norm_eps=1e-6, hidden_act="gelu")),
+    "gemma2": ("google/gemma-2-2b", lambda: transformers.Gemma2Config(
+        hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+        num_key_value_heads=4, head_dim=256, vocab_size=256000, max_position_embeddings=8192,
+        rms_norm_eps=1e-6, query_pre_attn_scalar=256, sliding_window=4096,
+        final_logit_softcapping=30.0, attn_logit_softcapping=50.0)),
+    "gemma3": ("google/gemma-3-270m", lambda: transformers.Gemma3TextConfig(
+        hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=256, vocab_size=262144, max_position_embeddings=32768,
+        rms_norm_eps=1e-6, query_pre_attn_scalar=256, sliding_window=512)),
+    "olmo2": ("allenai/OLMo-2-0425-1B", lambda: transformers.Olmo2Config(
+        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=16,
+        num_key_value_heads=16, vocab_size=100352, max_position_embeddings=4096, rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0})),
+}
+
+
+@pytest.mark.parametrize("family", sorted(RELEASED_CONFIGS))
+def test_official_name_route_gives_tl_its_own_config_for_the_released_model(family: str) -> None:
+    """On a released model's config, routing through the official name with the model's sizes
+    (tl_config) gives exactly the config TL builds for that name itself, every field: the route
+    changes nothing but sizes. The one exception is documented: TL's Gemma 1 configs say exact
+    "gelu" where transformers computes the tanh approximation, and the route keeps the model's."""
+    from unittest import mock
+
+    from transformer_lens import loading_from_pretrained as loading
+
+    official, make_config = RELEASED_CONFIGS[family]
+    config = make_config()
+    config.architectures = [ARCHITECTURES[family]]
+    fold_ln = tl_default_flags(family)["fold_ln"]
+    routed = tl_config(type("Model", (), {"config": config})(), family, fold_ln=fold_ln)
+
+    class Hub:  # what AutoConfig would fetch for the name (OLMo-2's branch reads it)
+        @staticmethod
+        def from_pretrained(name: str, **kwargs: Any) -> transformers.PretrainedConfig:
+            assert name == official
+            return config
+
+    with mock.patch.object(loading, "AutoConfig", Hub):
+        own = loading.get_pretrained_model_config(official, fold_ln=fold_ln, device="cpu", dtype=torch.float32)
+    expected = {"act_fn": ("gelu_pytorch_tanh", "gelu")} if family == "gemma" else {}
+    ignore = {"model_name", "tokenizer_name"}  # set to the test's own tokenizer by tl_config
+    differ = {k: (v, own.__dict__[k]) for k, v in routed.__dict__.items() if k not in ignore and v != own.__dict__[k]}
+    assert differ == expected
