@@ -160,17 +160,29 @@ def _tl_experts(tl, cache, shape: torch.Size) -> tuple[torch.Tensor, torch.Tenso
     return shares, routing
 
 
-def _study(family: str, tmp_path, seed: int = 3):
-    hf = make_hf_model(family, size="tiny", seed=seed)
-    path = save_checkpoint(hf, tmp_path / family)
-    # Prompts of different lengths, padded together in batches of 3.
-    result = ls.run_study(MIXED_PROMPTS + ls.builtin_prompts("arena")[:2], str(path), device="cpu", batch_size=3)
-    return hf, path, result
+_STUDIES: dict[str, tuple] = {}
+
+
+@pytest.fixture(scope="module")
+def studied(tmp_path_factory):
+    """``studied(family)``: the family's tiny random model (seed 3), its saved folder and the study
+    of prompts of different lengths padded together in batches of 3; built once per module."""
+
+    def study(family: str):
+        if family not in _STUDIES:
+            hf = make_hf_model(family, size="tiny", seed=3)
+            path = save_checkpoint(hf, tmp_path_factory.mktemp(family))
+            prompts = MIXED_PROMPTS + ls.builtin_prompts("arena")[:2]
+            _STUDIES[family] = hf, path, ls.run_study(prompts, str(path), device="cpu", batch_size=3)
+        return _STUDIES[family]
+
+    yield study
+    _STUDIES.clear()
 
 
 @pytest.mark.parametrize("family", NEW_FAMILIES)
-def test_family_matches_transformerlens(family, tmp_path, gpt2_tokenizer):
-    hf, _, result = _study(family, tmp_path)
+def test_family_matches_transformerlens(family, studied, gpt2_tokenizer):
+    hf, _, result = studied(family)
     assert result.family == family and len(set(result.n_tokens.tolist())) >= 3
     tl = tl_model(hf, family, **tl_default_flags(family))
     ref, extra = family_reference(tl, token_ids(result, gpt2_tokenizer), result.correct_ids, result.incorrect_ids,
@@ -196,12 +208,12 @@ def test_family_matches_transformerlens(family, tmp_path, gpt2_tokenizer):
 
 
 @pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
-def test_gemma_conventions_are_exercised(family, tmp_path):
+def test_gemma_conventions_are_exercised(family, studied):
     """On these weights each Gemma convention moves the numbers: the (1 + w) norms, the scaled
     embedding, few key/value heads, d_head * n_heads != d_model; for Gemma 2/3 also the post norms'
     scales, the attention scale and the sliding window (prompts longer than it); for Gemma 2 both
     soft-caps."""
-    hf, path, result = _study(family, tmp_path)
+    hf, path, result = studied(family)
     cfg = hf.config
     assert cfg.num_key_value_heads < cfg.num_attention_heads and cfg.head_dim * cfg.num_attention_heads != cfg.hidden_size
     lm = ls.load_model(str(path), device="cpu")
@@ -246,11 +258,11 @@ def _without_attn_softcap(hf):
     return other
 
 
-def test_gptj_conventions_are_exercised(tmp_path):
+def test_gptj_conventions_are_exercised(studied):
     """GPT-J: parallel attention and MLP (no resid_mid, so no _mid lens points), an lm_head bias
     (final_bias, which TL's b_U carries), ln_1's bias through W_V (the value bias in attn_bias) and
     the MLP biases, each non-trivial on these weights; rotary on a quarter of d_head."""
-    hf, _, result = _study("gptj", tmp_path)
+    hf, _, result = studied("gptj")
     assert result.parallel_attn_mlp and not any(x.endswith("_mid") for x in result.logit_lens_labels)
     assert hf.config.rotary_dim < hf.config.n_embd // hf.config.n_head
     assert hf.lm_head.bias is not None
@@ -258,12 +270,12 @@ def test_gptj_conventions_are_exercised(tmp_path):
         assert np.abs(getattr(result, name)).max() > 1e-2, name
 
 
-def test_mixtral_experts_follow_the_routing(tmp_path):
+def test_mixtral_experts_follow_the_routing(studied):
     """Per layer and prompt exactly k experts are routed to, with weights adding up to one; an
     expert not routed to writes nothing; routing differs between prompts and experts matter; and
     the numbers do not depend on which experts implementation transformers runs (the study calls
     the model's own)."""
-    hf, path, result = _study("mixtral", tmp_path)
+    hf, path, result = studied("mixtral")
     k, E = hf.config.num_experts_per_tok, hf.config.num_local_experts
     routed = result.expert_routing > 0
     assert result.experts.shape == (result.n_layers, E, result.n_prompts)
@@ -366,10 +378,10 @@ def test_cli_runs_on_a_local_checkpoint(family, tmp_path, capsys):
 @pytest.mark.browser
 @pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
                     reason="needs headless chromium on PATH (apt-get install chromium)")
-def test_mixtral_report_renders_the_expert_heatmap_offline(tmp_path):
+def test_mixtral_report_renders_the_expert_heatmap_offline(studied, tmp_path):
     from test_report import FIGURES, VIEWS, render_dom, rendering_failures
 
-    _, _, result = _study("mixtral", tmp_path)
+    _, _, result = studied("mixtral")
     page = result.write_report(tmp_path / "report.html")
     dom, log = render_dom(page, tmp_path)
     assert "Uncaught" not in log, log[-2000:]
