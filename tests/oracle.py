@@ -31,7 +31,7 @@ import transformers
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2")
+FAMILIES: tuple[str, ...] = ("gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3")
 
 TOKENIZER_DIR: Path = Path(__file__).resolve().parent / "data" / "gpt2-tokenizer"
 TOKENIZER_FILES: tuple[str, ...] = ("vocab.json", "merges.txt", "tokenizer_config.json")
@@ -41,14 +41,32 @@ BOS_ID: int = 50256  # GPT-2 "<|endoftext|>", used as BOS for every family in th
 ARCHITECTURES: dict[str, str] = {
     "gpt2": "GPT2LMHeadModel",
     "gpt_neo": "GPTNeoForCausalLM",
+    "gptj": "GPTJForCausalLM",
     "gpt_neox": "GPTNeoXForCausalLM",
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
+    "mixtral": "MixtralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
+    "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
 }
 
-RMS_FAMILIES: frozenset[str] = frozenset({"llama", "mistral", "qwen2"})
-ROTARY_FAMILIES: frozenset[str] = frozenset({"gpt_neox", "llama", "mistral", "qwen2"})
+RMS_FAMILIES: frozenset[str] = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3"})
+ROTARY_FAMILIES: frozenset[str] = frozenset({"gptj", "gpt_neox", "llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3"})
+# Families whose final logits are soft-capped (TL's from_pretrained sets center_unembed=False).
+SOFTCAP_FAMILIES: frozenset[str] = frozenset({"gemma2"})
+# Families whose RMSNorm multiplies by (1 + weight): their norm weights are drawn around 0.
+NORM_WEIGHT_OFFSET: dict[str, float] = {"gemma": 1.0, "gemma2": 1.0, "gemma3": 1.0}
+# Families TL 3.9 configures by official model name only (convert_hf_model_config's name-based
+# branches): tl_config routes them through that name's config with the random model's own sizes.
+# Post-norm architectures (TL's POST_NORM_ARCHITECTURES): from_pretrained turns fold_ln and
+# center_writing_weights off for them.
+POST_NORM_FAMILIES: frozenset[str] = frozenset({"olmo2"})
+TL_OFFICIAL_NAME: dict[str, str] = {"olmo2": "allenai/OLMo-2-0425-1B", "gemma": "google/gemma-2b", "gemma2": "google/gemma-2-2b", "gemma3": "google/gemma-3-270m"}
 
 # The seed notebook's GPT-2 flags (TL's IOI / Exploratory-Analysis demo).
 SEED_FLAGS: dict[str, bool] = {
@@ -102,6 +120,15 @@ def _family_config(
             activation_function="gelu_new", layer_norm_epsilon=1e-5, resid_dropout=0.0,
             embed_dropout=0.0, attention_dropout=0.0, tie_word_embeddings=True, **common,
         )
+    if family == "gptj":
+        # GPT-J 6B's choices, shrunk: parallel attention and MLP from one ln_1; rotary on a quarter
+        # of d_head (64 of 256 there, 4 of 16 here), adjacent pairs; MLP biases; untied lm_head
+        # with a bias. TL 3.9 hard-codes eps 1e-5 and d_mlp = 4 * d_model, as GPT-J's are.
+        return transformers.GPTJConfig(
+            n_positions=n_ctx, n_embd=d_model, n_layer=n_layers, n_head=n_heads, rotary_dim=4,
+            n_inner=None, activation_function="gelu_new", layer_norm_epsilon=1e-5, resid_pdrop=0.0,
+            embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False, **common,
+        )
     if family == "gpt_neox":
         # Pythia style: parallel residual, partial rotary (25% of d_head), biased attention, untied.
         return transformers.GPTNeoXConfig(
@@ -131,6 +158,18 @@ def _family_config(
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
             sliding_window=max(2, min(4096, n_ctx // 8)), tie_word_embeddings=False, **common,
         )
+    if family == "mixtral":
+        # Mixtral 8x7B's choices, shrunk: a sparse MoE MLP (4 experts here, 2 chosen per token,
+        # top-k weights renormalised as in transformers); grouped-query attention; rope_theta 1e6;
+        # a sliding window (None in the released 8x7B, which TL 3.9 also handles; n_ctx // 8 here
+        # so it masks something); untied.
+        return transformers.MixtralConfig(
+            hidden_size=d_model, intermediate_size=d_mlp_gated // 2, num_hidden_layers=n_layers,
+            num_attention_heads=n_heads, num_key_value_heads=n_kv, hidden_act="silu",
+            max_position_embeddings=n_ctx, rms_norm_eps=1e-5, num_local_experts=4, num_experts_per_tok=2,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            sliding_window=max(2, n_ctx // 8), router_jitter_noise=0.0, tie_word_embeddings=False, **common,
+        )
     if family == "qwen2":
         # Qwen2/2.5-0.5B style: q/k/v biases, no sliding window, rope_theta 1e6, tied embeddings.
         return transformers.Qwen2Config(
@@ -140,6 +179,82 @@ def _family_config(
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
             use_sliding_window=False, max_window_layers=n_layers, tie_word_embeddings=True,
             **common,
+        )
+    if family == "qwen3":
+        # Qwen3-0.6B's choices, shrunk: q/k norms; d_head (32) * n_heads != d_model; grouped-query
+        # attention; rope_theta 1e6; no biases; tied embeddings; no sliding window.
+        return transformers.Qwen3Config(
+            hidden_size=d_model, intermediate_size=d_mlp_gated, num_hidden_layers=n_layers,
+            num_attention_heads=n_heads, num_key_value_heads=n_kv, head_dim=32, hidden_act="silu",
+            max_position_embeddings=n_ctx, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, attention_bias=False,
+            use_sliding_window=False, tie_word_embeddings=True, **common,
+        )
+    if family == "phi3":
+        # Phi-3's choices, shrunk: fused qkv_proj and gate_up_proj; grouped-query attention (as
+        # Phi-3-medium); sliding window on every layer (2047 in Phi-3-mini-4k, shrunk to n_ctx // 8
+        # so it masks something); full rotary (TL 3.9 reads no partial_rotary_factor); untied.
+        return transformers.Phi3Config(
+            hidden_size=d_model, intermediate_size=d_mlp_gated, num_hidden_layers=n_layers,
+            num_attention_heads=n_heads, num_key_value_heads=n_kv, hidden_act="silu",
+            max_position_embeddings=n_ctx, original_max_position_embeddings=n_ctx, rms_norm_eps=1e-5,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0},
+            sliding_window=max(2, n_ctx // 8), resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0,
+            tie_word_embeddings=False, pad_token_id=0, **common,
+        )
+    if family == "olmo2":
+        # OLMo-2 1B's choices, shrunk: no input norms, norms on each sublayer's output; q/k norms
+        # over all heads; rope_theta 5e5; untied. Multi-head attention: TL 3.9's converter
+        # reshapes k/v with n_heads (the released OLMo-2 models have as many key/value heads).
+        return transformers.Olmo2Config(
+            hidden_size=d_model, intermediate_size=d_mlp_gated, num_hidden_layers=n_layers,
+            num_attention_heads=n_heads, num_key_value_heads=n_heads, hidden_act="silu",
+            max_position_embeddings=n_ctx, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 500000.0}, attention_bias=False,
+            tie_word_embeddings=False, pad_token_id=0, **common,
+        )
+    if family == "gemma":
+        # Gemma 2B's choices, shrunk: one key/value head (multi-query); d_head (32) * n_heads !=
+        # d_model; tanh GELU (transformers reads the checkpoints' legacy "gelu" as it); tied.
+        return transformers.GemmaConfig(
+            hidden_size=d_model, intermediate_size=d_mlp_gated, num_hidden_layers=n_layers,
+            num_attention_heads=n_heads, num_key_value_heads=1, head_dim=32,
+            hidden_act="gelu_pytorch_tanh", max_position_embeddings=n_ctx, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, attention_bias=False,
+            tie_word_embeddings=True, pad_token_id=0, **common,
+        )
+    if family == "gemma2":
+        # Gemma 2 2B's choices, shrunk: grouped-query attention; d_head (32) * n_heads != d_model;
+        # query_pre_attn_scalar (48) != d_head (as Gemma 2 27B's); sliding (even) and full (odd)
+        # layers, window n_ctx // 8; both soft-caps, shrunk from 30 / 50 so that they bite on these
+        # weights (logit differences reach ~10, attention scores a few units); tied.
+        return transformers.Gemma2Config(
+            hidden_size=d_model, intermediate_size=d_mlp_gated, num_hidden_layers=n_layers,
+            num_attention_heads=n_heads, num_key_value_heads=n_kv, head_dim=32,
+            query_pre_attn_scalar=48, hidden_activation="gelu_pytorch_tanh",
+            max_position_embeddings=n_ctx, rms_norm_eps=1e-6, sliding_window=max(2, n_ctx // 8),
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            final_logit_softcapping=8.0, attn_logit_softcapping=3.0, attention_bias=False,
+            tie_word_embeddings=True, pad_token_id=0, **common,
+        )
+    if family == "gemma3":
+        # Gemma 3 270M's choices, shrunk: one key/value head; d_head (32) * n_heads != d_model;
+        # query_pre_attn_scalar (48) != d_head, so the attention scale is not 1/sqrt(d_head);
+        # sliding and full layers (every 6th is full in the real models, every 2nd in 2 layers)
+        # with the window shrunk to n_ctx // 8 so it masks something; distinct local/global rope
+        # bases; q/k norms; tied embeddings; no soft-caps (as released).
+        n_layer_types = min(6, n_layers)
+        return transformers.Gemma3TextConfig(
+            hidden_size=d_model, intermediate_size=d_mlp_gated, num_hidden_layers=n_layers,
+            num_attention_heads=n_heads, num_key_value_heads=1, head_dim=32,
+            query_pre_attn_scalar=48, hidden_activation="gelu_pytorch_tanh",
+            max_position_embeddings=n_ctx, rms_norm_eps=1e-6, sliding_window=max(2, n_ctx // 8),
+            layer_types=["full_attention" if (i + 1) % n_layer_types == 0 else "sliding_attention"
+                         for i in range(n_layers)],
+            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                             "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
+            attention_bias=False, final_logit_softcapping=None, attn_logit_softcapping=None,
+            tie_word_embeddings=True, pad_token_id=0, **common,
         )
     raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
 
@@ -151,12 +266,13 @@ def _is_norm(module: torch.nn.Module) -> bool:
 
 
 @torch.no_grad()
-def _randomize(model: PreTrainedModel, seed: int) -> None:
+def _randomize(model: PreTrainedModel, seed: int, norm_offset: float = 0.0) -> None:
     """Overwrite every parameter with seeded, well-scaled, non-trivial random values.
 
     Matrices get std 1/sqrt(fan_in) (unit-scale activations, non-uniform attention); embeddings
-    std 0.5 (token) / 0.2 (position); norm weights 1 + 0.3 N(0,1); norm and linear biases
-    0.2 N(0,1). Tied parameters are visited once.
+    std 0.5 (token) / 0.2 (position); norm weights 1 + 0.3 N(0,1) as the norm applies them (drawn
+    around ``1 - norm_offset`` for norms that add ``norm_offset``, Gemma's 1 + weight); norm and
+    linear biases 0.2 N(0,1). Tied parameters are visited once.
     """
     gen = torch.Generator().manual_seed(seed)
 
@@ -170,7 +286,7 @@ def _randomize(model: PreTrainedModel, seed: int) -> None:
                 continue
             seen.add(id(param))
             if _is_norm(module):
-                value = 1.0 + 0.3 * randn(param.shape) if pname == "weight" else 0.2 * randn(param.shape)
+                value = 1.0 - norm_offset + 0.3 * randn(param.shape) if pname == "weight" else 0.2 * randn(param.shape)
             elif pname == "bias":
                 value = 0.2 * randn(param.shape)
             elif isinstance(module, torch.nn.Embedding):
@@ -180,6 +296,8 @@ def _randomize(model: PreTrainedModel, seed: int) -> None:
                 value = randn(param.shape) / param.shape[0] ** 0.5
             elif isinstance(module, torch.nn.Linear):  # weight stored [out, in]
                 value = randn(param.shape) / param.shape[1] ** 0.5
+            elif type(module).__name__.endswith(("Experts", "TopKRouter")):  # MoE: [(experts,) out, in]
+                value = randn(param.shape) / param.shape[-1] ** 0.5
             else:
                 raise TypeError(f"unexpected parameter {pname} of {type(module).__name__}")
             param.copy_(value)
@@ -205,7 +323,7 @@ def make_hf_model(
         config, attn_implementation="eager", dtype=torch.float32
     )
     assert model.config._attn_implementation == "eager"
-    _randomize(model, seed)
+    _randomize(model, seed, NORM_WEIGHT_OFFSET.get(family, 0.0))
     if family == "gpt_neo":
         # GPT-Neo does not divide scores by sqrt(d_head); shrink W_Q and W_K by d_head**-0.25 each
         # so its scores have the same scale as the other families' (keeps softmax well-conditioned).
@@ -245,18 +363,20 @@ def tl_default_flags(family: str) -> dict[str, bool]:
     """The processing TL 3.9's ``HookedTransformer.from_pretrained`` effectively applies by default.
 
     ``from_pretrained``'s defaults are fold_ln, center_writing_weights, center_unembed,
-    fold_value_biases = True and refactor_factored_attn_matrices = False for every family here
-    (it only overrides them for shortformer, post-norm and logit-softcap models). Inside
+    fold_value_biases = True and refactor_factored_attn_matrices = False for every family here;
+    it overrides them for shortformer models, for post-norm architectures (OLMo-2: fold_ln and
+    center_writing_weights off) and for models with a final logit soft-cap (Gemma 2:
+    center_unembed off, since the cap is not invariant to a shift of the logits). Inside
     ``ProcessWeights.process_weights`` center_writing_weights is a silent no-op for RMSNorm models,
-    so it is reported as False for llama/mistral/qwen2 (passing True gives identical weights).
-    Refactoring is off by default and would assert for rotary models.
+    so it is reported as False for them (passing True gives identical weights). Refactoring is off
+    by default and would assert for rotary models.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     return {
-        "fold_ln": True,
-        "center_writing_weights": family not in RMS_FAMILIES,
-        "center_unembed": True,
+        "fold_ln": family not in POST_NORM_FAMILIES,
+        "center_writing_weights": family not in RMS_FAMILIES | POST_NORM_FAMILIES,
+        "center_unembed": family not in SOFTCAP_FAMILIES,  # from_pretrained turns it off for them
         "fold_value_biases": True,
         "refactor_factored_attn_matrices": False,
     }
@@ -269,10 +389,18 @@ def _converter(family: str) -> Callable[[PreTrainedModel, Any], dict[str, torch.
     return {
         "gpt2": wc.convert_gpt2_weights,
         "gpt_neo": wc.convert_neo_weights,
+        "gptj": wc.convert_gptj_weights,
         "gpt_neox": wc.convert_neox_weights,
         "llama": wc.convert_llama_weights,
         "mistral": wc.convert_mistral_weights,
+        "mixtral": wc.convert_mixtral_weights,
         "qwen2": wc.convert_qwen2_weights,
+        "qwen3": wc.convert_qwen3_weights,
+        "phi3": wc.convert_phi3_weights,
+        "olmo2": wc.convert_olmo2_weights,
+        "gemma": wc.convert_gemma_weights,
+        "gemma2": wc.convert_gemma_weights,
+        "gemma3": wc.convert_gemma_weights,
     }[family]
 
 
@@ -285,27 +413,137 @@ def _neutral_tempdir() -> Path:
         shutil.rmtree(path)
 
 
+# Keys tl_size_overrides may add to an official name's config dict: TL sets them for other members
+# of the same family (Gemma 2 27B's attn_scale, Gemma 2's soft-caps).
+_TL_KEYS_OF_THE_FAMILY: frozenset[str] = frozenset({"attn_scale", "attn_scores_soft_cap", "output_logits_soft_cap"})
+
+
+def tl_size_overrides(hf_config: transformers.PretrainedConfig, family: str, official: dict[str, Any]) -> dict[str, Any]:
+    """The entries of TL's config dict for ``TL_OFFICIAL_NAME[family]`` (``official``) that the
+    model at hand (random or real) sets differently: sizes and hyper-parameters, read from its HF
+    config as the TL branch for an architecture-dispatched family would read them."""
+    c = hf_config
+    if family == "olmo2":
+        if c.rope_parameters.get("rope_type", "default") != "default":
+            raise ValueError(f"olmo2: rope_type {c.rope_parameters['rope_type']!r} is not routed to TL here")
+        if c.num_key_value_heads != c.num_attention_heads:
+            raise ValueError("olmo2: TL 3.9's converter needs as many key/value heads as heads")
+        return {
+            "d_model": c.hidden_size, "d_head": c.hidden_size // c.num_attention_heads,
+            "n_heads": c.num_attention_heads, "d_mlp": c.intermediate_size, "n_layers": c.num_hidden_layers,
+            "n_ctx": min(c.max_position_embeddings, official["n_ctx"]), "eps": c.rms_norm_eps,
+            "d_vocab": c.vocab_size, "act_fn": c.hidden_act, "rotary_base": c.rope_parameters["rope_theta"],
+            "attn_types": ["global"] * c.num_hidden_layers,
+        }
+    if family == "gemma":
+        if c.rope_parameters.get("rope_type", "default") != "default":
+            raise ValueError(f"gemma: rope_type {c.rope_parameters['rope_type']!r} is not routed to TL here")
+        return {
+            "d_model": c.hidden_size, "d_head": c.head_dim, "n_heads": c.num_attention_heads,
+            "d_mlp": c.intermediate_size, "n_layers": c.num_hidden_layers,
+            "n_ctx": min(c.max_position_embeddings, official["n_ctx"]), "eps": c.rms_norm_eps,
+            "d_vocab": c.vocab_size, "n_key_value_heads": c.num_key_value_heads,
+            "rotary_base": c.rope_parameters["rope_theta"], "rotary_dim": c.head_dim,
+            # TL's gemma-2b/7b configs say "gelu" (exact); transformers computes the tanh
+            # approximation for every Gemma checkpoint (GemmaConfig rewrites their legacy "gelu").
+            "act_fn": c.hidden_act,
+        }
+    if family not in ("gemma2", "gemma3"):
+        raise ValueError(f"no official-name route for {family!r}")
+    # Gemma 3 has a rope per layer type (local and global bases), Gemma 2 one for all layers.
+    rope = c.rope_parameters if family == "gemma3" else {"sliding_attention": c.rope_parameters,
+                                                          "full_attention": c.rope_parameters}
+    for kind in ("sliding_attention", "full_attention"):
+        if rope[kind].get("rope_type", "default") != "default":
+            raise ValueError(f"{family}: rope_type {rope[kind]['rope_type']!r} for {kind} is not routed to TL here")
+    out: dict[str, Any] = {
+        "d_model": c.hidden_size, "d_head": c.head_dim, "n_heads": c.num_attention_heads,
+        "d_mlp": c.intermediate_size, "n_layers": c.num_hidden_layers,
+        "n_ctx": min(c.max_position_embeddings, official["n_ctx"]),  # TL caps n_ctx (8192)
+        "eps": c.rms_norm_eps, "d_vocab": c.vocab_size, "act_fn": c.hidden_activation,
+        "n_key_value_heads": c.num_key_value_heads, "window_size": c.sliding_window,
+        "attn_types": ["local" if t == "sliding_attention" else "global" for t in c.layer_types],
+        "rotary_base": rope["full_attention"]["rope_theta"],
+        # HF scales scores by query_pre_attn_scalar ** -0.5; TL divides by attn_scale (its
+        # default sqrt(d_head) equals it in the released models, where both are 256).
+        "attn_scale": float(c.query_pre_attn_scalar) ** 0.5,
+    }
+    if family == "gemma3":
+        out["rotary_base_local"] = rope["sliding_attention"]["rope_theta"]
+    if c.final_logit_softcapping is not None:
+        out["output_logits_soft_cap"] = float(c.final_logit_softcapping)
+    if c.attn_logit_softcapping is not None:
+        out["attn_scores_soft_cap"] = float(c.attn_logit_softcapping)
+    return out
+
+
+def _tl_config_by_official_name(hf_config: transformers.PretrainedConfig, family: str, *, fold_ln: bool) -> Any:
+    """TL's config for a family TL 3.9 configures by official model name only.
+
+    ``convert_hf_model_config`` picks Gemma's and OLMo-2's configs by the name
+    (``google/gemma-3-270m``, ``allenai/OLMo-2-0425-1B``: sizes hard-coded; for OLMo-2 it also
+    fetches the name's HF config, here answered with the model's own); a local folder of such a
+    model falls through to NotImplementedError. So TL's own ``get_pretrained_model_config`` is run for the official name
+    with ``convert_hf_model_config`` wrapped to put the model's own sizes into its dict
+    (``tl_size_overrides``). Every family flag TL sets (use_normalization_before_and_after,
+    use_qk_norm, final_rms, gated_mlp, positional_embedding_type, ...) stays TL's, and every later
+    step (fold_ln's RMSPre, default_prepend_bos, d_vocab from the HF config) is TL's own; the
+    override may only replace keys TL's dict has or TL sets for the family (_TL_KEYS_OF_THE_FAMILY).
+    """
+    from unittest import mock
+
+    from transformer_lens import loading_from_pretrained as loading
+
+    original = loading.convert_hf_model_config
+    official_name = TL_OFFICIAL_NAME[family]
+
+    class OwnConfig:  # OLMo-2's branch reads AutoConfig for the name (only the architecture is used)
+        @staticmethod
+        def from_pretrained(name: str, **kwargs: Any) -> transformers.PretrainedConfig:
+            if name != official_name:
+                raise ValueError(f"unexpected config request for {name!r}")
+            return copy.deepcopy(hf_config)
+
+    def convert(name: str, **kwargs: Any) -> dict[str, Any]:
+        cfg_dict = original(name, **kwargs)
+        overrides = tl_size_overrides(hf_config, family, cfg_dict)
+        foreign = set(overrides) - set(cfg_dict) - _TL_KEYS_OF_THE_FAMILY
+        if foreign:
+            raise ValueError(f"{family}: TL's {name} config has no {sorted(foreign)}")
+        return {**cfg_dict, **overrides}
+
+    with mock.patch.object(loading, "convert_hf_model_config", convert), mock.patch.object(loading, "AutoConfig", OwnConfig):
+        return loading.get_pretrained_model_config(
+            official_name, hf_cfg=hf_config.to_dict(), fold_ln=fold_ln, device="cpu", dtype=torch.float32,
+        )
+
+
 def tl_config(hf_model: PreTrainedModel, family: str, *, fold_ln: bool = True) -> Any:
     """The ``HookedTransformerConfig`` that ``from_pretrained`` derives for ``hf_model``.
 
     Runs TL's own ``get_pretrained_model_config`` on a local directory holding only the model's
     ``config.json`` (read via ``AutoConfig``, no network); device cpu, dtype float32, and TL's
     per-family ``default_prepend_bos``. ``fold_ln`` selects LNPre/RMSPre, as in from_pretrained.
+    Families TL configures by official name only (``TL_OFFICIAL_NAME``) go through that name's
+    config with the model's own sizes (``_tl_config_by_official_name``).
     """
     from transformer_lens import loading_from_pretrained as loading
 
     hf_config = copy.deepcopy(hf_model.config)
     hf_config.architectures = [ARCHITECTURES[family]]
-    tmp = _neutral_tempdir()
-    try:
-        local = tmp / "checkpoint"
-        hf_config.save_pretrained(local)
-        cfg = loading.get_pretrained_model_config(
-            str(local), hf_cfg=hf_config.to_dict(), fold_ln=fold_ln, device="cpu",
-            dtype=torch.float32,
-        )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if family in TL_OFFICIAL_NAME:
+        cfg = _tl_config_by_official_name(hf_config, family, fold_ln=fold_ln)
+    else:
+        tmp = _neutral_tempdir()
+        try:
+            local = tmp / "checkpoint"
+            hf_config.save_pretrained(local)
+            cfg = loading.get_pretrained_model_config(
+                str(local), hf_cfg=hf_config.to_dict(), fold_ln=fold_ln, device="cpu",
+                dtype=torch.float32,
+            )
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     if cfg.original_architecture != ARCHITECTURES[family]:
         raise ValueError(f"{family}: TL saw {cfg.original_architecture}")
     cfg.model_name = f"random-{family}"

@@ -50,7 +50,7 @@ def test_the_spy_sees_a_sync():
     assert spy.syncs["aten._local_scalar_dense"] == 1 and spy.syncs["aten.nonzero"] == 1
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma3"])
 def test_hot_loop_adds_no_host_syncs(family, tmp_path):
     """Every batch of the study (hooks, projections, both answers' logits, the vocabulary's
     log-sum-exp) makes exactly the syncs the model's own forward makes, no more. (transformers'
@@ -196,7 +196,10 @@ def _source_of_hot_path() -> str:
     loop = loop[loop.index("# hot loop: start") : loop.index("# hot loop: end")]
     hooks = [Recorder.run_batch, Recorder._gather, Recorder._dir, Recorder._embed_hook, Recorder._block_hook,
              Recorder._attn_hook, Recorder._mlp_hook, Recorder._final_hook, Recorder._lens_point,
-             Recorder.norm_scale, Recorder.answer_logits, Recorder.directions, Recorder.final_bias_term]
+             Recorder.norm_scale, Recorder.answer_logits, Recorder.directions, Recorder.final_bias_term,
+             Recorder._take, Recorder._through_post_norm, Recorder._scaled, Recorder.capped,
+             Recorder._attn_out_hook, Recorder._attn_out, Recorder._mlp_out_hook, Recorder._experts_hook,
+             Recorder._take_flat, Recorder._per_expert]
     return loop + "".join(inspect.getsource(f) for f in [study._to_device, *hooks])
 
 

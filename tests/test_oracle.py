@@ -30,11 +30,15 @@ import torch
 import transformers
 
 from oracle import (
+    ARCHITECTURES,
     BOS_ID,
     FAMILIES,
     NO_PROCESSING_FLAGS,
+    NORM_WEIGHT_OFFSET,
+    POST_NORM_FAMILIES,
     RMS_FAMILIES,
     SEED_FLAGS,
+    SOFTCAP_FAMILIES,
     gpt2_tokenizer,
     make_hf_model,
     save_checkpoint,
@@ -53,17 +57,23 @@ BATCH, SEQ = 3, 32  # SEQ > the tiny GPT-Neo / Mistral window (64 // 8 = 8), so 
 # Where each family keeps its blocks, attention output projection (its INPUT is the merged heads,
 # head-major), and final norm; relative to the HF model.
 HF_LAYERS = {
-    "gpt2": "transformer.h", "gpt_neo": "transformer.h", "gpt_neox": "gpt_neox.layers",
-    "llama": "model.layers", "mistral": "model.layers", "qwen2": "model.layers",
+    "gpt2": "transformer.h", "gpt_neo": "transformer.h", "gptj": "transformer.h", "gpt_neox": "gpt_neox.layers",
+    "llama": "model.layers", "mistral": "model.layers", "mixtral": "model.layers", "qwen2": "model.layers",
+    "qwen3": "model.layers", "phi3": "model.layers", "olmo2": "model.layers", "gemma": "model.layers", "gemma2": "model.layers", "gemma3": "model.layers",
 }
 HF_OUT_PROJ = {
-    "gpt2": "attn.c_proj", "gpt_neo": "attn.attention.out_proj", "gpt_neox": "attention.dense",
-    "llama": "self_attn.o_proj", "mistral": "self_attn.o_proj", "qwen2": "self_attn.o_proj",
+    "gpt2": "attn.c_proj", "gpt_neo": "attn.attention.out_proj", "gptj": "attn.out_proj", "gpt_neox": "attention.dense",
+    "llama": "self_attn.o_proj", "mistral": "self_attn.o_proj", "mixtral": "self_attn.o_proj", "qwen2": "self_attn.o_proj",
+    "qwen3": "self_attn.o_proj", "phi3": "self_attn.o_proj", "olmo2": "self_attn.o_proj", "gemma": "self_attn.o_proj", "gemma2": "self_attn.o_proj", "gemma3": "self_attn.o_proj",
 }
 HF_FINAL_NORM = {
-    "gpt2": "transformer.ln_f", "gpt_neo": "transformer.ln_f", "gpt_neox": "gpt_neox.final_layer_norm",
-    "llama": "model.norm", "mistral": "model.norm", "qwen2": "model.norm",
+    "gpt2": "transformer.ln_f", "gpt_neo": "transformer.ln_f", "gptj": "transformer.ln_f", "gpt_neox": "gpt_neox.final_layer_norm",
+    "llama": "model.norm", "mistral": "model.norm", "mixtral": "model.norm", "qwen2": "model.norm",
+    "qwen3": "model.norm", "phi3": "model.norm", "olmo2": "model.norm", "gemma": "model.norm", "gemma2": "model.norm", "gemma3": "model.norm",
 }
+# Families without any bias parameter (value-bias folding is a no-op for them).
+BIAS_FREE = ("llama", "mistral", "mixtral", "qwen3", "phi3", "olmo2", "gemma", "gemma2", "gemma3")
+TIED = ("gpt2", "gpt_neo", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
 
 
 @dataclass
@@ -178,8 +188,8 @@ def test_value_bias_folding(hf_run: HFRun) -> None:
         assert _max_diff(cache["z", layer], hf_run.z[layer] - b_v) < RESID_ATOL
         assert torch.count_nonzero(model.blocks[layer].attn.b_V) == 0
         largest = max(largest, b_v.abs().max().item())
-    # Non-trivial everywhere except the bias-free Llama/Mistral (where folding is a no-op).
-    assert (largest > 0.05) == (family not in ("llama", "mistral"))
+    # Non-trivial everywhere except the bias-free families (where folding is a no-op).
+    assert (largest > 0.05) == (family not in BIAS_FREE)
 
 
 @torch.no_grad()
@@ -222,6 +232,10 @@ def test_default_flags_follow_from_pretrained() -> None:
         for name, value in tl_default_flags(family).items():
             if name == "center_writing_weights" and family in RMS_FAMILIES:
                 assert value is False
+            elif name == "center_unembed" and family in SOFTCAP_FAMILIES:
+                assert value is False  # from_pretrained's softcap override
+            elif name in ("fold_ln", "center_writing_weights") and family in POST_NORM_FAMILIES:
+                assert value is False  # from_pretrained's post-norm override
             else:
                 assert value is params[name].default, (family, name)
     assert SEED_FLAGS["refactor_factored_attn_matrices"] is True
@@ -233,6 +247,9 @@ def test_tl_config_facts() -> None:
         "gpt2": {"default_prepend_bos": True, "act_fn": "gelu_new", "n_ctx": 64},
         "gpt_neo": {"default_prepend_bos": True, "use_attn_scale": False, "use_local_attn": True,
                     "attn_types": ["global", "local"], "window_size": 8},
+        "gptj": {"default_prepend_bos": True, "parallel_attn_mlp": True, "rotary_dim": 4,
+                 "rotary_adjacent_pairs": True, "positional_embedding_type": "rotary", "act_fn": "gelu_new",
+                 "normalization_type": "LNPre"},
         "gpt_neox": {"default_prepend_bos": False, "parallel_attn_mlp": True, "rotary_dim": 4,
                      "positional_embedding_type": "rotary", "act_fn": "gelu"},
         "llama": {"default_prepend_bos": True, "n_key_value_heads": 2, "rotary_base": 500000.0,
@@ -241,6 +258,36 @@ def test_tl_config_facts() -> None:
                     "use_local_attn": True, "window_size": 8, "normalization_type": "RMSPre"},
         "qwen2": {"default_prepend_bos": False, "n_key_value_heads": 2, "rotary_base": 1e6,
                   "eps": 1e-6, "rotary_adjacent_pairs": False, "normalization_type": "RMSPre"},
+        "mixtral": {"default_prepend_bos": True, "n_key_value_heads": 2, "num_experts": 4,
+                    "experts_per_token": 2, "norm_topk_prob": True, "use_local_attn": True,
+                    "window_size": 8, "dtype": torch.float32, "normalization_type": "RMSPre"},
+        "qwen3": {"default_prepend_bos": False, "n_key_value_heads": 2, "d_head": 32, "rotary_dim": 32,
+                  "rotary_base": 1e6, "use_qk_norm": True, "eps": 1e-6, "normalization_type": "RMSPre"},
+        "phi3": {"default_prepend_bos": True, "n_key_value_heads": 2, "d_head": 16, "rotary_dim": 16,
+                 "use_local_attn": True, "attn_types": ["local", "local"], "window_size": 8,
+                 "gated_mlp": True, "normalization_type": "RMSPre"},
+        # Routed through allenai/OLMo-2-0425-1B's config; post-norm: fold_ln is forced off.
+        "olmo2": {"default_prepend_bos": True, "n_key_value_heads": None, "d_head": 16, "rotary_dim": 16,
+                  "rotary_base": 500000.0, "normalization_type": "RMS", "gated_mlp": True,
+                  "original_architecture": "Olmo2ForCausalLM", "d_vocab": 50257, "n_layers": 2},
+        # Routed through google/gemma-2b's config with the random model's sizes.
+        "gemma": {"default_prepend_bos": True, "n_key_value_heads": 1, "d_head": 32, "n_heads": 4,
+                  "d_model": 64, "rotary_dim": 32, "rotary_base": 10000.0, "act_fn": "gelu_pytorch_tanh",
+                  "use_normalization_before_and_after": False, "use_qk_norm": False,
+                  "normalization_type": "RMSPre", "final_rms": True, "gated_mlp": True},
+        # Routed through google/gemma-2-2b's config with the random model's sizes.
+        "gemma2": {"default_prepend_bos": True, "n_key_value_heads": 2, "d_head": 32, "attn_scale": 48**0.5,
+                   "attn_types": ["local", "global"], "window_size": 8, "use_local_attn": True,
+                   "attn_scores_soft_cap": 3.0, "output_logits_soft_cap": 8.0, "use_qk_norm": False,
+                   "use_normalization_before_and_after": True, "normalization_type": "RMSPre",
+                   "rotary_base": 10000.0, "rotary_base_local": None},
+        # Routed through google/gemma-3-270m's config with the random model's sizes.
+        "gemma3": {"default_prepend_bos": True, "n_key_value_heads": 1, "d_head": 32, "n_heads": 4,
+                   "d_model": 64, "n_layers": 2, "d_vocab": 50257, "attn_scale": 48**0.5,
+                   "rotary_base": 1e6, "rotary_base_local": 10000.0, "use_local_attn": True,
+                   "attn_types": ["local", "global"], "window_size": 8, "use_qk_norm": True,
+                   "use_normalization_before_and_after": True, "normalization_type": "RMSPre",
+                   "act_fn": "gelu_pytorch_tanh", "eps": 1e-6, "output_logits_soft_cap": -1.0},
     }
     for family, expected in facts.items():
         cfg = tl_config(make_hf_model(family), family)
@@ -248,18 +295,18 @@ def test_tl_config_facts() -> None:
             assert getattr(cfg, name) == value, (family, name, getattr(cfg, name))
 
 
-@pytest.mark.parametrize("family", ["gpt_neo", "mistral"])
+@pytest.mark.parametrize("family", ["gpt_neo", "mistral", "mixtral", "phi3", "gemma2", "gemma3"])
 def test_local_attention_is_exercised(family: str) -> None:
     """Local/sliding-window layers mask keys older than the window at SEQ > window."""
     run = _run_hf(family)
     window = 8
-    local_layers = [1] if family == "gpt_neo" else [0, 1]
+    local_layers = {"gpt_neo": [1], "mistral": [0, 1], "mixtral": [0, 1], "phi3": [0, 1], "gemma2": [0], "gemma3": [0]}[family]
     for layer in local_layers:
         pattern = run.attentions[layer]
         assert pattern[..., SEQ - 1, : SEQ - window].abs().max() == 0
         assert pattern[..., SEQ - 1, SEQ - window:].min() > 0
-    if family == "gpt_neo":  # layer 0 is global
-        assert run.attentions[0][..., SEQ - 1, 0].min() > 0
+    if family in ("gpt_neo", "gemma2", "gemma3"):  # the other layer is global
+        assert run.attentions[1 - local_layers[0]][..., SEQ - 1, 0].min() > 0
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -277,11 +324,12 @@ def test_weights_nontrivial_and_deterministic(family: str) -> None:
         if name.endswith("bias"):
             n_biases += 1
             assert param.std() > 0.1, name
-        elif "norm" in name or ".ln_" in name:
-            assert (param - 1).abs().mean() > 0.1, name
+        elif "norm" in name or ".ln_" in name:  # as applied: Gemma's norms multiply by 1 + weight
+            assert (param + NORM_WEIGHT_OFFSET.get(family, 0.0) - 1).abs().mean() > 0.1, name
+            assert (param + NORM_WEIGHT_OFFSET.get(family, 0.0)).abs().mean() > 0.5, name
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    assert tied == (family in ("gpt2", "gpt_neo", "qwen2"))
-    assert (n_biases == 0) == (family in ("llama", "mistral"))
+    assert tied == (family in TIED)
+    assert (n_biases == 0) == (family in BIAS_FREE)
 
 
 PLAIN_TEXT = "When John and Mary went to the shops, John gave the bag to"
@@ -324,3 +372,55 @@ def test_gpt2_small_shape_matches_hf() -> None:
     hf_logits = model(tokens).logits
     tl_logits = tl_model(model, "gpt2")(tokens)
     assert _max_diff(tl_logits, _center(hf_logits)) < _logit_tol(_center(hf_logits))
+
+
+# The released models' HF configs (the values that reach TL), to check the official-name route.
+RELEASED_CONFIGS: dict[str, tuple[str, Any]] = {
+    "gemma": ("google/gemma-2b", lambda: transformers.GemmaConfig(
+        hidden_size=2048, intermediate_size=16384, num_hidden_layers=18, num_attention_heads=8,
+        num_key_value_heads=1, head_dim=256, vocab_size=256000, max_position_embeddings=8192,
+        rms_norm_eps=1e-6, hidden_act="gelu")),
+    "gemma2": ("google/gemma-2-2b", lambda: transformers.Gemma2Config(
+        hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+        num_key_value_heads=4, head_dim=256, vocab_size=256000, max_position_embeddings=8192,
+        rms_norm_eps=1e-6, query_pre_attn_scalar=256, sliding_window=4096,
+        final_logit_softcapping=30.0, attn_logit_softcapping=50.0)),
+    "gemma3": ("google/gemma-3-270m", lambda: transformers.Gemma3TextConfig(
+        hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=256, vocab_size=262144, max_position_embeddings=32768,
+        rms_norm_eps=1e-6, query_pre_attn_scalar=256, sliding_window=512)),
+    "olmo2": ("allenai/OLMo-2-0425-1B", lambda: transformers.Olmo2Config(
+        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=16,
+        num_key_value_heads=16, vocab_size=100352, max_position_embeddings=4096, rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0})),
+}
+
+
+@pytest.mark.parametrize("family", sorted(RELEASED_CONFIGS))
+def test_official_name_route_gives_tl_its_own_config_for_the_released_model(family: str) -> None:
+    """On a released model's config, routing through the official name with the model's sizes
+    (tl_config) gives exactly the config TL builds for that name itself, every field: the route
+    changes nothing but sizes. The one exception is documented: TL's Gemma 1 configs say exact
+    "gelu" where transformers computes the tanh approximation, and the route keeps the model's."""
+    from unittest import mock
+
+    from transformer_lens import loading_from_pretrained as loading
+
+    official, make_config = RELEASED_CONFIGS[family]
+    config = make_config()
+    config.architectures = [ARCHITECTURES[family]]
+    fold_ln = tl_default_flags(family)["fold_ln"]
+    routed = tl_config(type("Model", (), {"config": config})(), family, fold_ln=fold_ln)
+
+    class Hub:  # what AutoConfig would fetch for the name (OLMo-2's branch reads it)
+        @staticmethod
+        def from_pretrained(name: str, **kwargs: Any) -> transformers.PretrainedConfig:
+            assert name == official
+            return config
+
+    with mock.patch.object(loading, "AutoConfig", Hub):
+        own = loading.get_pretrained_model_config(official, fold_ln=fold_ln, device="cpu", dtype=torch.float32)
+    expected = {"act_fn": ("gelu_pytorch_tanh", "gelu")} if family == "gemma" else {}
+    ignore = {"model_name", "tokenizer_name"}  # set to the test's own tokenizer by tl_config
+    differ = {k: (v, own.__dict__[k]) for k, v in routed.__dict__.items() if k not in ignore and v != own.__dict__[k]}
+    assert differ == expected

@@ -13,6 +13,20 @@ Because ``D`` is known before the forward pass, each hook projects at once and k
 per prompt; ``σ`` is applied afterwards. Heads are projected through their slice of the output
 projection: ``head_h = (z_h − b_V_eff[h]) · (W_O[h] D)``, with the value-bias constant moved to the
 layer's bias as TransformerLens's ``refactor_factored_attn_matrices`` / ``fold_value_biases`` do.
+
+Beyond that (each an optional adapter answer):
+
+- A norm on a sublayer's output before the residual add (Gemma 2/3, OLMo-2: RMSNorm with weight
+  ``γ_p`` and scale ``σ_p``) is linear once its scale is frozen at the prompt's answer position, as
+  the final norm's is: the sublayer's parts (heads, biases) are projected on ``γ_p ⊙ D`` and divided
+  by that ``σ_p``, so they still add up to what the sublayer writes into the residual stream.
+- A final logit soft-cap (Gemma 2) is not linear: the logit difference and its decomposition are
+  those of the linear logits before the cap; the capped difference and the probabilities (from the
+  model's own, capped, logits) are recorded beside them.
+- Mixture-of-experts MLPs (Mixtral): at each answer position the chosen experts are run once more,
+  one at a time, through the model's own experts module with their routing weights, so each
+  expert's share of the MLP output is projected on ``D`` (zero for experts not routed to); the
+  shares add up to the MLP's output.
 """
 
 from __future__ import annotations
@@ -22,6 +36,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from logitscope.errors import ModelLoadError
+from logitscope.models.adapters import norm_eps
 from logitscope.models.load import LoadedModel
 
 
@@ -43,6 +59,9 @@ class BatchScalars:
     mlp_bias: torch.Tensor  # [L, B]
     final_bias: torch.Tensor  # [B]
     lens_recomputed: torch.Tensor  # [n_lens, B]: each logit-lens point through the final norm afresh
+    logit_diff_softcapped: torch.Tensor | None = None  # [B]: the model's capped logits' difference
+    experts: torch.Tensor | None = None  # [L, E, B]: each expert's routing-weighted share of mlp
+    expert_routing: torch.Tensor | None = None  # [L, E, B]: routing weight, 0 where not routed
 
 
 def _on(x: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -67,9 +86,20 @@ class Recorder:
         self.gamma = _on(gamma, self.out_device)
         self.beta = _on(beta, self.out_device)
         self.H, self.d_head = shape.n_heads, shape.d_head
-        # Constant parts of each attention layer and MLP, as [L, d_model] float32 vectors.
+        self.softcap = ad.logit_softcap(model.config)
+        # Layer 0's resid_pre is the embedding as the model adds it (scaled, for Gemma) wherever a
+        # family applies the scale; with learned positions it also holds pos_embed, so those
+        # families keep a hook on the token embedding.
+        self.embed_from_resid = ad.pos_embed(model) is None
+        # Constant parts of each attention layer and MLP, as [d_model] float32 vectors on the
+        # block's device, and each block's post norms as (weight, eps) or None.
         self.value_bias: list[torch.Tensor | None] = []
-        attn_bias, mlp_bias = [], []
+        self.attn_bias_vec: list[torch.Tensor] = []
+        self.mlp_bias_vec: list[torch.Tensor] = []
+        self.attn_post: list[tuple[torch.Tensor, float] | None] = []
+        self.mlp_post: list[tuple[torch.Tensor, float] | None] = []
+        self.experts = [ad.experts(block) for block in self.blocks]
+        self.n_experts = ad.n_experts(model.config) if any(e is not None for e in self.experts) else 0
         for block in self.blocks:
             proj = ad.out_proj(block)
             w_o = ad.out_proj_weight(block)  # [d, H*d_head]
@@ -81,13 +111,21 @@ class Recorder:
             total = torch.zeros(shape.d_model, device=dev) if b is None else b.clone()
             if bv is not None:
                 total = total + w_o.detach().float() @ bv
-            attn_bias.append(total.to(self.out_device))
-            mb = _on(ad.mlp_out_bias(block), self.out_device)
-            mlp_bias.append(torch.zeros(shape.d_model, device=self.out_device) if mb is None else mb)
-        self.attn_bias_vec = torch.stack(attn_bias)
-        self.mlp_bias_vec = torch.stack(mlp_bias)
+            self.attn_bias_vec.append(total)
+            mb = _on(ad.mlp_out_bias(block), dev)
+            self.mlp_bias_vec.append(torch.zeros(shape.d_model, device=dev) if mb is None else mb)
+            self.attn_post.append(self._post_norm(ad.attn_post_norm(block)))
+            self.mlp_post.append(self._post_norm(ad.mlp_post_norm(block)))
         self._state: dict[str, object] = {}
         self._handles: list = []
+
+    def _post_norm(self, norm: nn.Module | None) -> tuple[torch.Tensor, float] | None:
+        """A post norm's weight (offset included) and epsilon; only RMSNorm (no centring, no bias)."""
+        if norm is None:
+            return None
+        if isinstance(norm, nn.LayerNorm) or getattr(norm, "bias", None) is not None:
+            raise ModelLoadError(f"post norm {type(norm).__name__}: only RMSNorm post norms (no bias) are supported")
+        return _on(self.lm.adapter.norm_weight(norm), norm.weight.device), norm_eps(norm)
 
     # -------------------------------------------------------------- directions
     def directions(self, correct: torch.Tensor, incorrect: torch.Tensor) -> torch.Tensor:
@@ -110,13 +148,14 @@ class Recorder:
     def answer_logits(
         self, normed: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor, chunk: int = 16384
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The two answers' logits and the log-sum-exp over the vocabulary, in float32, from the
+        """The two answers' linear logits (before any soft-cap) and the log-sum-exp of the model's
+        own logits over the vocabulary (soft-capped where the family caps), in float32, from the
         final normed residual ``[B, d]``. The vocabulary is swept in chunks so neither a float32
         copy of the unembedding nor a ``[B, vocab]`` tensor larger than a chunk is ever held."""
 
         def logits(rows: torch.Tensor | slice) -> torch.Tensor:
             out = normed @ self.W_U[rows].float().T
-            return out if self.b_U is None else out + self.b_U[rows].float()
+            return self.capped(out if self.b_U is None else out + self.b_U[rows].float())
 
         lc = (normed * self.W_U[correct].float()).sum(-1)
         li = (normed * self.W_U[incorrect].float()).sum(-1)
@@ -125,13 +164,39 @@ class Recorder:
         parts = [torch.logsumexp(logits(slice(i, i + chunk)), dim=-1) for i in range(0, self.W_U.shape[0], chunk)]
         return lc, li, torch.logsumexp(torch.stack(parts), dim=0)
 
+    def capped(self, logits: torch.Tensor) -> torch.Tensor:
+        """The family's final soft-cap ``c·tanh(logits / c)``, or ``logits`` where there is none."""
+        return logits if self.softcap is None else self.softcap * torch.tanh(logits / self.softcap)
+
     # -------------------------------------------------------------- hooks
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
         """``x[b, pos_b]`` for each prompt b: [B, T, ...] -> [B, ...] float32."""
+        return self._take(x).float()
+
+    def _take(self, x: torch.Tensor) -> torch.Tensor:
+        """``x[b, pos_b]`` for each prompt b, in ``x``'s own dtype."""
         rows, pos = self._state["rows"], self._state["pos"]
         if x.shape[0] == 1 and rows.shape[0] > 1:  # e.g. position embeddings broadcast over batch
-            return x[0, pos.to(x.device)].float()
-        return x[rows.to(x.device), pos.to(x.device)].float()
+            return x[0, pos.to(x.device)]
+        return x[rows.to(x.device), pos.to(x.device)]
+
+    def _take_flat(self, x: torch.Tensor) -> torch.Tensor:
+        """As ``_take`` for tokens flattened to ``[B * T, ...]`` (as MoE layers see them)."""
+        return self._take(x.view(self._state["rows"].shape[0], self._state["T"], *x.shape[1:]))
+
+    @staticmethod
+    def _through_post_norm(post: tuple[torch.Tensor, float] | None, pre: torch.Tensor, D: torch.Tensor):
+        """The direction a sublayer's parts are projected on, and the factor (``1/σ_p`` per prompt,
+        or None) they are scaled by, when the sublayer's output ``pre`` ``[B, d]`` passes through a
+        post norm with weight ``γ_p``: ``norm(pre)·D = (pre·(γ_p ⊙ D)) / σ_p`` with ``σ_p`` frozen."""
+        if post is None:
+            return D, None
+        weight, eps = post
+        return D * weight.to(D.device), torch.rsqrt((pre * pre).mean(-1) + eps)
+
+    @staticmethod
+    def _scaled(x: torch.Tensor, inv: torch.Tensor | None) -> torch.Tensor:
+        return x if inv is None else x * inv
 
     def _dir(self, device: torch.device) -> torch.Tensor:
         cache = self._state.setdefault("dir_on", {})
@@ -141,14 +206,25 @@ class Recorder:
 
     def __enter__(self) -> "Recorder":
         ad, model = self.lm.adapter, self.lm.model
-        self._handles.append(ad.embed(model).register_forward_hook(self._embed_hook("embed")))
-        pos = ad.pos_embed(model)
-        if pos is not None:
-            self._handles.append(pos.register_forward_hook(self._embed_hook("pos_embed")))
+        if not self.embed_from_resid:
+            self._handles.append(ad.embed(model).register_forward_hook(self._embed_hook("embed")))
+            self._handles.append(ad.pos_embed(model).register_forward_hook(self._embed_hook("pos_embed")))
         for layer, block in enumerate(self.blocks):
             self._handles.append(block.register_forward_pre_hook(self._block_hook(layer), with_kwargs=True))
+            # The output projection sees each head's z; with a post norm, the norm's output is
+            # what the layer adds to the residual stream (attn_out), so that is hooked too.
             self._handles.append(ad.out_proj(block).register_forward_hook(self._attn_hook(layer)))
+            if self.attn_post[layer] is not None:
+                post = ad.attn_post_norm(block)
+                self._handles.append(post.register_forward_hook(self._attn_out_hook(layer)))
             self._handles.append(ad.mlp(block).register_forward_hook(self._mlp_hook(layer)))
+            if self.mlp_post[layer] is not None:
+                post = ad.mlp_post_norm(block)
+                self._handles.append(post.register_forward_hook(self._mlp_out_hook(layer)))
+            if self.experts[layer] is not None:
+                self._handles.append(
+                    self.experts[layer].register_forward_hook(self._experts_hook(layer), with_kwargs=True)
+                )
         self._handles.append(ad.final_norm(model).register_forward_hook(self._final_hook))
         return self
 
@@ -179,39 +255,93 @@ class Recorder:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             resid = self._gather(args[0] if args else kwargs["hidden_states"])  # resid_pre
             self._state["resid_pre"] = resid
+            if layer == 0 and self.embed_from_resid:
+                self._state["embed"] = (resid * self._dir(resid.device)).sum(-1)
             self._lens_point(resid)
 
         return hook
 
     def _attn_hook(self, layer: int):
+        """On the output projection: each head's share and the layer's bias term (through the
+        frozen post norm where there is one); without a post norm, also attn_out itself."""
         w_fn = self.lm.adapter.out_proj_weight
         block = self.blocks[layer]
 
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
             z = self._gather(args[0])  # [B, H*d_head]
             a = self._gather(out if isinstance(out, torch.Tensor) else out[0])  # [B, d]
-            D = self._dir(z.device)
+            D, inv = self._through_post_norm(self.attn_post[layer], a, self._dir(z.device))
             bv = self.value_bias[layer]
             if bv is not None:
                 z = z - bv
             per_dim = z * (D @ w_fn(block).float())  # [B, H*d_head]
-            self._state["heads"][layer] = per_dim.view(z.shape[0], self.H, self.d_head).sum(-1).T.to(self.out_device)
-            self._state["attn"][layer] = (a * D).sum(-1).to(self.out_device)
-            if not self.parallel:  # resid_mid = resid_pre + attn_out
-                self._lens_point(self._state.pop("resid_pre").to(a.device) + a)
+            heads = self._scaled(per_dim.view(z.shape[0], self.H, self.d_head).sum(-1).T, inv)
+            self._state["heads"][layer] = heads.to(self.out_device)
+            bias = self._scaled((self.attn_bias_vec[layer] * D).sum(-1), inv)
+            self._state["attn_bias"][layer] = bias.to(self.out_device)
+            if self.attn_post[layer] is None:
+                self._attn_out(layer, a)
 
         return hook
+
+    def _attn_out_hook(self, layer: int):
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:  # on the post norm
+            self._attn_out(layer, self._gather(out))
+
+        return hook
+
+    def _attn_out(self, layer: int, a: torch.Tensor) -> None:
+        """What the attention layer adds to the residual stream, ``a`` ``[B, d]``."""
+        self._state["attn"][layer] = (a * self._dir(a.device)).sum(-1).to(self.out_device)
+        if not self.parallel:  # resid_mid = resid_pre + attn_out
+            self._lens_point(self._state.pop("resid_pre").to(a.device) + a)
 
     def _mlp_hook(self, layer: int):
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
             m = self._gather(out if isinstance(out, torch.Tensor) else out[0])
+            D, inv = self._through_post_norm(self.mlp_post[layer], m, self._dir(m.device))
+            self._state["mlp_bias"][layer] = self._scaled((self.mlp_bias_vec[layer] * D).sum(-1), inv).to(self.out_device)
+            if self.mlp_post[layer] is None:
+                self._state["mlp"][layer] = (m * D).sum(-1).to(self.out_device)
+
+        return hook
+
+    def _mlp_out_hook(self, layer: int):
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:  # on the post norm
+            m = self._gather(out)
             self._state["mlp"][layer] = (m * self._dir(m.device)).sum(-1).to(self.out_device)
+
+        return hook
+
+    def _experts_hook(self, layer: int):
+        """On a MoE experts module: rerun each chosen expert alone, at the answer positions only,
+        through the module's own forward (whatever experts implementation the model uses; calling
+        ``forward`` directly does not re-enter this hook), and project its weighted output."""
+        experts = self.experts[layer]
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+            names = ("hidden_states", "top_k_index", "top_k_weights")
+            x, index, weights = (args[i] if i < len(args) else kwargs[n] for i, n in enumerate(names))
+            x, index, weights = (self._take_flat(t) for t in (x, index, weights))  # [B, d], [B, k], [B, k]
+            D = self._dir(x.device)
+            shares = torch.zeros(x.shape[0], self.n_experts, device=x.device)
+            for j in range(index.shape[1]):
+                y = experts.forward(x, index[:, j : j + 1], weights[:, j : j + 1])  # routing weight included
+                shares.scatter_add_(1, index[:, j : j + 1], (y.float() * D).sum(-1, keepdim=True))
+            routing = torch.zeros_like(shares).scatter_add_(1, index, weights.float())
+            self._state["experts"][layer] = shares.T.to(self.out_device)
+            self._state["expert_routing"][layer] = routing.T.to(self.out_device)
 
         return hook
 
     def _final_hook(self, module: nn.Module, args: tuple, out: torch.Tensor) -> None:
         self._state["resid_final"] = self._gather(args[0])
         self._state["normed_final"] = self._gather(out)
+
+    def _per_expert(self, name: str, B: int) -> torch.Tensor:
+        """``[L, E, B]`` from the experts hooks' rows (zero for a layer without experts)."""
+        zero = torch.zeros(self.n_experts, B, device=self.out_device)
+        return torch.stack([zero if x is None else x for x in self._state[name]])
 
     # -------------------------------------------------------------- one batch
     @torch.inference_mode()
@@ -226,10 +356,15 @@ class Recorder:
         self._state = {
             "rows": torch.arange(B, device=input_ids.device),
             "pos": answer_pos.to(input_ids.device),
+            "T": input_ids.shape[1],
             "dir": D,
             "heads": [None] * L,
             "attn": [None] * L,
             "mlp": [None] * L,
+            "attn_bias": [None] * L,
+            "mlp_bias": [None] * L,
+            "experts": [None] * L,
+            "expert_routing": [None] * L,
             "lens_recomputed": [],
         }
         # Right padding needs no attention mask: a causal model's real tokens never see later pads.
@@ -238,11 +373,12 @@ class Recorder:
         r = st["resid_final"].to(dev)
         scale = self.norm_scale(r)  # the final norm's σ at the answer position
         lc, li, lse = self.answer_logits(st["normed_final"].to(dev), correct, incorrect)
+        capped_c, capped_i = self.capped(lc), self.capped(li)  # the model's own logits
         inv = 1.0 / scale
         out = BatchScalars(
-            logit_diff=lc - li,
-            prob_correct=(lc - lse).exp(),
-            prob_incorrect=(li - lse).exp(),
+            logit_diff=lc - li,  # linear logits: the decomposition below adds up to this
+            prob_correct=(capped_c - lse).exp(),
+            prob_incorrect=(capped_i - lse).exp(),
             direct=(r * D).sum(-1) * inv,
             scale=scale,
             embed=st["embed"].to(dev) * inv,
@@ -250,10 +386,13 @@ class Recorder:
             attn=torch.stack(st["attn"]) * inv,
             mlp=torch.stack(st["mlp"]) * inv,
             heads=torch.stack(st["heads"]) * inv,
-            attn_bias=(self.attn_bias_vec @ D.T) * inv,
-            mlp_bias=(self.mlp_bias_vec @ D.T) * inv,
+            attn_bias=torch.stack(st["attn_bias"]) * inv,
+            mlp_bias=torch.stack(st["mlp_bias"]) * inv,
             final_bias=self.final_bias_term(correct, incorrect),
             lens_recomputed=torch.stack(st["lens_recomputed"] + [(r * D).sum(-1) * inv]),
+            logit_diff_softcapped=None if self.softcap is None else capped_c - capped_i,
+            experts=None if not self.n_experts else self._per_expert("experts", B) * inv,
+            expert_routing=None if not self.n_experts else self._per_expert("expert_routing", B),
         )
         self._state = {}
         return out

@@ -198,13 +198,14 @@ class HookPoints:
 
     # ------------------------------------------------------------------ where things are
     def attn_out_module(self, layer: int) -> nn.Module:
-        """The module whose output is the attention layer's contribution to the residual stream."""
+        """The module whose output is the attention layer's contribution to the residual stream: the
+        output projection, or the norm after it (Gemma 2/3, OLMo-2)."""
         ad, block = self.lm.adapter, self.blocks[layer]
-        return (ad.attn_out or ad.out_proj)(block)
+        return ad.attn_post_norm(block) or ad.out_proj(block)
 
     def mlp_out_module(self, layer: int) -> nn.Module:
         ad, block = self.lm.adapter, self.blocks[layer]
-        return (ad.mlp_out or ad.mlp)(block)
+        return ad.mlp_post_norm(block) or ad.mlp(block)
 
     def check(self, name: str, layer: int) -> None:
         if name not in POINTS:

@@ -56,6 +56,13 @@ class StudyResult:
     - ``attn_bias[layer]``: the attention output bias including every head's value bias, so that
       ``attn = heads.sum(1) + attn_bias``; ``mlp_bias[layer]``: the MLP output bias (inside ``mlp``).
     - ``final_bias``: the final norm's bias (and any unembedding bias) through the unembedding.
+    - ``logit_diff_softcapped`` (``None`` unless the family soft-caps its final logits, Gemma 2):
+      the difference of the model's own, capped, logits. ``logit_diff`` is then that of the linear
+      logits before the cap, which the parts add up to; probabilities are the model's (capped).
+    - ``experts[layer, expert]`` (``None`` unless the MLPs are mixtures of experts, Mixtral): each
+      expert's share of ``mlp[layer]``, its routing weight included (zero where the router did not
+      choose it at that prompt's answer position); ``experts.sum(1) == mlp``.
+      ``expert_routing[layer, expert]``: that routing weight (zero where not chosen).
     """
 
     model: str
@@ -85,6 +92,9 @@ class StudyResult:
     final_bias: np.ndarray
     attention: AttentionView | None = None
     lens_recomputed: np.ndarray | None = None  # [n_lens, N]: see logit_lens_recomputed_per_prompt
+    logit_diff_softcapped: np.ndarray | None = None  # [N]: see the class docstring
+    experts: np.ndarray | None = None  # [L, E, N]: see the class docstring
+    expert_routing: np.ndarray | None = None  # [L, E, N]
     top_k: int = 3
     seed: int = 0
     prepend_bos: bool = True
@@ -425,6 +435,14 @@ class StudyResult:
             ),
             "by_template": self.by_template(),
         }
+        if self.logit_diff_softcapped is not None:  # results.json key logit_diff_softcapped
+            doc["logit_diff_softcapped"] = {
+                "mean": float(self.logit_diff_softcapped.mean()),
+                "per_prompt": _tolist(self.logit_diff_softcapped),
+                "frac_correct": float((self.logit_diff_softcapped > 0).mean()),
+            }
+        if self.experts is not None:
+            doc["expert_attribution"] = self._expert_block()
         if self.attention is not None:
             doc["attention"] = {
                 "prompt_index": self.attention.prompt_index,
@@ -434,6 +452,34 @@ class StudyResult:
             doc["timing"] = dict(self.timing)
         doc.update(self.extra)
         return doc
+
+    def top_experts(self, k: int | None = None, sign: int = 1) -> list[tuple[int, int, float]]:
+        """The ``k`` (layer, expert) pairs with the largest (``sign=1``) or most negative mean
+        attribution over prompts, as ``(layer, expert, value)``; [] without experts."""
+        if self.experts is None:
+            return []
+        mean = self.experts.mean(-1)
+        flat = mean.reshape(-1) * sign
+        order = np.argsort(-flat, kind="stable")[: min(self.top_k if k is None else k, flat.size)]
+        E = mean.shape[1]
+        return [(int(i) // E, int(i) % E, float(mean.reshape(-1)[i])) for i in order]
+
+    def _expert_block(self) -> dict[str, Any]:
+        """results.json ``expert_attribution``: per [layer][expert], the mean attribution over
+        prompts (``values``) with seeded 95% bootstrap intervals, the mean routing weight and the
+        fraction of prompts routed to it at the answer position, and the top experts."""
+        L, E, n = self.experts.shape
+        lo, hi = bootstrap_ci(self.experts.reshape(L * E, n), seed=self.seed)
+        rows = lambda sign: [{"layer": l, "expert": e, "name": f"L{l}E{e}", "value": v}  # noqa: E731
+                             for l, e, v in self.top_experts(sign=sign)]
+        return {
+            "values": _tolist(self.experts.mean(-1)),
+            "ci95_low": _tolist(lo.reshape(L, E)),
+            "ci95_high": _tolist(hi.reshape(L, E)),
+            "routing_weight": _tolist(self.expert_routing.mean(-1)),
+            "frac_routed": _tolist((self.expert_routing > 0).mean(-1)),
+            "top": {"positive": rows(1), "negative": rows(-1)},
+        }
 
     def save(self, out_dir: str | Path, *, report: bool = True, csv: bool = False) -> Path:
         """Write ``results.json``, ``per_prompt_heads.npy``, (by default) ``report.html`` and (if
@@ -478,6 +524,10 @@ class StudyResult:
                 f"top positive heads: {pos}",
                 f"top negative heads: {neg}",
             ]
+            + ([f"logit diff of the linear logits, before the final soft-cap; the model's capped logits differ by "
+                f"{self.logit_diff_softcapped.mean():.4f} on average"] if self.logit_diff_softcapped is not None else [])
+            + ([f"top experts: {', '.join(f'L{l}E{e} {v:+.3f}' for l, e, v in self.top_experts())}"]
+               if self.experts is not None else [])
             + ([self._timing_line()] if self.timing else [])
         )
 

@@ -3,6 +3,11 @@
 Where are the embeddings, the blocks, each block's attention output projection and MLP, the final
 norm and the unembedding? Which kind of final norm is it? What constant does each head add through
 its value bias? Each family answers in a few lines; everything else is family-independent.
+
+A few conventions go beyond GPT-2's and are answered the same way, as optional fields that default
+to "absent": a norm weight offset (Gemma's RMSNorm multiplies by ``1 + weight``), norms on the
+attention and MLP outputs before the residual add (Gemma 2/3, OLMo-2), a final logit
+soft-cap (Gemma 2) and mixture-of-experts MLPs (Mixtral).
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ import torch
 from torch import nn
 
 from logitscope.errors import ModelLoadError
+
+
+def _absent(_: object) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -44,29 +53,47 @@ class Adapter:
     value_bias: Callable[[nn.Module, "ModelShape"], torch.Tensor | None]
     n_heads: Callable[[object], int]
     default_prepend_bos: bool = True  # TransformerLens's default_prepend_bos for the family
+    # Every norm of the family multiplies by (norm_weight_offset + weight): Gemma's RMSNorm by 1 + w.
+    norm_weight_offset: float = 0.0
+    # An RMSNorm between the attention output projection (resp. the MLP) and the residual add, or
+    # None: Gemma 2/3's post_attention_layernorm / post_feedforward_layernorm, OLMo-2's.
+    attn_post_norm: Callable[[nn.Module], nn.Module | None] = _absent
+    mlp_post_norm: Callable[[nn.Module], nn.Module | None] = _absent
+    # From the config: the final logits are cap * tanh(linear_logits / cap) (Gemma 2), or None.
+    logit_softcap: Callable[[object], float | None] = _absent
+    # Mixture of experts: the block's experts module, which the model calls as
+    # experts(hidden [tokens, d], top_k_index [tokens, k], top_k_weights [tokens, k]) and which
+    # returns the routing-weighted sum of the chosen experts' outputs (transformers 5's fused MoE
+    # experts, weights as 3D tensors); None for a dense MLP. n_experts from the config.
+    experts: Callable[[nn.Module], nn.Module | None] = _absent
+    n_experts: Callable[[object], int] = lambda cfg: 0
     # Hook points (logitscope.hooks). ``attention(block)``: the attention module, the ``module`` the
     # AttentionInterface receives. ``attention_points``: for families whose attention does not go
     # through the AttentionInterface, the modules whose outputs are q, k, v and the pattern.
-    # ``attn_out`` / ``mlp_out``: the module whose output is added to the residual stream, where it is
-    # not ``out_proj`` / ``mlp`` (e.g. a norm after the attention layer).
     attention: Callable[[nn.Module], nn.Module] | None = None
     attention_points: Mapping[str, Callable[[nn.Module], nn.Module]] | None = None
-    attn_out: Callable[[nn.Module], nn.Module] | None = None
-    mlp_out: Callable[[nn.Module], nn.Module] | None = None
 
     def unembed(self, model: nn.Module) -> nn.Linear:
         return model.get_output_embeddings()
 
     def final_norm_eps(self, model: nn.Module) -> float:
-        norm = self.final_norm(model)
-        for attr in ("eps", "variance_epsilon", "epsilon"):
-            if hasattr(norm, attr):
-                return float(getattr(norm, attr))
-        raise ModelLoadError(f"cannot find the epsilon of the final norm {type(norm).__name__}")
+        return norm_eps(self.final_norm(model))
+
+    def norm_weight(self, norm: nn.Module) -> torch.Tensor:
+        """The vector a norm of this family multiplies its normalised input by."""
+        return norm.weight + self.norm_weight_offset if self.norm_weight_offset else norm.weight
 
     def final_norm_weight_bias(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         norm = self.final_norm(model)
-        return norm.weight, getattr(norm, "bias", None)
+        return self.norm_weight(norm), getattr(norm, "bias", None)
+
+
+def norm_eps(norm: nn.Module) -> float:
+    """The epsilon of a LayerNorm or of a family's RMSNorm, whatever the attribute is called."""
+    for attr in ("eps", "variance_epsilon", "epsilon"):
+        if hasattr(norm, attr):
+            return float(getattr(norm, attr))
+    raise ModelLoadError(f"cannot find the epsilon of the norm {type(norm).__name__}")
 
 
 @dataclass(frozen=True)
@@ -84,8 +111,9 @@ def _gpt2_value_bias(block: nn.Module, shape: ModelShape) -> torch.Tensor:
     return b_v + block.ln_1.bias @ w_v
 
 
-def _linear_value_bias(v_proj: nn.Linear, norm: nn.Module, shape: ModelShape) -> torch.Tensor | None:
-    """``b_V + β·W_V`` for a separate value projection, repeated for grouped-query heads."""
+def _linear_value_bias(v_proj: nn.Linear, norm: nn.Module | None, shape: ModelShape) -> torch.Tensor | None:
+    """``b_V + β·W_V`` for a separate value projection (``norm``: the one it reads through, if
+    any), repeated for grouped-query heads."""
     bias = v_proj.bias.detach().float() if v_proj.bias is not None else None
     beta = getattr(norm, "bias", None)
     if beta is not None:
@@ -150,6 +178,21 @@ GPT_NEO = replace(
     },
 )
 
+# GPT-J keeps GPT-2's module tree too (transformer.wte/h/ln_f) but has no learned positions
+# (rotary on part of d_head, inside attention), separate bias-free q/k/v/out projections, attention
+# and MLP reading the same ln_1 output in parallel, and an untied lm_head with a bias (in final_bias).
+GPTJ = replace(
+    GPT2,
+    family="gptj",
+    architectures=("GPTJForCausalLM",),
+    parallel_attn_mlp=lambda cfg: True,
+    pos_embed=lambda m: None,
+    out_proj=lambda b: b.attn.out_proj,
+    out_proj_weight=lambda b: b.attn.out_proj.weight,
+    mlp_out_bias=lambda b: b.mlp.fc_out.bias,
+    value_bias=lambda b, s: _linear_value_bias(b.attn.v_proj, b.ln_1, s),
+)
+
 GPT_NEOX = Adapter(
     family="gpt_neox",
     architectures=("GPTNeoXForCausalLM",),
@@ -196,8 +239,54 @@ def _llama_like(family: str, *architectures: str, prepend_bos: bool = True) -> A
 LLAMA = _llama_like("llama", "LlamaForCausalLM")
 MISTRAL = _llama_like("mistral", "MistralForCausalLM")
 QWEN2 = _llama_like("qwen2", "Qwen2ForCausalLM", prepend_bos=False)  # TransformerLens's default
+# Qwen3: Llama's tree; its q/k norms act inside attention, before the scores (nothing to answer).
+QWEN3 = _llama_like("qwen3", "Qwen3ForCausalLM", prepend_bos=False)  # TransformerLens's default
 
-ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPT_NEOX, LLAMA, MISTRAL, QWEN2)
+# Mixtral: Mistral's tree with a sparse MoE block as the MLP (mlp.gate, the router; mlp.experts,
+# every expert's gate_up_proj / down_proj as one 3D tensor each; no biases). The MLP's output is
+# read as for any MLP; the experts module answers which expert wrote what.
+MIXTRAL = replace(
+    _llama_like("mixtral", "MixtralForCausalLM"),
+    mlp_out_bias=lambda b: None,
+    experts=lambda b: b.mlp.experts,
+    n_experts=lambda cfg: cfg.num_local_experts,
+)
+
+# Phi-3: Llama's tree with fused projections (qkv_proj for queries, keys and values, gate_up_proj
+# for the gated MLP); neither changes where the heads' z or the MLP output are read. transformers'
+# qkv_proj has no bias and RMSNorm none to pass through W_V: no value bias.
+PHI3 = replace(_llama_like("phi3", "Phi3ForCausalLM"), value_bias=lambda b, s: None)
+
+# OLMo-2: Llama's tree without input norms. Each sublayer reads the residual stream as it is and its
+# output passes through a norm (post_attention_layernorm, post_feedforward_layernorm) before the
+# residual add; q/k norms over all heads act inside attention (nothing to answer).
+OLMO2 = replace(
+    _llama_like("olmo2", "Olmo2ForCausalLM"),
+    attn_post_norm=lambda b: b.post_attention_layernorm,
+    mlp_post_norm=lambda b: b.post_feedforward_layernorm,
+    value_bias=lambda b, s: _linear_value_bias(b.self_attn.v_proj, None, s),
+)
+
+# Gemma keeps Llama's module tree. Its RMSNorm multiplies by (1 + weight); its embeddings are
+# scaled by sqrt(d_model) (inside the embedding module in transformers 5; the study reads the
+# embedding as layer 0's resid_pre, so where the scaling sits does not matter).
+GEMMA = replace(_llama_like("gemma", "GemmaForCausalLM"), norm_weight_offset=1.0)
+# Gemma 2 adds a norm on the attention output and on the MLP output, before each residual add (the
+# MLP reads pre_feedforward_layernorm, which has no bias and so needs no answer here), and
+# soft-caps the final logits (30 in the released models; attention scores too, inside attention).
+GEMMA2 = replace(
+    GEMMA,
+    family="gemma2",
+    architectures=("Gemma2ForCausalLM",),
+    attn_post_norm=lambda b: b.post_attention_layernorm,
+    mlp_post_norm=lambda b: b.post_feedforward_layernorm,
+    logit_softcap=lambda cfg: getattr(cfg, "final_logit_softcapping", None),
+)
+# Gemma 3 keeps Gemma 2's tree and adds q/k norms inside attention (nothing to answer); its config
+# keeps the soft-cap fields (None in the released models).
+GEMMA3 = replace(GEMMA2, family="gemma3", architectures=("Gemma3ForCausalLM",))
+
+ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPTJ, GPT_NEOX, LLAMA, MISTRAL, MIXTRAL, QWEN2, QWEN3, PHI3, OLMO2, GEMMA, GEMMA2, GEMMA3)
 
 
 def supported_architectures() -> list[str]:
@@ -209,6 +298,11 @@ def adapter_for(model: nn.Module) -> Adapter:
     archs = list(getattr(model.config, "architectures", None) or []) + [type(model).__name__]
     for adapter in ADAPTERS:
         if any(a in adapter.architectures for a in archs):
+            if getattr(model.config, "use_bidirectional_attention", False):  # e.g. EmbeddingGemma
+                raise ModelLoadError(
+                    f"{archs[0]} with use_bidirectional_attention=True attends to later tokens too; logitscope "
+                    "studies causal language models (each answer read at the last token of its prompt)"
+                )
             return adapter
     raise ModelLoadError(unsupported_message(archs[0], getattr(model.config, "model_type", "?")))
 

@@ -189,12 +189,44 @@ def decomposition_figure(result: StudyResult) -> go.Figure:
     return fig
 
 
+def expert_attribution_figure(result: StudyResult) -> go.Figure:
+    """Mixture-of-experts models: layers × experts heatmap of each expert's mean share of the MLP's
+    attribution (routing weight included; zero on prompts not routed to it), with how often the
+    router chose it at the answer position."""
+    values = result.experts.mean(-1)
+    routed = (result.expert_routing > 0).mean(-1)
+    weight = result.expert_routing.mean(-1)
+    n_layers, n_experts = values.shape
+    custom = [[[f"L{l}E{e}", float(routed[l, e]) * 100, float(weight[l, e])] for e in range(n_experts)] for l in range(n_layers)]
+    bound = float(np.abs(values).max()) or 1.0
+    heatmap = go.Heatmap(
+        z=values, x=list(range(n_experts)), y=list(range(n_layers)), colorscale="RdBu", zmid=0.0, zmin=-bound,
+        zmax=bound, customdata=custom, xgap=1, ygap=1,
+        hovertemplate="<b>%{customdata[0]}</b>: %{z:+.3f}<br>routed to on %{customdata[1]:.0f}% of prompts, "
+                      "mean routing weight %{customdata[2]:.2f}<extra></extra>",
+        colorbar=dict(title=dict(text="Logit diff", side="right"), thickness=14, outlinewidth=0),
+    )
+    cell = int(np.clip(560 / max(n_experts, n_layers), 12, 60))
+    layout = _base_layout("Logit difference from each expert", "Expert", "Layer", height=n_layers * cell + 110)
+    layout["width"] = max(n_experts * cell + 170, 480)
+    layout["xaxis"].update(dtick=1, showgrid=False, showline=False, ticks="", constrain="domain")
+    layout["yaxis"].update(dtick=1 if n_layers <= 16 else None, autorange="reversed", showgrid=False, zeroline=False,
+                           scaleanchor="x", constrain="domain")
+    fig = go.Figure(heatmap)
+    fig.update_layout(**layout)
+    return fig
+
+
 def make_figures(result: StudyResult) -> dict[str, go.Figure]:
-    """All figures of the report, by name, in report order."""
-    return {
+    """All figures of the report, by name, in report order (``expert_attribution`` only for
+    mixture-of-experts models)."""
+    figs = {
         "logit_lens": logit_lens_figure(result),
         "layer_attribution": layer_attribution_figure(result),
         "head_attribution": head_attribution_figure(result),
         "logit_diff_hist": logit_diff_histogram(result),
         "decomposition": decomposition_figure(result),
     }
+    if result.experts is not None:
+        figs["expert_attribution"] = expert_attribution_figure(result)
+    return figs

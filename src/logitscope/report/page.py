@@ -91,6 +91,14 @@ def norm_kind(norm: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- header
+def _softcap_note(result: StudyResult) -> str:
+    """For soft-capped models (Gemma 2): which logits the difference is taken from."""
+    if result.logit_diff_softcapped is None:
+        return ""
+    capped = float(result.logit_diff_softcapped.mean())
+    return f"<br><small>linear logits, before the final soft-cap (capped: {_num(capped, 4)})</small>"
+
+
 def _header(result: StudyResult, extra_toc: list[tuple[str, str]] = ()) -> str:
     lo, hi = result.intervals["logit_diff"]
     ld = result.mean_logit_diff
@@ -102,7 +110,8 @@ def _header(result: StudyResult, extra_toc: list[tuple[str, str]] = ()) -> str:
         ("Model", f"{_e(result.model)}<br><small>{_e(result.family)} · {result.n_layers} layers × {result.n_heads} heads</small>"),
         ("Device · dtype", f"{_e(result.device)} · {_e(result.dtype)}"),
         ("Prompts", f'<span class="big">{result.n_prompts:,}</span><br><small>BOS prepended: {bos}</small>'),
-        ("Mean logit difference", f'<span class="big">{_num(ld)}</span><br><small>95% CI {_ci(lo, hi)} · correct wins {wins:.1f}%</small>'),
+        ("Mean logit difference", f'<span class="big">{_num(ld)}</span><br><small>95% CI {_ci(lo, hi)} · correct wins {wins:.1f}%</small>'
+         + _softcap_note(result)),
         (
             "DLA check",
             f"direct {_num(direct, 4)} vs logit diff {_num(ld, 4)}<br><small>gap {_num(ld - direct, 4, True)} = "
@@ -120,6 +129,7 @@ def _header(result: StudyResult, extra_toc: list[tuple[str, str]] = ()) -> str:
         ("logit-lens", "Logit lens"),
         ("layers", "Layer attribution"),
         ("heads", "Head attribution"),
+        *([("experts", "Expert attribution")] if result.experts is not None else []),
         ("top-heads", "Top heads"),
         *extra_toc,
         ("attention", "Attention"),
@@ -358,6 +368,20 @@ def _decomposition(result: StudyResult, figs: dict[str, go.Figure]) -> str:
     return _section("decomposition", "Complete decomposition", body)
 
 
+def _experts(result: StudyResult, figs: dict[str, go.Figure]) -> str:
+    """Mixture-of-experts models only: which experts write the answer."""
+    if "expert_attribution" not in figs:
+        return ""
+    caption = _caption(
+        "Mean direct logit attribution of every expert of each MoE layer, its routing weight included: the experts "
+        "of a layer add up to its MLP's attribution; an expert the router did not choose at a prompt's answer "
+        "position counts zero there.",
+        "Blue experts push towards the correct answer, red ones towards the incorrect one; hover a cell for how "
+        "often the router chose it and its mean routing weight.",
+    )
+    return _section("experts", "Expert attribution", caption + _figure(figs["expert_attribution"], "expert_attribution", True))
+
+
 # ---------------------------------------------------------------------------------------------- page
 def report_html(result: StudyResult, patching: PatchingResult | None = None) -> str:
     """The whole self-contained report as one HTML string (no network needed to render it); with
@@ -378,6 +402,7 @@ def report_html(result: StudyResult, patching: PatchingResult | None = None) -> 
             _header(result, toc),
             _lines(figs),
             _heads(result, figs),
+            _experts(result, figs),
             _top_heads(result),
             causal,
             _attention(result, views),
