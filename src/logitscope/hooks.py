@@ -48,6 +48,10 @@ RESIDUAL_POINTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"
 HEAD_POINTS = ("z", "q", "k", "v", "pattern")
 POINTS = RESIDUAL_POINTS + HEAD_POINTS
 ATTENTION_POINTS = ("q", "k", "v", "pattern")  # inside the attention computation
+# The keys and values exactly as the attention kernel receives them (after any rotary embedding and
+# q/k norm), ``[batch, n_kv_heads, pos, d_head]``, to observe: what a run on a suffix of the positions
+# attends to (logitscope.patching.engine). Not TransformerLens hook points.
+KERNEL_POINTS = ("kernel_k", "kernel_v")
 
 
 @dataclass
@@ -107,6 +111,9 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
     query = _apply(hooks.get("q"), query)
     key = _apply(hooks.get("k"), key)
     value = _apply(hooks.get("v"), value)
+    for name, x in (("kernel_k", key), ("kernel_v", value)):
+        if name in hooks:
+            hooks[name](x)
     if state.prefix is None and "pattern" not in hooks:
         return state.original(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     if state.prefix is not None:
@@ -194,7 +201,10 @@ class HookPoints:
         self.parallel = ad.parallel_attn_mlp(model.config)
         self.attention_modules = [ad.attention(b) for b in self.blocks]
         self.n_kv_heads = _n_kv_heads(model.config, self.n_heads)
-        self.via_interface = ad.attention_points is None
+        # Attention points some family reads at a module (GPT-Neo: all four, its attention has its own
+        # kernel; OLMo-2: q and k before its joint q/k norm, where TransformerLens reads them).
+        self.module_points = dict(ad.attention_points or {})
+        self.via_interface = "pattern" not in self.module_points
 
     # ------------------------------------------------------------------ where things are
     def attn_out_module(self, layer: int) -> nn.Module:
@@ -208,7 +218,7 @@ class HookPoints:
         return ad.mlp_post_norm(block) or ad.mlp(block)
 
     def check(self, name: str, layer: int) -> None:
-        if name not in POINTS:
+        if name not in POINTS and name not in KERNEL_POINTS:
             raise InputError(f"unknown hook point {name!r}: use one of {', '.join(POINTS)}")
         if not 0 <= layer < self.n_layers:
             raise InputError(f"{name} of layer {layer}: this model has layers 0-{self.n_layers - 1}")
@@ -237,17 +247,15 @@ class HookPoints:
         by_layer: dict[int, dict[str, Hook]] = {}
         for (name, layer), fn in hooks.items():
             by_layer.setdefault(layer, {})[name] = fn
-        needs_interface = bool(kv_prefix) or any(n in ATTENTION_POINTS for n, _ in hooks)
+        interface_points = [n for n, _ in hooks if n in KERNEL_POINTS or (n in ATTENTION_POINTS and n not in self.module_points)]
+        if kv_prefix and not self.via_interface:
+            raise InputError(f"{self.lm.adapter.family}: suffix runs need the AttentionInterface")
         with ExitStack() as stack:
             for layer, fns in by_layer.items():
                 self._attach_layer(stack, layer, fns)
-            if needs_interface:
-                if not self.via_interface:
-                    if kv_prefix:
-                        raise InputError(f"{self.lm.adapter.family}: suffix runs need the AttentionInterface")
-                    self._attach_attention_modules(stack, by_layer)
-                else:
-                    stack.enter_context(self._interface(by_layer, kv_prefix or {}))
+            self._attach_attention_modules(stack, by_layer)
+            if kv_prefix or interface_points:
+                stack.enter_context(self._interface(by_layer, kv_prefix or {}))
             yield
 
     def _attach_layer(self, stack: ExitStack, layer: int, fns: dict[str, Hook]) -> None:
@@ -304,7 +312,8 @@ class HookPoints:
         previous = model.config._attn_implementation
         original = _implementation(previous) if previous != "eager" else None
         for layer, module in enumerate(self.attention_modules):
-            fns = {k: v for k, v in by_layer.get(layer, {}).items() if k in ATTENTION_POINTS}
+            fns = {k: v for k, v in by_layer.get(layer, {}).items()
+                   if k in KERNEL_POINTS or (k in ATTENTION_POINTS and k not in self.module_points)}
             _ACTIVE[module] = _AttentionState(original or _own_eager(module), layer, fns, kv_prefix.get(layer))
         try:
             model.set_attn_implementation(_registered_name(previous))
@@ -315,17 +324,17 @@ class HookPoints:
                 _ACTIVE.pop(module, None)
 
     def _attach_attention_modules(self, stack: ExitStack, by_layer: dict[int, dict[str, Hook]]) -> None:
-        """Families whose attention does not go through the AttentionInterface (GPT-Neo): q, k and v
-        at their projections' outputs, the pattern at the module that receives it (attention dropout)."""
-        points = self.lm.adapter.attention_points
+        """Attention points a family reads at a module: q, k and v at their projections' outputs, the
+        pattern at the module that receives it (GPT-Neo's attention dropout)."""
+        points = self.module_points
         for layer, fns in by_layer.items():
             block = self.blocks[layer]
             for name in ("q", "k", "v"):
-                if name in fns:
+                if name in fns and name in points:
                     heads = self.n_heads if name == "q" else self.n_kv_heads
                     h = points[name](block).register_forward_hook(_split_heads_hook(fns[name], heads, self.d_head))
                     stack.callback(h.remove)
-            if "pattern" in fns:
+            if "pattern" in fns and "pattern" in points:
                 h = points["pattern"](block).register_forward_hook(_output_hook(fns["pattern"]))
                 stack.callback(h.remove)
 

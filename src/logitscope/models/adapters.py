@@ -265,6 +265,9 @@ OLMO2 = replace(
     attn_post_norm=lambda b: b.post_attention_layernorm,
     mlp_post_norm=lambda b: b.post_feedforward_layernorm,
     value_bias=lambda b, s: _linear_value_bias(b.self_attn.v_proj, None, s),
+    # q and k before OLMo-2's q/k norm, which normalises all heads together (TransformerLens's hook_q
+    # and hook_k sit there too): replacing one head's q changes that norm's scale for every head.
+    attention_points={"q": lambda b: b.self_attn.q_proj, "k": lambda b: b.self_attn.k_proj},
 )
 
 # Gemma keeps Llama's module tree. Its RMSNorm multiplies by (1 + weight); its embeddings are

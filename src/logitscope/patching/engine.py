@@ -90,8 +90,8 @@ class Engine:
             hooks[key] = _store(run.acts, key)
         if keep_kv and self.points.via_interface:
             for layer in range(L):
-                hooks[("k", layer)] = _store_kv(run.kv, layer, 0, hooks.get(("k", layer)))
-                hooks[("v", layer)] = _store_kv(run.kv, layer, 1, hooks.get(("v", layer)))
+                hooks[("kernel_k", layer)] = _store_kv(run.kv, layer, 0)
+                hooks[("kernel_v", layer)] = _store_kv(run.kv, layer, 1)
         final: dict[str, torch.Tensor] = {}
         hooks[("resid_post", L - 1)] = _chain(hooks.get(("resid_post", L - 1)), lambda x: final.__setitem__("x", x))
         handles = [b.register_forward_pre_hook(_keep_inputs(run, i), with_kwargs=True) for i, b in enumerate(self.blocks)]
@@ -145,13 +145,11 @@ def _store(acts: dict, key: tuple[str, int]) -> Hook:
     return hook
 
 
-def _store_kv(kv: list, layer: int, which: int, inner: Hook | None) -> Hook:
-    def hook(x: torch.Tensor) -> None:
+def _store_kv(kv: list, layer: int, which: int) -> Hook:
+    def hook(x: torch.Tensor) -> None:  # the kernel's [batch, head, pos, d_head]
         pair = list(kv[layer] or (None, None))
-        pair[which] = x.transpose(1, 2)  # back to the kernel's [batch, head, pos, d_head]
+        pair[which] = x
         kv[layer] = tuple(pair)
-        if inner is not None:
-            inner(x)
 
     return hook
 
