@@ -59,6 +59,23 @@ def test_console_script_help_and_version():
     assert version.returncode == 0 and version.stdout.startswith("logitscope ")
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["run", "--help"], []])
+def test_help_and_version_do_not_import_torch(argv):
+    """Asking for help costs no torch or transformers import (seconds on a cold machine)."""
+    code = (
+        "import sys\n"
+        "from logitscope.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'numpy', 'plotly') if m in sys.modules)\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "HEAVY []" in proc.stderr, proc.stderr
+
+
 def _fail(argv: list[str], capsys, expected: str) -> str:
     code = main(argv)
     err = capsys.readouterr().err
