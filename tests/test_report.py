@@ -10,7 +10,6 @@ import html
 import re
 import shutil
 import subprocess
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -379,9 +378,7 @@ browser = pytest.mark.skipif(CHROMIUM is None, reason="needs headless chromium o
 def test_report_renders_offline_in_chromium(which: str, request: pytest.FixtureRequest, tmp_path: Path):
     result = request.getfixturevalue(f"{which}_result")
     page = write_report(result, tmp_path / "report.html")
-    start = time.monotonic()
     dom, log = render_dom(page, tmp_path)
-    assert time.monotonic() - start < 30
     assert "Uncaught" not in log, log[-2000:]
     assert rendering_failures(dom, FIGURES, VIEWS) == []
     # circuitsvis drew the head names and the tokens, not just an empty shell.
