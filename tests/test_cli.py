@@ -89,7 +89,7 @@ def test_bad_inputs_are_clear_errors_that_write_nothing(tiny_gpt2_dir, tmp_path,
     out = tmp_path / "keep"
     assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--out", str(out), "--quiet", "--no-report"]) == 0
     before = snapshot(out)
-    assert set(before) == {"results.json", "per_prompt_heads.npy"}
+    assert set(before) == {"results.json", "per_prompt_heads.npy", "per_prompt.npz", "attention.npy"}
     capsys.readouterr()
 
     model = ["--model", str(tiny_gpt2_dir)]
@@ -173,12 +173,12 @@ def test_failure_while_writing_keeps_earlier_results(tiny_gpt2_dir, tmp_path, ca
     assert main(args) == 0
     before = snapshot(out)
 
-    import logitscope.results as results
+    import logitscope.serialize as serialize
 
     def broken_save(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(results.np, "save", broken_save)
+    monkeypatch.setattr(serialize.np, "save", broken_save)
     capsys.readouterr()
     code = main(args)
     err = capsys.readouterr().err

@@ -6,6 +6,7 @@ and check in the resulting DOM that every plotly figure and every circuitsvis vi
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 import shutil
@@ -34,7 +35,7 @@ def _attention(n_layers: int, n_heads: int, rng: np.random.Generator, tokens: li
     """A causal (lower-triangular), row-normalised pattern for every head."""
     T = len(tokens)
     p = rng.random((n_layers, n_heads, T, T)) * np.tril(np.ones((T, T)))
-    return AttentionView(0, list(tokens), (p / p.sum(-1, keepdims=True)).astype(np.float32))
+    return AttentionView.from_all_heads(0, list(tokens), (p / p.sum(-1, keepdims=True)).astype(np.float32))
 
 
 def make_result(
@@ -71,8 +72,8 @@ def make_result(
         n_layers=L, n_heads=H, prompts=prompts,
         correct_ids=np.full(N, 5335), incorrect_ids=np.full(N, 1757), n_tokens=np.full(N, 15),
         logit_diff=logit_diff, prob_correct=rng.uniform(0, 1, N), prob_incorrect=rng.uniform(0, 1, N),
-        direct=logit_diff - final_bias, scale=rng.uniform(1, 3, N), embed=embed, pos_embed=pos, attn=attn, mlp=mlp,
-        heads=heads, attn_bias=attn_bias, mlp_bias=mlp_bias, final_bias=final_bias,
+        direct=logit_diff - final_bias, scale=rng.uniform(1, 3, N), embed=embed, pos_embed=pos, attn_out=attn,
+        mlp_out=mlp, head_results=heads, attn_bias=attn_bias, mlp_bias=mlp_bias, final_norm_bias=final_bias,
         attention=_attention(L, H, rng) if attention else None,
         top_k=3, seed=seed, version="9.9.9-test", created="2026-01-02T03:04:05+00:00",
     )
@@ -202,7 +203,7 @@ def test_report_structure_gpt2(gpt2_result: StudyResult, gpt2_html: str):
         assert page.count(f'id="{view}"') == 1
     assert 'CircuitsVis.render("cv-heads-positive", CircuitsVis.AttentionHeads, ' in page
     assert 'CircuitsVis.render("cv-patterns-negative", CircuitsVis.AttentionPatterns, ' in page
-    names = [f"{l}.{h}" for l, h, _ in gpt2_result.top_heads(sign=1)]
+    names = [f"{l}.{h}" for l, h, _ in gpt2_result.signed_top_heads(1)]
     assert '"attentionHeadNames":["' + '","'.join(names) + '"]' in page
     assert "\\u003c|endoftext|\\u003e" in page  # tokens are JSON-escaped inside the script
     # Known circuit: legend, table column, heatmap tags.
@@ -229,8 +230,8 @@ def test_report_without_attention_skips_the_bundle():
 
 
 def test_script_end_tags_in_tokens_cannot_break_out():
-    result = make_result(2, 4, 6, model="tiny", seed=3)
-    result.attention = _attention(2, 4, np.random.default_rng(0), ["<s>", "</script><script>alert(1)</script>", " x"])
+    result = dataclasses.replace(make_result(2, 4, 6, model="tiny", seed=3), attention=_attention(
+        2, 4, np.random.default_rng(0), ["<s>", "</script><script>alert(1)</script>", " x"]))
     page = report_html(result)
     assert "alert(1)</script>" not in page
     ours = page.replace(plotly_js(), "").replace(circuitsvis_js(), "")
@@ -382,7 +383,7 @@ def test_report_renders_offline_in_chromium(which: str, request: pytest.FixtureR
     assert "Uncaught" not in log, log[-2000:]
     assert rendering_failures(dom, FIGURES, VIEWS) == []
     # circuitsvis drew the head names and the tokens, not just an empty shell.
-    for l, h, _ in result.top_heads(sign=1):
+    for l, h, _ in result.signed_top_heads(1):
         assert f">{l}.{h}<" in dom
 
 

@@ -25,6 +25,7 @@ _EXPORTS = {
     "StudyResult": "logitscope.results",
     "builtin_prompts": "logitscope.tasks.prompts",
     "load_jsonl": "logitscope.tasks.prompts",
+    "load_result": "logitscope.results",
     "load_model": "logitscope.models.load",
     "load_prompts": "logitscope.tasks",
     "logit_diff_directions": "logitscope.study",
@@ -32,7 +33,24 @@ _EXPORTS = {
     "wrap_model": "logitscope.models.load",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "AttentionView",
+    "InputError",
+    "LoadedModel",
+    "LogitscopeError",
+    "ModelLoadError",
+    "Prompt",
+    "StudyResult",
+    "__version__",
+    "builtin_prompts",
+    "load_jsonl",
+    "load_model",
+    "load_prompts",
+    "load_result",
+    "logit_diff_directions",
+    "run_study",
+    "wrap_model",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -51,7 +69,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from logitscope.errors import InputError, LogitscopeError, ModelLoadError
     from logitscope.models.load import LoadedModel, load_model, wrap_model
-    from logitscope.results import AttentionView, StudyResult
+    from logitscope.results import AttentionView, StudyResult, load_result
     from logitscope.study import logit_diff_directions, run_study
     from logitscope.tasks import load_prompts
     from logitscope.tasks.prompts import Prompt, builtin_prompts, load_jsonl

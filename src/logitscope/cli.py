@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 import traceback
-from pathlib import Path
 
 from logitscope import __version__
 from logitscope.errors import InputError, LogitscopeError
@@ -109,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     from logitscope.tasks.prompts import load_prompts
 
     # Everything that can be checked without the model is checked first, so a typo costs no load.
-    check_out_dir(args.out)
+    check_out_dir(args.out, label="--out")
     for flag, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise InputError(f"{flag} {value}: must be at least 1")
@@ -144,11 +143,12 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
-    out = result.save(args.out, report=not args.no_report, csv=args.csv)
+    from logitscope.serialize import OUTPUT_FILES, save_study
+
+    out = save_study(result, args.out, report=not args.no_report, csv=args.csv, label="--out")
     print(result.summary())
-    written = (["results.json", "per_prompt_heads.npy"] + (["per_prompt.csv"] if args.csv else [])
-               + ([] if args.no_report else ["report.html"]))
-    print(f"wrote {', '.join(str(Path(out) / w) for w in written)}")
+    written = [out / name for name in OUTPUT_FILES if (out / name).exists()]
+    print(f"wrote {', '.join(str(w) for w in written)}")
     return 0
 
 

@@ -260,7 +260,7 @@ def run_study(
     per = _assemble(batches, order)  # the one device-to-host copy (and so the one wait) per field
     t_assembled = time.perf_counter()
     timing["forward_s"] = t_assembled - t_encoded  # set-up, every batch, and the copy back
-    result = StudyResult(
+    fields = dict(
         model=lm.name,
         family=lm.adapter.family,
         norm=lm.adapter.norm,
@@ -278,14 +278,17 @@ def run_study(
         prepend_bos=bos,
         version=_version(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        **per,
+        **{_FIELD_NAMES.get(k, k): v for k, v in per.items()},
     )
-    result.attention = attention_patterns(lm, enc.ids[attention_prompt], attention_prompt)
+    fields["attention"] = attention_patterns(lm, enc.ids[attention_prompt], attention_prompt)
     timing["attention_s"] = time.perf_counter() - t_assembled
     timing["study_s"] = time.perf_counter() - t_start
     timing["prompts_per_s"] = len(prompts) / timing["study_s"]
-    result.timing = timing
-    return result
+    return StudyResult(**fields, timing=timing)
+
+
+# BatchScalars' field names (capture.py) -> StudyResult's (TransformerLens's hook names).
+_FIELD_NAMES = {"attn": "attn_out", "mlp": "mlp_out", "heads": "head_results", "final_bias": "final_norm_bias"}
 
 
 @torch.inference_mode()
@@ -393,7 +396,7 @@ def attention_patterns(lm: LoadedModel, ids: list[int], prompt_index: int) -> At
             model.set_attn_implementation(previous)
     patterns = torch.stack([a[0].float().cpu() for a in out.attentions]).numpy()
     str_tokens = [lm.tokenizer.decode([t], clean_up_tokenization_spaces=False) for t in ids]
-    return AttentionView(prompt_index, str_tokens, patterns)
+    return AttentionView.from_all_heads(prompt_index, str_tokens, patterns)
 
 
 def _as_loaded(model: Any, tokenizer: Any, **load_kwargs: Any) -> LoadedModel:

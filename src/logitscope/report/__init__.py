@@ -2,8 +2,11 @@
 
 - :func:`write_report` writes it (atomically);
 - :func:`report_html` returns it as a string;
-- :func:`notebook_html` wraps it for Jupyter (``StudyResult._repr_html_``);
-- :func:`logitscope.report.figures.make_figures` gives the plotly figures alone.
+- :func:`notebook_html` wraps it for Jupyter (``StudyData._repr_html_``);
+- :func:`logitscope.report.figures.make_figures` gives the plotly figures alone;
+- :func:`logitscope.report.summary.summary_text` gives the terminal's few lines.
+
+Everything here reads a :class:`~logitscope.study_data.StudyData` and nothing else.
 """
 
 from __future__ import annotations
@@ -12,17 +15,15 @@ import html
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
-
+from logitscope.report.figures import make_figures
 from logitscope.report.page import report_html
+from logitscope.report.summary import summary_text
+from logitscope.study_data import StudyData
 
-if TYPE_CHECKING:
-    from logitscope.results import StudyResult
-
-__all__ = ["notebook_html", "report_html", "write_report"]
+__all__ = ["make_figures", "notebook_html", "report_html", "summary_text", "write_report"]
 
 
-def write_report(result: StudyResult, path: str | Path) -> Path:
+def write_report(result: StudyData, path: str | Path) -> Path:
     """Write the report to ``path``: a temporary file in the same folder, then ``os.replace``, so a
     reader never sees half a file and a failure leaves any earlier report in place."""
     path = Path(path)
@@ -42,12 +43,12 @@ def write_report(result: StudyResult, path: str | Path) -> Path:
     return path
 
 
-def notebook_html(result: StudyResult, height: int = 900) -> str:
+def notebook_html(result: StudyData, height: int = 900) -> str:
     """A short text summary, then the full report in a scrolling ``<iframe srcdoc>`` of ``height``
     pixels: it renders offline, and its scripts cannot clash with the notebook's (e.g. require.js).
     Non-ASCII characters are written as character references, so the frame reads the same whatever
     encoding the notebook page declares."""
-    summary = html.escape(result.summary())
+    summary = html.escape(summary_text(result))
     doc = html.escape(report_html(result), quote=True).encode("ascii", "xmlcharrefreplace").decode("ascii")
     return (
         '<div class="logitscope-result">'
