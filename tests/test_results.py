@@ -58,3 +58,87 @@ def test_the_documented_api_delegates(demo, tmp_path):
     assert demo._repr_html_().startswith("<div")
     assert repr(demo).startswith("<StudyResult demo: 60 prompts")
     assert demo.top_heads(2, sign=1) == ls.StudyResult.top_heads(demo, 2, 1)
+
+
+# ------------------------------------------------------------------------------------------ reopening
+def _same(a, b) -> None:
+    """Field by field: arrays bit for bit, prompts with their metadata, everything else equal."""
+    for f in dataclasses.fields(StudyResult):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray) or x is None:
+            if x is None:
+                assert y is None, f.name
+            else:
+                assert y.shape == x.shape, f.name
+                np.testing.assert_array_equal(y, x, err_msg=f.name)
+        elif f.name == "prompts":
+            assert [(p.text, p.correct, p.incorrect, p.meta) for p in y] == [(p.text, p.correct, p.incorrect, p.meta) for p in x]
+        elif f.name == "attention":
+            assert (y.prompt_index, y.str_tokens, y.kept, y.n_layers, y.n_heads) == (
+                x.prompt_index, x.str_tokens, x.kept, x.n_layers, x.n_heads)
+            np.testing.assert_array_equal(y.patterns, x.patterns)
+        else:
+            assert y == x, f.name
+
+
+def test_a_saved_study_reopens_as_the_same_result(tiny_gpt2_dir, tmp_path):
+    """load_result gives back every field bit for bit (the study computes in float32, and the files
+    keep float32), so the same results.json, report, figures and tables, without the model."""
+    import json
+
+    from logitscope.report import report_html
+
+    result = ls.run_study("ioi:30", str(tiny_gpt2_dir), device="cpu", seed=4)
+    result.save(tmp_path / "run", csv=True)
+    again = ls.load_result(tmp_path / "run")
+    assert isinstance(again, StudyResult)
+    _same(result, again)
+    assert json.loads(json.dumps(again.to_dict())) == json.loads((tmp_path / "run" / "results.json").read_text())
+    assert report_html(again) == report_html(result)
+    assert again.to_records() == result.to_records()
+    assert again.figures()["head_attribution"].to_json() == result.figures()["head_attribution"].to_json()
+    assert again.summary() == result.summary()
+    # results.json itself can be named, and a reopened study saves the same files again.
+    _same(result, ls.load_result(tmp_path / "run" / "results.json"))
+    again.save(tmp_path / "copy", report=False)
+    assert (tmp_path / "copy" / "results.json").read_bytes() == (tmp_path / "run" / "results.json").read_bytes()
+
+
+def test_a_jsonl_study_with_odd_metadata_reopens(tiny_gpt2_dir, tmp_path):
+    import json
+
+    rows = [{"prompt": "When Mary and John went to the store, John gave a drink to", "correct": " Mary",
+             "incorrect": " John", "template": ["a", 1], "correct_id": "mine", "note": None},
+            {"prompt": "The capital of France is", "correct": " Paris", "incorrect": " London"}]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = ls.run_study(str(path), str(tiny_gpt2_dir), device="cpu", prepend_bos=False)
+    result.save(tmp_path / "run", report=False)
+    again = ls.load_result(tmp_path / "run")
+    _same(result, again)
+    assert again.prompts[0].meta == {"template": ["a", 1], "correct_id": "mine", "note": None, "line": 1}
+
+
+def test_reopening_says_what_is_wrong(tiny_gpt2_dir, tmp_path):
+    import json
+
+    result = ls.run_study("arena", str(tiny_gpt2_dir), device="cpu")
+    run = result.save(tmp_path / "run", report=False)
+    with pytest.raises(ls.InputError, match="has no results.json"):
+        ls.load_result(tmp_path)
+    with pytest.raises(ls.InputError, match="no such folder"):
+        ls.load_result(tmp_path / "nope")
+    doc = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**doc, "schema_version": 1}))
+    with pytest.raises(ls.InputError, match=r"schema_version 1, written by logitscope 0\.1\.0; this logitscope reads version 2"):
+        ls.load_result(run)
+    (run / "results.json").write_text(json.dumps({**doc, "schema_version": 99}))
+    with pytest.raises(ls.InputError, match="schema_version 99"):
+        ls.load_result(run)
+    (run / "results.json").write_text("{not json")
+    with pytest.raises(ls.InputError, match="not readable JSON"):
+        ls.load_result(run)
+    (run / "results.json").write_text(json.dumps(doc))
+    (run / "per_prompt.npz").unlink()
+    with pytest.raises(ls.InputError, match=r"per_prompt\.npz is missing"):
+        ls.load_result(run)
