@@ -21,7 +21,7 @@ _EXPORTS = {
     "LoadedModel": "logitscope.models.load",
     "LogitscopeError": "logitscope.errors",
     "ModelLoadError": "logitscope.errors",
-    "Prompt": "logitscope.tasks.prompts",
+    "Prompt": "logitscope.tasks.prompt",
     "StudyResult": "logitscope.results",
     "builtin_prompts": "logitscope.tasks.prompts",
     "load_jsonl": "logitscope.tasks.prompts",
@@ -72,4 +72,5 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from logitscope.results import AttentionView, StudyResult, load_result
     from logitscope.study import logit_diff_directions, run_study
     from logitscope.tasks import load_prompts
-    from logitscope.tasks.prompts import Prompt, builtin_prompts, load_jsonl
+    from logitscope.tasks.prompt import Prompt
+    from logitscope.tasks.prompts import builtin_prompts, load_jsonl

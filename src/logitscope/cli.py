@@ -8,7 +8,7 @@ import sys
 import traceback
 
 from logitscope import __version__
-from logitscope.errors import InputError, LogitscopeError
+from logitscope.errors import ArgumentError, InputError, LogitscopeError
 
 EXAMPLES = """\
 examples:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except LogitscopeError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"logitscope: error: {e}", file=sys.stderr)
+        print(f"logitscope: error: {_in_flags(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("logitscope: interrupted; nothing was written", file=sys.stderr)
@@ -96,6 +96,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+# run_study's arguments -> the flags that set them (the library's messages name the arguments).
+FLAGS = {"top_k": "--top-k", "batch_size": "--batch-size", "seed": "--seed", "attention_prompt": "--attention-prompt",
+         "device": "--device", "dtype": "--dtype", "device_map": "--device-map", "prepend_bos": "--prepend-bos"}
+FIX_FLAGS = {("prepend_bos", False): "--no-prepend-bos", ("prepend_bos", True): "--prepend-bos"}
+
+
+def _in_flags(e: LogitscopeError) -> str:
+    """The error's message, with the command-line flag where the library names an argument."""
+    if isinstance(e, ArgumentError) and e.argument in FLAGS:
+        return e.for_flag(FLAGS[e.argument], FIX_FLAGS.get((e.argument, e.fix)))
+    return str(e)
+
+
 def _warn(msg: str, args: argparse.Namespace) -> None:
     if not args.quiet:
         print(f"logitscope: warning: {msg}", file=sys.stderr)
@@ -105,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
     from logitscope.io import check_out_dir
     from logitscope.models.load import resolve_device
     from logitscope.tasks.lint import lint_prompts
-    from logitscope.tasks.prompts import load_prompts
+    from logitscope.tasks.prompts import GeneratedSet, load_prompts, parse_prompts
 
     # Everything that can be checked without the model is checked first, so a typo costs no load.
     check_out_dir(args.out, label="--out")
@@ -118,17 +131,15 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(f"--device {args.device} and --device-map {args.device_map}: give one or the other")
     if args.seed < 0:
         raise InputError(f"--seed {args.seed}: must be 0 or more")
-    generated = args.prompts.split(":", 1)[0] in ("ioi", "ioi-abba", "ioi-baba")
-    prompts = None if generated else load_prompts(args.prompts, seed=args.seed)
+    parsed = parse_prompts(args.prompts)  # a file read and checked, or an ioi:N spec checked
 
     _quiet_libraries()
     from logitscope.models.load import load_model
     from logitscope.study import run_study
 
     lm = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
-    if prompts is None:
-        prompts = load_prompts(args.prompts, seed=args.seed, tokenizer=lm.tokenizer)
-    if not generated:
+    prompts = load_prompts(parsed, seed=args.seed, tokenizer=lm.tokenizer)
+    if not isinstance(parsed, GeneratedSet):
         for w in lint_prompts(prompts):
             if args.prompts == "seed" and "double space" in w:
                 w = "the seed's prompts contain a double space ('shops,  John'), kept byte for byte as in the seed notebook"

@@ -28,7 +28,7 @@ from logitscope.io import atomic_output_dir, json_text
 from logitscope.labels import head_label, parse_head
 from logitscope.study_data import AttentionView, StudyData
 from logitscope.tables import meta_of_row, prompt_rows, write_csv
-from logitscope.tasks.prompts import Prompt
+from logitscope.tasks.prompt import Prompt
 
 # 2: per_prompt.npz and attention.npy beside results.json, which gained parallel_attn_mlp, top_k,
 # attention.heads and top_heads.n_positive / n_negative (version 1 files cannot be reopened).

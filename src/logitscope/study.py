@@ -13,11 +13,12 @@ import numpy as np
 import torch
 
 from logitscope.capture import BatchScalars, Recorder
-from logitscope.errors import InputError
+from logitscope.errors import ArgumentError, InputError
 from logitscope.models.kernels import equivalent_kernels
 from logitscope.models.load import LoadedModel, load_model, wrap_model
 from logitscope.results import AttentionView, StudyResult
-from logitscope.tasks.prompts import Prompt, load_prompts
+from logitscope.tasks.prompt import Prompt, is_token_id
+from logitscope.tasks.prompts import GeneratedSet, load_prompts, parse_prompts
 
 
 @dataclass
@@ -41,12 +42,20 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
     if prepend_bos:
         bos = tok.bos_token_id
         if bos is None:
-            raise InputError(
-                "the tokenizer has no BOS token, so none can be prepended; run with --no-prepend-bos"
-            )
+            raise ArgumentError("prepend_bos", True, "the tokenizer has no BOS token, so none can be prepended",
+                                fix=False)
         ids = [[bos] + x for x in ids]
-    answers = sorted({p.correct for p in prompts} | {p.incorrect for p in prompts})
-    answer_ids = dict(zip(answers, tokenize(tok, answers)))
+    given = {a for p in prompts for a in (p.correct, p.incorrect) if is_token_id(a)}
+    vocab = lm.adapter.unembed(lm.model).weight.shape[0]
+    for a in sorted(given):
+        if a >= vocab:
+            p = next(p for p in prompts if a in (p.correct, p.incorrect))
+            raise InputError(f"{_where(prompts, prompt=p)}: answer id {a} is not a token of this model "
+                             f"(its vocabulary has {vocab} tokens, ids 0-{vocab - 1})")
+    answers = sorted({a for p in prompts for a in (p.correct, p.incorrect) if not is_token_id(a)})
+    answer_ids: dict[str | int, list[int]] = {a: [a] for a in given}
+    if answers:
+        answer_ids.update(zip(answers, tokenize(tok, answers)))
     bad = []
     for a, toks in answer_ids.items():
         if len(toks) != 1:
@@ -185,7 +194,7 @@ def _available_host_memory() -> int | None:
 
 
 def run_study(
-    prompts: Sequence[Prompt] | str,
+    prompts: Any,
     model: Any,
     *,
     tokenizer: Any = None,
@@ -201,31 +210,35 @@ def run_study(
 ) -> StudyResult:
     """Run the whole direct-logit-attribution study.
 
-    ``prompts``: a list of :class:`Prompt`, or a spec (``"seed"``, ``"arena"``, ``"ioi:N"``, a JSONL
-    path). ``model``: a hub id or alias, a local folder, a :class:`LoadedModel`, or an
-    already-loaded ``transformers`` causal LM (then pass its ``tokenizer``).
+    ``prompts``: a spec (``"seed"``, ``"arena"``, ``"ioi:N"``), a path (``str`` or
+    ``pathlib.Path``) to a JSONL file, or a list of :class:`Prompt`, of dicts with the JSONL keys,
+    or of ``(prompt, correct, incorrect)`` tuples; an answer is text that is one token (``" Mary"``)
+    or a token id (``5335``). ``model``: a hub id or alias, a local folder, a :class:`LoadedModel`,
+    or an already-loaded ``transformers`` causal LM (then pass its ``tokenizer``). Everything that
+    can be checked without the model is checked before it is loaded.
     """
+    _check_whole("top_k", top_k, 1)
+    _check_whole("seed", seed, 0)
+    _check_whole("attention_prompt", attention_prompt, 0)
+    if batch_size is not None:
+        _check_whole("batch_size", batch_size, 1)
+    parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
     lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map)
-    if isinstance(prompts, str):
-        prompts = load_prompts(prompts, seed=seed, tokenizer=lm.tokenizer)
-    prompts = list(prompts)
-    if not prompts:
-        raise InputError("no prompts given")
-    if top_k < 1:
-        raise InputError(f"top_k={top_k} (--top-k): must be at least 1")
-    if seed < 0:
-        raise InputError(f"seed={seed} (--seed): must be 0 or more")
-    if not 0 <= attention_prompt < len(prompts):
-        raise InputError(f"attention_prompt={attention_prompt} (--attention-prompt): must be between 0 and {len(prompts) - 1}")
+    prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer) if isinstance(parsed, GeneratedSet) else parsed
+    n_heads = lm.shape.n_layers * lm.shape.n_heads
+    if top_k > n_heads:
+        raise ArgumentError("top_k", top_k, f"this model has {n_heads} heads; ask for at most {n_heads}")
+    if attention_prompt >= len(prompts):
+        raise ArgumentError("attention_prompt", attention_prompt, f"must be between 0 and {len(prompts) - 1} "
+                            f"(there {'are' if len(prompts) != 1 else 'is'} {len(prompts)} prompt{'s' if len(prompts) != 1 else ''})")
     bos = lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos
     t_start = time.perf_counter()
     enc = encode_prompts(prompts, lm, prepend_bos=bos)
+    prompts = _answers_as_text(prompts, enc, lm.tokenizer)
     t_encoded = time.perf_counter()
     lengths = enc.lengths
     if batch_size is None:
         batch_size = auto_batch_size(lm, int(lengths.max()))
-    if batch_size < 1:
-        raise InputError(f"batch_size={batch_size} (--batch-size): must be at least 1")
 
     # Sort by length so batches carry little padding; results go back to the prompts' order.
     order = np.argsort(lengths, kind="stable")
@@ -291,17 +304,32 @@ def run_study(
 _FIELD_NAMES = {"attn": "attn_out", "mlp": "mlp_out", "heads": "head_results", "final_bias": "final_norm_bias"}
 
 
+def _check_whole(name: str, value: Any, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ArgumentError(name, value, "must be a whole number")
+    if value < least:
+        raise ArgumentError(name, value, f"must be at least {least}" if least else "must be 0 or more")
+
+
+def _answers_as_text(prompts: list[Prompt], enc: Encoded, tok: Any) -> list[Prompt]:
+    """Answers given as token ids, written as the token's text (the ids stay in ``correct_ids``)."""
+    def text(answer: str | int) -> str:
+        return tok.decode([answer], clean_up_tokenization_spaces=False) if is_token_id(answer) else answer
+
+    return [p if isinstance(p.correct, str) and isinstance(p.incorrect, str)
+            else Prompt(p.text, text(p.correct), text(p.incorrect), p.meta) for p in prompts]
+
+
 @torch.inference_mode()
-def logit_diff_directions(prompts: Sequence[Prompt] | str, model: Any, *, tokenizer: Any = None) -> torch.Tensor:
+def logit_diff_directions(prompts: Any, model: Any, *, tokenizer: Any = None) -> torch.Tensor:
     """The seed's ``logit_diff_directions``: ``[n_prompts, d_model]`` residual-stream directions
     whose dot product with the final residual, divided by the final norm's scale, is each prompt's
     direct logit difference — TransformerLens's ``tokens_to_residual_directions(correct) −
     tokens_to_residual_directions(incorrect)`` after ``fold_ln`` (the final norm's weight folded
     in; centred over ``d_model`` for LayerNorm models). float32, on the unembedding's device."""
+    parsed = parse_prompts(prompts)
     lm = _as_loaded(model, tokenizer, device="auto", dtype="float32", device_map=None)
-    if isinstance(prompts, str):
-        prompts = load_prompts(prompts, tokenizer=lm.tokenizer)
-    enc = encode_prompts(list(prompts), lm, prepend_bos=lm.adapter.default_prepend_bos)
+    enc = encode_prompts(load_prompts(parsed, tokenizer=lm.tokenizer), lm, prepend_bos=lm.adapter.default_prepend_bos)
     rec = Recorder(lm)
     return rec.directions(torch.from_numpy(enc.correct).to(rec.out_device), torch.from_numpy(enc.incorrect).to(rec.out_device))
 

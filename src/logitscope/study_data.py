@@ -20,7 +20,7 @@ import numpy as np
 from logitscope import attribution, labels
 from logitscope.grouping import by_template
 from logitscope.stats import shared_intervals
-from logitscope.tasks.prompts import Prompt
+from logitscope.tasks.prompt import Prompt
 
 
 @dataclass(frozen=True, eq=False, repr=False)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from logitscope.errors import LogitscopeError, ModelLoadError
+from logitscope.errors import ArgumentError, ModelLoadError
 from logitscope.models.adapters import Adapter, ModelShape, adapter_for, model_shape
 
 # TransformerLens's names for models users know by them.
@@ -58,16 +58,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise LogitscopeError(f"--device {device!r} is not a device name: use auto, cpu, cuda, cuda:N or mps") from None
+        raise ArgumentError("device", device, "not a device name: use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise LogitscopeError(f"--device {device}: CUDA is not available on this machine (try --device auto or cpu)")
+            raise ArgumentError("device", device, "CUDA is not available on this machine; use auto or cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise LogitscopeError(
-                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
+            raise ArgumentError("device", device, f"this machine has {torch.cuda.device_count()} CUDA device(s)")
     if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise LogitscopeError(f"--device {device}: Apple MPS is not available on this machine (try --device auto or cpu)")
+        raise ArgumentError("device", device, "Apple MPS is not available on this machine; use auto or cpu")
     return dev
 
 
@@ -79,7 +77,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     try:
         return DTYPES[dtype]
     except KeyError:
-        raise LogitscopeError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}") from None
+        raise ArgumentError("dtype", dtype, f"use one of {', '.join(DTYPES)}") from None
 
 
 def _is_local(name: str) -> bool:
@@ -177,7 +175,7 @@ def wrap_model(model: nn.Module, tokenizer: Any, *, name: str | None = None, ada
     if offloaded:
         raise ModelLoadError(
             "the model is partly offloaded to CPU or disk by accelerate (device_map); logitscope needs every "
-            "weight resident on a device. Give it more GPU memory (more GPUs, --dtype bfloat16) or load it on one device"
+            "weight resident on a device. Give it more GPU memory (more GPUs, dtype='bfloat16') or load it on one device"
         )
     model.eval()
     device = next(model.parameters()).device

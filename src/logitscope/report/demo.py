@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from logitscope.study_data import AttentionView, StudyData
-from logitscope.tasks.prompts import Prompt
+from logitscope.tasks.prompt import Prompt
 
 _NAMES = ["Mary", "John", "Tom", "James", "Dan", "Sid", "Martin", "Amy", "Alice", "Bob", "Kate", "Paul"]
 _PLACES = ["shops", "park", "store", "school", "garden", "office"]

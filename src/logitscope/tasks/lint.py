@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Sequence
 
-from logitscope.tasks.prompts import Prompt
+from logitscope.tasks.prompt import Prompt
 
 
 def _where(p: Prompt, i: int) -> str:

@@ -1,0 +1,163 @@
+"""The Python API is as careful as the command line: what a notebook passes is accepted or refused
+with a clear message that speaks Python, before any model is loaded where it can be."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import logitscope as ls
+
+ROW = {"prompt": "When Mary and John went to the store, John gave a drink to", "correct": " Mary", "incorrect": " John"}
+OTHER = {"prompt": "The capital of France is", "correct": " Paris", "incorrect": " London"}
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_gpt2_dir):
+    return ls.load_model(str(tiny_gpt2_dir), device="cpu")
+
+
+def _never_load(monkeypatch):
+    import logitscope.study as study
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the prompts were checked")
+
+    monkeypatch.setattr(study, "load_model", refuse)
+
+
+# ------------------------------------------------------------------------------------------ prompts
+def test_prompts_as_a_path_dicts_or_tuples(lm, tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(ROW) + "\n" + json.dumps(OTHER) + "\n")
+    from_path = ls.run_study(path, lm)  # a pathlib.Path, not only a str
+    from_dicts = ls.run_study([ROW, {**OTHER, "tag": "capital"}], lm)
+    from_tuples = ls.run_study([tuple(ROW.values()), tuple(OTHER.values())], lm)
+    from_prompts = ls.run_study([ls.Prompt(*ROW.values()), ls.Prompt(*OTHER.values())], lm)
+    for other in (from_dicts, from_tuples, from_prompts):
+        np.testing.assert_array_equal(other.logit_diff, from_path.logit_diff)
+        assert [p.text for p in other.prompts] == [p.text for p in from_path.prompts]
+    assert from_path.prompts[1].meta == {"line": 2}
+    assert from_dicts.prompts[1].meta == {"tag": "capital"}  # extra keys are kept, as in JSONL
+
+
+def test_answers_as_token_ids(lm, gpt2_tokenizer):
+    """An answer may be a token id: used as given, shown as its token."""
+    mary, john = gpt2_tokenizer.encode(" Mary"), gpt2_tokenizer.encode(" John")
+    by_text = ls.run_study([ROW], lm)
+    by_id = ls.run_study([(ROW["prompt"], mary[0], john[0])], lm)
+    mixed = ls.run_study([{**ROW, "correct": mary[0]}], lm)
+    for other in (by_id, mixed):
+        np.testing.assert_array_equal(other.logit_diff, by_text.logit_diff)
+        np.testing.assert_array_equal(other.correct_ids, by_text.correct_ids)
+        assert (other.prompts[0].correct, other.prompts[0].incorrect) == (" Mary", " John")
+    with pytest.raises(ls.InputError, match="answer id 99999 is not a token of this model"):
+        ls.run_study([(ROW["prompt"], 99999, john[0])], lm)
+
+
+@pytest.mark.parametrize("prompts,expected", [
+    (5, "got int 5"),
+    (b"seed", "got bytes"),
+    (ROW, r"got dict .* \(a single row: pass a list of rows, \[row\]\)"),
+    (ls.Prompt("a", " b", " c"), r"\(a single Prompt: pass a list"),
+    ([ROW, 3.5], r"prompts\[1\]: expected a Prompt, a dict .* got float 3\.5"),
+    ([("only", "two")], r"prompts\[0\]: .* got a tuple of 2 items"),
+    (None, "got NoneType"),
+])
+def test_other_prompts_are_a_type_error_naming_what_was_given(prompts, expected, monkeypatch):
+    _never_load(monkeypatch)
+    with pytest.raises(TypeError, match=expected):
+        ls.run_study(prompts, "no-such-org/no-such-model")
+
+
+@pytest.mark.parametrize("prompts,expected", [
+    ([{"prompt": "x", "correct": " a"}], r"prompts\[0\]: missing field 'incorrect'"),
+    ([("x", " a", None)], r"prompts\[0\]: field 'incorrect' must be .* not NoneType None"),
+    ([ls.Prompt("", " a", " b")], r"prompts\[0\]: field 'prompt' must be a non-empty string"),
+    ([(ROW["prompt"], True, " b")], r"field 'correct' must be .* or a token id"),
+    ([], "no prompts given"),
+    ("ioi:0", "N must be at least 1"),
+    ("ioi:lots", "N must be a whole number"),
+    ("sed", "unknown prompt set 'sed'"),
+])
+def test_bad_prompts_are_refused_before_the_model_is_loaded(prompts, expected, monkeypatch):
+    _never_load(monkeypatch)
+    with pytest.raises(ls.InputError, match=expected):
+        ls.run_study(prompts, "no-such-org/no-such-model")
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    ({"top_k": 0}, r"^top_k=0: must be at least 1$"),
+    ({"top_k": 2.5}, r"^top_k=2\.5: must be a whole number$"),
+    ({"seed": -1}, r"^seed=-1: must be 0 or more$"),
+    ({"batch_size": 0}, r"^batch_size=0: must be at least 1$"),
+    ({"attention_prompt": -1}, r"^attention_prompt=-1: must be 0 or more$"),
+])
+def test_bad_arguments_are_refused_before_the_model_is_loaded(kwargs, expected, monkeypatch):
+    _never_load(monkeypatch)
+    with pytest.raises(ls.InputError, match=expected):
+        ls.run_study("seed", "no-such-org/no-such-model", **kwargs)
+
+
+def test_ioi_spec_typos_fail_before_the_model_is_loaded(tmp_path, capsys, monkeypatch):
+    """A typo in ioi:N must not start a download: the spec is checked first."""
+    import logitscope.models.load as load
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before --prompts was checked")
+
+    monkeypatch.setattr(load, "load_model", refuse)
+    from logitscope.cli import main
+
+    for spec, expected in (("ioi:lots", "N must be a whole number"), ("ioi-abba:0", "N must be at least 1")):
+        assert main(["run", "--model", "no-such-org/no-such-model", "--prompts", spec, "--out", str(tmp_path / "o")]) == 2
+        assert expected in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ messages
+def test_library_errors_speak_python_and_the_cli_speaks_flags(tiny_gpt2_dir, lm, tmp_path, capsys):
+    from logitscope.cli import main
+
+    result = ls.run_study([ROW], lm)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    with pytest.raises(ls.InputError, match=rf"^out_dir='{a_file}': is a file, not a folder"):
+        result.save(a_file)
+    with pytest.raises(ls.InputError, match=r"^out_dir is empty: give the folder to write into \(e\.g\. out_dir='runs/first'\)"):
+        result.save("")
+    with pytest.raises(ls.InputError, match=r"^device='toaster': not a device name"):
+        ls.load_model(str(tiny_gpt2_dir), device="toaster")
+    with pytest.raises(ls.InputError, match=r"^dtype='float8': use one of float32"):
+        ls.load_model(str(tiny_gpt2_dir), dtype="float8")
+    with pytest.raises(ls.InputError, match=r"^top_k=9: this model has 8 heads; ask for at most 8$"):
+        ls.run_study([ROW], lm, top_k=9)
+    no_bos = ls.wrap_model(lm.model, _without_bos(lm.tokenizer))
+    with pytest.raises(ls.InputError, match=r"^prepend_bos=True: the tokenizer has no BOS token, so none can be "
+                       r"prepended; pass prepend_bos=False$"):
+        ls.run_study([ROW], no_bos, prepend_bos=True)
+    # The command line says the same with its flags.
+    model = ["--model", str(tiny_gpt2_dir)]
+    cases = [
+        (["--prompts", "seed", "--out", str(a_file)], f"logitscope: error: --out {a_file}: is a file, not a folder"),
+        (["--prompts", "seed", "--out", str(tmp_path / "o"), "--top-k", "9"],
+         "logitscope: error: --top-k 9: this model has 8 heads; ask for at most 8"),
+        (["--prompts", "seed", "--out", str(tmp_path / "o"), "--attention-prompt", "8"],
+         "logitscope: error: --attention-prompt 8: must be between 0 and 7"),
+        (["--prompts", "seed", "--out", str(tmp_path / "o"), "--device", "toaster"],
+         "logitscope: error: --device toaster: not a device name"),
+    ]
+    for argv, expected in cases:
+        assert main(["run", *model, *argv]) == 2
+        assert expected in capsys.readouterr().err, argv
+
+
+def _without_bos(tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.bos_token = None
+    assert tok.bos_token_id is None
+    return tok
