@@ -161,3 +161,59 @@ def _without_bos(tokenizer):
     tok.bos_token = None
     assert tok.bos_token_id is None
     return tok
+
+
+# ------------------------------------------------------------------------------------------ warnings
+LINTED = [
+    {**ROW, "prompt": "When Mary and  John went to the store, John gave a drink to"},
+    {**ROW, "prompt": ROW["prompt"] + "\n"},
+    {**ROW, "prompt": "<|endoftext|>" + ROW["prompt"]},
+    OTHER,
+]
+
+
+def test_prompt_warnings_come_from_python_too_and_can_be_filtered(lm):
+    import warnings
+
+    with pytest.warns(ls.PromptWarning) as caught:
+        ls.run_study(LINTED, lm)
+    messages = [str(w.message) for w in caught]
+    assert any("1 of 4 prompts contain a double space" in m and "[prompt 0]" in m for m in messages), messages
+    assert any("1 of 4 prompts end in a newline" in m and "[prompt 1]" in m for m in messages), messages
+    assert any("1 of 4 prompts contain the special token '<|endoftext|>' written as text" in m and "id 50256" in m
+               and "[prompt 2]" in m for m in messages), messages
+    assert all(w.filename == __file__ for w in caught)  # attributed to the caller's line
+    with warnings.catch_warnings(record=True) as quiet:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=ls.PromptWarning)
+        ls.run_study(LINTED, lm)
+    assert not [w for w in quiet if issubclass(w.category, ls.PromptWarning)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ls.PromptWarning)
+        with pytest.raises(ls.PromptWarning):
+            ls.run_study(LINTED, lm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ls.PromptWarning)
+        ls.run_study([ROW, OTHER], lm)  # clean prompts: no warning
+        ls.run_study("ioi:10", lm)  # generated prompts are built clean
+
+
+def test_the_cli_prints_the_same_warnings_before_an_error(tiny_gpt2_dir, tmp_path, capsys):
+    from logitscope.cli import main
+
+    path = tmp_path / "lint.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in LINTED))
+    assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", str(path), "--out", str(tmp_path / "o"),
+                 "--no-report"]) == 0
+    err = capsys.readouterr().err
+    assert "logitscope: warning: 1 of 4 prompts end in a newline" in err and "[line 2]" in err
+    assert "logitscope: warning: 1 of 4 prompts contain the special token '<|endoftext|>'" in err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(LINTED[1]) + "\n" + json.dumps({**ROW, "correct": " Maryanne-Louise"}) + "\n")
+    assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", str(bad), "--out", str(tmp_path / "o")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("logitscope: warning: 1 of 2 prompts end in a newline")
+    assert lines[-1].startswith("logitscope: error: prompt") and "Maryanne-Louise" in lines[-1]
+    assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", str(path), "--out", str(tmp_path / "o"),
+                 "--no-report", "--quiet"]) == 0
+    assert "warning" not in capsys.readouterr().err

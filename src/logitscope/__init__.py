@@ -16,12 +16,14 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _EXPORTS = {
+    "ArgumentError": "logitscope.errors",
     "AttentionView": "logitscope.results",
     "InputError": "logitscope.errors",
     "LoadedModel": "logitscope.models.load",
     "LogitscopeError": "logitscope.errors",
     "ModelLoadError": "logitscope.errors",
     "Prompt": "logitscope.tasks.prompt",
+    "PromptWarning": "logitscope.errors",
     "StudyResult": "logitscope.results",
     "builtin_prompts": "logitscope.tasks.prompts",
     "load_jsonl": "logitscope.tasks.prompts",
@@ -34,12 +36,14 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "ArgumentError",
     "AttentionView",
     "InputError",
     "LoadedModel",
     "LogitscopeError",
     "ModelLoadError",
     "Prompt",
+    "PromptWarning",
     "StudyResult",
     "__version__",
     "builtin_prompts",
@@ -67,7 +71,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from logitscope.errors import InputError, LogitscopeError, ModelLoadError
+    from logitscope.errors import ArgumentError, InputError, LogitscopeError, ModelLoadError, PromptWarning
     from logitscope.models.load import LoadedModel, load_model, wrap_model
     from logitscope.results import AttentionView, StudyResult, load_result
     from logitscope.study import logit_diff_directions, run_study

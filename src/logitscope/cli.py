@@ -6,9 +6,10 @@ import argparse
 import os
 import sys
 import traceback
+import warnings
 
 from logitscope import __version__
-from logitscope.errors import ArgumentError, InputError, LogitscopeError
+from logitscope.errors import ArgumentError, InputError, LogitscopeError, PromptWarning
 
 EXAMPLES = """\
 examples:
@@ -109,16 +110,21 @@ def _in_flags(e: LogitscopeError) -> str:
     return str(e)
 
 
-def _warn(msg: str, args: argparse.Namespace) -> None:
-    if not args.quiet:
-        print(f"logitscope: warning: {msg}", file=sys.stderr)
+def _printer(default):
+    """A ``warnings.showwarning`` that prints a :class:`PromptWarning` as one line of ours."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PromptWarning):
+            print(f"logitscope: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def _run(args: argparse.Namespace) -> int:
     from logitscope.io import check_out_dir
     from logitscope.models.load import resolve_device
-    from logitscope.tasks.lint import lint_prompts
-    from logitscope.tasks.prompts import GeneratedSet, load_prompts, parse_prompts
+    from logitscope.tasks.prompts import parse_prompts
 
     # Everything that can be checked without the model is checked first, so a typo costs no load.
     check_out_dir(args.out, label="--out")
@@ -138,22 +144,19 @@ def _run(args: argparse.Namespace) -> int:
     from logitscope.study import run_study
 
     lm = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
-    prompts = load_prompts(parsed, seed=args.seed, tokenizer=lm.tokenizer)
-    if not isinstance(parsed, GeneratedSet):
-        for w in lint_prompts(prompts):
-            if args.prompts == "seed" and "double space" in w:
-                w = "the seed's prompts contain a double space ('shops,  John'), kept byte for byte as in the seed notebook"
-            _warn(w, args)
-    result = run_study(
-        prompts,
-        lm,
-        batch_size=args.batch_size,
-        top_k=args.top_k,
-        attention_prompt=args.attention_prompt,
-        prepend_bos=args.prepend_bos,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
+    with warnings.catch_warnings():  # the study's prompt warnings, printed as ours (after it, the error)
+        warnings.simplefilter("ignore" if args.quiet else "always", PromptWarning)
+        warnings.showwarning = _printer(warnings.showwarning)
+        result = run_study(
+            parsed,
+            lm,
+            batch_size=args.batch_size,
+            top_k=args.top_k,
+            attention_prompt=args.attention_prompt,
+            prepend_bos=args.prepend_bos,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
     from logitscope.serialize import OUTPUT_FILES, save_study
 
     out = save_study(result, args.out, report=not args.no_report, csv=args.csv, label="--out")

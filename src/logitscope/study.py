@@ -6,6 +6,7 @@ import datetime as _dt
 import itertools
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -13,10 +14,11 @@ import numpy as np
 import torch
 
 from logitscope.capture import BatchScalars, Recorder
-from logitscope.errors import ArgumentError, InputError
+from logitscope.errors import ArgumentError, InputError, PromptWarning
 from logitscope.models.kernels import equivalent_kernels
 from logitscope.models.load import LoadedModel, load_model, wrap_model
 from logitscope.results import AttentionView, StudyResult
+from logitscope.tasks.lint import lint_prompts
 from logitscope.tasks.prompt import Prompt, is_token_id
 from logitscope.tasks.prompts import GeneratedSet, load_prompts, parse_prompts
 
@@ -224,7 +226,12 @@ def run_study(
         _check_whole("batch_size", batch_size, 1)
     parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
     lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map)
-    prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer) if isinstance(parsed, GeneratedSet) else parsed
+    if isinstance(parsed, GeneratedSet):
+        prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer)  # built clean: nothing to lint
+    else:
+        prompts = parsed
+        for message in lint_prompts(prompts, tokenizer=lm.tokenizer):
+            warnings.warn(message, PromptWarning, stacklevel=2)
     n_heads = lm.shape.n_layers * lm.shape.n_heads
     if top_k > n_heads:
         raise ArgumentError("top_k", top_k, f"this model has {n_heads} heads; ask for at most {n_heads}")
