@@ -217,3 +217,65 @@ def test_the_cli_prints_the_same_warnings_before_an_error(tiny_gpt2_dir, tmp_pat
     assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", str(path), "--out", str(tmp_path / "o"),
                  "--no-report", "--quiet"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ heads
+def test_every_head_spelling_logitscope_prints_is_accepted(lm):
+    result = ls.run_study("arena", lm)
+    view = result.attention
+    want = view.heads([(1, 3)])
+    l, h, v = result.top_heads(1)[0]
+    row = result.to_dict()["top_heads"]["positive"][0]
+    spelled = ["L1H3", "l1h3", "1.3", "head:L1H3", (1, 3), [1, 3], (1, 3, 0.5), {"layer": 1, "head": 3},
+               (np.int64(1), np.int64(3))]
+    np.testing.assert_array_equal(view.heads(spelled), np.stack([want[0]] * len(spelled)))
+    np.testing.assert_array_equal(view.heads("L1H3"), want)  # a single head
+    np.testing.assert_array_equal(view.heads(result.top_heads(2)), view.heads([(l, h), result.top_heads(2)[1][:2]]))
+    np.testing.assert_array_equal(view.heads([row]), view.heads([(row["layer"], row["head"])]))
+    assert view.heads([]).shape == (0, *want.shape[1:])
+    for bad in ("L1", "1-3", "L1H3H4", (1.0, 3), (True, 3), 13):
+        with pytest.raises(ValueError, match="is not a head: write it as 'L9H6', '9.6'"):
+            view.heads([bad])
+    with pytest.raises(ValueError, match="no head L1H7: this model has layers 0-1 and heads 0-3"):
+        view.heads("1.7")
+
+
+def test_top_heads_checks_k_as_top_k_does(lm):
+    result = ls.run_study("arena", lm)
+    for k in (0, -1, 9, 2.0, True):
+        with pytest.raises(ValueError, match=rf"^k={k!r}: must be a whole number from 1 to 8"):
+            result.top_heads(k)
+    assert len(result.top_heads(8)) == 8 and len(result.top_heads()) == result.top_k == 3
+
+
+def _one_positive_head():
+    import dataclasses
+
+    from logitscope.report.demo import synthetic_result
+    from logitscope.results import StudyResult
+
+    data = synthetic_result(n_prompts=30, n_layers=2, n_heads=3, model="tiny")
+    heads = -np.abs(data.head_results) - 0.1
+    heads[1, 2] = 1.0  # one head with a positive mean, five negative
+    fields = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
+    fields.update(head_results=heads, attn_out=heads.sum(1) + data.attn_bias, top_k=3)
+    return StudyResult(**fields)
+
+
+def test_no_head_is_listed_under_a_sign_it_does_not_have_without_saying_so():
+    from logitscope.report import report_html
+
+    result = _one_positive_head()
+    assert result.top_heads(sign=1)[0][:2] == (1, 2) and result.top_heads(sign=1)[1][2] < 0  # TL's topk semantics
+    assert result.signed_top_heads(1) == result.top_heads(1, sign=1) and result.n_signed_heads(1) == 1
+    line = next(x for x in result.summary().splitlines() if x.startswith("top positive heads"))
+    assert line.startswith("top positive heads: L1H2 +1.000 (only 1 head is positive; next: L")
+    doc = result.to_dict()["top_heads"]
+    assert (doc["n_positive"], doc["n_negative"]) == (1, 5)
+    assert [r["value"] > 0 for r in doc["positive"]] == [True, False, False]
+    page = report_html(result)
+    top = page[page.index('id="top-heads"'):page.index('id="attention"')]
+    assert "Only 1 head of 6 has a positive mean attribution." in top
+    assert top.count("<tr>") == 1 + 1 + 1 + 3  # positive: header + 1 row; negative: header + 3 rows
+    attention = page[page.index('id="attention"'):]
+    assert '"attentionHeadNames":["1.2"]' in attention  # the positive views show the one positive head
