@@ -279,3 +279,95 @@ def test_no_head_is_listed_under_a_sign_it_does_not_have_without_saying_so():
     assert top.count("<tr>") == 1 + 1 + 1 + 3  # positive: header + 1 row; negative: header + 3 rows
     attention = page[page.index('id="attention"'):]
     assert '"attentionHeadNames":["1.2"]' in attention  # the positive views show the one positive head
+
+
+# ------------------------------------------------------------------------------------------ the model
+def _state(model) -> dict:
+    """Everything a study could leave changed on a model: which module sits where, every hook on
+    it, its training flag, the attention implementation."""
+    return {
+        "modules": [(name, id(m)) for name, m in model.named_modules()],
+        "hooks": [(name, list(m._forward_hooks), list(m._forward_pre_hooks)) for name, m in model.named_modules()],
+        "training": [(name, m.training) for name, m in model.named_modules()],
+        "attn": model.config._attn_implementation,
+    }
+
+
+@pytest.fixture
+def user_model(tiny_gpt2_dir):
+    """A model as a user holds it: sdpa attention, in training mode but for one block, with hooks
+    of their own on a GELU module (which the study would swap for a fused one) and elsewhere."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_gpt2_dir), attn_implementation="sdpa")
+    model.train()
+    model.transformer.h[1].eval()
+    calls = {"gelu": 0, "attn": 0, "pre": 0}
+    gelu = model.transformer.h[0].mlp.act
+    assert type(gelu).__name__ == "NewGELUActivation"
+    gelu.register_forward_hook(lambda m, a, o: calls.__setitem__("gelu", calls["gelu"] + 1))
+    model.transformer.h[1].attn.register_forward_hook(lambda m, a, o: calls.__setitem__("attn", calls["attn"] + 1))
+    model.transformer.ln_f.register_forward_pre_hook(lambda m, a: calls.__setitem__("pre", calls["pre"] + 1))
+    return model, AutoTokenizer.from_pretrained(str(tiny_gpt2_dir)), calls
+
+
+def test_the_study_leaves_the_users_model_as_it_was(user_model, tiny_gpt2_dir):
+    model, tok, calls = user_model
+    before = _state(model)
+    result = ls.run_study("ioi:12", model, tokenizer=tok, batch_size=5)
+    assert _state(model) == before
+    assert calls["gelu"] >= 3 and calls["attn"] >= 3 and calls["pre"] >= 3  # the user's hooks ran in the study too
+    assert model.training and not model.transformer.h[1].training
+    # and the numbers are those of the same model loaded afresh (eval mode, no hooks).
+    plain = ls.run_study("ioi:12", str(tiny_gpt2_dir), device="cpu", batch_size=5)
+    np.testing.assert_allclose(result.head_results, plain.head_results, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("where", ["batch", "attention pass"])
+def test_a_study_that_fails_leaves_the_model_as_it_was(user_model, where):
+    """A failure in the second batch, or in the attention pass (after the switch to eager
+    attention): the model is left as it came all the same."""
+    model, tok, calls = user_model
+
+    def boom(module, args, out):
+        if where == "batch" and calls["attn"] >= 2:
+            raise RuntimeError("failed in a batch")
+        if where == "attention pass" and model.config._attn_implementation == "eager":
+            raise RuntimeError("failed in the attention pass")
+
+    handle = model.transformer.h[0].attn.register_forward_hook(boom)
+    before = _state(model)
+    with pytest.raises(RuntimeError, match=f"failed in {'a batch' if where == 'batch' else 'the attention pass'}"):
+        ls.run_study("ioi:12", model, tokenizer=tok, batch_size=5)
+    assert _state(model) == before
+    handle.remove()
+
+
+def test_the_model_still_gives_attentions_after_a_study(user_model):
+    """transformers installs output-capturing hooks the first time a model is asked for its
+    attention; the study removes them with their mark, so a later request installs them again."""
+    import torch
+
+    model, tok, _ = user_model
+    ls.run_study("arena", model, tokenizer=tok)
+    model.set_attn_implementation("eager")  # sdpa returns no attention weights
+    with torch.no_grad():
+        out = model(torch.tensor([[50256, 1757, 290]]), output_attentions=True)
+    assert len(out.attentions) == 2 and all(a is not None and a.shape[-1] == 3 for a in out.attentions)
+
+
+def test_only_the_heads_shown_are_kept(lm):
+    result = ls.run_study("ioi:20", lm, top_k=2)
+    shown = [(l, h) for sign in (1, -1) for l, h, _ in result.signed_top_heads(sign)]
+    view = result.attention
+    assert list(view.kept) == shown and view.patterns.shape == (len(shown), *view.patterns.shape[1:])
+    everything = ls.run_study("ioi:20", lm, top_k=2, attention_heads="all")
+    assert everything.attention.patterns.shape[0] == 8
+    np.testing.assert_array_equal(view.heads(shown), everything.attention.heads(shown))
+    hidden = next(h for h in everything.attention.kept if h not in shown)
+    with pytest.raises(ValueError, match=r"was not kept: this study kept .* pass attention_heads=\[\.\.\.\] \(or 'all'\)"):
+        view.heads([hidden])
+    chosen = ls.run_study("ioi:20", lm, attention_heads=["L0H1", (1, 2)])
+    assert chosen.attention.kept == ((0, 1), (1, 2))
+    with pytest.raises(ls.InputError, match="attention_heads=.*is not a head"):
+        ls.run_study("ioi:20", lm, attention_heads=["nine"])

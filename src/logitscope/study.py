@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import itertools
 import sys
@@ -15,7 +16,10 @@ import torch
 
 from logitscope.capture import BatchScalars, Recorder
 from logitscope.errors import ArgumentError, InputError, PromptWarning
+from logitscope.attribution import signed_top_heads
+from logitscope.labels import parse_heads
 from logitscope.models.kernels import equivalent_kernels
+from logitscope.models.state import attention_implementation, study_mode
 from logitscope.models.load import LoadedModel, load_model, wrap_model
 from logitscope.results import AttentionView, StudyResult
 from logitscope.tasks.lint import lint_prompts
@@ -206,6 +210,7 @@ def run_study(
     batch_size: int | None = None,
     top_k: int = 3,
     attention_prompt: int = 0,
+    attention_heads: Any = None,
     prepend_bos: bool | None = None,
     seed: int = 0,
     progress: bool = False,
@@ -218,12 +223,22 @@ def run_study(
     or a token id (``5335``). ``model``: a hub id or alias, a local folder, a :class:`LoadedModel`,
     or an already-loaded ``transformers`` causal LM (then pass its ``tokenizer``). Everything that
     can be checked without the model is checked before it is loaded.
+
+    Attention patterns are recorded on prompt ``attention_prompt`` for ``attention_heads``: by
+    default the heads the report shows (the top ``top_k`` of each sign), or ``"all"``, or a list
+    of heads (``["L9H9", (9, 6)]``). The model is left as it came: every module's training flag,
+    its attention implementation, its modules and the hooks on them.
     """
     _check_whole("top_k", top_k, 1)
     _check_whole("seed", seed, 0)
     _check_whole("attention_prompt", attention_prompt, 0)
     if batch_size is not None:
         _check_whole("batch_size", batch_size, 1)
+    if attention_heads is not None and not (isinstance(attention_heads, str) and attention_heads == "all"):
+        try:
+            parse_heads(attention_heads)
+        except ValueError as e:
+            raise ArgumentError("attention_heads", attention_heads, f"{e} (or 'all')") from None
     parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
     lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map)
     if isinstance(parsed, GeneratedSet):
@@ -258,27 +273,28 @@ def run_study(
     # positions and answer ids cross to the device in one asynchronous copy each (a 10,000-prompt
     # set is one chunk), batches are views into them, and every result stays on the device until
     # _assemble. tests/test_hot_loop.py checks the operators it dispatches and its source.
-    with rec, equivalent_kernels(lm.model):  # hot loop: start
-        for chunk in _chunks(enc.ids, lengths, order, batch_size):
-            ids_dev = _to_device(chunk.ids, in_dev)
-            pos_dev = _to_device(lengths[chunk.rows] - 1, in_dev)
-            correct_dev = _to_device(enc.correct[chunk.rows], rec.out_device)
-            incorrect_dev = _to_device(enc.incorrect[chunk.rows], rec.out_device)
-            for b in chunk.batches:
-                batches.append(
-                    rec.run_batch(
-                        ids_dev[b.offset : b.offset + b.size * b.width].view(b.size, b.width),
-                        pos_dev[b.start : b.stop],
-                        correct_dev[b.start : b.stop],
-                        incorrect_dev[b.start : b.stop],
+    with study_mode(lm.model), bar or contextlib.nullcontext():  # the model leaves as it came
+        with rec, equivalent_kernels(lm.model):  # hot loop: start
+            for chunk in _chunks(enc.ids, lengths, order, batch_size):
+                ids_dev = _to_device(chunk.ids, in_dev)
+                pos_dev = _to_device(lengths[chunk.rows] - 1, in_dev)
+                correct_dev = _to_device(enc.correct[chunk.rows], rec.out_device)
+                incorrect_dev = _to_device(enc.incorrect[chunk.rows], rec.out_device)
+                for b in chunk.batches:
+                    batches.append(
+                        rec.run_batch(
+                            ids_dev[b.offset : b.offset + b.size * b.width].view(b.size, b.width),
+                            pos_dev[b.start : b.stop],
+                            correct_dev[b.start : b.stop],
+                            incorrect_dev[b.start : b.stop],
+                        )
                     )
-                )
-                if bar is not None:
-                    bar.update(b.size)  # hot loop: end
-    if bar is not None:
-        bar.close()
-    per = _assemble(batches, order)  # the one device-to-host copy (and so the one wait) per field
-    t_assembled = time.perf_counter()
+                    if bar is not None:
+                        bar.update(b.size)  # hot loop: end
+        per = _assemble(batches, order)  # the one device-to-host copy (and so the one wait) per field
+        t_assembled = time.perf_counter()
+        kept = _heads_to_keep(attention_heads, per["heads"].mean(-1), top_k, lm.shape.n_layers, lm.shape.n_heads)
+        attention = attention_patterns(lm, enc.ids[attention_prompt], attention_prompt, kept)
     timing["forward_s"] = t_assembled - t_encoded  # set-up, every batch, and the copy back
     fields = dict(
         model=lm.name,
@@ -300,7 +316,7 @@ def run_study(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **{_FIELD_NAMES.get(k, k): v for k, v in per.items()},
     )
-    fields["attention"] = attention_patterns(lm, enc.ids[attention_prompt], attention_prompt)
+    fields["attention"] = attention
     timing["attention_s"] = time.perf_counter() - t_assembled
     timing["study_s"] = time.perf_counter() - t_start
     timing["prompts_per_s"] = len(prompts) / timing["study_s"]
@@ -414,24 +430,41 @@ def _assemble(batches: list[BatchScalars], order: np.ndarray) -> dict[str, np.nd
     return out
 
 
-@torch.inference_mode()
-def attention_patterns(lm: LoadedModel, ids: list[int], prompt_index: int) -> AttentionView:
-    """Every head's attention pattern on one prompt (eager attention: the kernel that returns them)."""
-    model = lm.model
-    previous = getattr(model.config, "_attn_implementation", None)
-    in_dev = lm.adapter.embed(model).weight.device
+def _heads_to_keep(attention_heads: Any, head_attribution: np.ndarray, top_k: int, n_layers: int,
+                   n_heads: int) -> list[tuple[int, int]]:
+    """The heads whose patterns the study keeps: by default those the report shows (the top
+    ``top_k`` of each sign that have it), ``"all"``, or the heads named."""
+    if attention_heads is None:
+        shown = [signed_top_heads(head_attribution, top_k, sign) for sign in (1, -1)]
+        return list(dict.fromkeys((l, h) for heads in shown for l, h, _ in heads))
+    if isinstance(attention_heads, str) and attention_heads == "all":
+        return [(l, h) for l in range(n_layers) for h in range(n_heads)]
     try:
-        if previous != "eager" and hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation("eager")
+        return list(dict.fromkeys(parse_heads(attention_heads, n_layers, n_heads)))
+    except ValueError as e:
+        raise ArgumentError("attention_heads", attention_heads, f"{e} (or 'all')") from None
+
+
+@torch.inference_mode()
+def attention_patterns(lm: LoadedModel, ids: list[int], prompt_index: int,
+                       heads: Sequence[tuple[int, int]] | None = None) -> AttentionView:
+    """The attention patterns of ``heads`` (default: every head) on one prompt, from a pass with
+    eager attention (the kernel that returns them); only those heads' ``[T, T]`` are kept."""
+    model = lm.model
+    n_layers, n_heads = lm.shape.n_layers, lm.shape.n_heads
+    kept = [(l, h) for l in range(n_layers) for h in range(n_heads)] if heads is None else list(heads)
+    in_dev = lm.adapter.embed(model).weight.device
+    with attention_implementation(model, "eager"):
         out = lm.adapter.base(model)(
             input_ids=torch.tensor([ids], device=in_dev), output_attentions=True, use_cache=False
         )
-    finally:
-        if previous and previous != "eager" and hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation(previous)
-    patterns = torch.stack([a[0].float().cpu() for a in out.attentions]).numpy()
+    T = len(ids)
+    patterns = np.empty((len(kept), T, T), dtype=np.float32)
+    for i, (layer, head) in enumerate(kept):
+        patterns[i] = out.attentions[layer][0, head].float().cpu().numpy()
+    del out
     str_tokens = [lm.tokenizer.decode([t], clean_up_tokenization_spaces=False) for t in ids]
-    return AttentionView.from_all_heads(prompt_index, str_tokens, patterns)
+    return AttentionView(prompt_index, tuple(str_tokens), patterns, tuple(kept), n_layers, n_heads)
 
 
 def _as_loaded(model: Any, tokenizer: Any, **load_kwargs: Any) -> LoadedModel:

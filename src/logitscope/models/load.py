@@ -164,7 +164,8 @@ def _from_pretrained(auto_cls: Any, source: str, **kwargs: Any) -> nn.Module:
 
 
 def wrap_model(model: nn.Module, tokenizer: Any, *, name: str | None = None, adapter: Adapter | None = None) -> LoadedModel:
-    """Wrap an already-loaded ``transformers`` model and its tokenizer."""
+    """Wrap an already-loaded ``transformers`` model and its tokenizer (the model is not changed:
+    the study puts it in eval mode only while it runs)."""
     adapter = adapter or adapter_for(model)
     placements = {str(v) for v in (getattr(model, "hf_device_map", None) or {}).values()}
     offloaded = (
@@ -177,7 +178,6 @@ def wrap_model(model: nn.Module, tokenizer: Any, *, name: str | None = None, ada
             "the model is partly offloaded to CPU or disk by accelerate (device_map); logitscope needs every "
             "weight resident on a device. Give it more GPU memory (more GPUs, dtype='bfloat16') or load it on one device"
         )
-    model.eval()
     device = next(model.parameters()).device
     name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
     return LoadedModel(model, tokenizer, adapter, model_shape(model, adapter), str(name), device)

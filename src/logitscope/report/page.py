@@ -228,15 +228,19 @@ def _top_heads(result: StudyData) -> str:
     return _section("top-heads", "Top heads", caption + f'<div class="row">{tables}</div>')
 
 
+def _viewed_heads(result: StudyData, sign: int) -> list[tuple[int, int, float]]:
+    """The top heads of that sign whose patterns the study kept (all of them, by default)."""
+    kept = set(result.attention.kept) if result.attention is not None else set()
+    return [(l, h, v) for l, h, v in result.signed_top_heads(sign) if (l, h) in kept]
+
+
 def attention_views(result: StudyData) -> dict[str, list[AttentionWidget]]:
     """The report's circuitsvis views, ``{"positive": [...], "negative": [...]}``: AttentionHeads and
     AttentionPatterns of the top heads of each sign on ``result.attention``'s prompt (empty without it)."""
     if result.attention is None:
         return {}
-    return {
-        key: attention_widgets(result.attention, [(l, h) for l, h, _ in result.signed_top_heads(sign)], key)
-        for key, sign in SIGNS
-    }
+    return {key: attention_widgets(result.attention, [(l, h) for l, h, _ in _viewed_heads(result, sign)], key)
+            for key, sign in SIGNS}
 
 
 def _attention(result: StudyData, views: dict[str, list[AttentionWidget]]) -> str:
@@ -259,9 +263,9 @@ def _attention(result: StudyData, views: dict[str, list[AttentionWidget]]) -> st
     prompt = f'<p class="prompt-text">Prompt #{i} · {len(view.str_tokens)} tokens{answer}<br>{tokens}</p>'
     columns = []
     for key, sign in SIGNS:
-        heads = result.signed_top_heads(sign)
+        heads = _viewed_heads(result, sign)
         if not heads:
-            columns.append(f'<div class="attn-group"><h3>No head has a {key} mean attribution</h3></div>')
+            columns.append(f'<div class="attn-group"><h3>No {key} head to show</h3></div>')
             continue
         names = ", ".join(f"{head_name(l, h)} ({v:+.2f})" for l, h, v in heads)
         order = ", ".join(f"Head {j} = {head_name(l, h)}" for j, (l, h, _) in enumerate(heads))
