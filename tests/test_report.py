@@ -21,7 +21,7 @@ from plotly.io.json import to_json_plotly
 
 from logitscope import AttentionView, Prompt, StudyResult
 from logitscope.circuits import IOI_HEAD_CLASSES, ioi_head_class, is_gpt2_small, known_circuit
-from logitscope.report import notebook_html, report_html, write_report
+from logitscope.report import notebook_html, report_frame_html, report_html, write_report
 from logitscope.report.assets import circuitsvis_js, plotly_js
 from logitscope.report.figures import make_figures
 
@@ -292,14 +292,30 @@ def test_write_report_cleans_up_when_writing_fails(tmp_path: Path, small_result:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_notebook_html(small_result: StudyResult, small_html: str):
-    nb = small_result._repr_html_()  # through StudyResult
-    assert nb == notebook_html(small_result)
-    assert "<script" not in nb  # the report's scripts live inside the escaped srcdoc only
-    srcdoc = re.search(r'<iframe srcdoc="([^"]*)"', nb).group(1)
+def test_notebook_display_is_light(gpt2_result: StudyResult):
+    """What a notebook shows for ``result``: plain HTML, no script, no inlined bundle (a saved
+    notebook used to grow by ~7 MB per display); the summary, the heatmap, the top heads."""
+    nb = gpt2_result._repr_html_()
+    assert nb == notebook_html(gpt2_result)
+    assert "<script" not in nb and "<iframe" not in nb
+    assert len(nb.encode()) < 100_000, len(nb.encode())
+    assert html.escape(gpt2_result.summary()) in nb
+    assert nb.count("<td title=\"L") == 12 * 12  # every head a coloured cell, with its value on hover
+    l, h, v = gpt2_result.signed_top_heads(1)[0]
+    assert f"<b>L{l}H{h}</b>" in nb and f"{v:+.3f}" in nb
+    assert "result.report_view()" in nb and "By template" not in nb and "by template" in nb
+
+
+def test_report_view_is_the_whole_report_in_a_frame(small_result: StudyResult, small_html: str):
+    view = small_result.report_view(height=700)
+    frame = view._repr_html_()
+    assert frame == report_frame_html(small_result, 700)
+    assert "<script" not in frame  # the report's scripts live inside the escaped srcdoc only
+    srcdoc = re.search(r'<iframe srcdoc="([^"]*)"', frame).group(1)
     assert html.unescape(srcdoc) == small_html
-    assert "mean logit diff" in nb  # the plain-text summary, readable where iframes are not shown
-    assert re.search(r"height:\d+px", nb) and nb.isascii()
+    assert "mean logit diff" in frame  # the plain-text summary, readable where iframes are not shown
+    assert "height:700px" in frame and frame.isascii()
+    assert len(frame.encode()) > 5_000_000  # which is why it is not the default display
 
 
 # ------------------------------------------------------------------------------------------ browser

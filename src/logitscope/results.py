@@ -70,7 +70,13 @@ class StudyResult(StudyData):
         return report.summary_text(self)
 
     def _repr_html_(self) -> str:
+        """The light notebook display: summary, head heatmap, top heads; no script, tens of KB."""
         return report.notebook_html(self)
+
+    def report_view(self, height: int = 900) -> report.ReportView:
+        """The whole interactive report, for a notebook cell to display (it inlines plotly.js and
+        circuitsvis: a saved notebook grows by about 7 MB per display)."""
+        return report.ReportView(self, height)
 
 
 def load_result(folder: str | Path) -> StudyResult:
