@@ -309,3 +309,20 @@ def test_per_prompt_csv_holds_every_prompt_and_attribution(tiny_gpt2_dir, tmp_pa
     # A later run without --csv leaves no stale CSV describing the earlier run.
     assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--out", str(out), "--quiet", "--no-report"]) == 0
     assert not (out / "per_prompt.csv").exists()
+
+
+def test_demo_checkpoint_is_what_an_offline_newcomer_runs_first(tmp_path, capsys):
+    """python -m logitscope.demo_checkpoint DIR builds a random GPT-2 with a tokenizer of its own,
+    offline; the README's first commands then run on it."""
+    from logitscope.demo_checkpoint import main as make
+
+    folder = tmp_path / "tiny-gpt2"
+    assert make([str(folder)]) == 0
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+    for prompts in ("seed", "arena", "ioi:40"):
+        assert main(["run", "--model", str(folder), "--prompts", prompts, "--out", str(tmp_path / prompts.replace(":", "")),
+                     "--quiet"]) == 0, capsys.readouterr().err
+    doc = json.loads((tmp_path / "ioi40" / "results.json").read_text())
+    assert doc["n_prompts"] == 40 and {r["template"] for r in doc["by_template"]} <= set(range(1, 16))
+    with pytest.raises(SystemExit):
+        make([str(folder)])  # not over an existing checkpoint

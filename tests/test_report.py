@@ -423,3 +423,19 @@ def test_demo_result_builds_a_report_with_the_known_circuit():
     assert known_circuit(result) is not None
     assert [(l, h) for l, h, _ in result.top_heads(sign=1)] == [(9, 9), (9, 6), (10, 0)]
     assert "Known circuit" in report_html(result)
+
+
+def test_demo_writes_where_it_is_told(tmp_path):
+    """python -m logitscope.report.demo takes the output path; without one it writes nothing."""
+    import sys
+
+    cmd = [sys.executable, "-m", "logitscope.report.demo"]
+    bare = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert bare.returncode == 2 and "REPORT.html" in bare.stderr
+    assert list(tmp_path.iterdir()) == []  # no ./report.html written
+    from logitscope.report.demo import main
+
+    assert main([str(tmp_path / "sub" / "demo.html")]) == 0
+    assert (tmp_path / "sub" / "demo.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path)])  # a folder is not a file name

@@ -123,13 +123,22 @@ def synthetic_result(
     )
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from logitscope.report import write_report
 
     parser = argparse.ArgumentParser(
         prog="python -m logitscope.report.demo",
-        description="Write a report from synthetic, IOI-shaped demo numbers (no model needed).")
-    parser.add_argument("target", nargs="?", default="report.html", help="the HTML file to write (default report.html)")
-    print(write_report(synthetic_result(), Path(parser.parse_args().target)))
+        description="Write a report from synthetic, IOI-shaped demo numbers (no model needed) to REPORT.html.")
+    parser.add_argument("target", metavar="REPORT.html", help="the HTML file to write (required: nothing is "
+                        "overwritten unless named)")
+    target = Path(parser.parse_args(argv).target)
+    if target.is_dir():
+        parser.error(f"{target} is a folder; name the HTML file to write, e.g. {target / 'report.html'}")
+    print(write_report(synthetic_result(), target))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
