@@ -32,9 +32,11 @@ def equivalent_kernels(model: nn.Module) -> Iterator[None]:
     original module is put back afterwards (return or exception). A module that carries a hook or
     its own ``forward`` is left in place, so the user's hooks run during the study too.
 
-    Measured on GPT-2 small's MLP activation ([1024, 3072] float32, one CPU thread): the fused
-    kernel takes about half the time of ``gelu_new``'s five Python-level ops, about 8% of the
-    study's forward pass on this CPU; on a GPU each of those ops is a separate kernel launch."""
+    Measured here (one CPU thread, float32): on GPT-2 small's MLP activation ([1024, 3072]) the
+    fused kernel takes half the time of ``gelu_new``'s five elementwise ops; a whole study of 128
+    IOI prompts on a GPT-2-small-shaped model takes 2.3% less CPU time (13.9 s against 14.2 s,
+    median of 6). On a GPU, where each of those ops is a memory-bound pass over [B, T, 3072], the
+    share is expected to be larger (not yet measured)."""
     try:
         from transformers.activations import NewGELUActivation
     except ImportError:  # pragma: no cover - older/newer transformers without the class
