@@ -205,11 +205,12 @@ def _refuse_weights_file(path: Path, name: str) -> None:
 
 
 def _check_weight_files(folder: Path) -> None:
-    """Fail with the file's name when a weights file in ``folder`` is truncated, corrupt or missing
-    (safetensors' headers and zip directories are read; no weights are)."""
+    """Fail with the file's name when a weights file ``transformers`` would load from ``folder``
+    (``model*.safetensors``, ``pytorch_model*.bin``, the shards an index lists) is truncated, corrupt
+    or missing. Only safetensors' headers and zip directories are read, no weights."""
     import zipfile
 
-    for index in sorted(folder.glob("*.index.json")):
+    for index in sorted([*folder.glob("model*.index.json"), *folder.glob("pytorch_model*.index.json")]):
         try:
             shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
         except (OSError, ValueError, KeyError, AttributeError) as e:
@@ -218,7 +219,7 @@ def _check_weight_files(folder: Path) -> None:
         if missing:
             raise ModelLoadError(f"{folder / missing[0]} is missing ({index.name} lists {len(shards)} weight files, "
                                  f"{len(missing)} are not there); copy or download the model again")
-    for file in sorted(folder.glob("*.safetensors")):
+    for file in sorted(folder.glob("model*.safetensors")):
         from safetensors import safe_open
 
         try:
@@ -227,7 +228,7 @@ def _check_weight_files(folder: Path) -> None:
         except Exception as e:  # safetensors raises its own SafetensorError
             raise ModelLoadError(f"{file}: the weights file is truncated or corrupt ({e}); save or download it "
                                  "again") from None
-    for file in sorted(folder.glob("*.bin")):
+    for file in sorted(folder.glob("pytorch_model*.bin")):
         if zipfile.is_zipfile(file) or _looks_like_a_zip(file):
             try:
                 zipfile.ZipFile(file).close()
