@@ -6,10 +6,10 @@ import argparse
 import os
 import sys
 import traceback
-from pathlib import Path
+import warnings
 
 from logitscope import __version__
-from logitscope.errors import InputError, LogitscopeError
+from logitscope.errors import ArgumentError, InputError, LogitscopeError, PromptWarning
 
 EXAMPLES = """\
 examples:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     except LogitscopeError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"logitscope: error: {e}", file=sys.stderr)
+        print(f"logitscope: error: {_in_flags(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("logitscope: interrupted; nothing was written", file=sys.stderr)
@@ -97,19 +97,37 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _warn(msg: str, args: argparse.Namespace) -> None:
-    if not args.quiet:
-        print(f"logitscope: warning: {msg}", file=sys.stderr)
+# run_study's arguments -> the flags that set them (the library's messages name the arguments).
+FLAGS = {"top_k": "--top-k", "batch_size": "--batch-size", "seed": "--seed", "attention_prompt": "--attention-prompt",
+         "device": "--device", "dtype": "--dtype", "device_map": "--device-map", "prepend_bos": "--prepend-bos"}
+FIX_FLAGS = {("prepend_bos", False): "--no-prepend-bos", ("prepend_bos", True): "--prepend-bos"}
+
+
+def _in_flags(e: LogitscopeError) -> str:
+    """The error's message, with the command-line flag where the library names an argument."""
+    if isinstance(e, ArgumentError) and e.argument in FLAGS:
+        return e.for_flag(FLAGS[e.argument], FIX_FLAGS.get((e.argument, e.fix)))
+    return str(e)
+
+
+def _printer(default):
+    """A ``warnings.showwarning`` that prints a :class:`PromptWarning` as one line of ours."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PromptWarning):
+            print(f"logitscope: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def _run(args: argparse.Namespace) -> int:
     from logitscope.io import check_out_dir
     from logitscope.models.load import resolve_device
-    from logitscope.tasks.lint import lint_prompts
-    from logitscope.tasks.prompts import load_prompts
+    from logitscope.tasks.prompts import parse_prompts
 
     # Everything that can be checked without the model is checked first, so a typo costs no load.
-    check_out_dir(args.out)
+    check_out_dir(args.out, label="--out")
     for flag, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise InputError(f"{flag} {value}: must be at least 1")
@@ -119,36 +137,32 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(f"--device {args.device} and --device-map {args.device_map}: give one or the other")
     if args.seed < 0:
         raise InputError(f"--seed {args.seed}: must be 0 or more")
-    generated = args.prompts.split(":", 1)[0] in ("ioi", "ioi-abba", "ioi-baba")
-    prompts = None if generated else load_prompts(args.prompts, seed=args.seed)
+    parsed = parse_prompts(args.prompts)  # a file read and checked, or an ioi:N spec checked
 
     _quiet_libraries()
     from logitscope.models.load import load_model
     from logitscope.study import run_study
 
     lm = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
-    if prompts is None:
-        prompts = load_prompts(args.prompts, seed=args.seed, tokenizer=lm.tokenizer)
-    if not generated:
-        for w in lint_prompts(prompts):
-            if args.prompts == "seed" and "double space" in w:
-                w = "the seed's prompts contain a double space ('shops,  John'), kept byte for byte as in the seed notebook"
-            _warn(w, args)
-    result = run_study(
-        prompts,
-        lm,
-        batch_size=args.batch_size,
-        top_k=args.top_k,
-        attention_prompt=args.attention_prompt,
-        prepend_bos=args.prepend_bos,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
-    out = result.save(args.out, report=not args.no_report, csv=args.csv)
+    with warnings.catch_warnings():  # the study's prompt warnings, printed as ours (after it, the error)
+        warnings.simplefilter("ignore" if args.quiet else "always", PromptWarning)
+        warnings.showwarning = _printer(warnings.showwarning)
+        result = run_study(
+            parsed,
+            lm,
+            batch_size=args.batch_size,
+            top_k=args.top_k,
+            attention_prompt=args.attention_prompt,
+            prepend_bos=args.prepend_bos,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+    from logitscope.serialize import OUTPUT_FILES, save_study
+
+    out = save_study(result, args.out, report=not args.no_report, csv=args.csv, label="--out")
     print(result.summary())
-    written = (["results.json", "per_prompt_heads.npy"] + (["per_prompt.csv"] if args.csv else [])
-               + ([] if args.no_report else ["report.html"]))
-    print(f"wrote {', '.join(str(Path(out) / w) for w in written)}")
+    written = [out / name for name in OUTPUT_FILES if (out / name).exists()]
+    print(f"wrote {', '.join(str(w) for w in written)}")
     return 0
 
 
