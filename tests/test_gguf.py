@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import logitscope as ls
 from logitscope.cli import main
@@ -75,13 +76,9 @@ def test_load_model_keeps_every_weight_exactly(llama_gguf):
     want, got = hf.state_dict(), lm.model.state_dict()
     assert set(want) == set(got)
     for key in want:
-        assert torch_equal(want[key], got[key]), key
+        assert torch.equal(want[key], got[key]), key
     assert lm.model.config.architectures == ["LlamaForCausalLM"]  # a GGUF config has none; set on load
     assert not lm.model.training
-
-
-def torch_equal(a, b) -> bool:
-    return a.shape == b.shape and bool((a == b).all())
 
 
 def test_cli_runs_a_gguf_file(llama_gguf, tmp_path, capsys):
