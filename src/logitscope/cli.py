@@ -21,6 +21,8 @@ examples:
        "correct": " Mary", "incorrect": " John"}
   logitscope run --model gpt2-small --prompts ioi:2000 --seed 1 --out runs/ioi
       2,000 prompts from the IOI paper's templates, with 95% bootstrap intervals
+  logitscope run --model SmolLM2-135M-Instruct.Q4_1.gguf --prompts ioi:1000 --out runs/smollm2
+      a GGUF file (llama.cpp's format), dequantized to float32 on load
 """
 
 
@@ -44,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--model", required=True, help="hub id or TransformerLens alias (gpt2-small, ...), or a local folder")
+    run.add_argument(
+        "--model", required=True,
+        help="hub id or TransformerLens alias (gpt2-small, ...), a local folder, or a .gguf file (needs the gguf package)",
+    )
     run.add_argument(
         "--prompts",
         required=True,

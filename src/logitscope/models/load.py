@@ -92,7 +92,7 @@ def load_model(
     dtype: str | torch.dtype | None = "float32",
     device_map: str | None = None,
 ) -> LoadedModel:
-    """Load ``name``: a local folder (loaded as is, never touching the network) or a hub id.
+    """Load ``name``: a local folder or ``.gguf`` file (loaded as is, never touching the network) or a hub id.
 
     TransformerLens aliases (``gpt2-small``, ``gpt2-medium``, ...) resolve to their hub ids. A hub
     id is downloaded by ``transformers`` on first use and read from its cache afterwards; gated
@@ -101,6 +101,8 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype)
+    if is_gguf_path(name):
+        return _load_gguf(name, device=device, dtype=torch_dtype, device_map=device_map)
     local = _is_local(name)
     if local:
         path = Path(name).expanduser()
@@ -150,6 +152,75 @@ def load_model(
         model.to(dev)
     adapter = adapter_for(model)
     return wrap_model(model, tokenizer, name=name, adapter=adapter)
+
+
+def is_gguf_path(name: str) -> bool:
+    """A name ending in ``.gguf`` is a GGUF file (llama.cpp's format), never a hub id or a folder."""
+    path = Path(name).expanduser()
+    return path.suffix.lower() == ".gguf" and not path.is_dir()
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def _check_gguf_file(name: str) -> Path:
+    """The GGUF file ``name`` exists, is GGUF, and the ``gguf`` package that reads it is installed."""
+    import importlib.util
+
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file not found: {name}")
+    with open(path, "rb") as f:
+        magic = f.read(len(GGUF_MAGIC))
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(
+            f"{name} is not a GGUF file: it does not start with the GGUF magic bytes {GGUF_MAGIC!r} (it starts "
+            f"with {magic!r}); pass a .gguf file written by llama.cpp's tools, or a model folder"
+        )
+    missing = [pkg for pkg in ("gguf", "accelerate") if importlib.util.find_spec(pkg) is None]
+    if missing:
+        raise ModelLoadError(
+            f"{name} is a GGUF file, and transformers reads one only with the {' and '.join(missing)} "
+            f"package{'s' if len(missing) > 1 else ''}, not installed here: pip install 'logitscope[gguf]' "
+            f"(or pip install {' '.join(missing)})"
+        )
+    return path
+
+
+def _gguf_architecture(config: Any) -> str:
+    """The ``transformers`` class a GGUF file's config loads as (GGUF configs carry no ``architectures``)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    archs = list(getattr(config, "architectures", None) or [])
+    return archs[0] if archs else MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type, config.model_type)
+
+
+def _load_gguf(name: str, *, device: str | torch.device | None, dtype: torch.dtype, device_map: str | None) -> LoadedModel:
+    """Load a GGUF file through ``transformers``' GGUF support: its weights are dequantized to
+    ``dtype`` (a float model from then on) and its tokenizer is rebuilt from the file's vocabulary."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from logitscope.models.adapters import ADAPTERS, unsupported_message
+
+    path = _check_gguf_file(name)
+    source, kwargs = str(path.parent), {"gguf_file": path.name, "local_files_only": True}
+    dev = None if device_map else resolve_device(device)
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)  # the file's metadata only
+        architecture = _gguf_architecture(config)
+        if not any(architecture in ad.architectures for ad in ADAPTERS):  # before the weights are read
+            raise ModelLoadError(unsupported_message(architecture, getattr(config, "model_type", "?")))
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = _from_pretrained(AutoModelForCausalLM, source, config=config, dtype=dtype, device_map=device_map, **kwargs)
+    except (OSError, ValueError, KeyError, NotImplementedError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"could not load the GGUF file {name}: {first}") from e
+    if not getattr(model.config, "architectures", None):
+        model.config.architectures = [type(model).__name__]
+    model.eval()
+    if dev is not None:
+        model.to(dev)
+    return wrap_model(model, tokenizer, name=name, adapter=adapter_for(model))
 
 
 def _check_architecture(source: str, kwargs: dict[str, Any]) -> None:
