@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 # The CPU build of torch (an unpinned torch would pull a multi-GB CUDA build).
 .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -c "import logitscope, transformer_lens, circuitsvis, plotly" 
+.venv/bin/python -c "import logitscope, transformer_lens, circuitsvis, plotly, gguf"

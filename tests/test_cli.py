@@ -59,6 +59,23 @@ def test_console_script_help_and_version():
     assert version.returncode == 0 and version.stdout.startswith("logitscope ")
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["run", "--help"], []])
+def test_help_and_version_do_not_import_torch(argv):
+    """Asking for help costs no torch or transformers import (seconds on a cold machine)."""
+    code = (
+        "import sys\n"
+        "from logitscope.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'numpy', 'plotly') if m in sys.modules)\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "HEAVY []" in proc.stderr, proc.stderr
+
+
 def _fail(argv: list[str], capsys, expected: str) -> str:
     code = main(argv)
     err = capsys.readouterr().err
@@ -72,7 +89,7 @@ def test_bad_inputs_are_clear_errors_that_write_nothing(tiny_gpt2_dir, tmp_path,
     out = tmp_path / "keep"
     assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--out", str(out), "--quiet", "--no-report"]) == 0
     before = snapshot(out)
-    assert set(before) == {"results.json", "per_prompt_heads.npy"}
+    assert set(before) == {"results.json", "per_prompt_heads.npy", "per_prompt.npz", "attention.npy"}
     capsys.readouterr()
 
     model = ["--model", str(tiny_gpt2_dir)]
@@ -156,12 +173,12 @@ def test_failure_while_writing_keeps_earlier_results(tiny_gpt2_dir, tmp_path, ca
     assert main(args) == 0
     before = snapshot(out)
 
-    import logitscope.results as results
+    import logitscope.serialize as serialize
 
     def broken_save(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(results.np, "save", broken_save)
+    monkeypatch.setattr(serialize.np, "save", broken_save)
     capsys.readouterr()
     code = main(args)
     err = capsys.readouterr().err
@@ -292,3 +309,20 @@ def test_per_prompt_csv_holds_every_prompt_and_attribution(tiny_gpt2_dir, tmp_pa
     # A later run without --csv leaves no stale CSV describing the earlier run.
     assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--out", str(out), "--quiet", "--no-report"]) == 0
     assert not (out / "per_prompt.csv").exists()
+
+
+def test_demo_checkpoint_is_what_an_offline_newcomer_runs_first(tmp_path, capsys):
+    """python -m logitscope.demo_checkpoint DIR builds a random GPT-2 with a tokenizer of its own,
+    offline; the README's first commands then run on it."""
+    from logitscope.demo_checkpoint import main as make
+
+    folder = tmp_path / "tiny-gpt2"
+    assert make([str(folder)]) == 0
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+    for prompts in ("seed", "arena", "ioi:40"):
+        assert main(["run", "--model", str(folder), "--prompts", prompts, "--out", str(tmp_path / prompts.replace(":", "")),
+                     "--quiet"]) == 0, capsys.readouterr().err
+    doc = json.loads((tmp_path / "ioi40" / "results.json").read_text())
+    assert doc["n_prompts"] == 40 and {r["template"] for r in doc["by_template"]} <= set(range(1, 16))
+    with pytest.raises(SystemExit):
+        make([str(folder)])  # not over an existing checkpoint

@@ -190,8 +190,8 @@ def test_family_matches_transformerlens(family, studied, gpt2_tokenizer):
     assert_matches(result, ref)
     assert result.prepend_bos == tl.cfg.default_prepend_bos
     np.testing.assert_allclose(result.decomposition_per_prompt.sum(0), result.logit_diff, rtol=0, atol=ATOL)
-    np.testing.assert_allclose(result.heads.sum(1) + result.attn_bias, result.attn, rtol=0, atol=ATOL)
-    assert np.abs(result.heads).max() > 1e-2
+    np.testing.assert_allclose(result.head_results.sum(1) + result.attn_bias, result.attn_out, rtol=0, atol=ATOL)
+    assert np.abs(result.head_results).max() > 1e-2
     if result.logit_diff_softcapped is None:  # no cap: the linear logits are the model's own
         np.testing.assert_allclose(extra["capped"], ref.logit_diff, rtol=0, atol=ATOL)
     else:
@@ -199,12 +199,12 @@ def test_family_matches_transformerlens(family, studied, gpt2_tokenizer):
     if tl.cfg.num_experts:
         np.testing.assert_allclose(result.experts, extra["experts"], rtol=0, atol=ATOL)
         np.testing.assert_allclose(result.expert_routing, extra["expert_routing"], rtol=0, atol=1e-6)
-        np.testing.assert_allclose(result.experts.sum(1), result.mlp, rtol=0, atol=ATOL)
+        np.testing.assert_allclose(result.experts.sum(1), result.mlp_out, rtol=0, atol=ATOL)
     else:
         assert result.experts is None
     if tl.cfg.use_normalization_before_and_after or family == "olmo2":
         # The post norm is visible: TL's own (pre-norm) stack_head_results is a different number.
-        assert np.abs(result.heads - extra["prenorm_heads"]).max() > 1e-1
+        assert np.abs(result.head_results - extra["prenorm_heads"]).max() > 1e-1
 
 
 @pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
@@ -243,8 +243,10 @@ def test_gemma_conventions_are_exercised(family, studied):
     assert (seen[0] - 1).abs().max() > 0.3 and seen[0].max() - seen[0].min() > 0.2
     if family == "gemma2":
         assert np.abs(result.logit_diff_softcapped - result.logit_diff).max() > 0.3  # the final cap bites
-        uncapped = ls.run_study(MIXED_PROMPTS[:1], ls.wrap_model(_without_attn_softcap(hf), lm.tokenizer), device="cpu")
-        assert np.abs(uncapped.attention.patterns - result.attention.patterns).max() > 1e-2  # so does the scores'
+        uncapped = ls.run_study(MIXED_PROMPTS[:1], ls.wrap_model(_without_attn_softcap(hf), lm.tokenizer), device="cpu",
+                                attention_heads="all")
+        capped = ls.run_study(MIXED_PROMPTS[:1], lm, device="cpu", attention_heads="all")
+        assert np.abs(uncapped.attention.patterns - capped.attention.patterns).max() > 1e-2  # so does the scores'
     else:
         assert result.logit_diff_softcapped is None
 
@@ -266,7 +268,7 @@ def test_gptj_conventions_are_exercised(studied):
     assert result.parallel_attn_mlp and not any(x.endswith("_mid") for x in result.logit_lens_labels)
     assert hf.config.rotary_dim < hf.config.n_embd // hf.config.n_head
     assert hf.lm_head.bias is not None
-    for name in ("final_bias", "attn_bias", "mlp_bias"):
+    for name in ("final_norm_bias", "attn_bias", "mlp_bias"):
         assert np.abs(getattr(result, name)).max() > 1e-2, name
 
 
@@ -348,7 +350,7 @@ def test_post_norm_with_biases_adds_up(tmp_path):
     path = save_checkpoint(biased, tmp_path / "biased")
     result = ls.run_study("ioi:24", str(path), device="cpu", batch_size=5)
     np.testing.assert_allclose(result.decomposition_per_prompt.sum(0), result.logit_diff, rtol=0, atol=ATOL)
-    np.testing.assert_allclose(result.heads.sum(1) + result.attn_bias, result.attn, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(result.head_results.sum(1) + result.attn_bias, result.attn_out, rtol=0, atol=ATOL)
     assert np.abs(result.attn_bias).max() > 1e-2
     # The bias term differs per prompt only through the post norm's per-prompt scale.
     assert np.ptp(result.attn_bias[0]) > 1e-3
@@ -386,3 +388,24 @@ def test_mixtral_report_renders_the_expert_heatmap_offline(studied, tmp_path):
     dom, log = render_dom(page, tmp_path)
     assert "Uncaught" not in log, log[-2000:]
     assert rendering_failures(dom, FIGURES + ["expert_attribution"], VIEWS) == []
+
+
+@pytest.mark.parametrize("family", ["gemma2", "mixtral"])
+def test_soft_cap_and_experts_reopen(family, studied, tmp_path):
+    """A saved Gemma 2 study (capped logit difference) and Mixtral study (per-expert attribution)
+    reopen with those arrays, the same results.json and report."""
+    from logitscope.report import report_html
+    from test_results import _same
+
+    _, _, result = studied(family)
+    result.save(tmp_path / "run")
+    again = ls.load_result(tmp_path / "run")
+    _same(result, again)
+    doc = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert json.loads(json.dumps(again.to_dict())) == doc
+    assert report_html(again) == report_html(result)
+    if family == "gemma2":
+        assert again.logit_diff_softcapped is not None and "logit_diff_softcapped" in doc
+    else:
+        assert again.experts.shape == result.experts.shape and "expert_attribution" in doc
+        assert again.top_experts() == result.top_experts()

@@ -100,7 +100,7 @@ def test_many_small_chunks_give_the_same_numbers(tiny_gpt2_dir, monkeypatch):
     monkeypatch.setattr(study, "_chunks", functools.partial(study._chunks, max_tokens=50))
     small = ls.run_study("ioi:30", str(tiny_gpt2_dir), device="cpu", batch_size=4)
     assert len(set(whole.n_tokens.tolist())) > 1  # prompts of different lengths, padded together
-    for name in ("logit_diff", "heads", "mlp", "lens_recomputed", "prob_correct"):
+    for name in ("logit_diff", "head_results", "mlp_out", "lens_recomputed", "prob_correct"):
         np.testing.assert_array_equal(getattr(small, name), getattr(whole, name), err_msg=name)
 
 

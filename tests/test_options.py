@@ -17,7 +17,7 @@ def test_half_precision_weights_attribute_in_float32(tiny_gpt2_dir, dtype):
     full = ls.run_study("arena", str(tiny_gpt2_dir), device="cpu")
     half = ls.run_study("arena", str(tiny_gpt2_dir), device="cpu", dtype=dtype)
     assert half.dtype == dtype and full.dtype == "float32"
-    for name in ("logit_diff", "direct", "heads", "attn", "mlp", "final_bias"):
+    for name in ("logit_diff", "direct", "head_results", "attn_out", "mlp_out", "final_norm_bias"):
         arr = getattr(half, name)
         assert arr.dtype == np.float64 and np.isfinite(arr).all(), name
     # Half-precision forward passes differ from float32 by their rounding (~1e-2 on these logit
@@ -25,7 +25,7 @@ def test_half_precision_weights_attribute_in_float32(tiny_gpt2_dir, dtype):
     # within that rounding, and match the float32 run to the same order.
     scale = np.abs(full.logit_diff).max()
     np.testing.assert_allclose(half.logit_diff, full.logit_diff, rtol=0, atol=0.05 * scale)
-    np.testing.assert_allclose(half.heads, full.heads, rtol=0, atol=0.05 * scale)
+    np.testing.assert_allclose(half.head_results, full.head_results, rtol=0, atol=0.05 * scale)
     np.testing.assert_allclose(half.decomposition_per_prompt.sum(0), half.logit_diff, rtol=0, atol=0.05 * scale)
 
 
@@ -33,7 +33,7 @@ def test_device_map_auto_loads_and_gives_the_same_numbers(tiny_gpt2_dir):
     pytest.importorskip("accelerate")
     plain = ls.run_study("arena", str(tiny_gpt2_dir), device="cpu")
     mapped = ls.run_study("arena", str(tiny_gpt2_dir), device_map="auto")
-    for name in ("logit_diff", "heads", "attn", "mlp", "direct"):
+    for name in ("logit_diff", "head_results", "attn_out", "mlp_out", "direct"):
         np.testing.assert_allclose(getattr(mapped, name), getattr(plain, name), rtol=0, atol=1e-6, err_msg=name)
 
 
@@ -59,7 +59,7 @@ def test_already_loaded_model_and_tokenizer(tiny_gpt2_dir):
     attn_before = model.config._attn_implementation
     from_obj = ls.run_study(ls.builtin_prompts("seed"), model, tokenizer=tok)
     from_dir = ls.run_study("seed", str(tiny_gpt2_dir), device="cpu")
-    np.testing.assert_allclose(from_obj.heads, from_dir.heads, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(from_obj.head_results, from_dir.head_results, rtol=0, atol=1e-6)
     assert model.config._attn_implementation == attn_before  # the pattern pass restores it
     with pytest.raises(ls.InputError, match="tokenizer"):
         ls.run_study("seed", model)
@@ -71,7 +71,7 @@ def test_batch_size_does_not_change_numbers(tiny_gpt2_dir):
     c = ls.run_study("ioi:40", str(tiny_gpt2_dir), device="cpu")
     assert [p.text for p in a.prompts] == [p.text for p in b.prompts] == [p.text for p in c.prompts]
     for other in (b, c):
-        np.testing.assert_allclose(other.heads, a.heads, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(other.head_results, a.head_results, rtol=0, atol=1e-5)
         np.testing.assert_allclose(other.logit_diff, a.logit_diff, rtol=0, atol=1e-5)
 
 
@@ -88,7 +88,7 @@ def test_added_pad_token_outside_the_embedding(tiny_gpt2_dir):
                ls.Prompt("The capital of France is", " Paris", " London")]
     with_pad = ls.run_study(prompts, model, tokenizer=tok, batch_size=2)
     alone = ls.run_study(prompts, model, tokenizer=tok, batch_size=1)
-    np.testing.assert_allclose(with_pad.heads, alone.heads, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(with_pad.head_results, alone.head_results, rtol=0, atol=1e-5)
 
 
 def test_neox_without_attention_biases(tmp_path, gpt2_tokenizer):
@@ -111,7 +111,7 @@ def test_neox_without_attention_biases(tmp_path, gpt2_tokenizer):
     want = logits[rows, result.correct_ids] - logits[rows, result.incorrect_ids]
     np.testing.assert_allclose(result.logit_diff, want, rtol=0, atol=1e-4)
     np.testing.assert_allclose(result.decomposition_per_prompt.sum(0), want, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(result.heads.sum(1) + result.attn_bias, result.attn, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(result.head_results.sum(1) + result.attn_bias, result.attn_out, rtol=0, atol=1e-4)
     assert np.abs(result.attn_bias).max() > 1e-3  # the first norm's bias through W_V is still there
 
 
@@ -157,7 +157,7 @@ def test_cuda_gives_the_cpu_numbers(tiny_gpt2_dir):
     cpu = ls.run_study("ioi:64", str(tiny_gpt2_dir), device="cpu")
     gpu = ls.run_study("ioi:64", str(tiny_gpt2_dir), device="cuda")
     assert gpu.device.startswith("cuda")
-    for name in ("logit_diff", "direct", "heads", "attn", "mlp", "final_bias"):
+    for name in ("logit_diff", "direct", "head_results", "attn_out", "mlp_out", "final_norm_bias"):
         np.testing.assert_allclose(getattr(gpu, name), getattr(cpu, name), rtol=0, atol=1e-4, err_msg=name)
     np.testing.assert_allclose(gpu.attention.patterns, cpu.attention.patterns, rtol=0, atol=1e-5)
 
@@ -214,10 +214,10 @@ def test_api_misuse_is_a_clear_error(tiny_gpt2_dir):
     with pytest.raises(ValueError, match="sign=0"):
         result.top_heads(3, sign=0)
     assert result.attention.heads([(1, 3)]).shape[0] == 1
-    # Argument errors name the Python argument, and the command-line flag beside it.
-    with pytest.raises(ls.InputError, match=r"top_k=0 \(--top-k\)"):
+    # Argument errors name the Python argument (the command line names its flag instead).
+    with pytest.raises(ls.InputError, match=r"^top_k=0: must be at least 1$"):
         ls.run_study("arena", str(tiny_gpt2_dir), device="cpu", top_k=0)
-    with pytest.raises(ls.InputError, match=r"attention_prompt=8 \(--attention-prompt\): must be between 0 and 7"):
+    with pytest.raises(ls.InputError, match=r"^attention_prompt=8: must be between 0 and 7"):
         ls.run_study("arena", str(tiny_gpt2_dir), device="cpu", attention_prompt=8)
     with pytest.raises(ls.InputError, match="prompt set 'ioi:0': N must be at least 1"):
         ls.run_study("ioi:0", str(tiny_gpt2_dir), device="cpu")

@@ -131,7 +131,8 @@ def assert_matches(result: ls.StudyResult, ref: Reference) -> None:
     close(result.heads, ref.heads, "head attribution")
     # TL's logits carry the processed unembedding bias, which DLA leaves out: ours is final_bias.
     close(result.final_bias, ref.bias_b_u, "final norm bias term (TL's b_U difference)")
-    np.testing.assert_allclose(result.attention.patterns, ref.pattern0, rtol=0, atol=PATTERN_ATOL)
+    kept = result.attention.kept  # the (layer, head) of each pattern the study kept
+    np.testing.assert_allclose(result.attention.patterns, ref.pattern0[tuple(np.array(kept).T)], rtol=0, atol=PATTERN_ATOL)
 
     # The complete decomposition: each labelled row is the right quantity, not just the right sum.
     rows = dict(zip(result.decomposition_labels, result.decomposition_per_prompt))

@@ -50,7 +50,7 @@ def test_jsonl_rows_and_errors(tmp_path):
         "notjson.jsonl": '{"prompt": "A", "correct": " x", "incorrect": " y"}\n{oops\n',
         "nofield.jsonl": '{"prompt": "A", "correct": " x"}\n',
         "notobj.jsonl": '["A", " x", " y"]\n',
-        "notstr.jsonl": '{"prompt": "A", "correct": 3, "incorrect": " y"}\n',
+        "notstr.jsonl": '{"prompt": "A", "correct": 3.5, "incorrect": " y"}\n',
     }
     expected = {
         "missing.jsonl": "not found",

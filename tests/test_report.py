@@ -6,11 +6,11 @@ and check in the resulting DOM that every plotly figure and every circuitsvis vi
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 import shutil
 import subprocess
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from plotly.io.json import to_json_plotly
 
 from logitscope import AttentionView, Prompt, StudyResult
 from logitscope.circuits import IOI_HEAD_CLASSES, ioi_head_class, is_gpt2_small, known_circuit
-from logitscope.report import notebook_html, report_html, write_report
+from logitscope.report import notebook_html, report_frame_html, report_html, write_report
 from logitscope.report.assets import circuitsvis_js, plotly_js
 from logitscope.report.figures import make_figures
 
@@ -35,7 +35,7 @@ def _attention(n_layers: int, n_heads: int, rng: np.random.Generator, tokens: li
     """A causal (lower-triangular), row-normalised pattern for every head."""
     T = len(tokens)
     p = rng.random((n_layers, n_heads, T, T)) * np.tril(np.ones((T, T)))
-    return AttentionView(0, list(tokens), (p / p.sum(-1, keepdims=True)).astype(np.float32))
+    return AttentionView.from_all_heads(0, list(tokens), (p / p.sum(-1, keepdims=True)).astype(np.float32))
 
 
 def make_result(
@@ -72,8 +72,8 @@ def make_result(
         n_layers=L, n_heads=H, prompts=prompts,
         correct_ids=np.full(N, 5335), incorrect_ids=np.full(N, 1757), n_tokens=np.full(N, 15),
         logit_diff=logit_diff, prob_correct=rng.uniform(0, 1, N), prob_incorrect=rng.uniform(0, 1, N),
-        direct=logit_diff - final_bias, scale=rng.uniform(1, 3, N), embed=embed, pos_embed=pos, attn=attn, mlp=mlp,
-        heads=heads, attn_bias=attn_bias, mlp_bias=mlp_bias, final_bias=final_bias,
+        direct=logit_diff - final_bias, scale=rng.uniform(1, 3, N), embed=embed, pos_embed=pos, attn_out=attn,
+        mlp_out=mlp, head_results=heads, attn_bias=attn_bias, mlp_bias=mlp_bias, final_norm_bias=final_bias,
         attention=_attention(L, H, rng) if attention else None,
         top_k=3, seed=seed, version="9.9.9-test", created="2026-01-02T03:04:05+00:00",
     )
@@ -203,7 +203,7 @@ def test_report_structure_gpt2(gpt2_result: StudyResult, gpt2_html: str):
         assert page.count(f'id="{view}"') == 1
     assert 'CircuitsVis.render("cv-heads-positive", CircuitsVis.AttentionHeads, ' in page
     assert 'CircuitsVis.render("cv-patterns-negative", CircuitsVis.AttentionPatterns, ' in page
-    names = [f"{l}.{h}" for l, h, _ in gpt2_result.top_heads(sign=1)]
+    names = [f"{l}.{h}" for l, h, _ in gpt2_result.signed_top_heads(1)]
     assert '"attentionHeadNames":["' + '","'.join(names) + '"]' in page
     assert "\\u003c|endoftext|\\u003e" in page  # tokens are JSON-escaped inside the script
     # Known circuit: legend, table column, heatmap tags.
@@ -230,8 +230,8 @@ def test_report_without_attention_skips_the_bundle():
 
 
 def test_script_end_tags_in_tokens_cannot_break_out():
-    result = make_result(2, 4, 6, model="tiny", seed=3)
-    result.attention = _attention(2, 4, np.random.default_rng(0), ["<s>", "</script><script>alert(1)</script>", " x"])
+    result = dataclasses.replace(make_result(2, 4, 6, model="tiny", seed=3), attention=_attention(
+        2, 4, np.random.default_rng(0), ["<s>", "</script><script>alert(1)</script>", " x"]))
     page = report_html(result)
     assert "alert(1)</script>" not in page
     ours = page.replace(plotly_js(), "").replace(circuitsvis_js(), "")
@@ -292,14 +292,30 @@ def test_write_report_cleans_up_when_writing_fails(tmp_path: Path, small_result:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_notebook_html(small_result: StudyResult, small_html: str):
-    nb = small_result._repr_html_()  # through StudyResult
-    assert nb == notebook_html(small_result)
-    assert "<script" not in nb  # the report's scripts live inside the escaped srcdoc only
-    srcdoc = re.search(r'<iframe srcdoc="([^"]*)"', nb).group(1)
+def test_notebook_display_is_light(gpt2_result: StudyResult):
+    """What a notebook shows for ``result``: plain HTML, no script, no inlined bundle (a saved
+    notebook used to grow by ~7 MB per display); the summary, the heatmap, the top heads."""
+    nb = gpt2_result._repr_html_()
+    assert nb == notebook_html(gpt2_result)
+    assert "<script" not in nb and "<iframe" not in nb
+    assert len(nb.encode()) < 100_000, len(nb.encode())
+    assert html.escape(gpt2_result.summary()) in nb
+    assert nb.count("<td title=\"L") == 12 * 12  # every head a coloured cell, with its value on hover
+    l, h, v = gpt2_result.signed_top_heads(1)[0]
+    assert f"<b>L{l}H{h}</b>" in nb and f"{v:+.3f}" in nb
+    assert "result.report_view()" in nb and "By template" not in nb and "by template" in nb
+
+
+def test_report_view_is_the_whole_report_in_a_frame(small_result: StudyResult, small_html: str):
+    view = small_result.report_view(height=700)
+    frame = view._repr_html_()
+    assert frame == report_frame_html(small_result, 700)
+    assert "<script" not in frame  # the report's scripts live inside the escaped srcdoc only
+    srcdoc = re.search(r'<iframe srcdoc="([^"]*)"', frame).group(1)
     assert html.unescape(srcdoc) == small_html
-    assert "mean logit diff" in nb  # the plain-text summary, readable where iframes are not shown
-    assert re.search(r"height:\d+px", nb) and nb.isascii()
+    assert "mean logit diff" in frame  # the plain-text summary, readable where iframes are not shown
+    assert "height:700px" in frame and frame.isascii()
+    assert len(frame.encode()) > 5_000_000  # which is why it is not the default display
 
 
 # ------------------------------------------------------------------------------------------ browser
@@ -379,13 +395,11 @@ browser = pytest.mark.skipif(CHROMIUM is None, reason="needs headless chromium o
 def test_report_renders_offline_in_chromium(which: str, request: pytest.FixtureRequest, tmp_path: Path):
     result = request.getfixturevalue(f"{which}_result")
     page = write_report(result, tmp_path / "report.html")
-    start = time.monotonic()
     dom, log = render_dom(page, tmp_path)
-    assert time.monotonic() - start < 30
     assert "Uncaught" not in log, log[-2000:]
     assert rendering_failures(dom, FIGURES, VIEWS) == []
     # circuitsvis drew the head names and the tokens, not just an empty shell.
-    for l, h, _ in result.top_heads(sign=1):
+    for l, h, _ in result.signed_top_heads(1):
         assert f">{l}.{h}<" in dom
 
 
@@ -409,3 +423,19 @@ def test_demo_result_builds_a_report_with_the_known_circuit():
     assert known_circuit(result) is not None
     assert [(l, h) for l, h, _ in result.top_heads(sign=1)] == [(9, 9), (9, 6), (10, 0)]
     assert "Known circuit" in report_html(result)
+
+
+def test_demo_writes_where_it_is_told(tmp_path):
+    """python -m logitscope.report.demo takes the output path; without one it writes nothing."""
+    import sys
+
+    cmd = [sys.executable, "-m", "logitscope.report.demo"]
+    bare = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert bare.returncode == 2 and "REPORT.html" in bare.stderr
+    assert list(tmp_path.iterdir()) == []  # no ./report.html written
+    from logitscope.report.demo import main
+
+    assert main([str(tmp_path / "sub" / "demo.html")]) == 0
+    assert (tmp_path / "sub" / "demo.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path)])  # a folder is not a file name

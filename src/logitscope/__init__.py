@@ -2,18 +2,43 @@
 
 Logit difference, logit lens, layer and head attribution (TransformerLens's conventions and
 labels) on Hugging Face models, with one forward pass per batch, and an offline report.
+
+The names below are imported on first use, so ``import logitscope`` (and ``logitscope --help``)
+does not import torch or transformers until something needs them.
 """
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from logitscope.errors import InputError, LogitscopeError, ModelLoadError
-from logitscope.models import LoadedModel, load_model, wrap_model
-from logitscope.results import AttentionView, StudyResult
-from logitscope.study import logit_diff_directions, run_study
-from logitscope.patching import PatchingResult, run_patching
-from logitscope.tasks import Prompt, builtin_prompts, load_jsonl, load_prompts
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "ArgumentError": "logitscope.errors",
+    "AttentionView": "logitscope.results",
+    "InputError": "logitscope.errors",
+    "LoadedModel": "logitscope.models.load",
+    "LogitscopeError": "logitscope.errors",
+    "ModelLoadError": "logitscope.errors",
+    "PatchingResult": "logitscope.patching",
+    "Prompt": "logitscope.tasks.prompt",
+    "PromptWarning": "logitscope.errors",
+    "StudyResult": "logitscope.results",
+    "builtin_prompts": "logitscope.tasks.prompts",
+    "load_jsonl": "logitscope.tasks.prompts",
+    "load_result": "logitscope.results",
+    "load_model": "logitscope.models.load",
+    "load_prompts": "logitscope.tasks",
+    "logit_diff_directions": "logitscope.study",
+    "run_patching": "logitscope.patching",
+    "run_study": "logitscope.study",
+    "wrap_model": "logitscope.models.load",
+}
 
 __all__ = [
+    "ArgumentError",
     "AttentionView",
     "InputError",
     "LoadedModel",
@@ -21,14 +46,40 @@ __all__ = [
     "ModelLoadError",
     "PatchingResult",
     "Prompt",
+    "PromptWarning",
     "StudyResult",
     "__version__",
     "builtin_prompts",
     "load_jsonl",
     "load_model",
     "load_prompts",
+    "load_result",
     "logit_diff_directions",
     "run_patching",
     "run_study",
     "wrap_model",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'logitscope' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from logitscope.errors import ArgumentError, InputError, LogitscopeError, ModelLoadError, PromptWarning
+    from logitscope.models.load import LoadedModel, load_model, wrap_model
+    from logitscope.patching import PatchingResult, run_patching
+    from logitscope.results import AttentionView, StudyResult, load_result
+    from logitscope.study import logit_diff_directions, run_study
+    from logitscope.tasks import load_prompts
+    from logitscope.tasks.prompt import Prompt
+    from logitscope.tasks.prompts import builtin_prompts, load_jsonl

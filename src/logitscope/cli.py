@@ -6,10 +6,10 @@ import argparse
 import os
 import sys
 import traceback
-from pathlib import Path
+import warnings
 
 from logitscope import __version__
-from logitscope.errors import InputError, LogitscopeError
+from logitscope.errors import ArgumentError, InputError, LogitscopeError, PromptWarning
 
 EXAMPLES = """\
 examples:
@@ -21,6 +21,22 @@ examples:
        "correct": " Mary", "incorrect": " John"}
   logitscope run --model gpt2-small --prompts ioi:2000 --seed 1 --out runs/ioi
       2,000 prompts from the IOI paper's templates, with 95% bootstrap intervals
+  logitscope run --model SmolLM2-135M-Instruct.Q4_1.gguf --prompts ioi:1000 --out runs/smollm2
+      a GGUF file (llama.cpp's format), dequantized to float32 on load
+"""
+
+
+PATCH_EXAMPLES = """\
+examples:
+  logitscope patch --model ./my-checkpoint --prompts seed --out runs/patch
+      each head's output patched from each seed prompt into its name-swapped partner (denoising)
+  logitscope patch --model gpt2-small --prompts ioi:500 --what heads,resid,ablation --out runs/ioi-patch
+      the IOI paper's ABC counterparts; the residual stream by layer and named position (IO, S1, S1+1,
+      S2, END); every head mean-ablated alone
+  logitscope patch --model gpt2-small --prompts ioi:500 --what none --ablate name-mover --out runs/nm
+      the logit difference before and after mean-ablating the three name movers together
+  logitscope patch --model ./my-checkpoint --prompts pairs.jsonl --what all --out runs/all
+      JSONL rows with a "corrupted" prompt: every TransformerLens patching grid
 """
 
 
@@ -47,11 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     _study_options(run)
     patch = sub.add_parser(
         "patch",
-        help="activation patching and ablation (the study of the clean prompts too)",
-        description="Run the study of the clean prompts and activation patching of each prompt against its "
-        "counterpart ('corrupted': a JSONL field, the seed/arena partner, or an IOI counterpart), with "
-        "TransformerLens's grids and names; write DIR/results.json (the study plus a 'patching' object), "
-        "DIR/patching_per_prompt.npz, DIR/per_prompt_heads.npy and DIR/report.html, atomically.",
+        help="activation patching and ablation (and the study of the clean prompts)",
+        description="Run the study of the clean prompts, then activation patching of each prompt against its "
+        "counterpart ('corrupted': a JSONL field, the seed/arena partner, or an IOI counterpart) with "
+        "TransformerLens's grids and names, and ablations; write DIR/results.json (the study plus a 'patching' "
+        "object), DIR/patching_per_prompt.npz, the study's other files and DIR/report.html, atomically.",
         epilog=PATCH_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -79,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _study_options(p: argparse.ArgumentParser, csv: bool = True) -> None:
-    p.add_argument("--model", required=True, help="hub id or TransformerLens alias (gpt2-small, ...), or a local folder")
+    p.add_argument(
+        "--model", required=True,
+        help="hub id or TransformerLens alias (gpt2-small, ...), a local folder, or a .gguf file (needs the gguf package)",
+    )
     p.add_argument(
         "--prompts",
         required=True,
@@ -109,20 +128,6 @@ def _study_options(p: argparse.ArgumentParser, csv: bool = True) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-PATCH_EXAMPLES = """\
-examples:
-  logitscope patch --model ./my-checkpoint --prompts seed --out runs/patch
-      each head's output patched from each seed prompt into its name-swapped partner (denoising)
-  logitscope patch --model gpt2-small --prompts ioi:500 --what heads,resid,ablation --out runs/ioi-patch
-      the IOI paper's ABC counterparts; residual stream by layer and named position (IO, S1, S1+1, S2, END);
-      every head mean-ablated alone
-  logitscope patch --model gpt2-small --prompts ioi:500 --what none --ablate name-mover --ablation mean --out runs/nm
-      the logit difference before and after mean-ablating the three name movers
-  logitscope patch --model ./my-checkpoint --prompts pairs.jsonl --what all --out runs/all
-      JSONL rows with a "corrupted" field: every TransformerLens patching grid
-"""
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -134,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     except LogitscopeError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"logitscope: error: {e}", file=sys.stderr)
+        print(f"logitscope: error: {_in_flags(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("logitscope: interrupted; nothing was written", file=sys.stderr)
@@ -146,20 +151,40 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _warn(msg: str, args: argparse.Namespace) -> None:
-    if not args.quiet:
-        print(f"logitscope: warning: {msg}", file=sys.stderr)
+# run_study's arguments -> the flags that set them (the library's messages name the arguments).
+FLAGS = {"top_k": "--top-k", "batch_size": "--batch-size", "seed": "--seed", "attention_prompt": "--attention-prompt",
+         "device": "--device", "dtype": "--dtype", "device_map": "--device-map", "prepend_bos": "--prepend-bos",
+         "what": "--what", "direction": "--direction", "corrupt": "--corrupt", "positions": "--positions",
+         "ablate": "--ablate", "ablation": "--ablation"}
+FIX_FLAGS = {("prepend_bos", False): "--no-prepend-bos", ("prepend_bos", True): "--prepend-bos"}
 
 
-def _prepare(args: argparse.Namespace):
-    """Check everything that can be checked without the model (so a typo costs no load), load the
-    model, then the prompts, and print the prompt warnings: ``(loaded model, prompts)``."""
+def _in_flags(e: LogitscopeError) -> str:
+    """The error's message, with the command-line flag where the library names an argument."""
+    if isinstance(e, ArgumentError) and e.argument in FLAGS:
+        return e.for_flag(FLAGS[e.argument], FIX_FLAGS.get((e.argument, e.fix)))
+    return str(e)
+
+
+def _printer(default):
+    """A ``warnings.showwarning`` that prints a :class:`PromptWarning` as one line of ours."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PromptWarning):
+            print(f"logitscope: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
+def _checks(args: argparse.Namespace):
+    """Everything that can be checked without the model, so that a typo costs no load; returns the
+    parsed prompts (a file read and checked, or an ioi:N spec checked)."""
     from logitscope.io import check_out_dir
     from logitscope.models.load import resolve_device
-    from logitscope.tasks.lint import lint_prompts
-    from logitscope.tasks.prompts import load_prompts
+    from logitscope.tasks.prompts import parse_prompts
 
-    check_out_dir(args.out)
+    check_out_dir(args.out, label="--out")
     for flag, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise InputError(f"{flag} {value}: must be at least 1")
@@ -169,60 +194,62 @@ def _prepare(args: argparse.Namespace):
         raise InputError(f"--device {args.device} and --device-map {args.device_map}: give one or the other")
     if args.seed < 0:
         raise InputError(f"--seed {args.seed}: must be 0 or more")
-    generated = args.prompts.split(":", 1)[0] in ("ioi", "ioi-abba", "ioi-baba")
-    prompts = None if generated else load_prompts(args.prompts, seed=args.seed)
-
-    _quiet_libraries()
-    from logitscope.models.load import load_model
-
-    lm = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
-    if prompts is None:
-        prompts = load_prompts(args.prompts, seed=args.seed, tokenizer=lm.tokenizer)
-    if not generated:
-        for w in lint_prompts(prompts):
-            if args.prompts == "seed" and "double space" in w:
-                w = "the seed's prompts contain a double space ('shops,  John'), kept byte for byte as in the seed notebook"
-            _warn(w, args)
-    return lm, prompts
+    return parse_prompts(args.prompts)
 
 
 def _run(args: argparse.Namespace) -> int:
+    parsed = _checks(args)
+    _quiet_libraries()
+    from logitscope.models.load import load_model
     from logitscope.study import run_study
 
-    lm, prompts = _prepare(args)
-    result = run_study(
-        prompts,
-        lm,
-        batch_size=args.batch_size,
-        top_k=args.top_k,
-        attention_prompt=args.attention_prompt,
-        prepend_bos=args.prepend_bos,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
-    out = result.save(args.out, report=not args.no_report, csv=args.csv)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+    with warnings.catch_warnings():  # the study's prompt warnings, printed as ours (after it, the error)
+        warnings.simplefilter("ignore" if args.quiet else "always", PromptWarning)
+        warnings.showwarning = _printer(warnings.showwarning)
+        result = run_study(
+            parsed,
+            lm,
+            batch_size=args.batch_size,
+            top_k=args.top_k,
+            attention_prompt=args.attention_prompt,
+            prepend_bos=args.prepend_bos,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+    from logitscope.serialize import OUTPUT_FILES, save_study
+
+    out = save_study(result, args.out, report=not args.no_report, csv=args.csv, label="--out")
     print(result.summary())
-    written = (["results.json", "per_prompt_heads.npy"] + (["per_prompt.csv"] if args.csv else [])
-               + ([] if args.no_report else ["report.html"]))
-    print(f"wrote {', '.join(str(Path(out) / w) for w in written)}")
+    written = [out / name for name in OUTPUT_FILES if (out / name).exists()]
+    print(f"wrote {', '.join(str(w) for w in written)}")
     return 0
 
 
 def _patch(args: argparse.Namespace) -> int:
-    from logitscope.patching import run_patching
-    from logitscope.patching.grids import resolve_what
+    from logitscope.patching import check_options
 
-    resolve_what(args.what)  # a typo must not cost a model load
-    lm, prompts = _prepare(args)
-    result = run_patching(
-        prompts, lm, what=args.what, direction=args.direction, corrupt=args.corrupt, positions=args.positions,
-        ablate=args.ablate, ablation=args.ablation, batch_size=args.batch_size, top_k=args.top_k,
-        attention_prompt=args.attention_prompt, prepend_bos=args.prepend_bos, seed=args.seed, progress=not args.quiet,
-    )
-    out = result.save(args.out, report=not args.no_report)
+    parsed = _checks(args)
+    check_options(what=args.what, ablate=args.ablate)  # before the model is loaded
+    _quiet_libraries()
+    from logitscope.models.load import load_model
+    from logitscope.patching import run_patching
+    from logitscope.patching.result import OUTPUT_FILES
+
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore" if args.quiet else "always", PromptWarning)
+        warnings.showwarning = _printer(warnings.showwarning)
+        result = run_patching(
+            parsed, lm, what=args.what, direction=args.direction, corrupt=args.corrupt, positions=args.positions,
+            ablate=args.ablate, ablation=args.ablation, batch_size=args.batch_size, top_k=args.top_k,
+            attention_prompt=args.attention_prompt, prepend_bos=args.prepend_bos, seed=args.seed,
+            progress=not args.quiet,
+        )
+    out = result.save(args.out, report=not args.no_report, label="--out")
     print(result.summary())
-    written = ["results.json", "patching_per_prompt.npz", "per_prompt_heads.npy"] + ([] if args.no_report else ["report.html"])
-    print(f"wrote {', '.join(str(Path(out) / w) for w in written)}")
+    written = [out / name for name in OUTPUT_FILES if (out / name).exists()]
+    print(f"wrote {', '.join(str(w) for w in written)}")
     return 0
 
 

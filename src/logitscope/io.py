@@ -13,37 +13,47 @@ from typing import Any, Iterator
 from logitscope.errors import InputError
 
 
-def check_out_dir(out_dir: str | Path) -> Path:
-    """Fail early, before any work, if ``out_dir`` cannot receive the outputs."""
+def check_out_dir(out_dir: str | Path, *, label: str = "out_dir") -> Path:
+    """Fail early, before any work, if ``out_dir`` cannot receive the outputs. ``label`` names it
+    in the message: the Python argument (``out_dir``) or the command-line flag (``--out``)."""
     if not str(out_dir).strip():
-        raise InputError("--out is empty: give the folder to write into (e.g. --out runs/first)")
+        raise InputError(f"{label} is empty: give the folder to write into (e.g. {_example(label)})")
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out_dir}: is a file, not a folder; choose a folder path")
-    parent = out if out.exists() else _existing_parent(out)
+        raise InputError(f"{_named(label, out_dir)}: is a file, not a folder; choose a folder path")
+    parent = out if out.exists() else _existing_parent(out, label)
     try:  # the only reliable test (root passes os.access; read-only mounts don't show in modes)
         Path(tempfile.mkdtemp(prefix=".logitscope-probe-", dir=parent)).rmdir()
     except OSError as e:
-        raise InputError(f"--out {out_dir}: cannot write into {parent} ({e.strerror}); choose another folder") from None
+        raise InputError(f"{_named(label, out_dir)}: cannot write into {parent} ({e.strerror}); choose another folder") from None
     return out
 
 
-def _existing_parent(path: Path) -> Path:
+def _named(label: str, value: str | Path) -> str:
+    """``--out runs/x`` for a flag, ``out_dir='runs/x'`` for a Python argument."""
+    return f"{label} {value}" if label.startswith("--") else f"{label}={str(value)!r}"
+
+
+def _example(label: str) -> str:
+    return "--out runs/first" if label.startswith("--") else f"{label}='runs/first'"
+
+
+def _existing_parent(path: Path, label: str) -> Path:
     p = path.absolute().parent
     while not p.exists():
         p = p.parent
     if not p.is_dir():
-        raise InputError(f"--out {path}: {p} is a file, not a folder")
+        raise InputError(f"{_named(label, path)}: {p} is a file, not a folder")
     return p
 
 
 @contextmanager
-def atomic_output_dir(out_dir: str | Path, owned: tuple[str, ...] = ()) -> Iterator[Path]:
+def atomic_output_dir(out_dir: str | Path, owned: tuple[str, ...] = (), *, label: str = "out_dir") -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``out_dir``; on success move its files into
     ``out_dir`` (each by an atomic rename) and delete any file named in ``owned`` that this run
     did not write (a report from an earlier run must not sit beside newer results); on failure
     delete the temporary folder and leave ``out_dir`` as it was."""
-    out = check_out_dir(out_dir).absolute()
+    out = check_out_dir(out_dir, label=label).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     umask = os.umask(0)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import itertools
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -13,11 +15,16 @@ import numpy as np
 import torch
 
 from logitscope.capture import BatchScalars, Recorder
-from logitscope.errors import InputError
+from logitscope.errors import ArgumentError, InputError, PromptWarning
+from logitscope.attribution import signed_top_heads
+from logitscope.labels import parse_heads
 from logitscope.models.kernels import equivalent_kernels
+from logitscope.models.state import attention_implementation, study_mode
 from logitscope.models.load import LoadedModel, load_model, wrap_model
 from logitscope.results import AttentionView, StudyResult
-from logitscope.tasks.prompts import Prompt, load_prompts
+from logitscope.tasks.lint import lint_prompts
+from logitscope.tasks.prompt import Prompt, is_token_id
+from logitscope.tasks.prompts import GeneratedSet, load_prompts, parse_prompts
 
 
 @dataclass
@@ -41,12 +48,20 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
     if prepend_bos:
         bos = tok.bos_token_id
         if bos is None:
-            raise InputError(
-                "the tokenizer has no BOS token, so none can be prepended; run with --no-prepend-bos"
-            )
+            raise ArgumentError("prepend_bos", True, "the tokenizer has no BOS token, so none can be prepended",
+                                fix=False)
         ids = [[bos] + x for x in ids]
-    answers = sorted({p.correct for p in prompts} | {p.incorrect for p in prompts})
-    answer_ids = dict(zip(answers, tokenize(tok, answers)))
+    given = {a for p in prompts for a in (p.correct, p.incorrect) if is_token_id(a)}
+    vocab = lm.adapter.unembed(lm.model).weight.shape[0]
+    for a in sorted(given):
+        if a >= vocab:
+            p = next(p for p in prompts if a in (p.correct, p.incorrect))
+            raise InputError(f"{_where(prompts, prompt=p)}: answer id {a} is not a token of this model "
+                             f"(its vocabulary has {vocab} tokens, ids 0-{vocab - 1})")
+    answers = sorted({a for p in prompts for a in (p.correct, p.incorrect) if not is_token_id(a)})
+    answer_ids: dict[str | int, list[int]] = {a: [a] for a in given}
+    if answers:
+        answer_ids.update(zip(answers, tokenize(tok, answers)))
     bad = []
     for a, toks in answer_ids.items():
         if len(toks) != 1:
@@ -185,7 +200,7 @@ def _available_host_memory() -> int | None:
 
 
 def run_study(
-    prompts: Sequence[Prompt] | str,
+    prompts: Any,
     model: Any,
     *,
     tokenizer: Any = None,
@@ -195,37 +210,57 @@ def run_study(
     batch_size: int | None = None,
     top_k: int = 3,
     attention_prompt: int = 0,
+    attention_heads: Any = None,
     prepend_bos: bool | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> StudyResult:
     """Run the whole direct-logit-attribution study.
 
-    ``prompts``: a list of :class:`Prompt`, or a spec (``"seed"``, ``"arena"``, ``"ioi:N"``, a JSONL
-    path). ``model``: a hub id or alias, a local folder, a :class:`LoadedModel`, or an
-    already-loaded ``transformers`` causal LM (then pass its ``tokenizer``).
+    ``prompts``: a spec (``"seed"``, ``"arena"``, ``"ioi:N"``), a path (``str`` or
+    ``pathlib.Path``) to a JSONL file, or a list of :class:`Prompt`, of dicts with the JSONL keys,
+    or of ``(prompt, correct, incorrect)`` tuples; an answer is text that is one token (``" Mary"``)
+    or a token id (``5335``). ``model``: a hub id or alias, a local folder, a :class:`LoadedModel`,
+    or an already-loaded ``transformers`` causal LM (then pass its ``tokenizer``). Everything that
+    can be checked without the model is checked before it is loaded.
+
+    Attention patterns are recorded on prompt ``attention_prompt`` for ``attention_heads``: by
+    default the heads the report shows (the top ``top_k`` of each sign), or ``"all"``, or a list
+    of heads (``["L9H9", (9, 6)]``). The model is left as it came: every module's training flag,
+    its attention implementation, its modules and the hooks on them.
     """
+    _check_whole("top_k", top_k, 1)
+    _check_whole("seed", seed, 0)
+    _check_whole("attention_prompt", attention_prompt, 0)
+    if batch_size is not None:
+        _check_whole("batch_size", batch_size, 1)
+    if attention_heads is not None and not (isinstance(attention_heads, str) and attention_heads == "all"):
+        try:
+            parse_heads(attention_heads)
+        except ValueError as e:
+            raise ArgumentError("attention_heads", attention_heads, f"{e} (or 'all')") from None
+    parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
     lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map)
-    if isinstance(prompts, str):
-        prompts = load_prompts(prompts, seed=seed, tokenizer=lm.tokenizer)
-    prompts = list(prompts)
-    if not prompts:
-        raise InputError("no prompts given")
-    if top_k < 1:
-        raise InputError(f"top_k={top_k} (--top-k): must be at least 1")
-    if seed < 0:
-        raise InputError(f"seed={seed} (--seed): must be 0 or more")
-    if not 0 <= attention_prompt < len(prompts):
-        raise InputError(f"attention_prompt={attention_prompt} (--attention-prompt): must be between 0 and {len(prompts) - 1}")
+    if isinstance(parsed, GeneratedSet):
+        prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer)  # built clean: nothing to lint
+    else:
+        prompts = parsed
+        for message in lint_prompts(prompts, tokenizer=lm.tokenizer):
+            warnings.warn(message, PromptWarning, stacklevel=2)
+    n_heads = lm.shape.n_layers * lm.shape.n_heads
+    if top_k > n_heads:
+        raise ArgumentError("top_k", top_k, f"this model has {n_heads} heads; ask for at most {n_heads}")
+    if attention_prompt >= len(prompts):
+        raise ArgumentError("attention_prompt", attention_prompt, f"must be between 0 and {len(prompts) - 1} "
+                            f"(there {'are' if len(prompts) != 1 else 'is'} {len(prompts)} prompt{'s' if len(prompts) != 1 else ''})")
     bos = lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos
     t_start = time.perf_counter()
     enc = encode_prompts(prompts, lm, prepend_bos=bos)
+    prompts = _answers_as_text(prompts, enc, lm.tokenizer)
     t_encoded = time.perf_counter()
     lengths = enc.lengths
     if batch_size is None:
         batch_size = auto_batch_size(lm, int(lengths.max()))
-    if batch_size < 1:
-        raise InputError(f"batch_size={batch_size} (--batch-size): must be at least 1")
 
     # Sort by length so batches carry little padding; results go back to the prompts' order.
     order = np.argsort(lengths, kind="stable")
@@ -238,29 +273,30 @@ def run_study(
     # positions and answer ids cross to the device in one asynchronous copy each (a 10,000-prompt
     # set is one chunk), batches are views into them, and every result stays on the device until
     # _assemble. tests/test_hot_loop.py checks the operators it dispatches and its source.
-    with rec, equivalent_kernels(lm.model):  # hot loop: start
-        for chunk in _chunks(enc.ids, lengths, order, batch_size):
-            ids_dev = _to_device(chunk.ids, in_dev)
-            pos_dev = _to_device(lengths[chunk.rows] - 1, in_dev)
-            correct_dev = _to_device(enc.correct[chunk.rows], rec.out_device)
-            incorrect_dev = _to_device(enc.incorrect[chunk.rows], rec.out_device)
-            for b in chunk.batches:
-                batches.append(
-                    rec.run_batch(
-                        ids_dev[b.offset : b.offset + b.size * b.width].view(b.size, b.width),
-                        pos_dev[b.start : b.stop],
-                        correct_dev[b.start : b.stop],
-                        incorrect_dev[b.start : b.stop],
+    with study_mode(lm.model), bar or contextlib.nullcontext():  # the model leaves as it came
+        with rec, equivalent_kernels(lm.model):  # hot loop: start
+            for chunk in _chunks(enc.ids, lengths, order, batch_size):
+                ids_dev = _to_device(chunk.ids, in_dev)
+                pos_dev = _to_device(lengths[chunk.rows] - 1, in_dev)
+                correct_dev = _to_device(enc.correct[chunk.rows], rec.out_device)
+                incorrect_dev = _to_device(enc.incorrect[chunk.rows], rec.out_device)
+                for b in chunk.batches:
+                    batches.append(
+                        rec.run_batch(
+                            ids_dev[b.offset : b.offset + b.size * b.width].view(b.size, b.width),
+                            pos_dev[b.start : b.stop],
+                            correct_dev[b.start : b.stop],
+                            incorrect_dev[b.start : b.stop],
+                        )
                     )
-                )
-                if bar is not None:
-                    bar.update(b.size)  # hot loop: end
-    if bar is not None:
-        bar.close()
-    per = _assemble(batches, order)  # the one device-to-host copy (and so the one wait) per field
-    t_assembled = time.perf_counter()
+                    if bar is not None:
+                        bar.update(b.size)  # hot loop: end
+        per = _assemble(batches, order)  # the one device-to-host copy (and so the one wait) per field
+        t_assembled = time.perf_counter()
+        kept = _heads_to_keep(attention_heads, per["heads"].mean(-1), top_k, lm.shape.n_layers, lm.shape.n_heads)
+        attention = attention_patterns(lm, enc.ids[attention_prompt], attention_prompt, kept)
     timing["forward_s"] = t_assembled - t_encoded  # set-up, every batch, and the copy back
-    result = StudyResult(
+    fields = dict(
         model=lm.name,
         family=lm.adapter.family,
         norm=lm.adapter.norm,
@@ -278,27 +314,45 @@ def run_study(
         prepend_bos=bos,
         version=_version(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        **per,
+        **{_FIELD_NAMES.get(k, k): v for k, v in per.items()},
     )
-    result.attention = attention_patterns(lm, enc.ids[attention_prompt], attention_prompt)
+    fields["attention"] = attention
     timing["attention_s"] = time.perf_counter() - t_assembled
     timing["study_s"] = time.perf_counter() - t_start
     timing["prompts_per_s"] = len(prompts) / timing["study_s"]
-    result.timing = timing
-    return result
+    return StudyResult(**fields, timing=timing)
+
+
+# BatchScalars' field names (capture.py) -> StudyResult's (TransformerLens's hook names).
+_FIELD_NAMES = {"attn": "attn_out", "mlp": "mlp_out", "heads": "head_results", "final_bias": "final_norm_bias"}
+
+
+def _check_whole(name: str, value: Any, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ArgumentError(name, value, "must be a whole number")
+    if value < least:
+        raise ArgumentError(name, value, f"must be at least {least}" if least else "must be 0 or more")
+
+
+def _answers_as_text(prompts: list[Prompt], enc: Encoded, tok: Any) -> list[Prompt]:
+    """Answers given as token ids, written as the token's text (the ids stay in ``correct_ids``)."""
+    def text(answer: str | int) -> str:
+        return tok.decode([answer], clean_up_tokenization_spaces=False) if is_token_id(answer) else answer
+
+    return [p if isinstance(p.correct, str) and isinstance(p.incorrect, str)
+            else Prompt(p.text, text(p.correct), text(p.incorrect), p.meta) for p in prompts]
 
 
 @torch.inference_mode()
-def logit_diff_directions(prompts: Sequence[Prompt] | str, model: Any, *, tokenizer: Any = None) -> torch.Tensor:
+def logit_diff_directions(prompts: Any, model: Any, *, tokenizer: Any = None) -> torch.Tensor:
     """The seed's ``logit_diff_directions``: ``[n_prompts, d_model]`` residual-stream directions
     whose dot product with the final residual, divided by the final norm's scale, is each prompt's
     direct logit difference — TransformerLens's ``tokens_to_residual_directions(correct) −
     tokens_to_residual_directions(incorrect)`` after ``fold_ln`` (the final norm's weight folded
     in; centred over ``d_model`` for LayerNorm models). float32, on the unembedding's device."""
+    parsed = parse_prompts(prompts)
     lm = _as_loaded(model, tokenizer, device="auto", dtype="float32", device_map=None)
-    if isinstance(prompts, str):
-        prompts = load_prompts(prompts, tokenizer=lm.tokenizer)
-    enc = encode_prompts(list(prompts), lm, prepend_bos=lm.adapter.default_prepend_bos)
+    enc = encode_prompts(load_prompts(parsed, tokenizer=lm.tokenizer), lm, prepend_bos=lm.adapter.default_prepend_bos)
     rec = Recorder(lm)
     return rec.directions(torch.from_numpy(enc.correct).to(rec.out_device), torch.from_numpy(enc.incorrect).to(rec.out_device))
 
@@ -376,24 +430,41 @@ def _assemble(batches: list[BatchScalars], order: np.ndarray) -> dict[str, np.nd
     return out
 
 
-@torch.inference_mode()
-def attention_patterns(lm: LoadedModel, ids: list[int], prompt_index: int) -> AttentionView:
-    """Every head's attention pattern on one prompt (eager attention: the kernel that returns them)."""
-    model = lm.model
-    previous = getattr(model.config, "_attn_implementation", None)
-    in_dev = lm.adapter.embed(model).weight.device
+def _heads_to_keep(attention_heads: Any, head_attribution: np.ndarray, top_k: int, n_layers: int,
+                   n_heads: int) -> list[tuple[int, int]]:
+    """The heads whose patterns the study keeps: by default those the report shows (the top
+    ``top_k`` of each sign that have it), ``"all"``, or the heads named."""
+    if attention_heads is None:
+        shown = [signed_top_heads(head_attribution, top_k, sign) for sign in (1, -1)]
+        return list(dict.fromkeys((l, h) for heads in shown for l, h, _ in heads))
+    if isinstance(attention_heads, str) and attention_heads == "all":
+        return [(l, h) for l in range(n_layers) for h in range(n_heads)]
     try:
-        if previous != "eager" and hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation("eager")
+        return list(dict.fromkeys(parse_heads(attention_heads, n_layers, n_heads)))
+    except ValueError as e:
+        raise ArgumentError("attention_heads", attention_heads, f"{e} (or 'all')") from None
+
+
+@torch.inference_mode()
+def attention_patterns(lm: LoadedModel, ids: list[int], prompt_index: int,
+                       heads: Sequence[tuple[int, int]] | None = None) -> AttentionView:
+    """The attention patterns of ``heads`` (default: every head) on one prompt, from a pass with
+    eager attention (the kernel that returns them); only those heads' ``[T, T]`` are kept."""
+    model = lm.model
+    n_layers, n_heads = lm.shape.n_layers, lm.shape.n_heads
+    kept = [(l, h) for l in range(n_layers) for h in range(n_heads)] if heads is None else list(heads)
+    in_dev = lm.adapter.embed(model).weight.device
+    with attention_implementation(model, "eager"):
         out = lm.adapter.base(model)(
             input_ids=torch.tensor([ids], device=in_dev), output_attentions=True, use_cache=False
         )
-    finally:
-        if previous and previous != "eager" and hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation(previous)
-    patterns = torch.stack([a[0].float().cpu() for a in out.attentions]).numpy()
+    T = len(ids)
+    patterns = np.empty((len(kept), T, T), dtype=np.float32)
+    for i, (layer, head) in enumerate(kept):
+        patterns[i] = out.attentions[layer][0, head].float().cpu().numpy()
+    del out
     str_tokens = [lm.tokenizer.decode([t], clean_up_tokenization_spaces=False) for t in ids]
-    return AttentionView(prompt_index, str_tokens, patterns)
+    return AttentionView(prompt_index, tuple(str_tokens), patterns, tuple(kept), n_layers, n_heads)
 
 
 def _as_loaded(model: Any, tokenizer: Any, **load_kwargs: Any) -> LoadedModel:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from logitscope.errors import LogitscopeError, ModelLoadError
+from logitscope.errors import ArgumentError, ModelLoadError
 from logitscope.models.adapters import Adapter, ModelShape, adapter_for, model_shape
 
 # TransformerLens's names for models users know by them.
@@ -58,16 +59,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise LogitscopeError(f"--device {device!r} is not a device name: use auto, cpu, cuda, cuda:N or mps") from None
+        raise ArgumentError("device", device, "not a device name: use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise LogitscopeError(f"--device {device}: CUDA is not available on this machine (try --device auto or cpu)")
+            raise ArgumentError("device", device, "CUDA is not available on this machine; use auto or cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise LogitscopeError(
-                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
+            raise ArgumentError("device", device, f"this machine has {torch.cuda.device_count()} CUDA device(s)")
     if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise LogitscopeError(f"--device {device}: Apple MPS is not available on this machine (try --device auto or cpu)")
+        raise ArgumentError("device", device, "Apple MPS is not available on this machine; use auto or cpu")
     return dev
 
 
@@ -79,7 +78,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     try:
         return DTYPES[dtype]
     except KeyError:
-        raise LogitscopeError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}") from None
+        raise ArgumentError("dtype", dtype, f"use one of {', '.join(DTYPES)}") from None
 
 
 def _is_local(name: str) -> bool:
@@ -93,7 +92,7 @@ def load_model(
     dtype: str | torch.dtype | None = "float32",
     device_map: str | None = None,
 ) -> LoadedModel:
-    """Load ``name``: a local folder (loaded as is, never touching the network) or a hub id.
+    """Load ``name``: a local folder or ``.gguf`` file (loaded as is, never touching the network) or a hub id.
 
     TransformerLens aliases (``gpt2-small``, ``gpt2-medium``, ...) resolve to their hub ids. A hub
     id is downloaded by ``transformers`` on first use and read from its cache afterwards; gated
@@ -102,21 +101,25 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype)
+    if is_gguf_path(name):
+        return _load_gguf(name, device=device, dtype=torch_dtype, device_map=device_map)
     local = _is_local(name)
     if local:
         path = Path(name).expanduser()
+        _refuse_weights_file(path, name)
         if not path.is_dir():
             raise ModelLoadError(f"model folder not found: {name}")
         if not (path / "config.json").exists():
             raise ModelLoadError(f"{name} is not a model folder: it has no config.json")
+        _check_weight_files(path)
         source, kwargs = str(path), {"local_files_only": True}
     else:
-        source, cached = _hub_source(name)
+        source, cache = _hub_source(name)
         kwargs = {}
-        if not cached:
-            _check_hub_reachable(name, source)
-        if cached:
+        if cache == "complete":
             kwargs = {"local_files_only": True}  # read the cache; no request to the hub
+        else:  # not cached, or a download that did not finish: the hub must answer
+            _check_hub_reachable(name, source, partly_cached=cache == "partial")
     dev = None if device_map else resolve_device(device)
     try:
         _check_architecture(source, kwargs)  # before any weights are read or downloaded
@@ -128,7 +131,15 @@ def load_model(
                 "weights with tokenizer.save_pretrained(folder)"
             )
         model = _from_pretrained(AutoModelForCausalLM, source, dtype=torch_dtype, device_map=device_map, **kwargs)
-    except (OSError, ValueError) as e:
+    except Exception as e:
+        corrupt = type(e).__name__ == "SafetensorError"  # safetensors' own class, not an OSError
+        if not (corrupt or isinstance(e, (OSError, ValueError))):
+            raise
+        if corrupt and not local:
+            raise ModelLoadError(
+                f"a weights file of model {name!r} in the local Hugging Face cache is truncated or corrupt ({e}); "
+                f"delete the model from the cache (hf cache delete) and download it again"
+            ) from e
         where = "that folder" if local else "the hub or the local cache"
         hint = "" if local else (
             " Check the id, your network, and for a gated model your Hugging Face login (HF_TOKEN);"
@@ -141,6 +152,75 @@ def load_model(
         model.to(dev)
     adapter = adapter_for(model)
     return wrap_model(model, tokenizer, name=name, adapter=adapter)
+
+
+def is_gguf_path(name: str) -> bool:
+    """A name ending in ``.gguf`` is a GGUF file (llama.cpp's format), never a hub id or a folder."""
+    path = Path(name).expanduser()
+    return path.suffix.lower() == ".gguf" and not path.is_dir()
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def _check_gguf_file(name: str) -> Path:
+    """The GGUF file ``name`` exists, is GGUF, and the ``gguf`` package that reads it is installed."""
+    import importlib.util
+
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file not found: {name}")
+    with open(path, "rb") as f:
+        magic = f.read(len(GGUF_MAGIC))
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(
+            f"{name} is not a GGUF file: it does not start with the GGUF magic bytes {GGUF_MAGIC!r} (it starts "
+            f"with {magic!r}); pass a .gguf file written by llama.cpp's tools, or a model folder"
+        )
+    missing = [pkg for pkg in ("gguf", "accelerate") if importlib.util.find_spec(pkg) is None]
+    if missing:
+        raise ModelLoadError(
+            f"{name} is a GGUF file, and transformers reads one only with the {' and '.join(missing)} "
+            f"package{'s' if len(missing) > 1 else ''}, not installed here: pip install 'logitscope[gguf]' "
+            f"(or pip install {' '.join(missing)})"
+        )
+    return path
+
+
+def _gguf_architecture(config: Any) -> str:
+    """The ``transformers`` class a GGUF file's config loads as (GGUF configs carry no ``architectures``)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    archs = list(getattr(config, "architectures", None) or [])
+    return archs[0] if archs else MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type, config.model_type)
+
+
+def _load_gguf(name: str, *, device: str | torch.device | None, dtype: torch.dtype, device_map: str | None) -> LoadedModel:
+    """Load a GGUF file through ``transformers``' GGUF support: its weights are dequantized to
+    ``dtype`` (a float model from then on) and its tokenizer is rebuilt from the file's vocabulary."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from logitscope.models.adapters import ADAPTERS, unsupported_message
+
+    path = _check_gguf_file(name)
+    source, kwargs = str(path.parent), {"gguf_file": path.name, "local_files_only": True}
+    dev = None if device_map else resolve_device(device)
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)  # the file's metadata only
+        architecture = _gguf_architecture(config)
+        if not any(architecture in ad.architectures for ad in ADAPTERS):  # before the weights are read
+            raise ModelLoadError(unsupported_message(architecture, getattr(config, "model_type", "?")))
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = _from_pretrained(AutoModelForCausalLM, source, config=config, dtype=dtype, device_map=device_map, **kwargs)
+    except (OSError, ValueError, KeyError, NotImplementedError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"could not load the GGUF file {name}: {first}") from e
+    if not getattr(model.config, "architectures", None):
+        model.config.architectures = [type(model).__name__]
+    model.eval()
+    if dev is not None:
+        model.to(dev)
+    return wrap_model(model, tokenizer, name=name, adapter=adapter_for(model))
 
 
 def _check_architecture(source: str, kwargs: dict[str, Any]) -> None:
@@ -166,7 +246,8 @@ def _from_pretrained(auto_cls: Any, source: str, **kwargs: Any) -> nn.Module:
 
 
 def wrap_model(model: nn.Module, tokenizer: Any, *, name: str | None = None, adapter: Adapter | None = None) -> LoadedModel:
-    """Wrap an already-loaded ``transformers`` model and its tokenizer."""
+    """Wrap an already-loaded ``transformers`` model and its tokenizer (the model is not changed:
+    the study puts it in eval mode only while it runs)."""
     adapter = adapter or adapter_for(model)
     placements = {str(v) for v in (getattr(model, "hf_device_map", None) or {}).values()}
     offloaded = (
@@ -177,55 +258,156 @@ def wrap_model(model: nn.Module, tokenizer: Any, *, name: str | None = None, ada
     if offloaded:
         raise ModelLoadError(
             "the model is partly offloaded to CPU or disk by accelerate (device_map); logitscope needs every "
-            "weight resident on a device. Give it more GPU memory (more GPUs, --dtype bfloat16) or load it on one device"
+            "weight resident on a device. Give it more GPU memory (more GPUs, dtype='bfloat16') or load it on one device"
         )
-    model.eval()
     device = next(model.parameters()).device
     name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
     return LoadedModel(model, tokenizer, adapter, model_shape(model, adapter), str(name), device)
 
 
+def _refuse_weights_file(path: Path, name: str) -> None:
+    """A weights file (``model.safetensors``) where the folder that holds it is meant. (A ``.gguf``
+    file is a model of its own, not refused here.)"""
+    if path.is_file() and path.suffix.lower() != ".gguf":
+        raise ModelLoadError(
+            f"model {name!r} is a file; pass the folder that holds it with its config.json and tokenizer "
+            f"({str(path.parent) or '.'})"
+        )
+
+
+def _check_weight_files(folder: Path) -> None:
+    """Fail with the file's name when a weights file ``transformers`` would load from ``folder``
+    (``model*.safetensors``, ``pytorch_model*.bin``, the shards an index lists) is truncated, corrupt
+    or missing. Only safetensors' headers and zip directories are read, no weights."""
+    import zipfile
+
+    for index in sorted([*folder.glob("model*.index.json"), *folder.glob("pytorch_model*.index.json")]):
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            raise ModelLoadError(f"{index}: not a readable weights index ({e}); save the model again") from None
+        missing = [f for f in shards if not (folder / f).is_file()]
+        if missing:
+            raise ModelLoadError(f"{folder / missing[0]} is missing ({index.name} lists {len(shards)} weight files, "
+                                 f"{len(missing)} are not there); copy or download the model again")
+    for file in sorted(folder.glob("model*.safetensors")):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except Exception as e:  # safetensors raises its own SafetensorError
+            raise ModelLoadError(f"{file}: the weights file is truncated or corrupt ({e}); save or download it "
+                                 "again") from None
+    for file in sorted(folder.glob("pytorch_model*.bin")):
+        if zipfile.is_zipfile(file) or _looks_like_a_zip(file):
+            try:
+                zipfile.ZipFile(file).close()
+            except (zipfile.BadZipFile, OSError) as e:
+                raise ModelLoadError(f"{file}: the weights file is truncated or corrupt ({e}); save or download it "
+                                     "again") from None
+
+
+def _looks_like_a_zip(file: Path) -> bool:
+    """A zip archive by its first bytes (torch.save's format), even if its end was cut off."""
+    with open(file, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
 def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set, now or when huggingface_hub was imported."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "0"
+    return bool(constants.HF_HUB_OFFLINE) or env.lower() not in ("0", "", "false", "no", "off")
 
 
-def _hub_source(name: str) -> tuple[str, bool]:
-    """The hub id to load for ``name`` and whether it is already in the local cache.
+def _hub_source(name: str) -> tuple[str, str]:
+    """The hub id to load for ``name`` and how much of it the local cache holds: ``"complete"``
+    (its config and weights), ``"partial"`` (its config, not all its weights: a download that did
+    not finish) or ``"absent"``.
 
     Aliases resolve to their current hub ids; a cache made under the legacy id (``gpt2``) is used
     as is."""
-    from huggingface_hub import try_to_load_from_cache
-
     target = ALIASES.get(name, name)
     legacy = target.split("/", 1)[1] if target.startswith(("openai-community/", "distilbert/")) else None
+    partial = None
     for candidate in dict.fromkeys(c for c in (name, target, legacy) if c):
+        state = _cache_state(candidate)
+        if state == "complete":
+            return candidate, state
+        if state == "partial" and partial is None:
+            partial = candidate
+    return (partial, "partial") if partial else (target, "absent")
+
+
+def _cache_state(repo: str) -> str:
+    from huggingface_hub import try_to_load_from_cache
+
+    def cached(filename: str) -> str | None:
         try:
-            hit = try_to_load_from_cache(candidate, "config.json")
+            hit = try_to_load_from_cache(repo, filename)
         except Exception:  # malformed ids are reported by the real load
-            hit = None
-        if isinstance(hit, str):
-            return candidate, True
-    return target, False
+            return None
+        return hit if isinstance(hit, str) else None
+
+    if cached("config.json") is None:
+        return "absent"
+    for single, index in (("model.safetensors", "model.safetensors.index.json"), ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if cached(single):
+            return "complete"
+        index_file = cached(index)
+        if index_file:
+            try:
+                shards = set(json.loads(Path(index_file).read_text(encoding="utf-8"))["weight_map"].values())
+            except (OSError, ValueError, KeyError, AttributeError):
+                continue
+            if all(cached(f) for f in shards):
+                return "complete"
+    return "partial"
 
 
-def _check_hub_reachable(name: str, source: str, timeout: float = 5.0) -> None:
-    """Fail in seconds, not after a minute of retries, when a hub model is neither cached nor
-    downloadable."""
-    import socket
-    from urllib.parse import urlparse
+def hub_unreachable(source: str, timeout: float = 5.0) -> str | None:
+    """Why the hub cannot be asked for ``source``, or ``None`` if it answers (with any status: a
+    missing or gated repository is for ``transformers`` to report). The request goes the way
+    ``transformers``' downloads go, through huggingface_hub (its ``HF_ENDPOINT``, the proxies in
+    ``HTTPS_PROXY`` / ``HTTP_PROXY``, ``HF_HUB_OFFLINE``), once, without retries."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     if hub_offline():
-        raise ModelLoadError(
-            f"model {name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-            "unset it to download once, or pass a local folder"
-        )
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+        return "HF_HUB_OFFLINE is set"
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as e:
-        raise ModelLoadError(
-            f"model {name!r} ({source}) is not a local folder, not in the local Hugging Face cache, and the hub "
-            f"({host}) cannot be reached: {e.strerror or e}. Connect once to download it, or pass a local folder"
-        ) from None
+        get_hf_file_metadata(hf_hub_url(source, "config.json"), timeout=timeout)
+    except HfHubHTTPError:
+        return None
+    except OfflineModeIsEnabled:
+        return "HF_HUB_OFFLINE is set"
+    except Exception as e:  # httpx's connect, proxy and timeout errors, OSError
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return f"{type(e).__name__}: {reason}" if reason else type(e).__name__
+    return None
+
+
+def _check_hub_reachable(name: str, source: str, *, partly_cached: bool = False) -> None:
+    """Fail in seconds, not after a minute of retries, when a hub model is neither cached nor
+    downloadable; a download that did not finish is named as such, not as a missing model."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    why = hub_unreachable(source)
+    if why is None:
+        return
+    host = urlparse(constants.ENDPOINT).hostname or constants.ENDPOINT
+    if partly_cached:
+        state = ("is only partly in the local Hugging Face cache (its config.json is there, not all its weights: "
+                 "a download did not finish)")
+        todo = "Connect to finish the download, or pass a local folder"
+    else:
+        state = "is not a local folder, not in the local Hugging Face cache"
+        todo = "Connect once to download it, or pass a local folder"
+    if why == "HF_HUB_OFFLINE is set":
+        raise ModelLoadError(f"model {name!r} ({source}) {state}, and HF_HUB_OFFLINE is set; unset it to download, "
+                             "or pass a local folder")
+    raise ModelLoadError(f"model {name!r} ({source}) {state}, and the hub ({host}) cannot be reached: {why}. {todo}")

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from logitscope.errors import InputError
+from logitscope.errors import ArgumentError
 from logitscope.patching.ablation import ABLATIONS, AblationRunner, GroupMeans, group_keys, parse_components
 from logitscope.patching.engine import Engine
 from logitscope.patching.grids import GRIDS, WHAT, resolve_what
@@ -23,9 +23,31 @@ from logitscope.patching.positions import POSITION_MODES, position_axis
 from logitscope.patching.result import PatchingResult
 from logitscope.patching.run import DIRECTIONS, GridRunner, pair_batches
 from logitscope.tasks.counterparts import with_counterparts
-from logitscope.tasks.prompts import Prompt
+from logitscope.tasks.prompt import Prompt
 
-__all__ = ["ABLATIONS", "DIRECTIONS", "GRIDS", "POSITION_MODES", "PatchingResult", "WHAT", "run_patching"]
+__all__ = ["ABLATIONS", "DIRECTIONS", "GRIDS", "POSITION_MODES", "PatchingResult", "WHAT", "check_options", "run_patching"]
+
+
+def check_options(*, what: Any = "heads", direction: str = "denoise", corrupt: str | None = None,
+                  positions: str = "auto", ablate: Any = None, ablation: str = "mean") -> tuple[list[str], bool]:
+    """Check :func:`run_patching`'s options without a model (the CLI calls it before loading one);
+    returns ``(grid names, whether the single-head ablation grid is asked for)``."""
+    from logitscope.tasks.counterparts import CORRUPTIONS
+
+    if direction not in DIRECTIONS:
+        raise ArgumentError("direction", direction, "use denoise or noise")
+    if corrupt is not None and corrupt not in CORRUPTIONS:
+        raise ArgumentError("corrupt", corrupt, f"use one of {', '.join(CORRUPTIONS)}")
+    if positions not in POSITION_MODES:
+        raise ArgumentError("positions", positions, f"use one of {', '.join(POSITION_MODES)}")
+    if ablation not in ABLATIONS:
+        raise ArgumentError("ablation", ablation, f"use one of {', '.join(ABLATIONS)}")
+    grids, head_ablation = resolve_what(what)
+    if ablate is not None:
+        _ablation_sets(ablate, 10**6, 10**6)  # the spelling; the model's sizes are checked once it is loaded
+    if not grids and not head_ablation and ablate is None:
+        raise ArgumentError("what", what, f"nothing to compute; name a grid or group ({', '.join(WHAT)}), or give ablate")
+    return grids, head_ablation
 
 
 def run_patching(
@@ -62,25 +84,17 @@ def run_patching(
     difference in every run. The other arguments are :func:`logitscope.run_study`'s.
     """
     from logitscope.study import _as_loaded, encode_prompts, run_study, tokenize
-    from logitscope.tasks.prompts import load_prompts
+    from logitscope.tasks.prompts import GeneratedSet, parse_prompts
 
     t0 = time.perf_counter()
-    if direction not in DIRECTIONS:
-        raise InputError(f"direction={direction!r} (--direction): use denoise or noise")
-    grids, head_ablation = resolve_what(what)
-    if ablation not in ABLATIONS:
-        raise InputError(f"ablation={ablation!r} (--ablation): use one of {', '.join(ABLATIONS)}")
-    if positions not in POSITION_MODES:
-        raise InputError(f"positions={positions!r} (--positions): use one of {', '.join(POSITION_MODES)}")
+    grids, head_ablation = check_options(what=what, direction=direction, corrupt=corrupt, positions=positions,
+                                         ablate=ablate, ablation=ablation)
+    parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
     lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map)
-    if isinstance(prompts, str):
-        prompts = load_prompts(prompts, seed=seed, tokenizer=lm.tokenizer)
+    prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer) if isinstance(parsed, GeneratedSet) else parsed
     prompts = with_counterparts(list(prompts), corrupt, seed=seed, tokenizer=lm.tokenizer)
     L, H = lm.shape.n_layers, lm.shape.n_heads
     sets = _ablation_sets(ablate, L, H)
-    if not grids and not sets and not head_ablation:
-        raise InputError(f"what={what!r} (--what): nothing to compute; name a grid or group "
-                         f"({', '.join(WHAT)}), or give --ablate")
     notes: list[str] = []
     if "resid_mid" in grids and lm.adapter.parallel_attn_mlp(lm.model.config):
         grids.remove("resid_mid")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from logitscope.circuits import IOI_HEAD_CLASSES
-from logitscope.errors import InputError
+from logitscope.errors import ArgumentError, InputError
 
 ABLATIONS = ("zero", "mean", "resample")
 CLASS_NAMES = {name.lower().replace(" ", "-"): name for name in IOI_HEAD_CLASSES}
@@ -53,7 +53,7 @@ def parse_components(spec: str | Sequence[str], n_layers: int, n_heads: int) -> 
     """The components named in ``spec`` (a comma list or a list of names; see the module docstring)."""
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not items:
-        raise InputError(f"ablate={spec!r} (--ablate): name at least one component, e.g. L9H9,L9H6")
+        raise ArgumentError("ablate", spec, "name at least one component, e.g. L9H9,L9H6")
     out: list[Component] = []
     for item in items:
         if item.lower() in CLASS_NAMES:
@@ -68,14 +68,14 @@ def parse_components(spec: str | Sequence[str], n_layers: int, n_heads: int) -> 
             out.append(Component(m.group(2), int(m.group(1))))
         else:
             classes = ", ".join(CLASS_NAMES)
-            raise InputError(
-                f"ablate: {item!r} is not a component: write L9H9 or 9.9 (a head), L9 (every head of layer 9), "
+            raise ArgumentError(
+                "ablate", spec, f"{item!r} is not a component: write L9H9 or 9.9 (a head), L9 (every head of layer 9), "
                 f"9_attn_out or 9_mlp_out (a layer's output), or an IOI head class ({classes})"
             )
     for c in out:
         if not 0 <= c.layer < n_layers or (c.head is not None and not 0 <= c.head < n_heads):
-            raise InputError(
-                f"ablate: {c.label} does not exist: this model has layers 0-{n_layers - 1} and heads 0-{n_heads - 1}"
+            raise ArgumentError(
+                "ablate", spec, f"{c.label} does not exist: this model has layers 0-{n_layers - 1} and heads 0-{n_heads - 1}"
             )
     return list(dict.fromkeys(out))
 
@@ -141,7 +141,7 @@ class AblationRunner:
         from logitscope.patching.grids import replace_fn
 
         if kind not in ABLATIONS:
-            raise InputError(f"ablation={kind!r} (--ablation): use one of {', '.join(ABLATIONS)}")
+            raise ArgumentError("ablation", kind, f"use one of {', '.join(ABLATIONS)}")
         self.engine, self.kind, self.sets, self.means = engine, kind, sets, means
         self.head_grid = head_grid
         self.L, self.H = engine.n_layers, engine.points.n_heads

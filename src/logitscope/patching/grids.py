@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from logitscope.errors import InputError
+from logitscope.errors import ArgumentError
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,7 @@ def resolve_what(what: str | list[str] | tuple[str, ...]) -> tuple[list[str], bo
         elif item in GRIDS:
             names.append(item)
         else:
-            raise InputError(
-                f"what={item!r} (--what): use {', '.join(WHAT)}, or grid names: {', '.join(GRIDS)}"
-            )
+            raise ArgumentError("what", item, f"use {', '.join(WHAT)}, none, or grid names: {', '.join(GRIDS)}")
     return list(dict.fromkeys(names)), ablation
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from logitscope.errors import InputError
+from logitscope.errors import ArgumentError
 from logitscope.patching.pairs import IOI_POSITIONS, EncodedPairs
 
 POSITION_MODES = ("auto", "index", "named", "end")
@@ -34,7 +34,7 @@ def position_axis(enc: EncodedPairs, mode: str = "auto") -> PositionAxis:
     """The axis for ``mode`` (``auto``: named positions for IOI prompts, else indices for prompts
     of one length, else END only, saying why)."""
     if mode not in POSITION_MODES:
-        raise InputError(f"positions={mode!r} (--positions): use one of {', '.join(POSITION_MODES)}")
+        raise ArgumentError("positions", mode, f"use one of {', '.join(POSITION_MODES)}")
     n = enc.n
     end = enc.lengths - 1
     if mode == "auto":
@@ -47,17 +47,17 @@ def position_axis(enc: EncodedPairs, mode: str = "auto") -> PositionAxis:
         note = ""
     if mode == "named":
         if enc.positions is None:
-            raise InputError(
-                "positions='named' (--positions named): named positions (IO, S1, S1+1, S2, END) exist only for "
-                "IOI prompts whose names are single tokens found once (IO) and twice (S) in the prompt"
+            raise ArgumentError(
+                "positions", mode, "named positions (IO, S1, S1+1, S2, END) exist only for IOI prompts whose names "
+                "are single tokens found once (IO) and twice (S) in the prompt"
             )
         return PositionAxis("named", list(IOI_POSITIONS), np.stack([enc.positions[k] for k in IOI_POSITIONS]), note)
     if mode == "index":
         if not enc.equal_length:
             lo, hi = int(enc.lengths.min()), int(enc.lengths.max())
-            raise InputError(
-                f"positions='index' (--positions index): the prompts have {lo} to {hi} tokens, so an index is not the "
-                "same position in every prompt; use --positions named (IOI prompts) or end, or prompts of one length"
+            raise ArgumentError(
+                "positions", mode, f"the prompts have {lo} to {hi} tokens, so an index is not the same position in "
+                "every prompt; use named positions (IOI prompts) or end, or prompts of one length"
             )
         T = int(enc.lengths[0])
         return PositionAxis("index", [str(i) for i in range(T)], np.repeat(np.arange(T)[:, None], n, axis=1), note)

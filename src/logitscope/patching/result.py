@@ -14,7 +14,13 @@ import numpy as np
 from logitscope.patching.positions import PositionAxis
 from logitscope.stats import bootstrap_means, percentile_interval
 
-OUTPUT_FILES = ("results.json", "per_prompt_heads.npy", "per_prompt.csv", "report.html", "patching_per_prompt.npz")
+def _output_files() -> tuple[str, ...]:
+    from logitscope.serialize import OUTPUT_FILES as STUDY_FILES
+
+    return (*STUDY_FILES, "patching_per_prompt.npz")
+
+
+OUTPUT_FILES = _output_files()
 METRIC = "logit difference of the clean prompt's answers (correct − incorrect) at each prompt's last token"
 
 
@@ -149,7 +155,9 @@ class PatchingResult:
     def results_document(self) -> dict[str, Any]:
         """The whole results.json: the study of the clean prompts, each prompt row with its
         counterpart, and ``patching``."""
-        doc = self.study.to_dict()
+        from logitscope.serialize import results_document
+
+        doc = results_document(self.study)
         for row, text, c in zip(doc["prompts"], self.corrupted_prompts, self.corrupted_logit_diff):
             row["corrupted"] = text
             row["corrupted_logit_diff"] = float(c)
@@ -165,15 +173,17 @@ class PatchingResult:
             arrays["ablated_heads"] = self.ablated_heads
         return {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
 
-    def save(self, out_dir: str | Path, *, report: bool = True) -> Path:
-        """Write results.json, per_prompt_heads.npy, patching_per_prompt.npz and (by default)
-        report.html into ``out_dir``, atomically (a failure leaves earlier files untouched)."""
+    def save(self, out_dir: str | Path, *, report: bool = True, label: str = "out_dir") -> Path:
+        """Write the study's files (results.json with its ``patching`` object, per_prompt_heads.npy,
+        per_prompt.npz, attention.npy), patching_per_prompt.npz and (by default) report.html into
+        ``out_dir``, atomically: a failure leaves earlier files untouched. ``label`` names
+        ``out_dir`` in error messages."""
         from logitscope.io import atomic_output_dir, json_text
+        from logitscope.serialize import write_study
 
-        with atomic_output_dir(out_dir, owned=OUTPUT_FILES) as tmp:
+        with atomic_output_dir(out_dir, owned=OUTPUT_FILES, label=label) as tmp:
+            write_study(self.study, tmp, report=False)
             (tmp / "results.json").write_text(json_text(self.results_document()), encoding="utf-8")
-            heads = np.moveaxis(self.study.heads, -1, 0)
-            np.save(tmp / "per_prompt_heads.npy", np.ascontiguousarray(heads, dtype=np.float32))
             np.savez(tmp / "patching_per_prompt.npz", **self.per_prompt_arrays())
             if report:
                 self.write_report(tmp / "report.html")
@@ -222,9 +232,18 @@ class PatchingResult:
         return where
 
     def _repr_html_(self) -> str:
-        from logitscope.report import notebook_html
+        """The study's light notebook display, then this summary's patching lines (no script)."""
+        import html as _html
 
-        return notebook_html(self.study, patching=self)
+        lines = self.summary().split(self.study.summary(), 1)[-1].strip("\n")
+        return self.study._repr_html_() + f'<pre style="font-size:12px">{_html.escape(lines)}</pre>'
+
+    def report_view(self, height: int = 900) -> Any:
+        """The whole interactive report, patching section included, for a notebook cell to display
+        (it inlines plotly.js and circuitsvis: about 7 MB in a saved notebook)."""
+        from logitscope.report.notebook import ReportView
+
+        return ReportView(self.study, height, self)
 
     def __repr__(self) -> str:
         return (f"<PatchingResult {self.study.model}: {self.n_prompts} pairs, {self.direction}, "

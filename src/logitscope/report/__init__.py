@@ -2,30 +2,38 @@
 
 - :func:`write_report` writes it (atomically);
 - :func:`report_html` returns it as a string;
-- :func:`notebook_html` wraps it for Jupyter (``StudyResult._repr_html_``);
-- :func:`logitscope.report.figures.make_figures` gives the plotly figures alone.
+- :func:`notebook_html` is the light notebook display (``StudyResult._repr_html_``: no script),
+  :func:`report_frame_html` the whole report for a notebook (``StudyResult.report_view()``);
+- :func:`logitscope.report.figures.make_figures` gives the plotly figures alone;
+- :func:`logitscope.report.summary.summary_text` gives the terminal's few lines.
+
+Everything here reads a :class:`~logitscope.study_data.StudyData` and nothing else.
 """
 
 from __future__ import annotations
 
-import html
 import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from logitscope.report.figures import make_figures
+from logitscope.report.notebook import ReportView, notebook_html, report_frame_html
 from logitscope.report.page import report_html
+from logitscope.report.summary import summary_text
+from logitscope.study_data import StudyData
 
 if TYPE_CHECKING:
     from logitscope.patching import PatchingResult
-    from logitscope.results import StudyResult
 
-__all__ = ["notebook_html", "report_html", "write_report"]
+__all__ = ["ReportView", "make_figures", "notebook_html", "report_frame_html", "report_html", "summary_text",
+           "write_report"]
 
 
-def write_report(result: StudyResult, path: str | Path, patching: PatchingResult | None = None) -> Path:
-    """Write the report to ``path``: a temporary file in the same folder, then ``os.replace``, so a
-    reader never sees half a file and a failure leaves any earlier report in place."""
+def write_report(result: StudyData, path: str | Path, patching: PatchingResult | None = None) -> Path:
+    """Write the report to ``path`` (with ``patching``, its causal section too): a temporary file in
+    the same folder, then ``os.replace``, so a reader never sees half a file and a failure leaves any
+    earlier report in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = report_html(result, patching)
@@ -41,19 +49,3 @@ def write_report(result: StudyResult, path: str | Path, patching: PatchingResult
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def notebook_html(result: StudyResult, height: int = 900, patching: PatchingResult | None = None) -> str:
-    """A short text summary, then the full report in a scrolling ``<iframe srcdoc>`` of ``height``
-    pixels: it renders offline, and its scripts cannot clash with the notebook's (e.g. require.js).
-    Non-ASCII characters are written as character references, so the frame reads the same whatever
-    encoding the notebook page declares."""
-    summary = html.escape((patching or result).summary())
-    doc = html.escape(report_html(result, patching), quote=True).encode("ascii", "xmlcharrefreplace").decode("ascii")
-    return (
-        '<div class="logitscope-result">'
-        f'<pre style="font-size:12px;line-height:1.4;margin:0 0 8px;white-space:pre-wrap">{summary}</pre>'
-        f'<iframe srcdoc="{doc}" title="logitscope report" '
-        f'style="width:100%;height:{int(height)}px;border:1px solid #e3e7ed;border-radius:8px;background:#f6f7f9"></iframe>'
-        "</div>"
-    )

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from logitscope.labels import head_name
 from logitscope.report.assets import json_for_script
-from logitscope.results import AttentionView
+from logitscope.study_data import AttentionView
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,6 @@ class AttentionWidget:
             f'<script>CircuitsVis.render("{self.element_id}", CircuitsVis.{self.component}, '
             f"{json_for_script(self.props)});</script>"
         )
-
-
-def head_name(layer: int, head: int) -> str:
-    """circuitsvis head name as in the seed notebook: ``9.9``."""
-    return f"{layer}.{head}"
 
 
 def _patterns(view: AttentionView, heads: list[tuple[int, int]]) -> list:

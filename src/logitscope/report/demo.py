@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from logitscope.results import AttentionView, StudyResult
-from logitscope.tasks.prompts import Prompt
+from logitscope.study_data import AttentionView, StudyData
+from logitscope.tasks.prompt import Prompt
 
 _NAMES = ["Mary", "John", "Tom", "James", "Dan", "Sid", "Martin", "Amy", "Alice", "Bob", "Kate", "Paul"]
 _PLACES = ["shops", "park", "store", "school", "garden", "office"]
@@ -60,7 +60,7 @@ def _attention(n_layers: int, n_heads: int, rng: np.random.Generator) -> Attenti
             logits[layer, head, -1, 4] += 4.0 + abs(v)  # END -> IO (" Mary")
     logits = np.where(np.tril(np.ones((T, T), dtype=bool)), logits, -np.inf)
     p = np.exp(logits - logits.max(-1, keepdims=True))
-    return AttentionView(0, tokens, (p / p.sum(-1, keepdims=True)).astype(np.float32))
+    return AttentionView.from_all_heads(0, tokens, (p / p.sum(-1, keepdims=True)).astype(np.float32))
 
 
 def synthetic_result(
@@ -69,7 +69,7 @@ def synthetic_result(
     n_heads: int = 12,
     seed: int = 0,
     model: str = "gpt2 (synthetic demo data)",
-) -> StudyResult:
+) -> StudyData:
     """An IOI-shaped result for ``model`` with per-prompt noise; the parts sum to the logit difference."""
     rng = np.random.default_rng(seed)
     N, L, H = n_prompts, n_layers, n_heads
@@ -89,7 +89,7 @@ def synthetic_result(
     attn = heads.sum(1) + attn_bias
     logit_diff = embed + pos_embed + attn.sum(0) + mlp.sum(0) + final_bias + rng.normal(0, 1e-6, size=N)
     p_c = 1.0 / (1.0 + np.exp(-(logit_diff - 0.3)))
-    return StudyResult(
+    return StudyData(
         model=model,
         family="gpt2",
         norm="LayerNorm",
@@ -109,12 +109,12 @@ def synthetic_result(
         scale=rng.uniform(2.0, 4.0, size=N),
         embed=embed,
         pos_embed=pos_embed,
-        attn=attn,
-        mlp=mlp,
-        heads=heads,
+        attn_out=attn,
+        mlp_out=mlp,
+        head_results=heads,
         attn_bias=attn_bias,
         mlp_bias=mlp_bias,
-        final_bias=final_bias,
+        final_norm_bias=final_bias,
         attention=_attention(L, H, rng),
         top_k=3,
         seed=seed,
@@ -123,13 +123,22 @@ def synthetic_result(
     )
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from logitscope.report import write_report
 
     parser = argparse.ArgumentParser(
         prog="python -m logitscope.report.demo",
-        description="Write a report from synthetic, IOI-shaped demo numbers (no model needed).")
-    parser.add_argument("target", nargs="?", default="report.html", help="the HTML file to write (default report.html)")
-    print(write_report(synthetic_result(), Path(parser.parse_args().target)))
+        description="Write a report from synthetic, IOI-shaped demo numbers (no model needed) to REPORT.html.")
+    parser.add_argument("target", metavar="REPORT.html", help="the HTML file to write (required: nothing is "
+                        "overwritten unless named)")
+    target = Path(parser.parse_args(argv).target)
+    if target.is_dir():
+        parser.error(f"{target} is a folder; name the HTML file to write, e.g. {target / 'report.html'}")
+    print(write_report(synthetic_result(), target))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""The report's plotly figures, built from a :class:`~logitscope.results.StudyResult`.
+"""The report's plotly figures, built from a :class:`~logitscope.study_data.StudyData`.
 
 Every figure is a plain ``plotly.graph_objects.Figure`` so a notebook user can restyle it
 (``result.figures()["head_attribution"].update_layout(...)``) before showing or saving it.
@@ -6,15 +6,11 @@ Every figure is a plain ``plotly.graph_objects.Figure`` so a notebook user can r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import plotly.graph_objects as go
 
 from logitscope.circuits import IOI_CLASS_ABBREV, known_circuit
-
-if TYPE_CHECKING:
-    from logitscope.results import StudyResult
+from logitscope.study_data import StudyData
 
 FONT = "Inter, 'Segoe UI', 'Helvetica Neue', Helvetica, Arial, 'Liberation Sans', sans-serif"
 ACCENT = "#2f5fb3"
@@ -56,7 +52,7 @@ def _line_with_ci(labels: list[str], values: np.ndarray, ci: tuple[np.ndarray, n
     )
 
 
-def logit_lens_figure(result: StudyResult) -> go.Figure:
+def logit_lens_figure(result: StudyData) -> go.Figure:
     """Logit difference read from the accumulated residual stream before each layer (frozen final-norm scale)."""
     trace = _line_with_ci(result.logit_lens_labels, result.logit_lens, result.intervals["logit_lens"], name="logit lens")
     fig = go.Figure(trace)
@@ -71,7 +67,7 @@ def logit_lens_figure(result: StudyResult) -> go.Figure:
     return fig
 
 
-def layer_attribution_figure(result: StudyResult) -> go.Figure:
+def layer_attribution_figure(result: StudyData) -> go.Figure:
     """Direct contribution of the embeddings and of each attention and MLP layer."""
     trace = _line_with_ci(result.layer_labels, result.layer_attribution, result.intervals["layer_attribution"], name="layer")
     fig = go.Figure(trace)
@@ -80,7 +76,7 @@ def layer_attribution_figure(result: StudyResult) -> go.Figure:
     return fig
 
 
-def head_attribution_figure(result: StudyResult) -> go.Figure:
+def head_attribution_figure(result: StudyData) -> go.Figure:
     """Layers × heads heatmap of mean direct logit attribution (RdBu, centred on zero); GPT-2 small's
     IOI head classes are tagged in their cells."""
     values = np.asarray(result.head_attribution, dtype=float)
@@ -128,7 +124,7 @@ def head_attribution_figure(result: StudyResult) -> go.Figure:
     return fig
 
 
-def logit_diff_histogram(result: StudyResult) -> go.Figure:
+def logit_diff_histogram(result: StudyData) -> go.Figure:
     """Distribution of per-prompt logit differences, with zero and the mean marked."""
     ld = np.asarray(result.logit_diff, dtype=float)
     nbins = int(np.clip(np.sqrt(ld.size) * 2, 10, 60))
@@ -154,18 +150,18 @@ def logit_diff_histogram(result: StudyResult) -> go.Figure:
     return fig
 
 
-def decomposition_groups(result: StudyResult) -> list[tuple[str, np.ndarray]]:
+def decomposition_groups(result: StudyData) -> list[tuple[str, np.ndarray]]:
     """The complete decomposition summed by kind of part: ``(name, per-prompt values)``."""
     names, rows = result.decomposition_groups_per_prompt
     return list(zip(names, rows))
 
 
-def decomposition_group_intervals(result: StudyResult) -> tuple[np.ndarray, np.ndarray]:
-    """95% bootstrap intervals of each group's mean (the study's resamples: see StudyResult.intervals)."""
+def decomposition_group_intervals(result: StudyData) -> tuple[np.ndarray, np.ndarray]:
+    """95% bootstrap intervals of each group's mean (the study's resamples: see StudyData.intervals)."""
     return result.intervals["decomposition_groups"]
 
 
-def decomposition_figure(result: StudyResult) -> go.Figure:
+def decomposition_figure(result: StudyData) -> go.Figure:
     """Waterfall of the mean logit difference, part by part, ending at the sum of all parts."""
     groups = decomposition_groups(result)
     names = [n for n, _ in groups] + ["sum of parts"]
@@ -189,7 +185,7 @@ def decomposition_figure(result: StudyResult) -> go.Figure:
     return fig
 
 
-def expert_attribution_figure(result: StudyResult) -> go.Figure:
+def expert_attribution_figure(result: StudyData) -> go.Figure:
     """Mixture-of-experts models: layers × experts heatmap of each expert's mean share of the MLP's
     attribution (routing weight included; zero on prompts not routed to it), with how often the
     router chose it at the answer position."""
@@ -217,7 +213,7 @@ def expert_attribution_figure(result: StudyResult) -> go.Figure:
     return fig
 
 
-def make_figures(result: StudyResult) -> dict[str, go.Figure]:
+def make_figures(result: StudyData) -> dict[str, go.Figure]:
     """All figures of the report, by name, in report order (``expert_attribution`` only for
     mixture-of-experts models)."""
     figs = {

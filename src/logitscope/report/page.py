@@ -12,22 +12,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from logitscope.circuits import IOI_CLASS_ABBREV, IOI_HEAD_CLASSES, known_circuit
+from logitscope.labels import head_name
 from logitscope.report.assets import circuitsvis_js, plotly_js
-from logitscope.report.attention import AttentionWidget, attention_widgets, head_name
+from logitscope.report.attention import AttentionWidget, attention_widgets
 from logitscope.report.figures import decomposition_group_intervals, decomposition_groups, make_figures
 from logitscope.report.style import CSS
+from logitscope.study_data import StudyData
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
     from logitscope.patching import PatchingResult
-    from logitscope.results import StudyResult
 
 MAX_PROMPT_ROWS = 200
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 META_HEADERS = {"template": "Template", "order": "Order", "io": "IO", "s": "S"}
 NORM_KINDS = {"layernorm": "LayerNorm (centred)", "rmsnorm": "RMSNorm (no centring)"}
 SIGNS = (("positive", 1), ("negative", -1))
+SIGN_WORDS = {1: "positive", -1: "negative"}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -91,7 +93,7 @@ def norm_kind(norm: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- header
-def _softcap_note(result: StudyResult) -> str:
+def _softcap_note(result: StudyData) -> str:
     """For soft-capped models (Gemma 2): which logits the difference is taken from."""
     if result.logit_diff_softcapped is None:
         return ""
@@ -99,7 +101,7 @@ def _softcap_note(result: StudyResult) -> str:
     return f"<br><small>linear logits, before the final soft-cap (capped: {_num(capped, 4)})</small>"
 
 
-def _header(result: StudyResult, extra_toc: list[tuple[str, str]] = ()) -> str:
+def _header(result: StudyData, extra_toc: list[tuple[str, str]] = ()) -> str:
     lo, hi = result.intervals["logit_diff"]
     ld = result.mean_logit_diff
     direct = float(result.direct.mean())
@@ -115,7 +117,7 @@ def _header(result: StudyResult, extra_toc: list[tuple[str, str]] = ()) -> str:
         (
             "DLA check",
             f"direct {_num(direct, 4)} vs logit diff {_num(ld, 4)}<br><small>gap {_num(ld - direct, 4, True)} = "
-            f"final norm bias term {_num(float(result.final_bias.mean()), 4, True)}</small>",
+            f"final norm bias term {_num(float(result.final_norm_bias.mean()), 4, True)}</small>",
         ),
         ("Final norm", f"{_e(norm_kind(result.norm))}<br><small>frozen scale from the forward pass</small>"),
         ("Residual error", f"{err:.2e}<br><small>max |logit diff − sum of all parts|</small>"),
@@ -166,7 +168,7 @@ def _lines(figs: dict[str, go.Figure]) -> str:
     )
 
 
-def _circuit_legend(result: StudyResult) -> str:
+def _circuit_legend(result: StudyData) -> str:
     """The IOI paper's head classes with their tags and summed attribution (GPT-2 small only)."""
     ha = result.head_attribution
     rows = [
@@ -187,7 +189,7 @@ def _circuit_legend(result: StudyResult) -> str:
     )
 
 
-def _heads(result: StudyResult, figs: dict[str, go.Figure]) -> str:
+def _heads(result: StudyData, figs: dict[str, go.Figure]) -> str:
     circuit = known_circuit(result)
     how = (
         "Blue heads push towards the correct answer, red heads towards the incorrect one, white ones do neither; "
@@ -204,7 +206,7 @@ def _heads(result: StudyResult, figs: dict[str, go.Figure]) -> str:
     return _section("heads", "Head attribution", caption + _figure(figs["head_attribution"], "head_attribution", True) + legend)
 
 
-def _top_heads(result: StudyResult) -> str:
+def _top_heads(result: StudyData) -> str:
     circuit = known_circuit(result)
     lo, hi = result.intervals["head_attribution"]
     ld = result.mean_logit_diff
@@ -214,14 +216,20 @@ def _top_heads(result: StudyResult) -> str:
 
     def table(sign: int) -> str:
         rows = []
-        for rank, (l, h, v) in enumerate(result.top_heads(sign=sign), start=1):
+        for rank, (l, h, v) in enumerate(result.signed_top_heads(sign), start=1):
             row = [str(rank), f"<b>L{l}H{h}</b>", _num(v, 3, True), _ci(lo[l, h], hi[l, h]), _share(v, ld)]
             if circuit is not None:
                 cls = circuit.get((l, h))
                 tag = IOI_CLASS_ABBREV[cls].lower() if cls else ""
                 row.append(f'<span class="pill {tag}">{_e(cls)}</span>' if cls else '<span class="note">—</span>')
             rows.append(row)
-        return _table(headers, rows)
+        heads = result.signed_top_heads(sign)
+        note = ""
+        if len(heads) < k:
+            n = len(heads)
+            note = (f'<p class="note">Only {n} head{"s" if n != 1 else ""} of {result.n_layers * result.n_heads} '
+                    f'{"have" if n != 1 else "has"} a {SIGN_WORDS[sign]} mean attribution.</p>')
+        return (_table(headers, rows) if rows else "") + note
 
     k = result.top_k
     caption = _caption(
@@ -233,18 +241,22 @@ def _top_heads(result: StudyResult) -> str:
     return _section("top-heads", "Top heads", caption + f'<div class="row">{tables}</div>')
 
 
-def attention_views(result: StudyResult) -> dict[str, list[AttentionWidget]]:
+def _viewed_heads(result: StudyData, sign: int) -> list[tuple[int, int, float]]:
+    """The top heads of that sign whose patterns the study kept (all of them, by default)."""
+    kept = set(result.attention.kept) if result.attention is not None else set()
+    return [(l, h, v) for l, h, v in result.signed_top_heads(sign) if (l, h) in kept]
+
+
+def attention_views(result: StudyData) -> dict[str, list[AttentionWidget]]:
     """The report's circuitsvis views, ``{"positive": [...], "negative": [...]}``: AttentionHeads and
     AttentionPatterns of the top heads of each sign on ``result.attention``'s prompt (empty without it)."""
     if result.attention is None:
         return {}
-    return {
-        key: attention_widgets(result.attention, [(l, h) for l, h, _ in result.top_heads(sign=sign)], key)
-        for key, sign in SIGNS
-    }
+    return {key: attention_widgets(result.attention, [(l, h) for l, h, _ in _viewed_heads(result, sign)], key)
+            for key, sign in SIGNS}
 
 
-def _attention(result: StudyResult, views: dict[str, list[AttentionWidget]]) -> str:
+def _attention(result: StudyData, views: dict[str, list[AttentionWidget]]) -> str:
     title = "Attention of the top heads"
     view = result.attention
     if view is None or not any(views.values()):
@@ -264,7 +276,10 @@ def _attention(result: StudyResult, views: dict[str, list[AttentionWidget]]) -> 
     prompt = f'<p class="prompt-text">Prompt #{i} · {len(view.str_tokens)} tokens{answer}<br>{tokens}</p>'
     columns = []
     for key, sign in SIGNS:
-        heads = result.top_heads(sign=sign)
+        heads = _viewed_heads(result, sign)
+        if not heads:
+            columns.append(f'<div class="attn-group"><h3>No {key} head to show</h3></div>')
+            continue
         names = ", ".join(f"{head_name(l, h)} ({v:+.2f})" for l, h, v in heads)
         order = ", ".join(f"Head {j} = {head_name(l, h)}" for j, (l, h, _) in enumerate(heads))
         group = [f'<div class="attn-group"><h3>Top {len(heads)} {key} heads: {names}</h3>']
@@ -278,7 +293,7 @@ def _attention(result: StudyResult, views: dict[str, list[AttentionWidget]]) -> 
     return _section("attention", title, caption + prompt + f'<div class="row attn">{"".join(columns)}</div>')
 
 
-def _by_template(result: StudyResult) -> str:
+def _by_template(result: StudyData) -> str:
     groups = result.by_template()
     if not groups:
         return ""
@@ -298,7 +313,7 @@ def _by_template(result: StudyResult) -> str:
     return f'<h3>By template</h3><div class="scroll">{_table(headers, rows)}</div>'
 
 
-def _prompts(result: StudyResult, figs: dict[str, go.Figure]) -> str:
+def _prompts(result: StudyData, figs: dict[str, go.Figure]) -> str:
     n = result.n_prompts
     shown = min(n, MAX_PROMPT_ROWS)
     meta_keys = [k for k in META_HEADERS if any(k in p.meta for p in result.prompts[:shown])]
@@ -330,7 +345,7 @@ def _prompts(result: StudyResult, figs: dict[str, go.Figure]) -> str:
     return _section("prompts", "Per-prompt logit difference", body)
 
 
-def _decomposition(result: StudyResult, figs: dict[str, go.Figure]) -> str:
+def _decomposition(result: StudyData, figs: dict[str, go.Figure]) -> str:
     groups = decomposition_groups(result)
     glo, ghi = decomposition_group_intervals(result)
     ld = result.mean_logit_diff
@@ -368,7 +383,7 @@ def _decomposition(result: StudyResult, figs: dict[str, go.Figure]) -> str:
     return _section("decomposition", "Complete decomposition", body)
 
 
-def _experts(result: StudyResult, figs: dict[str, go.Figure]) -> str:
+def _experts(result: StudyData, figs: dict[str, go.Figure]) -> str:
     """Mixture-of-experts models only: which experts write the answer."""
     if "expert_attribution" not in figs:
         return ""
@@ -383,7 +398,7 @@ def _experts(result: StudyResult, figs: dict[str, go.Figure]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- page
-def report_html(result: StudyResult, patching: PatchingResult | None = None) -> str:
+def report_html(result: StudyData, patching: PatchingResult | None = None) -> str:
     """The whole self-contained report as one HTML string (no network needed to render it); with
     ``patching``, also its causal section (activation patching and ablation)."""
     figs = make_figures(result)

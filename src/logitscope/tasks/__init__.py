@@ -1,5 +1,6 @@
-"""Prompt sets: built-in, from a JSONL file, or generated (IOI)."""
+"""Prompt sets: built-in, from a JSONL file, generated (IOI), or passed as a list."""
 
-from logitscope.tasks.prompts import Prompt, builtin_prompts, load_jsonl, load_prompts
+from logitscope.tasks.prompt import Prompt
+from logitscope.tasks.prompts import builtin_prompts, load_jsonl, load_prompts, parse_prompts
 
-__all__ = ["Prompt", "builtin_prompts", "load_jsonl", "load_prompts"]
+__all__ = ["Prompt", "builtin_prompts", "load_jsonl", "load_prompts", "parse_prompts"]

@@ -19,8 +19,8 @@ import re
 from dataclasses import replace
 from typing import Any, Sequence
 
-from logitscope.errors import InputError
-from logitscope.tasks.prompts import Prompt
+from logitscope.errors import ArgumentError, InputError
+from logitscope.tasks.prompt import Prompt
 
 CORRUPTIONS = ("abc", "flip")
 
@@ -68,7 +68,7 @@ def with_counterparts(prompts: Sequence[Prompt], corrupt: str | None = None, *, 
     chooses the counterpart of IOI prompts (default "abc", the IOI paper's); the built-in ``seed`` and
     ``arena`` sets pair each prompt with its name-swapped partner. Deterministic for a ``seed``."""
     if corrupt is not None and corrupt not in CORRUPTIONS:
-        raise InputError(f"corrupt={corrupt!r} (--corrupt): use one of {', '.join(CORRUPTIONS)}")
+        raise ArgumentError("corrupt", corrupt, f"use one of {', '.join(CORRUPTIONS)}")
     prompts = list(prompts)
     out: list[Prompt] = []
     rng = random.Random(seed)
@@ -76,14 +76,15 @@ def with_counterparts(prompts: Sequence[Prompt], corrupt: str | None = None, *, 
     for i, p in enumerate(prompts):
         if p.corrupted is not None:
             if corrupt is not None and "io" in p.meta:
-                raise InputError(f"--corrupt {corrupt}: the prompts already carry their counterparts ('corrupted')")
+                raise ArgumentError("corrupt", corrupt, "these prompts already carry their counterparts ('corrupted')")
             out.append(p)
         elif p.meta.get("source") in ("seed", "arena"):
             partner = prompts[i ^ 1] if (i ^ 1) < len(prompts) else None
             if partner is None or partner.meta.get("source") != p.meta.get("source"):
                 raise InputError(f"prompt {i} of the {p.meta['source']} set has no name-swapped partner")
             if corrupt is not None:
-                raise InputError(f"--corrupt {corrupt} is for IOI prompts; the {p.meta['source']} set pairs each prompt with its partner")
+                raise ArgumentError("corrupt", corrupt, f"is for IOI prompts; the {p.meta['source']} set pairs each "
+                                    "prompt with its name-swapped partner")
             out.append(replace(p, corrupted=partner.text))
         elif "io" in p.meta and "s" in p.meta:
             if names is None:

@@ -1,11 +1,16 @@
-"""Warnings for prompt habits that silently change results (not errors: they may be intended)."""
+"""Warnings for prompt habits that silently change results (not errors: they may be intended).
+
+:func:`lint_prompts` returns one line per kind of problem; ``run_study`` issues each as a
+:class:`~logitscope.errors.PromptWarning` through :mod:`warnings` (so Python code can filter it),
+and the command line prints them (``--quiet`` silences them).
+"""
 
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from logitscope.tasks.prompts import Prompt
+from logitscope.tasks.prompt import Prompt
 
 
 def _where(p: Prompt, i: int) -> str:
@@ -13,26 +18,31 @@ def _where(p: Prompt, i: int) -> str:
     return f"line {line}" if line is not None else f"prompt {i}"
 
 
-def _answer_word(answer: str) -> str:
-    return answer.strip()
+def _text_answers(p: Prompt) -> list[str]:
+    """The answers given as text (answers given as token ids have no spelling to check)."""
+    return [a for a in (p.correct, p.incorrect) if isinstance(a, str)]
 
 
 def _in_prompt(p: Prompt, answer: str) -> bool:
-    word = _answer_word(answer)
+    word = answer.strip()
     return bool(word) and re.search(rf"(?<!\w){re.escape(word)}(?!\w)", p.text) is not None
+
+
+def _one_answer_in_prompt(p: Prompt) -> bool:
+    if not (isinstance(p.correct, str) and isinstance(p.incorrect, str)):
+        return False
+    return _in_prompt(p, p.correct) != _in_prompt(p, p.incorrect)
 
 
 _CHECKS: list[tuple[str, Callable[[Prompt], bool], str]] = [
     (
         "double space",
         lambda p: "  " in p.text,
-        "contain a double space, which tokenizes differently from a single one"
-        " (the seed notebook's own prompts have one: 'shops,  John'; use --prompts arena for the"
-        " single-space version)",
+        "contain a double space, which tokenizes differently from a single one",
     ),
     (
         "answer without leading space",
-        lambda p: not p.correct.startswith(" ") or not p.incorrect.startswith(" "),
+        lambda p: any(not a.startswith(" ") for a in _text_answers(p)),
         "have an answer without a leading space; after a word the next token usually starts with"
         " one (' Mary', not 'Mary')",
     ),
@@ -43,21 +53,54 @@ _CHECKS: list[tuple[str, Callable[[Prompt], bool], str]] = [
         " leading-space token is then unlikely",
     ),
     (
+        "trailing newline",
+        lambda p: p.text.endswith(("\n", "\r")),
+        "end in a newline, so the answer is asked for at the start of a new line; a prompt that"
+        " continues on the same line should not end in one",
+    ),
+    (
         "one answer in prompt",
-        lambda p: _in_prompt(p, p.correct) != _in_prompt(p, p.incorrect),
+        _one_answer_in_prompt,
         "have one answer word in the prompt and the other not; where the answers are names from the"
         " prompt (IOI-style), that is usually a typo",
     ),
 ]
 
+SEED_DOUBLE_SPACE = ("the seed's prompts contain a double space ('shops,  John'), kept byte for byte as in the seed"
+                     " notebook (the 'arena' set is the single-space version)")
 
-def lint_prompts(prompts: Sequence[Prompt], *, max_examples: int = 3) -> list[str]:
-    """One warning line per kind of problem, with a count and the first few places."""
+
+def _special_tokens(tokenizer: Any) -> list[str]:
+    """The special tokens the tokenizer reads as themselves when they appear in text."""
+    if tokenizer is None or getattr(tokenizer, "split_special_tokens", False):
+        return []
+    tokens = getattr(tokenizer, "all_special_tokens", None) or []
+    return sorted({t for t in tokens if isinstance(t, str) and len(t) > 1}, key=len, reverse=True)
+
+
+def lint_prompts(prompts: Sequence[Prompt], *, tokenizer: Any = None, max_examples: int = 3) -> list[str]:
+    """One warning line per kind of problem, with a count and the first few places. With the
+    model's ``tokenizer``, also special tokens written in the prompt text (``<|endoftext|>``)."""
     warnings = []
-    for _name, check, message in _CHECKS:
+    for name, check, message in _CHECKS:
         hits = [i for i, p in enumerate(prompts) if check(p)]
+        if not hits:
+            continue
+        if name == "double space" and all(prompts[i].meta.get("source") == "seed" for i in hits):
+            warnings.append(SEED_DOUBLE_SPACE)
+            continue
+        warnings.append(_line(prompts, hits, message, max_examples))
+    for token in _special_tokens(tokenizer):
+        hits = [i for i, p in enumerate(prompts) if token in p.text]
         if hits:
-            where = ", ".join(_where(prompts[i], i) for i in hits[:max_examples])
-            more = ", ..." if len(hits) > max_examples else ""
-            warnings.append(f"{len(hits)} of {len(prompts)} prompts {message} [{where}{more}]")
+            ids = tokenizer.convert_tokens_to_ids([token])
+            message = (f"contain the special token {token!r} written as text; the tokenizer reads it as that token"
+                       f" (id {ids[0]}), not as characters")
+            warnings.append(_line(prompts, hits, message, max_examples))
     return warnings
+
+
+def _line(prompts: Sequence[Prompt], hits: list[int], message: str, max_examples: int) -> str:
+    where = ", ".join(_where(prompts[i], i) for i in hits[:max_examples])
+    more = ", ..." if len(hits) > max_examples else ""
+    return f"{len(hits)} of {len(prompts)} prompts {message} [{where}{more}]"

@@ -1,30 +1,25 @@
-"""Prompts with a correct and an incorrect next token."""
+"""Prompt sets: built-in, from a JSONL file, generated (IOI), or whatever a notebook passes.
+
+:func:`parse_prompts` reads everything that needs no model (a built-in set, a JSONL file, a list
+of prompts, dicts or tuples; an ``ioi:N`` spec is checked, not yet generated), so a typo fails
+before any model is loaded; :func:`load_prompts` also generates IOI prompts, which need the
+model's tokenizer.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from logitscope.errors import InputError
+from logitscope.tasks.ioi import generate_ioi_prompts
+from logitscope.tasks.prompt import FIELDS, Prompt, check_prompt, prompt_from_row
 
-
-@dataclass(frozen=True)
-class Prompt:
-    """One prompt and its two candidate answers (each must be a single token).
-
-    ``meta`` carries provenance that results keep beside the prompt, e.g. ``{"template": 3,
-    "order": "ABBA"}`` for generated IOI prompts or ``{"line": 12}`` for a JSONL row.
-    ``corrupted``: the prompt's counterpart for activation patching (same number of tokens, the
-    answer changed), or ``None``.
-    """
-
-    text: str
-    correct: str
-    incorrect: str
-    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-    corrupted: str | None = None
+__all__ = ["BUILTIN_SETS", "GeneratedSet", "Prompt", "builtin_prompts", "load_jsonl", "load_prompts", "parse_prompts"]
 
 
 # The seed notebook's four formats and name pairs, byte for byte. Note the double space before
@@ -69,16 +64,11 @@ def builtin_prompts(name: str) -> list[Prompt]:
         ) from None
 
 
-_FIELDS = ("prompt", "correct", "incorrect")
-_OPTIONAL = ("corrupted",)  # the counterpart prompt for activation patching
-
-
 def load_jsonl(path: str | Path) -> list[Prompt]:
-    """Read ``{"prompt", "correct", "incorrect"}`` rows (and optionally ``"corrupted"``, the
-    counterpart prompt for activation patching), one JSON object per line.
+    """Read ``{"prompt", "correct", "incorrect"}`` rows, one JSON object per line.
 
     Blank lines are skipped. Any other problem raises :class:`InputError` naming the file and line.
-    Extra keys are kept in ``Prompt.meta``.
+    Extra keys are kept in ``Prompt.meta``, with the line number as ``meta["line"]``.
     """
     path = Path(path)
     if not path.exists():
@@ -102,37 +92,108 @@ def load_jsonl(path: str | Path) -> list[Prompt]:
                 f"{path}:{lineno}: expected a JSON object like "
                 '{"prompt": "...", "correct": " Mary", "incorrect": " John"}'
             )
-        missing = [k for k in _FIELDS if k not in row]
-        if missing:
-            raise InputError(f"{path}:{lineno}: missing field {', '.join(repr(m) for m in missing)}")
-        bad = [k for k in (*_FIELDS, *_OPTIONAL) if k in row and (not isinstance(row[k], str) or not row[k])]
-        if bad:
-            raise InputError(f"{path}:{lineno}: field {bad[0]!r} must be a non-empty string")
-        meta = {k: v for k, v in row.items() if k not in _FIELDS and k not in _OPTIONAL}
-        meta["line"] = lineno
-        prompts.append(Prompt(row["prompt"], row["correct"], row["incorrect"], meta, row.get("corrupted")))
+        prompts.append(prompt_from_row(row, f"{path}:{lineno}", line=lineno))
     if not prompts:
         raise InputError(f"prompts file is empty: {path}")
     return prompts
 
 
-def load_prompts(spec: str, *, seed: int = 0, tokenizer: Any = None) -> list[Prompt]:
-    """Resolve a ``--prompts`` value: a built-in set, ``ioi:N`` / ``ioi-abba:N`` / ``ioi-baba:N``,
-    or a JSONL path."""
+@dataclass(frozen=True)
+class GeneratedSet:
+    """A checked ``ioi:N`` / ``ioi-abba:N`` / ``ioi-baba:N`` spec, generated once the tokenizer is known."""
+
+    spec: str
+    n: int
+    order: str  # "mixed", "ABBA" or "BABA"
+
+    def generate(self, *, seed: int = 0, tokenizer: Any = None) -> list[Prompt]:
+        return generate_ioi_prompts(self.n, order=self.order, seed=seed, tokenizer=tokenizer)
+
+
+_GENERATED = {"ioi": "mixed", "ioi-abba": "ABBA", "ioi-baba": "BABA"}
+EXPECTED = (
+    "a prompt-set name ('seed', 'arena', 'ioi:N', 'ioi-abba:N', 'ioi-baba:N'), a path to a JSONL file, or a list of "
+    "Prompt, of dicts with 'prompt', 'correct' and 'incorrect', or of (prompt, correct, incorrect) tuples"
+)
+
+
+def _parse_spec(spec: str) -> list[Prompt] | GeneratedSet:
     if spec in BUILTIN_SETS:
         return builtin_prompts(spec)
     head, sep, tail = spec.partition(":")
-    if sep and head in ("ioi", "ioi-abba", "ioi-baba"):
-        from logitscope.tasks.ioi import generate_ioi_prompts
-
+    if sep and head in _GENERATED:
         try:
             n = int(tail)
         except ValueError:
             raise InputError(f"prompt set {spec!r}: N must be a whole number, e.g. ioi:500") from None
         if n <= 0:
             raise InputError(f"prompt set {spec!r}: N must be at least 1")
-        order = {"ioi": "mixed", "ioi-abba": "ABBA", "ioi-baba": "BABA"}[head]
-        return generate_ioi_prompts(n, order=order, seed=seed, tokenizer=tokenizer)
+        return GeneratedSet(spec, n, _GENERATED[head])
     if spec.endswith(".jsonl") or Path(spec).exists() or "/" in spec:
         return load_jsonl(spec)
     return builtin_prompts(spec)
+
+
+def parse_prompts(prompts: Any) -> list[Prompt] | GeneratedSet:
+    """What a ``--prompts`` value or ``run_study``'s ``prompts`` names, as far as it can be read
+    without the model: a list of :class:`Prompt`, or a :class:`GeneratedSet` still to generate.
+
+    Accepts a spec (``"seed"``, ``"arena"``, ``"ioi:N"``, ...), a path (``str`` or
+    ``pathlib.Path``) to a JSONL file, or an iterable of :class:`Prompt`, of dicts with the JSONL
+    keys (extra keys become ``meta``), or of ``(prompt, correct, incorrect)`` tuples. Bad
+    contents raise :class:`InputError` naming the item; anything else raises ``TypeError``
+    naming what it got."""
+    if isinstance(prompts, str):
+        return _parse_spec(prompts)
+    if isinstance(prompts, os.PathLike):
+        return load_jsonl(Path(prompts))
+    if isinstance(prompts, GeneratedSet):
+        return prompts
+    if isinstance(prompts, (bytes, bytearray, Mapping, Prompt)) or not isinstance(prompts, Iterable):
+        raise TypeError(f"prompts: expected {EXPECTED}; got {_what(prompts)}{_hint(prompts)}")
+    out = [_one_prompt(item, i) for i, item in enumerate(prompts)]
+    if not out:
+        raise InputError("no prompts given: the list is empty")
+    return out
+
+
+def _one_prompt(item: Any, i: int) -> Prompt:
+    where = f"prompts[{i}]"
+    if isinstance(item, Prompt):
+        return check_prompt(item, where)
+    if isinstance(item, Mapping):
+        return prompt_from_row(dict(item), where)
+    if isinstance(item, (tuple, list)) and len(item) == 3:
+        return check_prompt(Prompt(*item), where)
+    raise TypeError(
+        f"{where}: expected a Prompt, a dict with {', '.join(repr(k) for k in FIELDS)}, or a (prompt, correct, "
+        f"incorrect) tuple; got {_what(item)}"
+    )
+
+
+def _what(value: Any) -> str:
+    text = repr(value)
+    kind = type(value).__name__
+    if isinstance(value, (tuple, list)):
+        kind = f"a {kind} of {len(value)} item{'s' if len(value) != 1 else ''}"
+    return f"{kind} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _hint(value: Any) -> str:
+    if isinstance(value, Prompt):
+        return " (a single Prompt: pass a list, [prompt])"
+    if isinstance(value, Mapping):
+        return " (a single row: pass a list of rows, [row])"
+    if hasattr(value, "to_dict") and hasattr(value, "columns"):
+        return " (a DataFrame: pass df.to_dict('records'))"
+    return ""
+
+
+def load_prompts(spec: Any, *, seed: int = 0, tokenizer: Any = None) -> list[Prompt]:
+    """Resolve a ``--prompts`` value (or anything :func:`parse_prompts` takes) to prompts: a
+    built-in set, ``ioi:N`` / ``ioi-abba:N`` / ``ioi-baba:N`` (generated with ``seed``, keeping
+    words that are single tokens for ``tokenizer``), a JSONL path, or a list."""
+    parsed = parse_prompts(spec)
+    if isinstance(parsed, GeneratedSet):
+        return parsed.generate(seed=seed, tokenizer=tokenizer)
+    return parsed

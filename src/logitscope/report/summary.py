@@ -1,0 +1,45 @@
+"""The few lines a terminal shows after a study: mean logit difference, the DLA check, top heads."""
+
+from __future__ import annotations
+
+from logitscope.labels import head_label
+from logitscope.study_data import StudyData
+
+SIGN_WORDS = {1: "positive", -1: "negative"}
+
+
+def top_heads_text(data: StudyData, sign: int) -> str:
+    """``L9H9 +2.985, L9H6 +1.384, ...``; when fewer than ``top_k`` heads have that sign, the ones
+    that do not are listed after a note saying so."""
+    heads = data.top_heads(sign=sign)
+    signed = [f"{head_label(l, h)} {v:+.3f}" for l, h, v in heads if v * sign > 0]
+    other = [f"{head_label(l, h)} {v:+.3f}" for l, h, v in heads if v * sign <= 0]
+    text = ", ".join(signed) if signed else "none"
+    if other:
+        word = SIGN_WORDS[sign]
+        n = data.n_signed_heads(sign)
+        text += f" (only {n} head{'s' if n != 1 else ''} {'are' if n != 1 else 'is'} {word}; next: {', '.join(other)})"
+    return text
+
+
+def summary_text(data: StudyData) -> str:
+    lo, hi = data.intervals["logit_diff"]
+    lines = [
+        f"model {data.model} ({data.family}, {data.n_layers} layers x {data.n_heads} heads) on {data.device}",
+        f"prompts {data.n_prompts}   mean logit diff {data.mean_logit_diff:.4f}  95% CI [{lo:.4f}, {hi:.4f}]"
+        f"   correct > incorrect in {100 * (data.logit_diff > 0).mean():.1f}%",
+        f"DLA check: final residual / frozen scale . direction = {data.direct.mean():.4f}"
+        f"  (logit diff {data.mean_logit_diff:.4f}; the gap is the final norm bias term {data.final_norm_bias.mean():+.4f})",
+        f"top positive heads: {top_heads_text(data, 1)}",
+        f"top negative heads: {top_heads_text(data, -1)}",
+    ]
+    if data.logit_diff_softcapped is not None:
+        lines.append("logit diff of the linear logits, before the final soft-cap; the model's capped logits differ by "
+                     f"{data.logit_diff_softcapped.mean():.4f} on average")
+    if data.experts is not None:
+        lines.append(f"top experts: {', '.join(f'L{l}E{e} {v:+.3f}' for l, e, v in data.top_experts())}")
+    t = data.timing
+    if t:
+        lines.append(f"study {data.n_prompts} prompts in {t['study_s']:.2f} s ({t['prompts_per_s']:,.0f} prompts/s; "
+                     f"tokenize {t['tokenize_s']:.2f} s, forward {t['forward_s']:.2f} s, attention {t['attention_s']:.2f} s)")
+    return "\n".join(lines)
