@@ -126,6 +126,9 @@ def _study_options(p: argparse.ArgumentParser, csv: bool = True) -> None:
                        "decomposition group as a column (TransformerLens labels)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or warnings")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--dist-timeout", type=float, default=900.0, metavar="S",
+                   help="under torchrun: how long a rank waits for the others at each exchange before the run "
+                   "fails (default 900 seconds)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,9 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    launched = _under_torchrun()
+    if launched and os.environ.get("RANK") != "0":
+        args.quiet = True  # rank 0 speaks for every rank
     try:
-        return _patch(args) if args.command == "patch" else _run(args)
+        if not launched:
+            return _patch(args) if args.command == "patch" else _run(args)
+        from logitscope.distributed import launch
+
+        with launch(args.dist_timeout):  # every rank runs the command as one step
+            return _patch(args) if args.command == "patch" else _run(args)
     except LogitscopeError as e:
+        if launched:
+            return _rank_failed(e, args)
         if args.debug:
             traceback.print_exc()
         print(f"logitscope: error: {_in_flags(e)}", file=sys.stderr)
@@ -155,8 +168,40 @@ def main(argv: list[str] | None = None) -> int:
 FLAGS = {"top_k": "--top-k", "batch_size": "--batch-size", "seed": "--seed", "attention_prompt": "--attention-prompt",
          "device": "--device", "dtype": "--dtype", "device_map": "--device-map", "prepend_bos": "--prepend-bos",
          "what": "--what", "direction": "--direction", "corrupt": "--corrupt", "positions": "--positions",
-         "ablate": "--ablate", "ablation": "--ablation"}
+         "ablate": "--ablate", "ablation": "--ablation", "dist_timeout": "--dist-timeout"}
 FIX_FLAGS = {("prepend_bos", False): "--no-prepend-bos", ("prepend_bos", True): "--prepend-bos"}
+
+
+def _under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def _rank_failed(e: LogitscopeError, args: argparse.Namespace) -> int:
+    """Under torchrun, the error every rank raised: rank 0 says it (and a rank that lost rank 0), then
+    every rank waits for the others before leaving."""
+    from logitscope.distributed import RankFailure, current
+
+    if args.debug:
+        traceback.print_exc()
+    failure = e if isinstance(e, RankFailure) else None
+    rank = os.environ.get("RANK")
+    if rank == "0" or (failure is not None and failure.broken and 0 in failure.culprits):
+        text = failure.describe(_cause_in_flags) if failure is not None else _in_flags(e)
+        print(f"logitscope: error: {text}{'' if rank == '0' else f' (rank {rank})'}", file=sys.stderr)
+        sys.stderr.flush()
+    if failure is None:
+        return 2
+    if not failure.broken:
+        ranks = current()
+        if ranks is not None:
+            ranks.farewell()
+    return 2 if failure.user_error else 1
+
+
+def _cause_in_flags(cause: BaseException) -> str:
+    from logitscope.distributed import describe_error
+
+    return _in_flags(cause) if isinstance(cause, LogitscopeError) else describe_error(cause)
 
 
 def _in_flags(e: LogitscopeError) -> str:
@@ -184,7 +229,8 @@ def _checks(args: argparse.Namespace):
     from logitscope.models.load import resolve_device
     from logitscope.tasks.prompts import parse_prompts
 
-    check_out_dir(args.out, label="--out")
+    if os.environ.get("RANK", "0") == "0" or not _under_torchrun():  # only rank 0 writes
+        check_out_dir(args.out, label="--out")
     for flag, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise InputError(f"{flag} {value}: must be at least 1")
@@ -194,7 +240,12 @@ def _checks(args: argparse.Namespace):
         raise InputError(f"--device {args.device} and --device-map {args.device_map}: give one or the other")
     if args.seed < 0:
         raise InputError(f"--seed {args.seed}: must be 0 or more")
-    return parse_prompts(args.prompts)
+    parsed = parse_prompts(args.prompts)
+    if _under_torchrun():  # every rank's checks passed before any rank loads the model
+        from logitscope.distributed import current
+
+        current().exchange(None, "the end of the checks")
+    return parsed
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -203,7 +254,7 @@ def _run(args: argparse.Namespace) -> int:
     from logitscope.models.load import load_model
     from logitscope.study import run_study
 
-    lm = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+    lm = load_model(args.model, dtype=args.dtype, **_placement(args))
     with warnings.catch_warnings():  # the study's prompt warnings, printed as ours (after it, the error)
         warnings.simplefilter("ignore" if args.quiet else "always", PromptWarning)
         warnings.showwarning = _printer(warnings.showwarning)
@@ -217,6 +268,8 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed,
             progress=not args.quiet,
         )
+    if result is None:
+        return 0  # under torchrun, rank 0 writes
     from logitscope.serialize import OUTPUT_FILES, save_study
 
     out = save_study(result, args.out, report=not args.no_report, csv=args.csv, label="--out")
@@ -236,7 +289,7 @@ def _patch(args: argparse.Namespace) -> int:
     from logitscope.patching import run_patching
     from logitscope.patching.result import OUTPUT_FILES
 
-    lm = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+    lm = load_model(args.model, dtype=args.dtype, **_placement(args))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore" if args.quiet else "always", PromptWarning)
         warnings.showwarning = _printer(warnings.showwarning)
@@ -246,11 +299,20 @@ def _patch(args: argparse.Namespace) -> int:
             attention_prompt=args.attention_prompt, prepend_bos=args.prepend_bos, seed=args.seed,
             progress=not args.quiet,
         )
+    if result is None:
+        return 0  # under torchrun, rank 0 writes
     out = result.save(args.out, report=not args.no_report, label="--out")
     print(result.summary())
     written = [out / name for name in OUTPUT_FILES if (out / name).exists()]
     print(f"wrote {', '.join(str(w) for w in written)}")
     return 0
+
+
+def _placement(args: argparse.Namespace) -> dict:
+    """load_model's device arguments; under torchrun this rank's own device (or share of the GPUs)."""
+    from logitscope.distributed import current, placement
+
+    return placement(args.device, args.device_map, current())
 
 
 def _quiet_libraries() -> None:

@@ -41,6 +41,9 @@ class ArgumentError(InputError):
         hint = f"; pass {argument}={fix!r}" if fix is not None else ""
         super().__init__(f"{argument}={value!r}: {problem}{hint}")
 
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (a rank sends its error to rank 0)
+        return (_argument_error, (self.argument, self.value, self.problem, self.fix))
+
     def for_flag(self, flag: str, flag_of_fix: str | None = None) -> str:
         """The message with ``flag`` for the argument (``--top-k 0: must be at least 1``);
         ``flag_of_fix`` spells the fix (``--no-prepend-bos``), else ``flag`` and the fix's value."""
@@ -49,3 +52,7 @@ class ArgumentError(InputError):
         if self.fix is not None:
             hint = f"; run with {flag_of_fix or f'{flag} {self.fix}'}"
         return f"{shown}: {self.problem}{hint}"
+
+
+def _argument_error(argument: str, value: Any, problem: str, fix: Any) -> ArgumentError:
+    return ArgumentError(argument, value, problem, fix=fix)

@@ -14,6 +14,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from logitscope import distributed
 from logitscope.capture import BatchScalars, Recorder
 from logitscope.errors import ArgumentError, InputError, PromptWarning
 from logitscope.attribution import signed_top_heads
@@ -199,6 +200,7 @@ def _available_host_memory() -> int | None:
     return None
 
 
+@distributed.collective
 def run_study(
     prompts: Any,
     model: Any,
@@ -228,6 +230,10 @@ def run_study(
     default the heads the report shows (the top ``top_k`` of each sign), or ``"all"``, or a list
     of heads (``["L9H9", (9, 6)]``). The model is left as it came: every module's training flag,
     its attention implementation, its modules and the hooks on them.
+
+    In a ``torch.distributed`` process group of several ranks (``torchrun``), every rank calls this
+    alike and runs its share of the batches on its own device (``device="auto"``: ``cuda:LOCAL_RANK``);
+    rank 0 gets the whole result, the other ranks ``None`` (:mod:`logitscope.distributed`).
     """
     _check_whole("top_k", top_k, 1)
     _check_whole("seed", seed, 0)
@@ -240,7 +246,8 @@ def run_study(
         except ValueError as e:
             raise ArgumentError("attention_heads", attention_heads, f"{e} (or 'all')") from None
     parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
-    lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map)
+    ranks = distributed.current()  # None: one process
+    lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=ranks)
     if isinstance(parsed, GeneratedSet):
         prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer)  # built clean: nothing to lint
     else:
@@ -261,21 +268,24 @@ def run_study(
     lengths = enc.lengths
     if batch_size is None:
         batch_size = auto_batch_size(lm, int(lengths.max()))
+        if ranks is not None:  # every rank runs the batches one process would
+            batch_size = ranks.agree_min(batch_size, "the choice of batch size")
 
     # Sort by length so batches carry little padding; results go back to the prompts' order.
     order = np.argsort(lengths, kind="stable")
+    rows = order if ranks is None else ranks.shard(order, batch_size)  # this rank's batches, in order
     in_dev = lm.adapter.embed(lm.model).weight.device
     rec = Recorder(lm)
     batches: list[BatchScalars] = []
-    bar = _progress(len(prompts), progress)
-    timing: dict[str, float] = {"tokenize_s": t_encoded - t_start}
+    bar = _progress(len(rows), progress and (ranks is None or ranks.is_root))
+    timing: dict[str, Any] = {"tokenize_s": t_encoded - t_start}
     # The hot loop makes the host wait for the device nowhere: each chunk's token ids, answer
     # positions and answer ids cross to the device in one asynchronous copy each (a 10,000-prompt
     # set is one chunk), batches are views into them, and every result stays on the device until
     # _assemble. tests/test_hot_loop.py checks the operators it dispatches and its source.
     with study_mode(lm.model), bar or contextlib.nullcontext():  # the model leaves as it came
         with rec, equivalent_kernels(lm.model):  # hot loop: start
-            for chunk in _chunks(enc.ids, lengths, order, batch_size):
+            for chunk in _chunks(enc.ids, lengths, rows, batch_size):
                 ids_dev = _to_device(chunk.ids, in_dev)
                 pos_dev = _to_device(lengths[chunk.rows] - 1, in_dev)
                 correct_dev = _to_device(enc.correct[chunk.rows], rec.out_device)
@@ -291,11 +301,18 @@ def run_study(
                     )
                     if bar is not None:
                         bar.update(b.size)  # hot loop: end
-        per = _assemble(batches, order)  # the one device-to-host copy (and so the one wait) per field
+        if ranks is None:
+            per = _assemble(batches, order)  # the one device-to-host copy (and so the one wait) per field
+        else:
+            t_gather = time.perf_counter()
+            per = ranks.gather_columns(rows, _assemble(batches), len(prompts), "the gather of the study's results")
+            if per is None:
+                return None  # rank 0 builds the result
+            timing["gather_s"] = time.perf_counter() - t_gather
         t_assembled = time.perf_counter()
         kept = _heads_to_keep(attention_heads, per["heads"].mean(-1), top_k, lm.shape.n_layers, lm.shape.n_heads)
         attention = attention_patterns(lm, enc.ids[attention_prompt], attention_prompt, kept)
-    timing["forward_s"] = t_assembled - t_encoded  # set-up, every batch, and the copy back
+    timing["forward_s"] = t_assembled - t_encoded  # set-up, every batch, and the copy back (and gather)
     fields = dict(
         model=lm.name,
         family=lm.adapter.family,
@@ -320,6 +337,8 @@ def run_study(
     timing["attention_s"] = time.perf_counter() - t_assembled
     timing["study_s"] = time.perf_counter() - t_start
     timing["prompts_per_s"] = len(prompts) / timing["study_s"]
+    timing["world_size"] = 1 if ranks is None else ranks.world_size
+    timing["prompts_per_rank"] = [len(prompts)] if ranks is None else ranks.shares(len(prompts), batch_size)
     return StudyResult(**fields, timing=timing)
 
 
@@ -415,18 +434,22 @@ def _chunks(ids: Sequence[Sequence[int]], lengths: np.ndarray, order: np.ndarray
         i = j
 
 
-def _assemble(batches: list[BatchScalars], order: np.ndarray) -> dict[str, np.ndarray | None]:
-    """Concatenate per-batch scalars (one host transfer per field) and undo the length sort."""
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(order.size)
+def _assemble(batches: list[BatchScalars], order: np.ndarray | None = None) -> dict[str, np.ndarray | None]:
+    """Concatenate per-batch scalars (one host transfer per field) and undo the length sort (with
+    ``order``; without, the prompts stay in batch order, and no batches give no fields)."""
     out: dict[str, np.ndarray | None] = {}
+    if not batches:
+        return out
     for name in BatchScalars.__dataclass_fields__:
         parts = [getattr(b, name) for b in batches]
         if parts[0] is None:
             out[name] = None
             continue
-        arr = torch.cat(parts, dim=-1).cpu().double().numpy()  # float64 after the move: MPS has none
-        out[name] = arr[..., inverse]
+        out[name] = torch.cat(parts, dim=-1).cpu().double().numpy()  # float64 after the move: MPS has none
+    if order is not None:
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.size)
+        out = {k: v if v is None else v[..., inverse] for k, v in out.items()}
     return out
 
 
@@ -467,11 +490,14 @@ def attention_patterns(lm: LoadedModel, ids: list[int], prompt_index: int,
     return AttentionView(prompt_index, tuple(str_tokens), patterns, tuple(kept), n_layers, n_heads)
 
 
-def _as_loaded(model: Any, tokenizer: Any, **load_kwargs: Any) -> LoadedModel:
+def _as_loaded(model: Any, tokenizer: Any, *, device: Any, dtype: Any, device_map: Any,
+               ranks: distributed.Ranks | None = None) -> LoadedModel:
+    """``model`` as a :class:`LoadedModel`: loaded by name (in a process group, on this rank's own
+    device), or wrapped as given."""
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, (str,)) or hasattr(model, "__fspath__"):
-        return load_model(str(model), **load_kwargs)
+        return load_model(str(model), dtype=dtype, **distributed.placement(device, device_map, ranks))
     if tokenizer is None:
         raise InputError("pass the model's tokenizer with an already-loaded model: run_study(..., tokenizer=tok)")
     return wrap_model(model, tokenizer)

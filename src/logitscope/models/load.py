@@ -91,8 +91,12 @@ def load_model(
     device: str | torch.device | None = "auto",
     dtype: str | torch.dtype | None = "float32",
     device_map: str | None = None,
+    max_memory: dict[Any, Any] | None = None,
 ) -> LoadedModel:
     """Load ``name``: a local folder or ``.gguf`` file (loaded as is, never touching the network) or a hub id.
+
+    ``max_memory`` (with ``device_map``) limits the devices ``accelerate`` spreads the model over, as
+    in ``from_pretrained`` (a distributed rank's own share of the GPUs).
 
     TransformerLens aliases (``gpt2-small``, ``gpt2-medium``, ...) resolve to their hub ids. A hub
     id is downloaded by ``transformers`` on first use and read from its cache afterwards; gated
@@ -102,7 +106,7 @@ def load_model(
 
     torch_dtype = resolve_dtype(dtype)
     if is_gguf_path(name):
-        return _load_gguf(name, device=device, dtype=torch_dtype, device_map=device_map)
+        return _load_gguf(name, device=device, dtype=torch_dtype, device_map=device_map, max_memory=max_memory)
     local = _is_local(name)
     if local:
         path = Path(name).expanduser()
@@ -130,7 +134,8 @@ def load_model(
                 "files (tokenizer.json, or vocab.json and merges.txt, or tokenizer.model); save them beside the "
                 "weights with tokenizer.save_pretrained(folder)"
             )
-        model = _from_pretrained(AutoModelForCausalLM, source, dtype=torch_dtype, device_map=device_map, **kwargs)
+        model = _from_pretrained(AutoModelForCausalLM, source, dtype=torch_dtype, device_map=device_map,
+                                 **_limits(max_memory), **kwargs)
     except Exception as e:
         corrupt = type(e).__name__ == "SafetensorError"  # safetensors' own class, not an OSError
         if not (corrupt or isinstance(e, (OSError, ValueError))):
@@ -195,7 +200,8 @@ def _gguf_architecture(config: Any) -> str:
     return archs[0] if archs else MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type, config.model_type)
 
 
-def _load_gguf(name: str, *, device: str | torch.device | None, dtype: torch.dtype, device_map: str | None) -> LoadedModel:
+def _load_gguf(name: str, *, device: str | torch.device | None, dtype: torch.dtype, device_map: str | None,
+               max_memory: dict[Any, Any] | None = None) -> LoadedModel:
     """Load a GGUF file through ``transformers``' GGUF support: its weights are dequantized to
     ``dtype`` (a float model from then on) and its tokenizer is rebuilt from the file's vocabulary."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -211,7 +217,8 @@ def _load_gguf(name: str, *, device: str | torch.device | None, dtype: torch.dty
         if not any(architecture in ad.architectures for ad in ADAPTERS):  # before the weights are read
             raise ModelLoadError(unsupported_message(architecture, getattr(config, "model_type", "?")))
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = _from_pretrained(AutoModelForCausalLM, source, config=config, dtype=dtype, device_map=device_map, **kwargs)
+        model = _from_pretrained(AutoModelForCausalLM, source, config=config, dtype=dtype, device_map=device_map,
+                                 **_limits(max_memory), **kwargs)
     except (OSError, ValueError, KeyError, NotImplementedError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"could not load the GGUF file {name}: {first}") from e
@@ -221,6 +228,10 @@ def _load_gguf(name: str, *, device: str | torch.device | None, dtype: torch.dty
     if dev is not None:
         model.to(dev)
     return wrap_model(model, tokenizer, name=name, adapter=adapter_for(model))
+
+
+def _limits(max_memory: dict[Any, Any] | None) -> dict[str, Any]:
+    return {} if max_memory is None else {"max_memory": max_memory}
 
 
 def _check_architecture(source: str, kwargs: dict[str, Any]) -> None:

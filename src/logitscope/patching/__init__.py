@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from logitscope import distributed
 from logitscope.errors import ArgumentError
 from logitscope.patching.ablation import ABLATIONS, AblationRunner, GroupMeans, group_keys, parse_components
 from logitscope.patching.engine import Engine
@@ -50,6 +51,7 @@ def check_options(*, what: Any = "heads", direction: str = "denoise", corrupt: s
     return grids, head_ablation
 
 
+@distributed.collective
 def run_patching(
     prompts: Sequence[Prompt] | str,
     model: Any,
@@ -81,7 +83,8 @@ def run_patching(
     position axis of per-position grids (``auto``, ``index``, ``named``, ``end``). ``ablate``: a
     component set to ablate (``"L9H9,L9H6"``; a list; or ``{name: spec}`` for several sets), with
     ``ablation`` = ``zero``, ``mean`` or ``resample``. The metric is the clean answers' logit
-    difference in every run. The other arguments are :func:`logitscope.run_study`'s.
+    difference in every run. The other arguments are :func:`logitscope.run_study`'s. In a process
+    group of several ranks, as :func:`logitscope.run_study`: rank 0 gets the result, the others ``None``.
     """
     from logitscope.study import _as_loaded, encode_prompts, run_study, tokenize
     from logitscope.tasks.prompts import GeneratedSet, parse_prompts
@@ -90,7 +93,7 @@ def run_patching(
     grids, head_ablation = check_options(what=what, direction=direction, corrupt=corrupt, positions=positions,
                                          ablate=ablate, ablation=ablation)
     parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
-    lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map)
+    lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=distributed.current())
     prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer) if isinstance(parsed, GeneratedSet) else parsed
     prompts = with_counterparts(list(prompts), corrupt, seed=seed, tokenizer=lm.tokenizer)
     L, H = lm.shape.n_layers, lm.shape.n_heads
@@ -113,7 +116,9 @@ def run_patching(
                       prepend_bos=bos, seed=seed, progress=False)
     t_study = time.perf_counter()
     result = _patch(lm, prompts, pairs, axis, grids, direction, sets, ablation, head_ablation, batch_size, progress)
-    timing = {"study_s": t_study - t0, "patching_s": time.perf_counter() - t_study}
+    if result is None:
+        return None  # another rank's: rank 0 builds the result
+    timing = {"study_s": t_study - t0, "patching_s": time.perf_counter() - t_study, **result.pop("split")}
     return PatchingResult(
         study=study, direction=direction, corrupted_prompts=[p.corrupted for p in prompts], positions=axis,
         position_tokens=_position_tokens(lm, pairs, axis), notes=tuple(notes), seed=seed, timing=timing,
@@ -142,12 +147,17 @@ def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: 
     """Every grid and ablation, batch by batch; per-prompt arrays."""
     from logitscope.study import _progress, auto_batch_size
 
+    ranks = distributed.current()  # None: one process
     engine = Engine(lm)
     T = int(pairs.lengths.max())
     B = batch_size or auto_batch_size(lm, T)
+    if batch_size is None and ranks is not None:  # every rank runs the batches one process would
+        B = ranks.agree_min(B, "the choice of patching batch size")
+    mine = None if ranks is None else ranks.mine  # which of the global batches this rank runs
     budget = 4 * B * T
     n = pairs.n
-    bar = _progress(1, progress)
+    share = n if ranks is None else ranks.shares(n, B)[ranks.rank]
+    bar = _progress(1, progress and (ranks is None or ranks.is_root))
     step = (lambda k: bar.update(k)) if bar is not None else None
     runner = GridRunner(engine, grids, direction, axis, n, budget, step)
     means = None
@@ -156,23 +166,27 @@ def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: 
     ablations = AblationRunner(engine, kind, sets, head_ablation, means, n, budget, step) if (sets or head_ablation) else None
     if bar is not None:
         head_cells = engine.n_layers * engine.points.n_heads if head_ablation else 0
-        bar.total = n * (runner.n_cells + len(sets) + head_cells) + (n if means is not None else 0)
+        bar.total = share * (runner.n_cells + len(sets) + head_cells) + (share if means is not None else 0)
         bar.refresh()
     device = engine.in_device
     axis_for_batches = axis if axis is not None else _no_axis(pairs)
     if means is not None:  # the reference distribution's means, before any ablated run
-        for b in pair_batches(pairs, axis_for_batches, B, device):
+        for b in pair_batches(pairs, axis_for_batches, B, device, select=mine):
             run = engine.record(b.corrupted, b.end, b.correct, b.incorrect, acts=ablations.points())
             for key in ablations.points():
                 means.add(key, b.rows, run.acts[key])
             if step is not None:
                 step(len(b.rows))
+        if ranks is not None:
+            ranks.sum_tensors(means.sums, "the sum of mean ablation's per-template activations")
     needs = [runner.needs()] + ([ablations.needs()] if ablations is not None else [])
     clean_acts = sorted({a for nd in needs for a in nd["clean_acts"]})
     corrupted_acts = sorted({a for nd in needs for a in nd["corrupted_acts"]})
     clean_kv = any(nd["clean_kv"] for nd in needs)
     corrupted_kv = any(nd["corrupted_kv"] for nd in needs)
-    for b in pair_batches(pairs, axis_for_batches, B, device):
+    done = []  # the rows this rank ran
+    for b in pair_batches(pairs, axis_for_batches, B, device, select=mine):
+        done.append(b.rows)
         clean = engine.record(b.clean, b.end, b.correct, b.incorrect, acts=clean_acts, keep_kv=clean_kv)
         corrupted = engine.record(b.corrupted, b.end, b.correct, b.incorrect, acts=corrupted_acts, keep_kv=corrupted_kv)
         runner.run_batch(b, clean, corrupted)
@@ -180,7 +194,16 @@ def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: 
             ablations.run_batch(b, clean, corrupted)
     if bar is not None:
         bar.close()
+    if ranks is not None:
+        per_prompt = [runner.clean, runner.corrupted, *runner.values.values()]
+        if ablations is not None:
+            per_prompt += [*ablations.after.values()] + ([ablations.heads] if ablations.heads is not None else [])
+        rows = np.concatenate(done) if done else np.zeros(0, dtype=np.int64)
+        if not ranks.gather_into(rows, per_prompt, "the gather of the patching results"):
+            return None
     return {
+        "split": {"world_size": 1 if ranks is None else ranks.world_size,
+                  "pairs_per_rank": [n] if ranks is None else ranks.shares(n, B)},
         "clean_logit_diff": runner.clean,
         "corrupted_logit_diff": runner.corrupted,
         "grids": runner.values,

@@ -28,10 +28,14 @@ class PairBatch:
     same_until: int  # every pair's two prompts have the same tokens before this position
 
 
-def pair_batches(pairs: EncodedPairs, axis: PositionAxis, batch_size: int, device: torch.device) -> Iterator[PairBatch]:
-    """Pairs in batches of ``batch_size``, sorted by length so batches carry little padding."""
+def pair_batches(pairs: EncodedPairs, axis: PositionAxis, batch_size: int, device: torch.device,
+                 select: Callable[[int], bool] | None = None) -> Iterator[PairBatch]:
+    """Pairs in batches of ``batch_size``, sorted by length so batches carry little padding; with
+    ``select``, only the batches ``i`` (counted over all of them) that ``select(i)`` keeps."""
     order = np.argsort(pairs.lengths, kind="stable")
-    for s in range(0, len(order), batch_size):
+    for i, s in enumerate(range(0, len(order), batch_size)):
+        if select is not None and not select(i):
+            continue
         rows = order[s : s + batch_size]
         T = int(pairs.lengths[rows].max())
         clean = np.zeros((len(rows), T), dtype=np.int64)  # pads: a valid id, never attended by real tokens
