@@ -106,15 +106,16 @@ def test_many_small_chunks_give_the_same_numbers(tiny_gpt2_dir, monkeypatch):
 
 def test_timing_is_recorded_and_written(tiny_gpt2_dir, tmp_path):
     res = ls.run_study("ioi:20", str(tiny_gpt2_dir), device="cpu")
-    t = res.timing
-    assert set(t) == {"tokenize_s", "forward_s", "attention_s", "study_s", "prompts_per_s"}
+    t = dict(res.timing)
+    assert set(t) == {"tokenize_s", "forward_s", "attention_s", "study_s", "prompts_per_s", "world_size", "prompts_per_rank"}
+    assert (t.pop("world_size"), t.pop("prompts_per_rank")) == (1, [20])  # one process (tests/test_distributed.py: more)
     assert all(v > 0 for v in t.values())
     assert t["tokenize_s"] + t["forward_s"] + t["attention_s"] <= t["study_s"]
     assert t["prompts_per_s"] == pytest.approx(20 / t["study_s"])
     import json
 
     res.save(tmp_path / "out", report=False)
-    assert json.loads((tmp_path / "out" / "results.json").read_text())["timing"] == t
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["timing"] == {**t, "world_size": 1, "prompts_per_rank": [20]}
     assert f"study 20 prompts in {t['study_s']:.2f} s" in res.summary()
 
 

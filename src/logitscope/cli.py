@@ -185,16 +185,18 @@ def _rank_failed(e: LogitscopeError, args: argparse.Namespace) -> int:
         traceback.print_exc()
     failure = e if isinstance(e, RankFailure) else None
     rank = os.environ.get("RANK")
-    if rank == "0" or (failure is not None and failure.broken and 0 in failure.culprits):
+    ranks = current() if failure is not None else None
+    lost_rank_0 = failure is not None and failure.broken and 0 in failure.culprits
+    if rank == "0" or (lost_rank_0 and ranks is not None and not ranks.reported()):
         text = failure.describe(_cause_in_flags) if failure is not None else _in_flags(e)
-        print(f"logitscope: error: {text}{'' if rank == '0' else f' (rank {rank})'}", file=sys.stderr)
+        print(f"logitscope: error: {text}{'' if rank == '0' else f' (said by rank {rank})'}", file=sys.stderr)
         sys.stderr.flush()
+        if ranks is not None:
+            ranks.reported(mark=True)
     if failure is None:
         return 2
-    if not failure.broken:
-        ranks = current()
-        if ranks is not None:
-            ranks.farewell()
+    if not failure.broken and ranks is not None:
+        ranks.farewell()
     return 2 if failure.user_error else 1
 
 

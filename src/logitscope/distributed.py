@@ -27,6 +27,7 @@ import os
 import pickle
 import signal
 import socket
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,11 @@ class _Message:
     error: bytes | None = None  # the pickled exception (None: this rank is fine)
     text: str = ""  # describe_error of it, in case it does not unpickle
     where: str = ""
+    stopped: bool = False  # this rank stopped because another rank had failed
+
+
+class _PeerFailed(Exception):
+    """Raised by :meth:`Ranks.poll` on a rank that learns another rank has failed."""
 
 
 @dataclass
@@ -105,6 +111,7 @@ class Ranks:
     store: Any = None  # the rendezvous store (progress and identity of each rank, for messages)
     timeout_s: float | None = None
     _where: str = field(default="", repr=False)
+    _polled: float = field(default=0.0, repr=False)
 
     @property
     def is_root(self) -> bool:
@@ -197,6 +204,23 @@ class Ranks:
             else:
                 tensors[k] = torch.from_numpy(v)
 
+    def poll(self, every_s: float = 0.5) -> None:
+        """Between batches: stop at once (to the next exchange) if another rank has failed, rather than
+        finish this rank's share first. Asks the store at most every ``every_s`` seconds."""
+        now = time.monotonic()
+        if self.store is None or now - self._polled < every_s:
+            return
+        self._polled = now
+        try:
+            if not self.store.check([f"{_KEY}/failed"]):
+                return
+            failed_at = int(self.store.get(f"{_KEY}/failed"))
+            done = int(self.store.add(f"{_KEY}/steps/{self.rank}", 0))
+        except Exception:
+            return
+        if failed_at > done:  # a failure at the exchange this rank is heading for (not an earlier call's)
+            raise _PeerFailed()
+
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
         """A stretch of work that every rank runs, ending in an exchange: an error raised inside is
@@ -211,6 +235,18 @@ class Ranks:
             raise  # pragma: no cover - _exchange raised
         self._exchange(_Message(where=self.where), name, None)
 
+    def reported(self, mark: bool = False) -> bool:
+        """Whether rank 0 has said what failed (``mark``: rank 0 says it has), so that a rank that
+        then finds rank 0 gone keeps quiet."""
+        if self.store is None:
+            return False
+        try:
+            if mark:
+                self.store.set(f"{_KEY}/reported", "1")
+            return bool(self.store.check([f"{_KEY}/reported"]))
+        except Exception:
+            return False
+
     def farewell(self) -> None:
         """After a :class:`RankFailure`: every rank waits here until rank 0 has said what failed (so that
         no rank exits first and torchrun stops rank 0 while it speaks)."""
@@ -223,12 +259,18 @@ class Ranks:
     def _exchange(self, message: _Message, step: str, combine: Callable[[list[Any]], Any] | None,
                   own: BaseException | None = None) -> Any:
         reached = self._arrive()
+        if message.error is not None and not message.stopped and self.store is not None:
+            try:  # the others stop at their next poll instead of finishing their share
+                self.store.set(f"{_KEY}/failed", str(reached))
+            except Exception:
+                pass
         try:
             gathered: list[_Message] | None = [None] * self.world_size if self.is_root else None  # type: ignore[list-item]
             dist.gather_object(message, gathered, dst=0, group=self.group)
             verdict: Any = None
             if gathered is not None:
-                failed = [(r, m) for r, m in enumerate(gathered) if m.error is not None]
+                failed = [(r, m) for r, m in enumerate(gathered) if m.error is not None and not m.stopped]
+                failed = failed or [(r, m) for r, m in enumerate(gathered) if m.error is not None]
                 if failed:
                     verdict = ("failed", [(r, m.error, m.text, m.where) for r, m in failed])
                 else:
@@ -320,6 +362,8 @@ class Ranks:
 
 
 def _failed(e: BaseException, where: str) -> _Message:
+    if isinstance(e, _PeerFailed):
+        return _Message(error=pickle.dumps(None), text="stopped: another rank failed", where=where, stopped=True)
     try:
         blob = pickle.dumps(e)
         pickle.loads(blob)

@@ -253,7 +253,7 @@ def run_study(
     else:
         prompts = parsed
         for message in lint_prompts(prompts, tokenizer=lm.tokenizer):
-            warnings.warn(message, PromptWarning, stacklevel=2)
+            warnings.warn(message, PromptWarning, stacklevel=3)  # the caller of run_study (past its decorator)
     n_heads = lm.shape.n_layers * lm.shape.n_heads
     if top_k > n_heads:
         raise ArgumentError("top_k", top_k, f"this model has {n_heads} heads; ask for at most {n_heads}")
@@ -300,7 +300,10 @@ def run_study(
                         )
                     )
                     if bar is not None:
-                        bar.update(b.size)  # hot loop: end
+                        bar.update(b.size)
+                    if ranks is not None:
+                        ranks.poll()  # another rank failed: stop now, not after this rank's share
+                    # hot loop: end
         if ranks is None:
             per = _assemble(batches, order)  # the one device-to-host copy (and so the one wait) per field
         else:

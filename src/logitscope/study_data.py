@@ -166,7 +166,7 @@ class StudyData:
     # not computed from the model. tokenize_s: token ids and checks; forward_s: batch set-up, every
     # forward pass and attribution, the copy back to the host; attention_s: the attention-pattern
     # pass; study_s: all of run_study from tokenization on.
-    timing: dict[str, float] = field(default_factory=dict)
+    timing: dict[str, Any] = field(default_factory=dict)  # seconds, rates, and world_size / prompts_per_rank
 
     attn = _Renamed("attn_out")
     mlp = _Renamed("mlp_out")

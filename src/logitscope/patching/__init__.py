@@ -177,6 +177,8 @@ def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: 
                 means.add(key, b.rows, run.acts[key])
             if step is not None:
                 step(len(b.rows))
+            if ranks is not None:
+                ranks.poll()
         if ranks is not None:
             ranks.sum_tensors(means.sums, "the sum of mean ablation's per-template activations")
     needs = [runner.needs()] + ([ablations.needs()] if ablations is not None else [])
@@ -192,6 +194,8 @@ def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: 
         runner.run_batch(b, clean, corrupted)
         if ablations is not None:
             ablations.run_batch(b, clean, corrupted)
+        if ranks is not None:
+            ranks.poll()  # another rank failed: stop now, not after this rank's share
     if bar is not None:
         bar.close()
     if ranks is not None:
