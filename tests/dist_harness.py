@@ -6,9 +6,9 @@
 FAULT, on rank RANK, at its first batch of the study: ``none``, ``oom`` (raises torch.OutOfMemoryError),
 ``kill`` (SIGKILL to itself), ``hang`` (sleeps for an hour), ``device`` (its model load raises as for a
 GPU it does not have). Every rank that opens an output folder appends its rank to the file WRITERS.
-``api``: the Python API in a process group the program initialised itself (gloo): the study of JSONL
-and of ioi:500, and the seed's patching grid of every head, saved by rank 0 into OUT/jsonl,
-OUT/ioi500 and OUT/patch (see :func:`api_runs`, which the test also runs in one process).
+``api``: the Python API in a process group the program initialised itself (gloo): the study of the
+seed prompts, of JSONL and of ioi:500, and the seed's patching grid of every head, saved by rank 0
+into OUT/seed, OUT/jsonl, OUT/ioi500 and OUT/patch (see :func:`api_runs`, which the test also runs in one process).
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def api_runs(model: str, jsonl: str):
     """The API runs of the ``api`` mode, as ``(name, result)``."""
     import logitscope as ls
 
+    yield "seed", ls.run_study("seed", model, device="cpu", batch_size=2)
     yield "jsonl", ls.run_study(jsonl, model, device="cpu", batch_size=3)
     yield "ioi500", ls.run_study("ioi:500", model, device="cpu", batch_size=64)
     yield "patch", ls.run_patching("seed", model, device="cpu", batch_size=3, what="heads")

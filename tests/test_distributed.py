@@ -183,14 +183,14 @@ def test_a_killed_hung_or_misplaced_rank_fails_the_run(fault, expected, status, 
 @pytest.mark.slow
 def test_the_api_in_a_process_group_equals_one_process(tiny_gpt2_dir, mixed_jsonl, tmp_path, one_thread):
     """The Python API in a program that initialised the process group itself, three ranks: the study
-    of a mixed-length JSONL and of ioi:500, and the seed's grid of every head, each as one process."""
+    of the seed prompts, of a mixed-length JSONL and of ioi:500, and the seed's grid of every head, each as one process."""
     sys.path.insert(0, str(HERE))
     from dist_harness import api_runs
 
     out, writers = tmp_path / "three", tmp_path / "writers.txt"
     proc = torchrun(3, str(HARNESS), "api", "-", str(writers), "--", str(out), str(tiny_gpt2_dir), str(mixed_jsonl))
     assert proc.returncode == 0, proc.stderr
-    assert writers.read_text() == "0\n" * 3
+    assert writers.read_text() == "0\n" * 4
     for name, result in api_runs(str(tiny_gpt2_dir), str(mixed_jsonl)):
         result.save(tmp_path / "one" / name, report=False)
         timing = assert_same_outputs(tmp_path / "one" / name, out / name, 3)
@@ -250,6 +250,24 @@ def test_a_replica_takes_an_equal_share_of_the_gpus():
         distributed.replica_gpus(0, 3, 8)
     with pytest.raises(ArgumentError, match="needs GPUs"):
         distributed.replica_gpus(0, 2, 0)
+
+
+def test_a_device_map_under_several_ranks_spreads_each_replica_over_its_gpus(monkeypatch):
+    """--device-map with data parallelism, on this GPU-less machine: no GPUs is an error naming the
+    flag; 8 GPUs (pretended) among 3 ranks do not divide; among 4, rank 1's replica gets GPUs 2 and 3."""
+    from logitscope.cli import _in_flags
+
+    with pytest.raises(ArgumentError, match="a device map needs GPUs, and this node has none") as e:
+        distributed.placement(None, "auto", distributed.Ranks(0, 2, 0, 2, group=None))
+    assert _in_flags(e.value).startswith("--device-map auto: a device map needs GPUs")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    with pytest.raises(ArgumentError, match=r"device_map='balanced': this node's 8 GPUs do not divide among 3 ranks"):
+        distributed.placement(None, "balanced", distributed.Ranks(1, 3, 1, 3, group=None))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (10 + i, 100))
+    assert distributed.placement(None, "auto", distributed.Ranks(1, 4, 1, 4, group=None)) == {
+        "device": None, "device_map": "auto", "max_memory": {2: 12, 3: 13}}
 
 
 def test_each_rank_takes_its_own_gpu(monkeypatch):

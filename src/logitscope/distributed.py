@@ -508,7 +508,8 @@ def placement(device: Any, device_map: Any, ranks: Ranks | None) -> dict[str, An
         return {"device": dev, "device_map": None}
     if not isinstance(device_map, str):
         return {"device": device, "device_map": device_map}  # the user's own map: as given
-    gpus = replica_gpus(ranks.local_rank, ranks.local_world_size, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    gpus = replica_gpus(ranks.local_rank, ranks.local_world_size, torch.cuda.device_count() if torch.cuda.is_available() else 0,
+                        device_map)
     torch.cuda.set_device(gpus[0])
     return {"device": device, "device_map": device_map,
             "max_memory": {i: torch.cuda.mem_get_info(i)[0] for i in gpus}}
@@ -542,15 +543,15 @@ def rank_device(device: Any, local_rank: int, local_world_size: int) -> torch.de
     return torch.device("cuda", local_rank)
 
 
-def replica_gpus(local_rank: int, local_world_size: int, n_gpus: int) -> list[int]:
+def replica_gpus(local_rank: int, local_world_size: int, n_gpus: int, device_map: str = "auto") -> list[int]:
     """The GPUs of this rank's model replica with a device map: the node's ``n_gpus`` cut into
     ``local_world_size`` equal groups of consecutive GPUs, one per rank."""
     if n_gpus == 0:
-        raise ArgumentError("device_map", "auto", "a device map needs GPUs, and this node has none")
+        raise ArgumentError("device_map", device_map, "a device map needs GPUs, and this node has none")
     if n_gpus % local_world_size:
         fits = [k for k in range(1, n_gpus + 1) if n_gpus % k == 0]
         raise ArgumentError(
-            "device_map", "auto", f"this node's {n_gpus} GPUs do not divide among {local_world_size} ranks; start "
+            "device_map", device_map, f"this node's {n_gpus} GPUs do not divide among {local_world_size} ranks; start "
             f"{', '.join(map(str, fits))} processes per node (each model replica then gets {n_gpus} / that many GPUs)")
     per = n_gpus // local_world_size
     return list(range(local_rank * per, (local_rank + 1) * per))
