@@ -535,80 +535,95 @@ def _mode_title(mode: dict[str, Any], device: str) -> str:
 
 
 def markdown(doc: dict[str, Any]) -> str:
+    """The results as the README shows them: one table per ``--threads`` mode, then the targets."""
     m, src, modes = doc["machine"], doc["source"], doc["modes"]
     gpu = any("cuda_peak_gb" in row for mode in modes for row in mode["summary"].values())
     names = dict.fromkeys(name for mode in modes for name in mode["summary"])
+    rows = [row for mode in modes for row in mode["summary"].values()]
+
+    def versions(name: str) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for mode in modes:
+            found.update(mode["summary"].get(name, {}).get("versions") or {})
+        return found
 
     def label(name: str) -> str:
-        versions: dict[str, str] = {}
-        for mode in modes:
-            versions.update(mode["summary"].get(name, {}).get("versions") or {})
         text = REGISTRY[name].label if name in REGISTRY else name
-        for dist in ("logitscope", "nnsight", "transformer-lens"):
-            text = text.replace("{" + dist + "}", versions.get(dist, "?"))
+        for dist, version in versions(name).items():
+            text = text.replace("{" + dist + "}", version)
         if name == "logitscope" and doc["settings"]["no_report"]:
             text = text.replace(", report.html", ", no report")
         return text
+
+    def seen(dist: str) -> str:  # the version every environment ran, or each one
+        found = sorted({(row.get("versions") or {}).get(dist) for row in rows} - {None}) or [m.get(dist) or "?"]
+        return found[0] + " in every environment" if len(found) == 1 else " / ".join(found)
 
     lines = [
         f"{doc['n']} equal-length IOI prompts ({doc['prompt_tokens']} tokens with BOS), GPT-2-small-shaped "
         f"random-weight model, fp32, device {m['device']}; {m['cpu']}, {m['cores_usable']} cores, "
         f"{m['memory_gb']} GB" + (f", {m['gpu'][0]}" if m.get("gpu") else "")
-        + f"; torch {m['torch']}, transformers {m['transformers']} in every environment; logitscope at {src['commit']}"
+        + f"; torch {seen('torch')}, transformers {seen('transformers')}; logitscope at {src['commit']}"
         + (" + uncommitted changes" if src["src_uncommitted"] else "")
         + (" (CHANGED during the run)" if src.get("changed_during_run") else "") + ". "
-        f"Each contender is its own process (peers in their own virtual environments), timed from start to "
-        f"exit; wall time is the median of {doc['settings']['repeat']} run(s), peak RSS the largest; × is the "
-        f"contender's number divided by logitscope's (above 1: logitscope is ahead).",
-        "",
+        f"Each contender is its own process (the peers in their own virtual environments), timed from start "
+        f"to exit; wall and CPU time are the median of {doc['settings']['repeat']} run(s), peak RSS the largest; "
+        f"× is the contender's number divided by logitscope's (above 1: logitscope is ahead).",
     ]
-    head, rule = "| |", "|---|"
-    for mode in modes:
-        title = _mode_title(mode, m["device"])
-        t = f"{title}: " if title else ""
-        head += f" {t}wall (s) | × | peak RSS (GB) | × |" + (" peak GPU mem (GB) | × |" if gpu else "")
-        rule += "---:|---:|---:|---:|" + ("---:|---:|" if gpu else "")
-    lines += [head, rule]
+    if not doc.get("complete", True):
+        lines.append(f"\n**Cut short**: {len(doc['runs'])} processes ran of the "
+                     f"{len(doc['settings']['contenders']) * len(doc['settings']['threads']) * doc['settings']['repeat']} planned.")
 
     def x(value: float | None) -> str:
         return "" if value is None else f"{value:.2f}×"
 
-    for name in names:
-        cells = f"| {label(name)} |"
-        for mode in modes:
-            row, r = mode["summary"].get(name), mode["ratios"]
+    for mode in modes:
+        s, r = mode["summary"], mode["ratios"]
+        title = _mode_title(mode, m["device"])
+        lines += ["", f"**{title}**" if title else f"**{m['device']}**", ""]
+        lines.append("| | wall (s) | × | CPU time (s) | × | peak RSS (GB) | × | prompts/s |"
+                     + (" peak GPU mem (GB) | × |" if gpu else ""))
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else ""))
+        ls_cpu = s.get("logitscope", {}).get("cpu_s")
+        for name in names:
+            row = s.get(name)
             if row is None:
-                cells += " | | | |" + (" | |" if gpu else "")
-            elif "failed" in row:
-                cells += f" {row['failed']} | | ≥ {row['peak_rss_gb_at_failure']:.2f} | |" + (" | |" if gpu else "")
-            else:
-                one = "1" if name == "logitscope" else None
-                cells += (f" {row['wall_s']:.1f} | {one or x(r['wall_x'].get(name))} |"
-                          f" {row['peak_rss_gb']:.2f} | {one or x(r['rss_x'].get(name))} |")
-                if gpu:
-                    cuda = row.get("cuda_peak_gb")
-                    cells += f" {cuda:.2f} | {one or x(r['cuda_x'].get(name))} |" if cuda is not None else " | |"
-        lines.append(cells)
-    lines.append("")
+                continue
+            if "failed" in row:
+                lines.append(f"| {label(name)} | {row['failed']} | | | | ≥ {row['peak_rss_gb_at_failure']:.2f} | | |"
+                             + (" | |" if gpu else ""))
+                continue
+            me = name == "logitscope"
+            cpu_x = row["cpu_s"] / ls_cpu if ls_cpu and not me else None
+            cells = (f"| {label(name)} | {row['wall_s']:.1f} | {'1' if me else x(r['wall_x'].get(name))} | "
+                     f"{row['cpu_s']:.1f} | {'1' if me else x(cpu_x)} | "
+                     f"{row['peak_rss_gb']:.2f} | {'1' if me else x(r['rss_x'].get(name))} | {row['prompts_per_s']:.1f} |")
+            if gpu:
+                cuda = row.get("cuda_peak_gb")
+                cells += f" {cuda:.2f} | {'1' if me else x(r['cuda_x'].get(name))} |" if cuda is not None else " | |"
+            lines.append(cells)
 
-    names_of = {name: label(name).split(" (")[0] for name in names}
+    names_of = {name: label(name).split(" (")[0].split(", ")[0] if name != "tl_bridge_dla" else
+                label(name).split(", its ")[0] + "'s DLA tool" for name in names}
+    lines.append("")
     for mode in modes:
         r, t = mode["ratios"], mode["targets_met"]
         title = _mode_title(mode, m["device"]) or m["device"]
         fl = "n/a" if r["wall_vs_floor"] is None else f"{r['wall_vs_floor']:.2f}×"
-        lean = f", {r['wall_vs_floor_lean']:.2f}× the lean floor" if r.get("wall_vs_floor_lean") else ""
+        lean = f", {r['wall_vs_floor_lean']:.2f}× the lean floor's" if r.get("wall_vs_floor_lean") else ""
 
-        def verdict(met: bool, behind: list[str]) -> str:
+        def verdict(met: bool, behind: list[str], kind: str) -> str:
             if met:
                 return "yes"
-            parts = [names_of.get(p, p) for p in behind] + [f"{names_of.get(p, p)} (failed)" for p in t["peers_failed"]]
+            parts = [f"{names_of.get(p, p)} ({r[kind][p]:.2f}×)" for p in behind]
+            parts += [f"{names_of.get(p, p)} (failed)" for p in t["peers_failed"]]
             return "NO, not ahead of " + ", ".join(parts)
 
         lines.append(
             f"- {title}: logitscope's wall time {fl} the floor's (target ≤ {TARGET_FLOOR_RATIO:g}×: "
             f"{'met' if t['wall_vs_floor'] else 'NOT met'}){lean}; ahead of every peer in wall time: "
-            f"{verdict(t['ahead_in_wall'], t['peers_behind_in_wall'])}; in peak RSS: "
-            f"{verdict(t['ahead_in_peak_rss'], t['peers_behind_in_peak_rss'])}."
+            f"{verdict(t['ahead_in_wall'], t['peers_behind_in_wall'], 'wall_x')}; in peak RSS: "
+            f"{verdict(t['ahead_in_peak_rss'], t['peers_behind_in_peak_rss'], 'rss_x')}."
         )
     for mode in modes:
         ls = mode["summary"].get("logitscope", {})
@@ -616,21 +631,15 @@ def markdown(doc: dict[str, Any]) -> str:
             tm = ls["study_timing_all"][-1]
             title = _mode_title(mode, m["device"])
             lines.append(
-                f"\nlogitscope's study alone{' at ' + title if title else ''} (run_study's own clock, inside the "
-                f"process: tokenization, every forward pass and attribution, the attention pass; not start-up, "
-                f"model load or writing; the first study of a fresh process"
+                f"\nlogitscope's study alone{', ' + title if title else ''}: {ls['study_s']:.2f} s, "
+                f"{ls['study_prompts_per_s']:,.0f} prompts/s; last run: tokenize {tm['tokenize_s']:.2f} s, forward "
+                f"{tm['forward_s']:.2f} s, attention {tm['attention_s']:.2f} s (run_study's own clock, inside the "
+                f"process: tokenization, every forward pass and attribution, the attention pass; not start-up, model "
+                f"load or writing; the first study of a fresh process"
                 + (", so CUDA's one-time start included: bench/study_throughput.py measures warm runs"
-                   if m["device"].startswith("cuda") else "")
-                + f"): {ls['study_s']:.2f} s, {ls['study_prompts_per_s']:,.0f} prompts/s; last run: tokenize "
-                f"{tm['tokenize_s']:.2f} s, forward {tm['forward_s']:.2f} s, attention {tm['attention_s']:.2f} s."
+                   if m["device"].startswith("cuda") else "") + ")."
             )
-    titles = [_mode_title(mode, m["device"]) or m["device"] for mode in modes]
-    lines += ["", "| CPU time (s), median | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(modes)]
-    for name in names:
-        cells = [f"{row['cpu_s']:.1f}" if "cpu_s" in (row := mode["summary"].get(name, {})) else "" for mode in modes]
-        lines.append(f"| {names_of[name]} | " + " | ".join(cells) + " |")
-    other = max((row.get("other_cpu_s", 0.0) / row["wall_s"] for mode in modes for row in mode["summary"].values()
-                 if "wall_s" in row), default=0.0)
+    other = max((row.get("other_cpu_s", 0.0) / row["wall_s"] for row in rows if "wall_s" in row), default=0.0)
     if other > 0.2:
         lines.append(
             f"\nNote: other processes kept up to {other:.1f} cores busy during some runs "
