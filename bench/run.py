@@ -498,8 +498,9 @@ def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def targets_met(summary: dict[str, dict[str, Any]], r: dict[str, Any]) -> dict[str, Any]:
-    peers = [name for name in summary if REGISTRY.get(name, Contender("", "")).peer]
+def targets_met(summary: dict[str, dict[str, Any]], r: dict[str, Any], planned: list[str]) -> dict[str, Any]:
+    """Issue 15's targets for one mode; a peer that failed or never ran counts as not beaten."""
+    peers = [name for name in planned if REGISTRY[name].peer]
     missing = [name for name in peers if name not in r["wall_x"]]
     return {
         "wall_vs_floor": r["wall_vs_floor"] is not None and r["wall_vs_floor"] <= TARGET_FLOOR_RATIO,
@@ -508,11 +509,12 @@ def targets_met(summary: dict[str, dict[str, Any]], r: dict[str, Any]) -> dict[s
         "peers": peers,
         "peers_behind_in_wall": sorted(p for p in peers if p in r["wall_x"] and r["wall_x"][p] <= 1.0),
         "peers_behind_in_peak_rss": sorted(p for p in peers if p in r["rss_x"] and r["rss_x"][p] <= 1.0),
-        "peers_failed": missing,
+        "peers_failed": [p for p in missing if p in summary],
+        "peers_not_run": [p for p in missing if p not in summary],
     }
 
 
-def mode_docs(runs: list[Run], n: int, modes: list[str]) -> list[dict[str, Any]]:
+def mode_docs(runs: list[Run], n: int, modes: list[str], planned: list[str]) -> list[dict[str, Any]]:
     docs = []
     for mode in modes:
         mine = [r for r in runs if r.mode == mode]
@@ -522,7 +524,7 @@ def mode_docs(runs: list[Run], n: int, modes: list[str]) -> list[dict[str, Any]]
         r = ratios(summary)
         threads = {row.get("torch_threads") for row in summary.values() if row.get("torch_threads")}
         docs.append({"threads": mode, "torch_threads": sorted(threads), "summary": summary, "ratios": r,
-                     "targets_met": targets_met(summary, r)})
+                     "targets_met": targets_met(summary, r, planned)})
     return docs
 
 
@@ -532,6 +534,14 @@ def _mode_title(mode: dict[str, Any], device: str) -> str:
     t = mode["torch_threads"]
     count = f"{t[0]} thread{'s' if t[0] != 1 else ''}" if len(t) == 1 else "threads " + "/".join(map(str, t))
     return count + (" (torch's default)" if mode["threads"] == "default" else "")
+
+
+def _runs_each(rows: list[dict[str, Any]], repeat: int) -> str:
+    counts = sorted({row["ok_runs"] for row in rows if "wall_s" in row}) or [0]
+    if counts == [repeat]:
+        return f"{repeat} run(s)"
+    span = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    return f"{span} run(s) each (of {repeat} planned)"
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -549,8 +559,11 @@ def markdown(doc: dict[str, Any]) -> str:
 
     def label(name: str) -> str:
         text = REGISTRY[name].label if name in REGISTRY else name
-        for dist, version in versions(name).items():
+        found = {k: v for other in names if REGISTRY[other].env == REGISTRY[name].env for k, v in versions(other).items()}
+        for dist, version in {**found, **versions(name)}.items():
             text = text.replace("{" + dist + "}", version)
+        for dist in ("logitscope", "nnsight", "transformer-lens"):
+            text = text.replace(" {" + dist + "}", "")
         if name == "logitscope" and doc["settings"]["no_report"]:
             text = text.replace(", report.html", ", no report")
         return text
@@ -567,7 +580,7 @@ def markdown(doc: dict[str, Any]) -> str:
         + (" + uncommitted changes" if src["src_uncommitted"] else "")
         + (" (CHANGED during the run)" if src.get("changed_during_run") else "") + ". "
         f"Each contender is its own process (the peers in their own virtual environments), timed from start "
-        f"to exit; wall and CPU time are the median of {doc['settings']['repeat']} run(s), peak RSS the largest; "
+        f"to exit; wall and CPU time are the median of {_runs_each(rows, doc['settings']['repeat'])}, peak RSS the largest; "
         f"× is the contender's number divided by logitscope's (above 1: logitscope is ahead).",
     ]
     if not doc.get("complete", True):
@@ -603,8 +616,10 @@ def markdown(doc: dict[str, Any]) -> str:
                 cells += f" {cuda:.2f} | {'1' if me else x(r['cuda_x'].get(name))} |" if cuda is not None else " | |"
             lines.append(cells)
 
-    names_of = {name: label(name).split(" (")[0].split(", ")[0] if name != "tl_bridge_dla" else
-                label(name).split(", its ")[0] + "'s DLA tool" for name in names}
+    def short(name: str) -> str:
+        text = label(name)
+        return text.split(", its ")[0] + "'s DLA tool" if name == "tl_bridge_dla" else text.split(" (")[0].split(", ")[0]
+
     lines.append("")
     for mode in modes:
         r, t = mode["ratios"], mode["targets_met"]
@@ -615,9 +630,13 @@ def markdown(doc: dict[str, Any]) -> str:
         def verdict(met: bool, behind: list[str], kind: str) -> str:
             if met:
                 return "yes"
-            parts = [f"{names_of.get(p, p)} ({r[kind][p]:.2f}×)" for p in behind]
-            parts += [f"{names_of.get(p, p)} (failed)" for p in t["peers_failed"]]
-            return "NO, not ahead of " + ", ".join(parts)
+            out = []
+            if behind:
+                out.append("NO, not ahead of " + ", ".join(f"{short(p)} ({r[kind][p]:.2f}×)" for p in behind))
+            gaps = [f"{short(p)} failed" for p in t["peers_failed"]] + [f"{short(p)} not run" for p in t.get("peers_not_run", [])]
+            if gaps:
+                out.append(("unknown: " if not behind else "and unknown: ") + ", ".join(gaps))
+            return "; ".join(out) if behind else out[0]
 
         lines.append(
             f"- {title}: logitscope's wall time {fl} the floor's (target ≤ {TARGET_FLOOR_RATIO:g}×: "
@@ -684,9 +703,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-idle", type=float, default=0, metavar="S", help="before each process, wait up to S seconds for other load to stop")
     p.add_argument("--table-from", metavar="JSON", help="only rebuild the .md table beside an existing results JSON")
     args = p.parse_args(argv)
-    if args.table_from:
+    if args.table_from:  # the summary, ratios and checks recomputed from the raw runs by this code
         src_json = Path(args.table_from)
-        src_json.with_suffix(".md").write_text(markdown(json.loads(src_json.read_text())), encoding="utf-8")
+        doc = json.loads(src_json.read_text())
+        runs = [Run(**r) for r in doc["runs"]]
+        doc["modes"] = mode_docs(runs, doc["n"], doc["settings"]["threads"], doc["settings"]["contenders"])
+        doc["agreement"] = agreement(runs, doc["agreement"].get("tolerance", args.tolerance))
+        write(doc, src_json)
         print(src_json.with_suffix(".md").read_text())
         return 0
 
@@ -750,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     def finish(runs: list[Run], complete: bool) -> None:
         doc["source"] = {**source, "changed_during_run": _src_changed(source, source_state())}
         doc["complete"] = complete
-        doc["modes"] = mode_docs(runs, args.n, modes)
+        doc["modes"] = mode_docs(runs, args.n, modes, contenders)
         doc["agreement"] = agreement(runs, args.tolerance)
         doc["runs"] = [{**asdict(r), "command": [_rel(c) for c in r.command]} for r in runs]
         doc["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
