@@ -469,3 +469,24 @@ def test_patching_report_renders_offline_in_chromium(tmp_path, models):
     patch_figures = [f"patch_{name}" for name in res.grids] + ["ablation_heads"]
     assert rendering_failures(dom, FIGURES + patch_figures, VIEWS) == []
     assert "Causal checks: activation patching and ablation" in dom and "L0H1, L1H2" in dom
+
+
+def test_a_saved_patch_run_reopens_as_the_same_result(tmp_path, models):
+    """load_result on a patch folder gives back the PatchingResult: every per-prompt array as it was
+    computed, the same results.json, summary and report."""
+    from logitscope.report.page import report_html
+
+    hf, _ = models("gpt2")
+    res = run_patching("ioi:20", hf, tokenizer=gpt2_tokenizer(), what="heads,resid,ablation", ablate="L1H0", seed=2)
+    res.save(tmp_path / "run")
+    again = ls.load_result(tmp_path / "run")
+    assert isinstance(again, ls.PatchingResult)
+    for name, values in res.grids.items():
+        np.testing.assert_array_equal(again.grids[name], values, err_msg=name)
+    np.testing.assert_array_equal(again.ablated_heads, res.ablated_heads)
+    np.testing.assert_array_equal(again.clean_logit_diff, res.clean_logit_diff)
+    assert [p.corrupted for p in again.study.prompts] == res.corrupted_prompts
+    assert json.loads(json.dumps(again.results_document())) == json.loads((tmp_path / "run" / "results.json").read_text())
+    assert again.summary() == res.summary()
+    assert report_html(again.study, again) == report_html(res.study, res)
+    assert isinstance(ls.load_result(tmp_path / "run" / "results.json"), ls.PatchingResult)
