@@ -75,6 +75,8 @@ def gradient_run(engine: Engine, ids: torch.Tensor, end: torch.Tensor, correct: 
     last = ("resid_post", L - 1)
     hooks[last] = lambda x: final.__setitem__("x", x)  # never an attribution point: observed only
     with torch.inference_mode(False), torch.enable_grad():
+        # Tensors made under a caller's inference_mode cannot enter autograd: plain copies of the inputs.
+        ids, end, correct, incorrect = (t.clone() for t in (ids, end, correct, incorrect))
         with engine.points.attach(hooks):
             engine.lm.adapter.base(engine.lm.model)(input_ids=ids, use_cache=False)
         x = final["x"]
