@@ -37,6 +37,8 @@ examples:
       the logit difference before and after mean-ablating the three name movers together
   logitscope patch --model ./my-checkpoint --prompts pairs.jsonl --what all --out runs/all
       JSONL rows with a "corrupted" prompt: every TransformerLens patching grid
+  logitscope patch --model gpt2-small --prompts ioi:500 --what all --method both --out runs/atp
+      attribution patching (one gradient) beside each exact grid, with their agreement
 """
 
 
@@ -91,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--ablation", default="mean", choices=["zero", "mean", "resample"],
                        help="what an ablated component becomes: zero, its mean over the counterparts per template "
                        "(default), or its value on the prompt's counterpart")
+    patch.add_argument("--method", default="exact", choices=["exact", "attribution", "both"],
+                       help="exact: patched runs (default); attribution: each grid's first-order estimate from one "
+                       "forward and one backward pass, as <grid>_attribution (for models where exact patching is "
+                       "too costly); both: the estimate beside the exact grid, with their agreement")
     return parser
 
 
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 FLAGS = {"top_k": "--top-k", "batch_size": "--batch-size", "seed": "--seed", "attention_prompt": "--attention-prompt",
          "device": "--device", "dtype": "--dtype", "device_map": "--device-map", "prepend_bos": "--prepend-bos",
          "what": "--what", "direction": "--direction", "corrupt": "--corrupt", "positions": "--positions",
-         "ablate": "--ablate", "ablation": "--ablation", "dist_timeout": "--dist-timeout"}
+         "ablate": "--ablate", "ablation": "--ablation", "method": "--method", "dist_timeout": "--dist-timeout"}
 FIX_FLAGS = {("prepend_bos", False): "--no-prepend-bos", ("prepend_bos", True): "--prepend-bos"}
 
 
@@ -285,7 +291,7 @@ def _patch(args: argparse.Namespace) -> int:
     from logitscope.patching import check_options
 
     parsed = _checks(args)
-    check_options(what=args.what, ablate=args.ablate)  # before the model is loaded
+    check_options(what=args.what, ablate=args.ablate, method=args.method)  # before the model is loaded
     _quiet_libraries()
     from logitscope.models.load import load_model
     from logitscope.patching import run_patching
@@ -297,7 +303,7 @@ def _patch(args: argparse.Namespace) -> int:
         warnings.showwarning = _printer(warnings.showwarning)
         result = run_patching(
             parsed, lm, what=args.what, direction=args.direction, corrupt=args.corrupt, positions=args.positions,
-            ablate=args.ablate, ablation=args.ablation, batch_size=args.batch_size, top_k=args.top_k,
+            ablate=args.ablate, ablation=args.ablation, method=args.method, batch_size=args.batch_size, top_k=args.top_k,
             attention_prompt=args.attention_prompt, prepend_bos=args.prepend_bos, seed=args.seed,
             progress=not args.quiet,
         )

@@ -17,6 +17,7 @@ import numpy as np
 from logitscope import distributed
 from logitscope.errors import ArgumentError
 from logitscope.patching.ablation import ABLATIONS, AblationRunner, GroupMeans, group_keys, parse_components
+from logitscope.patching.attribution import METHODS, SUFFIX, AttributionRunner
 from logitscope.patching.engine import Engine
 from logitscope.patching.grids import GRIDS, WHAT, resolve_what
 from logitscope.patching.pairs import EncodedPairs, encode_pairs
@@ -26,11 +27,12 @@ from logitscope.patching.run import DIRECTIONS, GridRunner, pair_batches
 from logitscope.tasks.counterparts import with_counterparts
 from logitscope.tasks.prompt import Prompt
 
-__all__ = ["ABLATIONS", "DIRECTIONS", "GRIDS", "POSITION_MODES", "PatchingResult", "WHAT", "check_options", "run_patching"]
+__all__ = ["ABLATIONS", "DIRECTIONS", "GRIDS", "METHODS", "POSITION_MODES", "PatchingResult", "WHAT", "check_options", "run_patching"]
 
 
 def check_options(*, what: Any = "heads", direction: str = "denoise", corrupt: str | None = None,
-                  positions: str = "auto", ablate: Any = None, ablation: str = "mean") -> tuple[list[str], bool]:
+                  positions: str = "auto", ablate: Any = None, ablation: str = "mean",
+                  method: str = "exact") -> tuple[list[str], bool]:
     """Check :func:`run_patching`'s options without a model (the CLI calls it before loading one);
     returns ``(grid names, whether the single-head ablation grid is asked for)``."""
     from logitscope.tasks.counterparts import CORRUPTIONS
@@ -43,7 +45,13 @@ def check_options(*, what: Any = "heads", direction: str = "denoise", corrupt: s
         raise ArgumentError("positions", positions, f"use one of {', '.join(POSITION_MODES)}")
     if ablation not in ABLATIONS:
         raise ArgumentError("ablation", ablation, f"use one of {', '.join(ABLATIONS)}")
+    if method not in METHODS:
+        raise ArgumentError("method", method, "use exact (patched runs), attribution (the first-order estimate "
+                            "from one gradient) or both (each estimate beside its exact grid, with their agreement)")
     grids, head_ablation = resolve_what(what)
+    if method != "exact" and not grids:
+        raise ArgumentError("method", method, f"attribution patching estimates patching grids and what={what!r} "
+                            "names none; name grids (heads, heads_by_pos, resid, layers, qkv, all or grid names)")
     if ablate is not None:
         _ablation_sets(ablate, 10**6, 10**6)  # the spelling; the model's sizes are checked once it is loaded
     if not grids and not head_ablation and ablate is None:
@@ -63,6 +71,7 @@ def run_patching(
     positions: str = "auto",
     ablate: str | Sequence[str] | dict[str, Any] | None = None,
     ablation: str = "mean",
+    method: str = "exact",
     device: Any = "auto",
     dtype: Any = "float32",
     device_map: str | None = None,
@@ -82,16 +91,19 @@ def run_patching(
     ``corrupt``: the counterpart of IOI prompts, ``abc`` (default) or ``flip``. ``positions``: the
     position axis of per-position grids (``auto``, ``index``, ``named``, ``end``). ``ablate``: a
     component set to ablate (``"L9H9,L9H6"``; a list; or ``{name: spec}`` for several sets), with
-    ``ablation`` = ``zero``, ``mean`` or ``resample``. The metric is the clean answers' logit
-    difference in every run. The other arguments are :func:`logitscope.run_study`'s. In a process
-    group of several ranks, as :func:`logitscope.run_study`: rank 0 gets the result, the others ``None``.
+    ``ablation`` = ``zero``, ``mean`` or ``resample``. ``method``: ``exact`` (patched runs; default),
+    ``attribution`` (each grid's first-order estimate from one gradient, as ``<grid>_attribution``;
+    see :mod:`logitscope.patching.attribution`) or ``both`` (with their agreement). The metric is the
+    clean answers' logit difference in every run. The other arguments are :func:`logitscope.run_study`'s.
+    In a process group of several ranks, as :func:`logitscope.run_study`: rank 0 gets the result, the
+    others ``None``.
     """
     from logitscope.study import _as_loaded, encode_prompts, run_study, tokenize
     from logitscope.tasks.prompts import GeneratedSet, parse_prompts
 
     t0 = time.perf_counter()
     grids, head_ablation = check_options(what=what, direction=direction, corrupt=corrupt, positions=positions,
-                                         ablate=ablate, ablation=ablation)
+                                         ablate=ablate, ablation=ablation, method=method)
     parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
     lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=distributed.current())
     prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer) if isinstance(parsed, GeneratedSet) else parsed
@@ -115,7 +127,8 @@ def run_patching(
     study = run_study(prompts, lm, batch_size=batch_size, top_k=top_k, attention_prompt=attention_prompt,
                       prepend_bos=bos, seed=seed, progress=False)
     t_study = time.perf_counter()
-    result = _patch(lm, prompts, pairs, axis, grids, direction, sets, ablation, head_ablation, batch_size, progress)
+    result = _patch(lm, prompts, pairs, axis, grids, direction, sets, ablation, head_ablation, batch_size, progress,
+                    method)
     if result is None:
         return None  # another rank's: rank 0 builds the result
     timing = {"study_s": t_study - t0, "patching_s": time.perf_counter() - t_study, **result.pop("split")}
@@ -123,7 +136,7 @@ def run_patching(
         study=study, direction=direction, corrupted_prompts=[p.corrupted for p in prompts], positions=axis,
         position_tokens=_position_tokens(lm, pairs, axis), notes=tuple(notes), seed=seed, timing=timing,
         ablation_kind=ablation if (sets or head_ablation) else None,
-        ablation_sets={k: tuple(c.label for c in v) for k, v in sets.items()}, **result,
+        ablation_sets={k: tuple(c.label for c in v) for k, v in sets.items()}, method=method, **result,
     )
 
 
@@ -143,8 +156,8 @@ def _position_tokens(lm, pairs: EncodedPairs, axis) -> list[str] | None:
 
 
 def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: str, sets: dict, kind: str,
-           head_ablation: bool, batch_size: int | None, progress: bool) -> dict[str, Any]:
-    """Every grid and ablation, batch by batch; per-prompt arrays."""
+           head_ablation: bool, batch_size: int | None, progress: bool, method: str = "exact") -> dict[str, Any]:
+    """Every grid (exact, attribution estimate or both) and ablation, batch by batch; per-prompt arrays."""
     from logitscope.study import _progress, auto_batch_size
 
     ranks = distributed.current()  # None: one process
@@ -159,14 +172,16 @@ def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: 
     share = n if ranks is None else ranks.shares(n, B)[ranks.rank]
     bar = _progress(1, progress and (ranks is None or ranks.is_root))
     step = (lambda k: bar.update(k)) if bar is not None else None
-    runner = GridRunner(engine, grids, direction, axis, n, budget, step)
+    runner = GridRunner(engine, grids if method != "attribution" else [], direction, axis, n, budget, step)
+    attribution = AttributionRunner(engine, grids, direction, axis, n, step) if method != "exact" else None
     means = None
     if kind == "mean" and (sets or head_ablation):
         means = GroupMeans(group_keys(prompts, pairs.lengths), pairs.lengths)
     ablations = AblationRunner(engine, kind, sets, head_ablation, means, n, budget, step) if (sets or head_ablation) else None
     if bar is not None:
         head_cells = engine.n_layers * engine.points.n_heads if head_ablation else 0
-        bar.total = share * (runner.n_cells + len(sets) + head_cells) + (share if means is not None else 0)
+        bar.total = (share * (runner.n_cells + len(sets) + head_cells + (attribution is not None))
+                     + (share if means is not None else 0))
         bar.refresh()
     device = engine.in_device
     axis_for_batches = axis if axis is not None else _no_axis(pairs)
@@ -182,6 +197,9 @@ def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: 
         if ranks is not None:
             ranks.sum_tensors(means.sums, "the sum of mean ablation's per-template activations")
     needs = [runner.needs()] + ([ablations.needs()] if ablations is not None else [])
+    needs += [attribution.needs()] if attribution is not None else []
+    # Attribution alone: its gradient run is the base run, so only the source run is recorded.
+    skip = attribution.base_side if attribution is not None and not runner.specs and ablations is None else None
     clean_acts = sorted({a for nd in needs for a in nd["clean_acts"]})
     corrupted_acts = sorted({a for nd in needs for a in nd["corrupted_acts"]})
     clean_kv = any(nd["clean_kv"] for nd in needs)
@@ -189,32 +207,51 @@ def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: 
     done = []  # the rows this rank ran
     for b in pair_batches(pairs, axis_for_batches, B, device, select=mine):
         done.append(b.rows)
-        clean = engine.record(b.clean, b.end, b.correct, b.incorrect, acts=clean_acts, keep_kv=clean_kv)
-        corrupted = engine.record(b.corrupted, b.end, b.correct, b.incorrect, acts=corrupted_acts, keep_kv=corrupted_kv)
-        runner.run_batch(b, clean, corrupted)
+        clean = corrupted = None
+        if skip != "clean":
+            clean = engine.record(b.clean, b.end, b.correct, b.incorrect, acts=clean_acts, keep_kv=clean_kv)
+        if skip != "corrupted":
+            corrupted = engine.record(b.corrupted, b.end, b.correct, b.incorrect, acts=corrupted_acts, keep_kv=corrupted_kv)
+        if skip is None:
+            runner.run_batch(b, clean, corrupted)
         if ablations is not None:
             ablations.run_batch(b, clean, corrupted)
+        if attribution is not None:
+            attribution.run_batch(b, clean, corrupted)
         if ranks is not None:
             ranks.poll()  # another rank failed: stop now, not after this rank's share
     if bar is not None:
         bar.close()
     if ranks is not None:
         per_prompt = [runner.clean, runner.corrupted, *runner.values.values()]
+        if attribution is not None:
+            per_prompt += [attribution.clean, attribution.corrupted, *attribution.values.values()]
         if ablations is not None:
             per_prompt += [*ablations.after.values()] + ([ablations.heads] if ablations.heads is not None else [])
         rows = np.concatenate(done) if done else np.zeros(0, dtype=np.int64)
         if not ranks.gather_into(rows, per_prompt, "the gather of the patching results"):
             return None
+    grids_out = _beside(runner.values, attribution.values if attribution is not None else {})
     return {
         "split": {"world_size": 1 if ranks is None else ranks.world_size,
                   "pairs_per_rank": [n] if ranks is None else ranks.shares(n, B)},
-        "clean_logit_diff": runner.clean,
-        "corrupted_logit_diff": runner.corrupted,
-        "grids": runner.values,
-        "grid_axes": {s.name: s.axes for s in runner.specs},
+        "clean_logit_diff": runner.clean if skip is None else attribution.clean,
+        "corrupted_logit_diff": runner.corrupted if skip is None else attribution.corrupted,
+        "grids": grids_out,
+        "grid_axes": {name: GRIDS[name.removesuffix(SUFFIX)].axes for name in grids_out},
         "ablated": ablations.after if ablations is not None else {},
         "ablated_heads": ablations.heads if ablations is not None else None,
     }
+
+
+def _beside(exact: dict, estimates: dict) -> dict:
+    """Each attribution grid right after its exact one (results.json's order)."""
+    out = {}
+    for name in dict.fromkeys([*exact, *(k.removesuffix(SUFFIX) for k in estimates)]):
+        for key in (name, name + SUFFIX):
+            if key in exact or key in estimates:
+                out[key] = exact.get(key, estimates.get(key))
+    return out
 
 
 def _no_axis(pairs: EncodedPairs):

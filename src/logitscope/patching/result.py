@@ -49,6 +49,7 @@ class PatchingResult:
     notes: tuple[str, ...] = ()
     seed: int = 0
     timing: dict[str, float] = field(default_factory=dict)
+    method: str = "exact"  # "exact", "attribution" (grids named <grid>_attribution) or "both"
 
     @property
     def n_prompts(self) -> int:
@@ -103,6 +104,17 @@ class PatchingResult:
         shape = self.grids[name].shape[:-1]
         return iv[f"{which}_low"].reshape(shape), iv[f"{which}_high"].reshape(shape)
 
+    @cached_property
+    def agreement(self) -> dict[str, dict[str, Any]]:
+        """For each grid computed both ways, how the attribution estimate agrees with the exact
+        grid (:func:`logitscope.patching.agreement.agreement`), by the exact grid's name."""
+        from logitscope.patching.agreement import agreement
+        from logitscope.patching.attribution import exact_name
+
+        c, x = float(self.clean_logit_diff.mean()), float(self.corrupted_logit_diff.mean())
+        return {base: agreement(self.mean(base), self.mean(name), c, x, lambda k, g=base: self.cell_label(g, k))
+                for name in self.grids if (base := exact_name(name)) in self.grids}
+
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
         """results.json's ``patching`` object."""
@@ -115,6 +127,7 @@ class PatchingResult:
 
         doc: dict[str, Any] = {
             "direction": self.direction,
+            "method": self.method,
             "metric": METRIC,
             "n_pairs": self.n_prompts,
             "clean_logit_diff": scalar("clean", self.clean_logit_diff),
@@ -134,6 +147,8 @@ class PatchingResult:
             if labels:
                 entry["position_labels"] = labels
             doc[name] = entry
+        if self.agreement:
+            doc["agreement"] = self.agreement
         if self.ablation_kind is not None:
             ab: dict[str, Any] = {"kind": self.ablation_kind, "before": scalar("clean", self.clean_logit_diff)}
             ab["sets"] = [
@@ -167,11 +182,14 @@ class PatchingResult:
     def per_prompt_arrays(self) -> dict[str, np.ndarray]:
         """Every per-prompt array, as ``patching_per_prompt.npz`` holds them (float32)."""
         arrays = {"clean_logit_diff": self.clean_logit_diff, "corrupted_logit_diff": self.corrupted_logit_diff}
+        if self.positions is not None:
+            arrays["positions_at"] = self.positions.at
         arrays.update({f"grid_{k}": v for k, v in self.grids.items()})
         arrays.update({f"ablated_{i}": v for i, v in enumerate(self.ablated.values())})
         if self.ablated_heads is not None:
             arrays["ablated_heads"] = self.ablated_heads
-        return {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+        # Every patched run is computed in float32, so float32 files lose nothing (reopening is exact).
+        return {k: np.asarray(v, dtype=np.int64 if k == "positions_at" else np.float32) for k, v in arrays.items()}
 
     def save(self, out_dir: str | Path, *, report: bool = True, label: str = "out_dir") -> Path:
         """Write the study's files (results.json with its ``patching`` object, per_prompt_heads.npy,
@@ -214,6 +232,8 @@ class PatchingResult:
             flat = np.nan_to_num(norm.reshape(-1), nan=-np.inf)
             k = int(np.argmax(flat))
             lines.append(f"  {name}: largest normalised effect {norm.reshape(-1)[k]:+.3f} at {self.cell_label(name, k)}")
+        for name, ag in self.agreement.items():
+            lines.append(f"  {name}: attribution vs exact: {_agreement_line(ag)}")
         for name, values in self.ablated.items():
             lo, hi = iv[f"ablated:{name}"]["ci95_low"][0], iv[f"ablated:{name}"]["ci95_high"][0]
             lines.append(f"  ablating {name} ({self.ablation_kind}): logit diff {c:.4f} -> {values.mean():.4f} [{lo:.4f}, {hi:.4f}]")
@@ -248,6 +268,68 @@ class PatchingResult:
     def __repr__(self) -> str:
         return (f"<PatchingResult {self.study.model}: {self.n_prompts} pairs, {self.direction}, "
                 f"grids {', '.join(self.grids) or '-'}>")
+
+
+def read_patching(folder: str | Path) -> PatchingResult:
+    """A :class:`PatchingResult` from the folder ``save`` (or ``logitscope patch``) wrote:
+    results.json (its ``patching`` object and the study), patching_per_prompt.npz and the study's
+    files. Everything is read back as it was computed (float32 values in float32 files)."""
+    import json
+
+    from logitscope.errors import InputError
+    from logitscope.results import StudyResult
+    from logitscope.serialize import read_study
+
+    folder = Path(folder).expanduser()
+    if folder.is_file():
+        folder = folder.parent
+    fields = read_study(folder)
+    doc = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    pt = doc.get("patching")
+    if not isinstance(pt, dict):
+        raise InputError(f"cannot reopen patching results in {folder}: results.json has no 'patching' (a study, "
+                         "not a patch run: logitscope.load_result reads it)")
+    try:
+        with np.load(folder / "patching_per_prompt.npz", allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot reopen patching results in {folder}: patching_per_prompt.npz is missing or "
+                         f"unreadable ({e})") from None
+    rows = doc["prompts"]
+    corrupted = [r.get("corrupted") for r in rows]
+    fields["prompts"] = tuple(
+        type(p)(p.text, p.correct, p.incorrect, {k: v for k, v in p.meta.items()
+                                                 if k not in ("corrupted", "corrupted_logit_diff")}, c)
+        for p, c in zip(fields["prompts"], corrupted)
+    )
+    f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+    grids = {k[len("grid_"):]: f64(v) for k, v in arrays.items() if k.startswith("grid_")}
+    positions = None
+    if "positions" in pt:
+        p = pt["positions"]
+        positions = PositionAxis(p["mode"], list(p["labels"]), arrays["positions_at"], p.get("note", ""))
+    ab = pt.get("ablation") or {}
+    sets = ab.get("sets", [])
+    return PatchingResult(
+        study=StudyResult(**fields), direction=pt["direction"], corrupted_prompts=corrupted,
+        clean_logit_diff=f64(arrays["clean_logit_diff"]), corrupted_logit_diff=f64(arrays["corrupted_logit_diff"]),
+        grids=grids, grid_axes={k: tuple(pt[k]["axes"]) for k in grids}, positions=positions,
+        position_tokens=(pt.get("positions") or {}).get("tokens"), ablation_kind=ab.get("kind"),
+        ablation_sets={s_["name"]: tuple(s_["components"]) for s_ in sets},
+        ablated={s_["name"]: f64(arrays[f"ablated_{i}"]) for i, s_ in enumerate(sets)},
+        ablated_heads=f64(arrays["ablated_heads"]) if "ablated_heads" in arrays else None,
+        notes=tuple(pt.get("notes", ())), seed=fields["seed"], timing=dict(pt.get("timing", {})),
+        method=pt.get("method", "exact"),
+    )
+
+
+def _agreement_line(ag: dict[str, Any]) -> str:
+    r = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    off = ag["off"]
+    cells = ", ".join(o["cell"] for o in off[:5]) + (", ..." if len(off) > 5 else "")
+    return (f"Pearson {r(ag['pearson'])}, Spearman {r(ag['spearman'])}, largest error {ag['max_abs_error']:.4f} at "
+            f"{ag['max_abs_error_at']}; {len(off)} of {ag['n_cells']} cells off by more than "
+            f"{ag['off_fraction']:.0%} of clean − corrupted" + (f" ({cells})" if off else ""))
 
 
 def _num(x: float) -> float | None:
