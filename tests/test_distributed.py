@@ -113,16 +113,16 @@ def test_torchrun_run_equals_one_process(tiny_llama_dir, mixed_jsonl, tmp_path, 
 
 
 def test_torchrun_patch_equals_one_process(tiny_gpt2_dir, tmp_path, one_thread):
-    """Three ranks, every head's patching grid and a mean ablation (per-template sums added over
-    ranks): the same as one process; only rank 0 opened an output folder."""
+    """Three ranks, every head's patching grid, its attribution estimate and a mean ablation
+    (per-template sums added over ranks): the same as one process; only rank 0 opened an output folder."""
     out, writers = tmp_path / "three", tmp_path / "writers.txt"
     proc = torchrun(3, str(HARNESS), "none", "-", str(writers), "--", "patch", "--model", str(tiny_gpt2_dir),
                     "--prompts", "ioi:20", "--out", str(out), "--device", "cpu", "--batch-size", "3",
-                    "--what", "heads", "--ablate", "L1H0,L0H2", "--no-report", "--quiet")
+                    "--what", "heads", "--ablate", "L1H0,L0H2", "--method", "both", "--no-report", "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert writers.read_text() == "0\n"
     ls.run_patching("ioi:20", str(tiny_gpt2_dir), device="cpu", batch_size=3, what="heads",
-                    ablate="L1H0,L0H2").save(tmp_path / "one", report=False)
+                    ablate="L1H0,L0H2", method="both").save(tmp_path / "one", report=False)
     assert_same_outputs(tmp_path / "one", out, 3)
 
 
