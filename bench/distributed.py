@@ -88,7 +88,8 @@ def markdown(doc: dict[str, Any]) -> str:
                      f"{r['rest_s']:.1f} | {n / r['wall_s']:.0f} | {r['speedup']:.2f}× | {r['speedup'] / (r['ranks'] * r['threads']):.0%} |")
     lines += ["", f"{c} ranks × 1 thread vs 1 rank × {c} threads: wall {doc['ranks_vs_threads_wall']:.2f}× "
               f"(study alone {doc['ranks_vs_threads_study']:.2f}×; above 1: the ranks are faster). "
-              f"Per-prompt values agree to {doc['max_difference']:.1e} (float32 round-off: different thread counts).",
+              + (f"Per-prompt values agree to {doc['max_difference']:.1e} (float32 round-off: different thread counts)."
+               if doc["max_difference"] else "Per-prompt values of the three runs identical, bit for bit."),
               f"Prompts per rank: {doc['rows'][-1]['prompts_per_rank']}."]
     return "\n".join(lines) + "\n"
 
