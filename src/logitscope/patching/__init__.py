@@ -18,18 +18,21 @@ from logitscope.errors import ArgumentError
 from logitscope.patching.ablation import ABLATIONS, AblationRunner, GroupMeans, group_keys, parse_components
 from logitscope.patching.engine import Engine
 from logitscope.patching.grids import GRIDS, WHAT, resolve_what
+from logitscope.circuits import load_circuit
 from logitscope.patching.pairs import EncodedPairs, encode_pairs
+from logitscope.patching.paths import FREEZE, check_paths
 from logitscope.patching.positions import POSITION_MODES, position_axis
 from logitscope.patching.result import PatchingResult
 from logitscope.patching.run import DIRECTIONS, GridRunner, pair_batches
 from logitscope.tasks.counterparts import with_counterparts
 from logitscope.tasks.prompt import Prompt
 
-__all__ = ["ABLATIONS", "DIRECTIONS", "GRIDS", "POSITION_MODES", "PatchingResult", "WHAT", "check_options", "run_patching"]
+__all__ = ["ABLATIONS", "DIRECTIONS", "FREEZE", "GRIDS", "POSITION_MODES", "PatchingResult", "WHAT", "check_options", "run_patching"]
 
 
 def check_options(*, what: Any = "heads", direction: str = "denoise", corrupt: str | None = None,
-                  positions: str = "auto", ablate: Any = None, ablation: str = "mean") -> tuple[list[str], bool]:
+                  positions: str = "auto", ablate: Any = None, ablation: str = "mean", senders: Any = None,
+                  receivers: Any = "logits", freeze: str = "heads", circuit: Any = None) -> tuple[list[str], bool]:
     """Check :func:`run_patching`'s options without a model (the CLI calls it before loading one);
     returns ``(grid names, whether the single-head ablation grid is asked for)``."""
     from logitscope.tasks.counterparts import CORRUPTIONS
@@ -45,8 +48,12 @@ def check_options(*, what: Any = "heads", direction: str = "denoise", corrupt: s
     grids, head_ablation = resolve_what(what)
     if ablate is not None:
         _ablation_sets(ablate, 10**6, 10**6)  # the spelling; the model's sizes are checked once it is loaded
-    if not grids and not head_ablation and ablate is None:
-        raise ArgumentError("what", what, f"nothing to compute; name a grid or group ({', '.join(WHAT)}), or give ablate")
+    check_paths(senders, receivers, freeze)
+    if circuit is not None:
+        load_circuit(circuit)  # a file's syntax, before any model is loaded
+    if not grids and not head_ablation and ablate is None and senders is None and circuit is None:
+        raise ArgumentError("what", what, f"nothing to compute; name a grid or group ({', '.join(WHAT)}), or give "
+                            "ablate, senders or circuit")
     return grids, head_ablation
 
 
@@ -70,6 +77,10 @@ def run_patching(
     prepend_bos: bool | None = None,
     seed: int = 0,
     progress: bool = False,
+    senders: str | Sequence[str] | None = None,
+    receivers: str | Sequence[str] = "logits",
+    freeze: str = "heads",
+    circuit: Any = None,
 ) -> PatchingResult:
     """Activation patching and ablation of ``prompts`` (each with a ``corrupted`` counterpart, or a
     set that has them: ``seed``, ``arena``, ``ioi:N``) on ``model``.
@@ -81,14 +92,20 @@ def run_patching(
     position axis of per-position grids (``auto``, ``index``, ``named``, ``end``). ``ablate``: a
     component set to ablate (``"L9H9,L9H6"``; a list; or ``{name: spec}`` for several sets), with
     ``ablation`` = ``zero``, ``mean`` or ``resample``. The metric is the clean answers' logit
-    difference in every run. The other arguments are :func:`logitscope.run_study`'s.
+    difference in every run. ``senders`` / ``receivers`` / ``freeze``: path patching
+    (:mod:`logitscope.patching.paths`; senders such as ``"L9H9,L9H6+L10H0"`` or ``"all"``, receivers
+    ``"logits,L9H9:q"``), in ``direction`` (the IOI paper's is ``noise``). ``circuit``: ``"ioi"``
+    (GPT-2 small), a circuit file, inline heads or a :class:`logitscope.circuits.Circuit`, whose
+    faithfulness, completeness and minimality are measured with ``ablation``
+    (:mod:`logitscope.patching.faithfulness`). The other arguments are :func:`logitscope.run_study`'s.
     """
     from logitscope.study import _as_loaded, encode_prompts, run_study, tokenize
     from logitscope.tasks.prompts import GeneratedSet, parse_prompts
 
     t0 = time.perf_counter()
     grids, head_ablation = check_options(what=what, direction=direction, corrupt=corrupt, positions=positions,
-                                         ablate=ablate, ablation=ablation)
+                                         ablate=ablate, ablation=ablation, senders=senders, receivers=receivers,
+                                         freeze=freeze, circuit=circuit)
     parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
     lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map)
     prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer) if isinstance(parsed, GeneratedSet) else parsed
@@ -114,12 +131,37 @@ def run_patching(
     t_study = time.perf_counter()
     result = _patch(lm, prompts, pairs, axis, grids, direction, sets, ablation, head_ablation, batch_size, progress)
     timing = {"study_s": t_study - t0, "patching_s": time.perf_counter() - t_study}
+    result.update(_paths_and_circuit(lm, prompts, pairs, senders, receivers, freeze, circuit, direction, ablation,
+                                     batch_size, seed, timing))
     return PatchingResult(
         study=study, direction=direction, corrupted_prompts=[p.corrupted for p in prompts], positions=axis,
         position_tokens=_position_tokens(lm, pairs, axis), notes=tuple(notes), seed=seed, timing=timing,
         ablation_kind=ablation if (sets or head_ablation) else None,
         ablation_sets={k: tuple(c.label for c in v) for k, v in sets.items()}, **result,
     )
+
+
+def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, senders, receivers, freeze: str, circuit, direction: str,
+                       ablation: str, batch_size: int | None, seed: int, timing: dict) -> dict[str, Any]:
+    """Path patching and the circuit's measures, when asked for (``paths``, ``circuit``)."""
+    from logitscope.patching.faithfulness import run_circuit
+    from logitscope.patching.paths import parse_receivers, parse_senders, run_paths
+    from logitscope.study import auto_batch_size
+
+    out: dict[str, Any] = {}
+    B = batch_size or auto_batch_size(lm, int(pairs.lengths.max()))
+    L, H = lm.shape.n_layers, lm.shape.n_heads
+    if senders is not None:
+        t = time.perf_counter()
+        out["paths"] = run_paths(lm, pairs, parse_senders(senders, L, H), parse_receivers(receivers, L, H),
+                                 direction=direction, freeze=freeze, batch_size=B, seed=seed)
+        timing["paths_s"] = time.perf_counter() - t
+    if circuit is not None:
+        t = time.perf_counter()
+        out["circuit"] = run_circuit(lm, prompts, pairs, load_circuit(circuit), ablation=ablation, batch_size=B,
+                                     seed=seed)
+        timing["circuit_s"] = time.perf_counter() - t
+    return out
 
 
 def _ablation_sets(ablate, n_layers: int, n_heads: int) -> dict:

@@ -49,6 +49,8 @@ class PatchingResult:
     notes: tuple[str, ...] = ()
     seed: int = 0
     timing: dict[str, float] = field(default_factory=dict)
+    paths: Any = None  # logitscope.patching.paths.PathPatchingResult, when senders were given
+    circuit: Any = None  # logitscope.patching.faithfulness.CircuitResult, when a circuit was given
 
     @property
     def n_prompts(self) -> int:
@@ -146,6 +148,10 @@ class PatchingResult:
                                "ci95_low": _nested(iv["ablated_heads"]["ci95_low"].reshape(shape)),
                                "ci95_high": _nested(iv["ablated_heads"]["ci95_high"].reshape(shape))}
             doc["ablation"] = ab
+        if self.paths is not None:
+            doc["paths"] = self.paths.to_dict()
+        if self.circuit is not None:
+            doc["circuit"] = self.circuit.to_dict()
         if self.notes:
             doc["notes"] = list(self.notes)
         if self.timing:
@@ -171,6 +177,10 @@ class PatchingResult:
         arrays.update({f"ablated_{i}": v for i, v in enumerate(self.ablated.values())})
         if self.ablated_heads is not None:
             arrays["ablated_heads"] = self.ablated_heads
+        if self.paths is not None:
+            arrays.update(paths=self.paths.values, paths_base_logit_diff=self.paths.base_logit_diff)
+        if self.circuit is not None:
+            arrays.update(self.circuit.per_prompt_arrays())
         return {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
 
     def save(self, out_dir: str | Path, *, report: bool = True, label: str = "out_dir") -> Path:
@@ -218,6 +228,7 @@ class PatchingResult:
             lo, hi = iv[f"ablated:{name}"]["ci95_low"][0], iv[f"ablated:{name}"]["ci95_high"][0]
             lines.append(f"  ablating {name} ({self.ablation_kind}): logit diff {c:.4f} -> {values.mean():.4f} [{lo:.4f}, {hi:.4f}]")
         lines += [f"  note: {n}" for n in self.notes]
+        lines += [part.summary() for part in (self.paths, self.circuit) if part is not None]
         return "\n".join(lines)
 
     def cell_label(self, name: str, flat_index: int) -> str:
