@@ -44,12 +44,12 @@ def _diff(logits, correct, incorrect):
     return (logits[rows, correct] - logits[rows, incorrect]).numpy()
 
 
-def tl_path_patch(tl, base, source, correct, incorrect, senders, receiver, freeze):
-    """ARENA 1.4.1's path patching by hand on TransformerLens hooks: per-prompt logit differences."""
+def tl_path_patch(tl, base, source, correct, incorrect, senders, receiver, freeze, caches=None):
+    """ARENA 1.4.1's path patching by hand on TransformerLens hooks: per-prompt logit differences
+    (``caches``: the base and source runs' caches, if already made)."""
     L = tl.cfg.n_layers
     with torch.no_grad():
-        _, base_cache = tl.run_with_cache(base)
-        _, source_cache = tl.run_with_cache(source)
+        base_cache, source_cache = caches or (tl.run_with_cache(base)[1], tl.run_with_cache(source)[1])
 
         def freeze_z(z, hook):
             z = base_cache[hook.name].clone()
@@ -70,8 +70,14 @@ def tl_path_patch(tl, base, source, correct, incorrect, senders, receiver, freez
             x = cache[final][:, -1]
             if tl.cfg.normalization_type in ("LN", "LNPre"):
                 x = x - x.mean(-1, keepdim=True)
-            scale = base_cache["ln_final.hook_scale"][:, -1]  # frozen at the base run's
-            return _diff(tl.unembed(x[:, None] / scale[:, None])[:, 0], correct, incorrect)
+            x = x / base_cache["ln_final.hook_scale"][:, -1]  # the scale frozen at the base run's
+            if hasattr(tl.ln_final, "w"):  # not folded into W_U (post-norm families)
+                x = x * tl.ln_final.w + getattr(tl.ln_final, "b", 0.0)
+            logits = tl.unembed(x[:, None])[:, 0]
+            cap = tl.cfg.output_logits_soft_cap
+            if cap and cap > 0:
+                logits = cap * torch.tanh(logits / cap)
+            return _diff(logits, correct, incorrect)
         heads, point = receiver
         names = sorted({f"blocks.{l}.attn.hook_{point}" for l, _ in heads})
         with tl.hooks(fwd_hooks=hooks):
@@ -148,6 +154,8 @@ def test_paths_equal_a_transformerlens_procedure(family, freeze):
                            receivers=RECEIVER_SPEC, freeze=freeze, direction=direction).paths
         assert res.receivers == ("logits", "L1H0 q", "L1H1+L1H3 k", "L1H2 v")
         base, source, correct, incorrect = _tl_inputs(tl, pairs, direction)
+        with torch.no_grad():
+            caches = tl.run_with_cache(base)[1], tl.run_with_cache(source)[1]
         for i, label in enumerate(res.senders):
             sender = [(int(label[1]), int(label[3]))]
             for j, receiver in enumerate(RECEIVERS):
@@ -155,7 +163,7 @@ def test_paths_equal_a_transformerlens_procedure(family, freeze):
                 if receiver != "logits" and sender[0][0] >= 1:
                     assert np.isnan(got).all()  # no path from a layer-1 head to a layer-1 input
                     continue
-                want = tl_path_patch(tl, base, source, correct, incorrect, sender, receiver, freeze)
+                want = tl_path_patch(tl, base, source, correct, incorrect, sender, receiver, freeze, caches)
                 np.testing.assert_allclose(got, want, rtol=0, atol=ATOL, err_msg=f"{direction} {label} -> {receiver}")
         assert np.nanmax(np.abs(res.values - res.base_logit_diff)) > 1e-2
 

@@ -186,17 +186,20 @@ def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_si
         replacement = [runner.replacement(("z", l), b, clean, corrupted) for l in range(L)]
         B = clean.batch
         size = max(1, runner.budget // max(1, B * clean.length))
-        for s in range(0, len(the_plan.sets), size):
-            chunk = the_plan.sets[s : s + size]
+        # The circuit and the no-heads set run alone, as a single ablation of the same heads does
+        # (logitscope.patching.ablation), so F(∅) is that run's number exactly; the rest in groups.
+        starts = [0, 1, *range(2, len(the_plan.sets), size)]
+        for s, stop in zip(starts, [*starts[1:], len(the_plan.sets)]):
+            chunk = the_plan.sets[s:stop]
             masks = [torch.cat([_mask(nodes, l, H, b, pairs) for nodes in chunk]) for l in range(L)]
             ablated = [l for l in range(L) if not bool(masks[l].all())]
-            if not ablated:  # nothing knocked out: the model itself
-                values[s : s + len(chunk), b.rows] = model[b.rows]
+            if not ablated:  # every head kept at every position: the model itself, F(M)
+                values[s:stop, b.rows] = model[b.rows]
                 continue
             hooks = {("z", l): _knockout(replacement[l], masks[l]) for l in ablated}
             out = engine.patched(clean, ablated[0], groups=len(chunk), hooks=hooks, end=b.end, correct=b.correct,
                                  incorrect=b.incorrect)
-            values[s : s + len(chunk), b.rows] = out.view(len(chunk), B).cpu().double().numpy()
+            values[s:stop, b.rows] = out.view(len(chunk), B).cpu().double().numpy()
             step(len(chunk) * B)
     templates = [" ".join(str(x) for x in k[1:]) if k[0] == "template" else f"{k[1]} tokens" for k in keys]
     return CircuitResult(circuit=circuit, ablation=ablation, model=model, values=values, plan=the_plan,

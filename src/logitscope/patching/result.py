@@ -205,10 +205,11 @@ class PatchingResult:
         return write_report(self.study, path, patching=self)
 
     def figures(self) -> dict[str, Any]:
-        """The patching section's plotly figures, by name."""
+        """The patching and circuit sections' plotly figures, by name."""
+        from logitscope.report.circuit import circuit_figures
         from logitscope.report.patching import patching_figures
 
-        return patching_figures(self)
+        return {**patching_figures(self), **circuit_figures(self)}
 
     def summary(self) -> str:
         iv = self.intervals
