@@ -45,7 +45,7 @@ sys.path.insert(0, str(BENCH))
 
 from make_checkpoint import make_checkpoint  # noqa: E402
 from prompts import equal_length_ioi  # noqa: E402
-from run import CONTENDERS, GB, machine_info, run_process, wait_for_idle  # noqa: E402
+from run import CONTENDERS, GB, child_env, interpreter, machine_info, run_process, wait_for_idle  # noqa: E402
 
 GRIDS = {  # name: (logitscope patch arguments, grid key)
     "heads_all_pos": (["--what", "attn_head_out_all_pos"], "attn_head_out_all_pos"),
@@ -80,15 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="threads per process (OMP/MKL/torch); default: all")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="smoke run: skip TransformerLens and the flatness run")
-    ap.add_argument("--skip", default="", help="comma list of contenders to skip (transformer_lens, flat)")
+    ap.add_argument("--skip", default="", help="comma list of contenders to skip (transformer_lens, nnsight, flat)")
     ap.add_argument("--wait-idle", type=float, default=0.0, help="seconds to wait for a quiet machine first")
     ap.add_argument("--timeout", type=float, default=4 * 3600)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    skip = set(filter(None, args.skip.split(","))) | ({"transformer_lens", "flat"} if args.quick else set())
-    if args.threads:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(args.threads)
+    skip = set(filter(None, args.skip.split(","))) | ({"transformer_lens", "nnsight", "flat"} if args.quick else set())
+    mode = str(args.threads) if args.threads else "default"
     out = Path(args.out or BENCH / "results" / f"patching-{args.device.split(':')[0]}-{args.n}.json")
     cache = BENCH / ".cache"
     model = make_checkpoint(cache / "gpt2-small-random")
@@ -100,10 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     mem_limit = int(20 * GB)
     tmp = Path(tempfile.mkdtemp(prefix="logitscope-patch-bench-"))
 
-    def run(name: str, cmd: list[str]) -> dict[str, Any]:
+    def run(name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> dict[str, Any]:
         result = tmp / f"{name}.json"
         cmd = [str(result) if c == "{r}" else c for c in cmd]
-        r = run_process(name, 0, cmd, result, mem_limit_bytes=mem_limit, timeout_s=args.timeout)
+        r = run_process(name, mode, 0, cmd, result, env=child_env(mode, extra_env or {}), mem_limit_bytes=mem_limit,
+                        timeout_s=args.timeout)
         if not r.ok:
             print(f"{name} failed (exit {r.returncode}):\n{r.stderr_tail}", file=sys.stderr)
         entry = {"wall_s": r.wall_s, "peak_rss_gb": r.peak_rss_bytes / GB, "cpu_s": r.cpu_user_s + r.cpu_sys_s,
@@ -121,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     if "transformer_lens" not in skip:
         run("transformer_lens_heads_all_pos", [py, str(CONTENDERS / "patch_tl.py"), *common, "--prompts", str(pairs),
                                                "--result", "{r}"])
+    if "nnsight" not in skip:
+        nn_python, nn_env = interpreter("nnsight-0.8", {})
+        run("nnsight_heads_all_pos", [nn_python, str(CONTENDERS / "patch_nnsight.py"), *common, "--prompts", str(pairs),
+                                      "--result", "{r}"], nn_env)
     if "flat" not in skip:
         flat_n = args.flat_n or 10 * args.n
         flat_pairs, _ = write_pairs(cache / f"ioi-pairs-{flat_n}.jsonl", flat_n)
@@ -165,6 +168,16 @@ def summarise(runs: dict[str, Any], args: argparse.Namespace, T: int, load: floa
         doc["agree"] = bool(diff <= 1e-4)
         doc["speedup_vs_tl"] = tl_s / rows["heads_all_pos"]["patching_s"]
         doc["speedup_vs_tl_wall"] = tl["wall_s"] / ours["wall_s"]
+    nn = runs.get("nnsight_heads_all_pos")
+    if nn and nn["ok"] and ours and ours["ok"]:
+        nn_s = nn["child"]["phases_s"]["patching"]
+        doc["nnsight"] = {"patching_s": nn_s, "fpe": nn_s / forward, "wall_s": nn["wall_s"], "peak_rss_gb": nn["peak_rss_gb"],
+                          "own_forward_s": nn["child"]["phases_s"].get("plain_forward")}
+        diff = np.abs(np.array(nn["child"]["grid"]) - np.array(ours["child"]["grids"]["attn_head_out_all_pos"])).max()
+        doc["max_abs_diff_vs_nnsight"] = float(diff)
+        doc["agree"] = bool(diff <= 1e-4) and doc["agree"] is not False
+        doc["speedup_vs_nnsight"] = nn_s / rows["heads_all_pos"]["patching_s"]
+        doc["speedup_vs_nnsight_wall"] = nn["wall_s"] / ours["wall_s"]
     flat = runs.get("logitscope_heads_end_flat")
     if flat and flat["ok"] and "heads_end" in rows:
         doc["flat"] = {"n": flat["child"]["n_prompts"], "peak_rss_gb": flat["peak_rss_gb"],
@@ -193,13 +206,21 @@ def markdown(doc: dict[str, Any]) -> str:
         ok = "met" if r["fpe"] <= r["target_fpe"] else "missed"
         lines.append(f"| logitscope: {labels[name]} | {patches[name]} | {r['patching_s']:.1f} | {r['fpe']:.1f} | "
                      f"<= {r['target_fpe']:.1f} ({ok}) | {r['wall_s']:.1f} | {r['peak_rss_gb']:.2f} |")
-    tl = doc.get("transformer_lens")
+    tl, nn = doc.get("transformer_lens"), doc.get("nnsight")
     if tl:
         lines.append(f"| TransformerLens 3.9: `get_act_patch_attn_head_out_all_pos`, batches of 64 | {L * H} | "
                      f"{tl['patching_s']:.1f} | {tl['fpe']:.1f} | | {tl['wall_s']:.1f} | {tl['peak_rss_gb']:.2f} |")
+    if nn:
+        lines.append(f"| nnsight 0.8.1: a layer's heads as the invokes of one trace, batches of 64 | {L * H} | "
+                     f"{nn['patching_s']:.1f} | {nn['fpe']:.1f} | | {nn['wall_s']:.1f} | {nn['peak_rss_gb']:.2f} |")
+    if tl:
         lines += ["", f"logitscope vs TransformerLens on every head at every position: {doc['speedup_vs_tl']:.2f}x faster "
                   f"(patching time; target >= 3x), {doc['speedup_vs_tl_wall']:.2f}x on whole-process wall time; grids agree "
                   f"within {doc['max_abs_diff_vs_tl']:.1e} (tolerance 1e-4)."]
+    if nn:
+        lines += ["", f"logitscope vs nnsight on every head at every position: {doc['speedup_vs_nnsight']:.2f}x faster "
+                  f"(patching time; target >= 2x), {doc['speedup_vs_nnsight_wall']:.2f}x on whole-process wall time; grids "
+                  f"agree within {doc['max_abs_diff_vs_nnsight']:.1e}."]
     flat = doc.get("flat")
     if flat:
         lines += ["", f"Memory with the number of pairs (each head at END): {doc['n']} pairs "

@@ -113,8 +113,12 @@ def token_ids(result: ls.StudyResult, tokenizer) -> list[list[int]]:
 
 
 def assert_matches(result: ls.StudyResult, ref: Reference) -> None:
-    """Per prompt and in results.json (means), every number within ATOL."""
-    close = lambda a, b, what: np.testing.assert_allclose(a, b, rtol=0, atol=ATOL, err_msg=what)  # noqa: E731
+    """Per prompt and in results.json (means), every number within ATOL plus 1e-5 relative. The
+    relative part matters only for large values: on the GPT-2-small-shaped random model logit
+    differences reach ~27, and float32 sums over 12 layers of 768 give both sides errors of ~1e-4 at
+    that size (1.18e-4 measured at one thread, i.e. 4e-6 relative); below ~5 logits it adds less than
+    5e-5 to the 1e-4."""
+    close = lambda a, b, what: np.testing.assert_allclose(a, b, rtol=1e-5, atol=ATOL, err_msg=what)  # noqa: E731
     close(result.logit_diff, ref.logit_diff, "logit diff")
     close(result.prob_correct, ref.prob_correct, "probability of the correct answer")
     close(result.prob_incorrect, ref.prob_incorrect, "probability of the incorrect answer")

@@ -452,3 +452,41 @@ def test_patch_command_bad_pairing_writes_nothing(tmp_path, capsys):
     assert (out / "results.json").read_text() == "earlier" and sorted(p.name for p in out.iterdir()) == ["results.json"]
     assert main(["patch", "--model", str(model), "--prompts", "seed", "--out", str(out), "--what", "heads,oops"]) == 2
     assert "--what oops: use heads" in capsys.readouterr().err
+
+
+@pytest.mark.browser
+def test_patching_report_renders_offline_in_chromium(tmp_path, models):
+    from test_report import CHROMIUM, FIGURES, VIEWS, render_dom, rendering_failures
+
+    if CHROMIUM is None:
+        pytest.skip("needs headless chromium on PATH (apt-get install chromium)")
+    hf, _ = models("gpt2")
+    res = run_patching("seed", hf, tokenizer=gpt2_tokenizer(), what="heads,heads_by_pos,resid,ablation",
+                       ablate="L0H1,L1H2", positions="index")
+    page = res.write_report(tmp_path / "report.html")
+    dom, log = render_dom(page, tmp_path)
+    assert "Uncaught" not in log, log[-2000:]
+    patch_figures = [f"patch_{name}" for name in res.grids] + ["ablation_heads"]
+    assert rendering_failures(dom, FIGURES + patch_figures, VIEWS) == []
+    assert "Causal checks: activation patching and ablation" in dom and "L0H1, L1H2" in dom
+
+
+def test_a_saved_patch_run_reopens_as_the_same_result(tmp_path, models):
+    """load_result on a patch folder gives back the PatchingResult: every per-prompt array as it was
+    computed, the same results.json, summary and report."""
+    from logitscope.report.page import report_html
+
+    hf, _ = models("gpt2")
+    res = run_patching("ioi:20", hf, tokenizer=gpt2_tokenizer(), what="heads,resid,ablation", ablate="L1H0", seed=2)
+    res.save(tmp_path / "run")
+    again = ls.load_result(tmp_path / "run")
+    assert isinstance(again, ls.PatchingResult)
+    for name, values in res.grids.items():
+        np.testing.assert_array_equal(again.grids[name], values, err_msg=name)
+    np.testing.assert_array_equal(again.ablated_heads, res.ablated_heads)
+    np.testing.assert_array_equal(again.clean_logit_diff, res.clean_logit_diff)
+    assert [p.corrupted for p in again.study.prompts] == res.corrupted_prompts
+    assert json.loads(json.dumps(again.results_document())) == json.loads((tmp_path / "run" / "results.json").read_text())
+    assert again.summary() == res.summary()
+    assert report_html(again.study, again) == report_html(res.study, res)
+    assert isinstance(ls.load_result(tmp_path / "run" / "results.json"), ls.PatchingResult)

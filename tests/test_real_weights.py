@@ -79,9 +79,16 @@ class Real:
         return ls.load_model(str(self.folder), device="cpu")
 
     def reference(self, result: ls.StudyResult):
+        """TransformerLens's numbers for the study's prompts: test_parity's reference, or for families
+        with post norms (Gemma 3) test_families' (heads through the post norm, TL's cached scale)."""
+        from test_families import family_reference
+
         bos = [self.tokenizer.bos_token_id] if result.prepend_bos else []
         ids = [bos + self.tokenizer.encode(p.text, add_special_tokens=False) for p in result.prompts]
-        return tl_reference(self.tl, ids, result.correct_ids, result.incorrect_ids, incl_mid=not result.parallel_attn_mlp)
+        if self.family in ("llama",):
+            return tl_reference(self.tl, ids, result.correct_ids, result.incorrect_ids, incl_mid=not result.parallel_attn_mlp)
+        return family_reference(self.tl, ids, result.correct_ids, result.incorrect_ids,
+                                incl_mid=not result.parallel_attn_mlp)[0]
 
     @torch.no_grad()
     def next_logits(self, text: str) -> torch.Tensor:
@@ -101,8 +108,8 @@ def assert_behaves_like_a_trained_model_on_ioi(result: ls.StudyResult) -> None:
     assert (result.logit_diff > 0).mean() > 0.8
     # The complete decomposition adds up to the logit difference, prompt by prompt.
     np.testing.assert_allclose(result.decomposition_per_prompt.sum(0), result.logit_diff, rtol=0, atol=ATOL)
-    np.testing.assert_allclose(result.heads.sum(1) + result.attn_bias, result.attn, rtol=0, atol=ATOL)
-    np.testing.assert_allclose(result.direct + result.final_bias, result.logit_diff, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(result.head_results.sum(1) + result.attn_bias, result.attn_out, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(result.direct + result.final_norm_bias, result.logit_diff, rtol=0, atol=ATOL)
 
 
 # --------------------------------------------------------------------------------------------- SmolLM2
@@ -111,7 +118,7 @@ def test_smollm2_arena_matches_transformerlens(smollm2):
     assert (result.family, result.n_layers, result.n_heads, result.norm) == ("llama", 30, 9, "RMSNorm")
     assert result.prepend_bos and result.n_prompts == 8
     assert_matches(result, smollm2.reference(result))
-    assert result.mean_logit_diff > 1.0 and np.abs(result.heads).max() > 0.5
+    assert result.mean_logit_diff > 1.0 and np.abs(result.head_results).max() > 0.5
 
 
 def test_smollm2_ioi_matches_transformerlens_and_does_ioi(smollm2):

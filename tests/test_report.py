@@ -269,7 +269,7 @@ def test_write_report_is_atomic(tmp_path: Path, small_result: StudyResult, monke
 
     import logitscope.report as report
 
-    def boom(result: StudyResult) -> str:
+    def boom(result: StudyResult, *rest) -> str:
         raise RuntimeError("render failed")
 
     monkeypatch.setattr(report, "report_html", boom)

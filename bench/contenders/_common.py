@@ -4,7 +4,8 @@ Every contender is run by ``bench/run.py`` as its own process. The parent measur
 (process start to exit) and peak RSS (``os.wait4``); the child writes a small JSON result
 (``--result FILE``) with what only it can know: its own phase timings (from the first line of
 the script, so interpreter start-up is excluded from them), the mean logit difference it computed
-(to check the contenders agree), and on CUDA its peak ``torch.cuda.max_memory_allocated``.
+(to check the contenders agree), the versions it ran, and on CUDA its peak
+``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
@@ -59,11 +60,27 @@ def cuda_peak_bytes(device: str) -> int | None:
     return int(torch.cuda.max_memory_allocated())
 
 
+def versions() -> dict[str, str]:
+    """The versions this process ran, of the packages the table names."""
+    from importlib import metadata
+
+    found = {}
+    for dist in ("torch", "transformers", "transformer-lens", "nnsight", "logitscope"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:  # e.g. run from a source folder on PYTHONPATH
+            module = sys.modules.get(dist.replace("-", "_"))
+            if getattr(module, "__version__", None):
+                found[dist] = module.__version__
+    return found
+
+
 def write_result(path: str, phases: Phases, device: str, **fields: Any) -> None:
     doc = {
         "phases_s": phases.times,
         "in_process_s": time.perf_counter() - T0,
         "cuda_peak_bytes": cuda_peak_bytes(device),
+        "versions": versions(),
         **fields,
     }
     if "torch" in sys.modules:

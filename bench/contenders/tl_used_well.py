@@ -13,13 +13,14 @@ fold_value_biases=True, refactor_factored_attn_matrices=True)`` (the seed's flag
 Then, under ``torch.no_grad``, for each batch of ``--batch-size`` prompts (default 64; all prompts
 have the same length, so ``pos_slice=-1`` is every prompt's last token) it runs
 ``run_with_cache(tokens, names_filter=<only the hooks the study reads>)`` and computes the seed's
-study exactly as the seed writes it: the logit difference from the logits; the logit-difference
-directions from ``tokens_to_residual_directions``; the DLA check (final residual through
-``apply_ln_to_stack``); the logit lens (``accumulated_resid(incl_mid=True)``); the per-layer
-attribution (``decompose_resid``); the per-head attribution (``stack_head_results``). Per-batch
-sums are accumulated and divided by N at the end (the mean over all prompts). The top heads are
-the largest and most negative per-head means, and their attention patterns on prompt 0 come from
-one more ``run_with_cache`` on that prompt with only the pattern hooks.
+study exactly as the seed writes it (``_tl_study.py``, shared with ``tl_bridge.py``): the logit
+difference from the logits; the logit-difference directions from
+``tokens_to_residual_directions``; the DLA check (final residual through ``apply_ln_to_stack``);
+the logit lens (``accumulated_resid(incl_mid=True)``); the per-layer attribution
+(``decompose_resid``); the per-head attribution (``stack_head_results``). Per-batch sums are
+accumulated and divided by N at the end (the mean over all prompts). The top heads are the
+largest and most negative per-head means, and their attention patterns on prompt 0 come from one
+more ``run_with_cache`` on that prompt with only the pattern hooks.
 
 ``--all-hooks`` drops the names filter; ``--batch-size N`` with ``--all-hooks`` is the seed's
 naive way (one ``run_with_cache`` over every prompt), which ``bench/run.py --naive`` runs.
@@ -39,6 +40,8 @@ with phases("import"):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
 
+    import _tl_study
+
 SEED_FLAGS = {
     "fold_ln": True,
     "center_writing_weights": True,
@@ -46,20 +49,6 @@ SEED_FLAGS = {
     "fold_value_biases": True,
     "refactor_factored_attn_matrices": True,
 }
-
-
-def needed_hooks(n_layers: int) -> set[str]:
-    """Every hook the study's cache methods read, and nothing else."""
-    names = {"hook_embed", "hook_pos_embed", "ln_final.hook_scale", f"blocks.{n_layers - 1}.hook_resid_post"}
-    for layer in range(n_layers):
-        names |= {
-            f"blocks.{layer}.hook_resid_pre",  # accumulated_resid
-            f"blocks.{layer}.hook_resid_mid",  # accumulated_resid(incl_mid=True)
-            f"blocks.{layer}.hook_attn_out",  # decompose_resid
-            f"blocks.{layer}.hook_mlp_out",  # decompose_resid
-            f"blocks.{layer}.attn.hook_z",  # stack_head_results (via compute_head_results)
-        }
-    return names
 
 
 def load(model_dir: str, device: str) -> HookedTransformer:
@@ -108,7 +97,6 @@ def main() -> int:
 
     with phases("load"):
         model = load(args.model, args.device)
-        L, H = model.cfg.n_layers, model.cfg.n_heads
 
     with phases("tokenize"):
         rows = _common.read_prompts(args.prompts)
@@ -118,67 +106,16 @@ def main() -> int:
             device=model.cfg.device,
         )
 
-    names = needed_hooks(L)
-    names_filter = None if args.all_hooks else (lambda name: name in names)
-    N = tokens.shape[0]
-    with phases("study"), torch.no_grad():
-        answer_dirs = model.tokens_to_residual_directions(answer_tokens)  # [N, 2, d_model]
-        ld_dirs = answer_dirs[:, 0] - answer_dirs[:, 1]  # [N, d_model]
-        sums: dict[str, torch.Tensor] = {}
-        labels: dict[str, list[str]] = {}
-
-        def add(key: str, value: torch.Tensor) -> None:
-            sums[key] = value if key not in sums else sums[key] + value
-
-        for start in range(0, N, args.batch_size):
-            x = tokens[start : start + args.batch_size]
-            ans, dirs = answer_tokens[start : start + args.batch_size], ld_dirs[start : start + args.batch_size]
-            logits, cache = model.run_with_cache(x, names_filter=names_filter)
-            final = logits[:, -1, :]
-            add("logit_diff", (final.gather(1, ans[:, :1]) - final.gather(1, ans[:, 1:])).sum())
-
-            def to_logit_diff(stack: torch.Tensor) -> torch.Tensor:  # the seed's residual_stack_to_logit_diff, summed
-                scaled = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)
-                return torch.einsum("...bd,bd->...", scaled, dirs)
-
-            add("direct", to_logit_diff(cache["resid_post", -1][:, -1, :]))
-            lens, labels["logit_lens"] = cache.accumulated_resid(layer=-1, incl_mid=True, pos_slice=-1, return_labels=True)
-            add("logit_lens", to_logit_diff(lens))
-            layers, labels["layer_attribution"] = cache.decompose_resid(layer=-1, pos_slice=-1, return_labels=True)
-            add("layer_attribution", to_logit_diff(layers))
-            heads = cache.stack_head_results(layer=-1, pos_slice=-1)
-            add("head_attribution", to_logit_diff(heads).view(L, H))
-            del logits, cache, lens, layers, heads
-        means = {k: (v / N).cpu() for k, v in sums.items()}
-        flat = means["head_attribution"].flatten()
-        k = min(args.top_k, flat.numel())
-        top = [divmod(int(i), H) for i in torch.topk(flat, k).indices]
-        bottom = [divmod(int(i), H) for i in torch.topk(-flat, k).indices]
-
-    with phases("attention"), torch.no_grad():
-        wanted = {f"blocks.{layer}.attn.hook_pattern" for layer, _ in top + bottom}
-        _, cache = model.run_with_cache(tokens[:1], names_filter=lambda name: name in wanted)
-        patterns = torch.stack([cache["pattern", layer][0, head] for layer, head in top + bottom]).cpu()
-
-    mean = float(means["logit_diff"])
-    print(f"transformer_lens: mean logit diff {mean:.6f}; top heads {top}; most negative {bottom}")
+    names = set(_tl_study.needed_hooks(model.cfg.n_layers))
+    cache_kwargs = {} if args.all_hooks else {"names_filter": lambda name: name in names}
+    study = _tl_study.run_seed_study(
+        model, tokens, answer_tokens, batch_size=args.batch_size, cache_kwargs=cache_kwargs, top_k=args.top_k, phases=phases
+    )
+    print(f"transformer_lens: mean logit diff {study['mean_logit_diff']:.6f}; top heads {study['top_heads']}; "
+          f"most negative {study['bottom_heads']}")
     _common.write_result(
-        args.result,
-        phases,
-        args.device,
-        mean_logit_diff=mean,
-        n_prompts=N,
-        batch_size=args.batch_size,
-        names_filter=not args.all_hooks,
-        direct=float(means["direct"]),
-        logit_lens=means["logit_lens"].tolist(),
-        logit_lens_labels=labels["logit_lens"],
-        layer_attribution=means["layer_attribution"].tolist(),
-        layer_attribution_labels=labels["layer_attribution"],
-        head_attribution=means["head_attribution"].tolist(),
-        top_heads=top,
-        bottom_heads=bottom,
-        attention_shape=list(patterns.shape),
+        args.result, phases, args.device, n_prompts=int(tokens.shape[0]), batch_size=args.batch_size,
+        names_filter=not args.all_hooks, **study,
     )
     return 0
 

@@ -79,8 +79,14 @@ class StudyResult(StudyData):
         return report.ReportView(self, height)
 
 
-def load_result(folder: str | Path) -> StudyResult:
+def load_result(folder: str | Path) -> Any:
     """Reopen a study from the folder ``save`` (or ``logitscope run``) wrote: the same fields,
-    figures, report and tables, without recomputing anything. Raises
-    :class:`~logitscope.errors.InputError` for a folder of another ``schema_version``."""
+    figures, report and tables, without recomputing anything; a folder ``logitscope patch`` (or
+    ``PatchingResult.save``) wrote reopens as that :class:`~logitscope.patching.PatchingResult`.
+    Raises :class:`~logitscope.errors.InputError` for a folder of another ``schema_version``."""
+    path = Path(folder).expanduser()
+    if (path.parent if path.is_file() else path).joinpath("patching_per_prompt.npz").exists():
+        from logitscope.patching.result import read_patching
+
+        return read_patching(path)
     return StudyResult(**serialize.read_study(folder))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import itertools
 import sys
@@ -340,7 +341,7 @@ def _answers_as_text(prompts: list[Prompt], enc: Encoded, tok: Any) -> list[Prom
         return tok.decode([answer], clean_up_tokenization_spaces=False) if is_token_id(answer) else answer
 
     return [p if isinstance(p.correct, str) and isinstance(p.incorrect, str)
-            else Prompt(p.text, text(p.correct), text(p.incorrect), p.meta) for p in prompts]
+            else dataclasses.replace(p, correct=text(p.correct), incorrect=text(p.incorrect)) for p in prompts]
 
 
 @torch.inference_mode()

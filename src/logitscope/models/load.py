@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,9 +213,9 @@ def _load_gguf(name: str, *, device: str | torch.device | None, dtype: torch.dty
             raise ModelLoadError(unsupported_message(architecture, getattr(config, "model_type", "?")))
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = _from_pretrained(AutoModelForCausalLM, source, config=config, dtype=dtype, device_map=device_map, **kwargs)
-    except (OSError, ValueError, KeyError, NotImplementedError) as e:
+    except (OSError, ValueError, KeyError, NotImplementedError, struct.error) as e:  # struct.error: a truncated file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"could not load the GGUF file {name}: {first}") from e
+        raise ModelLoadError(f"could not load the GGUF file {name}: {first} (is the file complete?)") from e
     if not getattr(model.config, "architectures", None):
         model.config.architectures = [type(model).__name__]
     model.eval()

@@ -173,6 +173,8 @@ class PatchingResult:
     def per_prompt_arrays(self) -> dict[str, np.ndarray]:
         """Every per-prompt array, as ``patching_per_prompt.npz`` holds them (float32)."""
         arrays = {"clean_logit_diff": self.clean_logit_diff, "corrupted_logit_diff": self.corrupted_logit_diff}
+        if self.positions is not None:
+            arrays["positions_at"] = self.positions.at
         arrays.update({f"grid_{k}": v for k, v in self.grids.items()})
         arrays.update({f"ablated_{i}": v for i, v in enumerate(self.ablated.values())})
         if self.ablated_heads is not None:
@@ -181,7 +183,8 @@ class PatchingResult:
             arrays.update(paths=self.paths.values, paths_base_logit_diff=self.paths.base_logit_diff)
         if self.circuit is not None:
             arrays.update(self.circuit.per_prompt_arrays())
-        return {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+        # Every patched run is computed in float32, so float32 files lose nothing (reopening is exact).
+        return {k: np.asarray(v, dtype=np.int64 if k == "positions_at" else np.float32) for k, v in arrays.items()}
 
     def save(self, out_dir: str | Path, *, report: bool = True, label: str = "out_dir") -> Path:
         """Write the study's files (results.json with its ``patching`` object, per_prompt_heads.npy,
@@ -260,6 +263,58 @@ class PatchingResult:
     def __repr__(self) -> str:
         return (f"<PatchingResult {self.study.model}: {self.n_prompts} pairs, {self.direction}, "
                 f"grids {', '.join(self.grids) or '-'}>")
+
+
+def read_patching(folder: str | Path) -> PatchingResult:
+    """A :class:`PatchingResult` from the folder ``save`` (or ``logitscope patch``) wrote:
+    results.json (its ``patching`` object and the study), patching_per_prompt.npz and the study's
+    files. Everything is read back as it was computed (float32 values in float32 files)."""
+    import json
+
+    from logitscope.errors import InputError
+    from logitscope.results import StudyResult
+    from logitscope.serialize import read_study
+
+    folder = Path(folder).expanduser()
+    if folder.is_file():
+        folder = folder.parent
+    fields = read_study(folder)
+    doc = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    pt = doc.get("patching")
+    if not isinstance(pt, dict):
+        raise InputError(f"cannot reopen patching results in {folder}: results.json has no 'patching' (a study, "
+                         "not a patch run: logitscope.load_result reads it)")
+    try:
+        with np.load(folder / "patching_per_prompt.npz", allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot reopen patching results in {folder}: patching_per_prompt.npz is missing or "
+                         f"unreadable ({e})") from None
+    rows = doc["prompts"]
+    corrupted = [r.get("corrupted") for r in rows]
+    fields["prompts"] = tuple(
+        type(p)(p.text, p.correct, p.incorrect, {k: v for k, v in p.meta.items()
+                                                 if k not in ("corrupted", "corrupted_logit_diff")}, c)
+        for p, c in zip(fields["prompts"], corrupted)
+    )
+    f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+    grids = {k[len("grid_"):]: f64(v) for k, v in arrays.items() if k.startswith("grid_")}
+    positions = None
+    if "positions" in pt:
+        p = pt["positions"]
+        positions = PositionAxis(p["mode"], list(p["labels"]), arrays["positions_at"], p.get("note", ""))
+    ab = pt.get("ablation") or {}
+    sets = ab.get("sets", [])
+    return PatchingResult(
+        study=StudyResult(**fields), direction=pt["direction"], corrupted_prompts=corrupted,
+        clean_logit_diff=f64(arrays["clean_logit_diff"]), corrupted_logit_diff=f64(arrays["corrupted_logit_diff"]),
+        grids=grids, grid_axes={k: tuple(pt[k]["axes"]) for k in grids}, positions=positions,
+        position_tokens=(pt.get("positions") or {}).get("tokens"), ablation_kind=ab.get("kind"),
+        ablation_sets={s_["name"]: tuple(s_["components"]) for s_ in sets},
+        ablated={s_["name"]: f64(arrays[f"ablated_{i}"]) for i, s_ in enumerate(sets)},
+        ablated_heads=f64(arrays["ablated_heads"]) if "ablated_heads" in arrays else None,
+        notes=tuple(pt.get("notes", ())), seed=fields["seed"], timing=dict(pt.get("timing", {})),
+    )
 
 
 def _num(x: float) -> float | None:
