@@ -225,6 +225,13 @@ def test_patch_command_paths_and_circuit_end_to_end(tmp_path, capsys):
     assert 'id="circuit"' in html and 'href="#circuit"' in html
     for name in ("paths", "completeness", "minimality"):
         assert f'data-figure="{name}"' in html
+    # Reopened, the run is the same result: results.json, summary and report.
+    from logitscope.report.page import report_html
+
+    again = ls.load_result(out)
+    assert json.loads(json.dumps(again.results_document())) == json.loads((out / "results.json").read_text())
+    assert again.summary() in text
+    assert report_html(again.study, again) == html
     before = sorted(p.name for p in out.iterdir())
     circuit.write_text("movers: L1H0 L1H2 @ END\nmore: L1H0\n")
     assert main(["patch", "--model", str(tmp_path / "missing"), "--prompts", "ioi:12", "--out", str(out),
@@ -235,3 +242,20 @@ def test_patch_command_paths_and_circuit_end_to_end(tmp_path, capsys):
                  "--receivers", "L1H0:x"]) == 2
     assert "--receivers L1H0:x: 'L1H0:x': write logits" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+@pytest.mark.browser
+def test_circuit_report_renders_offline_in_chromium(gpt2, tmp_path):
+    """The path-patching grid and the circuit figures draw in a browser with no network."""
+    from test_report import CHROMIUM, render_dom, rendering_failures
+
+    if CHROMIUM is None:
+        pytest.skip("needs headless chromium on PATH (apt-get install chromium)")
+    hf, _ = gpt2
+    res = run_patching("ioi:8", hf, tokenizer=gpt2_tokenizer(), what="none", direction="noise", senders="all",
+                       receivers="logits,L1H0:q,L1H1:v", circuit="nm: L1H0 L1H2 @ END; prev: L0H3", seed=2)
+    page = res.write_report(tmp_path / "report.html")
+    dom, log = render_dom(page, tmp_path)
+    assert "Uncaught" not in log, log[-2000:]
+    assert rendering_failures(dom, ["paths", "completeness", "minimality"], []) == []
+    assert "Circuit circuit (3 heads)" in dom and ">L1H0 q<" in dom and ">L0H3<" in dom  # drawn axis ticks

@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from logitscope.circuits import ALL_POSITIONS, Circuit, is_gpt2_small
+from logitscope.circuits import ALL_POSITIONS, Circuit, CircuitClass, is_gpt2_small
 from logitscope.errors import InputError
 from logitscope.stats import bootstrap_means, percentile_interval
 
@@ -70,7 +70,21 @@ class Plan:
     minimality: list[tuple[Head, str, tuple[Head, ...], int, int]]  # (v, class, K, index of C\K, of C\(K∪v))
 
 
-def plan(circuit: Circuit, n_layers: int, n_heads: int, random_k: int, seed: int) -> Plan:
+def completeness_sets(circuit: Circuit, random_k: int, seed: int) -> list[tuple[str, tuple[Head, ...]]]:
+    """The sets K of the completeness check: the empty set, each class, ``random_k`` random subsets
+    (each head in with probability 1/2, drawn with ``seed``)."""
+    ks: list[tuple[str, tuple[Head, ...]]] = [("empty set", ())]
+    ks += [(f"class {c.name}", c.heads) for c in circuit.classes]
+    rng = np.random.default_rng(seed)
+    heads = circuit.heads
+    for i in range(random_k):
+        pick = rng.random(len(heads)) < 0.5
+        ks.append((f"random {i + 1}", tuple(h for h, p in zip(heads, pick) if p)))
+    return ks
+
+
+def plan(circuit: Circuit, n_layers: int, n_heads: int, ks: list[tuple[str, tuple[Head, ...]]]) -> Plan:
+    """Every distinct node set that faithfulness, completeness (with the sets ``ks``) and minimality need."""
     sets: list = []
     index: dict = {}
 
@@ -85,13 +99,6 @@ def plan(circuit: Circuit, n_layers: int, n_heads: int, random_k: int, seed: int
 
     add(circuit_nodes(circuit))
     add({})
-    ks: list[tuple[str, tuple[Head, ...]]] = [("empty set", ())]
-    ks += [(f"class {c.name}", c.heads) for c in circuit.classes]
-    rng = np.random.default_rng(seed)
-    heads = circuit.heads
-    for i in range(random_k):
-        pick = rng.random(len(heads)) < 0.5
-        ks.append((f"random {i + 1}", tuple(h for h, p in zip(heads, pick) if p)))
     completeness = []
     for label, k in ks:
         k_set = frozenset(k)
@@ -161,7 +168,7 @@ def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_si
     circuit = check_circuit(circuit, lm, pairs)
     engine = Engine(lm)
     L, H = engine.n_layers, engine.points.n_heads
-    the_plan = plan(circuit, L, H, random_k, seed)
+    the_plan = plan(circuit, L, H, completeness_sets(circuit, random_k, seed))
     points = [("z", l) for l in range(L)]
     keys = group_keys(prompts, pairs.lengths)
     means = GroupMeans(keys, pairs.lengths) if ablation == "mean" else None
@@ -312,8 +319,14 @@ class CircuitResult:
         return doc
 
     def per_prompt_arrays(self) -> dict[str, np.ndarray]:
+        """patching_per_prompt.npz's ``circuit_*`` arrays: the readable stacks, and ``circuit_sets``
+        (every node set's values, what :meth:`from_saved` reads) with ``circuit_group`` (each prompt's
+        index into ``by_template``)."""
         p = self.plan
+        names = list(dict.fromkeys(self.templates))
         return {
+            "circuit_sets": self.values,
+            "circuit_group": np.array([names.index(t) for t in self.templates]),
             "circuit_model": self.model,
             "circuit_circuit": self.values[0],
             "circuit_no_heads": self.values[1],
@@ -322,6 +335,24 @@ class CircuitResult:
             "circuit_minimality_without_k": np.stack([self._f(wk) for *_, wk, _ in p.minimality]),
             "circuit_minimality_without_k_and_head": np.stack([self._f(wkv) for *_, wkv in p.minimality]),
         }
+
+    @classmethod
+    def from_saved(cls, doc: dict[str, Any], arrays: dict[str, np.ndarray], n_layers: int, n_heads: int,
+                   seed: int) -> "CircuitResult":
+        """The result again from results.json's ``patching.circuit`` and the npz arrays
+        (:meth:`per_prompt_arrays`): the same node sets, values and so the same measures."""
+        def heads(labels) -> tuple[Head, ...]:
+            return tuple((int(l), int(h)) for l, h in (x[1:].split("H") for x in labels))
+
+        classes = tuple(CircuitClass(c["name"], heads(c["heads"]), tuple(c["positions"])) for c in doc["classes"])
+        k = {heads([m["head"]])[0]: heads(m["k"]) for m in doc["minimality"]}
+        circuit = Circuit(doc["name"], classes, k, doc["source"])
+        ks = [(e["k"], heads(e["heads"])) for e in doc["completeness"]]
+        names = [r["template"] for r in doc["by_template"]]
+        return cls(circuit=circuit, ablation=doc["ablation"], model=np.asarray(arrays["circuit_model"], np.float64),
+                   values=np.asarray(arrays["circuit_sets"], np.float64), plan=plan(circuit, n_layers, n_heads, ks),
+                   templates=tuple(names[int(i)] for i in arrays["circuit_group"]), seed=seed,
+                   timing=dict(doc.get("timing", {})))
 
     def summary(self) -> str:
         ms = self.measures

@@ -441,6 +441,21 @@ class PathPatchingResult:
             doc["timing"] = dict(self.timing)
         return doc
 
+    def per_prompt_arrays(self) -> dict[str, np.ndarray]:
+        """patching_per_prompt.npz's ``paths*`` arrays (``paths``: ``[sender, receiver, prompt]``)."""
+        return {"paths": self.values, "paths_base_logit_diff": self.base_logit_diff,
+                "paths_clean_logit_diff": self.clean_logit_diff, "paths_corrupted_logit_diff": self.corrupted_logit_diff}
+
+    @classmethod
+    def from_saved(cls, doc: dict[str, Any], arrays: dict[str, np.ndarray], seed: int) -> "PathPatchingResult":
+        """The result again from results.json's ``patching.paths`` and the npz arrays."""
+        f64 = lambda k: np.asarray(arrays[k], dtype=np.float64)  # noqa: E731
+        return cls(direction=doc["direction"], freeze=doc["freeze"], senders=tuple(s["label"] for s in doc["senders"]),
+                   sender_heads=tuple(tuple(s["heads"]) for s in doc["senders"]), receivers=tuple(doc["receivers"]),
+                   values=f64("paths"), base_logit_diff=f64("paths_base_logit_diff"),
+                   clean_logit_diff=f64("paths_clean_logit_diff"), corrupted_logit_diff=f64("paths_corrupted_logit_diff"),
+                   notes=tuple(doc.get("notes", ())), seed=seed, timing=dict(doc.get("timing", {})))
+
     def summary(self) -> str:
         eff = self.effect()
         lines = [f"path patching ({self.direction}, freeze {self.freeze}): {len(self.senders)} senders x "

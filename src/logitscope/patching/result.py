@@ -180,11 +180,11 @@ class PatchingResult:
         if self.ablated_heads is not None:
             arrays["ablated_heads"] = self.ablated_heads
         if self.paths is not None:
-            arrays.update(paths=self.paths.values, paths_base_logit_diff=self.paths.base_logit_diff)
+            arrays.update(self.paths.per_prompt_arrays())
         if self.circuit is not None:
             arrays.update(self.circuit.per_prompt_arrays())
         # Every patched run is computed in float32, so float32 files lose nothing (reopening is exact).
-        return {k: np.asarray(v, dtype=np.int64 if k == "positions_at" else np.float32) for k, v in arrays.items()}
+        return {k: np.asarray(v, dtype=np.int64 if k in ("positions_at", "circuit_group") else np.float32) for k, v in arrays.items()}
 
     def save(self, out_dir: str | Path, *, report: bool = True, label: str = "out_dir") -> Path:
         """Write the study's files (results.json with its ``patching`` object, per_prompt_heads.npy,
@@ -272,6 +272,8 @@ def read_patching(folder: str | Path) -> PatchingResult:
     import json
 
     from logitscope.errors import InputError
+    from logitscope.patching.faithfulness import CircuitResult
+    from logitscope.patching.paths import PathPatchingResult
     from logitscope.results import StudyResult
     from logitscope.serialize import read_study
 
@@ -314,6 +316,9 @@ def read_patching(folder: str | Path) -> PatchingResult:
         ablated={s_["name"]: f64(arrays[f"ablated_{i}"]) for i, s_ in enumerate(sets)},
         ablated_heads=f64(arrays["ablated_heads"]) if "ablated_heads" in arrays else None,
         notes=tuple(pt.get("notes", ())), seed=fields["seed"], timing=dict(pt.get("timing", {})),
+        paths=PathPatchingResult.from_saved(pt["paths"], arrays, fields["seed"]) if "paths" in pt else None,
+        circuit=CircuitResult.from_saved(pt["circuit"], arrays, fields["n_layers"], fields["n_heads"], fields["seed"])
+        if "circuit" in pt else None,
     )
 
 
