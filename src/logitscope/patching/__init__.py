@@ -132,7 +132,7 @@ def run_patching(
     result = _patch(lm, prompts, pairs, axis, grids, direction, sets, ablation, head_ablation, batch_size, progress)
     timing = {"study_s": t_study - t0, "patching_s": time.perf_counter() - t_study}
     result.update(_paths_and_circuit(lm, prompts, pairs, senders, receivers, freeze, circuit, direction, ablation,
-                                     batch_size, seed, timing))
+                                     batch_size, seed, timing, progress))
     return PatchingResult(
         study=study, direction=direction, corrupted_prompts=[p.corrupted for p in prompts], positions=axis,
         position_tokens=_position_tokens(lm, pairs, axis), notes=tuple(notes), seed=seed, timing=timing,
@@ -142,26 +142,46 @@ def run_patching(
 
 
 def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, senders, receivers, freeze: str, circuit, direction: str,
-                       ablation: str, batch_size: int | None, seed: int, timing: dict) -> dict[str, Any]:
-    """Path patching and the circuit's measures, when asked for (``paths``, ``circuit``)."""
+                       ablation: str, batch_size: int | None, seed: int, timing: dict,
+                       progress: bool = False) -> dict[str, Any]:
+    """Path patching and the circuit's measures, when asked for (``paths``, ``circuit``), each with
+    its progress bar (in prompt-runs) when ``progress``."""
     from logitscope.patching.faithfulness import run_circuit
     from logitscope.patching.paths import parse_receivers, parse_senders, run_paths
-    from logitscope.study import auto_batch_size
+    from logitscope.study import _progress, auto_batch_size
 
     out: dict[str, Any] = {}
     B = batch_size or auto_batch_size(lm, int(pairs.lengths.max()))
     L, H = lm.shape.n_layers, lm.shape.n_heads
     if senders is not None:
         t = time.perf_counter()
-        out["paths"] = run_paths(lm, pairs, parse_senders(senders, L, H), parse_receivers(receivers, L, H),
-                                 direction=direction, freeze=freeze, batch_size=B, seed=seed)
+        the_senders, the_receivers = parse_senders(senders, L, H), parse_receivers(receivers, L, H)
+        inputs = sum(r.point != "logits" for r in the_receivers)
+        bar = _progress(pairs.n * len(the_senders) * (1 + inputs), progress)
+        if bar is not None:
+            bar.set_description("path patching")
+        out["paths"] = run_paths(lm, pairs, the_senders, the_receivers, direction=direction, freeze=freeze,
+                                 batch_size=B, seed=seed, progress=bar.update if bar is not None else None)
+        _finish(bar)
         timing["paths_s"] = time.perf_counter() - t
     if circuit is not None:
         t = time.perf_counter()
+        bar = _progress(0, progress)
+        if bar is not None:
+            bar.set_description("circuit")
         out["circuit"] = run_circuit(lm, prompts, pairs, load_circuit(circuit), ablation=ablation, batch_size=B,
-                                     seed=seed)
+                                     seed=seed, progress=bar)
+        _finish(bar)
         timing["circuit_s"] = time.perf_counter() - t
     return out
+
+
+def _finish(bar) -> None:
+    """Close a progress bar at 100% (runs with no path or nothing knocked out are skipped, not run)."""
+    if bar is not None:
+        bar.n = bar.total
+        bar.refresh()
+        bar.close()
 
 
 def _ablation_sets(ablate, n_layers: int, n_heads: int) -> dict:
@@ -189,7 +209,7 @@ def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: 
     B = batch_size or auto_batch_size(lm, T)
     budget = 4 * B * T
     n = pairs.n
-    bar = _progress(1, progress)
+    bar = _progress(1, progress and bool(grids or sets or head_ablation))
     step = (lambda k: bar.update(k)) if bar is not None else None
     runner = GridRunner(engine, grids, direction, axis, n, budget, step)
     means = None

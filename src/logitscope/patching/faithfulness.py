@@ -159,7 +159,8 @@ def check_circuit(circuit: Circuit, lm, pairs) -> Circuit:
 
 def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_size: int, seed: int,
                 random_k: int = 5, progress=None) -> "CircuitResult":
-    """F of every node set the circuit's three measures need, over the pairs' clean prompts."""
+    """F of every node set the circuit's three measures need, over the pairs' clean prompts
+    (``progress``: a tqdm bar, or None)."""
     from logitscope.patching.ablation import AblationRunner, GroupMeans, group_keys
     from logitscope.patching.engine import Engine
     from logitscope.patching.positions import PositionAxis
@@ -172,7 +173,10 @@ def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_si
     points = [("z", l) for l in range(L)]
     keys = group_keys(prompts, pairs.lengths)
     means = GroupMeans(keys, pairs.lengths) if ablation == "mean" else None
-    step = progress or (lambda n: None)
+    if progress is not None:  # a tqdm bar: its total is known once the plan is
+        progress.total = pairs.n * (len(the_plan.sets) + (ablation == "mean"))
+        progress.refresh()
+    step = progress.update if progress is not None else (lambda n: None)
     T = int(pairs.lengths.max())
     runner = AblationRunner(engine, ablation, {}, False, means, pairs.n, 4 * batch_size * T)
     axis = PositionAxis("end", ["END"], (pairs.lengths - 1)[None].copy())
