@@ -20,13 +20,18 @@ time from spawn to exit, peak RSS from ``os.wait4``):
 4. TransformerLens 3.9 used well on the first grid (``contenders/patch_tl.py``: batches of 64, a
    cache filtered to ``hook_z``, ``get_act_patch_attn_head_out_all_pos``), timed in-process;
 5. logitscope's END grid again on ``--flat-n`` pairs (default 10x N): peak RSS must stay flat;
-6. checks that the grids agree (TL's within 1e-4 of logitscope's), prints the table and writes
+6. attribution patching of every grid at once (``--what all --positions index --method
+   attribution``: every head's z, q, k, v and pattern, every layer's resid_pre, resid_mid,
+   attn_out and mlp_out at every position, every head at every position), its cost in the same
+   unit, and its agreement with the three exact grids above (Pearson, Spearman, largest error,
+   cells off by more than 10% of clean − corrupted);
+7. checks that the grids agree (TL's within 1e-4 of logitscope's), prints the table and writes
    ``--out`` (.json and .md).
 
 Targets (issue 10; L layers, H heads, T tokens per prompt): heads at all positions <= 0.6 L*H
 forward passes; heads at END <= L*H/T + 2; resid_pre by layer x position <= 0.6 L*T; at least 3x
 faster than TransformerLens and 2x faster than nnsight on all heads at all positions; peak memory
-flat from 512 to 5,000 pairs.
+flat from 512 to 5,000 pairs. Attribution patching of everything (issue 11): <= 4 forward passes.
 """
 
 from __future__ import annotations
@@ -51,7 +56,12 @@ GRIDS = {  # name: (logitscope patch arguments, grid key)
     "heads_all_pos": (["--what", "attn_head_out_all_pos"], "attn_head_out_all_pos"),
     "heads_end": (["--what", "attn_head_out_by_pos", "--positions", "end"], "attn_head_out_by_pos"),
     "resid_pre": (["--what", "resid_pre", "--positions", "index"], "resid_pre"),
+    "attribution_all": (["--what", "all", "--positions", "index", "--method", "attribution"], None),
 }
+# The exact grids attribution patching is checked against: exact run -> (estimate, slice of it).
+ESTIMATES = {"heads_all_pos": ("attn_head_out_all_pos_attribution", (slice(None), slice(None))),
+             "heads_end": ("attn_head_out_by_pos_attribution", (slice(None), slice(-1, None))),  # END: the last index
+             "resid_pre": ("resid_pre_attribution", (slice(None), slice(None)))}
 
 
 def write_pairs(path: Path, n: int, seed: int = 0) -> tuple[Path, int]:
@@ -80,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="threads per process (OMP/MKL/torch); default: all")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="smoke run: skip TransformerLens and the flatness run")
-    ap.add_argument("--skip", default="", help="comma list of contenders to skip (transformer_lens, nnsight, flat)")
+    ap.add_argument("--skip", default="", help="comma list of contenders to skip (transformer_lens, nnsight, flat, "
+                    "attribution, or a logitscope grid: heads_all_pos, heads_end, resid_pre)")
     ap.add_argument("--wait-idle", type=float, default=0.0, help="seconds to wait for a quiet machine first")
     ap.add_argument("--timeout", type=float, default=4 * 3600)
     ap.add_argument("--out", default=None)
@@ -114,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--model", str(model), "--device", args.device]
     run("floor", [py, str(CONTENDERS / "floor.py"), *common, "--prompts", str(pairs), "--result", "{r}"])
     for name, (extra, _) in GRIDS.items():
+        if name in skip or (name == "attribution_all" and "attribution" in skip):
+            continue
         run(f"logitscope_{name}", [py, str(CONTENDERS / "patch_logitscope.py"), "--result", "{r}", "--", "patch",
                                    "--model", str(model), "--prompts", str(pairs), "--out", str(tmp / name),
                                    "--quiet", "--no-report", "--device", args.device, *extra])
@@ -145,7 +158,7 @@ def summarise(runs: dict[str, Any], args: argparse.Namespace, T: int, load: floa
     L, H = 12, 12
     forward = runs["floor"]["child"].get("phases_s", {}).get("forward")
     rows = {}
-    targets = {"heads_all_pos": 0.6 * L * H, "heads_end": L * H / T + 2, "resid_pre": 0.6 * L * T}
+    targets = {"heads_all_pos": 0.6 * L * H, "heads_end": L * H / T + 2, "resid_pre": 0.6 * L * T, "attribution_all": 4.0}
     for name in GRIDS:
         r = runs.get(f"logitscope_{name}")
         if not r or not r["ok"]:
@@ -178,11 +191,42 @@ def summarise(runs: dict[str, Any], args: argparse.Namespace, T: int, load: floa
         doc["agree"] = bool(diff <= 1e-4) and doc["agree"] is not False
         doc["speedup_vs_nnsight"] = nn_s / rows["heads_all_pos"]["patching_s"]
         doc["speedup_vs_nnsight_wall"] = nn["wall_s"] / ours["wall_s"]
+    doc["attribution"] = attribution_agreement(runs)
     flat = runs.get("logitscope_heads_end_flat")
     if flat and flat["ok"] and "heads_end" in rows:
         doc["flat"] = {"n": flat["child"]["n_prompts"], "peak_rss_gb": flat["peak_rss_gb"],
                        "ratio": flat["peak_rss_gb"] / rows["heads_end"]["peak_rss_gb"]}
     return doc
+
+
+def attribution_agreement(runs: dict[str, Any]) -> dict[str, Any]:
+    """The attribution run's estimates against each exact grid run in the same benchmark."""
+    import numpy as np
+
+    from logitscope.patching.agreement import agreement
+
+    atp = runs.get("logitscope_attribution_all")
+    if not atp or not atp["ok"]:
+        return {}
+    out = {}
+    for name, (key, cut) in ESTIMATES.items():
+        exact = runs.get(f"logitscope_{name}")
+        if not exact or not exact["ok"]:
+            continue
+        a = np.array(exact["child"]["grids"][GRIDS[name][1]], dtype=float)
+        b = np.array(atp["child"]["grids"][key], dtype=float)[cut]
+        c, x = exact["child"]["clean"], exact["child"]["corrupted"]
+        shape = a.shape
+
+        def label(k: int, shape=shape, name=name) -> str:
+            idx = np.unravel_index(k, shape)
+            return (f"L{idx[0]} @ {idx[1]}" if name == "resid_pre" else
+                    f"L{idx[0]}H{idx[-1]}" + (" @ END" if name == "heads_end" else ""))
+
+        out[name] = {**agreement(a.reshape(shape), b.reshape(shape), c, x, label), "estimate": key,
+                     "clean": c, "corrupted": x, "estimate_clean": atp["child"]["clean"],
+                     "estimate_corrupted": atp["child"]["corrupted"]}
+    return out
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -198,10 +242,13 @@ def markdown(doc: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     L, H, T = 12, 12, doc["tokens"]
-    patches = {"heads_all_pos": L * H, "heads_end": L * H, "resid_pre": L * T}
+    patches = {"heads_all_pos": L * H, "heads_end": L * H, "resid_pre": L * T,
+               "attribution_all": 4 * L * T + 5 * L * H + L * T * H}
     labels = {"heads_all_pos": "each head, all positions (`attn_head_out_all_pos`)",
               "heads_end": "each head at END (`attn_head_out_by_pos --positions end`)",
-              "resid_pre": "`resid_pre`, layer x position"}
+              "resid_pre": "`resid_pre`, layer x position",
+              "attribution_all": "attribution patching of every grid (`--what all --positions index --method "
+                                 "attribution`)"}
     for name, r in doc["grids"].items():
         ok = "met" if r["fpe"] <= r["target_fpe"] else "missed"
         lines.append(f"| logitscope: {labels[name]} | {patches[name]} | {r['patching_s']:.1f} | {r['fpe']:.1f} | "
@@ -221,6 +268,17 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += ["", f"logitscope vs nnsight on every head at every position: {doc['speedup_vs_nnsight']:.2f}x faster "
                   f"(patching time; target >= 2x), {doc['speedup_vs_nnsight_wall']:.2f}x on whole-process wall time; grids "
                   f"agree within {doc['max_abs_diff_vs_nnsight']:.1e}."]
+    atp = doc.get("attribution")
+    if atp:
+        lines += ["", "Attribution patching against the exact grids above (grid cells' mean patched logit difference; "
+                  "off: error > 10% of |clean − corrupted|):", "",
+                  "| exact grid | cells | Pearson | Spearman | largest abs error (at) | cells off | |clean − corrupted| |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        for name, ag in atp.items():
+            lines.append(f"| {labels[name]} | {ag['n_cells']} | {f(ag['pearson'])} | {f(ag['spearman'])} | "
+                         f"{ag['max_abs_error']:.4f} ({ag['max_abs_error_at']}) | {len(ag['off'])} | "
+                         f"{abs(ag['clean'] - ag['corrupted']):.4f} |")
     flat = doc.get("flat")
     if flat:
         lines += ["", f"Memory with the number of pairs (each head at END): {doc['n']} pairs "

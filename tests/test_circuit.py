@@ -199,8 +199,8 @@ def test_bad_circuits_are_clear_errors(gpt2, tmp_path):
 
 
 def test_patch_command_paths_and_circuit_end_to_end(tmp_path, capsys):
-    """One command: activation patching, path patching from chosen senders and a circuit file's
-    faithfulness, all in results.json (with intervals), patching_per_prompt.npz and the report;
+    """One command: activation patching with its attribution estimate and their agreement, path
+    patching from chosen senders and a circuit file's faithfulness, all in results.json (with intervals), patching_per_prompt.npz and the report;
     a bad circuit file is a clear error (exit 2) before the model loads, and nothing is written."""
     from logitscope.cli import main
 
@@ -210,20 +210,21 @@ def test_patch_command_paths_and_circuit_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["patch", "--model", str(model), "--prompts", "ioi:12", "--out", str(out), "--quiet", "--what", "heads",
                  "--direction", "noise", "--senders", "L0H1,L0H3+L1H0", "--receivers", "logits,L1H2:q",
-                 "--circuit", str(circuit)]) == 0
+                 "--circuit", str(circuit), "--method", "both"]) == 0
     text = capsys.readouterr().out
     assert "path patching (noise, freeze heads): 2 senders x 2 receivers" in text
     assert "circuit tiny-ioi (4 heads, mean-ablation elsewhere)" in text and "faithfulness |F(M) - F(C)|" in text
     doc = json.loads((out / "results.json").read_text())["patching"]
     assert np.array(doc["paths"]["values"]).shape == (2, 2) and np.array(doc["paths"]["effect_ci95_low"]).shape == (2, 2)
     assert doc["circuit"]["name"] == "tiny-ioi" and doc["circuit"]["faithfulness"]["gap"]["ci95_high"] is not None
-    assert doc["attn_head_out_all_pos"]["axes"] == ["layer", "head"]
+    assert doc["attn_head_out_all_pos"]["axes"] == doc["attn_head_out_all_pos_attribution"]["axes"] == ["layer", "head"]
+    assert {"pearson", "spearman", "max_abs_error"} <= set(doc["agreement"]["attn_head_out_all_pos"])
     arrays = np.load(out / "patching_per_prompt.npz")
     np.testing.assert_allclose(arrays["paths"].mean(-1), doc["paths"]["values"], atol=1e-5)
     np.testing.assert_allclose(arrays["circuit_circuit"].mean(), doc["circuit"]["circuit"]["mean"], atol=1e-5)
     html = (out / "report.html").read_text()
     assert 'id="circuit"' in html and 'href="#circuit"' in html
-    for name in ("paths", "completeness", "minimality"):
+    for name in ("paths", "completeness", "minimality", "patch_attn_head_out_all_pos", "atp_scatter_attn_head_out_all_pos"):
         assert f'data-figure="{name}"' in html
     # Reopened, the run is the same result: results.json, summary and report.
     from logitscope.report.page import report_html

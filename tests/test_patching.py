@@ -477,10 +477,12 @@ def test_a_saved_patch_run_reopens_as_the_same_result(tmp_path, models):
     from logitscope.report.page import report_html
 
     hf, _ = models("gpt2")
-    res = run_patching("ioi:20", hf, tokenizer=gpt2_tokenizer(), what="heads,resid,ablation", ablate="L1H0", seed=2)
+    res = run_patching("ioi:20", hf, tokenizer=gpt2_tokenizer(), what="heads,resid,ablation", ablate="L1H0", seed=2,
+                       method="both")
+    assert res.agreement  # attribution estimates beside the exact grids reopen too
     res.save(tmp_path / "run")
     again = ls.load_result(tmp_path / "run")
-    assert isinstance(again, ls.PatchingResult)
+    assert isinstance(again, ls.PatchingResult) and again.method == "both"
     for name, values in res.grids.items():
         np.testing.assert_array_equal(again.grids[name], values, err_msg=name)
     np.testing.assert_array_equal(again.ablated_heads, res.ablated_heads)

@@ -37,6 +37,8 @@ examples:
       the logit difference before and after mean-ablating the three name movers together
   logitscope patch --model ./my-checkpoint --prompts pairs.jsonl --what all --out runs/all
       JSONL rows with a "corrupted" prompt: every TransformerLens patching grid
+  logitscope patch --model gpt2-small --prompts ioi:500 --what all --method both --out runs/atp
+      attribution patching (one gradient) beside each exact grid, with their agreement
   logitscope patch --model gpt2-small --prompts ioi:500 --what none --direction noise --senders all \
       --receivers logits,name-mover:q --circuit ioi --out runs/circuit
       the IOI paper's path patching (every head to the logits and to the name movers' queries) and its
@@ -95,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--ablation", default="mean", choices=["zero", "mean", "resample"],
                        help="what an ablated component becomes: zero, its mean over the counterparts per template "
                        "(default), or its value on the prompt's counterpart")
+    patch.add_argument("--method", default="exact", choices=["exact", "attribution", "both"],
+                       help="exact: patched runs (default); attribution: each grid's first-order estimate from one "
+                       "forward and one backward pass, as <grid>_attribution (for models where exact patching is "
+                       "too costly); both: the estimate beside the exact grid, with their agreement")
     patch.add_argument("--senders", default=None, metavar="HEADS",
                        help="path patching from these senders: all (every head alone), or comma items, each a head "
                        "(L9H9, 9.9), a + set (L9H9+L9H6), a layer's heads (L9) or an IOI class (name-mover)")
@@ -172,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 FLAGS = {"top_k": "--top-k", "batch_size": "--batch-size", "seed": "--seed", "attention_prompt": "--attention-prompt",
          "device": "--device", "dtype": "--dtype", "device_map": "--device-map", "prepend_bos": "--prepend-bos",
          "what": "--what", "direction": "--direction", "corrupt": "--corrupt", "positions": "--positions",
-         "ablate": "--ablate", "ablation": "--ablation", "senders": "--senders", "receivers": "--receivers",
-         "freeze": "--freeze", "circuit": "--circuit"}
+         "ablate": "--ablate", "ablation": "--ablation", "method": "--method", "senders": "--senders",
+         "receivers": "--receivers", "freeze": "--freeze", "circuit": "--circuit"}
 FIX_FLAGS = {("prepend_bos", False): "--no-prepend-bos", ("prepend_bos", True): "--prepend-bos"}
 
 
@@ -248,8 +254,8 @@ def _patch(args: argparse.Namespace) -> int:
     from logitscope.patching import check_options
 
     parsed = _checks(args)
-    check_options(what=args.what, ablate=args.ablate, senders=args.senders, receivers=args.receivers,
-                  freeze=args.freeze, circuit=args.circuit)  # before the model is loaded
+    check_options(what=args.what, ablate=args.ablate, method=args.method, senders=args.senders,
+                  receivers=args.receivers, freeze=args.freeze, circuit=args.circuit)  # before the model is loaded
     _quiet_libraries()
     from logitscope.models.load import load_model
     from logitscope.patching import run_patching
@@ -261,7 +267,7 @@ def _patch(args: argparse.Namespace) -> int:
         warnings.showwarning = _printer(warnings.showwarning)
         result = run_patching(
             parsed, lm, what=args.what, direction=args.direction, corrupt=args.corrupt, positions=args.positions,
-            ablate=args.ablate, ablation=args.ablation, batch_size=args.batch_size, top_k=args.top_k,
+            ablate=args.ablate, ablation=args.ablation, method=args.method, batch_size=args.batch_size, top_k=args.top_k,
             attention_prompt=args.attention_prompt, prepend_bos=args.prepend_bos, seed=args.seed,
             progress=not args.quiet, senders=args.senders, receivers=args.receivers, freeze=args.freeze,
             circuit=args.circuit,

@@ -16,6 +16,7 @@ import numpy as np
 
 from logitscope.errors import ArgumentError
 from logitscope.patching.ablation import ABLATIONS, AblationRunner, GroupMeans, group_keys, parse_components
+from logitscope.patching.attribution import METHODS, SUFFIX, AttributionRunner
 from logitscope.patching.engine import Engine
 from logitscope.patching.grids import GRIDS, WHAT, resolve_what
 from logitscope.circuits import load_circuit
@@ -27,12 +28,14 @@ from logitscope.patching.run import DIRECTIONS, GridRunner, pair_batches
 from logitscope.tasks.counterparts import with_counterparts
 from logitscope.tasks.prompt import Prompt
 
-__all__ = ["ABLATIONS", "DIRECTIONS", "FREEZE", "GRIDS", "POSITION_MODES", "PatchingResult", "WHAT", "check_options", "run_patching"]
+__all__ = ["ABLATIONS", "DIRECTIONS", "FREEZE", "GRIDS", "METHODS", "POSITION_MODES", "PatchingResult", "WHAT",
+           "check_options", "run_patching"]
 
 
 def check_options(*, what: Any = "heads", direction: str = "denoise", corrupt: str | None = None,
-                  positions: str = "auto", ablate: Any = None, ablation: str = "mean", senders: Any = None,
-                  receivers: Any = "logits", freeze: str = "heads", circuit: Any = None) -> tuple[list[str], bool]:
+                  positions: str = "auto", ablate: Any = None, ablation: str = "mean", method: str = "exact",
+                  senders: Any = None, receivers: Any = "logits", freeze: str = "heads",
+                  circuit: Any = None) -> tuple[list[str], bool]:
     """Check :func:`run_patching`'s options without a model (the CLI calls it before loading one);
     returns ``(grid names, whether the single-head ablation grid is asked for)``."""
     from logitscope.tasks.counterparts import CORRUPTIONS
@@ -45,7 +48,13 @@ def check_options(*, what: Any = "heads", direction: str = "denoise", corrupt: s
         raise ArgumentError("positions", positions, f"use one of {', '.join(POSITION_MODES)}")
     if ablation not in ABLATIONS:
         raise ArgumentError("ablation", ablation, f"use one of {', '.join(ABLATIONS)}")
+    if method not in METHODS:
+        raise ArgumentError("method", method, "use exact (patched runs), attribution (the first-order estimate "
+                            "from one gradient) or both (each estimate beside its exact grid, with their agreement)")
     grids, head_ablation = resolve_what(what)
+    if method != "exact" and not grids:
+        raise ArgumentError("method", method, f"attribution patching estimates patching grids and what={what!r} "
+                            "names none; name grids (heads, heads_by_pos, resid, layers, qkv, all or grid names)")
     if ablate is not None:
         _ablation_sets(ablate, 10**6, 10**6)  # the spelling; the model's sizes are checked once it is loaded
     check_paths(senders, receivers, freeze)
@@ -68,6 +77,7 @@ def run_patching(
     positions: str = "auto",
     ablate: str | Sequence[str] | dict[str, Any] | None = None,
     ablation: str = "mean",
+    method: str = "exact",
     device: Any = "auto",
     dtype: Any = "float32",
     device_map: str | None = None,
@@ -91,12 +101,14 @@ def run_patching(
     ``corrupt``: the counterpart of IOI prompts, ``abc`` (default) or ``flip``. ``positions``: the
     position axis of per-position grids (``auto``, ``index``, ``named``, ``end``). ``ablate``: a
     component set to ablate (``"L9H9,L9H6"``; a list; or ``{name: spec}`` for several sets), with
-    ``ablation`` = ``zero``, ``mean`` or ``resample``. The metric is the clean answers' logit
-    difference in every run. ``senders`` / ``receivers`` / ``freeze``: path patching
-    (:mod:`logitscope.patching.paths`; senders such as ``"L9H9,L9H6+L10H0"`` or ``"all"``, receivers
-    ``"logits,L9H9:q"``), in ``direction`` (the IOI paper's is ``noise``). ``circuit``: ``"ioi"``
-    (GPT-2 small), a circuit file, inline heads or a :class:`logitscope.circuits.Circuit`, whose
-    faithfulness, completeness and minimality are measured with ``ablation``
+    ``ablation`` = ``zero``, ``mean`` or ``resample``. ``method``: ``exact`` (patched runs; default),
+    ``attribution`` (each grid's first-order estimate from one gradient, as ``<grid>_attribution``;
+    see :mod:`logitscope.patching.attribution`) or ``both`` (with their agreement). The metric is the
+    clean answers' logit difference in every run. ``senders`` / ``receivers`` / ``freeze``: path
+    patching (:mod:`logitscope.patching.paths`; senders such as ``"L9H9,L9H6+L10H0"`` or ``"all"``,
+    receivers ``"logits,L9H9:q"``), in ``direction`` (the IOI paper's is ``noise``). ``circuit``:
+    ``"ioi"`` (GPT-2 small), a circuit file, inline heads or a :class:`logitscope.circuits.Circuit`,
+    whose faithfulness, completeness and minimality are measured with ``ablation``
     (:mod:`logitscope.patching.faithfulness`). The other arguments are :func:`logitscope.run_study`'s.
     """
     from logitscope.study import _as_loaded, encode_prompts, run_study, tokenize
@@ -104,8 +116,8 @@ def run_patching(
 
     t0 = time.perf_counter()
     grids, head_ablation = check_options(what=what, direction=direction, corrupt=corrupt, positions=positions,
-                                         ablate=ablate, ablation=ablation, senders=senders, receivers=receivers,
-                                         freeze=freeze, circuit=circuit)
+                                         ablate=ablate, ablation=ablation, method=method, senders=senders,
+                                         receivers=receivers, freeze=freeze, circuit=circuit)
     parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
     lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map)
     prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer) if isinstance(parsed, GeneratedSet) else parsed
@@ -129,7 +141,8 @@ def run_patching(
     study = run_study(prompts, lm, batch_size=batch_size, top_k=top_k, attention_prompt=attention_prompt,
                       prepend_bos=bos, seed=seed, progress=False)
     t_study = time.perf_counter()
-    result = _patch(lm, prompts, pairs, axis, grids, direction, sets, ablation, head_ablation, batch_size, progress)
+    result = _patch(lm, prompts, pairs, axis, grids, direction, sets, ablation, head_ablation, batch_size, progress,
+                    method)
     timing = {"study_s": t_study - t0, "patching_s": time.perf_counter() - t_study}
     result.update(_paths_and_circuit(lm, prompts, pairs, senders, receivers, freeze, circuit, direction, ablation,
                                      batch_size, seed, timing, progress))
@@ -137,7 +150,7 @@ def run_patching(
         study=study, direction=direction, corrupted_prompts=[p.corrupted for p in prompts], positions=axis,
         position_tokens=_position_tokens(lm, pairs, axis), notes=tuple(notes), seed=seed, timing=timing,
         ablation_kind=ablation if (sets or head_ablation) else None,
-        ablation_sets={k: tuple(c.label for c in v) for k, v in sets.items()}, **result,
+        ablation_sets={k: tuple(c.label for c in v) for k, v in sets.items()}, method=method, **result,
     )
 
 
@@ -200,8 +213,8 @@ def _position_tokens(lm, pairs: EncodedPairs, axis) -> list[str] | None:
 
 
 def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: str, sets: dict, kind: str,
-           head_ablation: bool, batch_size: int | None, progress: bool) -> dict[str, Any]:
-    """Every grid and ablation, batch by batch; per-prompt arrays."""
+           head_ablation: bool, batch_size: int | None, progress: bool, method: str = "exact") -> dict[str, Any]:
+    """Every grid (exact, attribution estimate or both) and ablation, batch by batch; per-prompt arrays."""
     from logitscope.study import _progress, auto_batch_size
 
     engine = Engine(lm)
@@ -211,14 +224,16 @@ def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: 
     n = pairs.n
     bar = _progress(1, progress and bool(grids or sets or head_ablation))
     step = (lambda k: bar.update(k)) if bar is not None else None
-    runner = GridRunner(engine, grids, direction, axis, n, budget, step)
+    runner = GridRunner(engine, grids if method != "attribution" else [], direction, axis, n, budget, step)
+    attribution = AttributionRunner(engine, grids, direction, axis, n, step) if method != "exact" else None
     means = None
     if kind == "mean" and (sets or head_ablation):
         means = GroupMeans(group_keys(prompts, pairs.lengths), pairs.lengths)
     ablations = AblationRunner(engine, kind, sets, head_ablation, means, n, budget, step) if (sets or head_ablation) else None
     if bar is not None:
         head_cells = engine.n_layers * engine.points.n_heads if head_ablation else 0
-        bar.total = n * (runner.n_cells + len(sets) + head_cells) + (n if means is not None else 0)
+        bar.total = (n * (runner.n_cells + len(sets) + head_cells + (attribution is not None))
+                     + (n if means is not None else 0))
         bar.refresh()
     device = engine.in_device
     axis_for_batches = axis if axis is not None else _no_axis(pairs)
@@ -230,26 +245,46 @@ def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: 
             if step is not None:
                 step(len(b.rows))
     needs = [runner.needs()] + ([ablations.needs()] if ablations is not None else [])
+    needs += [attribution.needs()] if attribution is not None else []
+    # Attribution alone: its gradient run is the base run, so only the source run is recorded.
+    skip = attribution.base_side if attribution is not None and not runner.specs and ablations is None else None
     clean_acts = sorted({a for nd in needs for a in nd["clean_acts"]})
     corrupted_acts = sorted({a for nd in needs for a in nd["corrupted_acts"]})
     clean_kv = any(nd["clean_kv"] for nd in needs)
     corrupted_kv = any(nd["corrupted_kv"] for nd in needs)
     for b in pair_batches(pairs, axis_for_batches, B, device):
-        clean = engine.record(b.clean, b.end, b.correct, b.incorrect, acts=clean_acts, keep_kv=clean_kv)
-        corrupted = engine.record(b.corrupted, b.end, b.correct, b.incorrect, acts=corrupted_acts, keep_kv=corrupted_kv)
-        runner.run_batch(b, clean, corrupted)
+        clean = corrupted = None
+        if skip != "clean":
+            clean = engine.record(b.clean, b.end, b.correct, b.incorrect, acts=clean_acts, keep_kv=clean_kv)
+        if skip != "corrupted":
+            corrupted = engine.record(b.corrupted, b.end, b.correct, b.incorrect, acts=corrupted_acts, keep_kv=corrupted_kv)
+        if skip is None:
+            runner.run_batch(b, clean, corrupted)
         if ablations is not None:
             ablations.run_batch(b, clean, corrupted)
+        if attribution is not None:
+            attribution.run_batch(b, clean, corrupted)
     if bar is not None:
         bar.close()
+    grids_out = _beside(runner.values, attribution.values if attribution is not None else {})
     return {
-        "clean_logit_diff": runner.clean,
-        "corrupted_logit_diff": runner.corrupted,
-        "grids": runner.values,
-        "grid_axes": {s.name: s.axes for s in runner.specs},
+        "clean_logit_diff": runner.clean if skip is None else attribution.clean,
+        "corrupted_logit_diff": runner.corrupted if skip is None else attribution.corrupted,
+        "grids": grids_out,
+        "grid_axes": {name: GRIDS[name.removesuffix(SUFFIX)].axes for name in grids_out},
         "ablated": ablations.after if ablations is not None else {},
         "ablated_heads": ablations.heads if ablations is not None else None,
     }
+
+
+def _beside(exact: dict, estimates: dict) -> dict:
+    """Each attribution grid right after its exact one (results.json's order)."""
+    out = {}
+    for name in dict.fromkeys([*exact, *(k.removesuffix(SUFFIX) for k in estimates)]):
+        for key in (name, name + SUFFIX):
+            if key in exact or key in estimates:
+                out[key] = exact.get(key, estimates.get(key))
+    return out
 
 
 def _no_axis(pairs: EncodedPairs):

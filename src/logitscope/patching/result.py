@@ -49,6 +49,7 @@ class PatchingResult:
     notes: tuple[str, ...] = ()
     seed: int = 0
     timing: dict[str, float] = field(default_factory=dict)
+    method: str = "exact"  # "exact", "attribution" (grids named <grid>_attribution) or "both"
     paths: Any = None  # logitscope.patching.paths.PathPatchingResult, when senders were given
     circuit: Any = None  # logitscope.patching.faithfulness.CircuitResult, when a circuit was given
 
@@ -105,6 +106,17 @@ class PatchingResult:
         shape = self.grids[name].shape[:-1]
         return iv[f"{which}_low"].reshape(shape), iv[f"{which}_high"].reshape(shape)
 
+    @cached_property
+    def agreement(self) -> dict[str, dict[str, Any]]:
+        """For each grid computed both ways, how the attribution estimate agrees with the exact
+        grid (:func:`logitscope.patching.agreement.agreement`), by the exact grid's name."""
+        from logitscope.patching.agreement import agreement
+        from logitscope.patching.attribution import exact_name
+
+        c, x = float(self.clean_logit_diff.mean()), float(self.corrupted_logit_diff.mean())
+        return {base: agreement(self.mean(base), self.mean(name), c, x, lambda k, g=base: self.cell_label(g, k))
+                for name in self.grids if (base := exact_name(name)) in self.grids}
+
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
         """results.json's ``patching`` object."""
@@ -117,6 +129,7 @@ class PatchingResult:
 
         doc: dict[str, Any] = {
             "direction": self.direction,
+            "method": self.method,
             "metric": METRIC,
             "n_pairs": self.n_prompts,
             "clean_logit_diff": scalar("clean", self.clean_logit_diff),
@@ -136,6 +149,8 @@ class PatchingResult:
             if labels:
                 entry["position_labels"] = labels
             doc[name] = entry
+        if self.agreement:
+            doc["agreement"] = self.agreement
         if self.ablation_kind is not None:
             ab: dict[str, Any] = {"kind": self.ablation_kind, "before": scalar("clean", self.clean_logit_diff)}
             ab["sets"] = [
@@ -228,6 +243,8 @@ class PatchingResult:
             flat = np.nan_to_num(norm.reshape(-1), nan=-np.inf)
             k = int(np.argmax(flat))
             lines.append(f"  {name}: largest normalised effect {norm.reshape(-1)[k]:+.3f} at {self.cell_label(name, k)}")
+        for name, ag in self.agreement.items():
+            lines.append(f"  {name}: attribution vs exact: {_agreement_line(ag)}")
         for name, values in self.ablated.items():
             lo, hi = iv[f"ablated:{name}"]["ci95_low"][0], iv[f"ablated:{name}"]["ci95_high"][0]
             lines.append(f"  ablating {name} ({self.ablation_kind}): logit diff {c:.4f} -> {values.mean():.4f} [{lo:.4f}, {hi:.4f}]")
@@ -316,10 +333,20 @@ def read_patching(folder: str | Path) -> PatchingResult:
         ablated={s_["name"]: f64(arrays[f"ablated_{i}"]) for i, s_ in enumerate(sets)},
         ablated_heads=f64(arrays["ablated_heads"]) if "ablated_heads" in arrays else None,
         notes=tuple(pt.get("notes", ())), seed=fields["seed"], timing=dict(pt.get("timing", {})),
+        method=pt.get("method", "exact"),
         paths=PathPatchingResult.from_saved(pt["paths"], arrays, fields["seed"]) if "paths" in pt else None,
         circuit=CircuitResult.from_saved(pt["circuit"], arrays, fields["n_layers"], fields["n_heads"], fields["seed"])
         if "circuit" in pt else None,
     )
+
+
+def _agreement_line(ag: dict[str, Any]) -> str:
+    r = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    off = ag["off"]
+    cells = ", ".join(o["cell"] for o in off[:5]) + (", ..." if len(off) > 5 else "")
+    return (f"Pearson {r(ag['pearson'])}, Spearman {r(ag['spearman'])}, largest error {ag['max_abs_error']:.4f} at "
+            f"{ag['max_abs_error_at']}; {len(off)} of {ag['n_cells']} cells off by more than "
+            f"{ag['off_fraction']:.0%} of clean − corrupted" + (f" ({cells})" if off else ""))
 
 
 def _num(x: float) -> float | None:

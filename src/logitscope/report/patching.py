@@ -70,20 +70,27 @@ def grid_figure(result: PatchingResult, name: str) -> go.Figure:
         z = np.array([[norm[l, k, h] for k in range(len(positions))] for l, h in rows])
         custom = [[_hover(f"L{l}H{h} @ {positions[k]}", values[l, k, h], lo[l, k, h], hi[l, k, h], norm[l, k, h],
                           nlo[l, k, h], nhi[l, k, h]) for k in range(len(positions))] for l, h in rows]
-        return _heatmap(z, _pos_ticks(result, positions), [f"L{l}H{h}" for l, h in rows], custom, TITLES[name],
+        return _heatmap(z, _pos_ticks(result, positions), [f"L{l}H{h}" for l, h in rows], custom, _title(name),
                         "Position", "Head", "Normalised", bound=1.0, cell=14)
     if axes[1] == "position":
         positions = result.positions.labels
         custom = [[_hover(f"L{l} {name} @ {positions[k]}", values[l, k], lo[l, k], hi[l, k], norm[l, k], nlo[l, k],
                           nhi[l, k]) for k in range(len(positions))] for l in range(L)]
-        return _heatmap(norm, _pos_ticks(result, positions), [f"L{l}" for l in range(L)], custom, TITLES[name],
+        return _heatmap(norm, _pos_ticks(result, positions), [f"L{l}" for l in range(L)], custom, _title(name),
                         "Position", "Layer", "Normalised", bound=1.0)
     heads = values.shape[1]
     letter = "KV" if axes[1] == "kv_head" else "H"
     custom = [[_hover(f"L{l}{letter}{h}", values[l, h], lo[l, h], hi[l, h], norm[l, h], nlo[l, h], nhi[l, h])
                for h in range(heads)] for l in range(L)]
-    return _heatmap(norm, [str(h) for h in range(heads)], [f"L{l}" for l in range(L)], custom, TITLES[name],
+    return _heatmap(norm, [str(h) for h in range(heads)], [f"L{l}" for l in range(L)], custom, _title(name),
                     "KV head" if letter == "KV" else "Head", "Layer", "Normalised", bound=1.0)
+
+
+def _title(name: str) -> str:
+    from logitscope.patching.attribution import exact_name
+
+    base = exact_name(name)
+    return TITLES[name] if base is None else f"{TITLES[base]}: attribution patching (first-order estimate)"
 
 
 def _pos_ticks(result: PatchingResult, labels: list[str]) -> list[str]:
@@ -111,6 +118,10 @@ def patching_figures(result: PatchingResult) -> dict[str, go.Figure]:
     figs = {f"patch_{name}": grid_figure(result, name) for name in result.grids}
     if result.ablated_heads is not None:
         figs["ablation_heads"] = ablation_figure(result)
+    if result.agreement:
+        from logitscope.report.attribution import attribution_figures
+
+        figs.update(attribution_figures(result))
     return figs
 
 
@@ -129,8 +140,15 @@ def patching_section(result: PatchingResult, figure_html, table_html, caption_ht
     rows = [["clean prompts", f"{c:+.4f}", _ci(iv["clean"])], ["corrupted prompts", f"{x:+.4f}", _ci(iv["corrupted"])]]
     parts.append(table_html([("Run", False), ("Mean logit diff", True), ("95% CI", True)], rows))
     figs = patching_figures(result)
+    if result.method != "exact":
+        from logitscope.report.attribution import EXPLAIN, agreement_html
+
+        parts.append(f'<p class="note">{html.escape(EXPLAIN)}</p>')
     for name in result.grids:
         parts.append(figure_html(figs[f"patch_{name}"], f"patch_{name}"))
+        exact = name.removesuffix("_attribution")
+        if exact != name and exact in result.agreement:  # the estimate, after its exact grid, and how they agree
+            parts.append(agreement_html(result, exact, figure_html, table_html, figs))
     if result.ablation_kind is not None:
         parts.append(f"<h3>Ablation ({html.escape(result.ablation_kind)})</h3>")
         if result.ablated:
@@ -149,7 +167,10 @@ def patching_section(result: PatchingResult, figure_html, table_html, caption_ht
             parts.append(figure_html(figs["ablation_heads"], "ablation_heads"))
     for note in result.notes:
         parts.append(f'<p class="note">Note: {html.escape(note)}</p>')
-    return "patching", "Causal checks: activation patching and ablation", "".join(parts)
+    title = "Causal checks: activation patching and ablation"
+    if result.method != "exact":
+        title = "Causal checks: activation patching, attribution patching and ablation"
+    return "patching", title, "".join(parts)
 
 
 def _ci(entry: dict[str, Any]) -> str:
