@@ -28,7 +28,7 @@ _EXPORTS = {
     "StudyResult": "logitscope.results",
     "builtin_prompts": "logitscope.tasks.prompts",
     "load_jsonl": "logitscope.tasks.prompts",
-    "load_result": "logitscope.results",
+    "load_result": "logitscope.reopen",
     "load_model": "logitscope.models.load",
     "load_prompts": "logitscope.tasks",
     "logit_diff_directions": "logitscope.study",
@@ -78,7 +78,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from logitscope.errors import ArgumentError, InputError, LogitscopeError, ModelLoadError, PromptWarning
     from logitscope.models.load import LoadedModel, load_model, wrap_model
     from logitscope.patching import PatchingResult, run_patching
-    from logitscope.results import AttentionView, StudyResult, load_result
+    from logitscope.reopen import load_result
+    from logitscope.results import AttentionView, StudyResult
     from logitscope.study import logit_diff_directions, run_study
     from logitscope.tasks import load_prompts
     from logitscope.tasks.prompt import Prompt

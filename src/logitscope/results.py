@@ -1,4 +1,4 @@
-"""The study's result as a notebook uses it: :class:`StudyResult` and :func:`load_result`.
+"""The study's result as a notebook uses it: :class:`StudyResult` (:func:`logitscope.load_result` reopens it).
 
 A :class:`StudyResult` is the frozen, labelled data of :class:`~logitscope.study_data.StudyData`
 (per-prompt arrays, their means, intervals and labels) plus thin methods that hand it to the
@@ -17,7 +17,7 @@ from logitscope import report, serialize, tables
 from logitscope.serialize import OUTPUT_FILES, RESULTS_SCHEMA_VERSION
 from logitscope.study_data import AttentionView, StudyData
 
-__all__ = ["OUTPUT_FILES", "RESULTS_SCHEMA_VERSION", "AttentionView", "StudyResult", "load_result"]
+__all__ = ["OUTPUT_FILES", "RESULTS_SCHEMA_VERSION", "AttentionView", "StudyResult"]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -77,16 +77,3 @@ class StudyResult(StudyData):
         """The whole interactive report, for a notebook cell to display (it inlines plotly.js and
         circuitsvis: a saved notebook grows by about 7 MB per display)."""
         return report.ReportView(self, height)
-
-
-def load_result(folder: str | Path) -> Any:
-    """Reopen a study from the folder ``save`` (or ``logitscope run``) wrote: the same fields,
-    figures, report and tables, without recomputing anything; a folder ``logitscope patch`` (or
-    ``PatchingResult.save``) wrote reopens as that :class:`~logitscope.patching.PatchingResult`.
-    Raises :class:`~logitscope.errors.InputError` for a folder of another ``schema_version``."""
-    path = Path(folder).expanduser()
-    if (path.parent if path.is_file() else path).joinpath("patching_per_prompt.npz").exists():
-        from logitscope.patching.result import read_patching
-
-        return read_patching(path)
-    return StudyResult(**serialize.read_study(folder))

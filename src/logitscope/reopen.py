@@ -1,0 +1,23 @@
+"""Reopen a saved run, a study or a patch run, from its folder: :func:`load_result`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from logitscope import serialize
+from logitscope.patching.result import read_patching
+from logitscope.results import StudyResult
+
+__all__ = ["load_result"]
+
+
+def load_result(folder: str | Path) -> Any:
+    """Reopen a study from the folder ``save`` (or ``logitscope run``) wrote: the same fields,
+    figures, report and tables, without recomputing anything; a folder ``logitscope patch`` (or
+    ``PatchingResult.save``) wrote reopens as that :class:`~logitscope.patching.PatchingResult`.
+    Raises :class:`~logitscope.errors.InputError` for a folder of another ``schema_version``."""
+    path = Path(folder).expanduser()
+    if (path.parent if path.is_file() else path).joinpath("patching_per_prompt.npz").exists():
+        return read_patching(path)
+    return StudyResult(**serialize.read_study(folder))
