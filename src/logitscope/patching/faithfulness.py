@@ -253,7 +253,7 @@ class CircuitResult:
         return bootstrap_means(np.concatenate([self.model[None], self.values]), seed=self.seed)
 
     def _stat(self, point: float, resampled: np.ndarray) -> dict[str, float | None]:
-        from logitscope.patching.result import _num
+        from logitscope.patching.numbers import json_number as _num
 
         with np.errstate(divide="ignore", invalid="ignore"):
             lo, hi = percentile_interval(resampled)
@@ -295,7 +295,7 @@ class CircuitResult:
 
     def by_template(self) -> list[dict[str, Any]]:
         """F(M), F(C) and F(∅) per group of the means (template, or number of tokens)."""
-        from logitscope.patching.result import _num
+        from logitscope.patching.numbers import json_number as _num
 
         names = np.array(self.templates)
         out = []

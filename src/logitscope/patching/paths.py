@@ -412,7 +412,7 @@ class PathPatchingResult:
 
     def to_dict(self) -> dict[str, Any]:
         """results.json's ``patching.paths``."""
-        from logitscope.patching.result import _nested, _num
+        from logitscope.patching.numbers import json_nested as _nested, json_number as _num
 
         iv = self.intervals
         doc: dict[str, Any] = {

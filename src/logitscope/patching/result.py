@@ -3,7 +3,6 @@ TransformerLens's normalised metric and bootstrap intervals on the study's resam
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from logitscope.patching.numbers import json_nested as _nested, json_number as _num
 from logitscope.patching.positions import PositionAxis
 from logitscope.stats import bootstrap_means, percentile_interval
 
@@ -347,18 +347,3 @@ def _agreement_line(ag: dict[str, Any]) -> str:
     return (f"Pearson {r(ag['pearson'])}, Spearman {r(ag['spearman'])}, largest error {ag['max_abs_error']:.4f} at "
             f"{ag['max_abs_error_at']}; {len(off)} of {ag['n_cells']} cells off by more than "
             f"{ag['off_fraction']:.0%} of clean − corrupted" + (f" ({cells})" if off else ""))
-
-
-def _num(x: float) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def _nested(a: np.ndarray) -> Any:
-    """A float64 array as nested lists, with ``None`` for values that are not finite (JSON has no NaN)."""
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim == 0:
-        return _num(a)
-    if np.isfinite(a).all():
-        return a.tolist()
-    return [_nested(x) for x in a]
