@@ -12,7 +12,7 @@ Uses the benchmark's checkpoint and prompts (built if missing, as ``bench/run.py
    wrapped around the functions it calls (``load_model``; ``load_prompts``; ``run_study`` and
    inside it ``encode_prompts``, ``Recorder`` set-up, every ``Recorder.run_batch``,
    ``_assemble``, ``attention_patterns``; ``StudyResult.save`` and inside it ``to_dict``,
-   ``bootstrap_ci``, ``np.save``, ``write_report`` / ``make_figures``; ``summary``). Times are
+   ``shared_intervals`` (the bootstrap), ``np.save``, ``write_report`` / ``make_figures``; ``summary``). Times are
    inclusive (a nested line is also counted in its parent), repeated calls are summed; each line
    also shows the process's peak RSS so far. The child's wall time (spawn to exit) minus its
    in-process total is interpreter start-up plus shutdown.
@@ -98,28 +98,27 @@ def instrument() -> None:
     study_mod.attention_patterns = timed("attention_patterns (1 eager forward)", study_mod.attention_patterns)
     Recorder.__init__ = timed("Recorder.__init__", Recorder.__init__)
     Recorder.run_batch = timed("Recorder.run_batch (forward + hooks + logits)", Recorder.run_batch)
-    results_mod.bootstrap_ci = timed("bootstrap_ci", results_mod.bootstrap_ci)
+    import logitscope.study_data as study_data_mod
+
+    study_data_mod.shared_intervals = timed("shared_intervals (bootstrap)", study_data_mod.shared_intervals)
+    import logitscope.report as report_mod  # plotly and the rest, imported here rather than timed
+    import logitscope.report.page  # noqa: F401
+    import logitscope.serialize as serialize_mod
+
     R = results_mod.StudyResult
-    R.save = timed("StudyResult.save", R.save)
-    R.to_dict = timed("StudyResult.to_dict (results.json document)", R.to_dict)
+
+    serialize_mod.save_study = timed("save_study (results.json, .npy, .npz, report)", serialize_mod.save_study)
+    serialize_mod.results_document = timed("results_document (results.json)", serialize_mod.results_document)
+    report_mod.write_report = timed("write_report (report.html)", report_mod.write_report)
     R.summary = timed("StudyResult.summary", R.summary)
     np.save = timed("np.save (per_prompt_heads.npy)", np.save)
-    original_write_report = R.write_report
-
-    def write_report(self: Any, path: Any) -> Any:
-        # The report's modules (plotly, ...) are imported on first use: time that import on its
-        # own, then wrap the page's pieces, then write the report.
-        timed("import logitscope.report (plotly, ...)", importlib.import_module)("logitscope.report")
-        page = sys.modules["logitscope.report.page"]
-        for name, label in (("make_figures", "make_figures (plotly figures)"), ("plotly_js", "plotly_js (inline plotly.js)"),
-                            ("circuitsvis_js", "circuitsvis_js (inline circuitsvis)"),
-                            ("attention_views", "attention_views (attention widgets)")):
-            fn = getattr(page, name, None)
-            if fn is not None and not hasattr(fn, "__wrapped__"):
-                setattr(page, name, timed(label, fn))
-        return original_write_report(self, path)
-
-    R.write_report = timed("StudyResult.write_report (report.html)", write_report)
+    page = sys.modules["logitscope.report.page"]
+    for name, label in (("make_figures", "make_figures (plotly figures)"), ("plotly_js", "plotly_js (inline plotly.js)"),
+                        ("circuitsvis_js", "circuitsvis_js (inline circuitsvis)"),
+                        ("attention_views", "attention_views (attention widgets)")):
+        fn = getattr(page, name, None)
+        if fn is not None and not hasattr(fn, "__wrapped__"):
+            setattr(page, name, timed(label, fn))
 
 
 def print_phases(total: float) -> list[dict[str, Any]]:
