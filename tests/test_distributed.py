@@ -296,3 +296,15 @@ def test_an_argument_error_travels_between_ranks():
     f = distributed.RankFailure("", rank=1, world_size=3, where="local rank 1 on n1, pid 7", cause=e)
     assert f.describe() == "rank 1 of 3 (local rank 1 on n1, pid 7) failed: batch_size=0: must be at least 1; pass batch_size=8"
     assert f.user_error
+
+
+def test_path_patching_and_circuits_say_they_run_in_one_process(monkeypatch):
+    """In a process group, senders or a circuit stop every rank before any model load, with the way out."""
+    from logitscope.patching import _one_process_only
+
+    _one_process_only(senders="L0H0", circuit=None)  # one process: fine
+    monkeypatch.setattr(distributed, "current", lambda: _ranks(0, 2))
+    _one_process_only(senders=None, circuit=None)
+    with pytest.raises(ArgumentError, match=r"senders='L0H0': path patching and circuit checks run in one process only.*"
+                                            r"without torchrun"):
+        _one_process_only(senders="L0H0", circuit=None)

@@ -39,6 +39,10 @@ examples:
       JSONL rows with a "corrupted" prompt: every TransformerLens patching grid
   logitscope patch --model gpt2-small --prompts ioi:500 --what all --method both --out runs/atp
       attribution patching (one gradient) beside each exact grid, with their agreement
+  logitscope patch --model gpt2-small --prompts ioi:500 --what none --direction noise --senders all \
+      --receivers logits,name-mover:q --circuit ioi --out runs/circuit
+      the IOI paper's path patching (every head to the logits and to the name movers' queries) and its
+      circuit's faithfulness, completeness and minimality (mean ablation over the ABC prompts)
 """
 
 
@@ -97,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="exact: patched runs (default); attribution: each grid's first-order estimate from one "
                        "forward and one backward pass, as <grid>_attribution (for models where exact patching is "
                        "too costly); both: the estimate beside the exact grid, with their agreement")
+    patch.add_argument("--senders", default=None, metavar="HEADS",
+                       help="path patching from these senders: all (every head alone), or comma items, each a head "
+                       "(L9H9, 9.9), a + set (L9H9+L9H6), a layer's heads (L9) or an IOI class (name-mover)")
+    patch.add_argument("--receivers", default="logits", metavar="PATHS",
+                       help="where the senders' paths end: logits (default) and/or heads' inputs, e.g. "
+                       "logits,L9H9:q,name-mover:k (q, k or v; a + set is patched together)")
+    patch.add_argument("--freeze", default="heads", choices=["heads", "all"],
+                       help="path patching: heads freezes every other head (the IOI paper; MLPs recomputed); all "
+                       "also freezes every MLP and the final norm's scale (direct paths only)")
+    patch.add_argument("--circuit", default=None, metavar="CIRCUIT",
+                       help="faithfulness, completeness and minimality of a circuit: ioi (the IOI paper's, GPT-2 "
+                       "small), a circuit file (one 'class: heads @ position' a line), or inline heads, e.g. "
+                       "'nm: L9H9 L9H6 @ END; si: L7H3 @ END'; other heads knocked out with --ablation")
     return parser
 
 
@@ -174,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
 FLAGS = {"top_k": "--top-k", "batch_size": "--batch-size", "seed": "--seed", "attention_prompt": "--attention-prompt",
          "device": "--device", "dtype": "--dtype", "device_map": "--device-map", "prepend_bos": "--prepend-bos",
          "what": "--what", "direction": "--direction", "corrupt": "--corrupt", "positions": "--positions",
-         "ablate": "--ablate", "ablation": "--ablation", "method": "--method", "dist_timeout": "--dist-timeout"}
+         "ablate": "--ablate", "ablation": "--ablation", "method": "--method", "senders": "--senders",
+         "receivers": "--receivers", "freeze": "--freeze", "circuit": "--circuit", "dist_timeout": "--dist-timeout"}
 FIX_FLAGS = {("prepend_bos", False): "--no-prepend-bos", ("prepend_bos", True): "--prepend-bos"}
 
 
@@ -291,7 +309,8 @@ def _patch(args: argparse.Namespace) -> int:
     from logitscope.patching import check_options
 
     parsed = _checks(args)
-    check_options(what=args.what, ablate=args.ablate, method=args.method)  # before the model is loaded
+    check_options(what=args.what, ablate=args.ablate, method=args.method, senders=args.senders,
+                  receivers=args.receivers, freeze=args.freeze, circuit=args.circuit)  # before the model is loaded
     _quiet_libraries()
     from logitscope.models.load import load_model
     from logitscope.patching import run_patching
@@ -305,7 +324,8 @@ def _patch(args: argparse.Namespace) -> int:
             parsed, lm, what=args.what, direction=args.direction, corrupt=args.corrupt, positions=args.positions,
             ablate=args.ablate, ablation=args.ablation, method=args.method, batch_size=args.batch_size, top_k=args.top_k,
             attention_prompt=args.attention_prompt, prepend_bos=args.prepend_bos, seed=args.seed,
-            progress=not args.quiet,
+            progress=not args.quiet, senders=args.senders, receivers=args.receivers, freeze=args.freeze,
+            circuit=args.circuit,
         )
     if result is None:
         return 0  # under torchrun, rank 0 writes

@@ -20,19 +20,23 @@ from logitscope.patching.ablation import ABLATIONS, AblationRunner, GroupMeans, 
 from logitscope.patching.attribution import METHODS, SUFFIX, AttributionRunner
 from logitscope.patching.engine import Engine
 from logitscope.patching.grids import GRIDS, WHAT, resolve_what
+from logitscope.circuits import load_circuit
 from logitscope.patching.pairs import EncodedPairs, encode_pairs
+from logitscope.patching.paths import FREEZE, check_paths
 from logitscope.patching.positions import POSITION_MODES, position_axis
 from logitscope.patching.result import PatchingResult
 from logitscope.patching.run import DIRECTIONS, GridRunner, pair_batches
 from logitscope.tasks.counterparts import with_counterparts
 from logitscope.tasks.prompt import Prompt
 
-__all__ = ["ABLATIONS", "DIRECTIONS", "GRIDS", "METHODS", "POSITION_MODES", "PatchingResult", "WHAT", "check_options", "run_patching"]
+__all__ = ["ABLATIONS", "DIRECTIONS", "FREEZE", "GRIDS", "METHODS", "POSITION_MODES", "PatchingResult", "WHAT",
+           "check_options", "run_patching"]
 
 
 def check_options(*, what: Any = "heads", direction: str = "denoise", corrupt: str | None = None,
-                  positions: str = "auto", ablate: Any = None, ablation: str = "mean",
-                  method: str = "exact") -> tuple[list[str], bool]:
+                  positions: str = "auto", ablate: Any = None, ablation: str = "mean", method: str = "exact",
+                  senders: Any = None, receivers: Any = "logits", freeze: str = "heads",
+                  circuit: Any = None) -> tuple[list[str], bool]:
     """Check :func:`run_patching`'s options without a model (the CLI calls it before loading one);
     returns ``(grid names, whether the single-head ablation grid is asked for)``."""
     from logitscope.tasks.counterparts import CORRUPTIONS
@@ -54,8 +58,12 @@ def check_options(*, what: Any = "heads", direction: str = "denoise", corrupt: s
                             "names none; name grids (heads, heads_by_pos, resid, layers, qkv, all or grid names)")
     if ablate is not None:
         _ablation_sets(ablate, 10**6, 10**6)  # the spelling; the model's sizes are checked once it is loaded
-    if not grids and not head_ablation and ablate is None:
-        raise ArgumentError("what", what, f"nothing to compute; name a grid or group ({', '.join(WHAT)}), or give ablate")
+    check_paths(senders, receivers, freeze)
+    if circuit is not None:
+        load_circuit(circuit)  # a file's syntax, before any model is loaded
+    if not grids and not head_ablation and ablate is None and senders is None and circuit is None:
+        raise ArgumentError("what", what, f"nothing to compute; name a grid or group ({', '.join(WHAT)}), or give "
+                            "ablate, senders or circuit")
     return grids, head_ablation
 
 
@@ -81,6 +89,10 @@ def run_patching(
     prepend_bos: bool | None = None,
     seed: int = 0,
     progress: bool = False,
+    senders: str | Sequence[str] | None = None,
+    receivers: str | Sequence[str] = "logits",
+    freeze: str = "heads",
+    circuit: Any = None,
 ) -> PatchingResult:
     """Activation patching and ablation of ``prompts`` (each with a ``corrupted`` counterpart, or a
     set that has them: ``seed``, ``arena``, ``ioi:N``) on ``model``.
@@ -94,16 +106,23 @@ def run_patching(
     ``ablation`` = ``zero``, ``mean`` or ``resample``. ``method``: ``exact`` (patched runs; default),
     ``attribution`` (each grid's first-order estimate from one gradient, as ``<grid>_attribution``;
     see :mod:`logitscope.patching.attribution`) or ``both`` (with their agreement). The metric is the
-    clean answers' logit difference in every run. The other arguments are :func:`logitscope.run_study`'s.
+    clean answers' logit difference in every run. ``senders`` / ``receivers`` / ``freeze``: path
+    patching (:mod:`logitscope.patching.paths`; senders such as ``"L9H9,L9H6+L10H0"`` or ``"all"``,
+    receivers ``"logits,L9H9:q"``), in ``direction`` (the IOI paper's is ``noise``). ``circuit``:
+    ``"ioi"`` (GPT-2 small), a circuit file, inline heads or a :class:`logitscope.circuits.Circuit`,
+    whose faithfulness, completeness and minimality are measured with ``ablation``
+    (:mod:`logitscope.patching.faithfulness`). The other arguments are :func:`logitscope.run_study`'s.
     In a process group of several ranks, as :func:`logitscope.run_study`: rank 0 gets the result, the
-    others ``None``.
+    others ``None`` (path patching and circuits run in one process only).
     """
     from logitscope.study import _as_loaded, encode_prompts, run_study, tokenize
     from logitscope.tasks.prompts import GeneratedSet, parse_prompts
 
     t0 = time.perf_counter()
     grids, head_ablation = check_options(what=what, direction=direction, corrupt=corrupt, positions=positions,
-                                         ablate=ablate, ablation=ablation, method=method)
+                                         ablate=ablate, ablation=ablation, method=method, senders=senders,
+                                         receivers=receivers, freeze=freeze, circuit=circuit)
+    _one_process_only(senders=senders, circuit=circuit)
     parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
     lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=distributed.current())
     prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer) if isinstance(parsed, GeneratedSet) else parsed
@@ -132,12 +151,67 @@ def run_patching(
     if result is None:
         return None  # another rank's: rank 0 builds the result
     timing = {"study_s": t_study - t0, "patching_s": time.perf_counter() - t_study, **result.pop("split")}
+    result.update(_paths_and_circuit(lm, prompts, pairs, senders, receivers, freeze, circuit, direction, ablation,
+                                     batch_size, seed, timing, progress))
     return PatchingResult(
         study=study, direction=direction, corrupted_prompts=[p.corrupted for p in prompts], positions=axis,
         position_tokens=_position_tokens(lm, pairs, axis), notes=tuple(notes), seed=seed, timing=timing,
         ablation_kind=ablation if (sets or head_ablation) else None,
         ablation_sets={k: tuple(c.label for c in v) for k, v in sets.items()}, method=method, **result,
     )
+
+
+def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, senders, receivers, freeze: str, circuit, direction: str,
+                       ablation: str, batch_size: int | None, seed: int, timing: dict,
+                       progress: bool = False) -> dict[str, Any]:
+    """Path patching and the circuit's measures, when asked for (``paths``, ``circuit``), each with
+    its progress bar (in prompt-runs) when ``progress``."""
+    from logitscope.patching.faithfulness import run_circuit
+    from logitscope.patching.paths import parse_receivers, parse_senders, run_paths
+    from logitscope.study import _progress, auto_batch_size
+
+    out: dict[str, Any] = {}
+    B = batch_size or auto_batch_size(lm, int(pairs.lengths.max()))
+    L, H = lm.shape.n_layers, lm.shape.n_heads
+    if senders is not None:
+        t = time.perf_counter()
+        the_senders, the_receivers = parse_senders(senders, L, H), parse_receivers(receivers, L, H)
+        inputs = sum(r.point != "logits" for r in the_receivers)
+        bar = _progress(pairs.n * len(the_senders) * (1 + inputs), progress)
+        if bar is not None:
+            bar.set_description("path patching")
+        out["paths"] = run_paths(lm, pairs, the_senders, the_receivers, direction=direction, freeze=freeze,
+                                 batch_size=B, seed=seed, progress=bar.update if bar is not None else None)
+        _finish(bar)
+        timing["paths_s"] = time.perf_counter() - t
+    if circuit is not None:
+        t = time.perf_counter()
+        bar = _progress(0, progress)
+        if bar is not None:
+            bar.set_description("circuit")
+        out["circuit"] = run_circuit(lm, prompts, pairs, load_circuit(circuit), ablation=ablation, batch_size=B,
+                                     seed=seed, progress=bar)
+        _finish(bar)
+        timing["circuit_s"] = time.perf_counter() - t
+    return out
+
+
+def _finish(bar) -> None:
+    """Close a progress bar at 100% (runs with no path or nothing knocked out are skipped, not run)."""
+    if bar is not None:
+        bar.n = bar.total
+        bar.refresh()
+        bar.close()
+
+
+def _one_process_only(**options: Any) -> None:
+    """Path patching and circuit checks are not split over ranks: in a process group, say so before
+    any model load rather than run them on rank 0 while the other ranks wait on the timeout."""
+    asked = [(name, value) for name, value in options.items() if value is not None]
+    if asked and distributed.current() is not None:
+        name, value = asked[0]
+        raise ArgumentError(name, value, "path patching and circuit checks run in one process only, not data-parallel; "
+                            "run this without torchrun (the grids and ablations do run data-parallel)")
 
 
 def _ablation_sets(ablate, n_layers: int, n_heads: int) -> dict:
@@ -170,7 +244,7 @@ def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: 
     budget = 4 * B * T
     n = pairs.n
     share = n if ranks is None else ranks.shares(n, B)[ranks.rank]
-    bar = _progress(1, progress and (ranks is None or ranks.is_root))
+    bar = _progress(1, progress and bool(grids or sets or head_ablation) and (ranks is None or ranks.is_root))
     step = (lambda k: bar.update(k)) if bar is not None else None
     runner = GridRunner(engine, grids if method != "attribution" else [], direction, axis, n, budget, step)
     attribution = AttributionRunner(engine, grids, direction, axis, n, step) if method != "exact" else None

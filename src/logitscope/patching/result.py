@@ -3,7 +3,6 @@ TransformerLens's normalised metric and bootstrap intervals on the study's resam
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from logitscope.patching.numbers import json_nested as _nested, json_number as _num
 from logitscope.patching.positions import PositionAxis
 from logitscope.stats import bootstrap_means, percentile_interval
 
@@ -50,6 +50,8 @@ class PatchingResult:
     seed: int = 0
     timing: dict[str, float] = field(default_factory=dict)
     method: str = "exact"  # "exact", "attribution" (grids named <grid>_attribution) or "both"
+    paths: Any = None  # logitscope.patching.paths.PathPatchingResult, when senders were given
+    circuit: Any = None  # logitscope.patching.faithfulness.CircuitResult, when a circuit was given
 
     @property
     def n_prompts(self) -> int:
@@ -161,6 +163,10 @@ class PatchingResult:
                                "ci95_low": _nested(iv["ablated_heads"]["ci95_low"].reshape(shape)),
                                "ci95_high": _nested(iv["ablated_heads"]["ci95_high"].reshape(shape))}
             doc["ablation"] = ab
+        if self.paths is not None:
+            doc["paths"] = self.paths.to_dict()
+        if self.circuit is not None:
+            doc["circuit"] = self.circuit.to_dict()
         if self.notes:
             doc["notes"] = list(self.notes)
         if self.timing:
@@ -188,8 +194,12 @@ class PatchingResult:
         arrays.update({f"ablated_{i}": v for i, v in enumerate(self.ablated.values())})
         if self.ablated_heads is not None:
             arrays["ablated_heads"] = self.ablated_heads
+        if self.paths is not None:
+            arrays.update(self.paths.per_prompt_arrays())
+        if self.circuit is not None:
+            arrays.update(self.circuit.per_prompt_arrays())
         # Every patched run is computed in float32, so float32 files lose nothing (reopening is exact).
-        return {k: np.asarray(v, dtype=np.int64 if k == "positions_at" else np.float32) for k, v in arrays.items()}
+        return {k: np.asarray(v, dtype=np.int64 if k in ("positions_at", "circuit_group") else np.float32) for k, v in arrays.items()}
 
     def save(self, out_dir: str | Path, *, report: bool = True, label: str = "out_dir") -> Path:
         """Write the study's files (results.json with its ``patching`` object, per_prompt_heads.npy,
@@ -213,10 +223,11 @@ class PatchingResult:
         return write_report(self.study, path, patching=self)
 
     def figures(self) -> dict[str, Any]:
-        """The patching section's plotly figures, by name."""
+        """The patching and circuit sections' plotly figures, by name."""
+        from logitscope.report.circuit import circuit_figures
         from logitscope.report.patching import patching_figures
 
-        return patching_figures(self)
+        return {**patching_figures(self), **circuit_figures(self)}
 
     def summary(self) -> str:
         iv = self.intervals
@@ -238,6 +249,7 @@ class PatchingResult:
             lo, hi = iv[f"ablated:{name}"]["ci95_low"][0], iv[f"ablated:{name}"]["ci95_high"][0]
             lines.append(f"  ablating {name} ({self.ablation_kind}): logit diff {c:.4f} -> {values.mean():.4f} [{lo:.4f}, {hi:.4f}]")
         lines += [f"  note: {n}" for n in self.notes]
+        lines += [part.summary() for part in (self.paths, self.circuit) if part is not None]
         return "\n".join(lines)
 
     def cell_label(self, name: str, flat_index: int) -> str:
@@ -277,6 +289,8 @@ def read_patching(folder: str | Path) -> PatchingResult:
     import json
 
     from logitscope.errors import InputError
+    from logitscope.patching.faithfulness import CircuitResult
+    from logitscope.patching.paths import PathPatchingResult
     from logitscope.results import StudyResult
     from logitscope.serialize import read_study
 
@@ -320,6 +334,9 @@ def read_patching(folder: str | Path) -> PatchingResult:
         ablated_heads=f64(arrays["ablated_heads"]) if "ablated_heads" in arrays else None,
         notes=tuple(pt.get("notes", ())), seed=fields["seed"], timing=dict(pt.get("timing", {})),
         method=pt.get("method", "exact"),
+        paths=PathPatchingResult.from_saved(pt["paths"], arrays, fields["seed"]) if "paths" in pt else None,
+        circuit=CircuitResult.from_saved(pt["circuit"], arrays, fields["n_layers"], fields["n_heads"], fields["seed"])
+        if "circuit" in pt else None,
     )
 
 
@@ -330,18 +347,3 @@ def _agreement_line(ag: dict[str, Any]) -> str:
     return (f"Pearson {r(ag['pearson'])}, Spearman {r(ag['spearman'])}, largest error {ag['max_abs_error']:.4f} at "
             f"{ag['max_abs_error_at']}; {len(off)} of {ag['n_cells']} cells off by more than "
             f"{ag['off_fraction']:.0%} of clean − corrupted" + (f" ({cells})" if off else ""))
-
-
-def _num(x: float) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def _nested(a: np.ndarray) -> Any:
-    """A float64 array as nested lists, with ``None`` for values that are not finite (JSON has no NaN)."""
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim == 0:
-        return _num(a)
-    if np.isfinite(a).all():
-        return a.tolist()
-    return [_nested(x) for x in a]

@@ -408,6 +408,11 @@ def report_html(result: StudyData, patching: PatchingResult | None = None) -> st
 
         anchor, title, body = patching_section(patching, _figure, _table, _caption)
         causal, toc = _section(anchor, title, body), [(anchor, "Patching")]
+        if patching.paths is not None or patching.circuit is not None:
+            from logitscope.report.circuit import circuit_section
+
+            anchor, title, body = circuit_section(patching, _figure, _table, _caption)
+            causal, toc = causal + _section(anchor, title, body), [*toc, (anchor, "Circuit")]
     views = attention_views(result)
     scripts = [f'<script type="text/javascript">{plotly_js()}</script>']
     if any(views.values()):

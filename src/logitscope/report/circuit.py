@@ -1,0 +1,208 @@
+"""The report's circuit section: path patching's sender × receiver grid, and a circuit's
+faithfulness, completeness and minimality (the IOI paper's Fig. 6, 7), each number with its
+95% interval."""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from logitscope.report.figures import ACCENT, FONT, _base_layout
+from logitscope.report.patching import _heatmap
+
+if TYPE_CHECKING:
+    from logitscope.patching import PatchingResult
+    from logitscope.patching.faithfulness import CircuitResult
+    from logitscope.patching.paths import PathPatchingResult
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _ci(s: dict[str, Any], digits: int = 3, percent: bool = False) -> str:
+    lo, hi = s["ci95_low"], s["ci95_high"]
+    if lo is None or hi is None:
+        return "—"
+    if percent:
+        return f"[{100 * lo:.1f}%, {100 * hi:.1f}%]"
+    return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def _v(s: dict[str, Any], digits: int = 3, percent: bool = False) -> str:
+    x = s["mean"]
+    if x is None:
+        return "—"
+    return f"{100 * x:.1f}%" if percent else f"{x:+.{digits}f}"
+
+
+def paths_figure(paths: PathPatchingResult) -> go.Figure:
+    """The sender × receiver grid of effects: the change in logit difference when only the path from
+    the sender to the receiver is patched, as a fraction of the clean − corrupted gap."""
+    eff, mean, change = paths.effect(), paths.mean(), paths.change()
+    iv = paths.intervals
+    base = float(paths.base_logit_diff.mean())
+    S, R = eff.shape
+    custom = []
+    for i in range(S):
+        row = []
+        for j in range(R):
+            if np.isnan(mean[i, j]):
+                row.append(f"<b>{_e(paths.senders[i])} → {_e(paths.receivers[j])}</b><br>no path (the sender is not "
+                           "below the receiver)")
+                continue
+            row.append(
+                f"<b>{_e(paths.senders[i])} → {_e(paths.receivers[j])}</b><br>logit diff {base:+.3f} → {mean[i, j]:+.3f} "
+                f"[{iv['values_ci95_low'][i, j]:+.3f}, {iv['values_ci95_high'][i, j]:+.3f}]"
+                f"<br>change {change[i, j]:+.3f} [{iv['change_ci95_low'][i, j]:+.3f}, {iv['change_ci95_high'][i, j]:+.3f}]"
+                f"<br>effect {eff[i, j]:+.3f} [{iv['effect_ci95_low'][i, j]:+.3f}, {iv['effect_ci95_high'][i, j]:+.3f}]"
+            )
+        custom.append(row)
+    title = (f"Path patching ({'noising' if paths.direction == 'noise' else 'denoising'}, freeze {paths.freeze}): "
+             "effect of each sender through each receiver")
+    bound = float(np.nanmax(np.abs(eff))) if np.isfinite(eff).any() else 1.0
+    return _heatmap(eff, list(paths.receivers), list(paths.senders), custom, title, "Receiver", "Sender", "Effect",
+                    bound=max(bound, 1e-9), cell=int(np.clip(560 / max(S, R), 12, 48)))
+
+
+def completeness_figure(circuit: CircuitResult) -> go.Figure:
+    """F(C \\ K) against F(M \\ K) for each K, with intervals; a complete circuit sits on y = x."""
+    rows = circuit.measures["completeness"]
+    x = [r["model_without_k"]["mean"] for r in rows]
+    y = [r["circuit_without_k"]["mean"] for r in rows]
+    ex = [[r["model_without_k"]["ci95_high"] - r["model_without_k"]["mean"] for r in rows],
+          [r["model_without_k"]["mean"] - r["model_without_k"]["ci95_low"] for r in rows]]
+    ey = [[r["circuit_without_k"]["ci95_high"] - r["circuit_without_k"]["mean"] for r in rows],
+          [r["circuit_without_k"]["mean"] - r["circuit_without_k"]["ci95_low"] for r in rows]]
+    text = [f"<b>K = {_e(r['k'])}</b> ({len(r['heads'])} heads)<br>F(M\\K) {_v(r['model_without_k'])} "
+            f"{_ci(r['model_without_k'])}<br>F(C\\K) {_v(r['circuit_without_k'])} {_ci(r['circuit_without_k'])}"
+            f"<br>incompleteness {_v(r['incompleteness'])} {_ci(r['incompleteness'])}" for r in rows]
+    lo = min(min(x), min(y)) - 0.2
+    hi = max(max(x), max(y)) + 0.2
+    fig = go.Figure([
+        go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(color="#9aa3b2", dash="dot"), hoverinfo="skip"),
+        go.Scatter(x=x, y=y, mode="markers", marker=dict(size=9, color=ACCENT), text=text,
+                   hovertemplate="%{text}<extra></extra>",
+                   error_x=dict(type="data", array=ex[0], arrayminus=ex[1], color="#9aa3b2", thickness=1),
+                   error_y=dict(type="data", array=ey[0], arrayminus=ey[1], color="#9aa3b2", thickness=1)),
+    ])
+    layout = _base_layout("Completeness: the circuit and the model with the same heads K knocked out",
+                          "F(M \\ K), logit diff", "F(C \\ K), logit diff", height=420)
+    layout["width"] = 520
+    fig.update_layout(**layout)
+    return fig
+
+
+def minimality_figure(circuit: CircuitResult) -> go.Figure:
+    """Each head's minimality score as a fraction of F(M), with intervals, coloured by class."""
+    rows = circuit.measures["minimality"]
+    palette = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
+    classes = list(dict.fromkeys(r["class"] for r in rows))
+    fig = go.Figure()
+    for k, name in enumerate(classes):
+        sel = [r for r in rows if r["class"] == name]
+        s = [r["score_fraction"] for r in sel]
+        fig.add_trace(go.Bar(
+            x=[r["head"] for r in sel], y=[v["mean"] for v in s], name=name,
+            marker_color=palette[k % len(palette)],
+            error_y=dict(type="data", array=[v["ci95_high"] - v["mean"] for v in s],
+                         arrayminus=[v["mean"] - v["ci95_low"] for v in s], color="#4a5361", thickness=1),
+            text=[f"<b>{r['head']}</b> ({_e(name)})<br>K = {_e(', '.join(r['k']) or '∅')}<br>F(C\\K) "
+                  f"{_v(r['without_k'])}, F(C\\(K∪v)) {_v(r['without_k_and_head'])}<br>score {_v(r['score'])} "
+                  f"{_ci(r['score'])} = {_v(r['score_fraction'], percent=True)} of F(M)" for r in sel],
+            hovertemplate="%{text}<extra></extra>", textposition="none",
+        ))
+    layout = _base_layout("Minimality: |F(C \\ (K ∪ {v})) − F(C \\ K)| for each head v, as a fraction of F(M)",
+                          "Head", "Score / F(M)", height=380)
+    layout.update(showlegend=True, legend=dict(orientation="h", y=-0.25), bargap=0.15)
+    layout["yaxis"]["tickformat"] = ".0%"
+    layout["xaxis"]["type"] = "category"
+    layout["width"] = max(520, 26 * len(rows) + 160)
+    layout["font"] = dict(family=FONT, size=12, color="#1f2933")
+    fig.update_layout(**layout)
+    return fig
+
+
+def circuit_figures(result: PatchingResult) -> dict[str, go.Figure]:
+    figs: dict[str, go.Figure] = {}
+    if result.paths is not None:
+        figs["paths"] = paths_figure(result.paths)
+    if result.circuit is not None:
+        figs["completeness"] = completeness_figure(result.circuit)
+        figs["minimality"] = minimality_figure(result.circuit)
+    return figs
+
+
+def circuit_section(result: PatchingResult, figure_html, table_html, caption_html) -> tuple[str, str, str]:
+    """``(anchor, title, body)`` of the report's section on paths and circuits."""
+    figs = circuit_figures(result)
+    parts: list[str] = []
+    paths = result.paths
+    if paths is not None:
+        from logitscope.patching.paths import FROZEN
+
+        base = "clean prompts' run" if paths.direction == "noise" else "counterparts' run"
+        parts.append("<h3>Path patching</h3>")
+        parts.append(caption_html(
+            f"Each sender's output (all positions) taken from the other prompt of its pair and put into the {base}, "
+            f"reaching the logits only through the receiver; frozen: {_e(FROZEN[paths.freeze])}. Cells show the change "
+            "in the clean answers' logit difference as a fraction of the clean − corrupted gap "
+            f"({paths.n_prompts:,} pairs).",
+            "Hover a cell for the patched logit difference, the change and the effect, each with its 95% interval "
+            "(the study's bootstrap resamples); a blank cell has no path (the sender is not below the receiver).",
+        ))
+        parts.append(figure_html(figs["paths"], "paths"))
+        parts += [f'<p class="note">Note: {_e(n)}</p>' for n in paths.notes]
+    circuit = result.circuit
+    if circuit is not None:
+        parts.append(_circuit_tables(circuit, table_html, caption_html))
+        parts.append(figure_html(figs["completeness"], "completeness"))
+        parts.append(figure_html(figs["minimality"], "minimality"))
+    return "circuit", "Circuit: paths, faithfulness, completeness, minimality", "".join(parts)
+
+
+def _circuit_tables(circuit: CircuitResult, table_html, caption_html) -> str:
+    ms = circuit.measures
+    f = ms["faithfulness"]
+    c = circuit.circuit
+    out = [f"<h3>Circuit {_e(c.name)} ({len(c.heads)} heads)</h3>"]
+    what = ("its mean over the counterpart prompts of the same template, position by position"
+            if circuit.ablation == "mean" else f"{circuit.ablation}-ablated")
+    out.append(caption_html(
+        f"F(X): the clean prompts' mean logit difference when every head outside X (a head at the positions its class "
+        f"is kept at) is knocked out, its output replaced by {what}. M is the whole model, C the circuit.",
+        "Faithfulness as in the IOI paper: |F(M) − F(C)| (its circuit: 0.46, 13% of F(M)) and F(C) / F(M); "
+        "normalised: (F(C) − F(∅)) / (F(M) − F(∅)). Intervals: 95%, the study's bootstrap resamples.",
+    ))
+    rows = [
+        ["F(M): the model", _v(ms["model"]), _ci(ms["model"])],
+        ["F(C): the circuit alone", _v(ms["circuit"]), _ci(ms["circuit"])],
+        ["F(∅): every head knocked out", _v(ms["no_heads"]), _ci(ms["no_heads"])],
+        ["|F(M) − F(C)|", _v(f["gap"]), _ci(f["gap"])],
+        ["F(C) / F(M)", _v(f["fraction"], percent=True), _ci(f["fraction"], percent=True)],
+        ["(F(C) − F(∅)) / (F(M) − F(∅))", _v(f["normalised"], percent=True), _ci(f["normalised"], percent=True)],
+    ]
+    out.append(table_html([("Faithfulness", False), ("Value", True), ("95% CI", True)], rows))
+    out.append(table_html([("Class", False), ("Heads", False), ("Kept at", False)],
+                          [[_e(k.name), _e(", ".join(f"L{l}H{h}" for l, h in k.heads)), _e(", ".join(k.positions))]
+                           for k in c.classes]))
+    by = circuit.by_template()
+    if len(by) > 1:
+        out.append("<details><summary>Per template</summary>" + table_html(
+            [("Template", False), ("Prompts", True), ("F(M)", True), ("F(C)", True), ("F(∅)", True), ("F(C)/F(M)", True)],
+            [[_e(r["template"]), str(r["n"]), f"{r['model']:+.3f}", f"{r['circuit']:+.3f}", f"{r['no_heads']:+.3f}",
+              "—" if r["fraction"] is None else f"{100 * r['fraction']:.1f}%"] for r in by]) + "</details>")
+    out.append(caption_html(
+        "Completeness: for sets K of circuit heads (none, each class, random halves), the circuit and the model with K "
+        "knocked out; incompleteness |F(C \\ K) − F(M \\ K)|. Minimality: for each head v and its set K, "
+        "|F(C \\ (K ∪ {v})) − F(C \\ K)|.",
+        "A complete circuit's points lie on the dotted line; a minimal circuit has no head with a score near zero.",
+    ))
+    rows = [[_e(r["k"]), str(len(r["heads"])), _v(r["circuit_without_k"]), _v(r["model_without_k"]),
+             _v(r["incompleteness"]), _ci(r["incompleteness"])] for r in ms["completeness"]]
+    out.append(table_html([("K", False), ("Heads", True), ("F(C\\K)", True), ("F(M\\K)", True),
+                           ("Incompleteness", True), ("95% CI", True)], rows))
+    return "".join(out)

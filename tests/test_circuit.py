@@ -1,0 +1,262 @@
+"""Circuits as data and their faithfulness, completeness and minimality.
+
+- "All heads" is the model itself and "no heads" the model with every head mean-ablated, both
+  exactly (bit for bit: the same runs as :mod:`logitscope.patching.ablation`'s).
+- A circuit whose classes are kept at named IOI positions, every other head node mean-ablated per
+  template over the ABC counterparts, equals a hand-written TransformerLens 3.9 knockout (ARENA
+  1.4.1's ``add_mean_ablation_hook``) within 1e-4 (float32 through different arithmetic, as the
+  patching tests), and the three measures are the stated functions of those numbers.
+- Circuit files: the format, the built-in IOI circuit, and clear errors (line, problem, fix).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import logitscope as ls
+from logitscope.circuits import IOI_HEAD_CLASSES, ioi_circuit, load_circuit, parse_circuit
+from logitscope.patching import run_patching
+from logitscope.tasks.ioi import generate_ioi_prompts
+from oracle import gpt2_tokenizer, make_hf_model, save_checkpoint, tl_model
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    hf = make_hf_model("gpt2", size="tiny", seed=3)
+    return hf, tl_model(hf, "gpt2")
+
+
+def test_all_heads_is_the_model_and_no_heads_the_fully_ablated_model(gpt2):
+    hf, _ = gpt2
+    tok = gpt2_tokenizer()
+    every = ",".join(f"L{l}H{h}" for l in range(2) for h in range(4))
+    res = run_patching("ioi:12", hf, tokenizer=tok, what="none", circuit="L0 L1", ablate=every, ablation="mean",
+                       seed=1, batch_size=5)
+    c = res.circuit
+    assert len(c.circuit.heads) == 8
+    np.testing.assert_array_equal(c.model, res.clean_logit_diff)
+    np.testing.assert_array_equal(c.circuit_logit_diff, c.model)  # F(all heads) = F(M)
+    f = c.measures["faithfulness"]
+    assert f["fraction"]["mean"] == 1.0 and f["gap"]["mean"] == 0.0 and f["normalised"]["mean"] == 1.0
+    assert f["fraction"]["ci95_low"] == 1.0 == f["fraction"]["ci95_high"]
+    np.testing.assert_array_equal(c.no_heads_logit_diff, res.ablated[every])  # F(∅) = every head mean-ablated
+    assert np.abs(c.no_heads_logit_diff - c.model).max() > 1e-2
+    # Completeness of the whole model: taking the same heads out of both changes nothing.
+    assert all(r["incompleteness"]["mean"] == 0.0 for r in c.measures["completeness"])
+
+
+def _named_positions(tl, prompt):
+    toks = tl.to_tokens(prompt.text)[0]
+    io, s = tl.to_single_token(prompt.correct), tl.to_single_token(prompt.incorrect)
+    s1, s2 = torch.nonzero(toks == s)[:, 0].tolist()
+    return {"IO": int(torch.nonzero(toks == io)[0, 0]), "S1": s1, "S1+1": s1 + 1, "S2": s2, "END": len(toks) - 1}
+
+
+def tl_knockout(tl, pairs, keep: dict[tuple[int, int], tuple[str, ...]] | None) -> np.ndarray:
+    """Per-prompt logit difference with every head node outside ``keep`` replaced by its mean over
+    the counterparts of the prompt's template, position by position (``None``: no knockout)."""
+    out = np.empty(len(pairs))
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault((p.meta["template"], p.meta["order"]), []).append(i)
+    L, H = tl.cfg.n_layers, tl.cfg.n_heads
+    for idx in groups.values():
+        group = [pairs[i] for i in idx]
+        clean = tl.to_tokens([p.text for p in group])
+        correct = torch.tensor([tl.to_single_token(p.correct) for p in group])
+        incorrect = torch.tensor([tl.to_single_token(p.incorrect) for p in group])
+        with torch.no_grad():
+            _, cache = tl.run_with_cache(tl.to_tokens([p.corrupted for p in group]))
+            masks = torch.zeros(L, len(group), clean.shape[1], H, dtype=torch.bool)
+            for (layer, head), positions in (keep or {}).items():
+                for b, p in enumerate(group):
+                    at = list(range(clean.shape[1])) if "all" in positions else [_named_positions(tl, p)[n] for n in positions]
+                    masks[layer, b, at, head] = True
+
+            def hook(z, hook):
+                mean = cache[hook.name].mean(0, keepdim=True).expand_as(z)
+                return torch.where(masks[hook.layer()][..., None], z, mean)
+
+            hooks = [] if keep is None else [(f"blocks.{l}.attn.hook_z", hook) for l in range(L)]
+            logits = tl.run_with_hooks(clean, fwd_hooks=hooks)[:, -1]
+        rows = torch.arange(len(group))
+        out[idx] = (logits[rows, correct] - logits[rows, incorrect]).numpy()
+    return out
+
+
+CIRCUIT = """\
+# a small circuit of the tiny model
+circuit: tiny-ioi
+movers: L1H0 L1H2 @ END
+induction: L0H1 @ S2
+previous: 0.3 @ S1+1
+minimality L1H2: none
+"""
+
+
+def test_circuit_measures_equal_a_transformerlens_knockout(gpt2, tmp_path):
+    hf, tl = gpt2
+    tok = gpt2_tokenizer()
+    path = tmp_path / "tiny.circuit"
+    path.write_text(CIRCUIT)
+    prompts = generate_ioi_prompts(10, seed=4, tokenizer=tok, templates=[6, 14])
+    res = run_patching(prompts, hf, tokenizer=tok, what="none", circuit=str(path), seed=4, batch_size=4)
+    c = res.circuit
+    assert c.circuit.name == "tiny-ioi" and [k.name for k in c.circuit.classes] == ["movers", "induction", "previous"]
+    pairs = [ls.Prompt(p.text, p.correct, p.incorrect, corrupted=x, meta=p.meta)
+             for p, x in zip(res.study.prompts, res.corrupted_prompts)]
+    assert len({len(tok.encode(p.text)) for p in pairs}) == 2  # two templates, two lengths
+    keep = {(1, 0): ("END",), (1, 2): ("END",), (0, 1): ("S2",), (0, 3): ("S1+1",)}
+    np.testing.assert_allclose(c.circuit_logit_diff, tl_knockout(tl, pairs, keep), atol=ATOL)
+    assert np.abs(c.circuit_logit_diff - c.model).max() > 1e-2 and np.abs(c.circuit_logit_diff - c.no_heads_logit_diff).max() > 1e-2
+    np.testing.assert_allclose(c.no_heads_logit_diff, tl_knockout(tl, pairs, {}), atol=ATOL)
+    np.testing.assert_allclose(c.model, tl_knockout(tl, pairs, None), atol=ATOL)
+    ms = c.measures
+    # Completeness, K = the movers: the circuit without them, and the model without them.
+    (entry,) = [e for e in ms["completeness"] if e["k"] == "class movers"]
+    without = {(l, h): ("all",) for l in range(2) for h in range(4) if (l, h) not in ((1, 0), (1, 2))}
+    f_mk = tl_knockout(tl, pairs, without).mean()
+    f_ck = tl_knockout(tl, pairs, {(0, 1): ("S2",), (0, 3): ("S1+1",)}).mean()
+    assert entry["model_without_k"]["mean"] == pytest.approx(f_mk, abs=ATOL)
+    assert entry["circuit_without_k"]["mean"] == pytest.approx(f_ck, abs=ATOL)
+    assert entry["incompleteness"]["mean"] == pytest.approx(abs(f_ck - f_mk), abs=2 * ATOL)
+    # Minimality: L1H2 with K given as none; L1H0 with the rest of its class (L1H2).
+    by_head = {e["head"]: e for e in ms["minimality"]}
+    assert by_head["L1H2"]["k"] == [] and by_head["L1H0"]["k"] == ["L1H2"] and by_head["L0H1"]["k"] == []
+    f_c = c.circuit_logit_diff.mean()
+    f_c_v = tl_knockout(tl, pairs, {k: v for k, v in keep.items() if k != (1, 2)}).mean()
+    assert by_head["L1H2"]["score"]["mean"] == pytest.approx(abs(f_c - f_c_v), abs=2 * ATOL)
+    assert by_head["L1H2"]["score_fraction"]["mean"] == pytest.approx(abs(f_c - f_c_v) / c.model.mean(), abs=1e-3)
+    # Faithfulness and every interval, from the per-prompt values.
+    m = c.model.mean()
+    assert ms["faithfulness"]["gap"]["mean"] == pytest.approx(abs(m - f_c))
+    assert ms["faithfulness"]["fraction"]["mean"] == pytest.approx(f_c / m)
+    for s in (ms["model"], ms["circuit"], ms["faithfulness"]["gap"], entry["incompleteness"], by_head["L1H0"]["score"]):
+        assert s["ci95_low"] <= s["mean"] + 1e-12 <= s["ci95_high"] + 2e-12
+    assert ms["model"]["ci95_low"] == pytest.approx(res.to_dict()["clean_logit_diff"]["ci95_low"])  # the resamples
+    assert [r["template"] for r in c.by_template()] and sum(r["n"] for r in c.by_template()) == 10
+    doc = json.loads(json.dumps(res.results_document()))["patching"]["circuit"]
+    assert doc["classes"][2] == {"name": "previous", "heads": ["L0H3"], "positions": ["S1+1"]}
+    assert doc["faithfulness"]["fraction"]["mean"] == pytest.approx(f_c / m)
+
+
+def test_the_ioi_circuit_is_the_papers():
+    c = ioi_circuit()
+    assert len(c.heads) == 26 and len(set(c.heads)) == 26
+    assert {k.name: k.heads for k in c.classes} == IOI_HEAD_CLASSES
+    at = {k.name: k.positions for k in c.classes}
+    assert at["name mover"] == at["S-inhibition"] == at["backup name mover"] == at["negative name mover"] == ("END",)
+    assert at["induction"] == at["duplicate token"] == ("S2",) and at["previous token"] == ("S1+1",)
+    # The paper's minimality sets (App. K): name movers in order, the rest of a class otherwise.
+    assert c.k_set((9, 9)) == () and c.k_set((9, 6)) == ((9, 9), (10, 0))
+    assert set(c.k_set((7, 3))) == {(7, 9), (8, 10), (8, 6)} and c.k_set((5, 8)) == ((11, 10), (10, 7))
+    for head in c.heads:
+        assert head not in c.k_set(head) and set(c.k_set(head)) <= set(c.heads)
+    assert load_circuit("ioi") == c and load_circuit("IOI").name == "ioi"
+
+
+def test_bad_circuits_are_clear_errors(gpt2, tmp_path):
+    bad = {
+        "nm L9H9\n": r"c.txt, line 1: 'nm L9H9' has no 'CLASS:' before its heads; write e.g. 'name mover: L9H9",
+        "# fine\nnm: L9X\n": r"c.txt, line 2: 'L9X' is not a head: write L9H9 or 9.9",
+        "nm: L9H9 @ S3\n": r"line 1: position 'S3' is not one of END, IO, S1, S1\+1, S2, all",
+        "nm: L9H9\n\nsi: 9.9\n": r"line 3: L9H9 is also on line 1: a head belongs to one class",
+        "nm: L9H9\nnm: L9H6\n": r"line 2: class 'nm' is written twice",
+        "nm:\n": r"line 1: class 'nm' has no heads",
+        "# nothing\n": r"c.txt: no heads in it\nA circuit file has one class",
+        "nm: L1H1\nminimality L1H1: L1H1 L1X\n": r"line 2: 'L1X' is not a head",
+    }
+    for text, message in bad.items():
+        path = tmp_path / "c.txt"
+        path.write_text(text)
+        with pytest.raises(ls.InputError, match=message):
+            load_circuit(str(path))
+    with pytest.raises(ls.InputError, match=r"circuit file nowhere.txt: no such file"):
+        load_circuit("nowhere.txt")
+    with pytest.raises(ls.InputError, match=r"circuit inline, part 2: 'L1Y' is not a head"):
+        parse_circuit("nm: L1H1; si: L1Y")
+    # Against the model and the prompts, before any knocked-out run.
+    hf, _ = gpt2
+    tok = gpt2_tokenizer()
+    for spec, message in [
+        ("nm: L1H1\nsi: L2H0\n", r"c.txt, line 2: layer 2 does not exist: this model has layers 0-1"),
+        ("nm: L1H7\n", r"c.txt, line 1: L1H7 does not exist: this model has heads 0-3"),
+        ("nm: L1H1\nminimality L1H1: L0H0\n", r"line 2: minimality L1H1: L0H0 is not in the circuit"),
+    ]:
+        (tmp_path / "c.txt").write_text(spec)
+        with pytest.raises(ls.InputError, match=message):
+            run_patching("ioi:4", hf, tokenizer=tok, what="none", circuit=str(tmp_path / "c.txt"))
+    with pytest.raises(ls.InputError, match=r"class 'nm' is kept at S2, named positions that exist only for IOI prompts"):
+        run_patching("arena", hf, tokenizer=tok, what="none", circuit="nm: L1H1 @ S2")
+    with pytest.raises(ls.InputError, match=r"circuit ioi is the IOI paper's circuit of GPT-2 small; this model .* is not"):
+        run_patching("ioi:4", hf, tokenizer=tok, what="none", circuit="ioi")
+
+
+def test_patch_command_paths_and_circuit_end_to_end(tmp_path, capsys):
+    """One command: activation patching with its attribution estimate and their agreement, path
+    patching from chosen senders and a circuit file's faithfulness, all in results.json (with intervals), patching_per_prompt.npz and the report;
+    a bad circuit file is a clear error (exit 2) before the model loads, and nothing is written."""
+    from logitscope.cli import main
+
+    model = save_checkpoint(make_hf_model("gpt2", size="tiny", seed=1), tmp_path / "tiny")
+    circuit = tmp_path / "mine.circuit"
+    circuit.write_text(CIRCUIT)
+    out = tmp_path / "out"
+    assert main(["patch", "--model", str(model), "--prompts", "ioi:12", "--out", str(out), "--quiet", "--what", "heads",
+                 "--direction", "noise", "--senders", "L0H1,L0H3+L1H0", "--receivers", "logits,L1H2:q",
+                 "--circuit", str(circuit), "--method", "both"]) == 0
+    text = capsys.readouterr().out
+    assert "path patching (noise, freeze heads): 2 senders x 2 receivers" in text
+    assert "circuit tiny-ioi (4 heads, mean-ablation elsewhere)" in text and "faithfulness |F(M) - F(C)|" in text
+    doc = json.loads((out / "results.json").read_text())["patching"]
+    assert np.array(doc["paths"]["values"]).shape == (2, 2) and np.array(doc["paths"]["effect_ci95_low"]).shape == (2, 2)
+    assert doc["circuit"]["name"] == "tiny-ioi" and doc["circuit"]["faithfulness"]["gap"]["ci95_high"] is not None
+    assert doc["attn_head_out_all_pos"]["axes"] == doc["attn_head_out_all_pos_attribution"]["axes"] == ["layer", "head"]
+    assert {"pearson", "spearman", "max_abs_error"} <= set(doc["agreement"]["attn_head_out_all_pos"])
+    arrays = np.load(out / "patching_per_prompt.npz")
+    np.testing.assert_allclose(arrays["paths"].mean(-1), doc["paths"]["values"], atol=1e-5)
+    np.testing.assert_allclose(arrays["circuit_circuit"].mean(), doc["circuit"]["circuit"]["mean"], atol=1e-5)
+    html = (out / "report.html").read_text()
+    assert 'id="circuit"' in html and 'href="#circuit"' in html
+    for name in ("paths", "completeness", "minimality", "patch_attn_head_out_all_pos", "atp_scatter_attn_head_out_all_pos"):
+        assert f'data-figure="{name}"' in html
+    # Reopened, the run is the same result: results.json, summary and report.
+    from logitscope.report.page import report_html
+
+    again = ls.load_result(out)
+    assert json.loads(json.dumps(again.results_document())) == json.loads((out / "results.json").read_text())
+    assert again.summary() in text
+    assert report_html(again.study, again) == html
+    before = sorted(p.name for p in out.iterdir())
+    circuit.write_text("movers: L1H0 L1H2 @ END\nmore: L1H0\n")
+    assert main(["patch", "--model", str(tmp_path / "missing"), "--prompts", "ioi:12", "--out", str(out),
+                 "--circuit", str(circuit)]) == 2
+    err = capsys.readouterr().err
+    assert f"circuit {circuit}, line 2: L1H0 is also on line 1" in err
+    assert main(["patch", "--model", str(model), "--prompts", "ioi:12", "--out", str(out), "--senders", "L0H1",
+                 "--receivers", "L1H0:x"]) == 2
+    assert "--receivers L1H0:x: 'L1H0:x': write logits" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+@pytest.mark.browser
+def test_circuit_report_renders_offline_in_chromium(gpt2, tmp_path):
+    """The path-patching grid and the circuit figures draw in a browser with no network."""
+    from test_report import CHROMIUM, render_dom, rendering_failures
+
+    if CHROMIUM is None:
+        pytest.skip("needs headless chromium on PATH (apt-get install chromium)")
+    hf, _ = gpt2
+    res = run_patching("ioi:8", hf, tokenizer=gpt2_tokenizer(), what="none", direction="noise", senders="all",
+                       receivers="logits,L1H0:q,L1H1:v", circuit="nm: L1H0 L1H2 @ END; prev: L0H3", seed=2)
+    page = res.write_report(tmp_path / "report.html")
+    dom, log = render_dom(page, tmp_path)
+    assert "Uncaught" not in log, log[-2000:]
+    assert rendering_failures(dom, ["paths", "completeness", "minimality"], []) == []
+    assert "Circuit circuit (3 heads)" in dom and ">L1H0 q<" in dom and ">L0H3<" in dom  # drawn axis ticks
