@@ -12,9 +12,10 @@ its nodes.
 - **faithfulness**: ``F(M)``, ``F(C)``, ``F(∅)``; the paper's ``|F(M) − F(C)|`` (0.46 for its circuit,
   13% of F(M)), ``F(C) / F(M)`` (87%), and ``(F(C) − F(∅)) / (F(M) − F(∅))``; also per template.
 - **completeness**: for sets ``K ⊆ C``, the incompleteness ``|F(C \\ K) − F(M \\ K)|``, with K the
-  empty set, each class of the circuit, ``random_k`` random subsets (each head in with probability
-  1/2, drawn with the study's seed), and, when asked, the sets the paper's greedy search finds
-  (:func:`greedy_search`: K grown head by head to make the incompleteness as large as it can).
+  empty set, each class of the circuit, random subsets (each head in with probability 1/2, drawn
+  with the study's seed), and, when asked, the sets the paper's greedy search finds
+  (:func:`greedy_search`: K grown head by head to make the incompleteness as large as it can);
+  :class:`Completeness` says how many of each.
 - **minimality**: for each head v of C, ``|F(C \\ (K ∪ {v})) − F(C \\ K)|`` with the circuit's K for v
   (the paper's sets for the built-in circuit, else the other heads of v's class), also as a
   fraction of ``F(M)`` as the paper plots it.
@@ -62,10 +63,6 @@ def _key(nodes) -> Any:
     return None if nodes is None else frozenset(nodes.items())
 
 
-# Where a completeness set K comes from (results.json's ``source``).
-K_SOURCES = ("empty", "class", "random", "greedy")
-
-
 @dataclass(frozen=True)
 class Plan:
     """Every node set to evaluate and what each number is made of."""
@@ -89,15 +86,14 @@ class Completeness:
 
     def check(self) -> "Completeness":
         """Itself, or an :class:`ArgumentError` naming :func:`logitscope.patching.run_patching`'s argument."""
-        for name, value, least in (("circuit_random", self.random, 0), ("circuit_greedy", self.greedy, 0),
-                                   ("circuit_greedy_steps", self.steps, 1),
-                                   ("circuit_greedy_candidates", self.candidates, 1)):
+        for name, value, least, what in (
+                ("circuit_random", self.random, 0, "random subsets K"),
+                ("circuit_greedy", self.greedy, 0, "greedy searches"),
+                ("circuit_greedy_steps", self.steps, 1, "steps of each greedy search"),
+                ("circuit_greedy_candidates", self.candidates, 1, "heads tried a step")):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ArgumentError(name, value, "must be a whole number")
             if value < least:
-                what = "random subsets K" if name == "circuit_random" else (
-                    "greedy searches" if name == "circuit_greedy" else
-                    "steps of each greedy search" if name == "circuit_greedy_steps" else "heads tried a step")
                 raise ArgumentError(name, value, f"the number of {what} must be {least} or more")
         return self
 
@@ -124,8 +120,8 @@ def greedy_search(incompleteness: Callable[[list[tuple[Head, ...]]], np.ndarray]
     """Sets K of ``heads`` with a large incompleteness, found greedily as the IOI paper does.
 
     The paper's code (``greed_search_max_brok_cob_diff`` in redwoodresearch/Easy-Transformer's IOI
-    completeness experiments, the paper's appendix on completeness): ``searches`` times (5), start from K = ∅
-    (score ``start``, the incompleteness of ∅) and take ``steps`` steps (10); at each step draw
+    completeness experiments, the paper's appendix on completeness): ``searches`` times (5), start
+    from K = ∅ (score ``start``, the incompleteness of ∅) and take ``steps`` steps (10); at each step draw
     ``candidates`` heads (10) of C \\ K at random, compute ``incompleteness(K ∪ {v})`` for each
     (``incompleteness`` takes a list of sets, so that one step's sets run together), and add the
     head with the largest score to K if that score exceeds K's; otherwise K stays and the next step
@@ -242,16 +238,16 @@ def check_circuit(circuit: Circuit, lm, pairs) -> Circuit:
 
 
 def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_size: int, seed: int,
-                random_k: int = 5, completeness: Completeness | None = None, progress=None) -> "CircuitResult":
+                completeness: Completeness | None = None, progress=None) -> "CircuitResult":
     """F of every node set the circuit's three measures need, over the pairs' clean prompts
-    (``completeness``: which sets K, default ``random_k`` random ones and no greedy search;
-    ``progress``: a tqdm bar, or None)."""
+    (``completeness``: which sets K, default 5 random ones and no greedy search; ``progress``: a
+    tqdm bar, or None)."""
     from logitscope.patching.ablation import AblationRunner, GroupMeans, group_keys
     from logitscope.patching.engine import Engine
     from logitscope.patching.positions import PositionAxis
     from logitscope.patching.run import pair_batches
 
-    sets_k = (completeness or Completeness(random=random_k)).check()
+    sets_k = (completeness or Completeness()).check()
     circuit = check_circuit(circuit, lm, pairs)
     engine = Engine(lm)
     L, H = engine.n_layers, engine.points.n_heads
