@@ -22,7 +22,7 @@ import torch
 import logitscope as ls
 from logitscope.circuits import IOI_HEAD_CLASSES, ioi_circuit, load_circuit, parse_circuit
 from logitscope.patching import run_patching
-from logitscope.patching.faithfulness import greedy_search
+from logitscope.patching.faithfulness import CircuitResult, greedy_search
 from logitscope.tasks.ioi import generate_ioi_prompts
 from oracle import gpt2_tokenizer, make_hf_model, save_checkpoint, tl_model
 
@@ -231,8 +231,13 @@ def test_greedy_completeness_set_equals_the_greedy_rule_on_transformerlens_knock
     assert entries[-1]["incompleteness"]["mean"] == pytest.approx(best, abs=2 * ATOL)
     s = entries[-1]["incompleteness"]
     assert s["ci95_low"] <= s["mean"] + 1e-12 <= s["ci95_high"] + 2e-12
-    assert res.circuit.to_dict()["completeness_sets"] == {"random": 0, "greedy": 2, "greedy_steps": 10,
-                                                          "greedy_candidates": 10}
+    doc = res.circuit.to_dict()
+    assert doc["completeness_sets"] == {"random": 0, "greedy": 2, "greedy_steps": 10, "greedy_candidates": 10}
+    # A results.json written before K had a source reopens with the source its label says.
+    old = {**doc, "completeness": [{k: v for k, v in e.items() if k != "source"} for e in doc["completeness"]]}
+    del old["completeness_sets"]
+    again = CircuitResult.from_saved(old, res.circuit.per_prompt_arrays(), 2, 4, seed=4)
+    assert again.measures["completeness"] == entries
 
 
 def test_bad_completeness_options_are_clear_errors(gpt2, tmp_path, capsys):
