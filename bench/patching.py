@@ -20,8 +20,8 @@ time from spawn to exit, peak RSS from ``os.wait4``):
 4. TransformerLens 3.9 used well on the first grid (``contenders/patch_tl.py``: batches of 64, a
    cache filtered to ``hook_z``, ``get_act_patch_attn_head_out_all_pos``), timed in-process;
 5. logitscope's END grid again on ``--flat-n`` pairs (default 10x N): peak RSS must stay flat;
-6. attribution patching of every grid at once (``--what all --positions index --method
-   attribution``: every head's z, q, k, v and pattern, every layer's resid_pre, resid_mid,
+6. attribution patching of every grid at once (``--what heads,heads_by_pos,resid,layers,qkv
+   --positions index --method attribution``, not ``all``, which adds the exact ablation grid: every head's z, q, k, v and pattern, every layer's resid_pre, resid_mid,
    attn_out and mlp_out at every position, every head at every position), its cost in the same
    unit, and its agreement with the three exact grids above (Pearson, Spearman, largest error,
    cells off by more than 10% of clean − corrupted);
@@ -56,7 +56,8 @@ GRIDS = {  # name: (logitscope patch arguments, grid key)
     "heads_all_pos": (["--what", "attn_head_out_all_pos"], "attn_head_out_all_pos"),
     "heads_end": (["--what", "attn_head_out_by_pos", "--positions", "end"], "attn_head_out_by_pos"),
     "resid_pre": (["--what", "resid_pre", "--positions", "index"], "resid_pre"),
-    "attribution_all": (["--what", "all", "--positions", "index", "--method", "attribution"], None),
+    "attribution_all": (["--what", "heads,heads_by_pos,resid,layers,qkv", "--positions", "index", "--method", "attribution"],
+                        None),  # every grid; not "all", which also runs the exact single-head ablation grid
 }
 # The exact grids attribution patching is checked against: exact run -> (estimate, slice of it).
 ESTIMATES = {"heads_all_pos": ("attn_head_out_all_pos_attribution", (slice(None), slice(None))),
@@ -247,8 +248,8 @@ def markdown(doc: dict[str, Any]) -> str:
     labels = {"heads_all_pos": "each head, all positions (`attn_head_out_all_pos`)",
               "heads_end": "each head at END (`attn_head_out_by_pos --positions end`)",
               "resid_pre": "`resid_pre`, layer x position",
-              "attribution_all": "attribution patching of every grid (`--what all --positions index --method "
-                                 "attribution`)"}
+              "attribution_all": "attribution patching of every grid (`--what heads,heads_by_pos,resid,layers,qkv "
+                                 "--positions index --method attribution`)"}
     for name, r in doc["grids"].items():
         ok = "met" if r["fpe"] <= r["target_fpe"] else "missed"
         lines.append(f"| logitscope: {labels[name]} | {patches[name]} | {r['patching_s']:.1f} | {r['fpe']:.1f} | "

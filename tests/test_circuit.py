@@ -6,6 +6,8 @@
   template over the ABC counterparts, equals a hand-written TransformerLens 3.9 knockout (ARENA
   1.4.1's ``add_mean_ablation_hook``) within 1e-4 (float32 through different arithmetic, as the
   patching tests), and the three measures are the stated functions of those numbers.
+- The greedy search for completeness sets K follows the paper's rule, step by step, on a
+  synthetic score and on the tiny model's incompleteness recomputed from TransformerLens knockouts.
 - Circuit files: the format, the built-in IOI circuit, and clear errors (line, problem, fix).
 """
 
@@ -20,6 +22,7 @@ import torch
 import logitscope as ls
 from logitscope.circuits import IOI_HEAD_CLASSES, ioi_circuit, load_circuit, parse_circuit
 from logitscope.patching import run_patching
+from logitscope.patching.faithfulness import CircuitResult, greedy_search
 from logitscope.tasks.ioi import generate_ioi_prompts
 from oracle import gpt2_tokenizer, make_hf_model, save_checkpoint, tl_model
 
@@ -146,6 +149,123 @@ def test_circuit_measures_equal_a_transformerlens_knockout(gpt2, tmp_path):
     assert doc["faithfulness"]["fraction"]["mean"] == pytest.approx(f_c / m)
 
 
+def test_greedy_search_follows_the_papers_rule():
+    """Every step tries min(candidates, heads left) distinct heads outside K and adds the best one
+    only if it raises the score; with every head tried, a search stops when none does."""
+    heads = [(0, h) for h in range(6)]
+    w = dict(zip(heads, [0.5, -0.2, 0.9, 0.1, -0.4, 0.3]))
+
+    def score(k):  # not monotone: the best K has some heads, not all
+        return abs(sum(w[h] for h in k)) - 0.12 * len(k) ** 2
+
+    calls: list[list[tuple]] = []
+
+    def traced(ks):
+        calls.append(list(ks))
+        return np.array([score(k) for k in ks])
+
+    # Every head tried each step: one answer, the exhaustive greedy walk, found by each search alike.
+    k, best = [], 0.0
+    while len(k) < 6:
+        rest = [h for h in heads if h not in k]
+        top = max(rest, key=lambda h: score((*k, h)))
+        if score((*k, top)) <= best:
+            break
+        k, best = [*k, top], score((*k, top))
+    assert greedy_search(traced, heads, 0.0, searches=3, steps=10, candidates=10, seed=0) == [tuple(k)]
+    assert len(k) == 2 and len(calls) == 3 * (len(k) + 1)  # each search stops after the step that adds nothing
+    assert greedy_search(traced, heads, 0.0, searches=1, steps=1, candidates=10, seed=0) == [tuple(k[:1])]  # steps cap
+    # Two heads drawn a step: replay the trace with the rule.
+    calls.clear()
+    found = greedy_search(traced, heads, 0.0, searches=4, steps=3, candidates=2, seed=5)
+    assert len(calls) == 4 * 3  # never fewer than 3 heads left, so no search stops early
+    replay = []
+    for search in range(4):
+        k, best = [], 0.0
+        for ks in calls[3 * search:3 * search + 3]:
+            tried = [c[-1] for c in ks]
+            assert all(c[:-1] == tuple(k) for c in ks) and len(set(tried)) == 2 and not set(tried) & set(k)
+            scores = [score(c) for c in ks]
+            if max(scores) > best:
+                k, best = [*k, tried[int(np.argmax(scores))]], max(scores)
+        if set(k) not in [set(r) for r in replay]:
+            replay.append(tuple(k))
+    assert found == replay and len({frozenset(c[-1] for c in ks) for ks in calls}) > 1  # draws differ
+
+
+def test_greedy_completeness_set_equals_the_greedy_rule_on_transformerlens_knockouts(gpt2, tmp_path):
+    """The tiny model's greedy K, and its incompleteness, from F values of a TransformerLens knockout:
+    each added head is the argmax over the heads left (4 heads: every one tried each step), each step
+    raises |F(C \\ K) − F(M \\ K)|, and no head left raises it further."""
+    hf, tl = gpt2
+    tok = gpt2_tokenizer()
+    prompts = generate_ioi_prompts(10, seed=4, tokenizer=tok, templates=[6, 14])
+    (tmp_path / "tiny.circuit").write_text(CIRCUIT)
+    res = run_patching(prompts, hf, tokenizer=tok, what="none", circuit=str(tmp_path / "tiny.circuit"), seed=4,
+                       batch_size=5, circuit_random=0, circuit_greedy=2)
+    entries = res.circuit.measures["completeness"]
+    assert [e["source"] for e in entries] == ["empty", "class", "class", "class", "greedy"]  # one K: both searches alike
+    greedy = [tuple(int(x) for x in h[1:].split("H")) for h in entries[-1]["heads"]]
+    pairs = [ls.Prompt(p.text, p.correct, p.incorrect, corrupted=x, meta=p.meta)
+             for p, x in zip(res.study.prompts, res.corrupted_prompts)]
+    keep = {(1, 0): ("END",), (1, 2): ("END",), (0, 1): ("S2",), (0, 3): ("S1+1",)}
+    every = [(l, h) for l in range(2) for h in range(4)]
+
+    def incompleteness(k):
+        model = None if not k else {h: ("all",) for h in every if h not in k}
+        return abs(tl_knockout(tl, pairs, {h: p for h, p in keep.items() if h not in k}).mean()
+                   - tl_knockout(tl, pairs, model).mean())
+
+    k, best = [], incompleteness(())
+    assert entries[0]["incompleteness"]["mean"] == pytest.approx(best, abs=2 * ATOL)
+    for step in range(len(keep)):
+        rest = [h for h in keep if h not in k]
+        scores = {h: incompleteness((*k, h)) for h in rest}
+        if step == len(greedy):  # the search stopped: no head left raises the score
+            assert max(scores.values()) <= best + 4 * ATOL
+            break
+        chosen = greedy[step]
+        assert chosen in rest and scores[chosen] >= max(scores.values()) - 4 * ATOL and scores[chosen] > best - 4 * ATOL
+        k, best = [*k, chosen], scores[chosen]
+    assert len(greedy) >= 1
+    assert entries[-1]["incompleteness"]["mean"] == pytest.approx(best, abs=2 * ATOL)
+    s = entries[-1]["incompleteness"]
+    assert s["ci95_low"] <= s["mean"] + 1e-12 <= s["ci95_high"] + 2e-12
+    doc = res.circuit.to_dict()
+    assert doc["completeness_sets"] == {"random": 0, "greedy": 2, "greedy_steps": 10, "greedy_candidates": 10}
+    # A results.json written before K had a source reopens with the source its label says.
+    old = {**doc, "completeness": [{k: v for k, v in e.items() if k != "source"} for e in doc["completeness"]]}
+    del old["completeness_sets"]
+    again = CircuitResult.from_saved(old, res.circuit.per_prompt_arrays(), 2, 4, seed=4)
+    assert again.measures["completeness"] == entries
+
+
+def test_bad_completeness_options_are_clear_errors(gpt2, tmp_path, capsys):
+    from logitscope.cli import main
+
+    hf, _ = gpt2
+    tok = gpt2_tokenizer()
+    for kwargs, message in [
+        ({"circuit_greedy": -1}, r"circuit_greedy=-1: the number of greedy searches must be 0 or more"),
+        ({"circuit_greedy_steps": 0}, r"circuit_greedy_steps=0: the number of steps of each greedy search must be 1"),
+        ({"circuit_greedy_candidates": 0}, r"circuit_greedy_candidates=0: the number of heads tried a step must be 1"),
+        ({"circuit_random": 2.5}, r"circuit_random=2.5: must be a whole number"),
+        ({"circuit_greedy": True}, r"circuit_greedy=True: must be a whole number"),
+    ]:
+        with pytest.raises(ls.ArgumentError, match=message):
+            run_patching("ioi:4", hf, tokenizer=tok, what="none", circuit="L1H0", **kwargs)
+    with pytest.raises(ls.ArgumentError, match=r"circuit_greedy=3: sets a circuit's completeness check, and no circuit"):
+        run_patching("ioi:4", hf, tokenizer=tok, what="heads", circuit_greedy=3)
+    out = tmp_path / "out"
+    assert main(["patch", "--model", str(tmp_path / "missing"), "--prompts", "ioi:4", "--out", str(out),
+                 "--circuit", "L1H0", "--circuit-greedy-steps", "0"]) == 2
+    assert "--circuit-greedy-steps 0: the number of steps of each greedy search must be 1 or more" in capsys.readouterr().err
+    assert main(["patch", "--model", str(tmp_path / "missing"), "--prompts", "ioi:4", "--out", str(out),
+                 "--circuit-random", "3"]) == 2
+    assert "--circuit-random 3: sets a circuit's completeness check, and no circuit is given" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_the_ioi_circuit_is_the_papers():
     c = ioi_circuit()
     assert len(c.heads) == 26 and len(set(c.heads)) == 26
@@ -210,20 +330,23 @@ def test_patch_command_paths_and_circuit_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["patch", "--model", str(model), "--prompts", "ioi:12", "--out", str(out), "--quiet", "--what", "heads",
                  "--direction", "noise", "--senders", "L0H1,L0H3+L1H0", "--receivers", "logits,L1H2:q",
-                 "--circuit", str(circuit), "--method", "both"]) == 0
+                 "--circuit", str(circuit), "--circuit-random", "2", "--circuit-greedy", "2", "--method", "both"]) == 0
     text = capsys.readouterr().out
     assert "path patching (noise, freeze heads): 2 senders x 2 receivers" in text
     assert "circuit tiny-ioi (4 heads, mean-ablation elsewhere)" in text and "faithfulness |F(M) - F(C)|" in text
     doc = json.loads((out / "results.json").read_text())["patching"]
     assert np.array(doc["paths"]["values"]).shape == (2, 2) and np.array(doc["paths"]["effect_ci95_low"]).shape == (2, 2)
     assert doc["circuit"]["name"] == "tiny-ioi" and doc["circuit"]["faithfulness"]["gap"]["ci95_high"] is not None
+    sources = [e["source"] for e in doc["circuit"]["completeness"]]
+    assert sources[:6] == ["empty", "class", "class", "class", "random", "random"] and set(sources[6:]) == {"greedy"}
+    assert doc["circuit"]["completeness_sets"]["greedy"] == 2
     assert doc["attn_head_out_all_pos"]["axes"] == doc["attn_head_out_all_pos_attribution"]["axes"] == ["layer", "head"]
     assert {"pearson", "spearman", "max_abs_error"} <= set(doc["agreement"]["attn_head_out_all_pos"])
     arrays = np.load(out / "patching_per_prompt.npz")
     np.testing.assert_allclose(arrays["paths"].mean(-1), doc["paths"]["values"], atol=1e-5)
     np.testing.assert_allclose(arrays["circuit_circuit"].mean(), doc["circuit"]["circuit"]["mean"], atol=1e-5)
     html = (out / "report.html").read_text()
-    assert 'id="circuit"' in html and 'href="#circuit"' in html
+    assert 'id="circuit"' in html and 'href="#circuit"' in html and "greedy search" in html
     for name in ("paths", "completeness", "minimality", "patch_attn_head_out_all_pos", "atp_scatter_attn_head_out_all_pos"):
         assert f'data-figure="{name}"' in html
     # Reopened, the run is the same result: results.json, summary and report.

@@ -114,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="faithfulness, completeness and minimality of a circuit: ioi (the IOI paper's, GPT-2 "
                        "small), a circuit file (one 'class: heads @ position' a line), or inline heads, e.g. "
                        "'nm: L9H9 L9H6 @ END; si: L7H3 @ END'; other heads knocked out with --ablation")
+    patch.add_argument("--circuit-random", type=int, default=5, metavar="N",
+                       help="completeness: how many random subsets K of the circuit (default 5)")
+    patch.add_argument("--circuit-greedy", type=int, default=0, metavar="N",
+                       help="completeness: also N runs of the IOI paper's greedy search for the K with the largest "
+                       "incompleteness (the paper: 5; default 0, none; each step is 2 knocked-out runs per head tried)")
+    patch.add_argument("--circuit-greedy-steps", type=int, default=10, metavar="N",
+                       help="steps of each greedy search, one head added at most per step (default 10, the paper's)")
+    patch.add_argument("--circuit-greedy-candidates", type=int, default=10, metavar="N",
+                       help="heads drawn at random and tried at each greedy step (default 10, the paper's)")
     return parser
 
 
@@ -192,7 +201,9 @@ FLAGS = {"top_k": "--top-k", "batch_size": "--batch-size", "seed": "--seed", "at
          "device": "--device", "dtype": "--dtype", "device_map": "--device-map", "prepend_bos": "--prepend-bos",
          "what": "--what", "direction": "--direction", "corrupt": "--corrupt", "positions": "--positions",
          "ablate": "--ablate", "ablation": "--ablation", "method": "--method", "senders": "--senders",
-         "receivers": "--receivers", "freeze": "--freeze", "circuit": "--circuit", "dist_timeout": "--dist-timeout"}
+         "receivers": "--receivers", "freeze": "--freeze", "circuit": "--circuit", "circuit_random": "--circuit-random",
+         "circuit_greedy": "--circuit-greedy", "circuit_greedy_steps": "--circuit-greedy-steps",
+         "circuit_greedy_candidates": "--circuit-greedy-candidates", "dist_timeout": "--dist-timeout"}
 FIX_FLAGS = {("prepend_bos", False): "--no-prepend-bos", ("prepend_bos", True): "--prepend-bos"}
 
 
@@ -310,7 +321,8 @@ def _patch(args: argparse.Namespace) -> int:
 
     parsed = _checks(args)
     check_options(what=args.what, ablate=args.ablate, method=args.method, senders=args.senders,
-                  receivers=args.receivers, freeze=args.freeze, circuit=args.circuit)  # before the model is loaded
+                  receivers=args.receivers, freeze=args.freeze, circuit=args.circuit, **_completeness(args))
+    # (all of them before the model is loaded)
     _quiet_libraries()
     from logitscope.models.load import load_model
     from logitscope.patching import run_patching
@@ -325,7 +337,7 @@ def _patch(args: argparse.Namespace) -> int:
             ablate=args.ablate, ablation=args.ablation, method=args.method, batch_size=args.batch_size, top_k=args.top_k,
             attention_prompt=args.attention_prompt, prepend_bos=args.prepend_bos, seed=args.seed,
             progress=not args.quiet, senders=args.senders, receivers=args.receivers, freeze=args.freeze,
-            circuit=args.circuit,
+            circuit=args.circuit, **_completeness(args),
         )
     if result is None:
         return 0  # under torchrun, rank 0 writes
@@ -341,6 +353,12 @@ def _placement(args: argparse.Namespace) -> dict:
     from logitscope.distributed import current, placement
 
     return placement(args.device, args.device_map, current())
+
+
+def _completeness(args: argparse.Namespace) -> dict[str, int]:
+    """``patch``'s completeness flags as :func:`logitscope.patching.run_patching`'s arguments."""
+    return {"circuit_random": args.circuit_random, "circuit_greedy": args.circuit_greedy,
+            "circuit_greedy_steps": args.circuit_greedy_steps, "circuit_greedy_candidates": args.circuit_greedy_candidates}
 
 
 def _quiet_libraries() -> None:

@@ -10,6 +10,7 @@ patched runs reuse the unpatched run.
 from __future__ import annotations
 
 import time
+from dataclasses import astuple
 from typing import Any, Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ from logitscope.patching.attribution import METHODS, SUFFIX, AttributionRunner
 from logitscope.patching.engine import Engine
 from logitscope.patching.grids import GRIDS, WHAT, resolve_what
 from logitscope.circuits import load_circuit
+from logitscope.patching.faithfulness import Completeness
 from logitscope.patching.pairs import EncodedPairs, encode_pairs
 from logitscope.patching.paths import FREEZE, check_paths
 from logitscope.patching.positions import POSITION_MODES, position_axis
@@ -36,7 +38,8 @@ __all__ = ["ABLATIONS", "DIRECTIONS", "FREEZE", "GRIDS", "METHODS", "POSITION_MO
 def check_options(*, what: Any = "heads", direction: str = "denoise", corrupt: str | None = None,
                   positions: str = "auto", ablate: Any = None, ablation: str = "mean", method: str = "exact",
                   senders: Any = None, receivers: Any = "logits", freeze: str = "heads",
-                  circuit: Any = None) -> tuple[list[str], bool]:
+                  circuit: Any = None, circuit_random: int = 5, circuit_greedy: int = 0,
+                  circuit_greedy_steps: int = 10, circuit_greedy_candidates: int = 10) -> tuple[list[str], bool]:
     """Check :func:`run_patching`'s options without a model (the CLI calls it before loading one);
     returns ``(grid names, whether the single-head ablation grid is asked for)``."""
     from logitscope.tasks.counterparts import CORRUPTIONS
@@ -59,11 +62,19 @@ def check_options(*, what: Any = "heads", direction: str = "denoise", corrupt: s
     if ablate is not None:
         _ablation_sets(ablate, 10**6, 10**6)  # the spelling; the model's sizes are checked once it is loaded
     check_paths(senders, receivers, freeze)
+    sets = Completeness(circuit_random, circuit_greedy, circuit_greedy_steps, circuit_greedy_candidates).check()
     if circuit is not None:
         load_circuit(circuit)  # a file's syntax, before any model is loaded
+    else:
+        names = ("circuit_random", "circuit_greedy", "circuit_greedy_steps", "circuit_greedy_candidates")
+        for name, value, default in zip(names, astuple(sets), astuple(Completeness())):
+            if value != default:
+                raise ArgumentError(name, value, "sets a circuit's completeness check, and no circuit is given; "
+                                    "give a circuit too, or leave this out")
     if not grids and not head_ablation and ablate is None and senders is None and circuit is None:
         raise ArgumentError("what", what, f"nothing to compute; name a grid or group ({', '.join(WHAT)}), or give "
                             "ablate, senders or circuit")
+    _one_process_only(senders=senders, circuit=circuit)
     return grids, head_ablation
 
 
@@ -93,6 +104,10 @@ def run_patching(
     receivers: str | Sequence[str] = "logits",
     freeze: str = "heads",
     circuit: Any = None,
+    circuit_random: int = 5,
+    circuit_greedy: int = 0,
+    circuit_greedy_steps: int = 10,
+    circuit_greedy_candidates: int = 10,
 ) -> PatchingResult:
     """Activation patching and ablation of ``prompts`` (each with a ``corrupted`` counterpart, or a
     set that has them: ``seed``, ``arena``, ``ioi:N``) on ``model``.
@@ -111,9 +126,13 @@ def run_patching(
     receivers ``"logits,L9H9:q"``), in ``direction`` (the IOI paper's is ``noise``). ``circuit``:
     ``"ioi"`` (GPT-2 small), a circuit file, inline heads or a :class:`logitscope.circuits.Circuit`,
     whose faithfulness, completeness and minimality are measured with ``ablation``
-    (:mod:`logitscope.patching.faithfulness`). The other arguments are :func:`logitscope.run_study`'s.
-    In a process group of several ranks, as :func:`logitscope.run_study`: rank 0 gets the result, the
-    others ``None`` (path patching and circuits run in one process only).
+    (:mod:`logitscope.patching.faithfulness`); its completeness check takes K = ∅, each class,
+    ``circuit_random`` random subsets, and the sets of ``circuit_greedy`` runs of the paper's greedy
+    search (0: none; each of ``circuit_greedy_steps`` steps trying ``circuit_greedy_candidates``
+    heads; the paper's code: 5, 10, 10; see :func:`logitscope.patching.faithfulness.greedy_search`).
+    The other arguments are :func:`logitscope.run_study`'s. In a process group of several ranks, as
+    :func:`logitscope.run_study`: rank 0 gets the result, the others ``None`` (path patching and
+    circuits run in one process only).
     """
     from logitscope.study import _as_loaded, encode_prompts, run_study, tokenize
     from logitscope.tasks.prompts import GeneratedSet, parse_prompts
@@ -121,8 +140,11 @@ def run_patching(
     t0 = time.perf_counter()
     grids, head_ablation = check_options(what=what, direction=direction, corrupt=corrupt, positions=positions,
                                          ablate=ablate, ablation=ablation, method=method, senders=senders,
-                                         receivers=receivers, freeze=freeze, circuit=circuit)
-    _one_process_only(senders=senders, circuit=circuit)
+                                         receivers=receivers, freeze=freeze, circuit=circuit,
+                                         circuit_random=circuit_random, circuit_greedy=circuit_greedy,
+                                         circuit_greedy_steps=circuit_greedy_steps,
+                                         circuit_greedy_candidates=circuit_greedy_candidates)
+    completeness = Completeness(circuit_random, circuit_greedy, circuit_greedy_steps, circuit_greedy_candidates)
     parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
     lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=distributed.current())
     prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer) if isinstance(parsed, GeneratedSet) else parsed
@@ -152,7 +174,7 @@ def run_patching(
         return None  # another rank's: rank 0 builds the result
     timing = {"study_s": t_study - t0, "patching_s": time.perf_counter() - t_study, **result.pop("split")}
     result.update(_paths_and_circuit(lm, prompts, pairs, senders, receivers, freeze, circuit, direction, ablation,
-                                     batch_size, seed, timing, progress))
+                                     batch_size, seed, timing, progress, completeness))
     return PatchingResult(
         study=study, direction=direction, corrupted_prompts=[p.corrupted for p in prompts], positions=axis,
         position_tokens=_position_tokens(lm, pairs, axis), notes=tuple(notes), seed=seed, timing=timing,
@@ -163,7 +185,7 @@ def run_patching(
 
 def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, senders, receivers, freeze: str, circuit, direction: str,
                        ablation: str, batch_size: int | None, seed: int, timing: dict,
-                       progress: bool = False) -> dict[str, Any]:
+                       progress: bool = False, completeness: Completeness | None = None) -> dict[str, Any]:
     """Path patching and the circuit's measures, when asked for (``paths``, ``circuit``), each with
     its progress bar (in prompt-runs) when ``progress``."""
     from logitscope.patching.faithfulness import run_circuit
@@ -190,7 +212,7 @@ def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, senders, receivers, fre
         if bar is not None:
             bar.set_description("circuit")
         out["circuit"] = run_circuit(lm, prompts, pairs, load_circuit(circuit), ablation=ablation, batch_size=B,
-                                     seed=seed, progress=bar)
+                                     seed=seed, completeness=completeness, progress=bar)
         _finish(bar)
         timing["circuit_s"] = time.perf_counter() - t
     return out

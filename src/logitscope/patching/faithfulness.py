@@ -12,8 +12,10 @@ its nodes.
 - **faithfulness**: ``F(M)``, ``F(C)``, ``F(∅)``; the paper's ``|F(M) − F(C)|`` (0.46 for its circuit,
   13% of F(M)), ``F(C) / F(M)`` (87%), and ``(F(C) − F(∅)) / (F(M) − F(∅))``; also per template.
 - **completeness**: for sets ``K ⊆ C``, the incompleteness ``|F(C \\ K) − F(M \\ K)|``, with K the
-  empty set, each class of the circuit, and ``random_k`` random subsets (each head in with
-  probability 1/2, drawn with the study's seed). The paper also searches K greedily; not done here.
+  empty set, each class of the circuit, random subsets (each head in with probability 1/2, drawn
+  with the study's seed), and, when asked, the sets the paper's greedy search finds
+  (:func:`greedy_search`: K grown head by head to make the incompleteness as large as it can);
+  :class:`Completeness` says how many of each.
 - **minimality**: for each head v of C, ``|F(C \\ (K ∪ {v})) − F(C \\ K)|`` with the circuit's K for v
   (the paper's sets for the built-in circuit, else the other heads of v's class), also as a
   fraction of ``F(M)`` as the paper plots it.
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 from logitscope.circuits import ALL_POSITIONS, Circuit, CircuitClass, is_gpt2_small
-from logitscope.errors import InputError
+from logitscope.errors import ArgumentError, InputError
 from logitscope.stats import bootstrap_means, percentile_interval
 
 Head = tuple[int, int]
@@ -66,25 +68,102 @@ class Plan:
     """Every node set to evaluate and what each number is made of."""
 
     sets: list  # distinct node sets, [0] = C, [1] = ∅ (M is the unablated run itself)
-    completeness: list[tuple[str, tuple[Head, ...], int, int | None]]  # (label, K, index of C\K, of M\K or None = M)
+    # (label, source, K, index of C\K, of M\K or None = M)
+    completeness: list[tuple[str, str, tuple[Head, ...], int, int | None]]
     minimality: list[tuple[Head, str, tuple[Head, ...], int, int]]  # (v, class, K, index of C\K, of C\(K∪v))
 
 
-def completeness_sets(circuit: Circuit, random_k: int, seed: int) -> list[tuple[str, tuple[Head, ...]]]:
-    """The sets K of the completeness check: the empty set, each class, ``random_k`` random subsets
-    (each head in with probability 1/2, drawn with ``seed``)."""
-    ks: list[tuple[str, tuple[Head, ...]]] = [("empty set", ())]
-    ks += [(f"class {c.name}", c.heads) for c in circuit.classes]
+@dataclass(frozen=True)
+class Completeness:
+    """Which sets K the completeness check uses: the empty set and each class always, ``random``
+    random subsets, and ``greedy`` runs of :func:`greedy_search` (0: none), each of at most
+    ``steps`` steps trying ``candidates`` heads a step (the paper's code: 5 runs, 10, 10)."""
+
+    random: int = 5
+    greedy: int = 0
+    steps: int = 10
+    candidates: int = 10
+
+    def check(self) -> "Completeness":
+        """Itself, or an :class:`ArgumentError` naming :func:`logitscope.patching.run_patching`'s argument."""
+        for name, value, least, what in (
+                ("circuit_random", self.random, 0, "random subsets K"),
+                ("circuit_greedy", self.greedy, 0, "greedy searches"),
+                ("circuit_greedy_steps", self.steps, 1, "steps of each greedy search"),
+                ("circuit_greedy_candidates", self.candidates, 1, "heads tried a step")):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ArgumentError(name, value, "must be a whole number")
+            if value < least:
+                raise ArgumentError(name, value, f"the number of {what} must be {least} or more")
+        return self
+
+    def to_dict(self) -> dict[str, int]:
+        return {"random": int(self.random), "greedy": int(self.greedy), "greedy_steps": int(self.steps),
+                "greedy_candidates": int(self.candidates)}
+
+
+def completeness_sets(circuit: Circuit, random_k: int, seed: int) -> list[tuple[str, str, tuple[Head, ...]]]:
+    """The fixed sets K of the completeness check, as ``(label, source, K)``: the empty set, each
+    class, ``random_k`` random subsets (each head in with probability 1/2, drawn with ``seed``)."""
+    ks: list[tuple[str, str, tuple[Head, ...]]] = [("empty set", "empty", ())]
+    ks += [(f"class {c.name}", "class", c.heads) for c in circuit.classes]
     rng = np.random.default_rng(seed)
     heads = circuit.heads
     for i in range(random_k):
         pick = rng.random(len(heads)) < 0.5
-        ks.append((f"random {i + 1}", tuple(h for h, p in zip(heads, pick) if p)))
+        ks.append((f"random {i + 1}", "random", tuple(h for h, p in zip(heads, pick) if p)))
     return ks
 
 
-def plan(circuit: Circuit, n_layers: int, n_heads: int, ks: list[tuple[str, tuple[Head, ...]]]) -> Plan:
-    """Every distinct node set that faithfulness, completeness (with the sets ``ks``) and minimality need."""
+def greedy_search(incompleteness: Callable[[list[tuple[Head, ...]]], np.ndarray], heads: list[Head],
+                  start: float, *, searches: int, steps: int, candidates: int, seed: int) -> list[tuple[Head, ...]]:
+    """Sets K of ``heads`` with a large incompleteness, found greedily as the IOI paper does.
+
+    The paper's code (``greed_search_max_brok_cob_diff`` in redwoodresearch/Easy-Transformer's IOI
+    completeness experiments, the paper's appendix on completeness): ``searches`` times (5), start
+    from K = ∅ (score ``start``, the incompleteness of ∅) and take ``steps`` steps (10); at each step draw
+    ``candidates`` heads (10) of C \\ K at random, compute ``incompleteness(K ∪ {v})`` for each
+    (``incompleteness`` takes a list of sets, so that one step's sets run together), and add the
+    head with the largest score to K if that score exceeds K's; otherwise K stays and the next step
+    draws again. Ties go to the first head in circuit order among those drawn.
+
+    Where this differs from the paper's code: (1) its nodes are (head, position) pairs, here a
+    head with all its class's positions (every set in this module takes heads out whole); (2) it
+    keeps every set a search passes after its fifth step and re-measures them on a larger prompt
+    set, here each search gives its last K (the largest incompleteness it reached, as a step only
+    adds a head that raises the score), found and measured on the same prompts, so the score is
+    the largest of many tries and its interval does not count that choice; (3) a step with fewer
+    than ``candidates`` heads left tries them all, and when it then finds no better head the
+    search stops (every later step would try the same heads). The candidates come from
+    ``numpy.random.default_rng([seed, 1])``, a stream apart from the random subsets'. Returns
+    each search's K, heads in the order added, searches that end at a set already found left out.
+    """
+    rng = np.random.default_rng([seed, 1])
+    found: list[tuple[Head, ...]] = []
+    for _ in range(searches):
+        k: list[Head] = []
+        best = start
+        for _ in range(steps):
+            rest = [h for h in heads if h not in k]
+            if not rest:
+                break
+            n = min(candidates, len(rest))
+            tried = [rest[i] for i in sorted(rng.choice(len(rest), size=n, replace=False))]
+            scores = np.asarray(incompleteness([(*k, v) for v in tried]), dtype=np.float64)
+            i = int(np.argmax(scores))
+            if scores[i] > best:
+                k.append(tried[i])
+                best = float(scores[i])
+            elif n == len(rest):
+                break
+        if frozenset(k) not in {frozenset(f) for f in found}:
+            found.append(tuple(k))
+    return found
+
+
+def plan(circuit: Circuit, n_layers: int, n_heads: int, ks: list[tuple[str, str, tuple[Head, ...]]]) -> Plan:
+    """Every distinct node set that faithfulness, completeness (with the sets ``ks``: ``(label,
+    source, K)``) and minimality need."""
     sets: list = []
     index: dict = {}
 
@@ -100,9 +179,10 @@ def plan(circuit: Circuit, n_layers: int, n_heads: int, ks: list[tuple[str, tupl
     add(circuit_nodes(circuit))
     add({})
     completeness = []
-    for label, k in ks:
+    for label, source, k in ks:
         k_set = frozenset(k)
-        completeness.append((label, k, add(circuit_nodes(circuit, k_set)), add(model_nodes(n_layers, n_heads, k_set))))
+        completeness.append((label, source, k, add(circuit_nodes(circuit, k_set)),
+                             add(model_nodes(n_layers, n_heads, k_set))))
     minimality = []
     for c in circuit.classes:
         for v in c.heads:
@@ -158,22 +238,25 @@ def check_circuit(circuit: Circuit, lm, pairs) -> Circuit:
 
 
 def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_size: int, seed: int,
-                random_k: int = 5, progress=None) -> "CircuitResult":
+                completeness: Completeness | None = None, progress=None) -> "CircuitResult":
     """F of every node set the circuit's three measures need, over the pairs' clean prompts
-    (``progress``: a tqdm bar, or None)."""
+    (``completeness``: which sets K, default 5 random ones and no greedy search; ``progress``: a
+    tqdm bar, or None)."""
     from logitscope.patching.ablation import AblationRunner, GroupMeans, group_keys
     from logitscope.patching.engine import Engine
     from logitscope.patching.positions import PositionAxis
     from logitscope.patching.run import pair_batches
 
+    sets_k = (completeness or Completeness()).check()
     circuit = check_circuit(circuit, lm, pairs)
     engine = Engine(lm)
     L, H = engine.n_layers, engine.points.n_heads
-    the_plan = plan(circuit, L, H, completeness_sets(circuit, random_k, seed))
+    fixed = completeness_sets(circuit, sets_k.random, seed)
+    the_plan = plan(circuit, L, H, fixed)
     points = [("z", l) for l in range(L)]
     keys = group_keys(prompts, pairs.lengths)
     means = GroupMeans(keys, pairs.lengths) if ablation == "mean" else None
-    if progress is not None:  # a tqdm bar: its total is known once the plan is
+    if progress is not None:  # a tqdm bar: its total is known once the plan is (a greedy search adds to it)
         progress.total = pairs.n * (len(the_plan.sets) + (ablation == "mean"))
         progress.refresh()
     step = progress.update if progress is not None else (lambda n: None)
@@ -187,34 +270,64 @@ def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_si
             for key in points:
                 means.add(key, b.rows, run.acts[key])
             step(len(b.rows))
-    values = np.full((len(the_plan.sets), pairs.n), np.nan)
     model = np.full(pairs.n, np.nan)
-    for b in pair_batches(pairs, axis, batch_size, device):
-        clean = engine.record(b.clean, b.end, b.correct, b.incorrect)
-        corrupted = engine.record(b.corrupted, b.end, b.correct, b.incorrect,
-                                  acts=points if ablation == "resample" else ())
-        model[b.rows] = clean.logit_diff.cpu().double().numpy()
-        replacement = [runner.replacement(("z", l), b, clean, corrupted) for l in range(L)]
-        B = clean.batch
-        size = max(1, runner.budget // max(1, B * clean.length))
-        # The circuit and the no-heads set run alone, as a single ablation of the same heads does
-        # (logitscope.patching.ablation), so F(∅) is that run's number exactly; the rest in groups.
-        starts = [0, 1, *range(2, len(the_plan.sets), size)]
-        for s, stop in zip(starts, [*starts[1:], len(the_plan.sets)]):
-            chunk = the_plan.sets[s:stop]
-            masks = [torch.cat([_mask(nodes, l, H, b, pairs) for nodes in chunk]) for l in range(L)]
-            ablated = [l for l in range(L) if not bool(masks[l].all())]
-            if not ablated:  # every head kept at every position: the model itself, F(M)
-                values[s:stop, b.rows] = model[b.rows]
-                continue
-            hooks = {("z", l): _knockout(replacement[l], masks[l]) for l in ablated}
-            out = engine.patched(clean, ablated[0], groups=len(chunk), hooks=hooks, end=b.end, correct=b.correct,
-                                 incorrect=b.incorrect)
-            values[s:stop, b.rows] = out.view(len(chunk), B).cpu().double().numpy()
-            step(len(chunk) * B)
+
+    def knock_out(sets: list, alone: int = 0) -> np.ndarray:
+        """``[len(sets), N]``: F per prompt of each node set; the first ``alone`` sets run one by one,
+        the rest in groups of as many as the memory budget allows."""
+        values = np.full((len(sets), pairs.n), np.nan)
+        first = min(alone, len(sets))
+        for b in pair_batches(pairs, axis, batch_size, device):
+            clean = engine.record(b.clean, b.end, b.correct, b.incorrect)
+            corrupted = engine.record(b.corrupted, b.end, b.correct, b.incorrect,
+                                      acts=points if ablation == "resample" else ())
+            model[b.rows] = clean.logit_diff.cpu().double().numpy()
+            replacement = [runner.replacement(("z", l), b, clean, corrupted) for l in range(L)]
+            B = clean.batch
+            size = max(1, runner.budget // max(1, B * clean.length))
+            starts = [*range(first), *range(first, len(sets), size)]
+            for s, stop in zip(starts, [*starts[1:], len(sets)]):
+                chunk = sets[s:stop]
+                masks = [torch.cat([_mask(nodes, l, H, b, pairs) for nodes in chunk]) for l in range(L)]
+                ablated = [l for l in range(L) if not bool(masks[l].all())]
+                if not ablated:  # every head kept at every position: the model itself, F(M)
+                    values[s:stop, b.rows] = model[b.rows]
+                    continue
+                hooks = {("z", l): _knockout(replacement[l], masks[l]) for l in ablated}
+                out = engine.patched(clean, ablated[0], groups=len(chunk), hooks=hooks, end=b.end,
+                                     correct=b.correct, incorrect=b.incorrect)
+                values[s:stop, b.rows] = out.view(len(chunk), B).cpu().double().numpy()
+                step(len(chunk) * B)
+        return values
+
+    # The circuit and the no-heads set run alone, as a single ablation of the same heads does
+    # (logitscope.patching.ablation), so F(∅) is that run's number exactly; the rest in groups.
+    known: dict = {}  # each node set's per-prompt F, by _key (None: M, the model itself)
+    for nodes, v in zip(the_plan.sets, knock_out(the_plan.sets, alone=2)):
+        known[_key(nodes)] = v
+    known[None] = model
+    ks = list(fixed)
+    if sets_k.greedy:
+        def incompleteness(candidates: list[tuple[Head, ...]]) -> np.ndarray:
+            both = [(circuit_nodes(circuit, frozenset(k)), model_nodes(L, H, frozenset(k))) for k in candidates]
+            todo = list({_key(n): n for pair in both for n in pair if _key(n) not in known}.values())
+            if todo:
+                if progress is not None:
+                    progress.total += pairs.n * len(todo)
+                    progress.refresh()
+                for nodes, v in zip(todo, knock_out(todo)):
+                    known[_key(nodes)] = v
+            return np.array([abs(known[_key(c)].mean() - known[_key(m)].mean()) for c, m in both])
+
+        start = float(incompleteness([()])[0])
+        found = greedy_search(incompleteness, circuit.heads, start, searches=sets_k.greedy, steps=sets_k.steps,
+                              candidates=sets_k.candidates, seed=seed)
+        ks += [(f"greedy {i + 1}", "greedy", k) for i, k in enumerate(found)]
+        the_plan = plan(circuit, L, H, ks)
+    values = np.stack([known[_key(nodes)] for nodes in the_plan.sets])
     templates = [" ".join(str(x) for x in k[1:]) if k[0] == "template" else f"{k[1]} tokens" for k in keys]
     return CircuitResult(circuit=circuit, ablation=ablation, model=model, values=values, plan=the_plan,
-                         templates=tuple(templates), seed=seed)
+                         templates=tuple(templates), seed=seed, completeness_sets=sets_k)
 
 
 # ---------------------------------------------------------------------------------------------- result
@@ -231,6 +344,7 @@ class CircuitResult:
     templates: tuple[str, ...]  # each prompt's group for the means
     seed: int = 0
     timing: dict[str, float] = field(default_factory=dict)
+    completeness_sets: Completeness = Completeness()
 
     @property
     def n_prompts(self) -> int:
@@ -276,10 +390,11 @@ class CircuitResult:
                 "normalised": self._stat((c - n) / (m - n), (rc - rn) / (rm - rn)),
             }
             completeness = []
-            for label, k, ci, mi in self.plan.completeness:
+            for label, source, k, ci, mi in self.plan.completeness:
                 fc, fm = self._f(ci).mean(), self._f(mi).mean()
                 rfc, rfm = r[1 + ci], r[0] if mi is None else r[1 + mi]
-                completeness.append({"k": label, "heads": _label(k), "circuit_without_k": self._f_stat(ci),
+                completeness.append({"k": label, "source": source, "heads": _label(k),
+                                     "circuit_without_k": self._f_stat(ci),
                                      "model_without_k": self._f_stat(mi),
                                      "incompleteness": self._stat(abs(fc - fm), np.abs(rfc - rfm))})
             minimality = []
@@ -315,6 +430,7 @@ class CircuitResult:
                          if self.ablation == "mean" else f"each knocked-out head's z is {self.ablation}-ablated",
             "metric": "F(X): mean logit difference of the clean prompts with every head node outside X knocked out",
             "n_prompts": self.n_prompts,
+            "completeness_sets": self.completeness_sets.to_dict(),
             **self.measures,
             "by_template": self.by_template(),
         })
@@ -334,8 +450,8 @@ class CircuitResult:
             "circuit_model": self.model,
             "circuit_circuit": self.values[0],
             "circuit_no_heads": self.values[1],
-            "circuit_completeness_circuit_without_k": np.stack([self._f(ci) for _, _, ci, _ in p.completeness]),
-            "circuit_completeness_model_without_k": np.stack([self._f(mi) for _, _, _, mi in p.completeness]),
+            "circuit_completeness_circuit_without_k": np.stack([self._f(ci) for *_, ci, _ in p.completeness]),
+            "circuit_completeness_model_without_k": np.stack([self._f(mi) for *_, mi in p.completeness]),
             "circuit_minimality_without_k": np.stack([self._f(wk) for *_, wk, _ in p.minimality]),
             "circuit_minimality_without_k_and_head": np.stack([self._f(wkv) for *_, wkv in p.minimality]),
         }
@@ -351,12 +467,17 @@ class CircuitResult:
         classes = tuple(CircuitClass(c["name"], heads(c["heads"]), tuple(c["positions"])) for c in doc["classes"])
         k = {heads([m["head"]])[0]: heads(m["k"]) for m in doc["minimality"]}
         circuit = Circuit(doc["name"], classes, k, doc["source"])
-        ks = [(e["k"], heads(e["heads"])) for e in doc["completeness"]]
+        # Results saved before the greedy search have no source and no completeness_sets: the label says.
+        ks = [(e["k"], e.get("source") or e["k"].split()[0], heads(e["heads"])) for e in doc["completeness"]]
+        sets = doc.get("completeness_sets") or {"random": sum(s == "random" for _, s, _ in ks), "greedy": 0,
+                                                "greedy_steps": 10, "greedy_candidates": 10}
         names = [r["template"] for r in doc["by_template"]]
         return cls(circuit=circuit, ablation=doc["ablation"], model=np.asarray(arrays["circuit_model"], np.float64),
                    values=np.asarray(arrays["circuit_sets"], np.float64), plan=plan(circuit, n_layers, n_heads, ks),
                    templates=tuple(names[int(i)] for i in arrays["circuit_group"]), seed=seed,
-                   timing=dict(doc.get("timing", {})))
+                   timing=dict(doc.get("timing", {})),
+                   completeness_sets=Completeness(sets["random"], sets["greedy"], sets["greedy_steps"],
+                                                  sets["greedy_candidates"]))
 
     def summary(self) -> str:
         ms = self.measures

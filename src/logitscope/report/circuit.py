@@ -68,29 +68,43 @@ def paths_figure(paths: PathPatchingResult) -> go.Figure:
                     bound=max(bound, 1e-9), cell=int(np.clip(560 / max(S, R), 12, 48)))
 
 
+# How each source of completeness sets K is drawn and named in the legend.
+K_MARKERS = {"empty": ("K = ∅", "#4a5361", "circle"), "class": ("a class", ACCENT, "circle"),
+             "random": ("random subset", "#7570b3", "diamond"), "greedy": ("greedy search", "#d95f02", "star")}
+
+
 def completeness_figure(circuit: CircuitResult) -> go.Figure:
-    """F(C \\ K) against F(M \\ K) for each K, with intervals; a complete circuit sits on y = x."""
+    """F(C \\ K) against F(M \\ K) for each K, with intervals, one trace per source of K (the empty
+    set, the classes, random subsets, the greedy search); a complete circuit sits on y = x."""
     rows = circuit.measures["completeness"]
     x = [r["model_without_k"]["mean"] for r in rows]
     y = [r["circuit_without_k"]["mean"] for r in rows]
-    ex = [[r["model_without_k"]["ci95_high"] - r["model_without_k"]["mean"] for r in rows],
-          [r["model_without_k"]["mean"] - r["model_without_k"]["ci95_low"] for r in rows]]
-    ey = [[r["circuit_without_k"]["ci95_high"] - r["circuit_without_k"]["mean"] for r in rows],
-          [r["circuit_without_k"]["mean"] - r["circuit_without_k"]["ci95_low"] for r in rows]]
-    text = [f"<b>K = {_e(r['k'])}</b> ({len(r['heads'])} heads)<br>F(M\\K) {_v(r['model_without_k'])} "
-            f"{_ci(r['model_without_k'])}<br>F(C\\K) {_v(r['circuit_without_k'])} {_ci(r['circuit_without_k'])}"
-            f"<br>incompleteness {_v(r['incompleteness'])} {_ci(r['incompleteness'])}" for r in rows]
     lo = min(min(x), min(y)) - 0.2
     hi = max(max(x), max(y)) + 0.2
-    fig = go.Figure([
-        go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(color="#9aa3b2", dash="dot"), hoverinfo="skip"),
-        go.Scatter(x=x, y=y, mode="markers", marker=dict(size=9, color=ACCENT), text=text,
-                   hovertemplate="%{text}<extra></extra>",
-                   error_x=dict(type="data", array=ex[0], arrayminus=ex[1], color="#9aa3b2", thickness=1),
-                   error_y=dict(type="data", array=ey[0], arrayminus=ey[1], color="#9aa3b2", thickness=1)),
-    ])
+    traces = [go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(color="#9aa3b2", dash="dot"),
+                         hoverinfo="skip", showlegend=False)]
+    for source, (name, colour, symbol) in K_MARKERS.items():
+        sel = [r for r in rows if r["source"] == source]
+        if not sel:
+            continue
+        mk, ck = [r["model_without_k"] for r in sel], [r["circuit_without_k"] for r in sel]
+        which = [": " + _e(", ".join(r["heads"])) if r["heads"] else "" for r in sel]
+        text = [f"<b>K = {_e(r['k'])}</b> ({len(r['heads'])} heads{w})"
+                f"<br>F(M\\K) {_v(r['model_without_k'])} {_ci(r['model_without_k'])}<br>F(C\\K) "
+                f"{_v(r['circuit_without_k'])} {_ci(r['circuit_without_k'])}<br>incompleteness "
+                f"{_v(r['incompleteness'])} {_ci(r['incompleteness'])}" for r, w in zip(sel, which)]
+        traces.append(go.Scatter(
+            x=[s["mean"] for s in mk], y=[s["mean"] for s in ck], mode="markers", name=name, text=text,
+            marker=dict(size=11 if source == "greedy" else 9, color=colour, symbol=symbol),
+            hovertemplate="%{text}<extra></extra>",
+            error_x=dict(type="data", array=[s["ci95_high"] - s["mean"] for s in mk],
+                         arrayminus=[s["mean"] - s["ci95_low"] for s in mk], color="#9aa3b2", thickness=1),
+            error_y=dict(type="data", array=[s["ci95_high"] - s["mean"] for s in ck],
+                         arrayminus=[s["mean"] - s["ci95_low"] for s in ck], color="#9aa3b2", thickness=1)))
+    fig = go.Figure(traces)
     layout = _base_layout("Completeness: the circuit and the model with the same heads K knocked out",
-                          "F(M \\ K), logit diff", "F(C \\ K), logit diff", height=420)
+                          "F(M \\ K), logit diff", "F(C \\ K), logit diff", height=460)
+    layout.update(showlegend=True, legend=dict(orientation="h", y=-0.2))
     layout["width"] = 520
     fig.update_layout(**layout)
     return fig
@@ -168,6 +182,7 @@ def _circuit_tables(circuit: CircuitResult, table_html, caption_html) -> str:
     ms = circuit.measures
     f = ms["faithfulness"]
     c = circuit.circuit
+    greedy = any(r["source"] == "greedy" for r in ms["completeness"])
     out = [f"<h3>Circuit {_e(c.name)} ({len(c.heads)} heads)</h3>"]
     what = ("its mean over the counterpart prompts of the same template, position by position"
             if circuit.ablation == "mean" else f"{circuit.ablation}-ablated")
@@ -196,13 +211,18 @@ def _circuit_tables(circuit: CircuitResult, table_html, caption_html) -> str:
             [[_e(r["template"]), str(r["n"]), f"{r['model']:+.3f}", f"{r['circuit']:+.3f}", f"{r['no_heads']:+.3f}",
               "—" if r["fraction"] is None else f"{100 * r['fraction']:.1f}%"] for r in by]) + "</details>")
     out.append(caption_html(
-        "Completeness: for sets K of circuit heads (none, each class, random halves), the circuit and the model with K "
-        "knocked out; incompleteness |F(C \\ K) − F(M \\ K)|. Minimality: for each head v and its set K, "
-        "|F(C \\ (K ∪ {v})) − F(C \\ K)|.",
-        "A complete circuit's points lie on the dotted line; a minimal circuit has no head with a score near zero.",
+        "Completeness: for sets K of circuit heads (none, each class, random halves"
+        + (", and the sets of the IOI paper's greedy search for the largest incompleteness" if greedy else "")
+        + "), the circuit and the model with K knocked out; incompleteness |F(C \\ K) − F(M \\ K)|. Minimality: for "
+        "each head v and its set K, |F(C \\ (K ∪ {v})) − F(C \\ K)|.",
+        "A complete circuit's points lie on the dotted line; a minimal circuit has no head with a score near zero."
+        + (" A greedy set is chosen for its score on these same prompts, so its interval does not count that choice."
+           if greedy else ""),
     ))
-    rows = [[_e(r["k"]), str(len(r["heads"])), _v(r["circuit_without_k"]), _v(r["model_without_k"]),
+    rows = [[_e(r["k"]), _e(r["source"]), f"{len(r['heads'])}: {_e(', '.join(r['heads']))}"
+             if r["source"] in ("random", "greedy") and r["heads"] else str(len(r["heads"])),
+             _v(r["circuit_without_k"]), _v(r["model_without_k"]),
              _v(r["incompleteness"]), _ci(r["incompleteness"])] for r in ms["completeness"]]
-    out.append(table_html([("K", False), ("Heads", True), ("F(C\\K)", True), ("F(M\\K)", True),
+    out.append(table_html([("K", False), ("From", False), ("Heads", False), ("F(C\\K)", True), ("F(M\\K)", True),
                            ("Incompleteness", True), ("95% CI", True)], rows))
     return "".join(out)
