@@ -67,7 +67,10 @@ class Engine:
     def logit_diff(self, resid: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor) -> torch.Tensor:
         """logit(correct) − logit(incorrect) from final residual vectors ``[N, d]``: the model's final
         norm, its two unembedding rows (and bias, and soft-cap where it has them), in float32."""
-        normed = self.final_norm(resid.to(self.W_U.device)).float()
+        return self.logit_diff_of_normed(self.final_norm(resid.to(self.W_U.device)).float(), correct, incorrect)
+
+    def logit_diff_of_normed(self, normed: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor) -> torch.Tensor:
+        """The same from vectors already through a final norm ``[N, d]`` (float32)."""
         lc = (normed * self.W_U[correct].float()).sum(-1)
         li = (normed * self.W_U[incorrect].float()).sum(-1)
         if self.b_U is not None:

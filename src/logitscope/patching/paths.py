@@ -209,13 +209,7 @@ class FrozenScaleReadout:
             delta, c0 = delta - delta.mean(-1, keepdim=True), c0 - c0.mean(-1, keepdim=True)
         sigma = torch.sqrt((c0 * c0).mean(-1, keepdim=True) + self.eps)
         normed = eng.final_norm(x0).float() + delta / sigma * self.gamma.to(dev)
-        lc = (normed * eng.W_U[correct].float()).sum(-1)
-        li = (normed * eng.W_U[incorrect].float()).sum(-1)
-        if eng.b_U is not None:
-            lc, li = lc + eng.b_U[correct].float(), li + eng.b_U[incorrect].float()
-        if eng.softcap:
-            lc, li = (torch.tanh(v / eng.softcap) * eng.softcap for v in (lc, li))
-        return lc - li
+        return eng.logit_diff_of_normed(normed, correct, incorrect)
 
 
 class PathRunner:
