@@ -159,6 +159,23 @@ def _by_group(prompts):
     return groups
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_abc_pairs_equal_transformerlens_on_every_family(family, models):
+    """The IOI paper's ABC counterparts (not only name swaps), every family: each head's patch at
+    every position, against TransformerLens per template (one template: one length)."""
+    hf, tl = models(family)
+    tok = gpt2_tokenizer()
+    res = run_patching(generate_ioi_prompts(4, seed=7, tokenizer=tok, templates=[6]), hf, tokenizer=tok,
+                       what=["attn_head_out_all_pos"], corrupt="abc", seed=7)
+    pairs = res_prompts(res)
+    total = 0.0
+    for idx in _by_group(res.study.prompts).values():
+        ref, _, corrupted = tl_grids(tl, [pairs[i] for i in idx], "denoise", ["attn_head_out_all_pos"])
+        assert np.abs(ref["attn_head_out_all_pos"] - corrupted).max() > 1e-3, "the patches must do something"
+        total = total + len(idx) / res.n_prompts * ref["attn_head_out_all_pos"]
+    np.testing.assert_allclose(res.mean("attn_head_out_all_pos"), total, rtol=0, atol=ATOL)
+
+
 @pytest.mark.parametrize("family", ["gpt2", pytest.param("llama", marks=pytest.mark.slow)])
 def test_abc_pairs_by_named_position_equal_transformerlens(family, models):
     """IOI prompts of several templates (so several lengths) with the IOI paper's ABC counterparts;
