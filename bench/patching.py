@@ -19,7 +19,8 @@ time from spawn to exit, peak RSS from ``os.wait4``):
    ``patching.timing.patching_s``: both unpatched runs of every batch and every patched run);
 4. TransformerLens 3.9 used well on the first grid (``contenders/patch_tl.py``: batches of 64, a
    cache filtered to ``hook_z``, ``get_act_patch_attn_head_out_all_pos``), timed in-process;
-5. logitscope's END grid again on ``--flat-n`` pairs (default 10x N): peak RSS must stay flat;
+5. logitscope's END grid again on ``--flat-n`` pairs (default 10x N): peak RSS must stay flat (both END
+   runs in batches of ``--flat-batch-size`` pairs, default N, so only the number of batches differs);
 6. attribution patching of every grid at once (``--what heads,heads_by_pos,resid,layers,qkv
    --positions index --method attribution``, not ``all``, which adds the exact ablation grid: every head's z, q, k, v and pattern, every layer's resid_pre, resid_mid,
    attn_out and mlp_out at every position, every head at every position), its cost in the same
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--flat-n", type=int, default=None, help="pairs for the memory-flatness run (default 10 x n)")
+    ap.add_argument("--flat-batch-size", type=int, default=None,
+                    help="pairs per batch in the flatness run and the END run it is compared with (default n: "
+                         "the n-pair run is one batch, the flatness run --flat-n / n batches of the same size)")
     ap.add_argument("--threads", type=int, default=None, help="threads per process (OMP/MKL/torch); default: all")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="smoke run: skip TransformerLens and the flatness run")
@@ -124,13 +128,16 @@ def main(argv: list[str] | None = None) -> int:
         return entry
 
     common = ["--model", str(model), "--device", args.device]
+    # Memory is compared at equal batches: only the number of batches differs between the two END runs.
+    flat_batch = args.flat_batch_size or args.n
     run("floor", [py, str(CONTENDERS / "floor.py"), *common, "--prompts", str(pairs), "--result", "{r}"])
     for name, (extra, _) in GRIDS.items():
         if name in skip or (name == "attribution_all" and "attribution" in skip):
             continue
+        batch = ["--batch-size", str(flat_batch)] if name == "heads_end" else []
         run(f"logitscope_{name}", [py, str(CONTENDERS / "patch_logitscope.py"), "--result", "{r}", "--", "patch",
                                    "--model", str(model), "--prompts", str(pairs), "--out", str(tmp / name),
-                                   "--quiet", "--no-report", "--device", args.device, *extra])
+                                   "--quiet", "--no-report", "--device", args.device, *extra, *batch])
     if "transformer_lens" not in skip:
         run("transformer_lens_heads_all_pos", [py, str(CONTENDERS / "patch_tl.py"), *common, "--prompts", str(pairs),
                                                "--result", "{r}"])
@@ -144,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = GRIDS["heads_end"][0]
         run("logitscope_heads_end_flat", [py, str(CONTENDERS / "patch_logitscope.py"), "--result", "{r}", "--", "patch",
                                           "--model", str(model), "--prompts", str(flat_pairs), "--out",
-                                          str(tmp / "flat"), "--quiet", "--no-report", "--device", args.device, *extra])
+                                          str(tmp / "flat"), "--quiet", "--no-report", "--device", args.device, *extra,
+                                          "--batch-size", str(flat_batch)])
     doc = summarise(runs, args, T, load)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
@@ -196,6 +204,7 @@ def summarise(runs: dict[str, Any], args: argparse.Namespace, T: int, load: floa
     flat = runs.get("logitscope_heads_end_flat")
     if flat and flat["ok"] and "heads_end" in rows:
         doc["flat"] = {"n": flat["child"]["n_prompts"], "peak_rss_gb": flat["peak_rss_gb"],
+                       "batch_size": args.flat_batch_size or args.n,
                        "ratio": flat["peak_rss_gb"] / rows["heads_end"]["peak_rss_gb"]}
     return doc
 
@@ -284,7 +293,7 @@ def markdown(doc: dict[str, Any]) -> str:
     if flat:
         lines += ["", f"Memory with the number of pairs (each head at END): {doc['n']} pairs "
                   f"{doc['grids']['heads_end']['peak_rss_gb']:.2f} GB, {flat['n']} pairs {flat['peak_rss_gb']:.2f} GB "
-                  f"(x{flat['ratio']:.2f})."]
+                  f"(x{flat['ratio']:.2f}), both in batches of {flat.get('batch_size', '?')} pairs."]
     return "\n".join(lines) + "\n"
 
 
