@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).parent / "data"
 GPT2_TOKENIZER = DATA / "gpt2-tokenizer"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def pytest_runtest_setup(item):
+    """Tests marked ``browser`` need headless chromium: skipped without it, unless
+    LOGITSCOPE_REQUIRE_BROWSER is set (as .ci/run does), where a missing browser fails them."""
+    if item.get_closest_marker("browser") is None or CHROMIUM is not None:
+        return
+    why = "needs headless chromium on PATH (apt-get install chromium)"
+    if os.environ.get("LOGITSCOPE_REQUIRE_BROWSER"):
+        pytest.fail(f"LOGITSCOPE_REQUIRE_BROWSER is set and the test {why}", pytrace=False)
+    pytest.skip(why)
 
 
 @pytest.fixture(scope="session")

@@ -371,10 +371,8 @@ def test_patch_command_paths_and_circuit_end_to_end(tmp_path, capsys):
 @pytest.mark.browser
 def test_circuit_report_renders_offline_in_chromium(gpt2, tmp_path):
     """The path-patching grid and the circuit figures draw in a browser with no network."""
-    from test_report import CHROMIUM, render_dom, rendering_failures
+    from test_report import render_dom, rendering_failures
 
-    if CHROMIUM is None:
-        pytest.skip("needs headless chromium on PATH (apt-get install chromium)")
     hf, _ = gpt2
     res = run_patching("ioi:8", hf, tokenizer=gpt2_tokenizer(), what="none", direction="noise", senders="all",
                        receivers="logits,L1H0:q,L1H1:v", circuit="nm: L1H0 L1H2 @ END; prev: L0H3", seed=2)

@@ -24,7 +24,6 @@ Tolerances are test_parity's (1e-4 on logits, 1e-5 on patterns) and for the same
 from __future__ import annotations
 
 import json
-import shutil
 
 import einops
 import numpy as np
@@ -378,8 +377,6 @@ def test_cli_runs_on_a_local_checkpoint(family, tmp_path, capsys):
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
-                    reason="needs headless chromium on PATH (apt-get install chromium)")
 def test_mixtral_report_renders_the_expert_heatmap_offline(studied, tmp_path):
     from test_report import FIGURES, VIEWS, render_dom, rendering_failures
 

@@ -478,10 +478,8 @@ def test_patch_command_bad_pairing_writes_nothing(tmp_path, capsys):
 
 @pytest.mark.browser
 def test_patching_report_renders_offline_in_chromium(tmp_path, models):
-    from test_report import CHROMIUM, FIGURES, VIEWS, render_dom, rendering_failures
+    from test_report import FIGURES, VIEWS, render_dom, rendering_failures
 
-    if CHROMIUM is None:
-        pytest.skip("needs headless chromium on PATH (apt-get install chromium)")
     hf, _ = models("gpt2")
     res = run_patching("seed", hf, tokenizer=gpt2_tokenizer(), what="heads,heads_by_pos,resid,ablation",
                        ablate="L0H1,L1H2", positions="index")

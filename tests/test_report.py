@@ -319,7 +319,7 @@ def test_report_view_is_the_whole_report_in_a_frame(small_result: StudyResult, s
 
 
 # ------------------------------------------------------------------------------------------ browser
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from conftest import CHROMIUM  # noqa: E402  (tests marked browser are skipped or failed there without it)
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
 
@@ -386,11 +386,7 @@ def rendering_failures(dom: str, figures: list[str], views: list[str]) -> list[s
     return bad + [f"view {v}" for v in views if parser.children[v] == 0]
 
 
-browser = pytest.mark.skipif(CHROMIUM is None, reason="needs headless chromium on PATH (apt-get install chromium)")
-
-
 @pytest.mark.browser
-@browser
 @pytest.mark.parametrize("which", ["gpt2", "small"])
 def test_report_renders_offline_in_chromium(which: str, request: pytest.FixtureRequest, tmp_path: Path):
     result = request.getfixturevalue(f"{which}_result")
@@ -404,7 +400,6 @@ def test_report_renders_offline_in_chromium(which: str, request: pytest.FixtureR
 
 
 @pytest.mark.browser
-@browser
 def test_browser_check_catches_broken_rendering(small_html: str, tmp_path: Path):
     """The check above is not vacuous: without the bundles nothing renders, and it says so."""
     broken = small_html.replace(plotly_js(), "").replace(circuitsvis_js(), "")
