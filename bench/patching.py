@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=4 * 3600)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    args.flat_batch_size = args.flat_batch_size or args.n
     skip = set(filter(None, args.skip.split(","))) | ({"transformer_lens", "nnsight", "flat"} if args.quick else set())
     mode = str(args.threads) if args.threads else "default"
     out = Path(args.out or BENCH / "results" / f"patching-{args.device.split(':')[0]}-{args.n}.json")
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     common = ["--model", str(model), "--device", args.device]
     # Memory is compared at equal batches: only the number of batches differs between the two END runs.
-    flat_batch = args.flat_batch_size or args.n
+    flat_batch = args.flat_batch_size
     run("floor", [py, str(CONTENDERS / "floor.py"), *common, "--prompts", str(pairs), "--result", "{r}"])
     for name, (extra, _) in GRIDS.items():
         if name in skip or (name == "attribution_all" and "attribution" in skip):
@@ -204,7 +205,7 @@ def summarise(runs: dict[str, Any], args: argparse.Namespace, T: int, load: floa
     flat = runs.get("logitscope_heads_end_flat")
     if flat and flat["ok"] and "heads_end" in rows:
         doc["flat"] = {"n": flat["child"]["n_prompts"], "peak_rss_gb": flat["peak_rss_gb"],
-                       "batch_size": args.flat_batch_size or args.n,
+                       "batch_size": args.flat_batch_size,
                        "ratio": flat["peak_rss_gb"] / rows["heads_end"]["peak_rss_gb"]}
     return doc
 
