@@ -172,7 +172,9 @@ def test_a_killed_hung_or_misplaced_rank_fails_the_run(fault, expected, status, 
     writers = tmp_path / "writers.txt"
     proc = _run_with_fault(fault, tiny_gpt2_dir, out, writers, *(["--dist-timeout", "6"] if fault == "hang" else []))
     assert proc.returncode != 0
-    [message] = _errors(proc)
+    errors = _errors(proc)
+    assert len(errors) == 1, proc.stderr[-4000:]  # the whole story when it is not one message (seen once, loaded machine)
+    [message] = errors
     pattern = re.escape(expected).replace(r"\{host\}", r"\S+").replace(r"\{pid\}", r"\d+")
     assert re.search(pattern, message), message
     assert f"exitcode  : {status}" in proc.stderr or fault == "kill"  # torchrun's summary: rank 1's own status
