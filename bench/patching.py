@@ -70,8 +70,8 @@ def write_pairs(path: Path, n: int, seed: int = 0) -> tuple[Path, int]:
     """``n`` equal-length IOI prompts with ABC counterparts, as JSONL; ``(path, tokens without BOS)``."""
     from transformers import AutoTokenizer
 
-    from logitscope.tasks.counterparts import with_counterparts
-    from logitscope.tasks.prompts import Prompt
+    from logitscope.inputs.counterparts import with_counterparts
+    from logitscope.inputs.prompts import Prompt
 
     tok = AutoTokenizer.from_pretrained(str(BENCH.parent / "tests" / "data" / "gpt2-tokenizer"))
     rows, length = equal_length_ioi(n, seed=seed, tokenizer=tok)
@@ -214,7 +214,7 @@ def attribution_agreement(runs: dict[str, Any]) -> dict[str, Any]:
     """The attribution run's estimates against each exact grid run in the same benchmark."""
     import numpy as np
 
-    from logitscope.patching.agreement import agreement
+    from logitscope.results.agreement import agreement
 
     atp = runs.get("logitscope_attribution_all")
     if not atp or not atp["ok"]:

@@ -85,10 +85,10 @@ def instrument() -> None:
     import numpy as np
 
     import logitscope.models.load as load_mod
-    import logitscope.results as results_mod
-    import logitscope.study as study_mod
-    import logitscope.tasks.prompts as prompts_mod
-    from logitscope.capture import Recorder
+    import logitscope.api.results as results_mod
+    import logitscope.methods.dla as study_mod
+    import logitscope.inputs.prompts as prompts_mod
+    from logitscope.engine.capture import Recorder
 
     load_mod.load_model = timed("load_model (tokenizer + weights)", load_mod.load_model)
     prompts_mod.load_prompts = timed("load_prompts", prompts_mod.load_prompts)
@@ -98,12 +98,12 @@ def instrument() -> None:
     study_mod.attention_patterns = timed("attention_patterns (1 eager forward)", study_mod.attention_patterns)
     Recorder.__init__ = timed("Recorder.__init__", Recorder.__init__)
     Recorder.run_batch = timed("Recorder.run_batch (forward + hooks + logits)", Recorder.run_batch)
-    import logitscope.study_data as study_data_mod
+    import logitscope.results.study as study_data_mod
 
     study_data_mod.shared_intervals = timed("shared_intervals (bootstrap)", study_data_mod.shared_intervals)
     import logitscope.report as report_mod  # plotly and the rest, imported here rather than timed
     import logitscope.report.page  # noqa: F401
-    import logitscope.serialize as serialize_mod
+    import logitscope.results.serialize as serialize_mod
 
     R = results_mod.StudyResult
 
@@ -155,10 +155,10 @@ def forward_variants(model_dir: Path, prompts: Path, ls_batch: int, rounds: int)
     """Time forward-pass variants on the same prompts, interleaved over ``rounds``; keep the best."""
     import torch
 
-    from logitscope.capture import Recorder
+    from logitscope.engine.capture import Recorder
     from logitscope.models.load import load_model
-    from logitscope.study import encode_prompts
-    from logitscope.tasks.prompts import load_prompts
+    from logitscope.methods.dla import encode_prompts
+    from logitscope.inputs.prompts import load_prompts
 
     lm = load_model(str(model_dir), device="cpu")
     enc = encode_prompts(load_prompts(str(prompts)), lm, prepend_bos=True)
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {'  of which outside import + main (start-up, exit)':<52s} {report['outside_main_s']:7.2f} s")
 
         if args.forward_rounds > 0:
-            import logitscope.study as study
+            import logitscope.methods.dla as study
             from logitscope.models.load import load_model
 
             lm = load_model(str(model), device="cpu")

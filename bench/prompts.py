@@ -2,7 +2,7 @@
 
     python bench/prompts.py --n 512 [--seed 0] [--out bench/.cache/ioi-512.jsonl]
 
-Prompts come from ``logitscope.tasks.ioi.generate_ioi_prompts`` (the IOI paper's 15 templates,
+Prompts come from ``logitscope.inputs.ioi.generate_ioi_prompts`` (the IOI paper's 15 templates,
 ABBA and BABA alternating, names/places/objects restricted to single GPT-2 tokens). The same
 prompts tokenize to different lengths by template; we keep only the prompts whose GPT-2 token
 length (without BOS) is the most common one among the generated prompts, in generation order,
@@ -29,7 +29,7 @@ TOKENIZER_DIR = BENCH.parent / "tests" / "data" / "gpt2-tokenizer"
 
 def equal_length_ioi(n: int, *, seed: int = 0, tokenizer: Any = None) -> tuple[list[dict[str, Any]], int]:
     """``n`` IOI prompt rows of one token length (the most common one) and that length (no BOS)."""
-    from logitscope.tasks.ioi import generate_ioi_prompts
+    from logitscope.inputs.ioi import generate_ioi_prompts
 
     if tokenizer is None:
         from transformers import AutoTokenizer

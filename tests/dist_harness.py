@@ -20,10 +20,11 @@ import time
 
 import torch
 
-import logitscope.io
-import logitscope.serialize
-from logitscope import cli, distributed
-from logitscope.capture import Recorder
+import logitscope.results.io
+import logitscope.results.serialize
+from logitscope import cli
+from logitscope.engine import distributed
+from logitscope.engine.capture import Recorder
 from logitscope.errors import ArgumentError
 
 
@@ -31,15 +32,15 @@ def main() -> None:
     fault, target, writers = sys.argv[1], sys.argv[2], sys.argv[3]
     argv = sys.argv[sys.argv.index("--") + 1 :]
     rank = int(os.environ["RANK"])
-    opened = logitscope.io.atomic_output_dir
+    opened = logitscope.results.io.atomic_output_dir
 
     def recorded(*args, **kwargs):
         with open(writers, "a") as f:
             f.write(f"{rank}\n")
         return opened(*args, **kwargs)
 
-    logitscope.io.atomic_output_dir = recorded
-    logitscope.serialize.atomic_output_dir = recorded
+    logitscope.results.io.atomic_output_dir = recorded
+    logitscope.results.serialize.atomic_output_dir = recorded
     if fault == "api":  # target unused
         torch.distributed.init_process_group("gloo")
         for name, result in api_runs(*argv[1:]):

@@ -21,7 +21,7 @@ def lm(tiny_gpt2_dir):
 
 
 def _never_load(monkeypatch):
-    import logitscope.study as study
+    import logitscope.methods.dla as study
 
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the prompts were checked")
@@ -252,7 +252,7 @@ def _one_positive_head():
     import dataclasses
 
     from logitscope.report.demo import synthetic_result
-    from logitscope.results import StudyResult
+    from logitscope.api.results import StudyResult
 
     data = synthetic_result(n_prompts=30, n_layers=2, n_heads=3, model="tiny")
     heads = -np.abs(data.head_results) - 0.1

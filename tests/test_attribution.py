@@ -21,8 +21,8 @@ import pytest
 import torch
 
 import logitscope as ls
-from logitscope.patching import run_patching
-from logitscope.patching.agreement import OFF_FRACTION, agreement, average_ranks, pearson, spearman
+from logitscope.api.patching import run_patching
+from logitscope.results.agreement import OFF_FRACTION, agreement, average_ranks, pearson, spearman
 from oracle import gpt2_tokenizer, make_hf_model, save_checkpoint, tl_model
 
 TL_POINT = {"resid_pre": "hook_resid_pre", "resid_mid": "hook_resid_mid", "attn_out": "hook_attn_out",
@@ -50,7 +50,7 @@ def models64():
 def tl_finite_differences(tl, res, names, direction: str, eps: float = 1e-4) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per prompt, each cell's f(0) + f'(0) (central differences) on TransformerLens, ``[*cells, N]``,
     and f(0) ``[N]`` (the base run's metric). The cells of one grid and layer run as one batch."""
-    from logitscope.patching.grids import GRIDS
+    from logitscope.methods.patching.grids import GRIDS
 
     prompts = res.study.prompts
     clean = tl.to_tokens([p.text for p in prompts])

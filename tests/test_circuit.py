@@ -1,7 +1,7 @@
 """Circuits as data and their faithfulness, completeness and minimality.
 
 - "All heads" is the model itself and "no heads" the model with every head mean-ablated, both
-  exactly (bit for bit: the same runs as :mod:`logitscope.patching.ablation`'s).
+  exactly (bit for bit: the same runs as :mod:`logitscope.methods.ablation`'s).
 - A circuit whose classes are kept at named IOI positions, every other head node mean-ablated per
   template over the ABC counterparts, equals a hand-written TransformerLens 3.9 knockout (ARENA
   1.4.1's ``add_mean_ablation_hook``) within 1e-4 (float32 through different arithmetic, as the
@@ -20,10 +20,10 @@ import pytest
 import torch
 
 import logitscope as ls
-from logitscope.circuits import IOI_HEAD_CLASSES, ioi_circuit, load_circuit, parse_circuit
-from logitscope.patching import run_patching
-from logitscope.patching.faithfulness import CircuitResult, greedy_search
-from logitscope.tasks.ioi import generate_ioi_prompts
+from logitscope.inputs.circuits import IOI_HEAD_CLASSES, ioi_circuit, load_circuit, parse_circuit
+from logitscope.api.patching import run_patching
+from logitscope.methods.circuits import CircuitResult, greedy_search
+from logitscope.inputs.ioi import generate_ioi_prompts
 from oracle import gpt2_tokenizer, make_hf_model, save_checkpoint, tl_model
 
 ATOL = 1e-4

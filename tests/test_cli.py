@@ -173,7 +173,7 @@ def test_failure_while_writing_keeps_earlier_results(tiny_gpt2_dir, tmp_path, ca
     assert main(args) == 0
     before = snapshot(out)
 
-    import logitscope.serialize as serialize
+    import logitscope.results.serialize as serialize
 
     def broken_save(*a, **k):
         raise OSError(28, "No space left on device")

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import logitscope as ls
-from logitscope import distributed
+from logitscope.engine import distributed
 from logitscope.errors import ArgumentError
 
 HERE = Path(__file__).parent
@@ -302,7 +302,7 @@ def test_an_argument_error_travels_between_ranks():
 
 def test_path_patching_and_circuits_say_they_run_in_one_process(monkeypatch):
     """In a process group, senders or a circuit stop every rank before any model load, with the way out."""
-    from logitscope.patching import _one_process_only
+    from logitscope.api.patching import _one_process_only
 
     _one_process_only(senders="L0H0", circuit=None)  # one process: fine
     monkeypatch.setattr(distributed, "current", lambda: _ranks(0, 2))

@@ -216,7 +216,7 @@ def test_gemma_conventions_are_exercised(family, studied):
     cfg = hf.config
     assert cfg.num_key_value_heads < cfg.num_attention_heads and cfg.head_dim * cfg.num_attention_heads != cfg.hidden_size
     lm = ls.load_model(str(path), device="cpu")
-    from logitscope.capture import Recorder
+    from logitscope.engine.capture import Recorder
 
     rec = Recorder(lm)
     w = hf.model.norm.weight.detach()
@@ -305,8 +305,8 @@ def test_mixtral_extra_host_syncs_are_the_experts_own(tmp_path):
     """Rerunning the chosen experts at the answer positions (k calls of the model's own experts
     module per layer) adds only the host syncs those calls make themselves: with transformers'
     default grouped_mm, one per call, as its own forward makes one per layer."""
-    from logitscope import study
-    from logitscope.capture import Recorder
+    from logitscope.methods import dla as study
+    from logitscope.engine.capture import Recorder
     from test_hot_loop import SyncSpy
 
     hf = make_hf_model("mixtral", size="tiny", seed=3)

@@ -18,8 +18,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import logitscope as ls
-import logitscope.study as study
-from logitscope.capture import Recorder
+import logitscope.methods.dla as study
+from logitscope.engine.capture import Recorder
 
 # ATen operators whose result depends on device data read back by the host: each is a host-device
 # synchronisation on CUDA (``_local_scalar_dense`` is behind .item(), bool(), int(), float()).

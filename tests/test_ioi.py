@@ -1,4 +1,4 @@
-"""The IOI prompt generator (logitscope.tasks.ioi)."""
+"""The IOI prompt generator (logitscope.inputs.ioi)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from logitscope.errors import InputError
-from logitscope.tasks.ioi import (
+from logitscope.inputs.ioi import (
     ABBA_TEMPLATES,
     BABA_TEMPLATES,
     NAMES,
@@ -20,7 +20,7 @@ from logitscope.tasks.ioi import (
     generate_ioi_prompts,
     ioi_word_lists,
 )
-from logitscope.tasks.prompts import load_prompts
+from logitscope.inputs.prompts import load_prompts
 
 GPT2_TOKENIZER = Path(__file__).parent / "data" / "gpt2-tokenizer"
 

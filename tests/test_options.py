@@ -163,7 +163,7 @@ def test_cuda_gives_the_cpu_numbers(tiny_gpt2_dir):
 
 
 def test_cpu_batch_size_follows_the_token_budget_and_available_memory(tiny_gpt2_dir, monkeypatch):
-    import logitscope.study as study
+    import logitscope.methods.dla as study
 
     lm = ls.load_model(str(tiny_gpt2_dir), device="cpu")
     assert study.auto_batch_size(lm, 16) == 2048 // 16  # ~2k tokens a batch (bench/: cache-friendly)

@@ -23,8 +23,8 @@ import pytest
 import torch
 
 import logitscope as ls
-from logitscope.patching import run_patching
-from logitscope.tasks.ioi import generate_ioi_prompts
+from logitscope.api.patching import run_patching
+from logitscope.inputs.ioi import generate_ioi_prompts
 from oracle import FAMILIES, gpt2_tokenizer, make_hf_model, save_checkpoint, tl_model
 
 ATOL = 1e-4
@@ -206,7 +206,7 @@ def test_abc_pairs_by_named_position_equal_transformerlens(family, models):
 def test_abc_counterparts_are_the_papers():
     tok = gpt2_tokenizer()
     prompts = generate_ioi_prompts(40, seed=2, tokenizer=tok)
-    from logitscope.tasks.counterparts import with_counterparts
+    from logitscope.inputs.counterparts import with_counterparts
 
     abc = with_counterparts(prompts, "abc", seed=2, tokenizer=tok)
     flip = with_counterparts(prompts, "flip", seed=2, tokenizer=tok)
@@ -418,7 +418,7 @@ def test_bad_pairings_are_clear_errors(tmp_path, models):
 
 def test_everything_at_resid_pre_of_layer_0_reproduces_the_clean_run(models):
     from logitscope.models.load import wrap_model
-    from logitscope.patching.engine import Engine
+    from logitscope.engine.patched import Engine
 
     hf, _ = models("mistral")
     engine = Engine(wrap_model(hf, gpt2_tokenizer()))

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import logitscope as ls
-from logitscope.patching import run_patching
+from logitscope.api.patching import run_patching
 from oracle import gpt2_tokenizer, make_hf_model, tl_model
 
 ATOL = 1e-4

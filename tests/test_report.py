@@ -20,7 +20,7 @@ import pytest
 from plotly.io.json import to_json_plotly
 
 from logitscope import AttentionView, Prompt, StudyResult
-from logitscope.circuits import IOI_HEAD_CLASSES, ioi_head_class, is_gpt2_small, known_circuit
+from logitscope.inputs.circuits import IOI_HEAD_CLASSES, ioi_head_class, is_gpt2_small, known_circuit
 from logitscope.report import notebook_html, report_frame_html, report_html, write_report
 from logitscope.report.assets import circuitsvis_js, plotly_js
 from logitscope.report.figures import make_figures

@@ -9,7 +9,7 @@ import pytest
 
 import logitscope as ls
 from logitscope.report.demo import synthetic_result
-from logitscope.results import StudyResult
+from logitscope.api.results import StudyResult
 
 
 def as_result(data) -> StudyResult:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import logitscope as ls
-from logitscope.tasks.ioi import generate_ioi_prompts
+from logitscope.inputs.ioi import generate_ioi_prompts
 from oracle import make_hf_model, save_checkpoint, tl_default_flags, tl_model
 from test_parity import assert_matches, tl_reference
 
@@ -61,7 +61,7 @@ def test_an_answer_that_is_two_tokens_even_in_context_is_still_an_error(sp_token
 
 
 def test_fast_tokenize_path_equals_the_tokenizer_call(sp_tokenizer):
-    from logitscope.study import tokenize
+    from logitscope.methods.dla import tokenize
 
     texts = [p.text for p in generate_ioi_prompts(50, seed=4)] + [" Mary", "Mary", "", "  two  spaces"]
     assert tokenize(sp_tokenizer, texts) == sp_tokenizer(texts, add_special_tokens=False)["input_ids"]

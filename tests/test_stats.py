@@ -46,7 +46,7 @@ def test_json_text_is_the_same_document():
     import json
     import math
 
-    from logitscope.io import json_text
+    from logitscope.results.io import json_text
 
     doc = {"a": 1, "prompts": [{"prompt": "x \u00e9\n", "v": 0.1}, {"prompt": "y", "v": [1, 2]}],
            "block": {"values": [[1.5, -2.0], [3.0, 4e-9]], "labels": ["L0", "L1"], "empty": {}, "none": None},

@@ -17,23 +17,23 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it.
 _EXPORTS = {
     "ArgumentError": "logitscope.errors",
-    "AttentionView": "logitscope.results",
+    "AttentionView": "logitscope.api.results",
     "InputError": "logitscope.errors",
     "LoadedModel": "logitscope.models.load",
     "LogitscopeError": "logitscope.errors",
     "ModelLoadError": "logitscope.errors",
-    "PatchingResult": "logitscope.patching",
-    "Prompt": "logitscope.tasks.prompt",
+    "PatchingResult": "logitscope.api.patching",
+    "Prompt": "logitscope.inputs.prompt",
     "PromptWarning": "logitscope.errors",
-    "StudyResult": "logitscope.results",
-    "builtin_prompts": "logitscope.tasks.prompts",
-    "load_jsonl": "logitscope.tasks.prompts",
-    "load_result": "logitscope.reopen",
+    "StudyResult": "logitscope.api.results",
+    "builtin_prompts": "logitscope.inputs.prompts",
+    "load_jsonl": "logitscope.inputs.prompts",
+    "load_result": "logitscope.api.reopen",
     "load_model": "logitscope.models.load",
-    "load_prompts": "logitscope.tasks",
-    "logit_diff_directions": "logitscope.study",
-    "run_patching": "logitscope.patching",
-    "run_study": "logitscope.study",
+    "load_prompts": "logitscope.inputs",
+    "logit_diff_directions": "logitscope.methods.dla",
+    "run_patching": "logitscope.api.patching",
+    "run_study": "logitscope.methods.dla",
     "wrap_model": "logitscope.models.load",
 }
 
@@ -77,10 +77,10 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from logitscope.errors import ArgumentError, InputError, LogitscopeError, ModelLoadError, PromptWarning
     from logitscope.models.load import LoadedModel, load_model, wrap_model
-    from logitscope.patching import PatchingResult, run_patching
-    from logitscope.reopen import load_result
-    from logitscope.results import AttentionView, StudyResult
-    from logitscope.study import logit_diff_directions, run_study
-    from logitscope.tasks import load_prompts
-    from logitscope.tasks.prompt import Prompt
-    from logitscope.tasks.prompts import builtin_prompts, load_jsonl
+    from logitscope.api.patching import PatchingResult, run_patching
+    from logitscope.api.reopen import load_result
+    from logitscope.api.results import AttentionView, StudyResult
+    from logitscope.methods.dla import logit_diff_directions, run_study
+    from logitscope.inputs import load_prompts
+    from logitscope.inputs.prompt import Prompt
+    from logitscope.inputs.prompts import builtin_prompts, load_jsonl

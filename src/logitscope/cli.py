@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not launched:
             return _patch(args) if args.command == "patch" else _run(args)
-        from logitscope.distributed import launch
+        from logitscope.engine.distributed import launch
 
         with launch(args.dist_timeout):  # every rank runs the command as one step
             return _patch(args) if args.command == "patch" else _run(args)
@@ -214,7 +214,7 @@ def _under_torchrun() -> bool:
 def _rank_failed(e: LogitscopeError, args: argparse.Namespace) -> int:
     """Under torchrun, the error every rank raised: rank 0 says it (and a rank that lost rank 0), then
     every rank waits for the others before leaving."""
-    from logitscope.distributed import RankFailure, current
+    from logitscope.engine.distributed import RankFailure, current
 
     if args.debug:
         traceback.print_exc()
@@ -236,7 +236,7 @@ def _rank_failed(e: LogitscopeError, args: argparse.Namespace) -> int:
 
 
 def _cause_in_flags(cause: BaseException) -> str:
-    from logitscope.distributed import describe_error
+    from logitscope.engine.distributed import describe_error
 
     return _in_flags(cause) if isinstance(cause, LogitscopeError) else describe_error(cause)
 
@@ -262,9 +262,9 @@ def _printer(default):
 def _checks(args: argparse.Namespace):
     """Everything that can be checked without the model, so that a typo costs no load; returns the
     parsed prompts (a file read and checked, or an ioi:N spec checked)."""
-    from logitscope.io import check_out_dir
+    from logitscope.results.io import check_out_dir
     from logitscope.models.load import resolve_device
-    from logitscope.tasks.prompts import parse_prompts
+    from logitscope.inputs.prompts import parse_prompts
 
     if os.environ.get("RANK", "0") == "0" or not _under_torchrun():  # only rank 0 writes
         check_out_dir(args.out, label="--out")
@@ -279,7 +279,7 @@ def _checks(args: argparse.Namespace):
         raise InputError(f"--seed {args.seed}: must be 0 or more")
     parsed = parse_prompts(args.prompts)
     if _under_torchrun():  # every rank's checks passed before any rank loads the model
-        from logitscope.distributed import current
+        from logitscope.engine.distributed import current
 
         current().exchange(None, "the end of the checks")
     return parsed
@@ -289,7 +289,7 @@ def _run(args: argparse.Namespace) -> int:
     parsed = _checks(args)
     _quiet_libraries()
     from logitscope.models.load import load_model
-    from logitscope.study import run_study
+    from logitscope.methods.dla import run_study
 
     lm = load_model(args.model, dtype=args.dtype, **_placement(args))
     with warnings.catch_warnings():  # the study's prompt warnings, printed as ours (after it, the error)
@@ -307,7 +307,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     if result is None:
         return 0  # under torchrun, rank 0 writes
-    from logitscope.serialize import OUTPUT_FILES, save_study
+    from logitscope.results.serialize import OUTPUT_FILES, save_study
 
     out = save_study(result, args.out, report=not args.no_report, csv=args.csv, label="--out")
     print(result.summary())
@@ -317,7 +317,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _patch(args: argparse.Namespace) -> int:
-    from logitscope.patching import check_options
+    from logitscope.api.patching import check_options
 
     parsed = _checks(args)
     check_options(what=args.what, ablate=args.ablate, method=args.method, senders=args.senders,
@@ -325,8 +325,8 @@ def _patch(args: argparse.Namespace) -> int:
     # (all of them before the model is loaded)
     _quiet_libraries()
     from logitscope.models.load import load_model
-    from logitscope.patching import run_patching
-    from logitscope.patching.result import OUTPUT_FILES
+    from logitscope.api.patching import run_patching
+    from logitscope.api.patching_result import OUTPUT_FILES
 
     lm = load_model(args.model, dtype=args.dtype, **_placement(args))
     with warnings.catch_warnings():
@@ -350,13 +350,13 @@ def _patch(args: argparse.Namespace) -> int:
 
 def _placement(args: argparse.Namespace) -> dict:
     """load_model's device arguments; under torchrun this rank's own device (or share of the GPUs)."""
-    from logitscope.distributed import current, placement
+    from logitscope.engine.distributed import current, placement
 
     return placement(args.device, args.device_map, current())
 
 
 def _completeness(args: argparse.Namespace) -> dict[str, int]:
-    """``patch``'s completeness flags as :func:`logitscope.patching.run_patching`'s arguments."""
+    """``patch``'s completeness flags as :func:`logitscope.api.patching.run_patching`'s arguments."""
     return {"circuit_random": args.circuit_random, "circuit_greedy": args.circuit_greedy,
             "circuit_greedy_steps": args.circuit_greedy_steps, "circuit_greedy_candidates": args.circuit_greedy_candidates}
 

@@ -18,8 +18,8 @@ BOS = "<|endoftext|>"
 
 
 def _corpus() -> list[str]:
-    from logitscope.tasks.ioi import generate_ioi_prompts
-    from logitscope.tasks.prompts import BUILTIN_SETS
+    from logitscope.inputs.ioi import generate_ioi_prompts
+    from logitscope.inputs.prompts import BUILTIN_SETS
 
     prompts = generate_ioi_prompts(4000, seed=0)
     for make in BUILTIN_SETS.values():

@@ -53,7 +53,7 @@ def layer_labels(n_layers: int, has_pos_embed: bool) -> list[str]:
 
 
 def decomposition_labels(n_layers: int, n_heads: int, has_pos_embed: bool) -> list[str]:
-    """Every part of the complete decomposition, in :func:`logitscope.attribution.decomposition`'s order."""
+    """Every part of the complete decomposition, in :func:`logitscope.results.decomposition.decomposition`'s order."""
     labels = ["embed"] + (["pos_embed"] if has_pos_embed else [])
     labels += head_labels(n_layers, n_heads)
     labels += [f"{layer}_attn_bias" for layer in range(n_layers)]

@@ -67,7 +67,7 @@ class Adapter:
     # experts, weights as 3D tensors); None for a dense MLP. n_experts from the config.
     experts: Callable[[nn.Module], nn.Module | None] = _absent
     n_experts: Callable[[object], int] = lambda cfg: 0
-    # Hook points (logitscope.hooks). ``attention(block)``: the attention module, the ``module`` the
+    # Hook points (logitscope.models.hooks). ``attention(block)``: the attention module, the ``module`` the
     # AttentionInterface receives. ``attention_points``: for families whose attention does not go
     # through the AttentionInterface, the modules whose outputs are q, k, v and the pattern.
     attention: Callable[[nn.Module], nn.Module] | None = None

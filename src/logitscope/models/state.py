@@ -5,7 +5,7 @@ returns attention patterns, and swaps slow activations for fused equivalents
 (:mod:`logitscope.models.kernels`, which puts them back itself). :func:`study_mode` records every
 module's training flag, the attention implementation and the hooks on each module first, and
 restores them when the study returns or fails. (The study's own hooks are removed by
-:class:`~logitscope.capture.Recorder`; those ``transformers`` installs on a model the first time it
+:class:`~logitscope.engine.capture.Recorder`; those ``transformers`` installs on a model the first time it
 is asked for its attention patterns are removed here, with the mark that says they are there.)
 """
 

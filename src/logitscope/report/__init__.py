@@ -7,7 +7,7 @@
 - :func:`logitscope.report.figures.make_figures` gives the plotly figures alone;
 - :func:`logitscope.report.summary.summary_text` gives the terminal's few lines.
 
-Everything here reads a :class:`~logitscope.study_data.StudyData` and nothing else.
+Everything here reads a :class:`~logitscope.results.study.StudyData` and nothing else.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from logitscope.report.figures import make_figures
 from logitscope.report.notebook import ReportView, notebook_html, report_frame_html
 from logitscope.report.page import report_html
 from logitscope.report.summary import summary_text
-from logitscope.study_data import StudyData
+from logitscope.results.study import StudyData
 
 if TYPE_CHECKING:
-    from logitscope.patching import PatchingResult
+    from logitscope.api.patching import PatchingResult
 
 __all__ = ["ReportView", "make_figures", "notebook_html", "report_frame_html", "report_html", "summary_text",
            "write_report"]

@@ -15,7 +15,7 @@ import numpy as np
 
 from logitscope.labels import head_name
 from logitscope.report.assets import json_for_script
-from logitscope.study_data import AttentionView
+from logitscope.results.study import AttentionView
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from logitscope.report.figures import _base_layout
 
 if TYPE_CHECKING:
-    from logitscope.patching import PatchingResult
+    from logitscope.api.patching import PatchingResult
 
 EXPLAIN = (
     "Attribution patching estimates every cell from one gradient: patched ≈ base + (source − base) · "
@@ -27,7 +27,7 @@ EXPLAIN = (
 def scatter_figure(result: PatchingResult, grid: str) -> go.Figure:
     """Estimate against exact, in TransformerLens's normalised metric; cells off by more than the
     agreement's fraction in red."""
-    from logitscope.patching.attribution import attribution_name
+    from logitscope.methods.attribution import attribution_name
 
     exact, estimate = result.normalised(grid).reshape(-1), result.normalised(attribution_name(grid)).reshape(-1)
     ag = result.agreement[grid]

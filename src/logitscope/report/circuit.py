@@ -14,9 +14,9 @@ from logitscope.report.figures import ACCENT, FONT, _base_layout
 from logitscope.report.patching import _heatmap
 
 if TYPE_CHECKING:
-    from logitscope.patching import PatchingResult
-    from logitscope.patching.faithfulness import CircuitResult
-    from logitscope.patching.paths import PathPatchingResult
+    from logitscope.api.patching import PatchingResult
+    from logitscope.methods.circuits import CircuitResult
+    from logitscope.methods.paths import PathPatchingResult
 
 
 def _e(x: Any) -> str:
@@ -156,7 +156,7 @@ def circuit_section(result: PatchingResult, figure_html, table_html, caption_htm
     parts: list[str] = []
     paths = result.paths
     if paths is not None:
-        from logitscope.patching.paths import FROZEN
+        from logitscope.methods.paths import FROZEN
 
         base = "clean prompts' run" if paths.direction == "noise" else "counterparts' run"
         parts.append("<h3>Path patching</h3>")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from logitscope.study_data import AttentionView, StudyData
-from logitscope.tasks.prompt import Prompt
+from logitscope.results.study import AttentionView, StudyData
+from logitscope.inputs.prompt import Prompt
 
 _NAMES = ["Mary", "John", "Tom", "James", "Dan", "Sid", "Martin", "Amy", "Alice", "Bob", "Kate", "Paul"]
 _PLACES = ["shops", "park", "store", "school", "garden", "office"]

@@ -1,4 +1,4 @@
-"""The report's plotly figures, built from a :class:`~logitscope.study_data.StudyData`.
+"""The report's plotly figures, built from a :class:`~logitscope.results.study.StudyData`.
 
 Every figure is a plain ``plotly.graph_objects.Figure`` so a notebook user can restyle it
 (``result.figures()["head_attribution"].update_layout(...)``) before showing or saving it.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from logitscope.circuits import IOI_CLASS_ABBREV, known_circuit
-from logitscope.study_data import StudyData
+from logitscope.inputs.circuits import IOI_CLASS_ABBREV, known_circuit
+from logitscope.results.study import StudyData
 
 FONT = "Inter, 'Segoe UI', 'Helvetica Neue', Helvetica, Arial, 'Liberation Sans', sans-serif"
 ACCENT = "#2f5fb3"

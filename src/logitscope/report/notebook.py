@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from logitscope.circuits import IOI_CLASS_ABBREV, known_circuit
+from logitscope.inputs.circuits import IOI_CLASS_ABBREV, known_circuit
 from logitscope.labels import head_label
 from logitscope.report.page import report_html
 from logitscope.report.summary import summary_text
-from logitscope.study_data import StudyData
+from logitscope.results.study import StudyData
 
 _BOX = "font:12px/1.4 Inter,'Segoe UI',Helvetica,Arial,sans-serif;color:#1f2933"
 _PRE = "font-size:12px;line-height:1.4;margin:0 0 8px;white-space:pre-wrap"

@@ -11,18 +11,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from logitscope.circuits import IOI_CLASS_ABBREV, IOI_HEAD_CLASSES, known_circuit
+from logitscope.inputs.circuits import IOI_CLASS_ABBREV, IOI_HEAD_CLASSES, known_circuit
 from logitscope.labels import head_name
 from logitscope.report.assets import circuitsvis_js, plotly_js
 from logitscope.report.attention import AttentionWidget, attention_widgets
 from logitscope.report.figures import decomposition_group_intervals, decomposition_groups, make_figures
 from logitscope.report.style import CSS
-from logitscope.study_data import StudyData
+from logitscope.results.study import StudyData
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-    from logitscope.patching import PatchingResult
+    from logitscope.api.patching import PatchingResult
 
 MAX_PROMPT_ROWS = 200
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from logitscope.report.figures import FONT, _base_layout
 
 if TYPE_CHECKING:
-    from logitscope.patching import PatchingResult
+    from logitscope.api.patching import PatchingResult
 
 TITLES = {
     "resid_pre": "Residual stream before each layer (resid_pre), by position",
@@ -87,7 +87,7 @@ def grid_figure(result: PatchingResult, name: str) -> go.Figure:
 
 
 def _title(name: str) -> str:
-    from logitscope.patching.attribution import exact_name
+    from logitscope.methods.attribution import exact_name
 
     base = exact_name(name)
     return TITLES[name] if base is None else f"{TITLES[base]}: attribution patching (first-order estimate)"

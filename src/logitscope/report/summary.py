@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from logitscope.labels import head_label
-from logitscope.study_data import StudyData
+from logitscope.results.study import StudyData
 
 SIGN_WORDS = {1: "positive", -1: "negative"}
 

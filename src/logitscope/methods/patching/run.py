@@ -8,10 +8,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from logitscope.patching.engine import Engine, Run
-from logitscope.patching.grids import GRIDS, GridSpec, replace_fn
-from logitscope.patching.pairs import EncodedPairs
-from logitscope.patching.positions import PositionAxis
+from logitscope.engine.patched import Engine, Run
+from logitscope.methods.patching.grids import GRIDS, GridSpec, replace_fn
+from logitscope.inputs.pairs import EncodedPairs
+from logitscope.inputs.positions import PositionAxis
 
 DIRECTIONS = ("denoise", "noise")
 

@@ -2,9 +2,9 @@
 
 :class:`StudyData` holds what the study measured, per prompt (``[..., n_prompts]``), and is
 frozen: its arrays are read-only, so the means and intervals derived from them (computed once, on
-first use, by :mod:`logitscope.attribution`, :mod:`logitscope.stats` and
-:mod:`logitscope.grouping`) always describe the data beside them. Memory grows by a few hundred
-floats per prompt, never by the model's width. :class:`logitscope.results.StudyResult` adds
+first use, by :mod:`logitscope.results.decomposition`, :mod:`logitscope.stats` and
+:mod:`logitscope.results.grouping`) always describe the data beside them. Memory grows by a few hundred
+floats per prompt, never by the model's width. :class:`logitscope.api.results.StudyResult` adds
 figures, the report, tables and files on top.
 """
 
@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from logitscope import attribution, labels
-from logitscope.grouping import by_template
+from logitscope import labels
+
+from logitscope.results import decomposition as attribution
+from logitscope.results.grouping import by_template
 from logitscope.stats import shared_intervals
-from logitscope.tasks.prompt import Prompt
+from logitscope.inputs.prompt import Prompt
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -323,7 +325,7 @@ class StudyData:
     def by_template(self) -> list[dict[str, Any]]:
         """Mean logit difference per (template, order) group, for prompts that carry them, with
         seeded 95% intervals and the fraction of prompts where the correct answer wins
-        (:func:`logitscope.grouping.by_template`)."""
+        (:func:`logitscope.results.grouping.by_template`)."""
         return [dict(row) for row in self._by_template]
 
     def __repr__(self) -> str:

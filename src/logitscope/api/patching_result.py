@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from logitscope.patching.numbers import json_nested as _nested, json_number as _num
-from logitscope.patching.positions import PositionAxis
+from logitscope.results.numbers import json_nested as _nested, json_number as _num
+from logitscope.inputs.positions import PositionAxis
 from logitscope.stats import bootstrap_means, percentile_interval
 
 def _output_files() -> tuple[str, ...]:
-    from logitscope.serialize import OUTPUT_FILES as STUDY_FILES
+    from logitscope.results.serialize import OUTPUT_FILES as STUDY_FILES
 
     return (*STUDY_FILES, "patching_per_prompt.npz")
 
@@ -50,8 +50,8 @@ class PatchingResult:
     seed: int = 0
     timing: dict[str, float] = field(default_factory=dict)
     method: str = "exact"  # "exact", "attribution" (grids named <grid>_attribution) or "both"
-    paths: Any = None  # logitscope.patching.paths.PathPatchingResult, when senders were given
-    circuit: Any = None  # logitscope.patching.faithfulness.CircuitResult, when a circuit was given
+    paths: Any = None  # logitscope.methods.paths.PathPatchingResult, when senders were given
+    circuit: Any = None  # logitscope.methods.circuits.CircuitResult, when a circuit was given
 
     @property
     def n_prompts(self) -> int:
@@ -109,9 +109,9 @@ class PatchingResult:
     @cached_property
     def agreement(self) -> dict[str, dict[str, Any]]:
         """For each grid computed both ways, how the attribution estimate agrees with the exact
-        grid (:func:`logitscope.patching.agreement.agreement`), by the exact grid's name."""
-        from logitscope.patching.agreement import agreement
-        from logitscope.patching.attribution import exact_name
+        grid (:func:`logitscope.results.agreement.agreement`), by the exact grid's name."""
+        from logitscope.results.agreement import agreement
+        from logitscope.methods.attribution import exact_name
 
         c, x = float(self.clean_logit_diff.mean()), float(self.corrupted_logit_diff.mean())
         return {base: agreement(self.mean(base), self.mean(name), c, x, lambda k, g=base: self.cell_label(g, k))
@@ -176,7 +176,7 @@ class PatchingResult:
     def results_document(self) -> dict[str, Any]:
         """The whole results.json: the study of the clean prompts, each prompt row with its
         counterpart, and ``patching``."""
-        from logitscope.serialize import results_document
+        from logitscope.results.serialize import results_document
 
         doc = results_document(self.study)
         for row, text, c in zip(doc["prompts"], self.corrupted_prompts, self.corrupted_logit_diff):
@@ -206,8 +206,8 @@ class PatchingResult:
         per_prompt.npz, attention.npy), patching_per_prompt.npz and (by default) report.html into
         ``out_dir``, atomically: a failure leaves earlier files untouched. ``label`` names
         ``out_dir`` in error messages."""
-        from logitscope.io import atomic_output_dir, json_text
-        from logitscope.serialize import write_study
+        from logitscope.results.io import atomic_output_dir, json_text
+        from logitscope.results.serialize import write_study
 
         with atomic_output_dir(out_dir, owned=OUTPUT_FILES, label=label) as tmp:
             write_study(self.study, tmp, report=False)
@@ -289,10 +289,10 @@ def read_patching(folder: str | Path) -> PatchingResult:
     import json
 
     from logitscope.errors import InputError
-    from logitscope.patching.faithfulness import CircuitResult
-    from logitscope.patching.paths import PathPatchingResult
-    from logitscope.results import StudyResult
-    from logitscope.serialize import read_study
+    from logitscope.methods.circuits import CircuitResult
+    from logitscope.methods.paths import PathPatchingResult
+    from logitscope.api.results import StudyResult
+    from logitscope.results.serialize import read_study
 
     folder = Path(folder).expanduser()
     if folder.is_file():

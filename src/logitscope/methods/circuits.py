@@ -3,7 +3,7 @@
 ``F(X)`` is the mean logit difference of the clean prompts when every head *node* outside ``X`` is
 knocked out: its ``z`` replaced by its mean over the reference distribution (the counterparts:
 for IOI prompts the paper's ABC prompts), per template and position
-(:class:`logitscope.patching.ablation.GroupMeans`; ``ablation="zero"`` or ``"resample"`` instead if
+(:class:`logitscope.methods.ablation.GroupMeans`; ``ablation="zero"`` or ``"resample"`` instead if
 asked). A node is a head at the positions its class is kept at (every position, or named IOI
 positions such as END or S2); ``M`` is every head at every position (the model itself, nothing
 knocked out), ``∅`` no head (every head knocked out). Taking a head out of a set takes out all of
@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from logitscope.circuits import ALL_POSITIONS, Circuit, CircuitClass, is_gpt2_small
+from logitscope.inputs.circuits import ALL_POSITIONS, Circuit, CircuitClass, is_gpt2_small
 from logitscope.errors import ArgumentError, InputError
 from logitscope.stats import bootstrap_means, percentile_interval
 
@@ -85,7 +85,7 @@ class Completeness:
     candidates: int = 10
 
     def check(self) -> "Completeness":
-        """Itself, or an :class:`ArgumentError` naming :func:`logitscope.patching.run_patching`'s argument."""
+        """Itself, or an :class:`ArgumentError` naming :func:`logitscope.api.patching.run_patching`'s argument."""
         for name, value, least, what in (
                 ("circuit_random", self.random, 0, "random subsets K"),
                 ("circuit_greedy", self.greedy, 0, "greedy searches"),
@@ -242,10 +242,10 @@ def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_si
     """F of every node set the circuit's three measures need, over the pairs' clean prompts
     (``completeness``: which sets K, default 5 random ones and no greedy search; ``progress``: a
     tqdm bar, or None)."""
-    from logitscope.patching.ablation import AblationRunner, GroupMeans, group_keys
-    from logitscope.patching.engine import Engine
-    from logitscope.patching.positions import PositionAxis
-    from logitscope.patching.run import pair_batches
+    from logitscope.methods.ablation import AblationRunner, GroupMeans, group_keys
+    from logitscope.engine.patched import Engine
+    from logitscope.inputs.positions import PositionAxis
+    from logitscope.methods.patching.run import pair_batches
 
     sets_k = (completeness or Completeness()).check()
     circuit = check_circuit(circuit, lm, pairs)
@@ -301,7 +301,7 @@ def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_si
         return values
 
     # The circuit and the no-heads set run alone, as a single ablation of the same heads does
-    # (logitscope.patching.ablation), so F(∅) is that run's number exactly; the rest in groups.
+    # (logitscope.methods.ablation), so F(∅) is that run's number exactly; the rest in groups.
     known: dict = {}  # each node set's per-prompt F, by _key (None: M, the model itself)
     for nodes, v in zip(the_plan.sets, knock_out(the_plan.sets, alone=2)):
         known[_key(nodes)] = v
@@ -367,7 +367,7 @@ class CircuitResult:
         return bootstrap_means(np.concatenate([self.model[None], self.values]), seed=self.seed)
 
     def _stat(self, point: float, resampled: np.ndarray) -> dict[str, float | None]:
-        from logitscope.patching.numbers import json_number as _num
+        from logitscope.results.numbers import json_number as _num
 
         with np.errstate(divide="ignore", invalid="ignore"):
             lo, hi = percentile_interval(resampled)
@@ -410,7 +410,7 @@ class CircuitResult:
 
     def by_template(self) -> list[dict[str, Any]]:
         """F(M), F(C) and F(∅) per group of the means (template, or number of tokens)."""
-        from logitscope.patching.numbers import json_number as _num
+        from logitscope.results.numbers import json_number as _num
 
         names = np.array(self.templates)
         out = []

@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from logitscope.circuits import IOI_HEAD_CLASSES
+from logitscope.inputs.circuits import IOI_HEAD_CLASSES
 from logitscope.errors import ArgumentError, InputError
 
 ABLATIONS = ("zero", "mean", "resample")
@@ -138,7 +138,7 @@ class AblationRunner:
 
     def __init__(self, engine, kind: str, sets: dict[str, list[Component]], head_grid: bool,
                  means: GroupMeans | None, n_prompts: int, token_budget: int, progress=None):
-        from logitscope.patching.grids import replace_fn
+        from logitscope.methods.patching.grids import replace_fn
 
         if kind not in ABLATIONS:
             raise ArgumentError("ablation", kind, f"use one of {', '.join(ABLATIONS)}")

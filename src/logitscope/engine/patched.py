@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-from logitscope.hooks import Hook, HookPoints, _first
+from logitscope.models.hooks import Hook, HookPoints, _first
 from logitscope.models.load import LoadedModel
 
 # Keyword arguments a block receives that run along the positions, and the axis they do: sliced

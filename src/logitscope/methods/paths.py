@@ -29,7 +29,7 @@ as part of the sender's layer. Grouped-query models share keys and values betwee
 receiver's ``k`` / ``v`` is its key/value head's (TransformerLens's ``hook_k`` / ``hook_v``), so
 every head of its group receives the patch.
 
-Senders are written as :func:`logitscope.patching.ablation.parse_components` writes heads, one per
+Senders are written as :func:`logitscope.methods.ablation.parse_components` writes heads, one per
 comma item, ``+`` joining a set (``L9H9,L9H6+L10H0,name-mover``; ``L9`` is layer 9's heads as one
 set; ``all`` is every head, one at a time). Receivers are ``logits`` or ``HEADS:q|k|v``
 (``L9H9:q,name-mover:q``), a set patched together.
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from logitscope.errors import ArgumentError
-from logitscope.patching.ablation import parse_components
+from logitscope.methods.ablation import parse_components
 from logitscope.stats import bootstrap_means, percentile_interval
 
 FREEZE = ("heads", "all")
@@ -316,9 +316,9 @@ class PathRunner:
 def run_paths(lm, pairs, senders: list[Sender], receivers: list[Receiver], *, direction: str, freeze: str,
               batch_size: int, seed: int, progress=None) -> "PathPatchingResult":
     """Path patching of every sender to every receiver over the pairs, batch by batch."""
-    from logitscope.patching.engine import Engine
-    from logitscope.patching.positions import PositionAxis
-    from logitscope.patching.run import pair_batches
+    from logitscope.engine.patched import Engine
+    from logitscope.inputs.positions import PositionAxis
+    from logitscope.methods.patching.run import pair_batches
 
     engine = Engine(lm)
     T = int(pairs.lengths.max())
@@ -406,7 +406,7 @@ class PathPatchingResult:
 
     def to_dict(self) -> dict[str, Any]:
         """results.json's ``patching.paths``."""
-        from logitscope.patching.numbers import json_nested as _nested, json_number as _num
+        from logitscope.results.numbers import json_nested as _nested, json_number as _num
 
         iv = self.intervals
         doc: dict[str, Any] = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Sequence
 
-from logitscope.tasks.prompt import Prompt
+from logitscope.inputs.prompt import Prompt
 
 
 def _where(p: Prompt, i: int) -> str:

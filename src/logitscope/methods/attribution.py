@@ -21,7 +21,7 @@ Gradients are taken on the model as it is, with respect to the activations only:
 activation ``x`` is passed on as ``x + δ`` with ``δ`` a zero tensor that requires grad, and
 ``torch.autograd.grad`` differentiates with respect to the ``δ``; the model's parameters, their
 ``requires_grad`` flags and ``.grad`` are never touched. In rotary families ``q`` and ``k`` are
-observed after the rotary embedding (:mod:`logitscope.hooks`); a position's rotation ``R`` is
+observed after the rotary embedding (:mod:`logitscope.models.hooks`); a position's rotation ``R`` is
 orthogonal and fixed, so ``(R q_s − R q_b) · ∂m/∂(R q) = (q_s − q_b) · ∂m/∂q``: the estimate is
 the same as before it.
 """
@@ -33,10 +33,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from logitscope.patching.engine import Engine, Run
-from logitscope.patching.grids import GRIDS, GridSpec
-from logitscope.patching.positions import PositionAxis
-from logitscope.patching.run import PairBatch, grid_shape
+from logitscope.engine.patched import Engine, Run
+from logitscope.methods.patching.grids import GRIDS, GridSpec
+from logitscope.inputs.positions import PositionAxis
+from logitscope.methods.patching.run import PairBatch, grid_shape
 
 METHODS = ("exact", "attribution", "both")
 SUFFIX = "_attribution"  # results.json: an attribution grid sits beside its exact one as <grid>_attribution

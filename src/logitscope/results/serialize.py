@@ -11,7 +11,7 @@ An output folder holds
   ``results.json``'s ``attention.heads``;
 - ``report.html`` and, if asked, ``per_prompt.csv``.
 
-:func:`read_study` turns a folder back into the fields of a :class:`~logitscope.study_data.StudyData`.
+:func:`read_study` turns a folder back into the fields of a :class:`~logitscope.results.study.StudyData`.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from logitscope.circuits import known_circuit
+from logitscope.inputs.circuits import known_circuit
 from logitscope.errors import InputError
-from logitscope.io import atomic_output_dir, json_text
+from logitscope.results.io import atomic_output_dir, json_text
 from logitscope.labels import head_label, parse_head
-from logitscope.study_data import AttentionView, StudyData
-from logitscope.tables import meta_of_row, prompt_rows, write_csv
-from logitscope.tasks.prompt import Prompt
+from logitscope.results.study import AttentionView, StudyData
+from logitscope.results.tables import meta_of_row, prompt_rows, write_csv
+from logitscope.inputs.prompt import Prompt
 
 # 2: per_prompt.npz and attention.npy beside results.json, which gained parallel_attn_mlp, top_k,
 # attention.heads and top_heads.n_positive / n_negative (version 1 files cannot be reopened).

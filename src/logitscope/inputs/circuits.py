@@ -8,7 +8,7 @@ the attribution recovers.
 A :class:`Circuit` is a named set of heads in classes, each class kept at some positions: the
 paper's (:func:`ioi_circuit`, with its knockout positions and minimality sets), or one read by
 :func:`load_circuit` from a small text file or an inline spec (:data:`CIRCUIT_FORMAT`).
-:mod:`logitscope.patching.faithfulness` measures its faithfulness, completeness and minimality.
+:mod:`logitscope.methods.circuits` measures its faithfulness, completeness and minimality.
 """
 
 from __future__ import annotations

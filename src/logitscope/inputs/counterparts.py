@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 from logitscope.errors import ArgumentError, InputError
-from logitscope.tasks.prompt import Prompt
+from logitscope.inputs.prompt import Prompt
 
 CORRUPTIONS = ("abc", "flip")
 
@@ -88,7 +88,7 @@ def with_counterparts(prompts: Sequence[Prompt], corrupt: str | None = None, *, 
             out.append(replace(p, corrupted=partner.text))
         elif "io" in p.meta and "s" in p.meta:
             if names is None:
-                from logitscope.tasks.ioi import ioi_word_lists
+                from logitscope.inputs.ioi import ioi_word_lists
 
                 names = ioi_word_lists(tokenizer)["names"]
             out.append(replace(p, corrupted=ioi_counterpart(p, corrupt or "abc", rng, names)))

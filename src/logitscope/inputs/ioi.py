@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from logitscope.errors import InputError
-from logitscope.tasks.prompt import Prompt
+from logitscope.inputs.prompt import Prompt
 
 __all__ = [
     "ABBA_TEMPLATES",

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from logitscope.errors import InputError
-from logitscope.tasks.prompt import Prompt
+from logitscope.inputs.prompt import Prompt
 
 # The IOI paper's word positions (its code's word_idx): the indirect object, the subject's first
 # occurrence, the token after it, the subject's second occurrence, and the last token.

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from logitscope.stats import bootstrap_ci
-from logitscope.tasks.prompt import Prompt
+from logitscope.inputs.prompt import Prompt
 
 
 def _key_part(v: Any) -> Any:

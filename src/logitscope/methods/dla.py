@@ -15,18 +15,18 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from logitscope import distributed
-from logitscope.capture import BatchScalars, Recorder
+from logitscope.engine import distributed
+from logitscope.engine.capture import BatchScalars, Recorder
 from logitscope.errors import ArgumentError, InputError, PromptWarning
-from logitscope.attribution import signed_top_heads
+from logitscope.results.decomposition import signed_top_heads
 from logitscope.labels import parse_heads
 from logitscope.models.kernels import equivalent_kernels
 from logitscope.models.state import attention_implementation, study_mode
 from logitscope.models.load import LoadedModel, load_model, wrap_model
-from logitscope.results import AttentionView, StudyResult
-from logitscope.tasks.lint import lint_prompts
-from logitscope.tasks.prompt import Prompt, is_token_id
-from logitscope.tasks.prompts import GeneratedSet, load_prompts, parse_prompts
+from logitscope.api.results import AttentionView, StudyResult
+from logitscope.inputs.lint import lint_prompts
+from logitscope.inputs.prompt import Prompt, is_token_id
+from logitscope.inputs.prompts import GeneratedSet, load_prompts, parse_prompts
 
 
 @dataclass
@@ -234,7 +234,7 @@ def run_study(
 
     In a ``torch.distributed`` process group of several ranks (``torchrun``), every rank calls this
     alike and runs its share of the batches on its own device (``device="auto"``: ``cuda:LOCAL_RANK``);
-    rank 0 gets the whole result, the other ranks ``None`` (:mod:`logitscope.distributed`).
+    rank 0 gets the whole result, the other ranks ``None`` (:mod:`logitscope.engine.distributed`).
     """
     _check_whole("top_k", top_k, 1)
     _check_whole("seed", seed, 0)

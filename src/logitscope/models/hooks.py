@@ -50,7 +50,7 @@ POINTS = RESIDUAL_POINTS + HEAD_POINTS
 ATTENTION_POINTS = ("q", "k", "v", "pattern")  # inside the attention computation
 # The keys and values exactly as the attention kernel receives them (after any rotary embedding and
 # q/k norm), ``[batch, n_kv_heads, pos, d_head]``, to observe: what a run on a suffix of the positions
-# attends to (logitscope.patching.engine). Not TransformerLens hook points.
+# attends to (logitscope.engine.patched). Not TransformerLens hook points.
 KERNEL_POINTS = ("kernel_k", "kernel_v")
 
 

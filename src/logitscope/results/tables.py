@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from logitscope.study_data import StudyData
+from logitscope.results.study import StudyData
 
 # The computed fields of a prompt row, in order; a prompt's own key that collides with one is
 # written as meta_<key>.

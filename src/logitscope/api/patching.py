@@ -2,8 +2,8 @@
 
 :func:`run_patching` runs the study of the clean prompts (direct logit attribution) and, on the same
 hook points, TransformerLens's activation-patching grids and ablations, with per-prompt values and
-bootstrap intervals that use the study's resamples. See :mod:`logitscope.patching.grids` for the
-grids, :mod:`logitscope.patching.ablation` for ablations, :mod:`logitscope.patching.engine` for how
+bootstrap intervals that use the study's resamples. See :mod:`logitscope.methods.patching.grids` for the
+grids, :mod:`logitscope.methods.ablation` for ablations, :mod:`logitscope.engine.patched` for how
 patched runs reuse the unpatched run.
 """
 
@@ -15,21 +15,21 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from logitscope import distributed
+from logitscope.engine import distributed
 from logitscope.errors import ArgumentError
-from logitscope.patching.ablation import ABLATIONS, AblationRunner, GroupMeans, group_keys, parse_components
-from logitscope.patching.attribution import METHODS, SUFFIX, AttributionRunner
-from logitscope.patching.engine import Engine
-from logitscope.patching.grids import GRIDS, WHAT, resolve_what
-from logitscope.circuits import load_circuit
-from logitscope.patching.faithfulness import Completeness
-from logitscope.patching.pairs import EncodedPairs, encode_pairs
-from logitscope.patching.paths import FREEZE, check_paths
-from logitscope.patching.positions import POSITION_MODES, position_axis
-from logitscope.patching.result import PatchingResult
-from logitscope.patching.run import DIRECTIONS, GridRunner, pair_batches
-from logitscope.tasks.counterparts import with_counterparts
-from logitscope.tasks.prompt import Prompt
+from logitscope.methods.ablation import ABLATIONS, AblationRunner, GroupMeans, group_keys, parse_components
+from logitscope.methods.attribution import METHODS, SUFFIX, AttributionRunner
+from logitscope.engine.patched import Engine
+from logitscope.methods.patching.grids import GRIDS, WHAT, resolve_what
+from logitscope.inputs.circuits import load_circuit
+from logitscope.methods.circuits import Completeness
+from logitscope.inputs.pairs import EncodedPairs, encode_pairs
+from logitscope.methods.paths import FREEZE, check_paths
+from logitscope.inputs.positions import POSITION_MODES, position_axis
+from logitscope.api.patching_result import PatchingResult
+from logitscope.methods.patching.run import DIRECTIONS, GridRunner, pair_batches
+from logitscope.inputs.counterparts import with_counterparts
+from logitscope.inputs.prompt import Prompt
 
 __all__ = ["ABLATIONS", "DIRECTIONS", "FREEZE", "GRIDS", "METHODS", "POSITION_MODES", "PatchingResult", "WHAT",
            "check_options", "run_patching"]
@@ -42,7 +42,7 @@ def check_options(*, what: Any = "heads", direction: str = "denoise", corrupt: s
                   circuit_greedy_steps: int = 10, circuit_greedy_candidates: int = 10) -> tuple[list[str], bool]:
     """Check :func:`run_patching`'s options without a model (the CLI calls it before loading one);
     returns ``(grid names, whether the single-head ablation grid is asked for)``."""
-    from logitscope.tasks.counterparts import CORRUPTIONS
+    from logitscope.inputs.counterparts import CORRUPTIONS
 
     if direction not in DIRECTIONS:
         raise ArgumentError("direction", direction, "use denoise or noise")
@@ -120,22 +120,22 @@ def run_patching(
     component set to ablate (``"L9H9,L9H6"``; a list; or ``{name: spec}`` for several sets), with
     ``ablation`` = ``zero``, ``mean`` or ``resample``. ``method``: ``exact`` (patched runs; default),
     ``attribution`` (each grid's first-order estimate from one gradient, as ``<grid>_attribution``;
-    see :mod:`logitscope.patching.attribution`) or ``both`` (with their agreement). The metric is the
+    see :mod:`logitscope.methods.attribution`) or ``both`` (with their agreement). The metric is the
     clean answers' logit difference in every run. ``senders`` / ``receivers`` / ``freeze``: path
-    patching (:mod:`logitscope.patching.paths`; senders such as ``"L9H9,L9H6+L10H0"`` or ``"all"``,
+    patching (:mod:`logitscope.methods.paths`; senders such as ``"L9H9,L9H6+L10H0"`` or ``"all"``,
     receivers ``"logits,L9H9:q"``), in ``direction`` (the IOI paper's is ``noise``). ``circuit``:
-    ``"ioi"`` (GPT-2 small), a circuit file, inline heads or a :class:`logitscope.circuits.Circuit`,
+    ``"ioi"`` (GPT-2 small), a circuit file, inline heads or a :class:`logitscope.inputs.circuits.Circuit`,
     whose faithfulness, completeness and minimality are measured with ``ablation``
-    (:mod:`logitscope.patching.faithfulness`); its completeness check takes K = ∅, each class,
+    (:mod:`logitscope.methods.circuits`); its completeness check takes K = ∅, each class,
     ``circuit_random`` random subsets, and the sets of ``circuit_greedy`` runs of the paper's greedy
     search (0: none; each of ``circuit_greedy_steps`` steps trying ``circuit_greedy_candidates``
-    heads; the paper's code: 5, 10, 10; see :func:`logitscope.patching.faithfulness.greedy_search`).
+    heads; the paper's code: 5, 10, 10; see :func:`logitscope.methods.circuits.greedy_search`).
     The other arguments are :func:`logitscope.run_study`'s. In a process group of several ranks, as
     :func:`logitscope.run_study`: rank 0 gets the result, the others ``None`` (path patching and
     circuits run in one process only).
     """
-    from logitscope.study import _as_loaded, encode_prompts, run_study, tokenize
-    from logitscope.tasks.prompts import GeneratedSet, parse_prompts
+    from logitscope.methods.dla import _as_loaded, encode_prompts, run_study, tokenize
+    from logitscope.inputs.prompts import GeneratedSet, parse_prompts
 
     t0 = time.perf_counter()
     grids, head_ablation = check_options(what=what, direction=direction, corrupt=corrupt, positions=positions,
@@ -188,9 +188,9 @@ def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, senders, receivers, fre
                        progress: bool = False, completeness: Completeness | None = None) -> dict[str, Any]:
     """Path patching and the circuit's measures, when asked for (``paths``, ``circuit``), each with
     its progress bar (in prompt-runs) when ``progress``."""
-    from logitscope.patching.faithfulness import run_circuit
-    from logitscope.patching.paths import parse_receivers, parse_senders, run_paths
-    from logitscope.study import _progress, auto_batch_size
+    from logitscope.methods.circuits import run_circuit
+    from logitscope.methods.paths import parse_receivers, parse_senders, run_paths
+    from logitscope.methods.dla import _progress, auto_batch_size
 
     out: dict[str, Any] = {}
     B = batch_size or auto_batch_size(lm, int(pairs.lengths.max()))
@@ -254,7 +254,7 @@ def _position_tokens(lm, pairs: EncodedPairs, axis) -> list[str] | None:
 def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: str, sets: dict, kind: str,
            head_ablation: bool, batch_size: int | None, progress: bool, method: str = "exact") -> dict[str, Any]:
     """Every grid (exact, attribution estimate or both) and ablation, batch by batch; per-prompt arrays."""
-    from logitscope.study import _progress, auto_batch_size
+    from logitscope.methods.dla import _progress, auto_batch_size
 
     ranks = distributed.current()  # None: one process
     engine = Engine(lm)
@@ -351,6 +351,6 @@ def _beside(exact: dict, estimates: dict) -> dict:
 
 
 def _no_axis(pairs: EncodedPairs):
-    from logitscope.patching.positions import PositionAxis
+    from logitscope.inputs.positions import PositionAxis
 
     return PositionAxis("end", ["END"], (pairs.lengths - 1)[None].copy())

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from logitscope.errors import ArgumentError
-from logitscope.patching.pairs import IOI_POSITIONS, EncodedPairs
+from logitscope.inputs.pairs import IOI_POSITIONS, EncodedPairs
 
 POSITION_MODES = ("auto", "index", "named", "end")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from logitscope.errors import InputError
-from logitscope.tasks.ioi import generate_ioi_prompts
-from logitscope.tasks.prompt import FIELDS, Prompt, check_prompt, prompt_from_row
+from logitscope.inputs.ioi import generate_ioi_prompts
+from logitscope.inputs.prompt import FIELDS, Prompt, check_prompt, prompt_from_row
 
 __all__ = ["BUILTIN_SETS", "GeneratedSet", "Prompt", "builtin_prompts", "load_jsonl", "load_prompts", "parse_prompts"]
 

@@ -57,7 +57,7 @@ WHAT: dict[str, tuple[str, ...]] = {
     "resid": ("resid_pre", "resid_mid"),
     "layers": ("attn_out", "mlp_out"),
     "qkv": ("attn_head_q_all_pos", "attn_head_k_all_pos", "attn_head_v_all_pos", "attn_head_pattern_all_pos"),
-    "ablation": (),  # the single-head ablation grid (see logitscope.patching.ablation)
+    "ablation": (),  # the single-head ablation grid (see logitscope.methods.ablation)
 }
 WHAT["all"] = tuple(GRIDS)
 

@@ -1,9 +1,9 @@
 """The study's result as a notebook uses it: :class:`StudyResult` (:func:`logitscope.load_result` reopens it).
 
-A :class:`StudyResult` is the frozen, labelled data of :class:`~logitscope.study_data.StudyData`
+A :class:`StudyResult` is the frozen, labelled data of :class:`~logitscope.results.study.StudyData`
 (per-prompt arrays, their means, intervals and labels) plus thin methods that hand it to the
 modules that do each job: :mod:`logitscope.report` (figures, report, notebook display),
-:mod:`logitscope.tables` (per-prompt rows, CSV, DataFrame) and :mod:`logitscope.serialize`
+:mod:`logitscope.results.tables` (per-prompt rows, CSV, DataFrame) and :mod:`logitscope.results.serialize`
 (the output files, and reading them back).
 """
 
@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from logitscope import report, serialize, tables
-from logitscope.serialize import OUTPUT_FILES, RESULTS_SCHEMA_VERSION
-from logitscope.study_data import AttentionView, StudyData
+from logitscope import report
+
+from logitscope.results import serialize
+
+from logitscope.results import tables
+from logitscope.results.serialize import OUTPUT_FILES, RESULTS_SCHEMA_VERSION
+from logitscope.results.study import AttentionView, StudyData
 
 __all__ = ["OUTPUT_FILES", "RESULTS_SCHEMA_VERSION", "AttentionView", "StudyResult"]
 
@@ -26,15 +30,15 @@ class StudyResult(StudyData):
 
     # ------------------------------------------------------------------ tables
     def prompt_rows(self) -> list[dict[str, Any]]:
-        """One dict per prompt, as in ``results.json``'s ``prompts`` (:func:`logitscope.tables.prompt_rows`)."""
+        """One dict per prompt, as in ``results.json``'s ``prompts`` (:func:`logitscope.results.tables.prompt_rows`)."""
         return tables.prompt_rows(self)
 
     def per_prompt_columns(self) -> tuple[list[str], Any]:
-        """Every per-prompt attribution as named columns (:func:`logitscope.tables.per_prompt_columns`)."""
+        """Every per-prompt attribution as named columns (:func:`logitscope.results.tables.per_prompt_columns`)."""
         return tables.per_prompt_columns(self)
 
     def to_records(self) -> list[dict[str, Any]]:
-        """One flat dict per prompt: what ``per_prompt.csv`` holds (:func:`logitscope.tables.to_records`)."""
+        """One flat dict per prompt: what ``per_prompt.csv`` holds (:func:`logitscope.results.tables.to_records`)."""
         return tables.to_records(self)
 
     def to_dataframe(self) -> Any:
@@ -42,12 +46,12 @@ class StudyResult(StudyData):
         return tables.to_dataframe(self)
 
     def write_csv(self, path: str | Path) -> Path:
-        """Write :meth:`to_records` as CSV (:func:`logitscope.tables.write_csv`)."""
+        """Write :meth:`to_records` as CSV (:func:`logitscope.results.tables.write_csv`)."""
         return tables.write_csv(self, path)
 
     # ------------------------------------------------------------------ files
     def to_dict(self) -> dict[str, Any]:
-        """The ``results.json`` document (:func:`logitscope.serialize.results_document`)."""
+        """The ``results.json`` document (:func:`logitscope.results.serialize.results_document`)."""
         return serialize.results_document(self)
 
     def save(self, out_dir: str | Path, *, report: bool = True, csv: bool = False) -> Path:

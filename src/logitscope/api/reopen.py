@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from logitscope import serialize
-from logitscope.patching.result import read_patching
-from logitscope.results import StudyResult
+from logitscope.results import serialize
+from logitscope.api.patching_result import read_patching
+from logitscope.api.results import StudyResult
 
 __all__ = ["load_result"]
 
@@ -15,7 +15,7 @@ __all__ = ["load_result"]
 def load_result(folder: str | Path) -> Any:
     """Reopen a study from the folder ``save`` (or ``logitscope run``) wrote: the same fields,
     figures, report and tables, without recomputing anything; a folder ``logitscope patch`` (or
-    ``PatchingResult.save``) wrote reopens as that :class:`~logitscope.patching.PatchingResult`.
+    ``PatchingResult.save``) wrote reopens as that :class:`~logitscope.api.patching.PatchingResult`.
     Raises :class:`~logitscope.errors.InputError` for a folder of another ``schema_version``."""
     path = Path(folder).expanduser()
     if (path.parent if path.is_file() else path).joinpath("patching_per_prompt.npz").exists():
