@@ -21,12 +21,12 @@ def lm(tiny_gpt2_dir):
 
 
 def _never_load(monkeypatch):
-    import logitscope.methods.dla as study
+    import logitscope.engine.setup as setup
 
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the prompts were checked")
 
-    monkeypatch.setattr(study, "load_model", refuse)
+    monkeypatch.setattr(setup, "load_model", refuse)
 
 
 # ------------------------------------------------------------------------------------------ prompts

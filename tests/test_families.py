@@ -305,13 +305,13 @@ def test_mixtral_extra_host_syncs_are_the_experts_own(tmp_path):
     """Rerunning the chosen experts at the answer positions (k calls of the model's own experts
     module per layer) adds only the host syncs those calls make themselves: with transformers'
     default grouped_mm, one per call, as its own forward makes one per layer."""
-    from logitscope.methods import dla as study
+    from logitscope.inputs import encode
     from logitscope.engine.capture import Recorder
     from test_hot_loop import SyncSpy
 
     hf = make_hf_model("mixtral", size="tiny", seed=3)
     lm = ls.load_model(str(save_checkpoint(hf, tmp_path)), device="cpu")
-    enc = study.encode_prompts(ls.builtin_prompts("arena"), lm, prepend_bos=True)
+    enc = encode.encode_prompts(ls.builtin_prompts("arena"), lm, prepend_bos=True)
     ids = torch.tensor(enc.ids)
     pos = torch.full((ids.shape[0],), ids.shape[1] - 1)
     c, i = torch.from_numpy(enc.correct), torch.from_numpy(enc.incorrect)

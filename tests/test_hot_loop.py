@@ -18,6 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import logitscope as ls
+import logitscope.inputs.encode as encode
 import logitscope.methods.dla as study
 from logitscope.engine.capture import Recorder
 
@@ -59,7 +60,7 @@ def test_hot_loop_adds_no_host_syncs(family, tmp_path):
     from oracle import make_hf_model, save_checkpoint
 
     lm = ls.load_model(str(save_checkpoint(make_hf_model(family, size="tiny", seed=3), tmp_path)), device="cpu")
-    enc = study.encode_prompts(ls.builtin_prompts("arena"), lm, prepend_bos=True)
+    enc = encode.encode_prompts(ls.builtin_prompts("arena"), lm, prepend_bos=True)
     ids = torch.tensor(enc.ids)
     pos = torch.full((ids.shape[0],), ids.shape[1] - 1)
     c, i = torch.from_numpy(enc.correct), torch.from_numpy(enc.incorrect)
@@ -127,8 +128,8 @@ TEXTS = [
 
 def test_tokenize_equals_the_tokenizer_call(gpt2_tokenizer):
     texts = TEXTS + [p.text for p in ls.builtin_prompts("seed")]
-    assert study._backend_is_faithful(gpt2_tokenizer)  # the fast path is the one taken
-    assert study.tokenize(gpt2_tokenizer, texts) == gpt2_tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert encode._backend_is_faithful(gpt2_tokenizer)  # the fast path is the one taken
+    assert encode.tokenize(gpt2_tokenizer, texts) == gpt2_tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
 def test_tokenize_leaves_a_truncating_tokenizer_to_transformers(gpt2_tokenizer):
@@ -137,8 +138,8 @@ def test_tokenize_leaves_a_truncating_tokenizer_to_transformers(gpt2_tokenizer):
 
     tok = copy.deepcopy(gpt2_tokenizer)
     tok.backend_tokenizer.enable_truncation(max_length=5)
-    assert study.tokenize(tok, TEXTS) == gpt2_tokenizer(TEXTS, add_special_tokens=False)["input_ids"]
-    assert max(len(x) for x in study.tokenize(tok, TEXTS)) > 5
+    assert encode.tokenize(tok, TEXTS) == gpt2_tokenizer(TEXTS, add_special_tokens=False)["input_ids"]
+    assert max(len(x) for x in encode.tokenize(tok, TEXTS)) > 5
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -148,7 +149,7 @@ def test_cuda_hot_loop_adds_no_synchronisation(tiny_gpt2_dir):
     import warnings
 
     lm = ls.load_model(str(tiny_gpt2_dir), device="cuda")
-    enc = study.encode_prompts(ls.builtin_prompts("arena"), lm, prepend_bos=True)
+    enc = encode.encode_prompts(ls.builtin_prompts("arena"), lm, prepend_bos=True)
     ids = torch.tensor(enc.ids, device="cuda")
     pos = torch.full((ids.shape[0],), ids.shape[1] - 1, device="cuda")
     c, i = torch.from_numpy(enc.correct).cuda(), torch.from_numpy(enc.incorrect).cuda()
@@ -180,11 +181,11 @@ def test_tokenize_follows_split_special_tokens(gpt2_tokenizer):
     texts = ["<|endoftext|>When Mary", "x"] * 10
     tok = copy.deepcopy(gpt2_tokenizer)
     tok("x", split_special_tokens=True)  # leaves the backend splitting special tokens
-    assert study.tokenize(tok, texts) == tok(texts, add_special_tokens=False)["input_ids"]
-    assert study.tokenize(tok, texts)[0][0] == 50256
+    assert encode.tokenize(tok, texts) == tok(texts, add_special_tokens=False)["input_ids"]
+    assert encode.tokenize(tok, texts)[0][0] == 50256
     tok.split_special_tokens = True
-    assert study.tokenize(tok, texts) == tok(texts, add_special_tokens=False)["input_ids"]
-    assert study.tokenize(tok, texts)[0][0] != 50256
+    assert encode.tokenize(tok, texts) == tok(texts, add_special_tokens=False)["input_ids"]
+    assert encode.tokenize(tok, texts)[0][0] != 50256
 
 
 HOST_READS = re.compile(r"\.(cpu|item|tolist|numpy)\(|(?<![.\w])(float|int|bool|print)\(|\.to\([^)]*\bcpu\b")
@@ -193,7 +194,7 @@ HOST_READS = re.compile(r"\.(cpu|item|tolist|numpy)\(|(?<![.\w])(float|int|bool|
 def _source_of_hot_path() -> str:
     import inspect
 
-    loop = inspect.getsource(study.run_study)
+    loop = inspect.getsource(study.study)
     loop = loop[loop.index("# hot loop: start") : loop.index("# hot loop: end")]
     hooks = [Recorder.run_batch, Recorder._gather, Recorder._dir, Recorder._embed_hook, Recorder._block_hook,
              Recorder._attn_hook, Recorder._mlp_hook, Recorder._final_hook, Recorder._lens_point,

@@ -5,7 +5,12 @@ for type checkers."""
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import logitscope
 
@@ -105,3 +110,30 @@ def test_the_layers_point_one_way():
                                                   "logitscope.results.tables", "logitscope.methods.dla"))} - {"logitscope.results.study"}
     assert not {m for m in reaches("logitscope.report") if m in ("logitscope.results.serialize", "logitscope.api.results")}
     assert "logitscope.inputs.prompts" not in reaches("logitscope.inputs.ioi")
+
+
+ROOT = SRC.parent.parent
+
+
+def _lint_imports(config: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("lint-imports")
+    env = {**os.environ, "PYTHONPATH": str(SRC.parent)}
+    return subprocess.run([str(exe), "--config", str(config), "--no-cache"], capture_output=True, text=True,
+                          cwd=ROOT, env=env)
+
+
+def test_the_layers_contract_holds(tmp_path):
+    """``.importlinter``'s contracts (layers: cli > api > report > methods > results > engine > models >
+    inputs > base; the report reads results only) are kept, and the same check breaks on a breach."""
+    config = ROOT / ".importlinter"
+    if not config.exists():  # an installed package without its repository
+        pytest.skip("no .importlinter beside the sources")
+    kept = _lint_imports(config)
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    assert "2 kept, 0 broken" in kept.stdout
+    breach = tmp_path / "breach.ini"  # methods below results: the methods' own imports of results break it
+    breach.write_text(config.read_text().replace("    logitscope.methods\n    logitscope.results\n",
+                                                 "    logitscope.results\n    logitscope.methods\n"))
+    assert breach.read_text() != config.read_text()
+    broken = _lint_imports(breach)
+    assert broken.returncode != 0 and "logitscope.results" in broken.stdout

@@ -163,13 +163,13 @@ def test_cuda_gives_the_cpu_numbers(tiny_gpt2_dir):
 
 
 def test_cpu_batch_size_follows_the_token_budget_and_available_memory(tiny_gpt2_dir, monkeypatch):
-    import logitscope.methods.dla as study
+    import logitscope.engine.setup as setup
 
     lm = ls.load_model(str(tiny_gpt2_dir), device="cpu")
-    assert study.auto_batch_size(lm, 16) == 2048 // 16  # ~2k tokens a batch (bench/: cache-friendly)
-    assert study.auto_batch_size(lm, 60) == 2048 // 60
-    monkeypatch.setattr(study, "_available_host_memory", lambda: 4 * 1024 * 1024)  # 4 MiB free
-    assert 1 <= study.auto_batch_size(lm, 16) < 2048 // 16
+    assert setup.auto_batch_size(lm, 16) == 2048 // 16  # ~2k tokens a batch (bench/: cache-friendly)
+    assert setup.auto_batch_size(lm, 60) == 2048 // 60
+    monkeypatch.setattr(setup, "_available_host_memory", lambda: 4 * 1024 * 1024)  # 4 MiB free
+    assert 1 <= setup.auto_batch_size(lm, 16) < 2048 // 16
 
 
 def test_recomputed_logit_lens_in_results_and_report(tiny_gpt2_dir):

@@ -61,7 +61,7 @@ def test_an_answer_that_is_two_tokens_even_in_context_is_still_an_error(sp_token
 
 
 def test_fast_tokenize_path_equals_the_tokenizer_call(sp_tokenizer):
-    from logitscope.methods.dla import tokenize
+    from logitscope.inputs.encode import tokenize
 
     texts = [p.text for p in generate_ioi_prompts(50, seed=4)] + [" Mary", "Mary", "", "  two  spaces"]
     assert tokenize(sp_tokenizer, texts) == sp_tokenizer(texts, add_special_tokens=False)["input_ids"]

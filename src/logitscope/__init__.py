@@ -33,7 +33,7 @@ _EXPORTS = {
     "load_prompts": "logitscope.inputs",
     "logit_diff_directions": "logitscope.methods.dla",
     "run_patching": "logitscope.api.patching",
-    "run_study": "logitscope.methods.dla",
+    "run_study": "logitscope.api.study",
     "wrap_model": "logitscope.models.load",
 }
 
@@ -80,7 +80,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from logitscope.api.patching import PatchingResult, run_patching
     from logitscope.api.reopen import load_result
     from logitscope.api.results import AttentionView, StudyResult
-    from logitscope.methods.dla import logit_diff_directions, run_study
+    from logitscope.api.study import run_study
+    from logitscope.methods.dla import logit_diff_directions
     from logitscope.inputs import load_prompts
     from logitscope.inputs.prompt import Prompt
     from logitscope.inputs.prompts import builtin_prompts, load_jsonl

@@ -289,7 +289,7 @@ def _run(args: argparse.Namespace) -> int:
     parsed = _checks(args)
     _quiet_libraries()
     from logitscope.models.load import load_model
-    from logitscope.methods.dla import run_study
+    from logitscope.api.study import run_study
 
     lm = load_model(args.model, dtype=args.dtype, **_placement(args))
     with warnings.catch_warnings():  # the study's prompt warnings, printed as ours (after it, the error)
@@ -309,7 +309,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0  # under torchrun, rank 0 writes
     from logitscope.results.serialize import OUTPUT_FILES, save_study
 
-    out = save_study(result, args.out, report=not args.no_report, csv=args.csv, label="--out")
+    out = save_study(result, args.out, csv=args.csv, label="--out",
+                     also=None if args.no_report else (lambda tmp: result.write_report(tmp / "report.html")))
     print(result.summary())
     written = [out / name for name in OUTPUT_FILES if (out / name).exists()]
     print(f"wrote {', '.join(str(w) for w in written)}")

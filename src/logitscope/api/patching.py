@@ -134,7 +134,10 @@ def run_patching(
     :func:`logitscope.run_study`: rank 0 gets the result, the others ``None`` (path patching and
     circuits run in one process only).
     """
-    from logitscope.methods.dla import _as_loaded, encode_prompts, run_study, tokenize
+    from logitscope.engine.setup import as_loaded
+    from logitscope.inputs.encode import encode_prompts, tokenize
+    from logitscope.api.results import StudyResult
+    from logitscope.methods.dla import study as dla_study
     from logitscope.inputs.prompts import GeneratedSet, parse_prompts
 
     t0 = time.perf_counter()
@@ -146,7 +149,7 @@ def run_patching(
                                          circuit_greedy_candidates=circuit_greedy_candidates)
     completeness = Completeness(circuit_random, circuit_greedy, circuit_greedy_steps, circuit_greedy_candidates)
     parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
-    lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=distributed.current())
+    lm = as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=distributed.current())
     prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer) if isinstance(parsed, GeneratedSet) else parsed
     prompts = with_counterparts(list(prompts), corrupt, seed=seed, tokenizer=lm.tokenizer)
     L, H = lm.shape.n_layers, lm.shape.n_heads
@@ -165,8 +168,10 @@ def run_patching(
     if axis is not None and axis.note:
         notes.append(axis.note)
 
-    study = run_study(prompts, lm, batch_size=batch_size, top_k=top_k, attention_prompt=attention_prompt,
-                      prepend_bos=bos, seed=seed, progress=False)
+    study = distributed.collective(dla_study)(prompts, lm, batch_size=batch_size, top_k=top_k,
+                                              attention_prompt=attention_prompt, prepend_bos=bos, seed=seed,
+                                              progress=False)
+    study = None if study is None else StudyResult.of(study)
     t_study = time.perf_counter()
     result = _patch(lm, prompts, pairs, axis, grids, direction, sets, ablation, head_ablation, batch_size, progress,
                     method)
@@ -190,7 +195,7 @@ def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, senders, receivers, fre
     its progress bar (in prompt-runs) when ``progress``."""
     from logitscope.methods.circuits import run_circuit
     from logitscope.methods.paths import parse_receivers, parse_senders, run_paths
-    from logitscope.methods.dla import _progress, auto_batch_size
+    from logitscope.engine.setup import auto_batch_size, progress_bar
 
     out: dict[str, Any] = {}
     B = batch_size or auto_batch_size(lm, int(pairs.lengths.max()))
@@ -199,7 +204,7 @@ def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, senders, receivers, fre
         t = time.perf_counter()
         the_senders, the_receivers = parse_senders(senders, L, H), parse_receivers(receivers, L, H)
         inputs = sum(r.point != "logits" for r in the_receivers)
-        bar = _progress(pairs.n * len(the_senders) * (1 + inputs), progress)
+        bar = progress_bar(pairs.n * len(the_senders) * (1 + inputs), progress)
         if bar is not None:
             bar.set_description("path patching")
         out["paths"] = run_paths(lm, pairs, the_senders, the_receivers, direction=direction, freeze=freeze,
@@ -208,7 +213,7 @@ def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, senders, receivers, fre
         timing["paths_s"] = time.perf_counter() - t
     if circuit is not None:
         t = time.perf_counter()
-        bar = _progress(0, progress)
+        bar = progress_bar(0, progress)
         if bar is not None:
             bar.set_description("circuit")
         out["circuit"] = run_circuit(lm, prompts, pairs, load_circuit(circuit), ablation=ablation, batch_size=B,
@@ -254,7 +259,7 @@ def _position_tokens(lm, pairs: EncodedPairs, axis) -> list[str] | None:
 def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: str, sets: dict, kind: str,
            head_ablation: bool, batch_size: int | None, progress: bool, method: str = "exact") -> dict[str, Any]:
     """Every grid (exact, attribution estimate or both) and ablation, batch by batch; per-prompt arrays."""
-    from logitscope.methods.dla import _progress, auto_batch_size
+    from logitscope.engine.setup import auto_batch_size, progress_bar
 
     ranks = distributed.current()  # None: one process
     engine = Engine(lm)
@@ -266,7 +271,7 @@ def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: 
     budget = 4 * B * T
     n = pairs.n
     share = n if ranks is None else ranks.shares(n, B)[ranks.rank]
-    bar = _progress(1, progress and bool(grids or sets or head_ablation) and (ranks is None or ranks.is_root))
+    bar = progress_bar(1, progress and bool(grids or sets or head_ablation) and (ranks is None or ranks.is_root))
     step = (lambda k: bar.update(k)) if bar is not None else None
     runner = GridRunner(engine, grids if method != "attribution" else [], direction, axis, n, budget, step)
     attribution = AttributionRunner(engine, grids, direction, axis, n, step) if method != "exact" else None

@@ -111,7 +111,7 @@ class PatchingResult:
         """For each grid computed both ways, how the attribution estimate agrees with the exact
         grid (:func:`logitscope.results.agreement.agreement`), by the exact grid's name."""
         from logitscope.results.agreement import agreement
-        from logitscope.methods.attribution import exact_name
+        from logitscope.results.names import exact_name
 
         c, x = float(self.clean_logit_diff.mean()), float(self.corrupted_logit_diff.mean())
         return {base: agreement(self.mean(base), self.mean(name), c, x, lambda k, g=base: self.cell_label(g, k))
@@ -210,7 +210,7 @@ class PatchingResult:
         from logitscope.results.serialize import write_study
 
         with atomic_output_dir(out_dir, owned=OUTPUT_FILES, label=label) as tmp:
-            write_study(self.study, tmp, report=False)
+            write_study(self.study, tmp)
             (tmp / "results.json").write_text(json_text(self.results_document()), encoding="utf-8")
             np.savez(tmp / "patching_per_prompt.npz", **self.per_prompt_arrays())
             if report:

@@ -9,7 +9,7 @@ modules that do each job: :mod:`logitscope.report` (figures, report, notebook di
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,11 @@ __all__ = ["OUTPUT_FILES", "RESULTS_SCHEMA_VERSION", "AttentionView", "StudyResu
 @dataclass(frozen=True, eq=False, repr=False)
 class StudyResult(StudyData):
     __doc__ = StudyData.__doc__
+
+    @classmethod
+    def of(cls, data: StudyData) -> "StudyResult":
+        """``data`` with this class's files, tables and report."""
+        return cls(**{f.name: getattr(data, f.name) for f in fields(data) if f.init})
 
     # ------------------------------------------------------------------ tables
     def prompt_rows(self) -> list[dict[str, Any]]:
@@ -58,7 +63,8 @@ class StudyResult(StudyData):
         """Write ``results.json``, ``per_prompt_heads.npy``, ``per_prompt.npz``, ``attention.npy``,
         (by default) ``report.html`` and (if asked) ``per_prompt.csv`` into ``out_dir``, atomically:
         a failure leaves earlier files untouched. :func:`load_result` reads the folder back."""
-        return serialize.save_study(self, out_dir, report=report, csv=csv)
+        also = (lambda tmp: self.write_report(tmp / "report.html")) if report else None
+        return serialize.save_study(self, out_dir, csv=csv, also=also)
 
     # ------------------------------------------------------------------ presentation
     def write_report(self, path: str | Path) -> Path:

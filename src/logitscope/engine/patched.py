@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-from logitscope.models.hooks import Hook, HookPoints, _first
+from logitscope.models.hooks import Hook, HookPoints, first_output
 from logitscope.models.load import LoadedModel
 
 # Keyword arguments a block receives that run along the positions, and the axis they do: sliced
@@ -135,7 +135,7 @@ class Engine:
                 args, kwargs = base.inputs[j]
                 kwargs = {k: _prepare(v, G, B, start, k) for k, v in kwargs.items()}
                 args = tuple(_prepare(a, G, B, 0) for a in args)
-                hidden = _first(self.blocks[j](hidden, *args, **kwargs))
+                hidden = first_output(self.blocks[j](hidden, *args, **kwargs))
         rows = torch.arange(G * B, device=hidden.device)
         at = (end.to(hidden.device) - start).repeat(G)
         return self.logit_diff(hidden[rows, at], correct.repeat(G), incorrect.repeat(G))

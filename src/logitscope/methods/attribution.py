@@ -37,18 +37,9 @@ from logitscope.engine.patched import Engine, Run
 from logitscope.methods.patching.grids import GRIDS, GridSpec
 from logitscope.inputs.positions import PositionAxis
 from logitscope.methods.patching.run import PairBatch, grid_shape
+from logitscope.results.names import SUFFIX, attribution_name, exact_name  # noqa: F401 (SUFFIX: the methods' name)
 
 METHODS = ("exact", "attribution", "both")
-SUFFIX = "_attribution"  # results.json: an attribution grid sits beside its exact one as <grid>_attribution
-
-
-def attribution_name(grid: str) -> str:
-    return grid + SUFFIX
-
-
-def exact_name(name: str) -> str | None:
-    """The exact grid an attribution grid estimates (``None`` for an exact grid)."""
-    return name[: -len(SUFFIX)] if name.endswith(SUFFIX) else None
 
 
 def gradient_run(engine: Engine, ids: torch.Tensor, end: torch.Tensor, correct: torch.Tensor,

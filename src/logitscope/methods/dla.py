@@ -1,4 +1,5 @@
-"""The study from prompts to a :class:`StudyResult`: tokenize, batch, capture, assemble."""
+"""Direct logit attribution, the study: prompts to :class:`~logitscope.results.study.StudyData`
+(tokenize, batch, capture, assemble). :func:`logitscope.run_study` is its public face."""
 
 from __future__ import annotations
 
@@ -22,187 +23,16 @@ from logitscope.results.decomposition import signed_top_heads
 from logitscope.labels import parse_heads
 from logitscope.models.kernels import equivalent_kernels
 from logitscope.models.state import attention_implementation, study_mode
-from logitscope.models.load import LoadedModel, load_model, wrap_model
-from logitscope.api.results import AttentionView, StudyResult
+from logitscope.models.load import LoadedModel
+from logitscope.engine.setup import as_loaded, auto_batch_size, progress_bar
+from logitscope.inputs.encode import Encoded, encode_prompts
+from logitscope.results.study import AttentionView, StudyData
 from logitscope.inputs.lint import lint_prompts
 from logitscope.inputs.prompt import Prompt, is_token_id
 from logitscope.inputs.prompts import GeneratedSet, load_prompts, parse_prompts
 
 
-@dataclass
-class Encoded:
-    """Token ids for a prompt set: prompts (BOS prepended if asked) and single-token answers."""
-
-    ids: list[list[int]]
-    correct: np.ndarray
-    incorrect: np.ndarray
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
-
-
-def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: bool = True) -> Encoded:
-    """Tokenize (batched, fast tokenizer) and validate: each answer exactly one token, correct ≠
-    incorrect, every prompt within the model's context. Errors name the prompt and what to do."""
-    tok = lm.tokenizer
-    ids = tokenize(tok, [p.text for p in prompts])
-    if prepend_bos:
-        bos = tok.bos_token_id
-        if bos is None:
-            raise ArgumentError("prepend_bos", True, "the tokenizer has no BOS token, so none can be prepended",
-                                fix=False)
-        ids = [[bos] + x for x in ids]
-    given = {a for p in prompts for a in (p.correct, p.incorrect) if is_token_id(a)}
-    vocab = lm.adapter.unembed(lm.model).weight.shape[0]
-    for a in sorted(given):
-        if a >= vocab:
-            p = next(p for p in prompts if a in (p.correct, p.incorrect))
-            raise InputError(f"{_where(prompts, prompt=p)}: answer id {a} is not a token of this model "
-                             f"(its vocabulary has {vocab} tokens, ids 0-{vocab - 1})")
-    answers = sorted({a for p in prompts for a in (p.correct, p.incorrect) if not is_token_id(a)})
-    answer_ids: dict[str | int, list[int]] = {a: [a] for a in given}
-    if answers:
-        answer_ids.update(zip(answers, tokenize(tok, answers)))
-    bad = []
-    for a, toks in answer_ids.items():
-        if len(toks) != 1:
-            in_context = _next_token_in_context(tok, [p for p in prompts if a in (p.correct, p.incorrect)], a)
-            if in_context is not None:  # e.g. SentencePiece: " Mary" alone is ['▁', '▁Mary']
-                answer_ids[a] = [in_context]
-            else:
-                bad.append(a)
-    if bad:  # name the first in file order, count the others, so one run finds them all
-        first_at = {a: next(i for i, p in enumerate(prompts) if a in (p.correct, p.incorrect)) for a in bad}
-        bad.sort(key=first_at.__getitem__)
-        a, toks = bad[0], answer_ids[bad[0]]
-        pieces = [tok.decode([t]) for t in toks]
-        hint = "" if a.startswith(" ") or not a else f" (did you mean {' ' + a!r}, with a leading space?)"
-        others = ""
-        if len(bad) > 1:
-            shown = ", ".join(f"{b!r}{_line_of(prompts[first_at[b]])}" for b in bad[1:6])
-            others = f"; {len(bad) - 1} other answer{'s' if len(bad) > 2 else ''} too: {shown}{', ...' if len(bad) > 6 else ''}"
-        raise InputError(
-            f"{_where(prompts, a)}: answer {a!r} is {len(toks)} tokens {pieces} for this model's tokenizer, "
-            f"not one; choose an answer that is a single token{hint}{others}"
-        )
-    correct = np.array([answer_ids[p.correct][0] for p in prompts], dtype=np.int64)
-    incorrect = np.array([answer_ids[p.incorrect][0] for p in prompts], dtype=np.int64)
-    same = np.nonzero(correct == incorrect)[0]
-    if same.size:
-        p = prompts[int(same[0])]
-        raise InputError(
-            f"{_where(prompts, prompt=p)}: correct and incorrect answers are the same token ({p.correct!r}); "
-            "the logit difference would be zero"
-        )
-    empty = [i for i, x in enumerate(ids) if len(x) == 0]
-    if empty:
-        raise InputError(f"{_where(prompts, prompt=prompts[empty[0]])}: the prompt is empty")
-    n_ctx = lm.n_ctx
-    if n_ctx is not None:
-        long = [i for i, x in enumerate(ids) if len(x) > n_ctx]
-        if long:
-            i = long[0]
-            raise InputError(
-                f"{_where(prompts, prompt=prompts[i])}: the prompt is {len(ids[i])} tokens"
-                f"{' with BOS' if prepend_bos else ''}, longer than the model's context of {n_ctx}; shorten it"
-            )
-    return Encoded(ids, correct, incorrect)
-
-
-def tokenize(tok: Any, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text, no special tokens added: ``tok(texts, add_special_tokens=False)``.
-
-    A fast tokenizer is asked directly (its Rust ``encode_batch_fast``: parallel, no offsets) when
-    nothing ``transformers``' wrapper does per call would change the result: the class does not
-    override how it encodes, no truncation or padding is set on the backend, and the backend's
-    special-token splitting is what the wrapper would set. Even then the first texts are encoded
-    both ways and must agree. The ids are the same, in about half the time for 10,000 prompts."""
-    if texts and _backend_is_faithful(tok):
-        ids = [e.ids for e in tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
-        probe = texts[:8]
-        if tok(probe, add_special_tokens=False)["input_ids"] == ids[: len(probe)]:
-            return ids
-    return tok(texts, add_special_tokens=False)["input_ids"]
-
-
-def _backend_is_faithful(tok: Any) -> bool:
-    try:
-        from transformers.tokenization_utils_tokenizers import TokenizersBackend
-    except ImportError:  # pragma: no cover - other transformers layouts: always take the wrapper
-        return False
-    backend = getattr(tok, "backend_tokenizer", None)
-    cls = type(tok)
-    return (
-        isinstance(tok, TokenizersBackend)
-        and all(getattr(cls, name) is getattr(TokenizersBackend, name) for name in ("__call__", "_encode_plus"))
-        and hasattr(backend, "encode_batch_fast")
-        and backend.truncation is None
-        and backend.padding is None
-        and backend.encode_special_tokens == bool(getattr(tok, "split_special_tokens", False))
-    )
-
-
-def _next_token_in_context(tok: Any, prompts: Sequence[Prompt], answer: str) -> int | None:
-    """The one token that ``answer`` adds after every prompt it follows, or ``None``.
-
-    Tokenizers that add a word-boundary marker of their own (SentencePiece's ``▁``) split a
-    space-led answer on its own into two tokens, yet continue a prompt with one; what the model is
-    asked to predict is that continuation."""
-    base = tokenize(tok, [p.text for p in prompts])
-    full = tokenize(tok, [p.text + answer for p in prompts])
-    found = {f[-1] for b, f in zip(base, full) if len(f) == len(b) + 1 and f[: len(b)] == b}
-    ok = all(len(f) == len(b) + 1 and f[: len(b)] == b for b, f in zip(base, full))
-    return found.pop() if ok and len(found) == 1 else None
-
-
-def _line_of(prompt: Prompt) -> str:
-    line = prompt.meta.get("line")
-    return f" (line {line})" if line is not None else ""
-
-
-def _where(prompts: Sequence[Prompt], answer: str | None = None, prompt: Prompt | None = None) -> str:
-    if prompt is None:
-        prompt = next(p for p in prompts if answer in (p.correct, p.incorrect))
-    text = prompt.text if len(prompt.text) <= 60 else prompt.text[:57] + "..."
-    return f"prompt {text!r}{_line_of(prompt)}"
-
-
-def auto_batch_size(lm: LoadedModel, max_len: int) -> int:
-    """A batch size whose activations fit comfortably: on CUDA from free memory, elsewhere a fixed
-    token budget that keeps per-batch overhead small without thrashing caches."""
-    s = lm.shape
-    # Rough bytes per token of live activations in one block (attention scores for eager are not
-    # materialised with sdpa) plus the final hidden state; generous factor for temporaries.
-    per_token = 4 * (12 * s.d_model + 4 * s.n_heads * max_len) * 2
-    if lm.device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(lm.device)
-        budget = 0.5 * free
-        return int(max(1, min(4096, budget // (per_token * max_len))))
-    # CPU: ~2k tokens a batch keeps the MLP's activations near the last-level cache; measured on
-    # GPT-2 small (bench/), 128 prompts of 16 tokens ran faster and with a third less peak memory
-    # than one batch of 512.
-    budget_tokens = 2048 if lm.device.type == "cpu" else 65536
-    available = _available_host_memory()
-    if lm.device.type == "cpu" and available:  # and never more than a quarter of free memory
-        budget_tokens = min(budget_tokens, int(0.25 * available // per_token))
-    return int(max(1, min(1024, budget_tokens // max_len)))
-
-
-def _available_host_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux; ``None`` where unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-@distributed.collective
-def run_study(
+def study(
     prompts: Any,
     model: Any,
     *,
@@ -217,25 +47,9 @@ def run_study(
     prepend_bos: bool | None = None,
     seed: int = 0,
     progress: bool = False,
-) -> StudyResult:
-    """Run the whole direct-logit-attribution study.
-
-    ``prompts``: a spec (``"seed"``, ``"arena"``, ``"ioi:N"``), a path (``str`` or
-    ``pathlib.Path``) to a JSONL file, or a list of :class:`Prompt`, of dicts with the JSONL keys,
-    or of ``(prompt, correct, incorrect)`` tuples; an answer is text that is one token (``" Mary"``)
-    or a token id (``5335``). ``model``: a hub id or alias, a local folder, a :class:`LoadedModel`,
-    or an already-loaded ``transformers`` causal LM (then pass its ``tokenizer``). Everything that
-    can be checked without the model is checked before it is loaded.
-
-    Attention patterns are recorded on prompt ``attention_prompt`` for ``attention_heads``: by
-    default the heads the report shows (the top ``top_k`` of each sign), or ``"all"``, or a list
-    of heads (``["L9H9", (9, 6)]``). The model is left as it came: every module's training flag,
-    its attention implementation, its modules and the hooks on them.
-
-    In a ``torch.distributed`` process group of several ranks (``torchrun``), every rank calls this
-    alike and runs its share of the batches on its own device (``device="auto"``: ``cuda:LOCAL_RANK``);
-    rank 0 gets the whole result, the other ranks ``None`` (:mod:`logitscope.engine.distributed`).
-    """
+) -> StudyData | None:
+    """The study of :func:`logitscope.run_study` (its arguments), as plain data; ``None`` on ranks
+    other than 0 of a process group."""
     _check_whole("top_k", top_k, 1)
     _check_whole("seed", seed, 0)
     _check_whole("attention_prompt", attention_prompt, 0)
@@ -248,13 +62,13 @@ def run_study(
             raise ArgumentError("attention_heads", attention_heads, f"{e} (or 'all')") from None
     parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
     ranks = distributed.current()  # None: one process
-    lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=ranks)
+    lm = as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=ranks)
     if isinstance(parsed, GeneratedSet):
         prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer)  # built clean: nothing to lint
     else:
         prompts = parsed
         for message in lint_prompts(prompts, tokenizer=lm.tokenizer):
-            warnings.warn(message, PromptWarning, stacklevel=3)  # the caller of run_study (past its decorator)
+            warnings.warn(message, PromptWarning, stacklevel=4)  # the caller of logitscope.run_study (past its decorator)
     n_heads = lm.shape.n_layers * lm.shape.n_heads
     if top_k > n_heads:
         raise ArgumentError("top_k", top_k, f"this model has {n_heads} heads; ask for at most {n_heads}")
@@ -278,7 +92,7 @@ def run_study(
     in_dev = lm.adapter.embed(lm.model).weight.device
     rec = Recorder(lm)
     batches: list[BatchScalars] = []
-    bar = _progress(len(rows), progress and (ranks is None or ranks.is_root))
+    bar = progress_bar(len(rows), progress and (ranks is None or ranks.is_root))
     timing: dict[str, Any] = {"tokenize_s": t_encoded - t_start}
     # The hot loop makes the host wait for the device nowhere: each chunk's token ids, answer
     # positions and answer ids cross to the device in one asynchronous copy each (a 10,000-prompt
@@ -343,10 +157,10 @@ def run_study(
     timing["prompts_per_s"] = len(prompts) / timing["study_s"]
     timing["world_size"] = 1 if ranks is None else ranks.world_size
     timing["prompts_per_rank"] = [len(prompts)] if ranks is None else ranks.shares(len(prompts), batch_size)
-    return StudyResult(**fields, timing=timing)
+    return StudyData(**fields, timing=timing)
 
 
-# BatchScalars' field names (capture.py) -> StudyResult's (TransformerLens's hook names).
+# BatchScalars' field names (capture.py) -> StudyData's (TransformerLens's hook names).
 _FIELD_NAMES = {"attn": "attn_out", "mlp": "mlp_out", "heads": "head_results", "final_bias": "final_norm_bias"}
 
 
@@ -374,7 +188,7 @@ def logit_diff_directions(prompts: Any, model: Any, *, tokenizer: Any = None) ->
     tokens_to_residual_directions(incorrect)`` after ``fold_ln`` (the final norm's weight folded
     in; centred over ``d_model`` for LayerNorm models). float32, on the unembedding's device."""
     parsed = parse_prompts(prompts)
-    lm = _as_loaded(model, tokenizer, device="auto", dtype="float32", device_map=None)
+    lm = as_loaded(model, tokenizer, device="auto", dtype="float32", device_map=None)
     enc = encode_prompts(load_prompts(parsed, tokenizer=lm.tokenizer), lm, prepend_bos=lm.adapter.default_prepend_bos)
     rec = Recorder(lm)
     return rec.directions(torch.from_numpy(enc.correct).to(rec.out_device), torch.from_numpy(enc.incorrect).to(rec.out_device))
@@ -492,27 +306,6 @@ def attention_patterns(lm: LoadedModel, ids: list[int], prompt_index: int,
     del out
     str_tokens = [lm.tokenizer.decode([t], clean_up_tokenization_spaces=False) for t in ids]
     return AttentionView(prompt_index, tuple(str_tokens), patterns, tuple(kept), n_layers, n_heads)
-
-
-def _as_loaded(model: Any, tokenizer: Any, *, device: Any, dtype: Any, device_map: Any,
-               ranks: distributed.Ranks | None = None) -> LoadedModel:
-    """``model`` as a :class:`LoadedModel`: loaded by name (in a process group, on this rank's own
-    device), or wrapped as given."""
-    if isinstance(model, LoadedModel):
-        return model
-    if isinstance(model, (str,)) or hasattr(model, "__fspath__"):
-        return load_model(str(model), dtype=dtype, **distributed.placement(device, device_map, ranks))
-    if tokenizer is None:
-        raise InputError("pass the model's tokenizer with an already-loaded model: run_study(..., tokenizer=tok)")
-    return wrap_model(model, tokenizer)
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="prompt", file=sys.stderr, desc="logitscope", dynamic_ncols=True)
 
 
 def _version() -> str:

@@ -47,16 +47,11 @@ import torch
 
 from logitscope.errors import ArgumentError
 from logitscope.methods.ablation import parse_components
+from logitscope.results.names import FROZEN
 from logitscope.stats import bootstrap_means, percentile_interval
 
 FREEZE = ("heads", "all")
 INPUTS = ("q", "k", "v")
-FROZEN = {
-    "heads": "every head that is not a sender, at its base-run value; MLPs and the final norm recomputed "
-             "(the IOI paper's path patching)",
-    "all": "every head that is not a sender and every MLP output, at their base-run values, and (to the logits) "
-           "the final norm's scale: direct paths only",
-}
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,7 @@ def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple
     return args, {**kwargs, "hidden_states": hidden}
 
 
-def _first(out):
+def first_output(out):
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -279,7 +279,7 @@ class HookPoints:
             if mid is not None:  # resid_mid = resid_pre + attn_out: change attn_out by what mid changes
 
                 def attn_out_for_mid(module, args, out):
-                    a = _first(out)
+                    a = first_output(out)
                     resid_mid = seen["resid_pre"] + a
                     new = mid(resid_mid)
                     return None if new is None else _replace_first(out, a + (new - resid_mid))
@@ -341,7 +341,7 @@ class HookPoints:
 
 def _output_hook(fn: Hook):
     def hook(module, args, out):
-        new = fn(_first(out))
+        new = fn(first_output(out))
         return None if new is None else _replace_first(out, new)
 
     return hook

@@ -27,7 +27,7 @@ EXPLAIN = (
 def scatter_figure(result: PatchingResult, grid: str) -> go.Figure:
     """Estimate against exact, in TransformerLens's normalised metric; cells off by more than the
     agreement's fraction in red."""
-    from logitscope.methods.attribution import attribution_name
+    from logitscope.results.names import attribution_name
 
     exact, estimate = result.normalised(grid).reshape(-1), result.normalised(attribution_name(grid)).reshape(-1)
     ag = result.agreement[grid]

@@ -156,7 +156,7 @@ def circuit_section(result: PatchingResult, figure_html, table_html, caption_htm
     parts: list[str] = []
     paths = result.paths
     if paths is not None:
-        from logitscope.methods.paths import FROZEN
+        from logitscope.results.names import FROZEN
 
         base = "clean prompts' run" if paths.direction == "noise" else "counterparts' run"
         parts.append("<h3>Path patching</h3>")

@@ -87,7 +87,7 @@ def grid_figure(result: PatchingResult, name: str) -> go.Figure:
 
 
 def _title(name: str) -> str:
-    from logitscope.methods.attribution import exact_name
+    from logitscope.results.names import exact_name
 
     base = exact_name(name)
     return TITLES[name] if base is None else f"{TITLES[base]}: attribution patching (first-order estimate)"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -170,8 +170,9 @@ def expert_block(data: StudyData) -> dict[str, Any]:
     }
 
 
-def write_study(data: StudyData, folder: Path, *, report: bool = True, csv: bool = False) -> None:
-    """Write every output file of ``data`` into ``folder`` (an existing, empty folder)."""
+def write_study(data: StudyData, folder: Path, *, csv: bool = False) -> None:
+    """Write every data file of ``data`` into ``folder`` (an existing, empty folder); the report,
+    a presentation, is written by the caller (:meth:`logitscope.StudyResult.save`)."""
     (folder / "results.json").write_text(json_text(results_document(data)), encoding="utf-8")
     # [n_prompts, n_layers, n_heads] float32, prompts in results.json order.
     np.save(folder / "per_prompt_heads.npy", np.ascontiguousarray(np.moveaxis(data.head_results, -1, 0), dtype=np.float32))
@@ -182,20 +183,19 @@ def write_study(data: StudyData, folder: Path, *, report: bool = True, csv: bool
         np.save(folder / "attention.npy", np.ascontiguousarray(data.attention.patterns, dtype=np.float32))
     if csv:  # ~4.6 KB a prompt for GPT-2 small (200 columns at full float64 precision)
         write_csv(data, folder / "per_prompt.csv")
-    if report:
-        from logitscope.report import write_report
-
-        write_report(data, folder / "report.html")
 
 
-def save_study(data: StudyData, out_dir: str | Path, *, report: bool = True, csv: bool = False,
-               label: str = "out_dir") -> Path:
+def save_study(data: StudyData, out_dir: str | Path, *, csv: bool = False, label: str = "out_dir",
+               also: Callable[[Path], None] | None = None) -> Path:
     """Write ``data``'s files into ``out_dir``, atomically: everything goes to a temporary folder
     beside it and is moved in only when complete, so a failure leaves earlier files untouched; a
     file of an earlier run that this run does not write (``report.html`` after ``report=False``)
-    is removed. ``label`` names ``out_dir`` in error messages."""
+    is removed. ``also(tmp)`` writes more files (the report) into the same temporary folder.
+    ``label`` names ``out_dir`` in error messages."""
     with atomic_output_dir(out_dir, owned=OUTPUT_FILES, label=label) as tmp:
-        write_study(data, tmp, report=report, csv=csv)
+        write_study(data, tmp, csv=csv)
+        if also is not None:
+            also(tmp)
     return Path(out_dir)
 
 

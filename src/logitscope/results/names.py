@@ -1,0 +1,24 @@
+"""Names a result carries in its files and that the report reads: how an attribution grid is named
+beside its exact one, and what path patching's ``freeze`` modes hold fixed."""
+
+from __future__ import annotations
+
+__all__ = ["FROZEN", "SUFFIX", "attribution_name", "exact_name"]
+
+SUFFIX = "_attribution"  # results.json: an attribution grid sits beside its exact one as <grid>_attribution
+
+FROZEN = {
+    "heads": "every head that is not a sender, at its base-run value; MLPs and the final norm recomputed "
+             "(the IOI paper's path patching)",
+    "all": "every head that is not a sender and every MLP output, at their base-run values, and (to the logits) "
+           "the final norm's scale: direct paths only",
+}
+
+
+def attribution_name(grid: str) -> str:
+    return grid + SUFFIX
+
+
+def exact_name(name: str) -> str | None:
+    """The exact grid an attribution grid estimates (``None`` for an exact grid)."""
+    return name[: -len(SUFFIX)] if name.endswith(SUFFIX) else None
