@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it.
 _EXPORTS = {
     "ArgumentError": "logitscope.errors",
+    "Experiment": "logitscope.api.experiment",
     "AttentionView": "logitscope.api.results",
     "InputError": "logitscope.errors",
     "LoadedModel": "logitscope.models.load",
@@ -40,6 +41,7 @@ _EXPORTS = {
 __all__ = [
     "ArgumentError",
     "AttentionView",
+    "Experiment",
     "InputError",
     "LoadedModel",
     "LogitscopeError",
@@ -80,6 +82,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from logitscope.api.patching import PatchingResult, run_patching
     from logitscope.api.reopen import load_result
     from logitscope.api.results import AttentionView, StudyResult
+    from logitscope.api.experiment import Experiment
     from logitscope.api.study import run_study
     from logitscope.methods.dla import logit_diff_directions
     from logitscope.inputs import load_prompts

@@ -1,0 +1,114 @@
+"""One experiment, many methods: a model and a prompt set, prepared once, for a notebook.
+
+>>> exp = ls.Experiment("gpt2-small", "ioi:200", corrupt="abc")
+>>> exp.study()                      # direct logit attribution, the logit lens
+>>> exp.patch("heads")               # activation-patching grids
+>>> exp.ablate("L9H9,L9H6")          # one ablation
+>>> exp.paths(senders="L9H9", receivers="logits")
+>>> exp.circuit("ioi")               # faithfulness, completeness, minimality
+
+The model is loaded once, the prompt set is generated (or read and checked) once and its
+counterparts are drawn once, so every method sees the same pairs. Each method takes only its own
+options; what they share (batch size, BOS, seed, progress) is the experiment's. Each returns the
+same result, with the same numbers and files, as :func:`logitscope.run_study` /
+:func:`logitscope.run_patching` called with those options (tests/test_experiment.py checks it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from logitscope.api.patching import run_patching
+from logitscope.api.patching_result import PatchingResult
+from logitscope.api.results import StudyResult
+from logitscope.api.study import run_study
+from logitscope.engine import distributed
+from logitscope.engine.setup import as_loaded
+from logitscope.errors import ArgumentError
+from logitscope.inputs.counterparts import CORRUPTIONS, with_counterparts
+from logitscope.inputs.prompt import Prompt
+from logitscope.inputs.prompts import GeneratedSet, parse_prompts
+
+__all__ = ["Experiment"]
+
+
+class Experiment:
+    """A model and a prompt set, prepared once; one method per call.
+
+    ``model``: a hub id or alias, a local folder, a ``.gguf`` file, a :class:`logitscope.LoadedModel`
+    or a loaded ``transformers`` causal LM (with its ``tokenizer``). ``prompts``: as
+    :func:`logitscope.run_study` takes them. ``corrupt``: the counterpart of IOI prompts for the
+    causal methods (``"abc"``, the default there, or ``"flip"``); the ``seed``/``arena`` sets and
+    JSONL rows with a ``"corrupted"`` field bring their own. Counterparts are drawn on the first
+    causal call, so a prompt set without them still runs :meth:`study`.
+    """
+
+    def __init__(self, model: Any, prompts: Any, *, tokenizer: Any = None, corrupt: str | None = None,
+                 device: Any = "auto", dtype: Any = "float32", device_map: str | None = None,
+                 batch_size: int | None = None, prepend_bos: bool | None = None, seed: int = 0,
+                 progress: bool = False) -> None:
+        if corrupt is not None and corrupt not in CORRUPTIONS:
+            raise ArgumentError("corrupt", corrupt, f"use one of {', '.join(CORRUPTIONS)}")
+        parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
+        self.lm = as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map,
+                            ranks=distributed.current())
+        # Generated once; a given list is checked (and linted) by each method, as the wrappers do.
+        self.prompts: list[Prompt] = (parsed.generate(seed=seed, tokenizer=self.lm.tokenizer)
+                                      if isinstance(parsed, GeneratedSet) else list(parsed))
+        self.corrupt = corrupt
+        self.batch_size = batch_size
+        self.prepend_bos = prepend_bos
+        self.seed = seed
+        self.progress = progress
+        self._pairs: list[Prompt] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Experiment {self.lm.name}: {len(self.prompts)} prompts>"
+
+    # ------------------------------------------------------------------ what every method shares
+    @property
+    def pairs(self) -> list[Prompt]:
+        """The prompts, each with its ``corrupted`` counterpart (drawn once, on first use)."""
+        if self._pairs is None:
+            self._pairs = with_counterparts(self.prompts, self.corrupt, seed=self.seed, tokenizer=self.lm.tokenizer)
+        return self._pairs
+
+    def _shared(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "prepend_bos": self.prepend_bos, "seed": self.seed,
+                "progress": self.progress}
+
+    def _patching(self, **options: Any) -> PatchingResult:
+        return run_patching(self.pairs, self.lm, **self._shared(), **options)
+
+    # ------------------------------------------------------------------ one method each
+    def study(self, *, top_k: int = 3, attention_prompt: int = 0, attention_heads: Any = None) -> StudyResult:
+        """Direct logit attribution: logit difference, logit lens, layers, heads, attention
+        (:func:`logitscope.run_study`)."""
+        return run_study(self.prompts, self.lm, top_k=top_k, attention_prompt=attention_prompt,
+                         attention_heads=attention_heads, **self._shared())
+
+    def patch(self, what: str | Sequence[str] = "heads", *, direction: str = "denoise", positions: str = "auto",
+              method: str = "exact") -> PatchingResult:
+        """Activation-patching grids (``heads``, ``heads_by_pos``, ``resid``, ``layers``, ``qkv``,
+        ``ablation``, ``all`` or grid names), exact or by attribution patching (``method``)."""
+        return self._patching(what=what, direction=direction, positions=positions, method=method)
+
+    def ablate(self, components: str | Sequence[str] | dict[str, Any], *, ablation: str = "mean") -> PatchingResult:
+        """The logit difference with ``components`` ablated (``"L9H9,L9H6"``, a list, or
+        ``{name: spec}`` for several sets), by ``zero``, ``mean`` or ``resample`` ablation."""
+        return self._patching(what="none", ablate=components, ablation=ablation)
+
+    def paths(self, senders: str | Sequence[str], receivers: str | Sequence[str] = "logits", *,
+              freeze: str = "heads", direction: str = "denoise") -> PatchingResult:
+        """Path patching from ``senders`` to ``receivers`` (``"logits"``, ``"L9H9:q"``, ...); the IOI
+        paper's direction is ``noise``."""
+        return self._patching(what="none", senders=senders, receivers=receivers, freeze=freeze,
+                              direction=direction)
+
+    def circuit(self, circuit: Any, *, ablation: str = "mean", random_k: int = 5, greedy: int = 0,
+                greedy_steps: int = 10, greedy_candidates: int = 10) -> PatchingResult:
+        """A circuit's faithfulness, completeness (K = ∅, each class, ``random_k`` random sets,
+        ``greedy`` runs of the paper's greedy search) and minimality, by ``ablation``."""
+        return self._patching(what="none", circuit=circuit, ablation=ablation, circuit_random=random_k,
+                              circuit_greedy=greedy, circuit_greedy_steps=greedy_steps,
+                              circuit_greedy_candidates=greedy_candidates)

@@ -1,0 +1,60 @@
+"""ls.Experiment: one model and prompt set, one method per call, the same numbers and files as the
+wrappers (run_study, run_patching) given the same options."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import logitscope as ls
+
+
+def _doc(result) -> dict:
+    """results.json's document without what differs between two runs of the same study."""
+    doc = json.loads(json.dumps(result.results_document() if hasattr(result, "results_document") else result.to_dict()))
+    for d in (doc, doc.get("patching") or {}):
+        d.pop("timing", None)
+    doc.pop("created", None)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def exp(tiny_gpt2_dir):
+    return ls.Experiment(str(tiny_gpt2_dir), "ioi:12", device="cpu", seed=3, batch_size=5)
+
+
+def test_the_model_and_prompts_are_prepared_once(exp):
+    pairs = exp.pairs
+    assert exp.pairs is pairs and len(pairs) == 12 and all(p.corrupted for p in pairs)
+    assert [p.text for p in pairs] == [p.text for p in exp.prompts]
+    assert "12 prompts" in repr(exp)
+
+
+def test_study_equals_run_study(exp, tiny_gpt2_dir):
+    ours = exp.study(top_k=2)
+    theirs = ls.run_study("ioi:12", exp.lm, seed=3, batch_size=5, top_k=2)
+    assert isinstance(ours, ls.StudyResult)
+    np.testing.assert_array_equal(ours.head_results, theirs.head_results)
+    assert _doc(ours) == _doc(theirs)
+
+
+def test_patch_ablate_paths_and_circuit_equal_run_patching(exp):
+    cases = [
+        (exp.patch("heads", direction="noise"), dict(what="heads", direction="noise")),
+        (exp.ablate("L1H0,L0H1", ablation="zero"), dict(what="none", ablate="L1H0,L0H1", ablation="zero")),
+        (exp.paths("L0H1", "logits,L1H0:q"), dict(what="none", senders="L0H1", receivers="logits,L1H0:q")),
+        (exp.circuit("L1H0,L1H1", random_k=2), dict(what="none", circuit="L1H0,L1H1", circuit_random=2)),
+    ]
+    for ours, options in cases:
+        theirs = ls.run_patching("ioi:12", exp.lm, seed=3, batch_size=5, **options)
+        assert isinstance(ours, ls.PatchingResult)
+        assert _doc(ours) == _doc(theirs), options
+
+
+def test_each_method_takes_only_its_own_options(exp):
+    with pytest.raises(TypeError):
+        exp.ablate("L1H0", senders="L0H1")  # a path-patching option is not ablation's
+    with pytest.raises(ls.ArgumentError, match="corrupt"):
+        ls.Experiment(exp.lm, "ioi:4", corrupt="swap")
