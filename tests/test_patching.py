@@ -207,10 +207,11 @@ def test_abc_counterparts_are_the_papers():
     tok = gpt2_tokenizer()
     prompts = generate_ioi_prompts(40, seed=2, tokenizer=tok)
     from logitscope.inputs.counterparts import with_counterparts
+    from logitscope.inputs.ioi import ioi_word_lists
 
     abc = with_counterparts(prompts, "abc", seed=2, tokenizer=tok)
     flip = with_counterparts(prompts, "flip", seed=2, tokenizer=tok)
-    names = set(ls.tasks.ioi.ioi_word_lists(tok)["names"])
+    names = set(ioi_word_lists(tok)["names"])
     for p, a, f in zip(prompts, abc, flip):
         io, s = p.meta["io"], p.meta["s"]
         words = [w.strip(".,") for w in a.corrupted.split()]
