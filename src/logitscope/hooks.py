@@ -205,7 +205,7 @@ class HookPoints:
         self.attention_modules = [ad.attention(b) for b in self.blocks]
         self.n_kv_heads = _n_kv_heads(model.config, self.n_heads)
         # Attention points some family reads at a module (GPT-Neo: all four, its attention has its own
-        # kernel; OLMo-2: q and k before its joint q/k norm, where TransformerLens reads them).
+        # kernel; Qwen3, Gemma 3, OLMo-2: q and k before their q/k norms, where TransformerLens reads them).
         self.module_points = dict(ad.attention_points or {})
         self.via_interface = "pattern" not in self.module_points
 
