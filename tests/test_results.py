@@ -210,6 +210,10 @@ def test_soft_capped_patching_names_its_metric_and_every_key_has_one_meaning(tmp
 
     check(res.results_document())
     assert res.metric == "logit_diff_softcapped" and "soft-capped logits" in res.summary()
+    from logitscope.report.page import report_html
+
+    assert "the metric is the clean answers' logit difference at each prompt's last token, of the model's soft-capped" \
+        in report_html(res.study, res)
     res.save(tmp_path / "new", report=False)
     check(json.loads((tmp_path / "new" / "results.json").read_text()))
     again = ls.load_result(tmp_path / "new")
