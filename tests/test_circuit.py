@@ -61,9 +61,15 @@ def _named_positions(tl, prompt):
     return {"IO": int(torch.nonzero(toks == io)[0, 0]), "S1": s1, "S1+1": s1 + 1, "S2": s2, "END": len(toks) - 1}
 
 
-def tl_knockout(tl, pairs, keep: dict[tuple[int, int], tuple[str, ...]] | None) -> np.ndarray:
+def tl_knockout(tl, pairs, keep: dict[tuple[int, int], tuple[str, ...]] | None,
+                remove: dict[tuple[int, int], tuple[str, ...]] | None = None) -> np.ndarray:
     """Per-prompt logit difference with every head node outside ``keep`` replaced by its mean over
-    the counterparts of the prompt's template, position by position (``None``: no knockout)."""
+    the counterparts of the prompt's template, position by position (``None``: no knockout).
+
+    ``remove`` instead: the IOI paper's ``M \\ K`` (its ``cobble_eval``: ``do_circuit_extraction(
+    heads_to_remove=...)``): only those heads, only at those positions, replaced by the mean; every
+    other head at every position, and those heads elsewhere, left as they are."""
+    assert keep is None or remove is None
     out = np.empty(len(pairs))
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(pairs):
@@ -76,17 +82,17 @@ def tl_knockout(tl, pairs, keep: dict[tuple[int, int], tuple[str, ...]] | None) 
         incorrect = torch.tensor([tl.to_single_token(p.incorrect) for p in group])
         with torch.no_grad():
             _, cache = tl.run_with_cache(tl.to_tokens([p.corrupted for p in group]))
-            masks = torch.zeros(L, len(group), clean.shape[1], H, dtype=torch.bool)
-            for (layer, head), positions in (keep or {}).items():
+            masks = torch.full((L, len(group), clean.shape[1], H), remove is not None, dtype=torch.bool)
+            for (layer, head), positions in (keep or remove or {}).items():
                 for b, p in enumerate(group):
                     at = list(range(clean.shape[1])) if "all" in positions else [_named_positions(tl, p)[n] for n in positions]
-                    masks[layer, b, at, head] = True
+                    masks[layer, b, at, head] = remove is None
 
             def hook(z, hook):
                 mean = cache[hook.name].mean(0, keepdim=True).expand_as(z)
                 return torch.where(masks[hook.layer()][..., None], z, mean)
 
-            hooks = [] if keep is None else [(f"blocks.{l}.attn.hook_z", hook) for l in range(L)]
+            hooks = [] if keep is None and remove is None else [(f"blocks.{l}.attn.hook_z", hook) for l in range(L)]
             logits = tl.run_with_hooks(clean, fwd_hooks=hooks)[:, -1]
         rows = torch.arange(len(group))
         out[idx] = (logits[rows, correct] - logits[rows, incorrect]).numpy()
@@ -121,14 +127,21 @@ def test_circuit_measures_equal_a_transformerlens_knockout(gpt2, tmp_path):
     np.testing.assert_allclose(c.no_heads_logit_diff, tl_knockout(tl, pairs, {}), atol=ATOL)
     np.testing.assert_allclose(c.model, tl_knockout(tl, pairs, None), atol=ATOL)
     ms = c.measures
-    # Completeness, K = the movers: the circuit without them, and the model without them.
+    # Completeness, K = each class: the circuit without it, and the model without K's nodes only (the
+    # paper's M \\ K: K's heads mean-ablated at their class's positions, every other position kept).
+    for name in ("movers", "induction", "previous"):
+        (entry,) = [e for e in ms["completeness"] if e["k"] == f"class {name}"]
+        k = [tuple(int(x) for x in label[1:].split("H")) for label in entry["heads"]]
+        f_mk = tl_knockout(tl, pairs, None, remove={h: keep[h] for h in k}).mean()
+        f_ck = tl_knockout(tl, pairs, {h: p for h, p in keep.items() if h not in k}).mean()
+        assert entry["model_without_k"]["mean"] == pytest.approx(f_mk, abs=ATOL), name
+        assert entry["circuit_without_k"]["mean"] == pytest.approx(f_ck, abs=ATOL), name
+        assert entry["incompleteness"]["mean"] == pytest.approx(abs(f_ck - f_mk), abs=2 * ATOL), name
+        # Not the reading that takes K's heads out at every position: for the layer-0 classes it differs
+        # (the movers, in the last layer, reach the answer from END alone, so there both agree).
+        everywhere = tl_knockout(tl, pairs, {(l, h): ("all",) for l in range(2) for h in range(4) if (l, h) not in k})
+        assert (abs(everywhere.mean() - f_mk) > 10 * ATOL) == (name != "movers"), name  # 0.195 induction, 0.0033 previous
     (entry,) = [e for e in ms["completeness"] if e["k"] == "class movers"]
-    without = {(l, h): ("all",) for l in range(2) for h in range(4) if (l, h) not in ((1, 0), (1, 2))}
-    f_mk = tl_knockout(tl, pairs, without).mean()
-    f_ck = tl_knockout(tl, pairs, {(0, 1): ("S2",), (0, 3): ("S1+1",)}).mean()
-    assert entry["model_without_k"]["mean"] == pytest.approx(f_mk, abs=ATOL)
-    assert entry["circuit_without_k"]["mean"] == pytest.approx(f_ck, abs=ATOL)
-    assert entry["incompleteness"]["mean"] == pytest.approx(abs(f_ck - f_mk), abs=2 * ATOL)
     # Minimality: L1H2 with K given as none; L1H0 with the rest of its class (L1H2).
     by_head = {e["head"]: e for e in ms["minimality"]}
     assert by_head["L1H2"]["k"] == [] and by_head["L1H0"]["k"] == ["L1H2"] and by_head["L0H1"]["k"] == []
@@ -209,12 +222,10 @@ def test_greedy_completeness_set_equals_the_greedy_rule_on_transformerlens_knock
     pairs = [ls.Prompt(p.text, p.correct, p.incorrect, corrupted=x, meta=p.meta)
              for p, x in zip(res.study.prompts, res.corrupted_prompts)]
     keep = {(1, 0): ("END",), (1, 2): ("END",), (0, 1): ("S2",), (0, 3): ("S1+1",)}
-    every = [(l, h) for l in range(2) for h in range(4)]
 
-    def incompleteness(k):
-        model = None if not k else {h: ("all",) for h in every if h not in k}
-        return abs(tl_knockout(tl, pairs, {h: p for h, p in keep.items() if h not in k}).mean()
-                   - tl_knockout(tl, pairs, model).mean())
+    def incompleteness(k):  # the paper's M \\ K: K's heads knocked out at their nodes only
+        model = tl_knockout(tl, pairs, None, remove={h: keep[h] for h in k}) if k else tl_knockout(tl, pairs, None)
+        return abs(tl_knockout(tl, pairs, {h: p for h, p in keep.items() if h not in k}).mean() - model.mean())
 
     k, best = [], incompleteness(())
     assert entries[0]["incompleteness"]["mean"] == pytest.approx(best, abs=2 * ATOL)

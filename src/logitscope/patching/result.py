@@ -132,6 +132,7 @@ class PatchingResult:
             "method": self.method,
             "metric": METRIC,
             "n_pairs": self.n_prompts,
+            "prepend_bos": bool(self.study.prepend_bos),
             "clean_logit_diff": scalar("clean", self.clean_logit_diff),
             "corrupted_logit_diff": scalar("corrupted", self.corrupted_logit_diff),
         }
