@@ -251,6 +251,59 @@ def test_greedy_completeness_set_equals_the_greedy_rule_on_transformerlens_knock
     assert again.measures["completeness"] == entries
 
 
+def test_random_completeness_sets_are_distinct_and_capped(gpt2):
+    """Random sets K are distinct, none the empty set or a class again, and no more are drawn than
+    exist (with a warning): a 2-head circuit of one class has 2 subsets left, not 100,000."""
+    from logitscope.patching.faithfulness import completeness_sets
+
+    five = parse_circuit("a: L0H0 L0H1 @ END; b: L1H0 L1H1 L1H2")
+    for asked, seed in [(10, 0), (25, 1), (40, 2)]:
+        if asked > 2 ** 5 - 3:
+            with pytest.warns(UserWarning, match=rf"circuit_random={asked}: the circuit has 32 subsets of its 5 heads, 29 of them not the empty set or a class; drawing 29"):
+                ks = completeness_sets(five, asked, seed)
+        else:
+            ks = completeness_sets(five, asked, seed)
+        sets = [frozenset(k) for _, _, k in ks]
+        assert len(set(sets)) == len(sets) == 3 + min(asked, 29)  # ∅, two classes, the random ones
+    hf, _ = gpt2
+    with pytest.warns(UserWarning, match=r"circuit_random=100000: the circuit has 4 subsets of its 2 heads, 2 of them"):
+        res = run_patching("ioi:4", hf, tokenizer=gpt2_tokenizer(), what="none", circuit="L1H0,L1H2",
+                           circuit_random=100000)
+    doc = res.circuit.to_dict()
+    assert [e["heads"] for e in doc["completeness"]] == [[], ["L1H0", "L1H2"], ["L1H0"], ["L1H2"]] or \
+        [e["heads"] for e in doc["completeness"]] == [[], ["L1H0", "L1H2"], ["L1H2"], ["L1H0"]]
+    assert doc["completeness_sets"]["random"] == 2 and doc["completeness_sets"]["random_requested"] == 100000
+    assert "note: 2 random sets K, not 100000" in res.circuit.summary()
+    # An unnamed circuit is "circuit", not "circuit circuit".
+    assert res.circuit.summary().startswith("circuit (2 heads, mean-ablation elsewhere)")
+    again = CircuitResult.from_saved(json.loads(json.dumps(doc)), res.circuit.per_prompt_arrays(), 2, 4, seed=0)
+    assert again.to_dict()["completeness_sets"] == doc["completeness_sets"]
+
+
+def test_prepend_bos_is_stated_in_the_patching_and_circuit_results(gpt2, tmp_path):
+    """Whether BOS was prepended is in results.json's patching and circuit sections and in the report;
+    for the IOI paper's circuit measured with BOS, the result says the paper did not and how to match it."""
+    import dataclasses
+
+    hf, _ = gpt2
+    tok = gpt2_tokenizer()
+    for bos in (True, False):
+        res = run_patching("ioi:4", hf, tokenizer=tok, what="none", circuit="nm: L1H0 @ END", prepend_bos=bos)
+        doc = json.loads(json.dumps(res.results_document()))["patching"]
+        assert doc["prepend_bos"] is bos and doc["circuit"]["prepend_bos"] is bos and "note" not in doc["circuit"]
+        assert doc["circuit"]["k_removed_at"] == "class positions"
+        assert len(res.study.prompts) == 4 and (res.circuit.prepend_bos is bos)
+        html = res.write_report(tmp_path / f"r{bos}.html").read_text()
+        said = "BOS prepended to every prompt" if bos else "No BOS prepended"
+        assert said in html and f"BOS prepended to every prompt and counterpart: {'yes' if bos else 'no'}" in html
+        again = ls.load_result(res.save(tmp_path / f"out{bos}", report=False))
+        assert again.circuit.prepend_bos is bos
+    paper = dataclasses.replace(res.circuit, circuit=ioi_circuit(), prepend_bos=True)
+    assert "IOIDataset(..., prepend_bos=False)" in paper.to_dict()["note"] and "--no-prepend-bos" in paper.summary()
+    assert "--no-prepend-bos" in paper.setting
+    assert dataclasses.replace(paper, prepend_bos=False).bos_note is None
+
+
 def test_bad_completeness_options_are_clear_errors(gpt2, tmp_path, capsys):
     from logitscope.cli import main
 
@@ -275,6 +328,28 @@ def test_bad_completeness_options_are_clear_errors(gpt2, tmp_path, capsys):
                  "--circuit-random", "3"]) == 2
     assert "--circuit-random 3: sets a circuit's completeness check, and no circuit is given" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_ioi_minimality_sets_are_the_papers_code():
+    """The sets K of the built-in circuit, rebuilt here from the rule of the paper's released
+    minimality.py: its K[v] holds v; a name mover's is the prefix of its name-mover order up to v,
+    9.0's and 11.9's every name mover and both negative ones, 5.8's and 5.9's the negative name
+    movers plus v, every other head's its whole class. logitscope stores K without v."""
+    order = [(9, 9), (10, 0), (9, 6), (10, 10), (10, 6), (10, 2), (10, 1), (11, 2), (9, 7), (9, 0), (11, 9)]
+    negative = [(10, 7), (11, 10)]
+    classes = {"name mover": order, "negative": negative, "s2 inhibition": [(7, 3), (7, 9), (8, 6), (8, 10)],
+               "induction": [(5, 5), (5, 8), (5, 9), (6, 9)], "duplicate token": [(0, 1), (0, 10), (3, 0)],
+               "previous token": [(2, 2), (4, 11)]}
+    paper = {v: set(heads) for heads in classes.values() for v in heads}
+    paper.update({v: set(order[:i + 1]) for i, v in enumerate(order)})
+    paper.update({v: set(order + negative) for v in [(9, 0), (11, 9)]})
+    paper.update({v: {(11, 10), (10, 7), v} for v in [(5, 8), (5, 9)]})
+    c = ioi_circuit()
+    assert set(paper) == set(c.heads)
+    for v in c.heads:
+        assert set(c.k_set(v)) == paper[v] - {v} and len(c.k_set(v)) == len(paper[v]) - 1, v
+    # A backup name mover's K is in the paper's order (its prefix), e.g. 10.10 after the three name movers.
+    assert c.k_set((10, 10)) == ((9, 9), (10, 0), (9, 6)) and c.k_set((9, 7))[-1] == (11, 2)
 
 
 def test_the_ioi_circuit_is_the_papers():
@@ -391,4 +466,4 @@ def test_circuit_report_renders_offline_in_chromium(gpt2, tmp_path):
     dom, log = render_dom(page, tmp_path)
     assert "Uncaught" not in log, log[-2000:]
     assert rendering_failures(dom, ["paths", "completeness", "minimality"], []) == []
-    assert "Circuit circuit (3 heads)" in dom and ">L1H0 q<" in dom and ">L0H3<" in dom  # drawn axis ticks
+    assert "Circuit (3 heads)" in dom and "Circuit circuit" not in dom and ">L1H0 q<" in dom and ">L0H3<" in dom  # drawn axis ticks

@@ -137,8 +137,10 @@ def completeness_sets(circuit: Circuit, random_k: int, seed: int) -> list[tuple[
     taken = {sum(1 << index[h] for h in k) for _, _, k in ks}
     left = 2 ** len(heads) - len(taken)
     if random_k > left:
-        warnings.warn(f"circuit_random={random_k}: the circuit's {len(heads)} heads have {2 ** len(heads)} subsets, "
-                      f"{left} of them not the empty set or a class; drawing those {left}", UserWarning, stacklevel=3)
+        n = len(heads)
+        warnings.warn(f"circuit_random={random_k}: the circuit has {2 ** n} subsets of its {n} head{'s' * (n != 1)}, "
+                      f"{left} of them not the empty set or a class; drawing {left} random sets K, each once",
+                      UserWarning, stacklevel=3)
     rng = np.random.default_rng(seed)
     for i, mask in enumerate(_distinct_masks(len(heads), min(random_k, left), taken, rng)):
         ks.append((f"random {i + 1}", "random", tuple(h for j, h in enumerate(heads) if mask >> j & 1)))
