@@ -288,7 +288,8 @@ def test_prepend_bos_is_stated_in_the_patching_and_circuit_results(gpt2, tmp_pat
     hf, _ = gpt2
     tok = gpt2_tokenizer()
     for bos in (True, False):
-        res = run_patching("ioi:4", hf, tokenizer=tok, what="none", circuit="nm: L1H0 @ END", prepend_bos=bos)
+        res = run_patching("ioi:4", hf, tokenizer=tok, what="none", circuit="nm: L1H0 @ END", prepend_bos=bos,
+                           circuit_random=0)
         doc = json.loads(json.dumps(res.results_document()))["patching"]
         assert doc["prepend_bos"] is bos and doc["circuit"]["prepend_bos"] is bos and "note" not in doc["circuit"]
         assert doc["circuit"]["k_removed_at"] == "class positions"
