@@ -5,7 +5,8 @@
 - A circuit whose classes are kept at named IOI positions, every other head node mean-ablated per
   template over the ABC counterparts, equals a hand-written TransformerLens 3.9 knockout (ARENA
   1.4.1's ``add_mean_ablation_hook``) within 1e-4 (float32 through different arithmetic, as the
-  patching tests), and the three measures are the stated functions of those numbers.
+  patching tests), and the three measures are the stated functions of those numbers. ``M \\ K`` is
+  the paper's (its code's ``cobble_eval``): K's heads mean-ablated at their nodes only.
 - The greedy search for completeness sets K follows the paper's rule, step by step, on a
   synthetic score and on the tiny model's incompleteness recomputed from TransformerLens knockouts.
 - Circuit files: the format, the built-in IOI circuit, and clear errors (line, problem, fix).
@@ -249,6 +250,10 @@ def test_greedy_completeness_set_equals_the_greedy_rule_on_transformerlens_knock
     del old["completeness_sets"]
     again = CircuitResult.from_saved(old, res.circuit.per_prompt_arrays(), 2, 4, seed=4)
     assert again.measures["completeness"] == entries
+    # One written before M \\ K took the paper's reading (no k_removed_at) says it took K out everywhere.
+    older = CircuitResult.from_saved({k: v for k, v in doc.items() if k != "k_removed_at"},
+                                     res.circuit.per_prompt_arrays(), 2, 4, seed=4)
+    assert older.k_removed_at == "all positions" and "saved before" in older.setting
 
 
 def test_random_completeness_sets_are_distinct_and_capped(gpt2):
