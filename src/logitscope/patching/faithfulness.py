@@ -368,7 +368,8 @@ def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_si
     ks = list(fixed)
     if sets_k.greedy:
         def incompleteness(candidates: list[tuple[Head, ...]]) -> np.ndarray:
-            both = [(circuit_nodes(circuit, frozenset(k)), model_nodes(circuit, L, H, frozenset(k))) for k in candidates]
+            both = [(circuit_nodes(circuit, frozenset(k)), model_nodes(circuit, L, H, frozenset(k)))
+                    for k in candidates]
             todo = list({_key(n): n for pair in both for n in pair if _key(n) not in known}.values())
             if todo:
                 if progress is not None:
