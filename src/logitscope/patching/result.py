@@ -162,6 +162,7 @@ class PatchingResult:
             "metric": m,  # the top-level key whose quantity every value here is
             "metric_description": METRICS[m],
             "n_pairs": self.n_prompts,
+            "prepend_bos": bool(self.study.prepend_bos),
             f"clean_{m}": scalar("clean", self.clean_logit_diff),
             f"corrupted_{m}": scalar("corrupted", self.corrupted_logit_diff),
         }

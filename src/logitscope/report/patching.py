@@ -143,6 +143,8 @@ def patching_section(result: PatchingResult, figure_html, table_html, caption_ht
     )]
     rows = [["clean prompts", f"{c:+.4f}", _ci(iv["clean"])], ["corrupted prompts", f"{x:+.4f}", _ci(iv["corrupted"])]]
     parts.append(table_html([("Run", False), ("Mean logit diff", True), ("95% CI", True)], rows))
+    parts.append(f'<p class="note">BOS prepended to every prompt and counterpart: '
+                 f'{"yes" if result.study.prepend_bos else "no"}.</p>')
     figs = patching_figures(result)
     if result.method != "exact":
         from logitscope.report.attribution import EXPLAIN, agreement_html
