@@ -57,6 +57,9 @@ class EdgeData:
     def __post_init__(self) -> None:
         self.correct = np.asarray(self.correct, dtype=np.int64)
         self.incorrect = np.asarray(self.incorrect, dtype=np.int64)
+        if not len(self.correct) == len(self.incorrect) == len(self.clean):
+            raise InputError(f"{len(self.clean)} prompts but {len(self.correct)} correct and {len(self.incorrect)} "
+                             "incorrect answers: give one of each per prompt")
         if self.corrupted is not None:
             if len(self.corrupted) != len(self.clean):
                 raise InputError(f"{len(self.corrupted)} counterparts for {len(self.clean)} prompts: give one each")

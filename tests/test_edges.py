@@ -1,0 +1,345 @@
+"""Edge-level circuit discovery (logitscope.edges) against an independent reference on
+TransformerLens 3.9 hooks.
+
+The reference (``TLEdges``) runs each prompt alone (no padding) on the HookedTransformer twin with
+``use_split_qkv_input``, ``use_attn_result``, ``use_hook_mlp_in`` (and
+``ungroup_grouped_query_attention`` for grouped-query models), as the EAP-IG library configures it:
+node outputs are ``hook_embed``, ``attn.hook_result``, ``hook_mlp_out``; child inputs are
+``hook_{q,k,v}_input``, ``hook_mlp_in`` and the last ``hook_resid_post``. logitscope runs the
+Hugging Face model in right-padded batches, so every comparison also checks that padding and the
+batch size change nothing.
+
+Tolerances: float32 on unit-scale random weights; scores are sums of ~10^3 products, compared with
+rtol 1e-4 / atol 1e-5 (observed differences ~1e-6).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import oracle
+from logitscope.edges.attribute import EdgeData, EdgeEngine
+from logitscope.edges.graph import EdgeGraph, greedy, prune_edges, top_n
+from logitscope.models import wrap_model
+
+VOCAB = 100
+ATOL, RTOL = 1e-5, 1e-4
+
+
+def _data(seed: int = 0, lengths=(6, 8, 7)) -> EdgeData:
+    rng = np.random.default_rng(seed)
+    clean = [[5] + [int(t) for t in rng.integers(1, VOCAB, n)] for n in lengths]
+    corr = [[5] + [int(t) for t in rng.integers(1, VOCAB, len(c) - 1)] for c in clean]
+    n = len(lengths)
+    return EdgeData(clean, corr, [1 + i % 3 for i in range(n)], [4 + i % 3 for i in range(n)])
+
+
+_MODELS: dict = {}
+
+
+def _models(family: str):
+    if family not in _MODELS:
+        hf = oracle.make_hf_model(family, vocab_size=VOCAB)
+        tl = oracle.tl_model(hf, family, **oracle.NO_PROCESSING_FLAGS)
+        tl.set_use_split_qkv_input(True)
+        tl.set_use_attn_result(True)
+        tl.set_use_hook_mlp_in(True)
+        if tl.cfg.n_key_value_heads is not None:
+            tl.set_ungroup_grouped_query_attention(True)
+        _MODELS[family] = (wrap_model(hf, oracle.gpt2_tokenizer()), tl)
+    return _MODELS[family]
+
+
+class TLEdges:
+    """Edge attribution written out on TransformerLens hooks, one prompt at a time."""
+
+    def __init__(self, tl, graph: EdgeGraph, data: EdgeData, intervention: str = "patching"):
+        self.tl, self.g, self.data, self.intervention = tl, graph, data, intervention
+        self.L, self.H = tl.cfg.n_layers, tl.cfg.n_heads
+
+    # node outputs as [pos, n_forward, d]
+    def outputs(self, tokens) -> tuple[torch.Tensor, torch.Tensor]:
+        names = ["hook_embed"] + [f"blocks.{l}.{n}" for l in range(self.L) for n in ("attn.hook_result", "hook_mlp_out")]
+        with torch.no_grad():
+            logits, cache = self.tl.run_with_cache(torch.tensor([tokens]), names_filter=lambda n: n in names)
+        parts = [cache["hook_embed"][0][:, None]]
+        for l in range(self.L):
+            parts += [self._head_out(cache, l), cache[f"blocks.{l}.hook_mlp_out"][0][:, None]]
+        return torch.cat(parts, dim=1), logits[0]
+
+    def _head_out(self, cache, l):
+        return cache[f"blocks.{l}.attn.hook_result"][0]
+
+    def means(self) -> torch.Tensor:
+        outs = [self.outputs(c)[0] for c in self.data.corrupted]
+        if self.intervention == "mean":
+            return torch.cat(outs).mean(0)
+        width = max(o.shape[0] for o in outs)
+        return torch.stack([torch.stack([o[p] for o in outs if o.shape[0] > p]).mean(0) for p in range(width)])
+
+    def corrupted(self, i: int, clean_outs: torch.Tensor) -> torch.Tensor:
+        if self.intervention == "patching":
+            return self.outputs(self.data.corrupted[i])[0]
+        if self.intervention == "zero":
+            return torch.zeros_like(clean_outs)
+        m = self.means()
+        return m.expand_as(clean_outs) if self.intervention == "mean" else m[: clean_outs.shape[0]]
+
+    def metric(self, logits, i):
+        return logits[-1, self.data.correct[i]] - logits[-1, self.data.incorrect[i]]
+
+    def child_hooks(self):
+        """(hook name, backward slots it carries, prev)."""
+        g = self.g
+        out = []
+        for l in range(self.L):
+            for x in "qkv":
+                out.append((f"blocks.{l}.hook_{x}_input", g.qkv_index(l, x), g.attn_prev(l)))
+            out.append((f"blocks.{l}.hook_mlp_in", g.mlp_in_index(l), g.mlp_prev(l)))
+        out.append((f"blocks.{self.L - 1}.hook_resid_post", g.logits_index, g.logits_prev))
+        return out
+
+    def gradients(self, tokens, i, replace=None) -> dict[str, torch.Tensor]:
+        """Gradient of the metric at each child input hook; ``replace``: {hook name: constant}."""
+        kept: dict[str, torch.Tensor] = {}
+
+        def keep(x, hook):
+            x.retain_grad()
+            kept[hook.name] = x
+
+        def put(value):
+            def fn(x, hook):
+                v = value.detach().clone().reshape(x.shape)
+                return v.requires_grad_(True) if hook.name == "hook_embed" else v
+            return fn
+
+        hooks = [(name, keep) for name, _, _ in self.child_hooks()]
+        hooks += [(name, put(v)) for name, v in (replace or {}).items()]
+        with torch.enable_grad():
+            logits = self.tl.run_with_hooks(torch.tensor([tokens]), fwd_hooks=hooks)
+            self.metric(logits[0], i).backward()
+        self.tl.zero_grad(set_to_none=True)
+        return {n: (t.grad[0] if t.grad is not None else torch.zeros_like(t[0])) for n, t in kept.items()}
+
+    def accumulate(self, scores, diff, grads, weight=1.0):
+        for name, b0, prev in self.child_hooks():
+            g = grads[name]
+            if g.dim() == 2:
+                g = g[:, None]
+            scores[:prev, b0:b0 + g.shape[1]] += weight * torch.einsum("pfd,pnd->fn", diff[:, :prev].double(), g.double())
+
+    def scores(self, method: str, steps: int = 3) -> torch.Tensor:
+        g = self.g
+        scores = torch.zeros(g.n_forward, g.n_backward, dtype=torch.float64)
+        for i, tokens in enumerate(self.data.clean):
+            clean, _ = self.outputs(tokens)
+            corr = self.corrupted(i, clean)
+            diff = corr - clean
+            if method == "eap":
+                self.accumulate(scores, diff, self.gradients(tokens, i))
+            elif method == "clean-corrupted":
+                self.accumulate(scores, diff, self.gradients(tokens, i), 0.5)
+                self.accumulate(scores, diff, self.gradients(self.data.corrupted[i], i), 0.5)
+            elif method == "eap-ig-inputs":
+                for k in range(steps):
+                    x = corr[:, 0] + k / steps * (clean[:, 0] - corr[:, 0])
+                    self.accumulate(scores, diff, self.gradients(tokens, i, {"hook_embed": x}), 1 / steps)
+            elif method == "eap-ig-activations":
+                groups = [("hook_embed", slice(0, 1))]
+                for l in range(self.L):
+                    groups.append((f"blocks.{l}.attn.hook_result", slice(g.head_index(l), g.head_index(l) + self.H)))
+                    groups.append((f"blocks.{l}.hook_mlp_out", slice(g.mlp_index(l), g.mlp_index(l) + 1)))
+                for name, sl in groups:
+                    for k in range(1, steps + 1):
+                        a = k / steps
+                        v = a * clean[:, sl] + (1 - a) * corr[:, sl]
+                        self.accumulate(scores, diff, self.gradients(tokens, i, {name: v[None]}),
+                                        1 / (steps * (2 * self.L + 1)))
+        return scores / len(self.data.clean)
+
+    def circuit_metric(self, i: int, ablate: torch.Tensor) -> float:
+        """The metric with each edge of ``ablate`` carrying the parent's corrupted output: a child's
+        input gets (corrupted − this run's output) of each ablated parent."""
+        tokens = self.data.clean[i]
+        clean, _ = self.outputs(tokens)
+        corr = self.corrupted(i, clean)
+        actual: dict[int, torch.Tensor] = {}
+        g = self.g
+
+        def rec(f0):
+            def fn(x, hook):
+                out = x[0] if x.dim() == 4 else x[0][:, None]
+                for j in range(out.shape[1]):
+                    actual[f0 + j] = out[:, j]
+            return fn
+
+        def add(b0, prev):
+            def fn(x, hook):
+                x = x.clone()
+                for f in range(prev):
+                    for j in range(x.shape[2] if x.dim() == 4 else 1):
+                        if ablate[f, b0 + j]:
+                            d = corr[:, f] - actual[f]
+                            if x.dim() == 4:
+                                x[0, :, j] += d
+                            else:
+                                x[0] += d
+                return x
+            return fn
+
+        hooks = [("hook_embed", rec(0))]
+        for l in range(self.L):
+            hooks += [(f"blocks.{l}.attn.hook_result", rec(g.head_index(l))), (f"blocks.{l}.hook_mlp_out", rec(g.mlp_index(l)))]
+        hooks += [(name, add(b0, prev)) for name, b0, prev in self.child_hooks()]
+        with torch.no_grad():
+            logits = self.tl.run_with_hooks(torch.tensor([tokens]), fwd_hooks=hooks)
+        return float(self.metric(logits[0], i))
+
+
+# ---------------------------------------------------------------------- graph
+def test_graph_counts_and_names_match_the_library():
+    g = EdgeGraph(12, 12)  # GPT-2 small: MIB's 32,491 edges
+    assert (g.n_forward, g.n_backward, g.n_edges) == (157, 445, 32491)
+    names = g.edge_names
+    assert names[:4] == ["input->a0.h0<q>", "input->a0.h0<k>", "input->a0.h0<v>", "input->a0.h1<q>"]
+    assert names[-1] == "m11->logits" and "a0.h1->a2.h3<q>" in g.edge_lookup() and "m0->m1" in g.edge_lookup()
+    assert "input->logits" in g.edge_lookup() and "m1->m0" not in g.edge_lookup()
+    assert int(g.real.sum()) == g.n_edges
+    # parallel attention and MLP: the MLP of layer L does not receive layer L's heads
+    p = EdgeGraph(2, 2, parallel_attn_mlp=True)
+    assert "a0.h0->m0" not in p.edge_lookup() and "input->m0" in p.edge_lookup() and "a0.h0->m1" in p.edge_lookup()
+    assert p.n_edges == EdgeGraph(2, 2).n_edges - 2 * 2
+
+
+def test_prune_keeps_only_paths_from_input_to_logits():
+    g = EdgeGraph(2, 2)
+    lk = g.edge_lookup()
+    src, dst = g.edge_index
+    keep = torch.zeros(g.n_forward, g.n_backward, dtype=torch.bool)
+    for name in ("input->a0.h0<v>", "a0.h0->logits", "a0.h1->m1", "input->m0"):
+        e = lk[name]
+        keep[src[e], dst[e]] = True
+    pruned = prune_edges(g, keep)
+    kept = {n for n, e in lk.items() if pruned[src[e], dst[e]]}
+    # a0.h1 has no input; m0 reaches nothing; m1 has no path to logits
+    assert kept == {"input->a0.h0<v>", "a0.h0->logits"}
+
+
+def test_top_n_and_greedy_pick_the_best_scores():
+    g = EdgeGraph(2, 2)
+    rng = np.random.default_rng(1)
+    scores = g.matrix(torch.as_tensor(rng.normal(size=g.n_edges)))
+    v = g.edge_vector(scores)
+    top = top_n(g, scores, 5, prune=False)
+    best = set(torch.argsort(v.abs(), descending=True)[:5].tolist())
+    assert set(torch.nonzero(g.edge_vector(top)).flatten().tolist()) == best
+    signed = top_n(g, scores, 5, absolute=False, prune=False)
+    assert set(torch.nonzero(g.edge_vector(signed)).flatten().tolist()) == set(torch.argsort(v, descending=True)[:5].tolist())
+    gr = greedy(g, scores, 6, prune=False)
+    assert int(gr.sum()) == 6
+    chosen = torch.nonzero(g.edge_vector(gr)).flatten().tolist()
+    # the first greedy edge is the best edge into logits
+    into_logits = [e for e in range(g.n_edges) if g.edge_index[1][e] == g.logits_index]
+    assert max(into_logits, key=lambda e: abs(float(v[e]))) in chosen
+
+
+# ---------------------------------------------------------------------- scores vs the reference
+CASES = [("gpt2", "eap", "patching"), ("gpt2", "eap", "mean"), ("gpt2", "eap", "mean-positional"),
+         ("gpt2", "eap", "zero"), ("gpt2", "clean-corrupted", "patching"), ("gpt2", "eap-ig-inputs", "patching"),
+         ("gpt2", "eap-ig-activations", "patching"), ("gpt2", "eap-ig-activations", "zero"),
+         ("llama", "eap", "patching"), ("llama", "eap", "mean"), ("llama", "eap-ig-inputs", "patching"),
+         ("llama", "clean-corrupted", "patching"), ("llama", "eap-ig-activations", "mean-positional")]
+
+
+@pytest.mark.parametrize("family,method,intervention", CASES)
+def test_scores_equal_the_transformerlens_reference(family, method, intervention):
+    lm, tl = _models(family)
+    data = _data()
+    eng = EdgeEngine(lm, data, intervention=intervention, batch_size=2)
+    ours = eng.scores(method, steps=3)
+    ref = TLEdges(tl, eng.graph, data, intervention).scores(method, steps=3)
+    assert ours.abs().max() > 1e-2  # not trivially zero
+    torch.testing.assert_close(ours, ref, atol=ATOL * 10, rtol=RTOL)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_exact_equals_corrupting_each_edge_by_hand(family):
+    lm, tl = _models(family)
+    data = _data(lengths=(5, 7))
+    eng = EdgeEngine(lm, data, batch_size=2)
+    ours = eng.scores("exact")
+    ref = TLEdges(tl, eng.graph, data)
+    g = eng.graph
+    src, dst = g.edge_index
+    rng = np.random.default_rng(0)
+    for e in rng.choice(g.n_edges, size=12, replace=False):
+        ab = torch.zeros(g.n_forward, g.n_backward, dtype=torch.bool)
+        ab[src[e], dst[e]] = True
+        expected = np.mean([ref.circuit_metric(i, ab) - ref.circuit_metric(i, ab & False) for i in range(data.n)])
+        assert float(ours[src[e], dst[e]]) == pytest.approx(expected, abs=1e-4)
+
+
+def test_scores_do_not_depend_on_the_batch_size():
+    lm, _ = _models("gpt2")
+    data = _data(lengths=(6, 8, 7, 4))
+    a = EdgeEngine(lm, data, batch_size=1).scores("eap")
+    b = EdgeEngine(lm, data, batch_size=4).scores("eap")
+    torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL)
+
+
+def test_eap_equals_exact_where_the_metric_is_linear_in_the_edge():
+    """With the final norm frozen (its scale fixed at the clean run's), the logit difference is
+    linear in the logits' input, so an edge into ``logits`` changes it by exactly diff · gradient:
+    EAP equals exact on every edge into logits (and differs elsewhere: the check can fail)."""
+    lm, _ = _models("gpt2")
+    data = _data()
+    eng = EdgeEngine(lm, data, batch_size=3)
+    norm = lm.adapter.final_norm(lm.model)
+    frozen: dict = {}
+
+    def freeze(module, args, out):  # LayerNorm with the clean run's mean and scale, per position
+        x = args[0]
+        key = tuple(x.shape)
+        if key not in frozen:
+            frozen[key] = (x.mean(-1, keepdim=True).detach(), torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + norm.eps).detach())
+        mu, inv = frozen[key]
+        return (x - mu) * inv * norm.weight + norm.bias
+
+    h = norm.register_forward_hook(freeze)
+    try:
+        frozen.clear()
+        exact = eng.scores("exact")
+        frozen.clear()
+        eap = eng.scores("eap")
+    finally:
+        h.remove()
+    li = eng.graph.logits_index
+    torch.testing.assert_close(eap[:, li], exact[:, li], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(eap, exact, atol=1e-3)  # elsewhere the estimate is not exact
+
+
+# ---------------------------------------------------------------------- evaluation
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_full_and_empty_circuits_and_a_hand_built_one(family):
+    lm, tl = _models(family)
+    data = _data()
+    eng = EdgeEngine(lm, data, batch_size=2)
+    g = eng.graph
+    full, empty = g.real.clone(), torch.zeros_like(g.real)
+    lk, (src, dst) = g.edge_lookup(), g.edge_index
+    hand = torch.zeros_like(g.real)
+    for name in ("input->a0.h0<q>", "input->a0.h1<v>", "a0.h1->a1.h2<k>", "a0.h0->m0", "m0->logits",
+                 "a1.h2->logits", "input->logits", "input->m1", "m1->logits"):
+        hand[src[lk[name]], dst[lk[name]]] = True
+    values, clean = eng.evaluate([full, empty, hand])
+    np.testing.assert_allclose(values[0], clean, atol=1e-5)
+    # every edge corrupted is the corrupted run
+    ref = TLEdges(tl, g, data)
+    corr_metric = [float(ref.metric(ref.outputs(c)[1], i)) for i, c in enumerate(data.corrupted)]
+    np.testing.assert_allclose(values[1], corr_metric, atol=1e-4)
+    expected = [ref.circuit_metric(i, g.real & ~hand) for i in range(data.n)]
+    np.testing.assert_allclose(values[2], expected, atol=1e-4)
