@@ -343,3 +343,124 @@ def test_full_and_empty_circuits_and_a_hand_built_one(family):
     np.testing.assert_allclose(values[1], corr_metric, atol=1e-4)
     expected = [ref.circuit_metric(i, g.real & ~hand) for i in range(data.n)]
     np.testing.assert_allclose(values[2], expected, atol=1e-4)
+
+
+def test_curve_fractions_areas_and_bounds():
+    from logitscope.edges.evaluate import FRACTIONS, areas, faithfulness_curve
+
+    f = np.array([0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0, 1.0])
+    cpr, cmd = areas(FRACTIONS, f)
+    # trapezoids written out on MIB's linear scale
+    want = sum((FRACTIONS[i + 1] - FRACTIONS[i]) * (f[i] + f[i + 1]) / 2 for i in range(9))
+    assert cpr == pytest.approx(want) and cmd == pytest.approx(sum(
+        (FRACTIONS[i + 1] - FRACTIONS[i]) * (abs(1 - f[i]) + abs(1 - f[i + 1])) / 2 for i in range(9)))
+    lm, _ = _models("gpt2")
+    data = _data()
+    eng = EdgeEngine(lm, data, batch_size=3)
+    scores = eng.scores("eap")
+    curve = faithfulness_curve(eng, scores, n_resamples=50)
+    g = eng.graph
+    assert curve.n_requested == [int(fr * g.n_edges) for fr in FRACTIONS]
+    assert curve.faithfulness[-1] == pytest.approx(1.0, abs=1e-6)  # all edges: f = 1
+    assert all(lo <= v + 1e-9 and v <= hi + 1e-9 for lo, v, hi in zip(curve.low, curve.faithfulness, curve.high))
+    # each point is the pruned top-n circuit evaluated exactly
+    n = curve.n_requested[6]
+    c = top_n(g, scores, n)
+    values, clean = eng.evaluate([c, torch.zeros_like(g.real)])
+    f6 = (values[0].mean() - values[1].mean()) / (clean.mean() - values[1].mean())
+    assert curve.faithfulness[6] == pytest.approx(f6)
+    assert curve.n_edges[6] == int(c.sum()) <= n
+
+
+def test_graph_json_round_trip_and_a_file_in_the_library_layout(tmp_path):
+    from logitscope.edges import read_graph_json, write_graph_json
+    from logitscope.errors import InputError
+
+    g = EdgeGraph(2, 2, d_model=8)
+    rng = np.random.default_rng(3)
+    scores = g.matrix(torch.as_tensor(rng.normal(size=g.n_edges)))
+    circuit = top_n(g, scores, 10)
+    path = write_graph_json(tmp_path / "graph.json", g, scores, circuit, g.node_scores(scores))
+    g2, s2, c2, n2 = read_graph_json(path, expected=g)
+    assert g2 == g and torch.equal(c2, circuit)
+    torch.testing.assert_close(s2, scores.double())
+    torch.testing.assert_close(n2, g.node_scores(scores).double())
+    d = json.loads(path.read_text())
+    assert list(d["edges"])[:3] == ["input->a0.h0<q>", "input->a0.h0<k>", "input->a0.h0<v>"]
+    assert d["nodes"]["logits"] == {"in_graph": True}
+    # a file as the library's Graph.to_json lays it out (no node scores), written by hand
+    names = g.edge_names
+    lib = {"cfg": {"n_layers": 2, "n_heads": 2, "parallel_attn_mlp": False, "d_model": 8, "d_vocab": 100},
+           "nodes": {n: {"in_graph": n in ("input", "a1.h0")} for n in g.forward_names} | {"logits": {"in_graph": True}},
+           "edges": {n: {"score": float(i) / 10, "in_graph": n in ("input->a1.h0<v>", "a1.h0->logits")}
+                     for i, n in enumerate(names)}}
+    (tmp_path / "lib.json").write_text(json.dumps(lib))
+    g3, s3, c3, n3 = read_graph_json(tmp_path / "lib.json", expected=g)
+    assert n3 is None and int(c3.sum()) == 2 and float(g3.edge_vector(s3)[5]) == pytest.approx(0.5)
+    with pytest.raises(InputError, match="another model"):
+        read_graph_json(tmp_path / "lib.json", expected=EdgeGraph(3, 2))
+    (tmp_path / "bad.json").write_text(json.dumps({"cfg": {}}))
+    with pytest.raises(InputError, match="no nodes, edges"):
+        read_graph_json(tmp_path / "bad.json")
+
+
+def test_a_loaded_graph_file_evaluates():
+    from logitscope.edges import faithfulness, read_graph_json, write_graph_json
+
+    lm, tl = _models("gpt2")
+    data = _data()
+    eng = EdgeEngine(lm, data, batch_size=3)
+    g = eng.graph
+    scores = eng.scores("eap")
+    import tempfile, pathlib
+    with tempfile.TemporaryDirectory() as d:
+        p = write_graph_json(pathlib.Path(d) / "graph.json", g, scores, top_n(g, scores, 30))
+        _, _, circuit, _ = read_graph_json(p, expected=g)
+    f, m_c, m_e, m_n = faithfulness(eng, circuit)
+    ref = TLEdges(tl, g, data)
+    np.testing.assert_allclose(m_c, [ref.circuit_metric(i, g.real & ~circuit) for i in range(data.n)], atol=1e-4)
+    assert f == pytest.approx((m_c.mean() - m_e.mean()) / (m_n.mean() - m_e.mean()))
+
+
+def test_bad_options_are_clear_errors_before_any_run():
+    from logitscope.edges import attribute
+    from logitscope.errors import ArgumentError, InputError
+
+    lm, _ = _models("gpt2")
+    data = _data()
+    with pytest.raises(ArgumentError, match="unknown method"):
+        attribute(lm, data, method="eap-ig")
+    with pytest.raises(ArgumentError, match="steps=0"):
+        attribute(lm, data, method="eap-ig-inputs", steps=0)
+    with pytest.raises(ArgumentError, match="patching"):
+        attribute(lm, data, method="clean-corrupted", intervention="mean")
+    with pytest.raises(ArgumentError, match="unknown intervention"):
+        attribute(lm, data, method="eap", intervention="resample")
+    with pytest.raises(InputError, match="same number of tokens"):
+        EdgeData([[5, 1, 2]], [[5, 1]], [1], [2])
+
+
+def test_attribute_on_prompts_with_counterparts_and_a_callable_metric():
+    from logitscope.edges import attribute, encode_edge_data
+    from logitscope.tasks import Prompt
+
+    hf = oracle.make_hf_model("gpt2")  # the GPT-2 tokenizer's vocabulary
+    lm = wrap_model(hf, oracle.gpt2_tokenizer())
+    prompts = [Prompt("When Mary and John went to the store, John gave a drink to", " Mary", " John",
+                      corrupted="When Alice and Bob went to the store, Bob gave a drink to"),
+               Prompt("Then, Anna and Tom had a long argument. Afterwards Tom said to", " Anna", " Tom",
+                      corrupted="Then, Lisa and Paul had a long argument. Afterwards Paul said to")]
+    res = attribute(lm, prompts, method="eap", curve=True, exact_top=3)
+    data = encode_edge_data(lm, prompts)
+    assert data.clean[0][0] == oracle.BOS_ID  # BOS prepended
+    direct = EdgeEngine(lm, data).scores("eap")
+    torch.testing.assert_close(res.scores, direct)
+    d = res.to_dict()
+    assert d["method"] == "eap" and len(d["top_edges"]) == 20 and "exact" in d["top_edges"][0]
+    assert d["curve"]["faithfulness"][-1] == pytest.approx(1.0, abs=1e-6) and "cpr" in d["curve_signed"]
+    assert "CPR" in res.summary()
+    # a callable metric: twice the logit difference doubles every score
+    twice = attribute(lm, prompts, method="eap", metric=lambda logits, ctx: 2 * (
+        ctx.at_answer(logits)[torch.arange(len(ctx.lengths)), ctx.correct]
+        - ctx.at_answer(logits)[torch.arange(len(ctx.lengths)), ctx.incorrect]))
+    torch.testing.assert_close(twice.scores, 2 * direct)
