@@ -464,3 +464,39 @@ def test_attribute_on_prompts_with_counterparts_and_a_callable_metric():
         ctx.at_answer(logits)[torch.arange(len(ctx.lengths)), ctx.correct]
         - ctx.at_answer(logits)[torch.arange(len(ctx.lengths)), ctx.incorrect]))
     torch.testing.assert_close(twice.scores, 2 * direct)
+
+
+class TLPostNorm(TLEdges):
+    """Gemma 2 / OLMo-2: a head's output is its ``hook_result`` through the layer's post-norm
+    factor ``w / rms`` of the same run (TransformerLens's ``ln1_post.hook_scale`` is the rms)."""
+
+    def outputs(self, tokens):
+        names = ["hook_embed"] + [f"blocks.{l}.{n}" for l in range(self.L)
+                                  for n in ("attn.hook_result", "hook_mlp_out", "ln1_post.hook_scale")]
+        with torch.no_grad():
+            logits, cache = self.tl.run_with_cache(torch.tensor([tokens]), names_filter=lambda n: n in names)
+        parts = [cache["hook_embed"][0][:, None]]
+        for l in range(self.L):
+            w = self.tl.blocks[l].ln1_post.w
+            head = cache[f"blocks.{l}.attn.hook_result"][0] / cache[f"blocks.{l}.ln1_post.hook_scale"][0][:, None] * w
+            parts += [head, cache[f"blocks.{l}.hook_mlp_out"][0][:, None]]
+        return torch.cat(parts, dim=1), logits[0]
+
+
+@pytest.mark.parametrize("method,intervention", [("eap", "patching"), ("eap-ig-inputs", "patching"), ("eap", "mean")])
+def test_scores_with_sublayer_post_norms_equal_the_reference(method, intervention):
+    lm, tl = _models("gemma2")
+    data = _data()
+    eng = EdgeEngine(lm, data, intervention=intervention, batch_size=2)
+    ours = eng.scores(method, steps=2)
+    ref = TLPostNorm(tl, eng.graph, data, intervention).scores(method, steps=2)
+    assert ours.abs().max() > 1e-2
+    torch.testing.assert_close(ours, ref, atol=ATOL * 10, rtol=RTOL)
+    # the heads' outputs add up to what the layer writes: every edge corrupted is the corrupted run
+    values, clean = eng.evaluate([torch.zeros_like(eng.graph.real), eng.graph.real])
+    np.testing.assert_allclose(values[1], clean, atol=1e-5)
+    if intervention != "patching":
+        return
+    r = TLPostNorm(tl, eng.graph, data)
+    np.testing.assert_allclose(values[0], [float(r.metric(r.outputs(c)[1], i)) for i, c in enumerate(data.corrupted)],
+                               atol=1e-4)
