@@ -500,3 +500,64 @@ def test_scores_with_sublayer_post_norms_equal_the_reference(method, interventio
     r = TLPostNorm(tl, eng.graph, data)
     np.testing.assert_allclose(values[0], [float(r.metric(r.outputs(c)[1], i)) for i, c in enumerate(data.corrupted)],
                                atol=1e-4)
+
+
+FAST_FAMILIES = ["gptj", "gpt_neox", "olmo2", "qwen3"]  # parallel, fused q/k/v, no input norm, q/k norms
+OTHER_FAMILIES = ["gpt_neo", "mistral", "mixtral", "qwen2", "gemma", "gemma3"]
+
+
+def _derivative_check(family: str) -> None:
+    """On any family: every edge corrupted is the corrupted run, none is the clean run (the node
+    outputs add up to the residual stream), and an edge's EAP score is the derivative of the metric
+    along that edge's corruption, (m(+ε) − m(−ε)) / 2ε with the child's input moved by ε·(corrupted −
+    clean) of the parent (central difference, ε = 1e-2: error ~1e-4 at these scales)."""
+    hf = oracle.make_hf_model(family, vocab_size=VOCAB)
+    lm = wrap_model(hf, oracle.gpt2_tokenizer())
+    data = _data(lengths=(6, 8))
+    eng = EdgeEngine(lm, data, batch_size=2)
+    g = eng.graph
+    values, clean = eng.evaluate([g.real, torch.zeros_like(g.real)])
+    np.testing.assert_allclose(values[0], clean, atol=1e-5)
+    with torch.no_grad():
+        corr = []
+        for i, c in enumerate(data.corrupted):
+            lg = hf(torch.tensor([c])).logits[0, -1]
+            corr.append(float(lg[data.correct[i]] - lg[data.incorrect[i]]))
+    np.testing.assert_allclose(values[1], corr, atol=1e-4)
+    scores = eng.scores("eap")
+    batch = next(data.batches(2, torch.device("cpu")))
+    clean_outs, clean_logits = eng._record(batch.clean, batch.mask)
+    corr_outs = eng.corrupted_outputs(batch, clean_outs)
+    ctx = eng._context(batch, clean_logits)
+    src, dst = g.edge_index
+    lk = g.edge_lookup()
+    for name in ("input->a0.h1<q>", "input->a0.h0<k>", "input->a1.h3<v>", "a0.h2->a1.h1<k>", "input->m0",
+                 "a0.h0->m1", "m0->logits", "a1.h1->logits"):
+        e = lk[name]
+        m = []
+        for eps in (1e-2, -1e-2):
+            ab = torch.zeros(g.n_forward, g.n_backward)
+            ab[src[e], dst[e]] = eps
+            m.append(float(eng.metric(eng._circuit_logits(batch, corr_outs, ab), ctx).double().mean()))
+        assert float(scores[src[e], dst[e]]) == pytest.approx((m[0] - m[1]) / 2e-2, abs=2e-3, rel=2e-3), name
+
+
+@pytest.mark.parametrize("family", FAST_FAMILIES)
+def test_every_family_adds_up_and_eap_is_the_derivative(family):
+    _derivative_check(family)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", OTHER_FAMILIES)
+def test_every_family_adds_up_and_eap_is_the_derivative_more(family):
+    _derivative_check(family)
+
+
+def test_phi3_with_grouped_query_attention_is_a_clear_error():
+    from logitscope.errors import InputError
+
+    lm = wrap_model(oracle.make_hf_model("phi3", vocab_size=VOCAB), oracle.gpt2_tokenizer())
+    if lm.model.config.num_key_value_heads == lm.shape.n_heads:
+        pytest.skip("this tiny phi3 has no grouped-query attention")
+    with pytest.raises(InputError, match="phi3 with grouped-query attention"):
+        EdgeEngine(lm, _data())
