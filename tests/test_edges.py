@@ -561,3 +561,21 @@ def test_phi3_with_grouped_query_attention_is_a_clear_error():
         pytest.skip("this tiny phi3 has no grouped-query attention")
     with pytest.raises(InputError, match="phi3 with grouped-query attention"):
         EdgeEngine(lm, _data())
+
+
+def test_the_model_is_left_as_it_was():
+    lm, _ = _models("llama")
+    model = lm.model
+    model.train()
+    groups = [layer.self_attn.num_key_value_groups for layer in model.model.layers]
+    try:
+        eng = EdgeEngine(lm, _data(lengths=(5,)), batch_size=1)
+        eng.scores("eap-ig-activations", steps=1)
+        eng.evaluate([eng.graph.real])
+        assert model.training
+        assert [layer.self_attn.num_key_value_groups for layer in model.model.layers] == groups and groups[0] == 2
+        for m in model.modules():
+            assert not m._forward_hooks and not m._forward_pre_hooks
+        assert all(p.grad is None for p in model.parameters())
+    finally:
+        model.eval()

@@ -235,6 +235,10 @@ class EdgeRunner:
         ungroup = self.n_kv != self.H
         group = self.H // self.n_kv
         with ExitStack() as stack:
+            if self.lm.model.training:  # dropout off while attached, the user's mode restored after
+                self.lm.model.eval()
+                stack.callback(self.lm.model.train)
+
             def hook(module, fn, pre=False, kwargs=False):
                 if pre:
                     h = module.register_forward_pre_hook(fn, with_kwargs=kwargs)
