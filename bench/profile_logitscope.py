@@ -157,7 +157,7 @@ def forward_variants(model_dir: Path, prompts: Path, ls_batch: int, rounds: int)
 
     from logitscope.engine.capture import Recorder
     from logitscope.models.load import load_model
-    from logitscope.methods.dla import encode_prompts
+    from logitscope.inputs.encode import encode_prompts
     from logitscope.inputs.prompts import load_prompts
 
     lm = load_model(str(model_dir), device="cpu")

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import logitscope as ls
-    from logitscope.methods.dla import auto_batch_size
+    from logitscope.engine.setup import auto_batch_size
 
     t = time.perf_counter()
     lm = ls.load_model(str(model_dir), device=args.device, dtype=args.dtype)

@@ -147,6 +147,27 @@ def test_head_and_residual_grids_equal_finite_differences(family, direction, mod
     _check_changes(res, ref, names, base)
 
 
+# Every family with q/k norms: TransformerLens's hook_q / hook_k are the projections' outputs, before
+# the norm (per head in Qwen3 and Gemma 3, over all heads in OLMo-2) and before the rotary embedding.
+# The norm is not linear, so the first-order estimate depends on where q and k are read: after the
+# norm, Qwen3's q and Gemma 3's k estimates are off by as much as the effect itself.
+QK_NORM_FAMILIES = ["qwen3", "gemma3", "olmo2"]
+
+
+@pytest.mark.parametrize("family", QK_NORM_FAMILIES)
+def test_q_and_k_estimates_are_taken_where_transformerlens_hooks_them(family, models64):
+    from logitscope.models.adapters import adapter_for
+
+    hf, tl = models64(family)
+    attn = adapter_for(hf).attention(adapter_for(hf).blocks(hf)[0])
+    assert hasattr(attn, "q_norm") and hasattr(attn, "k_norm"), f"{family}: a family with q/k norms"
+    names = ["attn_head_q_all_pos", "attn_head_k_all_pos"]
+    res = run_patching("arena", hf, tokenizer=gpt2_tokenizer(), what=names, positions="index", method="attribution")
+    ref, f0 = tl_finite_differences(tl, res, names, "denoise")
+    np.testing.assert_allclose(res.corrupted_logit_diff, f0, rtol=0, atol=1e-5)
+    _check_changes(res, ref, names, res.corrupted_logit_diff)
+
+
 class FrozenScaleNorm(torch.nn.Module):
     """A LayerNorm whose scale is frozen at ``scale``: ``(x − mean(x)) · scale · w + b``, linear in x."""
 

@@ -5,7 +5,8 @@
 - A circuit whose classes are kept at named IOI positions, every other head node mean-ablated per
   template over the ABC counterparts, equals a hand-written TransformerLens 3.9 knockout (ARENA
   1.4.1's ``add_mean_ablation_hook``) within 1e-4 (float32 through different arithmetic, as the
-  patching tests), and the three measures are the stated functions of those numbers.
+  patching tests), and the three measures are the stated functions of those numbers. ``M \\ K`` is
+  the paper's (its code's ``cobble_eval``): K's heads mean-ablated at their nodes only.
 - The greedy search for completeness sets K follows the paper's rule, step by step, on a
   synthetic score and on the tiny model's incompleteness recomputed from TransformerLens knockouts.
 - Circuit files: the format, the built-in IOI circuit, and clear errors (line, problem, fix).
@@ -61,9 +62,15 @@ def _named_positions(tl, prompt):
     return {"IO": int(torch.nonzero(toks == io)[0, 0]), "S1": s1, "S1+1": s1 + 1, "S2": s2, "END": len(toks) - 1}
 
 
-def tl_knockout(tl, pairs, keep: dict[tuple[int, int], tuple[str, ...]] | None) -> np.ndarray:
+def tl_knockout(tl, pairs, keep: dict[tuple[int, int], tuple[str, ...]] | None,
+                remove: dict[tuple[int, int], tuple[str, ...]] | None = None) -> np.ndarray:
     """Per-prompt logit difference with every head node outside ``keep`` replaced by its mean over
-    the counterparts of the prompt's template, position by position (``None``: no knockout)."""
+    the counterparts of the prompt's template, position by position (``None``: no knockout).
+
+    ``remove`` instead: the IOI paper's ``M \\ K`` (its ``cobble_eval``: ``do_circuit_extraction(
+    heads_to_remove=...)``): only those heads, only at those positions, replaced by the mean; every
+    other head at every position, and those heads elsewhere, left as they are."""
+    assert keep is None or remove is None
     out = np.empty(len(pairs))
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(pairs):
@@ -76,17 +83,17 @@ def tl_knockout(tl, pairs, keep: dict[tuple[int, int], tuple[str, ...]] | None) 
         incorrect = torch.tensor([tl.to_single_token(p.incorrect) for p in group])
         with torch.no_grad():
             _, cache = tl.run_with_cache(tl.to_tokens([p.corrupted for p in group]))
-            masks = torch.zeros(L, len(group), clean.shape[1], H, dtype=torch.bool)
-            for (layer, head), positions in (keep or {}).items():
+            masks = torch.full((L, len(group), clean.shape[1], H), remove is not None, dtype=torch.bool)
+            for (layer, head), positions in (keep or remove or {}).items():
                 for b, p in enumerate(group):
                     at = list(range(clean.shape[1])) if "all" in positions else [_named_positions(tl, p)[n] for n in positions]
-                    masks[layer, b, at, head] = True
+                    masks[layer, b, at, head] = remove is None
 
             def hook(z, hook):
                 mean = cache[hook.name].mean(0, keepdim=True).expand_as(z)
                 return torch.where(masks[hook.layer()][..., None], z, mean)
 
-            hooks = [] if keep is None else [(f"blocks.{l}.attn.hook_z", hook) for l in range(L)]
+            hooks = [] if keep is None and remove is None else [(f"blocks.{l}.attn.hook_z", hook) for l in range(L)]
             logits = tl.run_with_hooks(clean, fwd_hooks=hooks)[:, -1]
         rows = torch.arange(len(group))
         out[idx] = (logits[rows, correct] - logits[rows, incorrect]).numpy()
@@ -121,14 +128,22 @@ def test_circuit_measures_equal_a_transformerlens_knockout(gpt2, tmp_path):
     np.testing.assert_allclose(c.no_heads_logit_diff, tl_knockout(tl, pairs, {}), atol=ATOL)
     np.testing.assert_allclose(c.model, tl_knockout(tl, pairs, None), atol=ATOL)
     ms = c.measures
-    # Completeness, K = the movers: the circuit without them, and the model without them.
+    # Completeness, K = each class: the circuit without it, and the model without K's nodes only (the
+    # paper's M \\ K: K's heads mean-ablated at their class's positions, every other position kept).
+    for name in ("movers", "induction", "previous"):
+        (entry,) = [e for e in ms["completeness"] if e["k"] == f"class {name}"]
+        k = [tuple(int(x) for x in label[1:].split("H")) for label in entry["heads"]]
+        f_mk = tl_knockout(tl, pairs, None, remove={h: keep[h] for h in k}).mean()
+        f_ck = tl_knockout(tl, pairs, {h: p for h, p in keep.items() if h not in k}).mean()
+        assert entry["model_without_k"]["mean"] == pytest.approx(f_mk, abs=ATOL), name
+        assert entry["circuit_without_k"]["mean"] == pytest.approx(f_ck, abs=ATOL), name
+        assert entry["incompleteness"]["mean"] == pytest.approx(abs(f_ck - f_mk), abs=2 * ATOL), name
+        # Not the reading that takes K's heads out at every position: for the layer-0 classes it differs
+        # (the movers, in the last layer, reach the answer from END alone, so there both agree).
+        everywhere = tl_knockout(tl, pairs, {(l, h): ("all",) for l in range(2) for h in range(4) if (l, h) not in k})
+        # 0.195 for induction, 0.0033 for previous
+        assert (abs(everywhere.mean() - f_mk) > 10 * ATOL) == (name != "movers"), name
     (entry,) = [e for e in ms["completeness"] if e["k"] == "class movers"]
-    without = {(l, h): ("all",) for l in range(2) for h in range(4) if (l, h) not in ((1, 0), (1, 2))}
-    f_mk = tl_knockout(tl, pairs, without).mean()
-    f_ck = tl_knockout(tl, pairs, {(0, 1): ("S2",), (0, 3): ("S1+1",)}).mean()
-    assert entry["model_without_k"]["mean"] == pytest.approx(f_mk, abs=ATOL)
-    assert entry["circuit_without_k"]["mean"] == pytest.approx(f_ck, abs=ATOL)
-    assert entry["incompleteness"]["mean"] == pytest.approx(abs(f_ck - f_mk), abs=2 * ATOL)
     # Minimality: L1H2 with K given as none; L1H0 with the rest of its class (L1H2).
     by_head = {e["head"]: e for e in ms["minimality"]}
     assert by_head["L1H2"]["k"] == [] and by_head["L1H0"]["k"] == ["L1H2"] and by_head["L0H1"]["k"] == []
@@ -209,12 +224,10 @@ def test_greedy_completeness_set_equals_the_greedy_rule_on_transformerlens_knock
     pairs = [ls.Prompt(p.text, p.correct, p.incorrect, corrupted=x, meta=p.meta)
              for p, x in zip(res.study.prompts, res.corrupted_prompts)]
     keep = {(1, 0): ("END",), (1, 2): ("END",), (0, 1): ("S2",), (0, 3): ("S1+1",)}
-    every = [(l, h) for l in range(2) for h in range(4)]
 
-    def incompleteness(k):
-        model = None if not k else {h: ("all",) for h in every if h not in k}
-        return abs(tl_knockout(tl, pairs, {h: p for h, p in keep.items() if h not in k}).mean()
-                   - tl_knockout(tl, pairs, model).mean())
+    def incompleteness(k):  # the paper's M \\ K: K's heads knocked out at their nodes only
+        model = tl_knockout(tl, pairs, None, remove={h: keep[h] for h in k}) if k else tl_knockout(tl, pairs, None)
+        return abs(tl_knockout(tl, pairs, {h: p for h, p in keep.items() if h not in k}).mean() - model.mean())
 
     k, best = [], incompleteness(())
     assert entries[0]["incompleteness"]["mean"] == pytest.approx(best, abs=2 * ATOL)
@@ -238,6 +251,65 @@ def test_greedy_completeness_set_equals_the_greedy_rule_on_transformerlens_knock
     del old["completeness_sets"]
     again = CircuitResult.from_saved(old, res.circuit.per_prompt_arrays(), 2, 4, seed=4)
     assert again.measures["completeness"] == entries
+    # One written before M \\ K took the paper's reading (no k_removed_at) says it took K out everywhere.
+    older = CircuitResult.from_saved({k: v for k, v in doc.items() if k != "k_removed_at"},
+                                     res.circuit.per_prompt_arrays(), 2, 4, seed=4)
+    assert older.k_removed_at == "all positions" and "saved before" in older.setting
+
+
+def test_random_completeness_sets_are_distinct_and_capped(gpt2):
+    """Random sets K are distinct, none the empty set or a class again, and no more are drawn than
+    exist (with a warning): a 2-head circuit of one class has 2 subsets left, not 100,000."""
+    from logitscope.methods.circuits import completeness_sets
+
+    five = parse_circuit("a: L0H0 L0H1 @ END; b: L1H0 L1H1 L1H2")
+    for asked, seed in [(10, 0), (25, 1), (40, 2)]:
+        if asked > 2 ** 5 - 3:
+            with pytest.warns(UserWarning, match=rf"circuit_random={asked}: the circuit has 32 subsets of its 5 heads, "
+                              "29 of them not the empty set or a class; drawing 29"):
+                ks = completeness_sets(five, asked, seed)
+        else:
+            ks = completeness_sets(five, asked, seed)
+        sets = [frozenset(k) for _, _, k in ks]
+        assert len(set(sets)) == len(sets) == 3 + min(asked, 29)  # ∅, two classes, the random ones
+    hf, _ = gpt2
+    with pytest.warns(UserWarning, match=r"circuit_random=100000: the circuit has 4 subsets of its 2 heads, 2 of them"):
+        res = run_patching("ioi:4", hf, tokenizer=gpt2_tokenizer(), what="none", circuit="L1H0,L1H2",
+                           circuit_random=100000)
+    doc = res.circuit.to_dict()
+    assert [e["heads"] for e in doc["completeness"]] == [[], ["L1H0", "L1H2"], ["L1H0"], ["L1H2"]] or \
+        [e["heads"] for e in doc["completeness"]] == [[], ["L1H0", "L1H2"], ["L1H2"], ["L1H0"]]
+    assert doc["completeness_sets"]["random"] == 2 and doc["completeness_sets"]["random_requested"] == 100000
+    assert "note: 2 random sets K, not 100000" in res.circuit.summary()
+    # An unnamed circuit is "circuit", not "circuit circuit".
+    assert res.circuit.summary().startswith("circuit (2 heads, mean-ablation elsewhere)")
+    again = CircuitResult.from_saved(json.loads(json.dumps(doc)), res.circuit.per_prompt_arrays(), 2, 4, seed=0)
+    assert again.to_dict()["completeness_sets"] == doc["completeness_sets"]
+
+
+def test_prepend_bos_is_stated_in_the_patching_and_circuit_results(gpt2, tmp_path):
+    """Whether BOS was prepended is in results.json's patching and circuit sections and in the report;
+    for the IOI paper's circuit measured with BOS, the result says the paper did not and how to match it."""
+    import dataclasses
+
+    hf, _ = gpt2
+    tok = gpt2_tokenizer()
+    for bos in (True, False):
+        res = run_patching("ioi:4", hf, tokenizer=tok, what="none", circuit="nm: L1H0 @ END", prepend_bos=bos,
+                           circuit_random=0)
+        doc = json.loads(json.dumps(res.results_document()))["patching"]
+        assert doc["prepend_bos"] is bos and doc["circuit"]["prepend_bos"] is bos and "note" not in doc["circuit"]
+        assert doc["circuit"]["k_removed_at"] == "class positions"
+        assert len(res.study.prompts) == 4 and (res.circuit.prepend_bos is bos)
+        html = res.write_report(tmp_path / f"r{bos}.html").read_text()
+        said = "BOS prepended to every prompt" if bos else "No BOS prepended"
+        assert said in html and f"BOS prepended to every prompt and counterpart: {'yes' if bos else 'no'}" in html
+        again = ls.load_result(res.save(tmp_path / f"out{bos}", report=False))
+        assert again.circuit.prepend_bos is bos
+    paper = dataclasses.replace(res.circuit, circuit=ioi_circuit(), prepend_bos=True)
+    assert "IOIDataset(..., prepend_bos=False)" in paper.to_dict()["note"] and "--no-prepend-bos" in paper.summary()
+    assert "--no-prepend-bos" in paper.setting
+    assert dataclasses.replace(paper, prepend_bos=False).bos_note is None
 
 
 def test_bad_completeness_options_are_clear_errors(gpt2, tmp_path, capsys):
@@ -264,6 +336,28 @@ def test_bad_completeness_options_are_clear_errors(gpt2, tmp_path, capsys):
                  "--circuit-random", "3"]) == 2
     assert "--circuit-random 3: sets a circuit's completeness check, and no circuit is given" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_ioi_minimality_sets_are_the_papers_code():
+    """The sets K of the built-in circuit, rebuilt here from the rule of the paper's released
+    minimality.py: its K[v] holds v; a name mover's is the prefix of its name-mover order up to v,
+    9.0's and 11.9's every name mover and both negative ones, 5.8's and 5.9's the negative name
+    movers plus v, every other head's its whole class. logitscope stores K without v."""
+    order = [(9, 9), (10, 0), (9, 6), (10, 10), (10, 6), (10, 2), (10, 1), (11, 2), (9, 7), (9, 0), (11, 9)]
+    negative = [(10, 7), (11, 10)]
+    classes = {"name mover": order, "negative": negative, "s2 inhibition": [(7, 3), (7, 9), (8, 6), (8, 10)],
+               "induction": [(5, 5), (5, 8), (5, 9), (6, 9)], "duplicate token": [(0, 1), (0, 10), (3, 0)],
+               "previous token": [(2, 2), (4, 11)]}
+    paper = {v: set(heads) for heads in classes.values() for v in heads}
+    paper.update({v: set(order[:i + 1]) for i, v in enumerate(order)})
+    paper.update({v: set(order + negative) for v in [(9, 0), (11, 9)]})
+    paper.update({v: {(11, 10), (10, 7), v} for v in [(5, 8), (5, 9)]})
+    c = ioi_circuit()
+    assert set(paper) == set(c.heads)
+    for v in c.heads:
+        assert set(c.k_set(v)) == paper[v] - {v} and len(c.k_set(v)) == len(paper[v]) - 1, v
+    # A backup name mover's K is in the paper's order (its prefix), e.g. 10.10 after the three name movers.
+    assert c.k_set((10, 10)) == ((9, 9), (10, 0), (9, 6)) and c.k_set((9, 7))[-1] == (11, 2)
 
 
 def test_the_ioi_circuit_is_the_papers():
@@ -380,4 +474,4 @@ def test_circuit_report_renders_offline_in_chromium(gpt2, tmp_path):
     dom, log = render_dom(page, tmp_path)
     assert "Uncaught" not in log, log[-2000:]
     assert rendering_failures(dom, ["paths", "completeness", "minimality"], []) == []
-    assert "Circuit circuit (3 heads)" in dom and ">L1H0 q<" in dom and ">L0H3<" in dom  # drawn axis ticks
+    assert "Circuit (3 heads)" in dom and "Circuit circuit" not in dom and ">L1H0 q<" in dom and ">L0H3<" in dom  # drawn axis ticks

@@ -142,3 +142,130 @@ def test_reopening_says_what_is_wrong(tiny_gpt2_dir, tmp_path):
     (run / "per_prompt.npz").unlink()
     with pytest.raises(ls.InputError, match=r"per_prompt\.npz is missing"):
         ls.load_result(run)
+
+
+# ------------------------------------------------------------------------------------------ patching: one key, one meaning
+def _tl_logit_diffs(tl, texts, correct, incorrect) -> tuple[np.ndarray, np.ndarray]:
+    """TransformerLens 3.9's ``(linear, soft-capped)`` logit differences at the last token: its own
+    (capped) logits, and the final norm's output through W_U and b_U before the cap."""
+    import torch
+
+    tokens = tl.to_tokens(list(texts), prepend_bos=tl.cfg.default_prepend_bos)
+    rows = torch.arange(len(texts))
+    with torch.no_grad():
+        logits, cache = tl.run_with_cache(tokens)
+        linear = cache["ln_final.hook_normalized"][:, -1] @ tl.W_U + tl.b_U
+    diff = lambda x: (x[rows, correct] - x[rows, incorrect]).numpy().astype(np.float64)  # noqa: E731
+    return diff(linear), diff(logits[:, -1])
+
+
+def test_soft_capped_patching_names_its_metric_and_every_key_has_one_meaning(tmp_path):
+    """Gemma 2 soft-caps its final logits: the study's logit_diff is the linear difference, patching
+    the capped one (TransformerLens's logits are capped). Each key of results.json (prompt rows, top
+    level, ``patching``) holds one of the two, whichever model and file: checked against
+    TransformerLens computing both. Tolerance 1e-4: float32 on both sides (~1e-6 observed), while the
+    cap moves these differences by ~0.1 or more."""
+    import json
+
+    import torch
+
+    from logitscope.api.patching import run_patching
+    from oracle import gpt2_tokenizer, make_hf_model, tl_model
+
+    hf = make_hf_model("gemma2", size="tiny", seed=3, n_ctx=64)
+    assert hf.config.final_logit_softcapping
+    tl = tl_model(hf, "gemma2")
+    res = run_patching("arena", hf, tokenizer=gpt2_tokenizer(), what=["attn_head_out_all_pos"], positions="index")
+    prompts = res.study.prompts
+    correct = torch.tensor([tl.to_single_token(p.correct) for p in prompts])
+    incorrect = torch.tensor([tl.to_single_token(p.incorrect) for p in prompts])
+    linear, capped = _tl_logit_diffs(tl, [p.text for p in prompts], correct, incorrect)
+    c_linear, c_capped = _tl_logit_diffs(tl, res.corrupted_prompts, correct, incorrect)
+    assert np.abs(linear - capped).max() > 0.05 and np.abs(c_linear - c_capped).max() > 0.05, "the cap must matter"
+    meaning = {"logit_diff": linear, "logit_diff_softcapped": capped, "clean_logit_diff": linear,
+               "clean_logit_diff_softcapped": capped, "corrupted_logit_diff": c_linear,
+               "corrupted_logit_diff_softcapped": c_capped}
+
+    def check(doc: dict) -> None:
+        seen = set()
+        rows = doc["prompts"]
+        for key, want in meaning.items():
+            if key in rows[0]:
+                seen.add(key)
+                np.testing.assert_allclose([r[key] for r in rows], want, rtol=0, atol=1e-4, err_msg=f"row {key}")
+            for where, block in (("top-level", doc), ("patching", doc["patching"])):
+                if key in block:
+                    seen.add(key)
+                    np.testing.assert_allclose(block[key]["per_prompt"], want, rtol=0, atol=1e-4, err_msg=f"{where} {key}")
+                    assert block[key]["mean"] == pytest.approx(float(want.mean()), abs=1e-4), f"{where} {key}"
+        pt = doc["patching"]
+        assert pt["metric"] == "logit_diff_softcapped" and "soft-capped" in pt["metric_description"]
+        assert {"logit_diff", "logit_diff_softcapped", "corrupted_logit_diff_softcapped",
+                "clean_logit_diff_softcapped"} <= seen
+        assert "clean_logit_diff" not in pt and "corrupted_logit_diff" not in rows[0]  # never the capped one
+        # Every patched value is in the named metric: the normalised grid from its clean and corrupted.
+        c, x = pt["clean_logit_diff_softcapped"]["mean"], pt["corrupted_logit_diff_softcapped"]["mean"]
+        grid = np.array(pt["attn_head_out_all_pos"]["values"])
+        np.testing.assert_allclose(pt["attn_head_out_all_pos"]["normalised"], (grid - x) / (c - x), atol=1e-5)
+
+    check(res.results_document())
+    assert res.metric == "logit_diff_softcapped" and "soft-capped logits" in res.summary()
+    from logitscope.report.page import report_html
+
+    assert "the metric is the clean answers' logit difference at each prompt's last token, of the model's soft-capped" \
+        in report_html(res.study, res)
+    res.save(tmp_path / "new", report=False)
+    check(json.loads((tmp_path / "new" / "results.json").read_text()))
+    again = ls.load_result(tmp_path / "new")
+    assert again.metric == "logit_diff_softcapped"
+    np.testing.assert_array_equal(again.clean_logit_diff, np.float32(res.clean_logit_diff))
+    np.testing.assert_array_equal(again.corrupted_logit_diff, np.float32(res.corrupted_logit_diff))
+    assert again.study.prompts[0].meta == res.study.prompts[0].meta
+    check(again.results_document())
+
+    # A file written before the metric was named (capped values under clean_/corrupted_logit_diff)
+    # reopens with the same values, and saves under the new keys.
+    old = tmp_path / "old"
+    res.save(old, report=False)
+    doc = json.loads((old / "results.json").read_text())
+    pt = doc["patching"]
+    pt["metric"] = pt.pop("metric_description")
+    pt["clean_logit_diff"], pt["corrupted_logit_diff"] = pt.pop("clean_logit_diff_softcapped"), pt.pop("corrupted_logit_diff_softcapped")
+    for row in doc["prompts"]:
+        del row["logit_diff_softcapped"]
+        row["corrupted_logit_diff"] = row.pop("corrupted_logit_diff_softcapped")
+    (old / "results.json").write_text(json.dumps(doc))
+    with np.load(old / "patching_per_prompt.npz") as npz:
+        arrays = {k.replace("_softcapped", ""): npz[k] for k in npz.files}
+    np.savez(old / "patching_per_prompt.npz", **arrays)
+    reopened = ls.load_result(old)
+    assert reopened.metric == "logit_diff_softcapped"
+    np.testing.assert_array_equal(reopened.clean_logit_diff, again.clean_logit_diff)
+    np.testing.assert_array_equal(reopened.corrupted_logit_diff, again.corrupted_logit_diff)
+    assert reopened.study.prompts[0].meta == res.study.prompts[0].meta
+    check(reopened.results_document())
+
+
+def test_a_model_without_a_cap_keeps_one_logit_diff(tiny_gpt2_dir, tmp_path):
+    from logitscope.api.patching import run_patching
+
+    res = run_patching("arena", str(tiny_gpt2_dir), what="heads", device="cpu")
+    doc = res.results_document()
+    pt = doc["patching"]
+    assert res.metric == pt["metric"] == "logit_diff" and "logit_diff_softcapped" not in doc
+    np.testing.assert_allclose(pt["clean_logit_diff"]["per_prompt"], doc["logit_diff"]["per_prompt"], atol=1e-5)
+    assert all("corrupted_logit_diff" in r and "logit_diff_softcapped" not in r for r in doc["prompts"])
+
+
+def test_mean_of_a_grid_the_run_lacks_names_the_grids_it_has(tiny_gpt2_dir):
+    from logitscope.api.patching import run_patching
+
+    res = run_patching("arena", str(tiny_gpt2_dir), what="heads,layers", device="cpu")
+    for call in (res.mean, res.normalised, res.grid_interval):
+        with pytest.raises(ls.ArgumentError, match=r"name='resid_pre': this run has no such grid; its grids: "
+                                                   r"attn_head_out_all_pos, attn_out, mlp_out; "
+                                                   r"run_patching\(\.\.\., what='resid_pre'\) computes it"):
+            call("resid_pre")
+    with pytest.raises(ls.ArgumentError, match=r"name='heads': this run has no such grid; its grids: attn_head_out_all_pos, "
+                                               r"attn_out, mlp_out$"):
+        res.mean("heads")

@@ -179,7 +179,7 @@ def run_patching(
         return None  # another rank's: rank 0 builds the result
     timing = {"study_s": t_study - t0, "patching_s": time.perf_counter() - t_study, **result.pop("split")}
     result.update(_paths_and_circuit(lm, prompts, pairs, senders, receivers, freeze, circuit, direction, ablation,
-                                     batch_size, seed, timing, progress, completeness))
+                                     batch_size, seed, timing, progress, completeness, prepend_bos=bos))
     return PatchingResult(
         study=study, direction=direction, corrupted_prompts=[p.corrupted for p in prompts], positions=axis,
         position_tokens=_position_tokens(lm, pairs, axis), notes=tuple(notes), seed=seed, timing=timing,
@@ -190,7 +190,8 @@ def run_patching(
 
 def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, senders, receivers, freeze: str, circuit, direction: str,
                        ablation: str, batch_size: int | None, seed: int, timing: dict,
-                       progress: bool = False, completeness: Completeness | None = None) -> dict[str, Any]:
+                       progress: bool = False, completeness: Completeness | None = None,
+                       prepend_bos: bool | None = None) -> dict[str, Any]:
     """Path patching and the circuit's measures, when asked for (``paths``, ``circuit``), each with
     its progress bar (in prompt-runs) when ``progress``."""
     from logitscope.methods.circuits import run_circuit
@@ -217,7 +218,7 @@ def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, senders, receivers, fre
         if bar is not None:
             bar.set_description("circuit")
         out["circuit"] = run_circuit(lm, prompts, pairs, load_circuit(circuit), ablation=ablation, batch_size=B,
-                                     seed=seed, completeness=completeness, progress=bar)
+                                     seed=seed, completeness=completeness, progress=bar, prepend_bos=prepend_bos)
         _finish(bar)
         timing["circuit_s"] = time.perf_counter() - t
     return out

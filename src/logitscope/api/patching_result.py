@@ -22,6 +22,13 @@ def _output_files() -> tuple[str, ...]:
 
 OUTPUT_FILES = _output_files()
 METRIC = "logit difference of the clean prompt's answers (correct − incorrect) at each prompt's last token"
+# Where the model soft-caps its final logits (Gemma 2), patching measures the difference of the
+# model's own, capped, logits: TransformerLens's logits are capped, so the metric its users compute
+# is. The study's ``logit_diff`` is the linear one (what its parts add up to); results.json keeps the
+# two under two keys, and ``patching.metric`` names the one the patched values are in.
+METRICS = {"logit_diff": METRIC,
+           "logit_diff_softcapped": METRIC + ", from the model's soft-capped logits (cap · tanh(logit / cap)), "
+                                    "as TransformerLens's logits"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,8 @@ class PatchingResult:
     study: Any  # logitscope.StudyResult of the clean prompts
     direction: str  # "denoise" (clean into corrupted) or "noise" (corrupted into clean)
     corrupted_prompts: list[str]
+    # In the patching metric (:attr:`metric`: soft-capped where the model caps its logits, as every
+    # grid, ablation and path value here): the clean prompts' and the counterparts' [N].
     clean_logit_diff: np.ndarray  # [N]
     corrupted_logit_diff: np.ndarray  # [N], the clean answers' logit difference on the counterparts
     grids: dict[str, np.ndarray]
@@ -57,9 +66,28 @@ class PatchingResult:
     def n_prompts(self) -> int:
         return int(self.clean_logit_diff.shape[0])
 
+    @property
+    def metric(self) -> str:
+        """The results.json key whose quantity every patched value is: ``"logit_diff_softcapped"``
+        where the model soft-caps its final logits (Gemma 2: the model's own logits, as
+        TransformerLens's), else ``"logit_diff"`` (the two are then the same)."""
+        return "logit_diff_softcapped" if self.study.logit_diff_softcapped is not None else "logit_diff"
+
+    def grid(self, name: str) -> np.ndarray:
+        """A grid's per-prompt values ``[*grid_axes[name], N]``, or a clear error naming the grids
+        this run has."""
+        if name not in self.grids:
+            from logitscope.errors import ArgumentError
+            from logitscope.methods.patching.grids import GRIDS
+
+            have = ", ".join(self.grids) or "none (no grid was asked for)"
+            hint = f"; run_patching(..., what={name!r}) computes it" if name in GRIDS else ""
+            raise ArgumentError("name", name, f"this run has no such grid; its grids: {have}{hint}")
+        return self.grids[name]
+
     def mean(self, name: str) -> np.ndarray:
         """A grid's mean patched logit difference over prompts (TransformerLens's metric's value)."""
-        return self.grids[name].mean(-1)
+        return self.grid(name).mean(-1)
 
     def normalised(self, name: str) -> np.ndarray:
         """TransformerLens's normalised metric on means: (patched − corrupted) / (clean − corrupted):
@@ -102,8 +130,8 @@ class PatchingResult:
 
     def grid_interval(self, name: str, which: str = "ci95") -> tuple[np.ndarray, np.ndarray]:
         """``(low, high)`` of a grid's means (``which="ci95"``) or normalised values (``"normalised_ci95"``)."""
+        shape = self.grid(name).shape[:-1]
         iv = self.intervals[f"grid:{name}"]
-        shape = self.grids[name].shape[:-1]
         return iv[f"{which}_low"].reshape(shape), iv[f"{which}_high"].reshape(shape)
 
     @cached_property
@@ -127,13 +155,16 @@ class PatchingResult:
             return {"mean": _num(values.mean()), "ci95_low": _num(lo[0]), "ci95_high": _num(hi[0]),
                     "per_prompt": _nested(values)}
 
+        m = self.metric
         doc: dict[str, Any] = {
             "direction": self.direction,
             "method": self.method,
-            "metric": METRIC,
+            "metric": m,  # the top-level key whose quantity every value here is
+            "metric_description": METRICS[m],
             "n_pairs": self.n_prompts,
-            "clean_logit_diff": scalar("clean", self.clean_logit_diff),
-            "corrupted_logit_diff": scalar("corrupted", self.corrupted_logit_diff),
+            "prepend_bos": bool(self.study.prepend_bos),
+            f"clean_{m}": scalar("clean", self.clean_logit_diff),
+            f"corrupted_{m}": scalar("corrupted", self.corrupted_logit_diff),
         }
         if self.positions is not None:
             doc["positions"] = {"mode": self.positions.mode, "labels": list(self.positions.labels),
@@ -175,19 +206,26 @@ class PatchingResult:
 
     def results_document(self) -> dict[str, Any]:
         """The whole results.json: the study of the clean prompts, each prompt row with its
-        counterpart, and ``patching``."""
+        counterpart, and ``patching``. A key means one thing wherever it appears: ``logit_diff`` the
+        linear logits' difference, ``logit_diff_softcapped`` the capped logits' (soft-capped models),
+        ``corrupted_<metric>`` the counterpart's in the patching metric."""
         from logitscope.results.serialize import results_document
 
         doc = results_document(self.study)
-        for row, text, c in zip(doc["prompts"], self.corrupted_prompts, self.corrupted_logit_diff):
+        m = self.metric
+        capped = self.study.logit_diff_softcapped
+        for i, (row, text, c) in enumerate(zip(doc["prompts"], self.corrupted_prompts, self.corrupted_logit_diff)):
+            if capped is not None:
+                row["logit_diff_softcapped"] = float(capped[i])
             row["corrupted"] = text
-            row["corrupted_logit_diff"] = float(c)
+            row[f"corrupted_{m}"] = float(c)
         doc["patching"] = self.to_dict()
         return doc
 
     def per_prompt_arrays(self) -> dict[str, np.ndarray]:
         """Every per-prompt array, as ``patching_per_prompt.npz`` holds them (float32)."""
-        arrays = {"clean_logit_diff": self.clean_logit_diff, "corrupted_logit_diff": self.corrupted_logit_diff}
+        m = self.metric  # named as in results.json: clean_logit_diff_softcapped on soft-capped models
+        arrays = {f"clean_{m}": self.clean_logit_diff, f"corrupted_{m}": self.corrupted_logit_diff}
         if self.positions is not None:
             arrays["positions_at"] = self.positions.at
         arrays.update({f"grid_{k}": v for k, v in self.grids.items()})
@@ -234,7 +272,7 @@ class PatchingResult:
         c, x = self.clean_logit_diff.mean(), self.corrupted_logit_diff.mean()
         lines = [
             self.study.summary(),
-            f"patching ({self.direction}, {self.n_prompts} pairs): clean {c:.4f} [{iv['clean']['ci95_low'][0]:.4f}, "
+            f"patching ({self.direction}, {self.n_prompts} pairs{_METRIC_NOTE.get(self.metric, '')}): clean {c:.4f} [{iv['clean']['ci95_low'][0]:.4f}, "
             f"{iv['clean']['ci95_high'][0]:.4f}], corrupted {x:.4f} [{iv['corrupted']['ci95_low'][0]:.4f}, "
             f"{iv['corrupted']['ci95_high'][0]:.4f}]",
         ]
@@ -312,11 +350,14 @@ def read_patching(folder: str | Path) -> PatchingResult:
     rows = doc["prompts"]
     corrupted = [r.get("corrupted") for r in rows]
     fields["prompts"] = tuple(
-        type(p)(p.text, p.correct, p.incorrect, {k: v for k, v in p.meta.items()
-                                                 if k not in ("corrupted", "corrupted_logit_diff")}, c)
+        type(p)(p.text, p.correct, p.incorrect, {k: v for k, v in p.meta.items() if k not in _ROW_KEYS}, c)
         for p, c in zip(fields["prompts"], corrupted)
     )
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+    # Files before the metric was named hold clean_logit_diff / corrupted_logit_diff whatever it was.
+    m = "logit_diff_softcapped" if fields.get("logit_diff_softcapped") is not None else "logit_diff"
+    clean, corrupted_ld = (arrays[f"{side}_{m}"] if f"{side}_{m}" in arrays else arrays[f"{side}_logit_diff"]
+                           for side in ("clean", "corrupted"))
     grids = {k[len("grid_"):]: f64(v) for k, v in arrays.items() if k.startswith("grid_")}
     positions = None
     if "positions" in pt:
@@ -326,7 +367,7 @@ def read_patching(folder: str | Path) -> PatchingResult:
     sets = ab.get("sets", [])
     return PatchingResult(
         study=StudyResult(**fields), direction=pt["direction"], corrupted_prompts=corrupted,
-        clean_logit_diff=f64(arrays["clean_logit_diff"]), corrupted_logit_diff=f64(arrays["corrupted_logit_diff"]),
+        clean_logit_diff=f64(clean), corrupted_logit_diff=f64(corrupted_ld),
         grids=grids, grid_axes={k: tuple(pt[k]["axes"]) for k in grids}, positions=positions,
         position_tokens=(pt.get("positions") or {}).get("tokens"), ablation_kind=ab.get("kind"),
         ablation_sets={s_["name"]: tuple(s_["components"]) for s_ in sets},
@@ -338,6 +379,12 @@ def read_patching(folder: str | Path) -> PatchingResult:
         circuit=CircuitResult.from_saved(pt["circuit"], arrays, fields["n_layers"], fields["n_heads"], fields["seed"])
         if "circuit" in pt else None,
     )
+
+
+_METRIC_NOTE = {"logit_diff_softcapped": "; logit diff of the soft-capped logits, as TransformerLens's"}
+
+# What results_document adds to each prompt row (never the prompt's own metadata), old files' included.
+_ROW_KEYS = ("corrupted", "corrupted_logit_diff", "corrupted_logit_diff_softcapped", "logit_diff_softcapped")
 
 
 def _agreement_line(ag: dict[str, Any]) -> str:

@@ -95,12 +95,19 @@ IOI_CLASS_POSITIONS: dict[str, str] = {
     "previous token": "S1+1",
 }
 
-# The IOI paper's minimality sets (App. K, Fig. 20), as ARENA 1.4.1 writes them down
-# (K_FOR_EACH_COMPONENT): the score of head v is |F(C \ (K ∪ {v})) − F(C \ K)| with this K.
+# The IOI paper's minimality sets (App. K, Fig. 20) as its released code builds them (redwoodresearch/
+# Easy-Transformer, easy_transformer/minimality.py): the score of head v is |F(C \ (K ∪ {v})) − F(C \ K)|
+# with this K. A name mover or backup name mover's K is the name movers before it in the code's order
+# of importance (9.9, 10.0, 9.6, 10.10, 10.6, 10.2, 10.1, 11.2, 9.7, 9.0, 11.9), except 9.0 and 11.9,
+# whose K is every other name mover, backup or not, and both negative name movers; 5.8's and 5.9's K
+# is the negative name movers; every other head's K is the rest of its class. ARENA 1.4.1's
+# K_FOR_EACH_COMPONENT differs for all eight backup name movers (another order, and only the
+# three name movers with the other of 9.0 / 11.9): the paper's code is taken.
+_NAME_MOVER_ORDER = ((9, 9), (10, 0), (9, 6), (10, 10), (10, 6), (10, 2), (10, 1), (11, 2), (9, 7), (9, 0), (11, 9))
 IOI_MINIMALITY_K: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {
-    (9, 9): (),
-    (10, 0): ((9, 9),),
-    (9, 6): ((9, 9), (10, 0)),
+    **{head: _NAME_MOVER_ORDER[:i] for i, head in enumerate(_NAME_MOVER_ORDER)},
+    (9, 0): tuple(h for h in _NAME_MOVER_ORDER if h != (9, 0)) + ((10, 7), (11, 10)),
+    (11, 9): tuple(h for h in _NAME_MOVER_ORDER if h != (11, 9)) + ((10, 7), (11, 10)),
     (10, 7): ((11, 10),),
     (11, 10): ((10, 7),),
     (8, 10): ((7, 9), (8, 6), (7, 3)),
@@ -116,14 +123,6 @@ IOI_MINIMALITY_K: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {
     (3, 0): ((0, 1), (0, 10)),
     (4, 11): ((2, 2),),
     (2, 2): ((4, 11),),
-    (11, 2): ((9, 9), (10, 0), (9, 6)),
-    (10, 6): ((9, 9), (10, 0), (9, 6), (11, 2)),
-    (10, 10): ((9, 9), (10, 0), (9, 6), (11, 2), (10, 6)),
-    (10, 2): ((9, 9), (10, 0), (9, 6), (11, 2), (10, 6), (10, 10)),
-    (9, 7): ((9, 9), (10, 0), (9, 6), (11, 2), (10, 6), (10, 10), (10, 2)),
-    (10, 1): ((9, 9), (10, 0), (9, 6), (11, 2), (10, 6), (10, 10), (10, 2), (9, 7)),
-    (11, 9): ((9, 9), (10, 0), (9, 6), (9, 0)),
-    (9, 0): ((9, 9), (10, 0), (9, 6), (11, 9)),
 }
 
 # Where a head can be kept: every position, or a named position of IOI prompts (the IOI paper's

@@ -20,10 +20,13 @@ while a whole patch moves the pattern far. The report shows the error against ex
 Gradients are taken on the model as it is, with respect to the activations only: each observed
 activation ``x`` is passed on as ``x + δ`` with ``δ`` a zero tensor that requires grad, and
 ``torch.autograd.grad`` differentiates with respect to the ``δ``; the model's parameters, their
-``requires_grad`` flags and ``.grad`` are never touched. In rotary families ``q`` and ``k`` are
-observed after the rotary embedding (:mod:`logitscope.models.hooks`); a position's rotation ``R`` is
-orthogonal and fixed, so ``(R q_s − R q_b) · ∂m/∂(R q) = (q_s − q_b) · ∂m/∂q``: the estimate is
-the same as before it.
+``requires_grad`` flags and ``.grad`` are never touched. ``q`` and ``k`` are estimated at
+TransformerLens's ``hook_q`` / ``hook_k``. In rotary families without q/k norms they are observed
+after the rotary embedding (:mod:`logitscope.models.hooks`); a position's rotation ``R`` is orthogonal and
+fixed, so ``(R q_s − R q_b) · ∂m/∂(R q) = (q_s − q_b) · ∂m/∂q``: the estimate is the same as before
+it. In families with q/k norms (Qwen3, Gemma 3, OLMo-2) they are observed at the projections'
+outputs, before the norm: the norm is not linear, so an estimate taken after it would differ (on
+tiny random Qwen3 weights, by more than half the effect).
 """
 
 from __future__ import annotations

@@ -7,13 +7,16 @@ for IOI prompts the paper's ABC prompts), per template and position
 asked). A node is a head at the positions its class is kept at (every position, or named IOI
 positions such as END or S2); ``M`` is every head at every position (the model itself, nothing
 knocked out), ``∅`` no head (every head knocked out). Taking a head out of a set takes out all of
-its nodes.
+its nodes, and only them: ``M \\ K`` knocks out K's heads at their class's positions and leaves
+them at every other position, as the paper's code does (``cobble_eval`` in redwoodresearch/
+Easy-Transformer's ``completeness.py``: ``do_circuit_extraction(heads_to_remove=...)`` with each
+head at its ``RELEVANT_TOKENS``).
 
 - **faithfulness**: ``F(M)``, ``F(C)``, ``F(∅)``; the paper's ``|F(M) − F(C)|`` (0.46 for its circuit,
   13% of F(M)), ``F(C) / F(M)`` (87%), and ``(F(C) − F(∅)) / (F(M) − F(∅))``; also per template.
 - **completeness**: for sets ``K ⊆ C``, the incompleteness ``|F(C \\ K) − F(M \\ K)|``, with K the
   empty set, each class of the circuit, random subsets (each head in with probability 1/2, drawn
-  with the study's seed), and, when asked, the sets the paper's greedy search finds
+  with the study's seed; distinct, and no more than exist), and, when asked, the sets the paper's greedy search finds
   (:func:`greedy_search`: K grown head by head to make the incompleteness as large as it can);
   :class:`Completeness` says how many of each.
 - **minimality**: for each head v of C, ``|F(C \\ (K ∪ {v})) − F(C \\ K)|`` with the circuit's K for v
@@ -31,6 +34,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -41,6 +46,12 @@ from logitscope.stats import bootstrap_means, percentile_interval
 Head = tuple[int, int]
 # A set of nodes kept: each head and the positions it is kept at; None is the whole model (M).
 Nodes = "dict[Head, tuple[str, ...]] | None"
+# Positions written (ALL_BUT, "END", ...): every position but those (a head of M \ K whose class is
+# kept at named positions: knocked out there only).
+ALL_BUT = "all but"
+# Where M \ K knocks K's heads out: at their class's positions (the paper's code), or, in results
+# saved before that was so, at every position.
+AT_NODES, AT_ALL = "class positions", "all positions"
 
 
 def _label(heads) -> list[str]:
@@ -52,11 +63,21 @@ def circuit_nodes(circuit: Circuit, without: frozenset = frozenset()) -> dict[He
     return {h: c.positions for c in circuit.classes for h in c.heads if h not in without}
 
 
-def model_nodes(n_layers: int, n_heads: int, without: frozenset) -> dict[Head, tuple[str, ...]] | None:
-    """``M \\ without`` (``None``, nothing knocked out, when ``without`` is empty)."""
+def model_nodes(circuit: Circuit, n_layers: int, n_heads: int, without: frozenset,
+                k_removed_at: str = AT_NODES) -> dict[Head, tuple[str, ...]] | None:
+    """``M \\ without``: every head at every position but ``without``'s nodes, each of its heads
+    knocked out at its class's positions only (``None``, nothing knocked out, when ``without`` is
+    empty). ``k_removed_at=AT_ALL`` knocks them out at every position (results saved before)."""
     if not without:
         return None
-    return {(l, h): (ALL_POSITIONS,) for l in range(n_layers) for h in range(n_heads) if (l, h) not in without}
+    nodes: dict[Head, tuple[str, ...]] = {(l, h): (ALL_POSITIONS,) for l in range(n_layers) for h in range(n_heads)}
+    for head in without:
+        at = circuit.class_of(head).positions
+        if k_removed_at == AT_ALL or ALL_POSITIONS in at:
+            del nodes[head]
+        else:
+            nodes[head] = (ALL_BUT, *at)
+    return nodes
 
 
 def _key(nodes) -> Any:
@@ -104,15 +125,44 @@ class Completeness:
 
 def completeness_sets(circuit: Circuit, random_k: int, seed: int) -> list[tuple[str, str, tuple[Head, ...]]]:
     """The fixed sets K of the completeness check, as ``(label, source, K)``: the empty set, each
-    class, ``random_k`` random subsets (each head in with probability 1/2, drawn with ``seed``)."""
+    class, ``random_k`` random subsets (each head in with probability 1/2, drawn with ``seed``).
+
+    The random sets are distinct from each other and from the empty set and the classes (a set
+    drawn again is drawn anew), so ``random_k`` is capped at the number of subsets left, with a
+    warning: a 2-head circuit has 4 subsets, not 100,000."""
     ks: list[tuple[str, str, tuple[Head, ...]]] = [("empty set", "empty", ())]
     ks += [(f"class {c.name}", "class", c.heads) for c in circuit.classes]
-    rng = np.random.default_rng(seed)
     heads = circuit.heads
-    for i in range(random_k):
-        pick = rng.random(len(heads)) < 0.5
-        ks.append((f"random {i + 1}", "random", tuple(h for h, p in zip(heads, pick) if p)))
+    index = {h: i for i, h in enumerate(heads)}
+    taken = {sum(1 << index[h] for h in k) for _, _, k in ks}
+    left = 2 ** len(heads) - len(taken)
+    if random_k > left:
+        n = len(heads)
+        warnings.warn(f"circuit_random={random_k}: the circuit has {2 ** n} subsets of its {n} head{'s' * (n != 1)}, "
+                      f"{left} of them not the empty set or a class; drawing {left} random sets K, each once",
+                      UserWarning, stacklevel=3)
+    rng = np.random.default_rng(seed)
+    for i, mask in enumerate(_distinct_masks(len(heads), min(random_k, left), taken, rng)):
+        ks.append((f"random {i + 1}", "random", tuple(h for j, h in enumerate(heads) if mask >> j & 1)))
     return ks
+
+
+def _distinct_masks(n: int, count: int, taken: set[int], rng: np.random.Generator) -> list[int]:
+    """``count`` distinct subsets of ``n`` heads (as bit masks) not in ``taken``, each drawn with every
+    head in with probability 1/2 and drawn again when already had; when ``count`` is over half of
+    what is left, a random order of all the subsets left instead (so drawing never stalls)."""
+    left = 2 ** n - len(taken)
+    if count > left // 2:
+        order = (int(m) for m in rng.permutation(2 ** n))
+        return [m for m in order if m not in taken][:count]
+    out: list[int] = []
+    seen = set(taken)
+    while len(out) < count:
+        mask = sum(1 << j for j, p in enumerate(rng.random(n) < 0.5) if p)
+        if mask not in seen:
+            seen.add(mask)
+            out.append(mask)
+    return out
 
 
 def greedy_search(incompleteness: Callable[[list[tuple[Head, ...]]], np.ndarray], heads: list[Head],
@@ -127,8 +177,9 @@ def greedy_search(incompleteness: Callable[[list[tuple[Head, ...]]], np.ndarray]
     head with the largest score to K if that score exceeds K's; otherwise K stays and the next step
     draws again. Ties go to the first head in circuit order among those drawn.
 
-    Where this differs from the paper's code: (1) its nodes are (head, position) pairs, here a
-    head with all its class's positions (every set in this module takes heads out whole); (2) it
+    Where this differs from the paper's code: (1) its candidates are (head, position) nodes, here a
+    head with all its class's positions (the same thing for a circuit whose heads each have one
+    class, as the paper's); (2) it
     keeps every set a search passes after its fifth step and re-measures them on a larger prompt
     set, here each search gives its last K (the largest incompleteness it reached, as a step only
     adds a head that raises the score), found and measured on the same prompts, so the score is
@@ -161,9 +212,10 @@ def greedy_search(incompleteness: Callable[[list[tuple[Head, ...]]], np.ndarray]
     return found
 
 
-def plan(circuit: Circuit, n_layers: int, n_heads: int, ks: list[tuple[str, str, tuple[Head, ...]]]) -> Plan:
+def plan(circuit: Circuit, n_layers: int, n_heads: int, ks: list[tuple[str, str, tuple[Head, ...]]],
+         k_removed_at: str = AT_NODES) -> Plan:
     """Every distinct node set that faithfulness, completeness (with the sets ``ks``: ``(label,
-    source, K)``) and minimality need."""
+    source, K)``; ``M \\ K`` as :func:`model_nodes` with ``k_removed_at``) and minimality need."""
     sets: list = []
     index: dict = {}
 
@@ -182,7 +234,7 @@ def plan(circuit: Circuit, n_layers: int, n_heads: int, ks: list[tuple[str, str,
     for label, source, k in ks:
         k_set = frozenset(k)
         completeness.append((label, source, k, add(circuit_nodes(circuit, k_set)),
-                             add(model_nodes(n_layers, n_heads, k_set))))
+                             add(model_nodes(circuit, n_layers, n_heads, k_set, k_removed_at))))
     minimality = []
     for c in circuit.classes:
         for v in c.heads:
@@ -203,9 +255,12 @@ def _mask(nodes: dict[Head, tuple[str, ...]], layer: int, n_heads: int, b, pairs
         if ALL_POSITIONS in positions:
             keep[:, :, h] = True
             continue
-        for p in positions:
+        but = positions[0] == ALL_BUT  # kept everywhere except at these positions
+        if but:
+            keep[:, :, h] = True
+        for p in positions[1:] if but else positions:
             at = pairs.lengths[b.rows] - 1 if p == "END" else pairs.positions[p][b.rows]
-            keep[rows, torch.as_tensor(at), h] = True
+            keep[rows, torch.as_tensor(at), h] = not but
     return keep
 
 
@@ -238,10 +293,11 @@ def check_circuit(circuit: Circuit, lm, pairs) -> Circuit:
 
 
 def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_size: int, seed: int,
-                completeness: Completeness | None = None, progress=None) -> "CircuitResult":
+                completeness: Completeness | None = None, progress=None,
+                prepend_bos: bool | None = None) -> "CircuitResult":
     """F of every node set the circuit's three measures need, over the pairs' clean prompts
     (``completeness``: which sets K, default 5 random ones and no greedy search; ``progress``: a
-    tqdm bar, or None)."""
+    tqdm bar, or None; ``prepend_bos``: whether the prompts were encoded with BOS, said in the result)."""
     from logitscope.methods.ablation import AblationRunner, GroupMeans, group_keys
     from logitscope.engine.patched import Engine
     from logitscope.inputs.positions import PositionAxis
@@ -252,6 +308,9 @@ def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_si
     engine = Engine(lm)
     L, H = engine.n_layers, engine.points.n_heads
     fixed = completeness_sets(circuit, sets_k.random, seed)
+    drawn = sum(source == "random" for _, source, _ in fixed)
+    requested = sets_k.random if drawn < sets_k.random else None
+    sets_k = Completeness(drawn, sets_k.greedy, sets_k.steps, sets_k.candidates)
     the_plan = plan(circuit, L, H, fixed)
     points = [("z", l) for l in range(L)]
     keys = group_keys(prompts, pairs.lengths)
@@ -309,7 +368,8 @@ def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_si
     ks = list(fixed)
     if sets_k.greedy:
         def incompleteness(candidates: list[tuple[Head, ...]]) -> np.ndarray:
-            both = [(circuit_nodes(circuit, frozenset(k)), model_nodes(L, H, frozenset(k))) for k in candidates]
+            both = [(circuit_nodes(circuit, frozenset(k)), model_nodes(circuit, L, H, frozenset(k)))
+                    for k in candidates]
             todo = list({_key(n): n for pair in both for n in pair if _key(n) not in known}.values())
             if todo:
                 if progress is not None:
@@ -327,7 +387,8 @@ def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_si
     values = np.stack([known[_key(nodes)] for nodes in the_plan.sets])
     templates = [" ".join(str(x) for x in k[1:]) if k[0] == "template" else f"{k[1]} tokens" for k in keys]
     return CircuitResult(circuit=circuit, ablation=ablation, model=model, values=values, plan=the_plan,
-                         templates=tuple(templates), seed=seed, completeness_sets=sets_k)
+                         templates=tuple(templates), seed=seed, completeness_sets=sets_k,
+                         random_requested=requested, prepend_bos=prepend_bos)
 
 
 # ---------------------------------------------------------------------------------------------- result
@@ -344,7 +405,32 @@ class CircuitResult:
     templates: tuple[str, ...]  # each prompt's group for the means
     seed: int = 0
     timing: dict[str, float] = field(default_factory=dict)
-    completeness_sets: Completeness = Completeness()
+    completeness_sets: Completeness = Completeness()  # ``random``: the random sets drawn
+    random_requested: int | None = None  # the random sets asked for, when more than exist
+    prepend_bos: bool | None = None  # whether the prompts began with BOS (None: not known)
+    k_removed_at: str = AT_NODES  # M \ K: K's heads knocked out at their class's positions (AT_ALL: saved before)
+
+    @property
+    def title(self) -> str:
+        """``circuit NAME``, or ``circuit`` for one with no name of its own."""
+        return "circuit" if self.circuit.name == "circuit" else f"circuit {self.circuit.name}"
+
+    @property
+    def setting(self) -> str:
+        """One line for the report: BOS or not (and the paper's setting), and which reading of M \\ K."""
+        bos = {None: "", True: "BOS prepended to every prompt. ", False: "No BOS prepended. "}[self.prepend_bos]
+        m = ("M \\ K: K's heads knocked out at their class's positions only, as the IOI paper's code"
+             if self.k_removed_at == AT_NODES else "M \\ K: K's heads knocked out at every position (saved before "
+             "logitscope took the paper's reading, at their class's positions only)")
+        return bos + m + "." + (f" Note: {self.bos_note}." if self.bos_note else "")
+
+    @property
+    def bos_note(self) -> str | None:
+        """For the IOI paper's circuit measured with BOS prepended: that the paper did not, and how to match it."""
+        if self.circuit.source == "built-in" and self.prepend_bos:
+            return ("BOS was prepended to every prompt; the IOI paper (IOIDataset(..., prepend_bos=False)) and ARENA "
+                    "do not: run with --no-prepend-bos (prepend_bos=False) to measure the paper's setting")
+        return None
 
     @property
     def n_prompts(self) -> int:
@@ -430,10 +516,16 @@ class CircuitResult:
                          if self.ablation == "mean" else f"each knocked-out head's z is {self.ablation}-ablated",
             "metric": "F(X): mean logit difference of the clean prompts with every head node outside X knocked out",
             "n_prompts": self.n_prompts,
-            "completeness_sets": self.completeness_sets.to_dict(),
+            "k_removed_at": self.k_removed_at,
+            "completeness_sets": {**self.completeness_sets.to_dict(),
+                                  **({"random_requested": self.random_requested} if self.random_requested else {})},
             **self.measures,
             "by_template": self.by_template(),
         })
+        if self.prepend_bos is not None:
+            doc["prepend_bos"] = bool(self.prepend_bos)
+        if self.bos_note:
+            doc["note"] = self.bos_note
         if self.timing:
             doc["timing"] = dict(self.timing)
         return doc
@@ -472,12 +564,14 @@ class CircuitResult:
         sets = doc.get("completeness_sets") or {"random": sum(s == "random" for _, s, _ in ks), "greedy": 0,
                                                 "greedy_steps": 10, "greedy_candidates": 10}
         names = [r["template"] for r in doc["by_template"]]
+        at = doc.get("k_removed_at", AT_ALL)  # saved before M \ K kept K's heads outside their positions
         return cls(circuit=circuit, ablation=doc["ablation"], model=np.asarray(arrays["circuit_model"], np.float64),
-                   values=np.asarray(arrays["circuit_sets"], np.float64), plan=plan(circuit, n_layers, n_heads, ks),
+                   values=np.asarray(arrays["circuit_sets"], np.float64), plan=plan(circuit, n_layers, n_heads, ks, at),
                    templates=tuple(names[int(i)] for i in arrays["circuit_group"]), seed=seed,
                    timing=dict(doc.get("timing", {})),
                    completeness_sets=Completeness(sets["random"], sets["greedy"], sets["greedy_steps"],
-                                                  sets["greedy_candidates"]))
+                                                  sets["greedy_candidates"]),
+                   random_requested=sets.get("random_requested"), prepend_bos=doc.get("prepend_bos"), k_removed_at=at)
 
     def summary(self) -> str:
         ms = self.measures
@@ -487,7 +581,7 @@ class CircuitResult:
             return f"[{s['ci95_low']:.4f}, {s['ci95_high']:.4f}]"
 
         lines = [
-            f"circuit {self.circuit.name} ({len(self.circuit.heads)} heads, {self.ablation}-ablation elsewhere): "
+            f"{self.title} ({len(self.circuit.heads)} heads, {self.ablation}-ablation elsewhere): "
             f"F(M) {ms['model']['mean']:.4f} {ci(ms['model'])}, F(C) {ms['circuit']['mean']:.4f} {ci(ms['circuit'])}, "
             f"F(no heads) {ms['no_heads']['mean']:.4f}",
             f"  faithfulness |F(M) - F(C)| {f['gap']['mean']:.4f} {ci(f['gap'])}; F(C)/F(M) "
@@ -499,4 +593,9 @@ class CircuitResult:
                      f"{ci(worst['incompleteness'])} (K = {worst['k']})")
         low = min(ms["minimality"], key=lambda e: e["score"]["mean"])
         lines.append(f"  minimality: smallest score {low['score']['mean']:.4f} {ci(low['score'])} ({low['head']})")
+        if self.random_requested:
+            lines.append(f"  note: {self.completeness_sets.random} random sets K, not {self.random_requested}: "
+                         "no more distinct subsets exist beside the empty set and the classes")
+        if self.bos_note:
+            lines.append(f"  note: {self.bos_note}")
         return "\n".join(lines)

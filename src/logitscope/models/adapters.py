@@ -239,8 +239,14 @@ def _llama_like(family: str, *architectures: str, prepend_bos: bool = True) -> A
 LLAMA = _llama_like("llama", "LlamaForCausalLM")
 MISTRAL = _llama_like("mistral", "MistralForCausalLM")
 QWEN2 = _llama_like("qwen2", "Qwen2ForCausalLM", prepend_bos=False)  # TransformerLens's default
-# Qwen3: Llama's tree; its q/k norms act inside attention, before the scores (nothing to answer).
-QWEN3 = _llama_like("qwen3", "Qwen3ForCausalLM", prepend_bos=False)  # TransformerLens's default
+# q and k at the projections' outputs: before a family's q/k norm (and the rotary embedding), where
+# TransformerLens's hook_q and hook_k sit. Replacing a whole head's vector there or after the norm
+# patches the same thing; a first-order estimate (attribution patching) through the norm does not.
+_QK_AT_PROJECTIONS = {"q": lambda b: b.self_attn.q_proj, "k": lambda b: b.self_attn.k_proj}
+
+# Qwen3: Llama's tree; per-head q/k norms inside attention, before the rotary embedding.
+QWEN3 = replace(_llama_like("qwen3", "Qwen3ForCausalLM", prepend_bos=False),  # TransformerLens's default
+                attention_points=_QK_AT_PROJECTIONS)
 
 # Mixtral: Mistral's tree with a sparse MoE block as the MLP (mlp.gate, the router; mlp.experts,
 # every expert's gate_up_proj / down_proj as one 3D tensor each; no biases). The MLP's output is
@@ -259,7 +265,7 @@ PHI3 = replace(_llama_like("phi3", "Phi3ForCausalLM"), value_bias=lambda b, s: N
 
 # OLMo-2: Llama's tree without input norms. Each sublayer reads the residual stream as it is and its
 # output passes through a norm (post_attention_layernorm, post_feedforward_layernorm) before the
-# residual add; q/k norms over all heads act inside attention (nothing to answer).
+# residual add; q/k norms over all heads act inside attention.
 OLMO2 = replace(
     _llama_like("olmo2", "Olmo2ForCausalLM"),
     attn_post_norm=lambda b: b.post_attention_layernorm,
@@ -267,7 +273,7 @@ OLMO2 = replace(
     value_bias=lambda b, s: _linear_value_bias(b.self_attn.v_proj, None, s),
     # q and k before OLMo-2's q/k norm, which normalises all heads together (TransformerLens's hook_q
     # and hook_k sit there too): replacing one head's q changes that norm's scale for every head.
-    attention_points={"q": lambda b: b.self_attn.q_proj, "k": lambda b: b.self_attn.k_proj},
+    attention_points=_QK_AT_PROJECTIONS,
 )
 
 # Gemma keeps Llama's module tree. Its RMSNorm multiplies by (1 + weight); its embeddings are
@@ -285,9 +291,9 @@ GEMMA2 = replace(
     mlp_post_norm=lambda b: b.post_feedforward_layernorm,
     logit_softcap=lambda cfg: getattr(cfg, "final_logit_softcapping", None),
 )
-# Gemma 3 keeps Gemma 2's tree and adds q/k norms inside attention (nothing to answer); its config
-# keeps the soft-cap fields (None in the released models).
-GEMMA3 = replace(GEMMA2, family="gemma3", architectures=("Gemma3ForCausalLM",))
+# Gemma 3 keeps Gemma 2's tree and adds per-head q/k norms inside attention (q and k read before
+# them, as TransformerLens); its config keeps the soft-cap fields (None in the released models).
+GEMMA3 = replace(GEMMA2, family="gemma3", architectures=("Gemma3ForCausalLM",), attention_points=_QK_AT_PROJECTIONS)
 
 ADAPTERS: tuple[Adapter, ...] = (GPT2, GPT_NEO, GPTJ, GPT_NEOX, LLAMA, MISTRAL, MIXTRAL, QWEN2, QWEN3, PHI3, OLMO2, GEMMA, GEMMA2, GEMMA3)
 

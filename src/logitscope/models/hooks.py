@@ -16,12 +16,15 @@ through transformers' own ``AttentionInterface``: within :meth:`HookPoints.attac
 attention implementation is switched to a registered function that applies the hooks and otherwise
 calls the model's own implementation, and it is switched back on exit.
 
-Two differences from TransformerLens, both without effect on patching: in rotary families ``q`` and
-``k`` are seen after the rotary embedding (TransformerLens's ``hook_rot_q`` / ``hook_rot_k``; a
-position's rotation is fixed, so replacing a head's whole vector at aligned positions has the same
-effect either way), and ``z`` / ``v`` include the value bias that TransformerLens's
-``fold_value_biases`` moves out (the same constant in every run, so replacing them has the same
-effect either way).
+Two differences from TransformerLens, both without effect on patching: in rotary families without
+q/k norms ``q`` and ``k`` are seen after the rotary embedding (TransformerLens's ``hook_rot_q`` /
+``hook_rot_k``; a position's rotation is fixed and orthogonal, so replacing a head's whole vector at
+aligned positions, or a first-order estimate, is the same either way), and ``z`` / ``v`` include the
+value bias that TransformerLens's ``fold_value_biases`` moves out (the same constant in every run,
+so replacing them has the same effect either way). In families with q/k norms (Qwen3, Gemma 3,
+OLMo-2) ``q`` and ``k`` are the projections' outputs, before the norm and the rotary embedding,
+exactly TransformerLens's ``hook_q`` / ``hook_k``: the norm is not linear, so a gradient taken after
+it estimates a different thing (``Adapter.attention_points``).
 
 :meth:`HookPoints.attach` can also run blocks on a *suffix* of the positions (``kv_prefix``): each
 attention layer then attends from the given positions to the unchanged keys and values of a base
@@ -202,7 +205,7 @@ class HookPoints:
         self.attention_modules = [ad.attention(b) for b in self.blocks]
         self.n_kv_heads = _n_kv_heads(model.config, self.n_heads)
         # Attention points some family reads at a module (GPT-Neo: all four, its attention has its own
-        # kernel; OLMo-2: q and k before its joint q/k norm, where TransformerLens reads them).
+        # kernel; Qwen3, Gemma 3, OLMo-2: q and k before their q/k norms, where TransformerLens reads them).
         self.module_points = dict(ad.attention_points or {})
         self.via_interface = "pattern" not in self.module_points
 

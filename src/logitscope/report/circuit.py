@@ -183,7 +183,7 @@ def _circuit_tables(circuit: CircuitResult, table_html, caption_html) -> str:
     f = ms["faithfulness"]
     c = circuit.circuit
     greedy = any(r["source"] == "greedy" for r in ms["completeness"])
-    out = [f"<h3>Circuit {_e(c.name)} ({len(c.heads)} heads)</h3>"]
+    out = [f"<h3>{_e(circuit.title[0].upper() + circuit.title[1:])} ({len(c.heads)} heads)</h3>"]
     what = ("its mean over the counterpart prompts of the same template, position by position"
             if circuit.ablation == "mean" else f"{circuit.ablation}-ablated")
     out.append(caption_html(
@@ -201,6 +201,7 @@ def _circuit_tables(circuit: CircuitResult, table_html, caption_html) -> str:
         ["(F(C) − F(∅)) / (F(M) − F(∅))", _v(f["normalised"], percent=True), _ci(f["normalised"], percent=True)],
     ]
     out.append(table_html([("Faithfulness", False), ("Value", True), ("95% CI", True)], rows))
+    out.append(f'<p class="note">{_e(circuit.setting)}</p>')
     out.append(table_html([("Class", False), ("Heads", False), ("Kept at", False)],
                           [[_e(k.name), _e(", ".join(f"L{l}H{h}" for l, h in k.heads)), _e(", ".join(k.positions))]
                            for k in c.classes]))

@@ -125,6 +125,10 @@ def patching_figures(result: PatchingResult) -> dict[str, go.Figure]:
     return figs
 
 
+_CAPPED = (", of the model's soft-capped logits, as TransformerLens's (results.json: logit_diff_softcapped; the study "
+           "above shows the linear logits' difference)")
+
+
 def patching_section(result: PatchingResult, figure_html, table_html, caption_html) -> tuple[str, str, str]:
     """``(anchor, title, body)`` of the report's causal section, drawn with the page's own helpers."""
     iv = result.intervals
@@ -133,12 +137,14 @@ def patching_section(result: PatchingResult, figure_html, table_html, caption_ht
                  else "corrupted activations patched into the clean run (noising)")
     parts = [caption_html(
         f"Activation patching, {direction}, on {result.n_prompts:,} prompt pairs; the metric is the clean answers' "
-        "logit difference at each prompt's last token. Cells show TransformerLens's normalised metric, "
+        f"logit difference at each prompt's last token{_CAPPED if result.metric == 'logit_diff_softcapped' else ''}. Cells show TransformerLens's normalised metric, "
         "(patched − corrupted) / (clean − corrupted): 1 where the patch restores the clean run, 0 where it changes nothing.",
         "Hover a cell for the patched logit difference and its 95% interval (the study's bootstrap resamples).",
     )]
     rows = [["clean prompts", f"{c:+.4f}", _ci(iv["clean"])], ["corrupted prompts", f"{x:+.4f}", _ci(iv["corrupted"])]]
     parts.append(table_html([("Run", False), ("Mean logit diff", True), ("95% CI", True)], rows))
+    parts.append(f'<p class="note">BOS prepended to every prompt and counterpart: '
+                 f'{"yes" if result.study.prepend_bos else "no"}.</p>')
     figs = patching_figures(result)
     if result.method != "exact":
         from logitscope.report.attribution import EXPLAIN, agreement_html

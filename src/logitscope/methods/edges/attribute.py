@@ -1,0 +1,391 @@
+"""Edge scores: EAP, EAP-IG (inputs, activations), clean-corrupted and exact edge patching.
+
+The score of an edge is the change of the metric when that edge alone carries the corrupted
+value (exact), or its first-order estimate: the sum over positions and d_model of
+``(corrupted − clean output of the parent) · ∂metric/∂(the child's input)``, averaged over prompts.
+Conventions, as the EAP-IG library's (``hannamw/EAP-IG``):
+
+- prompts are right-padded (BOS prepended by the caller, as the library's tokenizer call does);
+- the metric is summed over a batch's prompts and the scores divided by the number of prompts, so
+  they do not depend on the batch size (the library's ``mean=True`` metrics with batches of B give
+  1/B of these);
+- ``eap-ig-inputs``: gradients averaged over k = 0 … m−1 with the input embeddings at
+  corrupted + (k/m)(clean − corrupted) (the corrupted end included, the clean end not);
+- ``eap-ig-activations``: for each of the 2L + 1 node groups (``input``, each attention layer's
+  heads together, each MLP) in turn, its output set to (k/m)·clean + (1 − k/m)·corrupted for
+  k = 1 … m (a constant: no gradient flows through it); everything divided by m·(2L + 1);
+- ``clean-corrupted``: the gradients at the clean and at the corrupted prompt, averaged;
+- the sign is the change of the metric (the library is usually called with a loss, the negated
+  metric, and MIB's published scores are its ``mean=True`` scores over batches of 20: −1/20 of ours).
+
+Interventions (what "corrupted" means): ``patching`` (the counterpart prompt's outputs), ``mean``
+(each node's output averaged over the counterparts' positions and prompts), ``mean-positional``
+(averaged over the counterparts at each position) and ``zero``. ``eap-ig-inputs`` and
+``clean-corrupted`` interpolate or run prompts and so take ``patching`` only, as in the library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from logitscope.methods.edges.graph import QKV, EdgeGraph
+from logitscope.methods.edges.runner import EdgeRunner
+from logitscope.errors import ArgumentError, InputError
+
+METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "exact")
+INTERVENTIONS = ("patching", "mean", "mean-positional", "zero")
+METRICS = ("logit-diff", "prob-diff", "kl")
+PATCHING_ONLY = ("eap-ig-inputs", "clean-corrupted")
+
+
+# ---------------------------------------------------------------------- prompts as token ids
+@dataclass
+class EdgeData:
+    """Token ids of each prompt (BOS already prepended) and its counterpart (same length), and
+    the clean answers' ids."""
+
+    clean: list[list[int]]
+    corrupted: list[list[int]] | None
+    correct: np.ndarray
+    incorrect: np.ndarray
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        self.correct = np.asarray(self.correct, dtype=np.int64)
+        self.incorrect = np.asarray(self.incorrect, dtype=np.int64)
+        if not len(self.correct) == len(self.incorrect) == len(self.clean):
+            raise InputError(f"{len(self.clean)} prompts but {len(self.correct)} correct and {len(self.incorrect)} "
+                             "incorrect answers: give one of each per prompt")
+        if self.corrupted is not None:
+            if len(self.corrupted) != len(self.clean):
+                raise InputError(f"{len(self.corrupted)} counterparts for {len(self.clean)} prompts: give one each")
+            for i, (c, x) in enumerate(zip(self.clean, self.corrupted)):
+                if len(c) != len(x):
+                    raise InputError(f"prompt {i}: its counterpart is {len(x)} tokens but the prompt is {len(c)}; "
+                                     "a counterpart must have the same number of tokens so that positions align")
+
+    @property
+    def n(self) -> int:
+        return len(self.clean)
+
+    def batches(self, batch_size: int, device: torch.device) -> Iterator["Batch"]:
+        for start in range(0, self.n, batch_size):
+            yield Batch.of(self, range(start, min(self.n, start + batch_size)), device)
+
+
+@dataclass
+class Batch:
+    """Right-padded ids of some prompts, their mask, lengths and answers."""
+
+    index: np.ndarray
+    clean: torch.Tensor
+    corrupted: torch.Tensor | None
+    mask: torch.Tensor
+    lengths: torch.Tensor
+    correct: torch.Tensor
+    incorrect: torch.Tensor
+
+    @classmethod
+    def of(cls, data: EdgeData, index: Sequence[int], device: torch.device) -> "Batch":
+        index = np.asarray(list(index))
+        lengths = [len(data.clean[i]) for i in index]
+        width = max(lengths)
+
+        def pad(rows):
+            return torch.tensor([r + [data.pad_id] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+
+        mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths], dtype=torch.long, device=device)
+        return cls(index, pad([data.clean[i] for i in index]),
+                   None if data.corrupted is None else pad([data.corrupted[i] for i in index]), mask,
+                   torch.tensor(lengths, device=device), torch.as_tensor(data.correct[index], device=device),
+                   torch.as_tensor(data.incorrect[index], device=device))
+
+    @property
+    def size(self) -> int:
+        return len(self.index)
+
+
+# ---------------------------------------------------------------------- metrics
+@dataclass
+class MetricContext:
+    """What a metric sees besides the logits: each prompt's length (its answer is read at
+    ``lengths − 1``), the clean answers, and the clean run's logits ``[b, pos, vocab]``."""
+
+    lengths: torch.Tensor
+    correct: torch.Tensor
+    incorrect: torch.Tensor
+    clean_logits: torch.Tensor | None
+
+    def at_answer(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits[torch.arange(logits.shape[0], device=logits.device), self.lengths - 1]
+
+
+Metric = Callable[[torch.Tensor, MetricContext], torch.Tensor]  # logits [b, pos, vocab] -> [b]
+
+
+def logit_diff(logits: torch.Tensor, ctx: MetricContext) -> torch.Tensor:
+    """The clean answers' logit difference at each prompt's answer position."""
+    last = ctx.at_answer(logits)
+    rows = torch.arange(last.shape[0], device=last.device)
+    return last[rows, ctx.correct] - last[rows, ctx.incorrect]
+
+
+def prob_diff(logits: torch.Tensor, ctx: MetricContext) -> torch.Tensor:
+    """The clean answers' probability difference at each prompt's answer position."""
+    probs = torch.softmax(ctx.at_answer(logits).float(), dim=-1)
+    rows = torch.arange(probs.shape[0], device=probs.device)
+    return probs[rows, ctx.correct] - probs[rows, ctx.incorrect]
+
+
+def kl(logits: torch.Tensor, ctx: MetricContext) -> torch.Tensor:
+    """KL(clean ‖ this run) of the next-token distributions at the answer position, summed over
+    the vocabulary (MIB's ``kl`` averages over it instead: 1/vocab of this)."""
+    logp = torch.log_softmax(ctx.at_answer(logits).float(), dim=-1)
+    clean = torch.log_softmax(ctx.at_answer(ctx.clean_logits).float(), dim=-1)
+    return (clean.exp() * (clean - logp)).sum(-1)
+
+
+BUILTIN_METRICS: dict[str, Metric] = {"logit-diff": logit_diff, "prob-diff": prob_diff, "kl": kl}
+
+
+def resolve_metric(metric: str | Metric) -> Metric:
+    if callable(metric):
+        return metric
+    if metric not in BUILTIN_METRICS:
+        raise ArgumentError("metric", metric, f"unknown metric; use one of {', '.join(METRICS)} or a callable")
+    return BUILTIN_METRICS[metric]
+
+
+def check_options(method: str, steps: int | None, intervention: str) -> int:
+    """The options' errors before any forward pass; returns the number of steps used."""
+    if method not in METHODS:
+        raise ArgumentError("method", method, f"unknown method; use one of {', '.join(METHODS)}")
+    if intervention not in INTERVENTIONS:
+        raise ArgumentError("intervention", intervention, f"unknown intervention; use one of {', '.join(INTERVENTIONS)}")
+    if method in PATCHING_ONLY and intervention != "patching":
+        raise ArgumentError("intervention", intervention, f"{method} runs the counterpart prompts, so it takes "
+                            "intervention='patching' only", fix="patching")
+    if method in ("eap-ig-inputs", "eap-ig-activations"):
+        steps = 5 if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ArgumentError("steps", steps, "must be a whole number, at least 1")
+        return steps
+    return 1
+
+
+# ---------------------------------------------------------------------- the engine
+class EdgeEngine:
+    """Edge scores and circuit runs of one model over one prompt set."""
+
+    def __init__(self, lm, data: EdgeData, *, intervention: str = "patching", metric: str | Metric = "logit-diff",
+                 batch_size: int = 8, graph: EdgeGraph | None = None):
+        if intervention not in INTERVENTIONS:
+            raise ArgumentError("intervention", intervention, f"unknown intervention; use one of {', '.join(INTERVENTIONS)}")
+        if data.corrupted is None and intervention != "zero":
+            raise InputError(f"intervention={intervention!r} needs each prompt's counterpart (a 'corrupted' field, "
+                             "or corrupt='abc'/'flip' for IOI prompts); intervention='zero' needs none")
+        self.lm, self.data, self.intervention = lm, data, intervention
+        self.metric = resolve_metric(metric)
+        self.batch_size = batch_size
+        self.runner = EdgeRunner(lm, graph)
+        self.graph = self.runner.graph
+        self.device = next(lm.model.parameters()).device
+        self._means: torch.Tensor | None = None
+
+    # ------------------------------------------------------------ plain runs
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+    @torch.no_grad()
+    def _record(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every node's output ``[b, pos, n_forward, d]`` and the logits of a plain run."""
+        g = self.graph
+        outs = torch.zeros(*ids.shape, g.n_forward, self.runner.d, dtype=self._dtype(), device=self.device)
+
+        def record(f0: int, out: torch.Tensor) -> None:
+            outs[:, :, f0:f0 + out.shape[2]] = out
+
+        with self.runner.attach(record=record):
+            logits = self._forward(ids, mask)
+        return outs, logits
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.lm.model.parameters()).dtype
+
+    def means(self) -> torch.Tensor:
+        """The counterparts' mean output of each node: ``[n_forward, d]`` (``mean``) or
+        ``[pos, n_forward, d]`` (``mean-positional``, over the counterparts that have the position)."""
+        if self._means is None:
+            total, count = None, None
+            for batch in self.data.batches(self.batch_size, self.device):
+                outs, _ = self._record(batch.corrupted, batch.mask)
+                m = batch.mask.to(outs.dtype)[:, :, None, None]
+                s, c = (outs * m).sum(0), batch.mask.sum(0).to(outs.dtype)
+                if total is None:
+                    total, count = s, c
+                else:
+                    if s.shape[0] > total.shape[0]:
+                        total = torch.nn.functional.pad(total, (0, 0, 0, 0, 0, s.shape[0] - total.shape[0]))
+                        count = torch.nn.functional.pad(count, (0, s.shape[0] - count.shape[0]))
+                    total[: s.shape[0]] += s
+                    count[: s.shape[0]] += c
+            if self.intervention == "mean":
+                self._means = total.sum(0) / count.sum()
+            else:
+                self._means = total / count.clamp(min=1)[:, None, None]
+        return self._means
+
+    def corrupted_outputs(self, batch: Batch, clean_outs: torch.Tensor) -> torch.Tensor:
+        """What each node's output is under the intervention: ``[b, pos, n_forward, d]``."""
+        if self.intervention == "patching":
+            return self._record(batch.corrupted, batch.mask)[0]
+        if self.intervention == "zero":
+            return torch.zeros_like(clean_outs)
+        means = self.means()
+        if self.intervention == "mean":
+            return means.expand_as(clean_outs).clone()
+        return means[: clean_outs.shape[1]][None].expand_as(clean_outs).clone()
+
+    # ------------------------------------------------------------ gradients
+    def _gradient(self, batch: Batch, diff: torch.Tensor, scores: torch.Tensor, ctx: MetricContext, *,
+                  ids: torch.Tensor | None = None, replace: dict | None = None) -> None:
+        """One forward and backward; adds ``diff · ∂Σmetric/∂(child input)`` to ``scores``."""
+        g = self.graph
+
+        def on_grad(kind: str, layer: int, letter: str, grad: torch.Tensor) -> None:
+            if kind == "qkv":
+                prev, b0 = g.attn_prev(layer), g.qkv_index(layer, letter)
+            elif kind == "mlp":
+                prev, b0 = g.mlp_prev(layer), g.mlp_in_index(layer)
+            else:
+                prev, b0 = g.logits_prev, g.logits_index
+            s = torch.einsum("bpfd,bpnd->fn", diff[:, :, :prev].float(), grad.float())
+            scores[:prev, b0:b0 + grad.shape[2]] += s.double().cpu()
+
+        with torch.enable_grad(), self.runner.attach(grads=on_grad, replace=replace, input_leaf=True) as state:
+            logits = self._forward(batch.clean if ids is None else ids, batch.mask)
+            value = self.metric(logits, ctx).sum()
+            torch.autograd.grad(value, [state["leaf"]], allow_unused=True)
+
+    def _context(self, batch: Batch, clean_logits: torch.Tensor | None) -> MetricContext:
+        return MetricContext(batch.lengths, batch.correct, batch.incorrect, clean_logits)
+
+    def scores(self, method: str = "eap", steps: int | None = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """``[n_forward, n_backward]`` float64 scores of every edge (0 where there is no edge)."""
+        steps = check_options(method, steps, self.intervention)
+        g = self.graph
+        scores = torch.zeros(g.n_forward, g.n_backward, dtype=torch.float64)
+        if method == "exact":
+            return self._exact(progress)
+        for batch in self.data.batches(self.batch_size, self.device):
+            clean_outs, clean_logits = self._record(batch.clean, batch.mask)
+            corr = self.corrupted_outputs(batch, clean_outs)
+            diff = corr - clean_outs
+            ctx = self._context(batch, clean_logits.detach())
+            if method == "eap":
+                self._gradient(batch, diff, scores, ctx)
+            elif method == "clean-corrupted":
+                part = torch.zeros_like(scores)
+                self._gradient(batch, diff, part, ctx)
+                self._gradient(batch, diff, part, ctx, ids=batch.corrupted)
+                scores += part / 2
+            elif method == "eap-ig-inputs":
+                part = torch.zeros_like(scores)
+                e_clean, e_corr = clean_outs[:, :, 0], corr[:, :, 0]
+                for k in range(steps):
+                    x = e_corr + (k / steps) * (e_clean - e_corr)
+                    self._gradient(batch, diff, part, ctx, replace={"input": x})
+                scores += part / steps
+            elif method == "eap-ig-activations":
+                part = torch.zeros_like(scores)
+                for key, sl in self._node_groups():
+                    c, x = clean_outs[:, :, sl], corr[:, :, sl]
+                    for k in range(1, steps + 1):
+                        a = k / steps
+                        value = a * c + (1 - a) * x
+                        value = value.sum(2) if key != "input" and key[0] == "attn" else value[:, :, 0]
+                        self._gradient(batch, diff, part, ctx, replace={key: value})
+                scores += part / (steps * (2 * g.n_layers + 1))
+            if progress is not None:
+                progress(batch.size)
+        return (scores / self.data.n) * g.real
+
+    def _node_groups(self) -> list[tuple]:
+        g = self.graph
+        out: list[tuple] = [("input", slice(0, 1))]
+        for layer in range(g.n_layers):
+            out.append((("attn", layer), slice(g.head_index(layer), g.head_index(layer) + g.n_heads)))
+            out.append((("mlp", layer), slice(g.mlp_index(layer), g.mlp_index(layer) + 1)))
+        return out
+
+    # ------------------------------------------------------------ runs with edges corrupted
+    @torch.no_grad()
+    def _circuit_logits(self, batch: Batch, corr: torch.Tensor, ablate: torch.Tensor) -> torch.Tensor:
+        """Logits of the clean prompts with every edge in ``ablate`` (``[n_forward, n_backward]``)
+        carrying its parent's corrupted output: a child's input is the residual stream plus, for
+        each ablated edge, (corrupted − this run's output of the parent)."""
+        g = self.graph
+        diff = torch.zeros_like(corr)
+        ab = ablate.to(device=self.device, dtype=corr.dtype)
+
+        def record(f0: int, out: torch.Tensor) -> None:
+            n = out.shape[2]
+            diff[:, :, f0:f0 + n] = corr[:, :, f0:f0 + n] - out
+
+        def deltas(kind: str, layer: int) -> torch.Tensor | None:
+            if kind == "qkv":
+                prev, b0, n = g.attn_prev(layer), g.qkv_index(layer, "q"), 3 * g.n_heads
+            elif kind == "mlp":
+                prev, b0, n = g.mlp_prev(layer), g.mlp_in_index(layer), 1
+            else:
+                prev, b0, n = g.logits_prev, g.logits_index, 1
+            m = ab[:prev, b0:b0 + n]
+            if not bool(m.any()):
+                return None
+            d = torch.einsum("bpfd,fn->bpnd", diff[:, :, :prev], m)
+            if kind == "qkv":
+                return d.view(*d.shape[:2], 3, g.n_heads, d.shape[-1]).permute(2, 0, 1, 3, 4)
+            return d[:, :, 0]
+
+        with self.runner.attach(record=record, deltas=deltas):
+            return self._forward(batch.clean, batch.mask)
+
+    def evaluate(self, circuits: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        """Per prompt, the metric with each circuit's complement corrupted (``[n_circuits, n]``),
+        and the clean metric (``[n]``). A circuit is a ``[n_forward, n_backward]`` bool matrix."""
+        real = self.graph.real
+        ablates = [real & ~c.bool() for c in circuits]
+        out = np.zeros((len(ablates), self.data.n))
+        clean = np.zeros(self.data.n)
+        for batch in self.data.batches(self.batch_size, self.device):
+            clean_outs, clean_logits = self._record(batch.clean, batch.mask)
+            corr = self.corrupted_outputs(batch, clean_outs)
+            ctx = self._context(batch, clean_logits)
+            clean[batch.index] = self.metric(clean_logits, ctx).double().cpu().numpy()
+            for i, ab in enumerate(ablates):
+                logits = self._circuit_logits(batch, corr, ab)
+                out[i, batch.index] = self.metric(logits, ctx).double().cpu().numpy()
+        return out, clean
+
+    def _exact(self, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Each edge corrupted alone: the mean change of the metric."""
+        g = self.graph
+        src, dst = g.edge_index
+        total = np.zeros(g.n_edges)
+        for batch in self.data.batches(self.batch_size, self.device):
+            clean_outs, clean_logits = self._record(batch.clean, batch.mask)
+            corr = self.corrupted_outputs(batch, clean_outs)
+            ctx = self._context(batch, clean_logits)
+            base = self.metric(clean_logits, ctx).double().sum().item()
+            for e in range(g.n_edges):
+                ab = torch.zeros(g.n_forward, g.n_backward, dtype=torch.bool)
+                ab[src[e], dst[e]] = True
+                logits = self._circuit_logits(batch, corr, ab)
+                total[e] += self.metric(logits, ctx).double().sum().item() - base
+            if progress is not None:
+                progress(batch.size)
+        return g.matrix(torch.as_tensor(total / self.data.n, dtype=torch.float64))
