@@ -173,7 +173,8 @@ def test_bad_names_are_clear_errors_that_list_the_supported_ones(family, name, m
         with pytest.raises(InputError, match=message) as err:
             call()
         text = str(err.value)
-        assert text.startswith(f"hook name {name!r}: ") and "supported names (L = 0-1): blocks.{L}.hook_resid_pre" in text
+        assert text.startswith(f"hook name {name!r}: ")
+        assert "supported names (L = 0-1): blocks.{L}.hook_resid_pre" in text
         assert ("blocks.{L}.attn.hook_rot_q" in text) == (family != "gpt2")
 
 
@@ -250,9 +251,10 @@ def test_several_hooks_and_a_metric_of_ones_own(models):
     """Two functions on one name (in order) and one on another; the metric is the correct answer's
     log-probability, from the logits TransformerLens returns."""
     _, tl, lm = models("llama")
-    scale = lambda x, hook: x * 0.5  # noqa: E731
+    scale = lambda x, hook: x * (0.5 + hook.layer())  # noqa: E731  (TransformerLens's HookPoint.layer())
     shift = lambda x, hook: x + 1.0  # noqa: E731
-    hooks = [("blocks.0.hook_attn_out", scale), ("blocks.1.attn.hook_v", zero_head(1)), ("blocks.0.hook_attn_out", shift)]
+    hooks = [("blocks.0.hook_attn_out", scale), ("blocks.1.attn.hook_v", zero_head(1)),
+             ("blocks.0.hook_attn_out", shift)]
 
     def log_prob(logits, batch):
         return torch.log_softmax(logits, -1)[torch.arange(logits.shape[0]), batch.correct]

@@ -66,20 +66,24 @@ class Batch:
 
 @dataclass(frozen=True)
 class HookContext:
-    """What a hook function gets beside the activation (TransformerLens's ``hook`` argument):
-    ``hook.name`` as in TransformerLens, the layer, and the batch (``hook.batch.end``: the answer
-    positions)."""
+    """What a hook function gets beside the activation, in place of TransformerLens's ``HookPoint``:
+    ``hook.name`` and ``hook.layer()`` as there (so functions written for ``run_with_hooks`` run
+    unchanged), and the batch (``hook.batch.end``: each row's answer position)."""
 
     name: str
-    layer: int
+    layer_index: int
     batch: Batch
+
+    def layer(self) -> int:
+        """The block's index (a method, as TransformerLens's ``HookPoint.layer()``)."""
+        return self.layer_index
 
 
 HookFn = Callable[[torch.Tensor, HookContext], "torch.Tensor | None"]
 Metric = Callable[[torch.Tensor, Batch], torch.Tensor]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Activations(Mapping):
     """Activations by TransformerLens hook name (CPU tensors in the model's dtype), prompts in order.
 
@@ -104,7 +108,7 @@ class Activations(Mapping):
         return len(self.by_name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Intervention:
     """A metric per prompt with the hooks (``hooked``) and without (``clean``), and the change."""
 
@@ -309,7 +313,8 @@ def _measure(engine: Engine, b: Batch, hooks: dict[tuple[str, int], Hook], metri
     x = final["x"]
     resid = x[torch.arange(x.shape[0], device=x.device), b.end.to(x.device)]
     if metric is None:
-        return engine.logit_diff(resid, b.correct.to(engine.W_U.device), b.incorrect.to(engine.W_U.device)).cpu().double().numpy()
+        dev = engine.W_U.device
+        return engine.logit_diff(resid, b.correct.to(dev), b.incorrect.to(dev)).cpu().double().numpy()
     normed = engine.final_norm(resid.to(engine.W_U.device))
     logits = torch.nn.functional.linear(normed.to(engine.W_U.dtype), engine.W_U, engine.b_U).float()
     if engine.softcap:
@@ -362,7 +367,8 @@ def _encode_texts(lm: LoadedModel, texts: list[str], bos: bool) -> Encoded:
         if not x:
             raise InputError(f"prompts[{i}]: the prompt is empty")
         if lm.n_ctx is not None and len(x) > lm.n_ctx:
-            raise InputError(f"prompts[{i}]: {len(x)} tokens, longer than the model's context of {lm.n_ctx}; shorten it")
+            raise InputError(f"prompts[{i}]: {len(x)} tokens, longer than the model's context of {lm.n_ctx}; "
+                             "shorten it")
     return Encoded(ids, None, None)  # type: ignore[arg-type]  # no answers
 
 
