@@ -175,9 +175,16 @@ def _check_size(lm: LoadedModel, engine: Engine, hooks: list[HookName], n: int, 
         raise ArgumentError(
             "max_bytes", max_bytes,
             f"keeping {len(hooks)} activation(s) at {positions!r} positions of {n} prompts (up to {T} tokens) takes "
-            f"{total / 2**30:.2f} GiB; keep positions='answer', fewer names or prompts, or raise max_bytes",
+            f"{_size(total)}; keep positions='answer', fewer names or prompts, or raise max_bytes",
             fix=int(total),
         )
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _keeper(name: str, out: dict[str, torch.Tensor], b: Batch, n: int, T: int, positions: str) -> Hook:
