@@ -58,3 +58,23 @@ def test_each_method_takes_only_its_own_options(exp):
         exp.ablate("L1H0", senders="L0H1")  # a path-patching option is not ablation's
     with pytest.raises(ls.ArgumentError, match="corrupt"):
         ls.Experiment(exp.lm, "ioi:4", corrupt="swap")
+
+
+def test_activations_and_intervene_equal_the_functions(exp):
+    from logitscope.methods.hooks import activations, intervene
+
+    names = ["blocks.1.attn.hook_z", "blocks.0.hook_resid_post"]
+    ours, theirs = exp.activations(names), activations(exp.lm, exp.prompts, names, batch_size=5)
+    for name in names:
+        assert ours[name].shape[0] == 12
+        assert bool((ours[name] == theirs[name]).all())
+
+    def zero_l1h0(z, hook):
+        z = z.clone()
+        z[:, :, 0] = 0
+        return z
+
+    ours = exp.intervene({"blocks.1.attn.hook_z": zero_l1h0})
+    theirs = intervene(exp.lm, exp.prompts, {"blocks.1.attn.hook_z": zero_l1h0}, batch_size=5, seed=3)
+    np.testing.assert_array_equal(ours.hooked, theirs.hooked)
+    assert not np.array_equal(ours.hooked, ours.clean)  # the hook did something

@@ -6,6 +6,8 @@
 >>> exp.ablate("L9H9,L9H6")          # one ablation
 >>> exp.paths(senders="L9H9", receivers="logits")
 >>> exp.circuit("ioi")               # faithfulness, completeness, minimality
+>>> exp.activations(["blocks.9.attn.hook_z"])            # TransformerLens's hook names
+>>> exp.intervene({"blocks.9.attn.hook_z": fn})          # any function at any hook point
 
 The model is loaded once, the prompt set is generated (or read and checked) once and its
 counterparts are drawn once, so every method sees the same pairs. Each method takes only its own
@@ -28,6 +30,7 @@ from logitscope.errors import ArgumentError
 from logitscope.inputs.counterparts import CORRUPTIONS, with_counterparts
 from logitscope.inputs.prompt import Prompt
 from logitscope.inputs.prompts import GeneratedSet, parse_prompts
+from logitscope.methods import hooks as _hooks
 
 __all__ = ["Experiment"]
 
@@ -112,3 +115,21 @@ class Experiment:
         return self._patching(what="none", circuit=circuit, ablation=ablation, circuit_random=random_k,
                               circuit_greedy=greedy, circuit_greedy_steps=greedy_steps,
                               circuit_greedy_candidates=greedy_candidates)
+
+    # ------------------------------------------------------------------ the escape hatch
+    def activations(self, names: Sequence[str], *, prompts: Any = None, positions: str = "answer",
+                    max_bytes: int = 2**30) -> _hooks.Activations:
+        """Activations under TransformerLens's hook names (``blocks.9.attn.hook_z``,
+        ``blocks.3.hook_resid_pre``, ...), batch by batch: by default only each prompt's answer
+        position (``positions="all"``: every position, right-padded, refused above ``max_bytes``).
+        ``prompts``: another prompt list (default: the experiment's)."""
+        return _hooks.activations(self.lm, self.prompts if prompts is None else prompts, names,
+                                  batch_size=self.batch_size, prepend_bos=self.prepend_bos,
+                                  positions=positions, max_bytes=max_bytes)
+
+    def intervene(self, hooks: Any, *, metric: Any = None, prompts: Any = None) -> _hooks.Intervention:
+        """Run the prompts with ``hooks`` (``{hook name: fn(activation, hook)}``, as TransformerLens's
+        ``run_with_hooks``) and return the metric (default: the clean answers' logit difference) per
+        prompt, hooked and not, with 95% intervals (:func:`logitscope.methods.hooks.intervene`)."""
+        return _hooks.intervene(self.lm, self.prompts if prompts is None else prompts, hooks, metric=metric,
+                                batch_size=self.batch_size, prepend_bos=self.prepend_bos, seed=self.seed)
