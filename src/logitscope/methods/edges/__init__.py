@@ -1,26 +1,33 @@
 """Edge-level circuit discovery: EAP, EAP-IG, exact edge patching and MIB's faithfulness curves
-on Hugging Face models (see :mod:`logitscope.methods.edges.graph` for the graph,
+on Hugging Face models (see :mod:`logitscope.results.edge_graph` for the graph,
 :mod:`logitscope.methods.edges.attribute` for the scores and their conventions,
-:mod:`logitscope.methods.edges.evaluate` for faithfulness, CPR and CMD)."""
+:mod:`logitscope.methods.edges.evaluate` for faithfulness, CPR and CMD,
+:mod:`logitscope.results.edges` for the result and its files)."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import time
+from dataclasses import replace
+from typing import Any, Callable, Sequence
 
-from logitscope.methods.edges.attribute import (INTERVENTIONS, METHODS, METRICS, EdgeData, EdgeEngine, Metric,
-                                        MetricContext, check_options)
-from logitscope.methods.edges.evaluate import FRACTIONS, Curve, faithfulness, faithfulness_curve
-from logitscope.methods.edges.graph import EdgeGraph, greedy, prune_edges, top_n
-from logitscope.methods.edges.graph_file import read_graph_json, write_graph_json
-from logitscope.methods.edges.result import EdgeResult
+import numpy as np
+
+from logitscope.engine import distributed
 from logitscope.errors import ArgumentError
-from logitscope.inputs.pairs import encode_pairs
 from logitscope.inputs.counterparts import with_counterparts
+from logitscope.inputs.pairs import encode_pairs
 from logitscope.inputs.prompts import GeneratedSet, parse_prompts
+from logitscope.methods.edges.attribute import (INTERVENTIONS, METHODS, METRICS, EdgeData, EdgeEngine, Metric,
+                                                MetricContext, check_options, edge_batch_size)
+from logitscope.methods.edges.evaluate import (FRACTIONS, faithfulness, faithfulness_curve, evaluate_all)
+from logitscope.results.edge_graph import EdgeGraph, greedy, prune_edges, top_n
+from logitscope.results.edges import CircuitEval, Curve, EdgeResult
+from logitscope.results.graph_json import read_graph_json, write_graph_json
 
-__all__ = ["EdgeData", "EdgeEngine", "EdgeGraph", "EdgeResult", "Curve", "FRACTIONS", "INTERVENTIONS", "METHODS",
-           "METRICS", "Metric", "MetricContext", "attribute", "encode_edge_data", "faithfulness",
-           "faithfulness_curve", "greedy", "prune_edges", "read_graph_json", "top_n", "write_graph_json"]
+__all__ = ["CircuitEval", "EdgeData", "EdgeEngine", "EdgeGraph", "EdgeResult", "Curve", "FRACTIONS", "INTERVENTIONS",
+           "METHODS", "METRICS", "Metric", "MetricContext", "attribute", "check_counts", "edge_batch_size",
+           "encode_edge_data", "evaluate_all", "faithfulness", "faithfulness_curve", "greedy", "prune_edges",
+           "read_graph_json", "top_n", "write_graph_json"]
 
 
 def encode_edge_data(lm, prompts: Sequence[Any] | str, *, corrupt: str | None = None, intervention: str = "patching",
@@ -44,41 +51,88 @@ def encode_edge_data(lm, prompts: Sequence[Any] | str, *, corrupt: str | None = 
     return EdgeData(enc.ids, None, enc.correct, enc.incorrect, pad)
 
 
+def check_counts(batch_size: int | None = None, exact_top: int = 0, top_n: int | None = None) -> None:
+    """The whole-number options' errors, before any model is loaded."""
+    for name, value, least in (("batch_size", batch_size, 1), ("exact_top", exact_top, 0), ("top_n", top_n, 1)):
+        if value is None and name != "exact_top":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ArgumentError(name, value, f"must be a whole number, at least {least}")
+
+
 def attribute(lm, prompts: Sequence[Any] | str | EdgeData, *, method: str = "eap-ig-inputs", steps: int | None = None,
               intervention: str = "patching", metric: str | Metric = "logit-diff", corrupt: str | None = None,
-              batch_size: int = 8, curve: bool = False, exact_top: int = 0, prepend_bos: bool | None = None,
-              seed: int = 0) -> EdgeResult:
+              batch_size: int | None = None, curve: bool = False, top_n: int | None = None, greedy: bool = False,
+              exact_top: int = 0, prepend_bos: bool | None = None, seed: int = 0,
+              progress: Callable[[str, int], Callable[[int], None] | None] | None = None) -> EdgeResult:
     """Score every edge of ``lm`` (a :class:`logitscope.models.LoadedModel`) on ``prompts``.
 
     ``method``: one of :data:`METHODS` (``steps``: IG steps, default 5). ``intervention``: one of
     :data:`INTERVENTIONS`. ``metric``: ``logit-diff``, ``prob-diff``, ``kl`` or a callable
     ``(logits [b, pos, vocab], MetricContext) -> [b]``. ``curve``: also MIB's faithfulness curves
-    (by |score| and signed) with CPR and CMD. ``exact_top``: also the exact effect of the top that
-    many edges, beside their estimates. Options are checked before any forward pass.
+    (by |score| and signed) with CPR and CMD. ``top_n``: also the faithfulness of the top-``top_n``
+    circuit (by |score|), marked ``in_graph`` in graph.json. ``greedy``: circuits by the library's
+    greedy selection instead of top-n. ``exact_top``: also the exact effect of the top that many
+    edges, beside their estimates. ``batch_size``: default from free memory
+    (:func:`edge_batch_size`). ``progress(phase, total)``: a callback per phase (``scores``,
+    ``circuits``, ``exact``) returning a step function (called with each batch's prompts), or None.
+    In a process group (torchrun) each rank runs its share of the batches and every rank returns
+    the single process's result. Options are checked before any forward pass.
     """
     used_steps = check_options(method, steps, intervention)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ArgumentError("batch_size", batch_size, "must be a whole number, at least 1")
-    if isinstance(exact_top, bool) or not isinstance(exact_top, int) or exact_top < 0:
-        raise ArgumentError("exact_top", exact_top, "must be a whole number, 0 or more")
+    check_counts(batch_size, exact_top, top_n)
     data = prompts if isinstance(prompts, EdgeData) else encode_edge_data(
         lm, prompts, corrupt=corrupt, intervention=intervention, prepend_bos=prepend_bos, seed=seed)
-    engine = EdgeEngine(lm, data, intervention=intervention, metric=metric, batch_size=batch_size)
+    ranks = distributed.current()
+    graph = EdgeGraph.from_model(lm)
+    if top_n is not None and top_n > graph.n_edges:
+        raise ArgumentError("top_n", top_n, f"the model's graph has {graph.n_edges} edges; ask for at most that many")
+    if exact_top > graph.n_edges:
+        raise ArgumentError("exact_top", exact_top, f"the model's graph has {graph.n_edges} edges")
+    B = batch_size or edge_batch_size(lm, graph, int(data.lengths.max()), method)
+    if batch_size is None and ranks is not None:  # every rank runs the batches one process would
+        B = ranks.agree_min(B, "the choice of the edges' batch size")
+    share = data.n if ranks is None else ranks.shares(data.n, B)[ranks.rank]
+    engine = EdgeEngine(lm, data, intervention=intervention, metric=metric, batch_size=B, graph=graph, ranks=ranks)
+    timing: dict[str, Any] = {"batch_size": B, "world_size": 1 if ranks is None else ranks.world_size,
+                              "prompts_per_rank": [data.n] if ranks is None else ranks.shares(data.n, B)}
+
+    def phase(name: str, runs: int) -> None:
+        engine.progress = progress(name, share * runs) if progress is not None else None
+
+    t = time.perf_counter()
+    phase("scores", 1)
     scores = engine.scores(method, steps=used_steps)
-    result = EdgeResult(engine.graph, scores, method, used_steps, intervention,
-                        metric if isinstance(metric, str) else getattr(metric, "__name__", "callable"), data.n)
-    if curve:
-        result.curve = faithfulness_curve(engine, scores, absolute=True, seed=seed)
-        result.curve_signed = faithfulness_curve(engine, scores, absolute=False, seed=seed)
+    timing["scores_s"] = time.perf_counter() - t
+    result = EdgeResult(graph, scores, method, used_steps, intervention,
+                        metric if isinstance(metric, str) else getattr(metric, "__name__", "callable"), data.n,
+                        greedy=greedy, seed=seed,
+                        prepend_bos=lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos)
+    if curve or top_n is not None:
+        t = time.perf_counter()
+        phase("circuits", 1)
+        c, cs, ce, per_prompt = evaluate_all(engine, scores, curve=curve, top_n=top_n, use_greedy=greedy, seed=seed)
+        result = replace(result, curve=c, curve_signed=cs, circuit_eval=ce, per_prompt=per_prompt)
+        timing["circuits_s"] = time.perf_counter() - t
     if exact_top:
-        g = engine.graph
-        names = [n for n, _ in result.top_edges(exact_top)]
-        lookup, (src, dst) = g.edge_lookup(), g.edge_index
-        circuits = []
-        for n in names:
-            c = g.real.clone()
-            c[src[lookup[n]], dst[lookup[n]]] = False
-            circuits.append(c)
-        values, clean = engine.evaluate(circuits)
-        result.exact_top = {n: float((values[i] - clean).mean()) for i, n in enumerate(names)}
-    return result
+        t = time.perf_counter()
+        phase("exact", 1)
+        result = replace(result, exact_top=exact_effects(engine, result, exact_top))
+        timing["exact_s"] = time.perf_counter() - t
+    engine.progress = None
+    return replace(result, timing=timing)
+
+
+def exact_effects(engine: EdgeEngine, result: EdgeResult, k: int) -> dict[str, float]:
+    """The exact effect (mean change of the metric with the edge alone corrupted) of the top ``k``
+    edges by |score|, in one pass over the prompts."""
+    g = engine.graph
+    names = [n for n, _ in result.top_edges(k)]
+    lookup, (src, dst) = g.edge_lookup(), g.edge_index
+    circuits = []
+    for n in names:
+        c = g.real.clone()
+        c[src[lookup[n]], dst[lookup[n]]] = False
+        circuits.append(c)
+    values, clean = engine.evaluate(circuits)
+    return {n: float((values[i] - clean).mean()) for i, n in enumerate(names)}

@@ -32,7 +32,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from logitscope.methods.edges.graph import QKV, EdgeGraph
+from logitscope.methods.edges.sums import ExactSum
+from logitscope.results.edge_graph import QKV, EdgeGraph
 from logitscope.methods.edges.runner import EdgeRunner
 from logitscope.errors import ArgumentError, InputError
 
@@ -72,9 +73,22 @@ class EdgeData:
     def n(self) -> int:
         return len(self.clean)
 
-    def batches(self, batch_size: int, device: torch.device) -> Iterator["Batch"]:
-        for start in range(0, self.n, batch_size):
-            yield Batch.of(self, range(start, min(self.n, start + batch_size)), device)
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(c) for c in self.clean], dtype=np.int64)
+
+    def order(self) -> np.ndarray:
+        """The prompts longest first (stable): batches of similar lengths, the largest batch first
+        (so that a batch size too large fails at once)."""
+        return np.argsort(-self.lengths, kind="stable")
+
+    def batches(self, batch_size: int, device: torch.device, ranks=None) -> Iterator["Batch"]:
+        """Batches of ``batch_size`` prompts in :meth:`order`; with ``ranks``, only this rank's (each
+        batch the one a single process would run)."""
+        order = self.order()
+        for i, start in enumerate(range(0, self.n, batch_size)):
+            if ranks is None or ranks.mine(i):
+                yield Batch.of(self, order[start:start + batch_size], device)
 
 
 @dataclass
@@ -179,10 +193,17 @@ def check_options(method: str, steps: int | None, intervention: str) -> int:
 
 # ---------------------------------------------------------------------- the engine
 class EdgeEngine:
-    """Edge scores and circuit runs of one model over one prompt set."""
+    """Edge scores and circuit runs of one model over one prompt set.
+
+    ``ranks`` (:func:`logitscope.engine.distributed.current`): in a process group, each rank runs its
+    share of the batches (the single process's batches, dealt out); scores and means are summed over
+    ranks exactly (:class:`~logitscope.methods.edges.sums.ExactSum`) and per-prompt metrics put back
+    in prompt order on every rank, so every rank holds the single process's numbers.
+    ``progress(k)``: called with the number of prompts of each batch run."""
 
     def __init__(self, lm, data: EdgeData, *, intervention: str = "patching", metric: str | Metric = "logit-diff",
-                 batch_size: int = 8, graph: EdgeGraph | None = None):
+                 batch_size: int = 8, graph: EdgeGraph | None = None, ranks=None,
+                 progress: Callable[[int], None] | None = None):
         if intervention not in INTERVENTIONS:
             raise ArgumentError("intervention", intervention, f"unknown intervention; use one of {', '.join(INTERVENTIONS)}")
         if data.corrupted is None and intervention != "zero":
@@ -191,10 +212,25 @@ class EdgeEngine:
         self.lm, self.data, self.intervention = lm, data, intervention
         self.metric = resolve_metric(metric)
         self.batch_size = batch_size
+        self.ranks = ranks
+        self.progress = progress
         self.runner = EdgeRunner(lm, graph)
         self.graph = self.runner.graph
         self.device = next(lm.model.parameters()).device
         self._means: torch.Tensor | None = None
+
+    def _prepare(self) -> None:
+        """The means, before any batch (every rank takes part in their sum, whether it has batches or not)."""
+        if self.intervention in ("mean", "mean-positional"):
+            self.means()
+
+    def _batches(self) -> Iterator[Batch]:
+        for batch in self.data.batches(self.batch_size, self.device, self.ranks):
+            yield batch
+            if self.progress is not None:
+                self.progress(batch.size)
+            if self.ranks is not None:
+                self.ranks.poll()  # another rank failed: stop now, not after this rank's share
 
     # ------------------------------------------------------------ plain runs
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -218,29 +254,38 @@ class EdgeEngine:
 
     def means(self) -> torch.Tensor:
         """The counterparts' mean output of each node: ``[n_forward, d]`` (``mean``) or
-        ``[pos, n_forward, d]`` (``mean-positional``, over the counterparts that have the position)."""
+        ``[pos, n_forward, d]`` (``mean-positional``, over the counterparts that have the position);
+        over every rank's counterparts, the same on every rank."""
         if self._means is None:
-            total, count = None, None
-            for batch in self.data.batches(self.batch_size, self.device):
+            g, d = self.graph, self.runner.d
+            width = int(self.data.lengths.max())
+            positional = self.intervention == "mean-positional"
+            total = ExactSum((width, g.n_forward, d) if positional else (g.n_forward, d))
+            count = np.zeros(width, dtype=np.int64)
+            for batch in self.data.batches(self.batch_size, self.device, self.ranks):
                 outs, _ = self._record(batch.corrupted, batch.mask)
-                m = batch.mask.to(outs.dtype)[:, :, None, None]
-                s, c = (outs * m).sum(0), batch.mask.sum(0).to(outs.dtype)
-                if total is None:
-                    total, count = s, c
+                masked = outs * batch.mask.to(outs.dtype)[:, :, None, None]
+                p = outs.shape[1]
+                if positional:
+                    total.add(masked.sum(0), (slice(0, p),))
                 else:
-                    if s.shape[0] > total.shape[0]:
-                        total = torch.nn.functional.pad(total, (0, 0, 0, 0, 0, s.shape[0] - total.shape[0]))
-                        count = torch.nn.functional.pad(count, (0, s.shape[0] - count.shape[0]))
-                    total[: s.shape[0]] += s
-                    count[: s.shape[0]] += c
-            if self.intervention == "mean":
-                self._means = total.sum(0) / count.sum()
+                    total.add(masked.sum((0, 1)))
+                count[:p] += batch.mask.sum(0).cpu().numpy()
+                if self.ranks is not None:
+                    self.ranks.poll()
+            total.across(self.ranks, "the sum of the counterparts' node outputs")
+            if self.ranks is not None:
+                count = self.ranks.exchange(count, "the count of the counterparts' positions", combine=sum)
+            counts = torch.as_tensor(count, dtype=torch.float64)
+            if positional:
+                means = total.value() / counts.clamp(min=1)[:, None, None]
             else:
-                self._means = total / count.clamp(min=1)[:, None, None]
+                means = total.value() / counts.sum()
+            self._means = means.to(device=self.device, dtype=self._dtype())
         return self._means
 
     def corrupted_outputs(self, batch: Batch, clean_outs: torch.Tensor) -> torch.Tensor:
-        """What each node's output is under the intervention: ``[b, pos, n_forward, d]``."""
+        """What each node's output is under the intervention: ``[b, pos, n_forward, d]`` (a new tensor)."""
         if self.intervention == "patching":
             return self._record(batch.corrupted, batch.mask)[0]
         if self.intervention == "zero":
@@ -251,7 +296,7 @@ class EdgeEngine:
         return means[: clean_outs.shape[1]][None].expand_as(clean_outs).clone()
 
     # ------------------------------------------------------------ gradients
-    def _gradient(self, batch: Batch, diff: torch.Tensor, scores: torch.Tensor, ctx: MetricContext, *,
+    def _gradient(self, batch: Batch, diff: torch.Tensor, scores: ExactSum, ctx: MetricContext, *,
                   ids: torch.Tensor | None = None, replace: dict | None = None) -> None:
         """One forward and backward; adds ``diff · ∂Σmetric/∂(child input)`` to ``scores``."""
         g = self.graph
@@ -264,7 +309,7 @@ class EdgeEngine:
             else:
                 prev, b0 = g.logits_prev, g.logits_index
             s = torch.einsum("bpfd,bpnd->fn", diff[:, :, :prev].float(), grad.float())
-            scores[:prev, b0:b0 + grad.shape[2]] += s.double().cpu()
+            scores.add(s, (slice(0, prev), slice(b0, b0 + grad.shape[2])))
 
         with torch.enable_grad(), self.runner.attach(grads=on_grad, replace=replace, input_leaf=True) as state:
             logits = self._forward(batch.clean if ids is None else ids, batch.mask)
@@ -275,44 +320,48 @@ class EdgeEngine:
         return MetricContext(batch.lengths, batch.correct, batch.incorrect, clean_logits)
 
     def scores(self, method: str = "eap", steps: int | None = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
-        """``[n_forward, n_backward]`` float64 scores of every edge (0 where there is no edge)."""
+        """``[n_forward, n_backward]`` float64 scores of every edge (0 where there is no edge).
+
+        Memory: one batch's node outputs at a time (``[b, pos, n_forward, d]``, the batch's own
+        length; two such buffers at most), whatever the number of prompts or of IG steps."""
         steps = check_options(method, steps, self.intervention)
+        if progress is not None:
+            self.progress = progress
         g = self.graph
-        scores = torch.zeros(g.n_forward, g.n_backward, dtype=torch.float64)
+        self._prepare()
         if method == "exact":
-            return self._exact(progress)
-        for batch in self.data.batches(self.batch_size, self.device):
-            clean_outs, clean_logits = self._record(batch.clean, batch.mask)
-            corr = self.corrupted_outputs(batch, clean_outs)
-            diff = corr - clean_outs
-            ctx = self._context(batch, clean_logits.detach())
-            if method == "eap":
-                self._gradient(batch, diff, scores, ctx)
-            elif method == "clean-corrupted":
-                part = torch.zeros_like(scores)
-                self._gradient(batch, diff, part, ctx)
-                self._gradient(batch, diff, part, ctx, ids=batch.corrupted)
-                scores += part / 2
-            elif method == "eap-ig-inputs":
-                part = torch.zeros_like(scores)
-                e_clean, e_corr = clean_outs[:, :, 0], corr[:, :, 0]
-                for k in range(steps):
-                    x = e_corr + (k / steps) * (e_clean - e_corr)
-                    self._gradient(batch, diff, part, ctx, replace={"input": x})
-                scores += part / steps
-            elif method == "eap-ig-activations":
-                part = torch.zeros_like(scores)
-                for key, sl in self._node_groups():
-                    c, x = clean_outs[:, :, sl], corr[:, :, sl]
-                    for k in range(1, steps + 1):
-                        a = k / steps
-                        value = a * c + (1 - a) * x
-                        value = value.sum(2) if key != "input" and key[0] == "attn" else value[:, :, 0]
-                        self._gradient(batch, diff, part, ctx, replace={key: value})
-                scores += part / (steps * (2 * g.n_layers + 1))
-            if progress is not None:
-                progress(batch.size)
-        return (scores / self.data.n) * g.real
+            return self._exact()
+        total = ExactSum((g.n_forward, g.n_backward))
+        for batch in self._batches():
+            self._score_batch(method, steps, batch, total)
+        total.across(self.ranks, "the sum of the edge scores")
+        divisor = {"eap": 1, "clean-corrupted": 2, "eap-ig-inputs": steps,
+                   "eap-ig-activations": steps * (2 * g.n_layers + 1)}[method]
+        return total.value() / (divisor * self.data.n) * g.real
+
+    def _score_batch(self, method: str, steps: int, batch: Batch, total: ExactSum) -> None:
+        clean_outs, clean_logits = self._record(batch.clean, batch.mask)
+        diff = self.corrupted_outputs(batch, clean_outs)
+        e_corr = diff[:, :, 0].clone() if method == "eap-ig-inputs" else None
+        diff.sub_(clean_outs)  # corrupted − clean, in place: one buffer
+        if method != "eap-ig-activations":
+            del clean_outs
+        ctx = self._context(batch, clean_logits.detach())
+        if method == "eap":
+            self._gradient(batch, diff, total, ctx)
+        elif method == "clean-corrupted":
+            self._gradient(batch, diff, total, ctx)
+            self._gradient(batch, diff, total, ctx, ids=batch.corrupted)
+        elif method == "eap-ig-inputs":
+            for k in range(steps):  # corrupted + (k/m)(clean − corrupted)
+                self._gradient(batch, diff, total, ctx, replace={"input": e_corr - (k / steps) * diff[:, :, 0]})
+        elif method == "eap-ig-activations":
+            for key, sl in self._node_groups():
+                c, dx = clean_outs[:, :, sl], diff[:, :, sl]
+                for k in range(1, steps + 1):
+                    value = c + (1 - k / steps) * dx  # (k/m)·clean + (1 − k/m)·corrupted
+                    value = value.sum(2) if key != "input" and key[0] == "attn" else value[:, :, 0]
+                    self._gradient(batch, diff, total, ctx, replace={key: value})
 
     def _node_groups(self) -> list[tuple]:
         g = self.graph
@@ -356,36 +405,85 @@ class EdgeEngine:
 
     def evaluate(self, circuits: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         """Per prompt, the metric with each circuit's complement corrupted (``[n_circuits, n]``),
-        and the clean metric (``[n]``). A circuit is a ``[n_forward, n_backward]`` bool matrix."""
+        and the clean metric (``[n]``). A circuit is a ``[n_forward, n_backward]`` bool matrix.
+        In a process group, every rank gets every prompt's values."""
+        self._prepare()
         real = self.graph.real
         ablates = [real & ~c.bool() for c in circuits]
         out = np.zeros((len(ablates), self.data.n))
         clean = np.zeros(self.data.n)
-        for batch in self.data.batches(self.batch_size, self.device):
+        rows = []
+        for batch in self._batches():
+            rows.append(batch.index)
             clean_outs, clean_logits = self._record(batch.clean, batch.mask)
             corr = self.corrupted_outputs(batch, clean_outs)
+            del clean_outs
             ctx = self._context(batch, clean_logits)
             clean[batch.index] = self.metric(clean_logits, ctx).double().cpu().numpy()
             for i, ab in enumerate(ablates):
                 logits = self._circuit_logits(batch, corr, ab)
                 out[i, batch.index] = self.metric(logits, ctx).double().cpu().numpy()
+        if self.ranks is not None:
+            out, clean = self._everyone(rows, out, clean)
         return out, clean
 
-    def _exact(self, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    def _everyone(self, rows: list[np.ndarray], *arrays: np.ndarray) -> list[np.ndarray]:
+        """Per-prompt arrays (prompt axis last) with every rank's rows filled in, on every rank."""
+        mine = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+
+        def stitch(parts):
+            full = [a.copy() for a in arrays]
+            for r, cols in parts:
+                for a, c in zip(full, cols):
+                    a[..., r] = c
+            return full
+
+        return self.ranks.exchange((mine, [a[..., mine] for a in arrays]), "the gather of the circuits' metrics",
+                                   combine=stitch)
+
+    def _exact(self) -> torch.Tensor:
         """Each edge corrupted alone: the mean change of the metric."""
         g = self.graph
         src, dst = g.edge_index
-        total = np.zeros(g.n_edges)
-        for batch in self.data.batches(self.batch_size, self.device):
+        total = ExactSum((g.n_edges,))
+        for batch in self._batches():
             clean_outs, clean_logits = self._record(batch.clean, batch.mask)
             corr = self.corrupted_outputs(batch, clean_outs)
+            del clean_outs
             ctx = self._context(batch, clean_logits)
-            base = self.metric(clean_logits, ctx).double().sum().item()
+            base = self.metric(clean_logits, ctx).double()
+            changes = torch.zeros(g.n_edges, dtype=torch.float64)
             for e in range(g.n_edges):
                 ab = torch.zeros(g.n_forward, g.n_backward, dtype=torch.bool)
                 ab[src[e], dst[e]] = True
                 logits = self._circuit_logits(batch, corr, ab)
-                total[e] += self.metric(logits, ctx).double().sum().item() - base
-            if progress is not None:
-                progress(batch.size)
-        return g.matrix(torch.as_tensor(total / self.data.n, dtype=torch.float64))
+                changes[e] = (self.metric(logits, ctx).double() - base).sum().cpu()
+            total.add(changes)
+        total.across(self.ranks, "the sum of the exact edge effects")
+        return g.matrix(total.value() / self.data.n)
+
+
+def edge_batch_size(lm, graph: EdgeGraph, max_len: int, method: str = "eap") -> int:
+    """A batch size whose buffers fit: two ``[b, max_len, n_forward, d_model]`` node-output buffers
+    (the clean outputs and corrupted − clean) plus what a forward and backward pass keeps per token,
+    within half the free memory on CUDA, or on the CPU within a quarter of the available memory (at
+    most 1 GiB) and the study's token budget (:func:`logitscope.engine.setup.auto_batch_size`)."""
+    from logitscope.engine.setup import _available_host_memory, auto_batch_size
+
+    s = lm.shape
+    item = torch.empty((), dtype=next(lm.model.parameters()).dtype).element_size()
+    buffers = 2 * graph.n_forward * s.d_model * item
+    # a backward pass keeps each layer's inputs and intermediates (≈ 16 d_model per token, and the
+    # attention pattern), in float32
+    saved = s.n_layers * (16 * s.d_model + 2 * s.n_heads * max_len) * 4
+    per_prompt = max_len * (buffers + saved)
+    device = lm.device
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = 0.5 * free
+        cap = 4096
+    else:
+        available = _available_host_memory()
+        budget = min(2**30, 0.25 * available) if available else 2**30
+        cap = auto_batch_size(lm, max_len)
+    return int(max(1, min(cap, budget // per_prompt)))

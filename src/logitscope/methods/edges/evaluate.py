@@ -17,13 +17,15 @@ for every point, :mod:`logitscope.stats`), of f, CPR and CMD alike.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from logitscope.methods.edges.graph import greedy, top_n
+from logitscope.results.edge_graph import greedy, top_n
+
+top_n_circuit = top_n  # evaluate_all's argument top_n is a number
+from logitscope.results.edges import CircuitEval, Curve
 from logitscope.stats import LEVEL, N_RESAMPLES, resample_indices
 
 FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -45,34 +47,6 @@ def faithfulness_values(m_circuits: np.ndarray, m_empty: np.ndarray, m_full: np.
     return (m_circuits.mean(-1) - m_empty.mean()) / (m_full.mean() - m_empty.mean())
 
 
-@dataclass
-class Curve:
-    """A faithfulness curve: per fraction, the edges asked for and kept after pruning, f and its
-    interval; CPR and CMD with theirs."""
-
-    order: str  # "abs" (top-n by |score|), "signed", or "greedy-abs" / "greedy-signed"
-    fractions: tuple[float, ...]
-    n_requested: list[int]
-    n_edges: list[int]
-    faithfulness: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
-    cpr: float
-    cpr_interval: tuple[float, float]
-    cmd: float
-    cmd_interval: tuple[float, float]
-    m_full: float
-    m_empty: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "order": self.order, "fractions": list(self.fractions), "n_requested": list(self.n_requested),
-            "n_edges": list(self.n_edges), "faithfulness": self.faithfulness.tolist(), "low": self.low.tolist(),
-            "high": self.high.tolist(), "cpr": self.cpr, "cpr_interval": list(self.cpr_interval), "cmd": self.cmd,
-            "cmd_interval": list(self.cmd_interval), "m_full": self.m_full, "m_empty": self.m_empty,
-        }
-
-
 def circuits_for(graph, scores: torch.Tensor, fractions: Sequence[float] = FRACTIONS, *, absolute: bool = True,
                  use_greedy: bool = False) -> tuple[list[int], list[torch.Tensor]]:
     """For each fraction, n = ⌊fraction × edges⌋ and the pruned circuit of the top n edges (or of
@@ -82,30 +56,90 @@ def circuits_for(graph, scores: torch.Tensor, fractions: Sequence[float] = FRACT
     return ns, [select(graph, scores, n, absolute=absolute) for n in ns]
 
 
+def _quantiles(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    q = (1 - LEVEL) / 2
+    return np.nanquantile(values, q, axis=0), np.nanquantile(values, 1 - q, axis=0)
+
+
+def _bootstrap(m_c: np.ndarray, m_empty: np.ndarray, clean: np.ndarray, seed: int, n_resamples: int) -> np.ndarray:
+    """f of each circuit on each resample of the prompts: ``[n_resamples, k]``."""
+    boots = []
+    for block in resample_indices(len(clean), n_resamples=n_resamples, seed=seed):
+        for idx in block:
+            boots.append(faithfulness_values(m_c[:, idx], m_empty[idx], clean[idx]))
+    return np.array(boots)
+
+
+def curve_of(order: str, fractions: Sequence[float], ns: list[int], kept: list[int], m_c: np.ndarray,
+             m_empty: np.ndarray, clean: np.ndarray, *, seed: int = 0, n_resamples: int = N_RESAMPLES) -> Curve:
+    """The curve from per-prompt metrics: ``m_c`` ``[n_fractions, n]`` (each circuit), ``m_empty``,
+    ``clean`` ``[n]``; f, CPR and CMD with 95% percentile-bootstrap intervals (one set of resamples)."""
+    f = faithfulness_values(m_c, m_empty, clean)
+    boots = _bootstrap(m_c, m_empty, clean, seed, n_resamples)
+    low, high = _quantiles(boots)
+    cpr, cmd = areas(fractions, f)
+    b_cpr, b_cmd = areas(fractions, boots)
+    cpr_iv, cmd_iv = _quantiles(b_cpr), _quantiles(b_cmd)
+    return Curve(order, tuple(fractions), list(ns), list(kept), f, low, high, float(cpr),
+                 (float(cpr_iv[0]), float(cpr_iv[1])), float(cmd), (float(cmd_iv[0]), float(cmd_iv[1])),
+                 float(clean.mean()), float(m_empty.mean()))
+
+
+def circuit_eval_of(order: str, n_requested: int, kept: int, m_c: np.ndarray, m_empty: np.ndarray,
+                    clean: np.ndarray, *, seed: int = 0, n_resamples: int = N_RESAMPLES) -> CircuitEval:
+    """One circuit's faithfulness with its 95% percentile-bootstrap interval."""
+    f = float(faithfulness_values(m_c[None], m_empty, clean)[0])
+    low, high = _quantiles(_bootstrap(m_c[None], m_empty, clean, seed, n_resamples)[:, 0])
+    return CircuitEval(order, n_requested, kept, f, float(low), float(high), float(m_c.mean()), float(clean.mean()),
+                       float(m_empty.mean()))
+
+
+def _order(absolute: bool, use_greedy: bool) -> str:
+    return ("greedy-" if use_greedy else "") + ("abs" if absolute else "signed")
+
+
 def faithfulness_curve(engine, scores: torch.Tensor, *, absolute: bool = True, use_greedy: bool = False,
                        fractions: Sequence[float] = FRACTIONS, seed: int = 0,
                        n_resamples: int = N_RESAMPLES) -> Curve:
     """The faithfulness curve of ``scores`` on ``engine``'s model and prompts (see the module)."""
     g = engine.graph
     ns, circuits = circuits_for(g, scores, fractions, absolute=absolute, use_greedy=use_greedy)
-    empty = torch.zeros_like(g.real)
-    values, clean = engine.evaluate([empty] + circuits)
-    m_empty, m_c = values[0], values[1:]
-    f = faithfulness_values(m_c, m_empty, clean)
-    boots = []
-    for block in resample_indices(engine.data.n, n_resamples=n_resamples, seed=seed):
-        for idx in block:
-            boots.append(faithfulness_values(m_c[:, idx], m_empty[idx], clean[idx]))
-    boots = np.array(boots)  # [n_resamples, n_fractions]
-    q = (1 - LEVEL) / 2
-    low, high = np.nanquantile(boots, q, axis=0), np.nanquantile(boots, 1 - q, axis=0)
-    cpr, cmd = areas(fractions, f)
-    b_cpr, b_cmd = areas(fractions, boots)
-    order = ("greedy-" if use_greedy else "") + ("abs" if absolute else "signed")
-    return Curve(order, tuple(fractions), ns, [int(c.sum()) for c in circuits], f, low, high, float(cpr),
-                 (float(np.nanquantile(b_cpr, q)), float(np.nanquantile(b_cpr, 1 - q))), float(cmd),
-                 (float(np.nanquantile(b_cmd, q)), float(np.nanquantile(b_cmd, 1 - q))),
-                 float(clean.mean()), float(m_empty.mean()))
+    values, clean = engine.evaluate([torch.zeros_like(g.real)] + circuits)
+    return curve_of(_order(absolute, use_greedy), fractions, ns, [int(c.sum()) for c in circuits], values[1:],
+                    values[0], clean, seed=seed, n_resamples=n_resamples)
+
+
+def evaluate_all(engine, scores: torch.Tensor, *, curve: bool = True, top_n: int | None = None,
+                 use_greedy: bool = False, seed: int = 0, n_resamples: int = N_RESAMPLES
+                 ) -> tuple[Curve | None, Curve | None, CircuitEval | None, dict[str, np.ndarray]]:
+    """MIB's two curves (by |score| and signed; ``curve``) and the top-``top_n`` circuit (by |score|),
+    all in one pass over the prompts (the empty circuit run once for all): (curve, curve_signed,
+    circuit, per-prompt metrics ``clean``, ``empty``, ``curve``, ``curve_signed``, ``circuit``)."""
+    g = engine.graph
+    circuits: list[torch.Tensor] = [torch.zeros_like(g.real)]
+    parts: dict[str, tuple[list[int], list[torch.Tensor]]] = {}
+    if curve:
+        parts["curve"] = circuits_for(g, scores, FRACTIONS, absolute=True, use_greedy=use_greedy)
+        parts["curve_signed"] = circuits_for(g, scores, FRACTIONS, absolute=False, use_greedy=use_greedy)
+    if top_n is not None:
+        parts["circuit"] = ([top_n], [(greedy if use_greedy else top_n_circuit)(g, scores, top_n, absolute=True)])
+    for _, cs in parts.values():
+        circuits += cs
+    values, clean = engine.evaluate(circuits)
+    per_prompt = {"clean": clean, "empty": values[0]}
+    at = 1
+    for name, (ns, cs) in parts.items():
+        per_prompt[name] = values[at:at + len(cs)] if name != "circuit" else values[at]
+        at += len(cs)
+    kw = {"seed": seed, "n_resamples": n_resamples}
+    out_curves = [curve_of(_order(name == "curve", use_greedy), FRACTIONS, parts[name][0],
+                           [int(c.sum()) for c in parts[name][1]], per_prompt[name], values[0], clean, **kw)
+                  if name in parts else None for name in ("curve", "curve_signed")]
+    circuit = None
+    if top_n is not None:
+        circuit = circuit_eval_of(_order(True, use_greedy), top_n, int(parts["circuit"][1][0].sum()),
+                                  per_prompt["circuit"], values[0], clean, **kw)
+    return out_curves[0], out_curves[1], circuit, per_prompt
 
 
 def faithfulness(engine, circuit: torch.Tensor) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:

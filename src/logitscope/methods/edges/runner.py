@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from logitscope.methods.edges.graph import QKV, EdgeGraph
+from logitscope.results.edge_graph import QKV, EdgeGraph
 from logitscope.errors import InputError
 from logitscope.models.adapters import norm_eps
 
