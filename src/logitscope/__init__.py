@@ -28,6 +28,7 @@ _EXPORTS = {
     "PromptWarning": "logitscope.errors",
     "StudyResult": "logitscope.api.results",
     "builtin_prompts": "logitscope.inputs.prompts",
+    "edges": "logitscope.api.edges",
     "load_jsonl": "logitscope.inputs.prompts",
     "load_result": "logitscope.api.reopen",
     "load_model": "logitscope.models.load",
@@ -52,6 +53,7 @@ __all__ = [
     "StudyResult",
     "__version__",
     "builtin_prompts",
+    "edges",
     "load_jsonl",
     "load_model",
     "load_prompts",
@@ -82,6 +84,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from logitscope.api.patching import PatchingResult, run_patching
     from logitscope.api.reopen import load_result
     from logitscope.api.results import AttentionView, StudyResult
+    from logitscope.api.edges import edges
     from logitscope.api.experiment import Experiment
     from logitscope.api.study import run_study
     from logitscope.methods.dla import logit_diff_directions

@@ -6,6 +6,7 @@
 >>> exp.ablate("L9H9,L9H6")          # one ablation
 >>> exp.paths(senders="L9H9", receivers="logits")
 >>> exp.circuit("ioi")               # faithfulness, completeness, minimality
+>>> exp.edges(method="eap-ig-inputs")  # edge attribution, MIB's faithfulness curve
 >>> exp.activations(["blocks.9.attn.hook_z"])            # TransformerLens's hook names
 >>> exp.intervene({"blocks.9.attn.hook_z": fn})          # any function at any hook point
 
@@ -115,6 +116,18 @@ class Experiment:
         return self._patching(what="none", circuit=circuit, ablation=ablation, circuit_random=random_k,
                               circuit_greedy=greedy, circuit_greedy_steps=greedy_steps,
                               circuit_greedy_candidates=greedy_candidates)
+
+    def edges(self, *, method: str = "eap-ig-inputs", steps: int = 5, intervention: str = "patching",
+              metric: Any = "logit-diff", top_n: int | None = None, curve: bool = True, greedy: bool = False,
+              exact_top: int = 0, circuit: Any = None) -> Any:
+        """Edge attribution and MIB's faithfulness curves (:func:`logitscope.edges`) on the
+        experiment's pairs (its prompts alone for ``intervention="zero"``)."""
+        from logitscope.api.edges import edges
+
+        prompts = self.prompts if intervention == "zero" else self.pairs
+        return edges(prompts, self.lm, method=method, steps=steps, intervention=intervention, metric=metric,
+                     top_n=top_n, curve=curve, greedy=greedy, exact_top=exact_top, circuit=circuit,
+                     **self._shared())
 
     # ------------------------------------------------------------------ the escape hatch
     def activations(self, names: Sequence[str], *, prompts: Any = None, positions: str = "answer",

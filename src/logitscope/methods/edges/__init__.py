@@ -63,7 +63,7 @@ def check_counts(batch_size: int | None = None, exact_top: int = 0, top_n: int |
 def attribute(lm, prompts: Sequence[Any] | str | EdgeData, *, method: str = "eap-ig-inputs", steps: int | None = None,
               intervention: str = "patching", metric: str | Metric = "logit-diff", corrupt: str | None = None,
               batch_size: int | None = None, curve: bool = False, top_n: int | None = None, greedy: bool = False,
-              exact_top: int = 0, prepend_bos: bool | None = None, seed: int = 0,
+              exact_top: int = 0, circuit: Any = None, prepend_bos: bool | None = None, seed: int = 0,
               progress: Callable[[str, int], Callable[[int], None] | None] | None = None) -> EdgeResult:
     """Score every edge of ``lm`` (a :class:`logitscope.models.LoadedModel`) on ``prompts``.
 
@@ -73,7 +73,9 @@ def attribute(lm, prompts: Sequence[Any] | str | EdgeData, *, method: str = "eap
     (by |score| and signed) with CPR and CMD. ``top_n``: also the faithfulness of the top-``top_n``
     circuit (by |score|), marked ``in_graph`` in graph.json. ``greedy``: circuits by the library's
     greedy selection instead of top-n. ``exact_top``: also the exact effect of the top that many
-    edges, beside their estimates. ``batch_size``: default from free memory
+    edges, beside their estimates. ``circuit``: a graph file (EAP-IG/MIB format) or a
+    ``[n_forward, n_backward]`` bool matrix whose circuit (``in_graph``) is evaluated instead of the
+    top-``top_n`` one (a file for another model shape is refused). ``batch_size``: default from free memory
     (:func:`edge_batch_size`). ``progress(phase, total)``: a callback per phase (``scores``,
     ``circuits``, ``exact``) returning a step function (called with each batch's prompts), or None.
     In a process group (torchrun) each rank runs its share of the batches and every rank returns
@@ -87,6 +89,9 @@ def attribute(lm, prompts: Sequence[Any] | str | EdgeData, *, method: str = "eap
     graph = EdgeGraph.from_model(lm)
     if top_n is not None and top_n > graph.n_edges:
         raise ArgumentError("top_n", top_n, f"the model's graph has {graph.n_edges} edges; ask for at most that many")
+    given = _given_circuit(circuit, graph)
+    if given is not None and top_n is not None:
+        raise ArgumentError("top_n", top_n, "a circuit is given to evaluate; give either top_n or circuit")
     if exact_top > graph.n_edges:
         raise ArgumentError("exact_top", exact_top, f"the model's graph has {graph.n_edges} edges")
     B = batch_size or edge_batch_size(lm, graph, int(data.lengths.max()), method)
@@ -108,10 +113,11 @@ def attribute(lm, prompts: Sequence[Any] | str | EdgeData, *, method: str = "eap
                         metric if isinstance(metric, str) else getattr(metric, "__name__", "callable"), data.n,
                         greedy=greedy, seed=seed,
                         prepend_bos=lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos)
-    if curve or top_n is not None:
+    if curve or top_n is not None or given is not None:
         t = time.perf_counter()
         phase("circuits", 1)
-        c, cs, ce, per_prompt = evaluate_all(engine, scores, curve=curve, top_n=top_n, use_greedy=greedy, seed=seed)
+        c, cs, ce, per_prompt = evaluate_all(engine, scores, curve=curve, top_n=top_n, use_greedy=greedy, given=given,
+                                             seed=seed)
         result = replace(result, curve=c, curve_signed=cs, circuit_eval=ce, per_prompt=per_prompt)
         timing["circuits_s"] = time.perf_counter() - t
     if exact_top:
@@ -136,3 +142,17 @@ def exact_effects(engine: EdgeEngine, result: EdgeResult, k: int) -> dict[str, f
         circuits.append(c)
     values, clean = engine.evaluate(circuits)
     return {n: float((values[i] - clean).mean()) for i, n in enumerate(names)}
+
+
+def _given_circuit(circuit: Any, graph: EdgeGraph):
+    """A circuit to evaluate: ``None``, a graph file (checked against the model's graph) or a bool matrix."""
+    import torch
+
+    if circuit is None:
+        return None
+    if isinstance(circuit, torch.Tensor):
+        if tuple(circuit.shape) != (graph.n_forward, graph.n_backward):
+            raise ArgumentError("circuit", tuple(circuit.shape), f"a circuit matrix of this model is "
+                                f"[{graph.n_forward}, {graph.n_backward}] (forward nodes × inputs)")
+        return circuit.bool()
+    return read_graph_json(circuit, expected=graph)[2]

@@ -110,11 +110,14 @@ def faithfulness_curve(engine, scores: torch.Tensor, *, absolute: bool = True, u
 
 
 def evaluate_all(engine, scores: torch.Tensor, *, curve: bool = True, top_n: int | None = None,
-                 use_greedy: bool = False, seed: int = 0, n_resamples: int = N_RESAMPLES
+                 use_greedy: bool = False, given: torch.Tensor | None = None, seed: int = 0,
+                 n_resamples: int = N_RESAMPLES
                  ) -> tuple[Curve | None, Curve | None, CircuitEval | None, dict[str, np.ndarray]]:
     """MIB's two curves (by |score| and signed; ``curve``) and the top-``top_n`` circuit (by |score|),
     all in one pass over the prompts (the empty circuit run once for all): (curve, curve_signed,
-    circuit, per-prompt metrics ``clean``, ``empty``, ``curve``, ``curve_signed``, ``circuit``)."""
+    circuit, per-prompt metrics ``clean``, ``empty``, ``curve``, ``curve_signed``, ``circuit``).
+    ``given``: a circuit (``[n_forward, n_backward]`` bool, e.g. a graph file's ``in_graph``) to
+    evaluate as it is instead of the top-``top_n`` one."""
     g = engine.graph
     circuits: list[torch.Tensor] = [torch.zeros_like(g.real)]
     parts: dict[str, tuple[list[int], list[torch.Tensor]]] = {}
@@ -123,6 +126,9 @@ def evaluate_all(engine, scores: torch.Tensor, *, curve: bool = True, top_n: int
         parts["curve_signed"] = circuits_for(g, scores, FRACTIONS, absolute=False, use_greedy=use_greedy)
     if top_n is not None:
         parts["circuit"] = ([top_n], [(greedy if use_greedy else top_n_circuit)(g, scores, top_n, absolute=True)])
+    elif given is not None:
+        given = given.bool() & g.real
+        parts["circuit"] = ([int(given.sum())], [given])
     for _, cs in parts.values():
         circuits += cs
     values, clean = engine.evaluate(circuits)
@@ -136,8 +142,9 @@ def evaluate_all(engine, scores: torch.Tensor, *, curve: bool = True, top_n: int
                            [int(c.sum()) for c in parts[name][1]], per_prompt[name], values[0], clean, **kw)
                   if name in parts else None for name in ("curve", "curve_signed")]
     circuit = None
-    if top_n is not None:
-        circuit = circuit_eval_of(_order(True, use_greedy), top_n, int(parts["circuit"][1][0].sum()),
+    if "circuit" in parts:
+        order = _order(True, use_greedy) if top_n is not None else "given"
+        circuit = circuit_eval_of(order, parts["circuit"][0][0], int(parts["circuit"][1][0].sum()),
                                   per_prompt["circuit"], values[0], clean, **kw)
     return out_curves[0], out_curves[1], circuit, per_prompt
 

@@ -1,0 +1,117 @@
+"""Find the circuit: edge attribution (EAP, EAP-IG, exact edge patching) and MIB's faithfulness
+curves of a prompt set on a model, as :func:`edges`; the result saves and reopens
+(:meth:`~logitscope.results.edges.EdgeResult.save`, :func:`logitscope.load_result`).
+
+>>> res = ls.edges("ioi:256", "gpt2", corrupt="abc")          # EAP-IG (inputs), 5 steps
+>>> print(res.summary()); res.save("runs/ioi-edges")
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from logitscope.engine import distributed
+from logitscope.errors import ArgumentError
+from logitscope.inputs.prompt import Prompt
+from logitscope.methods.edges import METRICS, EdgeResult, attribute, check_counts, check_options
+from logitscope.results.edges import read_edges
+
+__all__ = ["EdgeResult", "check_edge_options", "edges", "read_edges"]
+
+
+def check_edge_options(*, method: str = "eap-ig-inputs", steps: int = 5, intervention: str = "patching",
+                       corrupt: str | None = None, metric: Any = "logit-diff", top_n: int | None = None,
+                       exact_top: int = 0, batch_size: int | None = None, circuit: Any = None) -> None:
+    """:func:`edges`' options' errors without a model (the CLI calls it before loading one)."""
+    from logitscope.inputs.counterparts import CORRUPTIONS
+    from logitscope.results.graph_json import read_graph_json
+
+    check_options(method, steps, intervention)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ArgumentError("steps", steps, "must be a whole number, at least 1")
+    if corrupt is not None and corrupt not in CORRUPTIONS:
+        raise ArgumentError("corrupt", corrupt, f"use one of {', '.join(CORRUPTIONS)}")
+    if not callable(metric) and metric not in METRICS:
+        raise ArgumentError("metric", metric, f"unknown metric; use one of {', '.join(METRICS)} or a callable "
+                            "(logits [batch, pos, vocab], MetricContext) -> [batch]")
+    check_counts(batch_size, exact_top, top_n)
+    if circuit is not None and top_n is not None:
+        raise ArgumentError("top_n", top_n, "a circuit is given to evaluate; give either top_n or circuit")
+    if isinstance(circuit, (str, Path)):
+        read_graph_json(circuit)  # the file's syntax; its shape once the model is loaded
+
+
+@distributed.collective
+def edges(
+    prompts: Sequence[Prompt] | str,
+    model: Any,
+    *,
+    tokenizer: Any = None,
+    method: str = "eap-ig-inputs",
+    steps: int = 5,
+    intervention: str = "patching",
+    corrupt: str | None = None,
+    metric: str | Callable[..., Any] = "logit-diff",
+    top_n: int | None = None,
+    curve: bool = True,
+    greedy: bool = False,
+    exact_top: int = 0,
+    circuit: Any = None,
+    batch_size: int | None = None,
+    prepend_bos: bool | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    device: Any = "auto",
+    dtype: Any = "float32",
+    device_map: str | None = None,
+) -> EdgeResult:
+    """Score every edge of ``model``'s computational graph on ``prompts`` and measure the circuits
+    they give (:mod:`logitscope.methods.edges`; the README's "Finding a circuit").
+
+    ``method``: ``eap``, ``eap-ig-inputs`` (default), ``eap-ig-activations``, ``clean-corrupted`` or
+    ``exact``; ``steps``: integrated-gradient steps. ``intervention``: ``patching`` (each prompt's
+    counterpart: JSONL ``corrupted``, or ``corrupt="abc"|"flip"`` for IOI), ``mean``,
+    ``mean-positional`` or ``zero``. ``metric``: ``logit-diff``, ``prob-diff``, ``kl`` or a callable.
+    ``curve``: MIB's faithfulness curves (by |score| and signed) with CPR, CMD and 95% intervals.
+    ``top_n``: the faithfulness of the top-``top_n`` circuit, marked in graph.json; ``circuit``: a
+    graph file (EAP-IG/MIB) whose ``in_graph`` circuit is evaluated instead. ``greedy``: circuits by
+    the library's greedy selection. ``exact_top``: the exact effect of the top that many edges
+    beside their estimates. ``batch_size``: default from free memory. Every option is checked
+    before the model loads. Under torchrun each rank scores its share; rank 0 gets the result (equal
+    to one process's), the other ranks ``None``. The other arguments are :func:`logitscope.run_study`'s.
+    """
+    from logitscope import __version__
+    from logitscope.engine.setup import as_loaded, progress_bar
+    from logitscope.inputs.prompts import GeneratedSet, parse_prompts
+
+    check_edge_options(method=method, steps=steps, intervention=intervention, corrupt=corrupt, metric=metric,
+                       top_n=top_n, exact_top=exact_top, batch_size=batch_size, circuit=circuit)
+    parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
+    ranks = distributed.current()
+    lm = as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=ranks)
+    prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer) if isinstance(parsed, GeneratedSet) else list(parsed)
+    bars: list[Any] = []
+
+    def phase(name: str, total: int):
+        bar = progress_bar(total, progress and (ranks is None or ranks.is_root))
+        if bar is None:
+            return None
+        bar.set_description(f"edges: {name}")
+        bars.append(bar)
+        return bar.update
+
+    try:
+        result = attribute(lm, prompts, method=method, steps=steps, intervention=intervention, metric=metric,
+                           corrupt=corrupt, batch_size=batch_size, curve=curve, top_n=top_n, greedy=greedy,
+                           exact_top=exact_top, circuit=circuit, prepend_bos=prepend_bos, seed=seed, progress=phase)
+    finally:
+        for bar in bars:
+            bar.close()
+    return replace(result, model=lm.name, family=lm.adapter.family, device=str(lm.device),
+                   dtype=str(next(lm.model.parameters()).dtype).removeprefix("torch."), version=__version__,
+                   created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
