@@ -23,7 +23,8 @@ import torch
 import logitscope as ls
 from logitscope.inputs.circuits import IOI_HEAD_CLASSES, ioi_circuit, load_circuit, parse_circuit
 from logitscope.api.patching import run_patching
-from logitscope.methods.circuits import CircuitResult, greedy_search
+from logitscope.methods.circuits import greedy_search
+from logitscope.results.circuit import CircuitResult
 from logitscope.inputs.ioi import generate_ioi_prompts
 from oracle import gpt2_tokenizer, make_hf_model, save_checkpoint, tl_model
 

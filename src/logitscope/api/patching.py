@@ -22,7 +22,7 @@ from logitscope.methods.attribution import METHODS, SUFFIX, AttributionRunner
 from logitscope.engine.patched import Engine
 from logitscope.methods.patching.grids import GRIDS, WHAT, resolve_what
 from logitscope.inputs.circuits import load_circuit
-from logitscope.methods.circuits import Completeness
+from logitscope.results.circuit import Completeness
 from logitscope.inputs.pairs import EncodedPairs, encode_pairs
 from logitscope.methods.paths import FREEZE, check_paths
 from logitscope.inputs.positions import POSITION_MODES, position_axis

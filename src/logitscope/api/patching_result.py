@@ -59,8 +59,8 @@ class PatchingResult:
     seed: int = 0
     timing: dict[str, float] = field(default_factory=dict)
     method: str = "exact"  # "exact", "attribution" (grids named <grid>_attribution) or "both"
-    paths: Any = None  # logitscope.methods.paths.PathPatchingResult, when senders were given
-    circuit: Any = None  # logitscope.methods.circuits.CircuitResult, when a circuit was given
+    paths: Any = None  # logitscope.results.paths.PathPatchingResult, when senders were given
+    circuit: Any = None  # logitscope.results.circuit.CircuitResult, when a circuit was given
 
     @property
     def n_prompts(self) -> int:
@@ -327,8 +327,8 @@ def read_patching(folder: str | Path) -> PatchingResult:
     import json
 
     from logitscope.errors import InputError
-    from logitscope.methods.circuits import CircuitResult
-    from logitscope.methods.paths import PathPatchingResult
+    from logitscope.results.circuit import CircuitResult
+    from logitscope.results.paths import PathPatchingResult
     from logitscope.api.results import StudyResult
     from logitscope.results.serialize import read_study
 

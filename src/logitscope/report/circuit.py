@@ -15,8 +15,8 @@ from logitscope.report.patching import _heatmap
 
 if TYPE_CHECKING:
     from logitscope.api.patching import PatchingResult
-    from logitscope.methods.circuits import CircuitResult
-    from logitscope.methods.paths import PathPatchingResult
+    from logitscope.results.circuit import CircuitResult
+    from logitscope.results.paths import PathPatchingResult
 
 
 def _e(x: Any) -> str:
