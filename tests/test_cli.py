@@ -326,3 +326,62 @@ def test_demo_checkpoint_is_what_an_offline_newcomer_runs_first(tmp_path, capsys
     assert doc["n_prompts"] == 40 and {r["template"] for r in doc["by_template"]} <= set(range(1, 16))
     with pytest.raises(SystemExit):
         make([str(folder)])  # not over an existing checkpoint
+
+
+def screen(text: str) -> list[str]:
+    """``text`` as a terminal shows it: each carriage return moves back to the line's start and what
+    follows overwrites (a progress bar redraws itself so), trailing spaces dropped."""
+    lines = []
+    for raw in text.split("\n"):
+        line: list[str] = []
+        for part in raw.split("\r"):
+            line[:len(part)] = part  # overwrite from column 0
+        lines.append("".join(line).rstrip())
+    return [x for x in lines if x]
+
+
+IOI_PAIR = {**ROW, "corrupted": "When Mary and John went to the store, Mary gave a drink to"}
+
+
+def test_a_failed_run_leaves_no_progress_bar_before_its_error(tiny_gpt2_dir, tmp_path):
+    """The circuit's bar was drawn, then its check failed: the error starts its own clean line."""
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [IOI_PAIR])
+    proc = subprocess.run([sys.executable, "-m", "logitscope", "patch", "--model", str(tiny_gpt2_dir), "--prompts",
+                           str(pairs), "--what", "heads", "--circuit", "nm: L1H1 @ S2", "--out", str(tmp_path / "o")],
+                          capture_output=True)  # bytes: text mode would turn each \r into a newline
+    assert proc.returncode == 2, proc.stderr
+    shown = screen(proc.stderr.decode())
+    assert shown[-1].startswith("logitscope: error: circuit inline: class 'nm' is kept at S2"), shown
+    assert not any(line.startswith("circuit") for line in shown), shown  # no remains of the circuit's bar
+    assert shown[0].startswith("patching 1 pair: 100%") and "8/8 runs" in shown[0], shown  # a finished bar stays
+
+
+def test_ctrl_c_erases_the_progress_bar(tiny_gpt2_dir, tmp_path, capsys, monkeypatch):
+    import logitscope.patching.faithfulness as faithfulness
+
+    def interrupted(*args, **kwargs):
+        kwargs["progress"].total = 10
+        kwargs["progress"].update(3)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(faithfulness, "run_circuit", interrupted)
+    out = tmp_path / "o"
+    assert main(["patch", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--what", "none", "--circuit",
+                 "nm: L1H1 @ END", "--out", str(out)]) == 130
+    shown = screen(capsys.readouterr().err)
+    assert shown[-1] == "logitscope: interrupted; nothing was written", shown
+    assert not any(line.startswith("circuit") for line in shown), shown
+    assert not out.exists()
+
+
+def test_the_patching_bar_counts_runs_of_named_pairs(tiny_gpt2_dir, tmp_path, capsys):
+    """8 seed pairs, each head (2 layers x 4 heads) patched alone: 64 patched runs, not 64 "prompts"."""
+    assert main(["patch", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--what", "heads", "--no-report",
+                 "--out", str(tmp_path / "o")]) == 0
+    shown = screen(capsys.readouterr().err)
+    bars = [line for line in shown if "%|" in line]
+    assert len(bars) == 1 and bars[0].startswith("patching 8 pairs: 100%"), bars  # (the clean study runs unseen)
+    assert "| 64/64 runs [" in bars[0] and "runs/s]" in bars[0], bars
+    assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--no-report", "--out", str(tmp_path / "s")]) == 0
+    bars = [line for line in screen(capsys.readouterr().err) if "%|" in line]
+    assert len(bars) == 1 and bars[0].startswith("study: 100%") and "| 8/8 prompts [" in bars[0], bars

@@ -173,12 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     if launched and os.environ.get("RANK") != "0":
         args.quiet = True  # rank 0 speaks for every rank
     try:
-        if not launched:
-            return _patch(args) if args.command == "patch" else _run(args)
-        from logitscope.distributed import launch
+        try:
+            if not launched:
+                return _patch(args) if args.command == "patch" else _run(args)
+            from logitscope.distributed import launch
 
-        with launch(args.dist_timeout):  # every rank runs the command as one step
-            return _patch(args) if args.command == "patch" else _run(args)
+            with launch(args.dist_timeout):  # every rank runs the command as one step
+                return _patch(args) if args.command == "patch" else _run(args)
+        except BaseException:
+            _erase_progress_bars()  # no half-drawn bar before the error or the interruption
+            raise
     except LogitscopeError as e:
         if launched:
             return _rank_failed(e, args)
@@ -205,6 +209,13 @@ FLAGS = {"top_k": "--top-k", "batch_size": "--batch-size", "seed": "--seed", "at
          "circuit_greedy": "--circuit-greedy", "circuit_greedy_steps": "--circuit-greedy-steps",
          "circuit_greedy_candidates": "--circuit-greedy-candidates", "dist_timeout": "--dist-timeout"}
 FIX_FLAGS = {("prepend_bos", False): "--no-prepend-bos", ("prepend_bos", True): "--prepend-bos"}
+
+
+def _erase_progress_bars() -> None:
+    if "logitscope.study" in sys.modules:  # a bar can exist only once the study module is loaded
+        from logitscope.study import close_progress_bars
+
+        close_progress_bars()
 
 
 def _under_torchrun() -> bool:
