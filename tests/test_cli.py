@@ -385,3 +385,73 @@ def test_the_patching_bar_counts_runs_of_named_pairs(tiny_gpt2_dir, tmp_path, ca
     assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--no-report", "--out", str(tmp_path / "s")]) == 0
     bars = [line for line in screen(capsys.readouterr().err) if "%|" in line]
     assert len(bars) == 1 and bars[0].startswith("study: 100%") and "| 8/8 prompts [" in bars[0], bars
+
+
+def test_patch_csv_writes_every_pair_number_as_a_column(tiny_gpt2_dir, tmp_path, capsys):
+    """patch --csv: the clean prompts' per_prompt.csv (as run --csv) and patching_per_prompt.csv, one
+    row per pair, each column one per-pair array of patching_per_prompt.npz (checked value by value)."""
+    import csv
+
+    out = tmp_path / "p"
+    assert main(["patch", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--what", "heads", "--ablate", "L1H0,L1H2",
+                 "--csv", "--quiet", "--no-report", "--out", str(out)]) == 0
+    assert f"{out / 'patching_per_prompt.csv'}" in capsys.readouterr().out  # listed in "wrote ..."
+    doc = json.loads((out / "results.json").read_text())
+    with open(out / "per_prompt.csv", encoding="utf-8", newline="") as f:
+        assert [r["prompt"] for r in csv.DictReader(f)] == [r["prompt"] for r in doc["prompts"]]
+    with open(out / "patching_per_prompt.csv", encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = list(reader)
+    heads = [f"attn_head_out_all_pos:L{layer}H{head}" for layer in range(2) for head in range(4)]
+    assert header == ["index", "prompt", "corrupted", "correct", "incorrect", "clean_logit_diff",
+                      "corrupted_logit_diff", *heads, "ablated:L1H0,L1H2"]
+    assert [r[:5] for r in rows] == [[str(i), p["prompt"], p["corrupted"], p["correct"], p["incorrect"]]
+                                     for i, p in enumerate(doc["prompts"])]
+    values = np.array([[float(x) for x in r[5:]] for r in rows])
+    npz = np.load(out / "patching_per_prompt.npz")
+    expected = np.column_stack([npz["clean_logit_diff"], npz["corrupted_logit_diff"],
+                                npz["grid_attn_head_out_all_pos"].reshape(8, -1).T, npz["ablated_0"]])
+    np.testing.assert_array_equal(values, expected.astype(np.float64))  # float32 as computed, written in full
+    np.testing.assert_allclose(values[:, 1], [p["corrupted_logit_diff"] for p in doc["prompts"]], rtol=1e-6)
+    assert main(["patch", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--quiet", "--no-report",
+                 "--out", str(out)]) == 0  # without --csv, a later run removes both tables
+    assert not (out / "patching_per_prompt.csv").exists() and not (out / "per_prompt.csv").exists()
+
+
+def test_help_names_every_file_and_patch_takes_csv():
+    parser_help = {}
+    for command in ("run", "patch"):
+        proc = subprocess.run([sys.executable, "-m", "logitscope", command, "--help"], capture_output=True, text=True,
+                              env={**os.environ, "COLUMNS": "200"})
+        assert proc.returncode == 0
+        parser_help[command] = " ".join(proc.stdout.split())
+    for name in ("results.json", "per_prompt_heads.npy", "per_prompt.npz", "attention.npy", "report.html",
+                 "per_prompt.csv"):
+        assert f"DIR/{name}" in parser_help["run"], name
+    assert "--csv" in parser_help["patch"] and "DIR/patching_per_prompt.csv" in parser_help["patch"]
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "nan", "inf"])
+def test_dist_timeout_must_be_positive_without_torchrun_too(tiny_gpt2_dir, tmp_path, capsys, value):
+    out = tmp_path / "o"
+    for command in ("run", "patch"):
+        assert main([command, "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--dist-timeout", value,
+                     "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"logitscope: error: --dist-timeout {value}: must be a number of seconds above 0" in err, err
+    assert not out.exists()
+
+
+def test_summary_counts_in_words_and_rates_never_round_to_zero(tiny_gpt2_dir, tmp_path, capsys):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [IOI_PAIR])
+    assert main(["patch", "--model", str(tiny_gpt2_dir), "--prompts", str(pairs), "--quiet", "--no-report",
+                 "--out", str(tmp_path / "o")]) == 0
+    text = capsys.readouterr().out
+    assert "patching (denoise, 1 pair)" in text and "study 1 prompt in " in text, text
+    assert "1 pairs" not in text and "1 prompts" not in text and " 0 prompts/s" not in text, text
+    from logitscope.labels import counted, rate
+
+    assert [counted(1, "pair"), counted(3000, "pair"), counted(0, "prompt")] == ["1 pair", "3,000 pairs", "0 prompts"]
+    assert rate(1, 0.0172, "prompt") == "58.1 prompts/s" and rate(2000, 1.3, "prompt") == "1,538 prompts/s"
+    assert rate(1, 2.4134, "prompt") == "2.41 s a prompt" and rate(3, 1000, "prompt") == "333 s a prompt"
