@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,17 @@ def load_result(folder: str | Path) -> Any:
     """Reopen a study from the folder ``save`` (or ``logitscope run``) wrote: the same fields,
     figures, report and tables, without recomputing anything; a folder ``logitscope patch`` (or
     ``PatchingResult.save``) wrote reopens as that :class:`~logitscope.patching.PatchingResult`.
-    Raises :class:`~logitscope.errors.InputError` for a folder of another ``schema_version``."""
+    The kind is read from results.json (a ``patching`` object), never from which files sit beside
+    it. Raises :class:`~logitscope.errors.InputError` for a folder of another ``schema_version``."""
+    fields = serialize.read_study(folder)  # checks the folder, results.json and its schema_version
     path = Path(folder).expanduser()
-    if (path.parent if path.is_file() else path).joinpath("patching_per_prompt.npz").exists():
+    results = path if path.is_file() else path / "results.json"
+    if _is_patch_run(results):
         return read_patching(path)
-    return StudyResult(**serialize.read_study(folder))
+    return StudyResult(**fields)
+
+
+def _is_patch_run(results: Path) -> bool:
+    """Whether results.json (already read once, so readable) holds a patch run's ``patching`` object."""
+    doc = json.loads(results.read_text(encoding="utf-8"))
+    return isinstance(doc, dict) and isinstance(doc.get("patching"), dict)

@@ -507,12 +507,49 @@ def _as_loaded(model: Any, tokenizer: Any, *, device: Any, dtype: Any, device_ma
     return wrap_model(model, tokenizer)
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int | None, enabled: bool, *, desc: str = "study", unit: str = "prompts"):
+    """A progress bar on stderr counting ``total`` ``unit`` (plural: "12/2000 prompts"), or None
+    when not ``enabled``. Used as a context manager, a bar whose run fails or is interrupted
+    (Ctrl-C) erases itself, so no half-drawn bar precedes the error; a finished one stays.
+    :func:`close_progress_bars` erases any still open (the command line, before an error)."""
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    return _bar_class()(total=total, desc=desc, unit=f" {unit}", file=sys.stderr,
+                        dynamic_ncols=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{unit} "
+                        "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
 
-    return tqdm(total=total, unit="prompt", file=sys.stderr, desc="logitscope", dynamic_ncols=True)
+
+_BAR: list[type] = []  # the bar class, made on first use (tqdm is imported only when a bar is shown)
+
+
+def _bar_class() -> type:
+    if not _BAR:
+        import weakref
+
+        from tqdm.auto import tqdm  # the terminal's bar, or a notebook's widget
+
+        class Bar(tqdm):
+            open_bars: "weakref.WeakSet[Bar]" = weakref.WeakSet()
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                Bar.open_bars.add(self)
+
+            def __exit__(self, kind, value, traceback):
+                if kind is not None:
+                    self.leave = False  # close() then clears its line instead of leaving it
+                return super().__exit__(kind, value, traceback)
+
+        _BAR.append(Bar)
+    return _BAR[0]
+
+
+def close_progress_bars() -> None:
+    """Erase every progress bar still open (a run that stopped on an error or Ctrl-C), so that
+    what is printed next starts on a clean line."""
+    for bar in list(_BAR[0].open_bars) if _BAR else []:
+        bar.leave = False
+        bar.close()
 
 
 def _version() -> str:

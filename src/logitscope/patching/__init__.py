@@ -190,6 +190,8 @@ def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, senders, receivers, fre
     """Path patching and the circuit's measures, when asked for (``paths``, ``circuit``), each with
     its progress bar (in prompt-runs) when ``progress``."""
     from logitscope.patching.faithfulness import run_circuit
+    from contextlib import nullcontext
+
     from logitscope.patching.paths import parse_receivers, parse_senders, run_paths
     from logitscope.study import _progress, auto_batch_size
 
@@ -200,23 +202,28 @@ def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, senders, receivers, fre
         t = time.perf_counter()
         the_senders, the_receivers = parse_senders(senders, L, H), parse_receivers(receivers, L, H)
         inputs = sum(r.point != "logits" for r in the_receivers)
-        bar = _progress(pairs.n * len(the_senders) * (1 + inputs), progress)
-        if bar is not None:
-            bar.set_description("path patching")
-        out["paths"] = run_paths(lm, pairs, the_senders, the_receivers, direction=direction, freeze=freeze,
-                                 batch_size=B, seed=seed, progress=bar.update if bar is not None else None)
-        _finish(bar)
+        bar = _progress(pairs.n * len(the_senders) * (1 + inputs), progress, desc=f"path patching {_pairs(pairs.n)}",
+                        unit="runs")
+        with bar if bar is not None else nullcontext():
+            out["paths"] = run_paths(lm, pairs, the_senders, the_receivers, direction=direction, freeze=freeze,
+                                     batch_size=B, seed=seed, progress=bar.update if bar is not None else None)
+            _finish(bar)
         timing["paths_s"] = time.perf_counter() - t
     if circuit is not None:
         t = time.perf_counter()
-        bar = _progress(0, progress)
-        if bar is not None:
-            bar.set_description("circuit")
-        out["circuit"] = run_circuit(lm, prompts, pairs, load_circuit(circuit), ablation=ablation, batch_size=B,
-                                     seed=seed, completeness=completeness, progress=bar, prepend_bos=prepend_bos)
-        _finish(bar)
+        bar = _progress(None, progress, desc=f"circuit {_pairs(pairs.n)}", unit="runs")  # run_circuit sets the total
+        with bar if bar is not None else nullcontext():
+            out["circuit"] = run_circuit(lm, prompts, pairs, load_circuit(circuit), ablation=ablation, batch_size=B,
+                                         seed=seed, completeness=completeness, progress=bar, prepend_bos=prepend_bos)
+            _finish(bar)
         timing["circuit_s"] = time.perf_counter() - t
     return out
+
+
+def _pairs(n: int) -> str:
+    """``1 pair``, ``3,000 pairs``: a bar's description (its unit, runs, counts one prompt's patched,
+    ablated or mean-recording forward pass: a pair takes one per grid cell, set or sender)."""
+    return f"{n:,} pair{'s' if n != 1 else ''}"
 
 
 def _finish(bar) -> None:
@@ -267,7 +274,8 @@ def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: 
     budget = 4 * B * T
     n = pairs.n
     share = n if ranks is None else ranks.shares(n, B)[ranks.rank]
-    bar = _progress(1, progress and bool(grids or sets or head_ablation) and (ranks is None or ranks.is_root))
+    bar = _progress(None, progress and bool(grids or sets or head_ablation) and (ranks is None or ranks.is_root),
+                    desc=f"patching {_pairs(n)}", unit="runs")
     step = (lambda k: bar.update(k)) if bar is not None else None
     runner = GridRunner(engine, grids if method != "attribution" else [], direction, axis, n, budget, step)
     attribution = AttributionRunner(engine, grids, direction, axis, n, step) if method != "exact" else None
