@@ -512,3 +512,23 @@ def test_a_saved_patch_run_reopens_as_the_same_result(tmp_path, models):
     assert again.summary() == res.summary()
     assert report_html(again.study, again) == report_html(res.study, res)
     assert isinstance(ls.load_result(tmp_path / "run" / "results.json"), ls.PatchingResult)
+
+
+# ---------------------------------------------------------------------------------------------- counterparts by identity
+def test_a_shuffled_or_sliced_builtin_set_keeps_each_prompts_partner(models):
+    """Each seed/arena prompt's counterpart is its own name-swapped partner wherever it sits in the
+    list: the per-prompt grids of a shuffle (and a slice) are the whole set's, re-ordered. Batches
+    hold other prompts, so float32 sums differ by ~1e-6; a wrong partner moves cells by >1e-2."""
+    import random
+
+    hf, _ = models("gpt2")
+    tok = gpt2_tokenizer()
+    full = ls.builtin_prompts("arena")
+    base = run_patching(full, hf, tokenizer=tok, what="heads")
+    perm = random.Random(5).sample(range(len(full)), len(full))
+    for rows in (perm, [1, 2, 3, 4]):
+        res = run_patching([full[i] for i in rows], hf, tokenizer=tok, what="heads")
+        assert res.corrupted_prompts == [base.corrupted_prompts[i] for i in rows]
+        np.testing.assert_allclose(res.corrupted_logit_diff, base.corrupted_logit_diff[rows], atol=1e-5)
+        for name, values in base.grids.items():
+            np.testing.assert_allclose(res.grids[name], values[..., rows], rtol=0, atol=1e-5, err_msg=name)

@@ -66,3 +66,30 @@ def test_jsonl_rows_and_errors(tmp_path):
             path.write_text(text)
         with pytest.raises(InputError, match=expected[name].replace("(", r"\(")):
             load_jsonl(path)
+
+
+# ---------------------------------------------------------------------------------------------- counterparts
+def _swapped(p):
+    """The partner written out independently: the subject's last mention replaced by the other name."""
+    subject, other = p.incorrect.strip(), p.correct.strip()
+    head, _, tail = p.text.rpartition(subject)
+    return head + other + tail
+
+
+@pytest.mark.parametrize("name", ["seed", "arena"])
+def test_builtin_counterparts_pair_by_identity_not_position(name):
+    import random
+    from dataclasses import replace
+
+    from logitscope.tasks.counterparts import with_counterparts
+
+    full = builtin_prompts(name)
+    for subset in (full, full[1:5], full[::-1], full[3:4], [p for p in full if p.correct != " Tom"],
+                   random.Random(7).sample(full, len(full))):
+        for p in with_counterparts(subset):
+            assert p.corrupted == _swapped(p), p.text
+            assert p.corrupted != p.text
+    # a prompt that claims the set but is not one of its prompts: an error, never a guessed partner
+    edited = replace(full[0], text=full[0].text.replace("bag", "box"))
+    with pytest.raises(InputError, match=rf"prompt 1 .*says it is from the {name} set .*not one of its prompts"):
+        with_counterparts([full[1], edited])
