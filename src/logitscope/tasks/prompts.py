@@ -149,7 +149,8 @@ def parse_prompts(prompts: Any) -> list[Prompt] | GeneratedSet:
         return load_jsonl(Path(prompts))
     if isinstance(prompts, GeneratedSet):
         return prompts
-    if isinstance(prompts, (bytes, bytearray, Mapping, Prompt)) or not isinstance(prompts, Iterable):
+    if _is_dataframe(prompts) or isinstance(prompts, (bytes, bytearray, Mapping, Prompt)) \
+            or not isinstance(prompts, Iterable):
         raise TypeError(f"prompts: expected {EXPECTED}; got {_what(prompts)}{_hint(prompts)}")
     out = [_one_prompt(item, i) for i, item in enumerate(prompts)]
     if not out:
@@ -184,9 +185,15 @@ def _hint(value: Any) -> str:
         return " (a single Prompt: pass a list, [prompt])"
     if isinstance(value, Mapping):
         return " (a single row: pass a list of rows, [row])"
-    if hasattr(value, "to_dict") and hasattr(value, "columns"):
-        return " (a DataFrame: pass df.to_dict('records'))"
+    if _is_dataframe(value):
+        return " (a DataFrame, whose rows are not what iterating it gives: pass df.to_dict('records'))"
     return ""
+
+
+def _is_dataframe(value: Any) -> bool:
+    """A pandas (or pandas-like) DataFrame, recognised without importing pandas: iterating one gives
+    its column names, not its rows."""
+    return hasattr(value, "to_dict") and hasattr(value, "columns") and not isinstance(value, Mapping)
 
 
 def load_prompts(spec: Any, *, seed: int = 0, tokenizer: Any = None) -> list[Prompt]:
