@@ -257,7 +257,8 @@ def run_study(
     ranks = distributed.current()  # None: one process
     lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=ranks)
     if isinstance(parsed, GeneratedSet):
-        prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer)  # built clean: nothing to lint
+        prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer,  # built clean: nothing to lint
+                                  progress=progress and (ranks is None or ranks.is_root))
     else:
         prompts = parsed
         for message in lint_prompts(prompts, tokenizer=lm.tokenizer):

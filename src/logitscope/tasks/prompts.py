@@ -8,15 +8,18 @@ model's tokenizer.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from logitscope.errors import InputError
-from logitscope.tasks.ioi import generate_ioi_prompts
+from logitscope.tasks.ioi import iter_ioi_prompts
+from logitscope.tasks.lint import warn_prompts
 from logitscope.tasks.prompt import FIELDS, Prompt, check_prompt, prompt_from_row
 
 __all__ = ["BUILTIN_SETS", "GeneratedSet", "Prompt", "builtin_prompts", "load_jsonl", "load_prompts", "parse_prompts"]
@@ -106,8 +109,34 @@ class GeneratedSet:
     n: int
     order: str  # "mixed", "ABBA" or "BABA"
 
-    def generate(self, *, seed: int = 0, tokenizer: Any = None) -> list[Prompt]:
-        return generate_ioi_prompts(self.n, order=self.order, seed=seed, tokenizer=tokenizer)
+    def generate(self, *, seed: int = 0, tokenizer: Any = None, progress: bool = False) -> list[Prompt]:
+        """The prompts, made one at a time (:func:`iter_ioi_prompts`); with ``progress``, a bar for
+        sets of :data:`PROGRESS_FROM` or more. Above :data:`LARGE_SET`, first a
+        :class:`~logitscope.errors.PromptWarning`: such a size is more often a typo than a plan, and
+        the whole set is held in memory by the study."""
+        prompts = iter_ioi_prompts(self.n, order=self.order, seed=seed, tokenizer=tokenizer)  # checks now
+        if self.n > LARGE_SET:
+            warn_prompts(f"{self.spec} asks for {self.n:,} prompts: the study holds every one, about "
+                         f"{self.n * BYTES_PER_PROMPT / 1e9:.0f} GB of memory before its first forward pass; "
+                         f"was it a typo? (the IOI paper measures on a few hundred; interrupt with Ctrl-C)")
+        if not (progress and self.n >= PROGRESS_FROM):
+            return list(prompts)
+        from tqdm.auto import tqdm
+
+        out: list[Prompt] = []
+        with tqdm(total=self.n, unit="prompt", desc=f"generating {self.spec}", file=sys.stderr, dynamic_ncols=True,
+                  mininterval=0.5) as bar:
+            for start in range(0, self.n, 10_000):
+                out.extend(itertools.islice(prompts, 10_000))
+                bar.update(len(out) - start)
+        return out
+
+
+LARGE_SET = 1_000_000  # a generated set above this warns (ioi:50000000 for ioi:500)
+PROGRESS_FROM = 100_000  # generated sets from this size show a progress bar (about a second of generation)
+# Measured on the tiny checkpoint (README, "The IOI distribution at scale"): peak memory of `run --no-report`
+# grows by about this much per generated prompt (prompt, its token ids, per-prompt results).
+BYTES_PER_PROMPT = 2_000
 
 
 _GENERATED = {"ioi": "mixed", "ioi-abba": "ABBA", "ioi-baba": "BABA"}
