@@ -134,9 +134,9 @@ class GeneratedSet:
 
 LARGE_SET = 1_000_000  # a generated set above this warns (ioi:50000000 for ioi:500)
 PROGRESS_FROM = 100_000  # generated sets from this size show a progress bar (about a second of generation)
-# Measured on the tiny checkpoint (README, "The IOI distribution at scale"): peak memory of `run --no-report`
+# Measured on the tiny checkpoint (ioi:2000 against ioi:200000, 1 thread): peak memory of `run --no-report`
 # grows by about this much per generated prompt (prompt, its token ids, per-prompt results).
-BYTES_PER_PROMPT = 2_000
+BYTES_PER_PROMPT = 4_000
 
 
 _GENERATED = {"ioi": "mixed", "ioi-abba": "ABBA", "ioi-baba": "BABA"}
