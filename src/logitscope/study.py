@@ -8,7 +8,6 @@ import datetime as _dt
 import itertools
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -17,14 +16,14 @@ import torch
 
 from logitscope import distributed
 from logitscope.capture import BatchScalars, Recorder
-from logitscope.errors import ArgumentError, InputError, PromptWarning
+from logitscope.errors import ArgumentError, InputError
 from logitscope.attribution import signed_top_heads
 from logitscope.labels import parse_heads
 from logitscope.models.kernels import equivalent_kernels
 from logitscope.models.state import attention_implementation, study_mode
 from logitscope.models.load import LoadedModel, load_model, wrap_model
 from logitscope.results import AttentionView, StudyResult
-from logitscope.tasks.lint import lint_prompts
+from logitscope.tasks.lint import lint_prompts, special_answer, warn_prompts
 from logitscope.tasks.prompt import Prompt, is_token_id
 from logitscope.tasks.prompts import GeneratedSet, load_prompts, parse_prompts
 
@@ -88,6 +87,14 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
         )
     correct = np.array([answer_ids[p.correct][0] for p in prompts], dtype=np.int64)
     incorrect = np.array([answer_ids[p.incorrect][0] for p in prompts], dtype=np.int64)
+    special = special_answer(prompts, correct, incorrect, tok)
+    if special is not None:
+        i, a, t = special
+        raise InputError(
+            f"{_where(prompts, prompt=prompts[i])}: answer {a!r} is the tokenizer's special token "
+            f"{tok.convert_ids_to_tokens(t)!r} (id {t}), not text the model writes after the prompt; "
+            "choose an answer that is an ordinary single token (' Mary')"
+        )
     same = np.nonzero(correct == incorrect)[0]
     if same.size:
         p = prompts[int(same[0])]
@@ -250,11 +257,12 @@ def run_study(
     ranks = distributed.current()  # None: one process
     lm = _as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=ranks)
     if isinstance(parsed, GeneratedSet):
-        prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer)  # built clean: nothing to lint
+        prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer,  # built clean: nothing to lint
+                                  progress=progress and (ranks is None or ranks.is_root))
     else:
         prompts = parsed
         for message in lint_prompts(prompts, tokenizer=lm.tokenizer):
-            warnings.warn(message, PromptWarning, stacklevel=3)  # the caller of run_study (past its decorator)
+            warn_prompts(message)  # attributed to the user's line, past run_study / run_patching
     n_heads = lm.shape.n_layers * lm.shape.n_heads
     if top_k > n_heads:
         raise ArgumentError("top_k", top_k, f"this model has {n_heads} heads; ask for at most {n_heads}")
@@ -502,9 +510,30 @@ def _as_loaded(model: Any, tokenizer: Any, *, device: Any, dtype: Any, device_ma
         return model
     if isinstance(model, (str,)) or hasattr(model, "__fspath__"):
         return load_model(str(model), dtype=dtype, **distributed.placement(device, device_map, ranks))
+    _check_model(model)
     if tokenizer is None:
         raise InputError("pass the model's tokenizer with an already-loaded model: run_study(..., tokenizer=tok)")
     return wrap_model(model, tokenizer)
+
+
+MODELS_TAKEN = ("a hub id or alias ('gpt2'), a local folder, a .gguf file, a LoadedModel, or a Hugging Face "
+                "transformers causal LM with its tokenizer=")
+
+
+def _check_model(model: Any) -> None:
+    """Refuse what is not a model logitscope can wrap, saying what it takes (``None``; a
+    TransformerLens ``HookedTransformer``, whose modules are not the Hugging Face ones it hooks)."""
+    if model is None:
+        raise InputError(f"no model given (model=None): pass the model to study, {MODELS_TAKEN}")
+    if isinstance(model, torch.nn.Module) and hasattr(model, "config"):
+        return
+    kind = type(model).__name__
+    if kind == "HookedTransformer" or (hasattr(model, "cfg") and hasattr(model, "run_with_hooks")):
+        raise InputError(
+            f"model is a TransformerLens {kind}; logitscope hooks the Hugging Face model itself: pass the "
+            "transformers model it was built from (with tokenizer=) or its name, e.g. run_study(prompts, 'gpt2')"
+        )
+    raise InputError(f"model: expected {MODELS_TAKEN}; got {kind}")
 
 
 def _progress(total: int | None, enabled: bool, *, desc: str = "study", unit: str = "prompts"):

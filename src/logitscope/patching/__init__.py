@@ -23,7 +23,7 @@ from logitscope.patching.engine import Engine
 from logitscope.patching.grids import GRIDS, WHAT, resolve_what
 from logitscope.circuits import load_circuit
 from logitscope.patching.faithfulness import Completeness
-from logitscope.patching.pairs import EncodedPairs, encode_pairs
+from logitscope.patching.pairs import UNDEFINED, EncodedPairs, encode_pairs
 from logitscope.patching.paths import FREEZE, check_paths
 from logitscope.patching.positions import POSITION_MODES, position_axis
 from logitscope.patching.result import PatchingResult
@@ -161,6 +161,8 @@ def run_patching(
     enc = encode_prompts(prompts, lm, prepend_bos=bos)  # the study's checks, before any forward pass
     pairs = encode_pairs(prompts, enc.ids, enc.correct, enc.incorrect, lambda t: tokenize(lm.tokenizer, t),
                          lm.tokenizer.bos_token_id if bos else None)
+    if pairs.identical.all():
+        notes.append(UNDEFINED)
     axis = position_axis(pairs, positions) if any(GRIDS[g].by_position for g in grids) else None
     if axis is not None and axis.note:
         notes.append(axis.note)

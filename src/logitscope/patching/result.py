@@ -93,8 +93,16 @@ class PatchingResult:
         """TransformerLens's normalised metric on means: (patched − corrupted) / (clean − corrupted):
         0 where the patch changes nothing in a denoising run, 1 where it restores the clean result."""
         c, x = self.clean_logit_diff.mean(), self.corrupted_logit_diff.mean()
+        if self.normalised_undefined:  # 0 / 0 or ±inf: no number (NaN, results.json's null)
+            return np.full(self.grids[name].shape[:-1], np.nan)
         with np.errstate(divide="ignore", invalid="ignore"):
             return (self.mean(name) - x) / (c - x)
+
+    @property
+    def normalised_undefined(self) -> bool:
+        """True where clean − corrupted = 0 (every counterpart its own prompt): the normalised metric
+        has no value, and :meth:`normalised` is NaN throughout."""
+        return bool(self.clean_logit_diff.mean() == self.corrupted_logit_diff.mean())
 
     def position_labels(self, name: str) -> list[str] | None:
         return list(self.positions.labels) if "position" in self.grid_axes[name] and self.positions else None
@@ -165,6 +173,7 @@ class PatchingResult:
             "prepend_bos": bool(self.study.prepend_bos),
             f"clean_{m}": scalar("clean", self.clean_logit_diff),
             f"corrupted_{m}": scalar("corrupted", self.corrupted_logit_diff),
+            "normalised_defined": not self.normalised_undefined,  # false: clean − corrupted = 0
         }
         if self.positions is not None:
             doc["positions"] = {"mode": self.positions.mode, "labels": list(self.positions.labels),
@@ -285,6 +294,9 @@ class PatchingResult:
             f"{iv['corrupted']['ci95_high'][0]:.4f}]",
         ]
         for name in self.grids:
+            if self.normalised_undefined:
+                lines.append(f"  {name}: normalised effect undefined (clean − corrupted = 0)")
+                continue
             norm = self.normalised(name)
             flat = np.nan_to_num(norm.reshape(-1), nan=-np.inf)
             k = int(np.argmax(flat))
