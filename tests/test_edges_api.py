@@ -1,4 +1,4 @@
-"""``logitscope.edges`` and ``Experiment.edges``: the result's files (results.json's ``edges``
+"""``logitscope.methods.edges`` and ``Experiment.edges``: the result's files (results.json's ``edges``
 section, graph.json, edges_per_prompt.npz), reopening with every number equal, atomic outputs, bad
 options before the model loads, the automatic batch size, exact sums, and torchrun with 2 ranks
 equal to one process. The scores themselves are checked against TransformerLens in test_edges.py;

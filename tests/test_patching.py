@@ -312,6 +312,7 @@ def test_mean_ablation_is_per_template(models):
 
 
 # ---------------------------------------------------------------------------------------------- sanity
+@pytest.mark.filterwarnings("ignore:every corrupted prompt is its clean prompt:logitscope.PromptWarning")
 def test_patching_a_prompt_into_itself_changes_nothing(tmp_path, models):
     hf, _ = models("llama")
     rows = [{"prompt": p.text, "correct": p.correct, "incorrect": p.incorrect, "corrupted": p.text}
@@ -513,3 +514,52 @@ def test_a_saved_patch_run_reopens_as_the_same_result(tmp_path, models):
     assert again.summary() == res.summary()
     assert report_html(again.study, again) == report_html(res.study, res)
     assert isinstance(ls.load_result(tmp_path / "run" / "results.json"), ls.PatchingResult)
+
+
+# ---------------------------------------------------------------------------------------------- counterparts by identity
+def test_a_shuffled_or_sliced_builtin_set_keeps_each_prompts_partner(models):
+    """Each seed/arena prompt's counterpart is its own name-swapped partner wherever it sits in the
+    list: the per-prompt grids of a shuffle (and a slice) are the whole set's, re-ordered. Batches
+    hold other prompts, so float32 sums differ by ~1e-6; a wrong partner moves cells by >1e-2."""
+    import random
+
+    hf, _ = models("gpt2")
+    tok = gpt2_tokenizer()
+    full = ls.builtin_prompts("arena")
+    base = run_patching(full, hf, tokenizer=tok, what="heads")
+    perm = random.Random(5).sample(range(len(full)), len(full))
+    for rows in (perm, [1, 2, 3, 4]):
+        res = run_patching([full[i] for i in rows], hf, tokenizer=tok, what="heads")
+        assert res.corrupted_prompts == [base.corrupted_prompts[i] for i in rows]
+        np.testing.assert_allclose(res.corrupted_logit_diff, base.corrupted_logit_diff[rows], atol=1e-5)
+        for name, values in base.grids.items():
+            np.testing.assert_allclose(res.grids[name], values[..., rows], rtol=0, atol=1e-5, err_msg=name)
+
+
+# ---------------------------------------------------------------------------------------------- a pair that is its own counterpart
+def test_counterparts_equal_to_their_prompts_warn_and_never_print_inf(tmp_path, models):
+    hf, _ = models("gpt2")
+    tok = gpt2_tokenizer()
+    arena = ls.builtin_prompts("arena")[:4]
+    same = [ls.Prompt(p.text, p.correct, p.incorrect, corrupted=p.text) for p in arena]
+    with pytest.warns(ls.PromptWarning, match=r"every corrupted prompt is its clean prompt.*clean − corrupted = 0.*"
+                      r"normalised metric .* is undefined") as caught:
+        res = run_patching(same, hf, tokenizer=tok, what="heads")
+    assert all(w.filename == __file__ for w in caught)  # the user's line, not the library's
+    assert res.normalised_undefined
+    assert np.isnan(res.normalised("attn_head_out_all_pos")).all()
+    summary = res.summary()
+    assert not re.search(r"\binf\b", summary) and "attn_head_out_all_pos: normalised effect undefined (clean − corrupted = 0)" in summary
+    assert any("normalised metric" in n and "undefined" in n for n in res.notes)
+    doc = res.to_dict()
+    assert doc["normalised_defined"] is False and any("undefined" in n for n in doc["notes"])
+    assert {v for row in doc["attn_head_out_all_pos"]["normalised"] for v in row} == {None}
+    res.save(tmp_path / "same", report=False)
+    assert "Infinity" not in (tmp_path / "same" / "results.json").read_text()
+    # One such pair among others: a warning that names it; the metric stays defined.
+    mixed = [same[0], *(ls.Prompt(p.text, p.correct, p.incorrect, corrupted=arena[i ^ 1].text)
+                        for i, p in enumerate(arena) if i)]
+    with pytest.warns(ls.PromptWarning, match=r"1 of 4 pairs have a corrupted prompt equal to the clean one.*\[prompt 0\]"):
+        res = run_patching(mixed, hf, tokenizer=tok, what="heads")
+    assert not res.normalised_undefined and res.to_dict()["normalised_defined"] is True
+    assert np.isfinite(res.normalised("attn_head_out_all_pos")).all()

@@ -66,3 +66,70 @@ def test_jsonl_rows_and_errors(tmp_path):
             path.write_text(text)
         with pytest.raises(InputError, match=expected[name].replace("(", r"\(")):
             load_jsonl(path)
+
+
+# ---------------------------------------------------------------------------------------------- counterparts
+def _swapped(p):
+    """The partner written out independently: the subject's last mention replaced by the other name."""
+    subject, other = p.incorrect.strip(), p.correct.strip()
+    head, _, tail = p.text.rpartition(subject)
+    return head + other + tail
+
+
+@pytest.mark.parametrize("name", ["seed", "arena"])
+def test_builtin_counterparts_pair_by_identity_not_position(name):
+    import random
+    from dataclasses import replace
+
+    from logitscope.inputs.counterparts import with_counterparts
+
+    full = builtin_prompts(name)
+    for subset in (full, full[1:5], full[::-1], full[3:4], [p for p in full if p.correct != " Tom"],
+                   random.Random(7).sample(full, len(full))):
+        for p in with_counterparts(subset):
+            assert p.corrupted == _swapped(p), p.text
+            assert p.corrupted != p.text
+    # a prompt that claims the set but is not one of its prompts: an error, never a guessed partner
+    edited = replace(full[0], text=full[0].text.replace("bag", "box"))
+    with pytest.raises(InputError, match=rf"prompt 1 .*says it is from the {name} set .*not one of its prompts"):
+        with_counterparts([full[1], edited])
+
+
+# ---------------------------------------------------------------------------------------------- ioi:N at scale
+def test_ioi_prompts_are_made_lazily_and_match_the_list():
+    import itertools
+    import time
+
+    from logitscope.inputs.ioi import generate_ioi_prompts, iter_ioi_prompts
+
+    t = time.perf_counter()
+    lazy = iter_ioi_prompts(50_000_000, seed=3)  # nothing is made until taken
+    first = list(itertools.islice(lazy, 20))
+    assert time.perf_counter() - t < 5
+    listed = generate_ioi_prompts(20, seed=3)
+    assert first == listed and [p.meta for p in first] == [p.meta for p in listed]
+    with pytest.raises(InputError, match="IOI order must be one of"):
+        iter_ioi_prompts(10, order="ABAB")  # arguments are checked at the call, not at the first prompt
+
+
+def test_a_generated_set_that_looks_like_a_typo_warns_and_shows_progress(monkeypatch, capsys):
+    import logitscope.inputs.prompts as prompts_module
+    from logitscope import PromptWarning
+    from logitscope.inputs.prompts import parse_prompts
+
+    monkeypatch.setattr(prompts_module, "LARGE_SET", 30)  # the real threshold is 1,000,000
+    monkeypatch.setattr(prompts_module, "PROGRESS_FROM", 25)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PromptWarning)
+        assert len(parse_prompts("ioi:30").generate(progress=True)) == 30  # at the threshold: no warning
+    with pytest.warns(PromptWarning, match=r"ioi:31 asks for 31 prompts: the study holds every one.*a typo") as caught:
+        made = parse_prompts("ioi:31").generate(progress=True)
+    assert caught[0].filename == __file__
+    from logitscope.inputs.ioi import generate_ioi_prompts
+
+    assert len(made) == 31 and made == generate_ioi_prompts(31)
+    assert "generating ioi:31" in capsys.readouterr().err
+    parse_prompts("ioi:24").generate(progress=True)
+    assert "generating" not in capsys.readouterr().err  # small sets: no bar

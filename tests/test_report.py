@@ -6,11 +6,13 @@ and check in the resulting DOM that every plotly figure and every circuitsvis vi
 
 from __future__ import annotations
 
+import colorsys
 import dataclasses
 import html
 import re
 import shutil
 import subprocess
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -143,7 +145,9 @@ def test_make_figures(gpt2_result: StudyResult):
     np.testing.assert_allclose(np.asarray(heat.z), gpt2_result.head_attribution)
     assert heat.customdata[9][6][0] == "L9H6" and "%{customdata[0]}" in heat.hovertemplate
     assert heat.text[9][9] == "NM" and heat.text[10][7] == "NNM" and heat.text[1][1] == ""
-    np.testing.assert_allclose(figs["logit_diff_hist"].data[0].x, gpt2_result.logit_diff)
+    hist = figs["logit_diff_hist"].data[0]  # counts of the prompts in each bin (numpy's own count)
+    counts, _ = np.histogram(gpt2_result.logit_diff, bins=len(hist.y))
+    assert list(hist.y) == counts.tolist() and sum(hist.y) == gpt2_result.n_prompts
     # The waterfall's parts add up to the mean logit difference, up to the residual error.
     parts = figs["decomposition"].data[0].y[:-1]
     assert abs(sum(parts) - gpt2_result.mean_logit_diff) < 1e-5
@@ -434,3 +438,146 @@ def test_demo_writes_where_it_is_told(tmp_path):
     assert (tmp_path / "sub" / "demo.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     with pytest.raises(SystemExit):
         main([str(tmp_path)])  # a folder is not a file name
+
+
+# ------------------------------------------------------------------------------------------ issue 19: figures
+def _colour(c: str) -> np.ndarray:
+    return np.array([int(c[i:i + 2], 16) for i in (1, 3, 5)], dtype=float)
+
+
+def test_line_figures_show_every_label_on_many_layers():
+    """plotly thins category ticks (a 30-layer model's peak sat between two unlabeled ticks): every
+    label is an explicit tick, upright when they would not fit side by side."""
+    result = make_result(n_layers=30, n_heads=4, n_prompts=12, attention=False)
+    figs = make_figures(result)
+    for name, labels in (("logit_lens", result.logit_lens_labels), ("layer_attribution", result.layer_labels)):
+        axis = figs[name].layout.xaxis
+        assert axis.tickmode == "array" and list(axis.tickvals) == labels and list(axis.ticktext) == labels, name
+        assert axis.tickangle == -90 and "23_attn_out" in list(figs["layer_attribution"].layout.xaxis.ticktext)
+        assert figs[name].layout.margin.b >= 0.6 * 10 * max(map(len, labels))  # room for the upright labels
+    small = make_figures(make_result(n_layers=2, n_heads=4, n_prompts=12, attention=False))
+    assert small["layer_attribution"].layout.xaxis.tickangle == 0  # few labels stay level
+
+
+def test_figure_titles_are_wrapped_below_the_mode_bar_and_fill_the_card():
+    from logitscope.report.figures import CARD_WIDTH, TITLE_TOP, wrap_title
+
+    long = "Each key/value head's keys (k), all positions: attribution patching (first-order estimate) " * 2
+    lines = wrap_title(long.strip()).split("<br>")
+    assert len(lines) > 1 and all(len(x) * 0.55 * 15 <= CARD_WIDTH for x in lines)
+    assert " ".join(lines) == long.strip()  # nothing lost
+    fig = make_figures(make_result(n_layers=2, n_heads=4, n_prompts=12, attention=False))["logit_lens"]
+    assert fig.layout.title.yref == "container" and fig.layout.title.pad.t == TITLE_TOP
+    assert fig.layout.margin.t >= TITLE_TOP + 20 and fig.layout.width is None  # fills the card (responsive)
+
+
+def test_histogram_is_binned_and_bounded_in_the_number_of_prompts():
+    """The histogram holds at most 60 bins, not one value per prompt: counted here against
+    numpy's own count of the prompts in each bin."""
+    for n in (40, 20000):
+        result = make_result(n_layers=2, n_heads=2, n_prompts=n, attention=False, ioi_meta=False)
+        bar = make_figures(result)["logit_diff_hist"].data[0]
+        ld = np.asarray(result.logit_diff)
+        assert len(bar.x) <= 60 and sum(bar.y) == n
+        lo, hi = np.asarray(bar.customdata)[:, 0], np.asarray(bar.customdata)[:, 1]
+        inside = [((ld >= a) & ((ld < b) | (b == hi[-1]) & (ld <= b))).sum() for a, b in zip(lo, hi)]
+        assert list(bar.y) == inside
+    assert len(to_json_plotly(make_figures(result)["logit_diff_hist"])) < 20_000
+
+
+@pytest.fixture(scope="module")
+def deep_checkpoint(tmp_path_factory):
+    from logitscope.demo_checkpoint import make_demo_checkpoint
+
+    folder = tmp_path_factory.mktemp("deep")
+    make_demo_checkpoint(folder, n_layers=30)
+    return folder
+
+
+def _load(folder):
+    from logitscope.models.load import load_model
+
+    return load_model(str(folder), device="cpu")
+
+
+def test_heads_by_position_is_one_layer_by_head_panel_per_position(deep_checkpoint):
+    """`--what heads_by_pos` on 30 layers: not a 120 x 1 strip with every other label, but a
+    layer x head heatmap per position, each panel the grid's normalised values at that position."""
+    from logitscope import run_patching
+    from logitscope.report.patching import grid_figure
+
+    res = run_patching("ioi:6", _load(deep_checkpoint), what="heads_by_pos", positions="named")
+    fig = grid_figure(res, "attn_head_out_by_pos")
+    norm = res.normalised("attn_head_out_by_pos")  # [layer, position, head]
+    assert len(fig.data) == norm.shape[1] == len(res.positions.labels)
+    for k, trace in enumerate(fig.data):
+        np.testing.assert_array_equal(np.asarray(trace.z, dtype=float), norm[:, k, :])
+        assert list(trace.y) == [f"L{l}" for l in range(30)]
+    assert [a.text for a in fig.layout.annotations] == [f"@ {p}" for p in res.positions.labels]
+    assert list(fig.layout.yaxis.tickvals) == [f"L{l}" for l in range(30)]  # every layer labelled
+    one = grid_figure(run_patching("ioi:4", _load(deep_checkpoint), what="heads_by_pos", positions="end"),
+                      "attn_head_out_by_pos")
+    assert len(one.data) == 1 and np.asarray(one.data[0].z).shape == (30, 4)
+
+
+def test_an_undefined_grid_is_said_in_words_not_drawn(tiny_gpt2_dir, tmp_path):
+    """Pairs whose corrupted prompt is the clean one: clean − corrupted = 0, every normalised cell
+    NaN; the report says so instead of drawing an empty heatmap."""
+    import json as _json
+
+    from logitscope import run_patching
+
+    rows = [{"prompt": t, "correct": " Mary", "incorrect": " John", "corrupted": t}
+            for t in ("When John and Mary went to the shops, John gave the bag to",
+                      "When John and Mary went to the park, John gave the ball to")]
+    path = tmp_path / "same.jsonl"
+    path.write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (whether and how this warns is the patching engine's)
+        res = run_patching(str(path), _load(tiny_gpt2_dir), what="heads")
+    assert not np.isfinite(res.normalised("attn_head_out_all_pos")).any()  # NaN (or ±inf from float noise / 0)
+    page = report_html(res.study, res)
+    assert 'data-figure="patch_attn_head_out_all_pos"' not in page
+    assert "Every normalised value is undefined" in page and "clean − corrupted = 0" in page
+
+
+def test_patching_figures_fill_the_card_and_label_every_row(tiny_gpt2_dir):
+    from logitscope import run_patching
+    from logitscope.report.figures import TITLE_TOP
+    from logitscope.report.patching import MIN_PLOT_HEIGHT, patching_figures
+
+    res = run_patching("ioi:6", _load(tiny_gpt2_dir), what="heads,resid,ablation")
+    for name, fig in patching_figures(res).items():
+        lay = fig.layout
+        assert lay.width is None, name  # the card's width, not ~450 px in a 1,000 px card
+        assert lay.title.yref == "container" and lay.title.pad.t == TITLE_TOP, name
+        assert lay.height - lay.margin.t - lay.margin.b >= MIN_PLOT_HEIGHT, name  # no squashed colour bar
+        assert lay.xaxis.tickmode == "array" and list(lay.xaxis.tickvals) == [str(x) for x in fig.data[0].x], name
+
+
+def test_completeness_markers_differ_and_an_empty_random_k_is_listed_once(tiny_gpt2_dir):
+    from logitscope import run_patching
+    from logitscope.report.circuit import K_MARKERS, completeness_figure, listed_completeness
+
+    hues = [colorsys.rgb_to_hsv(*(_colour(c) / 255))[0] * 360 for _, c, _ in K_MARKERS.values()]
+    gaps = [min(abs(a - b), 360 - abs(a - b)) for i, a in enumerate(hues) for b in hues[i + 1:]]
+    assert min(gaps) >= 30, K_MARKERS  # "K = ∅" (#4a5361) and "a class" (#2f5fb3) were both hue ~218°
+    res = run_patching("ioi:6", _load(tiny_gpt2_dir), what="none", circuit="nm: L1H0 @ END; s: L0H1 @ END",
+                       circuit_random=6)
+    rows = res.circuit.measures["completeness"]
+    assert not [r for r in rows if r["source"] == "random" and not r["heads"]]  # random K are never ∅ now
+    assert listed_completeness(res.circuit) == (rows, 0)
+    # A result saved before random K were drawn distinct may hold K = ∅ among its random sets: the
+    # report lists it once (results.json keeps every row).
+    import dataclasses
+
+    empty = next(r for r in rows if r["source"] == "empty")
+    old = dataclasses.replace(res.circuit)
+    old.__dict__["measures"] = {**res.circuit.measures, "completeness": [*rows, {**empty, "source": "random",
+                                                                                 "k": "random 9"}]}
+    listed, dropped = listed_completeness(old)
+    assert dropped == 1 and listed == rows
+    drawn = sum(len(t.x) for t in completeness_figure(old).data[1:])
+    assert drawn == len(listed)
+    page = report_html(res.study, dataclasses.replace(res, circuit=old))
+    assert "1 random K equal to ∅ not listed again" in page

@@ -269,3 +269,28 @@ def test_mean_of_a_grid_the_run_lacks_names_the_grids_it_has(tiny_gpt2_dir):
     with pytest.raises(ls.ArgumentError, match=r"name='heads': this run has no such grid; its grids: attn_head_out_all_pos, "
                                                r"attn_out, mlp_out$"):
         res.mean("heads")
+
+
+def test_a_study_saved_over_a_patch_run_reopens_as_a_study(tiny_gpt2_dir, tmp_path):
+    """A study written into a folder a patch run wrote: the patch run's patching_per_prompt.npz is
+    removed (a folder holds one run's files), and reopening reads the kind from results.json, not
+    from which files are there (a stray npz beside a study's results.json still reopens a study)."""
+    from logitscope.results.io import RUN_FILES
+    from logitscope.api.patching import run_patching
+    from logitscope.api.patching_result import OUTPUT_FILES as PATCH_FILES
+    from logitscope.results.serialize import OUTPUT_FILES as STUDY_FILES
+
+    assert set(STUDY_FILES) | set(PATCH_FILES) <= set(RUN_FILES)  # every file a run writes is one it owns
+    folder = tmp_path / "run"
+    patched = run_patching("seed", str(tiny_gpt2_dir), what="attn_head_out_all_pos", device="cpu")
+    patched.save(folder, report=False)
+    assert isinstance(ls.load_result(folder), type(patched))
+    stray = (folder / "patching_per_prompt.npz").read_bytes()
+    study = ls.run_study("seed", str(tiny_gpt2_dir), device="cpu")
+    study.save(folder, report=False)
+    assert not (folder / "patching_per_prompt.npz").exists()
+    _same(study, ls.load_result(folder))
+    (folder / "patching_per_prompt.npz").write_bytes(stray)  # e.g. copied in by hand
+    _same(study, ls.load_result(folder))
+    patched.save(folder, report=False)  # and back: the patch run reopens as one
+    assert isinstance(ls.load_result(folder), type(patched))

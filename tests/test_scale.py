@@ -25,8 +25,10 @@ def _peak_rss_kb(args: list[str]) -> int:
 
 
 def test_peak_memory_does_not_grow_with_prompts(tiny_gpt2_dir, tmp_path):
-    """20,000 prompts within 1.5x the peak of 2,000 (the issue's bound). Keeping any per-prompt
-    activation (even one d_model vector per layer) or the per-prompt logits would break it."""
+    """20,000 prompts within 1.3x the peak of 2,000, report on (issue 19; measured 1.07x, see
+    bench/memory_report.py). Keeping any per-prompt activation (even one d_model vector per layer),
+    the per-prompt logits, a bootstrap block that grows with N (1.31x before) or a report that
+    draws every prompt would break it."""
     peaks = {}
     for n in (2000, 20000):
         out = tmp_path / f"ioi{n}"
@@ -37,7 +39,7 @@ def test_peak_memory_does_not_grow_with_prompts(tiny_gpt2_dir, tmp_path):
         assert np.load(out / "per_prompt_heads.npy").shape == (n, 2, 4)
         assert doc["decomposition"]["max_abs_error"] < 1e-4
         assert len(doc["by_template"]) == 30  # 15 templates x 2 orders
-    assert peaks[20000] <= 1.5 * peaks[2000], peaks
+    assert peaks[20000] <= 1.3 * peaks[2000], peaks
 
 
 def test_same_seed_same_prompts_other_seed_other_prompts(tiny_gpt2_dir, tmp_path):

@@ -61,8 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run the study and write results.json and report.html",
         description="Run the direct-logit-attribution study on a model and a prompt set; write "
-        "DIR/results.json, DIR/per_prompt_heads.npy and DIR/report.html (with --csv also DIR/per_prompt.csv; atomically: a failed run "
-        "leaves earlier files in DIR untouched), and print a summary.",
+        "DIR/results.json, DIR/per_prompt_heads.npy, DIR/per_prompt.npz (every other per-prompt array), "
+        "DIR/attention.npy (the attention patterns shown) and DIR/report.html (with --csv also DIR/per_prompt.csv), "
+        "atomically: a failed run leaves earlier files in DIR untouched, and a file of an earlier run that this "
+        "one does not write is removed. Then print a summary.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -73,11 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the study of the clean prompts, then activation patching of each prompt against its "
         "counterpart ('corrupted': a JSONL field, the seed/arena partner, or an IOI counterpart) with "
         "TransformerLens's grids and names, and ablations; write DIR/results.json (the study plus a 'patching' "
-        "object), DIR/patching_per_prompt.npz, the study's other files and DIR/report.html, atomically.",
+        "object), DIR/patching_per_prompt.npz, the study's other files and DIR/report.html (with --csv also "
+        "DIR/per_prompt.csv and DIR/patching_per_prompt.csv), atomically.",
         epilog=PATCH_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _study_options(patch, csv=False)
+    _study_options(patch, csv="also write per_prompt.csv (the clean prompts' study, as run --csv) and "
+                   "patching_per_prompt.csv: one row per pair, its clean and corrupted logit differences, every grid "
+                   "cell's patched logit difference (attn_head_out_all_pos:L9H6, resid_pre:L3 @ S2) and every "
+                   "ablation's as a column")
     patch.add_argument("--what", default="heads", metavar="GRIDS",
                        help="comma list of heads (default: each head's output at all positions), heads_by_pos, "
                        "resid (resid_pre, resid_mid by layer x position), layers (attn_out, mlp_out by layer x "
@@ -126,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _study_options(p: argparse.ArgumentParser, csv: bool = True) -> None:
+RUN_CSV = ("also write per_prompt.csv: one row per prompt, every logit-lens point, layer, head and decomposition "
+           "group as a column (TransformerLens labels)")
+
+
+def _study_options(p: argparse.ArgumentParser, csv: str = RUN_CSV) -> None:
     p.add_argument(
         "--model", required=True,
         help="hub id or TransformerLens alias (gpt2-small, ...), a local folder, or a .gguf file (needs the gguf package)",
@@ -152,15 +162,12 @@ def _study_options(p: argparse.ArgumentParser, csv: bool = True) -> None:
                      help="prepend the BOS token to every prompt (default: the family's TransformerLens habit)")
     bos.add_argument("--no-prepend-bos", dest="prepend_bos", action="store_false")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
-    if csv:
-        p.add_argument("--csv", action="store_true",
-                       help="also write per_prompt.csv: one row per prompt, every logit-lens point, layer, head and "
-                       "decomposition group as a column (TransformerLens labels)")
+    p.add_argument("--csv", action="store_true", help=csv)
     p.add_argument("--quiet", action="store_true", help="no progress bar or warnings")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--dist-timeout", type=float, default=900.0, metavar="S",
                    help="under torchrun: how long a rank waits for the others at each exchange before the run "
-                   "fails (default 900 seconds)")
+                   "fails (default 900 seconds; more than 0)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,12 +180,16 @@ def main(argv: list[str] | None = None) -> int:
     if launched and os.environ.get("RANK") != "0":
         args.quiet = True  # rank 0 speaks for every rank
     try:
-        if not launched:
-            return _patch(args) if args.command == "patch" else _run(args)
-        from logitscope.engine.distributed import launch
+        try:
+            if not launched:
+                return _patch(args) if args.command == "patch" else _run(args)
+            from logitscope.engine.distributed import launch
 
-        with launch(args.dist_timeout):  # every rank runs the command as one step
-            return _patch(args) if args.command == "patch" else _run(args)
+            with launch(args.dist_timeout):  # every rank runs the command as one step
+                return _patch(args) if args.command == "patch" else _run(args)
+        except BaseException:
+            _erase_progress_bars()  # no half-drawn bar before the error or the interruption
+            raise
     except LogitscopeError as e:
         if launched:
             return _rank_failed(e, args)
@@ -205,6 +216,13 @@ FLAGS = {"top_k": "--top-k", "batch_size": "--batch-size", "seed": "--seed", "at
          "circuit_greedy": "--circuit-greedy", "circuit_greedy_steps": "--circuit-greedy-steps",
          "circuit_greedy_candidates": "--circuit-greedy-candidates", "dist_timeout": "--dist-timeout"}
 FIX_FLAGS = {("prepend_bos", False): "--no-prepend-bos", ("prepend_bos", True): "--prepend-bos"}
+
+
+def _erase_progress_bars() -> None:
+    if "logitscope.methods.dla" in sys.modules:  # a bar can exist only once the study module is loaded
+        from logitscope.engine.setup import close_progress_bars
+
+        close_progress_bars()
 
 
 def _under_torchrun() -> bool:
@@ -277,6 +295,8 @@ def _checks(args: argparse.Namespace):
         raise InputError(f"--device {args.device} and --device-map {args.device_map}: give one or the other")
     if args.seed < 0:
         raise InputError(f"--seed {args.seed}: must be 0 or more")
+    if not args.dist_timeout > 0 or args.dist_timeout == float("inf"):  # also without torchrun: a typo is a typo
+        raise InputError(f"--dist-timeout {args.dist_timeout:g}: must be a number of seconds above 0 (default 900)")
     parsed = parse_prompts(args.prompts)
     if _under_torchrun():  # every rank's checks passed before any rank loads the model
         from logitscope.engine.distributed import current
@@ -342,7 +362,7 @@ def _patch(args: argparse.Namespace) -> int:
         )
     if result is None:
         return 0  # under torchrun, rank 0 writes
-    out = result.save(args.out, report=not args.no_report, label="--out")
+    out = result.save(args.out, report=not args.no_report, csv=args.csv, label="--out")
     print(result.summary())
     written = [out / name for name in OUTPUT_FILES if (out / name).exists()]
     print(f"wrote {', '.join(str(w) for w in written)}")

@@ -110,3 +110,21 @@ def _whole(x: Any) -> int | None:
     if isinstance(x, (int, np.integer)):
         return int(x)
     return None
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 pair``, ``3,000 pairs``: a count with its noun in the right number (summary lines)."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def rate(n: int, seconds: float, noun: str) -> str:
+    """How fast ``n`` ``noun``s went in ``seconds``, at three significant figures: ``58.3 prompts/s``,
+    ``1,234 prompts/s``, or below one a second ``2.41 s a prompt`` (never ``0 prompts/s``)."""
+    if n <= 0 or seconds <= 0:
+        return f"{noun}s/s: n/a"
+    per_s = n / seconds
+    if per_s >= 1000:
+        return f"{per_s:,.0f} {noun}s/s"
+    if per_s >= 1:
+        return f"{float(f'{per_s:.3g}'):g} {noun}s/s"
+    return f"{float(f'{1 / per_s:.3g}'):,g} s a {noun}"

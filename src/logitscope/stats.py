@@ -15,8 +15,10 @@ N_RESAMPLES = 1000
 LEVEL = 0.95
 
 # Bytes of resample counts held at once: bounds memory for large prompt sets (1,000 resamples of
-# 1,000,000 prompts would be 8 GB as one float64 matrix).
-_COUNTS_BUDGET = 64 * 2**20
+# 1,000,000 prompts would be 8 GB as one float64 matrix). The indices and counts of a block take
+# about three times this at the peak; 16 MB is all 1,000 resamples of 2,000 prompts, so a run's
+# peak memory stays flat above that (64 MB added ~200 MB at 20,000 prompts: bench/memory_report.py).
+_COUNTS_BUDGET = 16 * 2**20
 
 
 def resample_indices(n_prompts: int, *, n_resamples: int = N_RESAMPLES, seed: int = 0) -> Iterator[np.ndarray]:

@@ -22,8 +22,8 @@ from logitscope.methods.attribution import METHODS, SUFFIX, AttributionRunner
 from logitscope.engine.patched import Engine
 from logitscope.methods.patching.grids import GRIDS, WHAT, resolve_what
 from logitscope.inputs.circuits import load_circuit
-from logitscope.results.circuit import Completeness
-from logitscope.inputs.pairs import EncodedPairs, encode_pairs
+from logitscope.methods.circuits import Completeness
+from logitscope.inputs.pairs import UNDEFINED, EncodedPairs, encode_pairs
 from logitscope.methods.paths import FREEZE, check_paths
 from logitscope.inputs.positions import POSITION_MODES, position_axis
 from logitscope.api.patching_result import PatchingResult
@@ -164,6 +164,8 @@ def run_patching(
     enc = encode_prompts(prompts, lm, prepend_bos=bos)  # the study's checks, before any forward pass
     pairs = encode_pairs(prompts, enc.ids, enc.correct, enc.incorrect, lambda t: tokenize(lm.tokenizer, t),
                          lm.tokenizer.bos_token_id if bos else None)
+    if pairs.identical.all():
+        notes.append(UNDEFINED)
     axis = position_axis(pairs, positions) if any(GRIDS[g].by_position for g in grids) else None
     if axis is not None and axis.note:
         notes.append(axis.note)
@@ -195,8 +197,10 @@ def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, senders, receivers, fre
     """Path patching and the circuit's measures, when asked for (``paths``, ``circuit``), each with
     its progress bar (in prompt-runs) when ``progress``."""
     from logitscope.methods.circuits import run_circuit
+    from contextlib import nullcontext
+
     from logitscope.methods.paths import parse_receivers, parse_senders, run_paths
-    from logitscope.engine.setup import auto_batch_size, progress_bar
+    from logitscope.engine.setup import progress_bar, auto_batch_size
 
     out: dict[str, Any] = {}
     B = batch_size or auto_batch_size(lm, int(pairs.lengths.max()))
@@ -205,23 +209,28 @@ def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, senders, receivers, fre
         t = time.perf_counter()
         the_senders, the_receivers = parse_senders(senders, L, H), parse_receivers(receivers, L, H)
         inputs = sum(r.point != "logits" for r in the_receivers)
-        bar = progress_bar(pairs.n * len(the_senders) * (1 + inputs), progress)
-        if bar is not None:
-            bar.set_description("path patching")
-        out["paths"] = run_paths(lm, pairs, the_senders, the_receivers, direction=direction, freeze=freeze,
-                                 batch_size=B, seed=seed, progress=bar.update if bar is not None else None)
-        _finish(bar)
+        bar = progress_bar(pairs.n * len(the_senders) * (1 + inputs), progress, desc=f"path patching {_pairs(pairs.n)}",
+                        unit="runs")
+        with bar if bar is not None else nullcontext():
+            out["paths"] = run_paths(lm, pairs, the_senders, the_receivers, direction=direction, freeze=freeze,
+                                     batch_size=B, seed=seed, progress=bar.update if bar is not None else None)
+            _finish(bar)
         timing["paths_s"] = time.perf_counter() - t
     if circuit is not None:
         t = time.perf_counter()
-        bar = progress_bar(0, progress)
-        if bar is not None:
-            bar.set_description("circuit")
-        out["circuit"] = run_circuit(lm, prompts, pairs, load_circuit(circuit), ablation=ablation, batch_size=B,
-                                     seed=seed, completeness=completeness, progress=bar, prepend_bos=prepend_bos)
-        _finish(bar)
+        bar = progress_bar(None, progress, desc=f"circuit {_pairs(pairs.n)}", unit="runs")  # run_circuit sets the total
+        with bar if bar is not None else nullcontext():
+            out["circuit"] = run_circuit(lm, prompts, pairs, load_circuit(circuit), ablation=ablation, batch_size=B,
+                                         seed=seed, completeness=completeness, progress=bar, prepend_bos=prepend_bos)
+            _finish(bar)
         timing["circuit_s"] = time.perf_counter() - t
     return out
+
+
+def _pairs(n: int) -> str:
+    """``1 pair``, ``3,000 pairs``: a bar's description (its unit, runs, counts one prompt's patched,
+    ablated or mean-recording forward pass: a pair takes one per grid cell, set or sender)."""
+    return f"{n:,} pair{'s' if n != 1 else ''}"
 
 
 def _finish(bar) -> None:
@@ -272,7 +281,8 @@ def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: 
     budget = 4 * B * T
     n = pairs.n
     share = n if ranks is None else ranks.shares(n, B)[ranks.rank]
-    bar = progress_bar(1, progress and bool(grids or sets or head_ablation) and (ranks is None or ranks.is_root))
+    bar = progress_bar(None, progress and bool(grids or sets or head_ablation) and (ranks is None or ranks.is_root),
+                    desc=f"patching {_pairs(n)}", unit="runs")
     step = (lambda k: bar.update(k)) if bar is not None else None
     runner = GridRunner(engine, grids if method != "attribution" else [], direction, axis, n, budget, step)
     attribution = AttributionRunner(engine, grids, direction, axis, n, step) if method != "exact" else None

@@ -17,7 +17,7 @@ from logitscope.stats import bootstrap_means, percentile_interval
 def _output_files() -> tuple[str, ...]:
     from logitscope.results.serialize import OUTPUT_FILES as STUDY_FILES
 
-    return (*STUDY_FILES, "patching_per_prompt.npz")
+    return (*STUDY_FILES, "patching_per_prompt.npz", "patching_per_prompt.csv")
 
 
 OUTPUT_FILES = _output_files()
@@ -93,8 +93,16 @@ class PatchingResult:
         """TransformerLens's normalised metric on means: (patched − corrupted) / (clean − corrupted):
         0 where the patch changes nothing in a denoising run, 1 where it restores the clean result."""
         c, x = self.clean_logit_diff.mean(), self.corrupted_logit_diff.mean()
+        if self.normalised_undefined:  # 0 / 0 or ±inf: no number (NaN, results.json's null)
+            return np.full(self.grids[name].shape[:-1], np.nan)
         with np.errstate(divide="ignore", invalid="ignore"):
             return (self.mean(name) - x) / (c - x)
+
+    @property
+    def normalised_undefined(self) -> bool:
+        """True where clean − corrupted = 0 (every counterpart its own prompt): the normalised metric
+        has no value, and :meth:`normalised` is NaN throughout."""
+        return bool(self.clean_logit_diff.mean() == self.corrupted_logit_diff.mean())
 
     def position_labels(self, name: str) -> list[str] | None:
         return list(self.positions.labels) if "position" in self.grid_axes[name] and self.positions else None
@@ -165,6 +173,7 @@ class PatchingResult:
             "prepend_bos": bool(self.study.prepend_bos),
             f"clean_{m}": scalar("clean", self.clean_logit_diff),
             f"corrupted_{m}": scalar("corrupted", self.corrupted_logit_diff),
+            "normalised_defined": not self.normalised_undefined,  # false: clean − corrupted = 0
         }
         if self.positions is not None:
             doc["positions"] = {"mode": self.positions.mode, "labels": list(self.positions.labels),
@@ -239,16 +248,22 @@ class PatchingResult:
         # Every patched run is computed in float32, so float32 files lose nothing (reopening is exact).
         return {k: np.asarray(v, dtype=np.int64 if k in ("positions_at", "circuit_group") else np.float32) for k, v in arrays.items()}
 
-    def save(self, out_dir: str | Path, *, report: bool = True, label: str = "out_dir") -> Path:
+    def save(self, out_dir: str | Path, *, report: bool = True, csv: bool = False, label: str = "out_dir") -> Path:
         """Write the study's files (results.json with its ``patching`` object, per_prompt_heads.npy,
         per_prompt.npz, attention.npy), patching_per_prompt.npz and (by default) report.html into
-        ``out_dir``, atomically: a failure leaves earlier files untouched. ``label`` names
-        ``out_dir`` in error messages."""
+        ``out_dir``, atomically: a failure leaves earlier files untouched. ``csv``: also the clean
+        prompts' per_prompt.csv and patching_per_prompt.csv (one row per pair:
+        :func:`logitscope.results.patching_table.per_pair_columns`). ``label`` names ``out_dir`` in error
+        messages."""
         from logitscope.results.io import atomic_output_dir, json_text
         from logitscope.results.serialize import write_study
 
         with atomic_output_dir(out_dir, owned=OUTPUT_FILES, label=label) as tmp:
-            write_study(self.study, tmp)
+            write_study(self.study, tmp, csv=csv)
+            if csv:
+                from logitscope.results.patching_table import write_patching_csv
+
+                write_patching_csv(self, tmp / "patching_per_prompt.csv")
             (tmp / "results.json").write_text(json_text(self.results_document()), encoding="utf-8")
             np.savez(tmp / "patching_per_prompt.npz", **self.per_prompt_arrays())
             if report:
@@ -268,15 +283,20 @@ class PatchingResult:
         return {**patching_figures(self), **circuit_figures(self)}
 
     def summary(self) -> str:
+        from logitscope.labels import counted
+
         iv = self.intervals
         c, x = self.clean_logit_diff.mean(), self.corrupted_logit_diff.mean()
         lines = [
             self.study.summary(),
-            f"patching ({self.direction}, {self.n_prompts} pairs{_METRIC_NOTE.get(self.metric, '')}): clean {c:.4f} [{iv['clean']['ci95_low'][0]:.4f}, "
+            f"patching ({self.direction}, {counted(self.n_prompts, 'pair')}{_METRIC_NOTE.get(self.metric, '')}): clean {c:.4f} [{iv['clean']['ci95_low'][0]:.4f}, "
             f"{iv['clean']['ci95_high'][0]:.4f}], corrupted {x:.4f} [{iv['corrupted']['ci95_low'][0]:.4f}, "
             f"{iv['corrupted']['ci95_high'][0]:.4f}]",
         ]
         for name in self.grids:
+            if self.normalised_undefined:
+                lines.append(f"  {name}: normalised effect undefined (clean − corrupted = 0)")
+                continue
             norm = self.normalised(name)
             flat = np.nan_to_num(norm.reshape(-1), nan=-np.inf)
             k = int(np.argmax(flat))
@@ -316,7 +336,9 @@ class PatchingResult:
         return ReportView(self.study, height, self)
 
     def __repr__(self) -> str:
-        return (f"<PatchingResult {self.study.model}: {self.n_prompts} pairs, {self.direction}, "
+        from logitscope.labels import counted
+
+        return (f"<PatchingResult {self.study.model}: {counted(self.n_prompts, 'pair')}, {self.direction}, "
                 f"grids {', '.join(self.grids) or '-'}>")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,22 @@ __all__ = ["load_result"]
 def load_result(folder: str | Path) -> Any:
     """Reopen a study from the folder ``save`` (or ``logitscope run``) wrote: the same fields,
     figures, report and tables, without recomputing anything; a folder ``logitscope patch`` (or
-    ``PatchingResult.save``) wrote reopens as that :class:`~logitscope.api.patching.PatchingResult`,
-    and one :func:`logitscope.edges` (or ``EdgeResult.save``) wrote, whose results.json says
-    ``kind: "edges"``, as that :class:`~logitscope.results.edges.EdgeResult`.
-    Raises :class:`~logitscope.errors.InputError` for a folder of another ``schema_version``."""
+    ``PatchingResult.save``) wrote reopens as that :class:`~logitscope.api.patching_result.PatchingResult`,
+    and one :func:`logitscope.methods.edges` (or ``EdgeResult.save``) wrote, whose results.json says
+    ``kind: "edges"``, as that :class:`~logitscope.results.edges.EdgeResult`. The kind is read from
+    results.json (``kind``, a ``patching`` object), never from which files sit beside it. Raises
+    :class:`~logitscope.errors.InputError` for a folder of another ``schema_version``."""
     path = Path(folder).expanduser()
     if is_edges_folder(path.parent if path.is_file() else path):
         return read_edges(path)
-    if (path.parent if path.is_file() else path).joinpath("patching_per_prompt.npz").exists():
+    fields = serialize.read_study(folder)  # checks the folder, results.json and its schema_version
+    results = path if path.is_file() else path / "results.json"
+    if _is_patch_run(results):
         return read_patching(path)
-    return StudyResult(**serialize.read_study(folder))
+    return StudyResult(**fields)
+
+
+def _is_patch_run(results: Path) -> bool:
+    """Whether results.json (already read once, so readable) holds a patch run's ``patching`` object."""
+    doc = json.loads(results.read_text(encoding="utf-8"))
+    return isinstance(doc, dict) and isinstance(doc.get("patching"), dict)

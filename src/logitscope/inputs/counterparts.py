@@ -4,7 +4,9 @@ A counterpart has the same number of tokens as its prompt and changes what the a
 patching measures how much of the clean answer's logit difference each component carries over.
 
 - ``seed`` / ``arena``: each prompt's name-swapped partner, as TransformerLens's demo pairs them
-  ("..., John gave the bag to" with "..., Mary gave the bag to").
+  ("..., John gave the bag to" with "..., Mary gave the bag to"), found by what the prompt is (its
+  text and answers in the built-in set), not by where it sits in the list: a slice, filter or
+  shuffle of a built-in set keeps every prompt's own partner.
 - IOI prompts, ``"abc"``: the IOI paper's ABC distribution, the same template, place and object with
   the three name occurrences (IO, S1, S2) replaced by three distinct other names, so no name repeats.
 - IOI prompts, ``"flip"``: the name-flipped prompt, S2 replaced by IO, so the other name repeats
@@ -61,12 +63,34 @@ def ioi_counterpart(prompt: Prompt, kind: str, rng: random.Random, names: Sequen
     return _substitute(prompt.text, [(io_at[0].start(), io_at[0].end(), x), (s1.start(), s1.end(), y), (s2.start(), s2.end(), z)])
 
 
+def builtin_partner(prompt: Prompt, i: int) -> str:
+    """The text of a ``seed`` / ``arena`` prompt's name-swapped partner: the prompt of the same set
+    with the same format and the two names swapped (answers exchanged). Found by identity, so a
+    slice or shuffle of the set cannot pair a prompt with another's partner; a prompt that says it
+    is from the set but is not one of its prompts is an error, never paired with a guess."""
+    from logitscope.inputs.prompts import builtin_prompts
+
+    source = prompt.meta["source"]
+    full = builtin_prompts(source)
+    for j, q in enumerate(full):
+        if (q.text, q.correct, q.incorrect) == (prompt.text, prompt.correct, prompt.incorrect):
+            partner = full[j ^ 1]  # the set lists each prompt beside its partner
+            assert (partner.correct, partner.incorrect) == (q.incorrect, q.correct)
+            return partner.text
+    raise InputError(
+        f"prompt {i} ({prompt.text[:50]!r}, answers {prompt.correct!r} / {prompt.incorrect!r}) says it is from the "
+        f"{source} set (meta source={source!r}) but is not one of its prompts, so it has no name-swapped partner: "
+        'give it a "corrupted" counterpart of its own, or drop meta["source"]'
+    )
+
+
 def with_counterparts(prompts: Sequence[Prompt], corrupt: str | None = None, *, seed: int = 0, tokenizer: Any = None) -> list[Prompt]:
     """``prompts`` with a ``corrupted`` counterpart each, or a clear error naming the first that has none.
 
     Prompts that already carry one (JSONL ``"corrupted"``) keep it. ``corrupt`` ("abc" or "flip")
-    chooses the counterpart of IOI prompts (default "abc", the IOI paper's); the built-in ``seed`` and
-    ``arena`` sets pair each prompt with its name-swapped partner. Deterministic for a ``seed``."""
+    chooses the counterpart of IOI prompts (default "abc", the IOI paper's); prompts of the built-in
+    ``seed`` and ``arena`` sets get their own name-swapped partner (:func:`builtin_partner`, whatever
+    their order in ``prompts``). Deterministic for a ``seed``."""
     if corrupt is not None and corrupt not in CORRUPTIONS:
         raise ArgumentError("corrupt", corrupt, f"use one of {', '.join(CORRUPTIONS)}")
     prompts = list(prompts)
@@ -79,13 +103,10 @@ def with_counterparts(prompts: Sequence[Prompt], corrupt: str | None = None, *, 
                 raise ArgumentError("corrupt", corrupt, "these prompts already carry their counterparts ('corrupted')")
             out.append(p)
         elif p.meta.get("source") in ("seed", "arena"):
-            partner = prompts[i ^ 1] if (i ^ 1) < len(prompts) else None
-            if partner is None or partner.meta.get("source") != p.meta.get("source"):
-                raise InputError(f"prompt {i} of the {p.meta['source']} set has no name-swapped partner")
             if corrupt is not None:
                 raise ArgumentError("corrupt", corrupt, f"is for IOI prompts; the {p.meta['source']} set pairs each "
                                     "prompt with its name-swapped partner")
-            out.append(replace(p, corrupted=partner.text))
+            out.append(replace(p, corrupted=builtin_partner(p, i)))
         elif "io" in p.meta and "s" in p.meta:
             if names is None:
                 from logitscope.inputs.ioi import ioi_word_lists

@@ -1,5 +1,6 @@
 """Prompts to token ids: tokenising (batched, fast tokenizer) and encoding a prompt set for a model,
-with the checks every method relies on (single-token answers, correct ≠ incorrect, the context)."""
+with the checks every method relies on (single-token answers that are not special tokens, correct ≠
+incorrect, the model's context)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from logitscope.errors import ArgumentError, InputError
+from logitscope.inputs.lint import special_answer
 from logitscope.inputs.prompt import Prompt, is_token_id
 
 if TYPE_CHECKING:
@@ -76,6 +78,14 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
         )
     correct = np.array([answer_ids[p.correct][0] for p in prompts], dtype=np.int64)
     incorrect = np.array([answer_ids[p.incorrect][0] for p in prompts], dtype=np.int64)
+    special = special_answer(prompts, correct, incorrect, tok)
+    if special is not None:
+        i, a, t = special
+        raise InputError(
+            f"{where(prompts, prompt=prompts[i])}: answer {a!r} is the tokenizer's special token "
+            f"{tok.convert_ids_to_tokens(t)!r} (id {t}), not text the model writes after the prompt; "
+            "choose an answer that is an ordinary single token (' Mary')"
+        )
     same = np.nonzero(correct == incorrect)[0]
     if same.size:
         p = prompts[int(same[0])]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ __all__ = [
     "PLACES",
     "abba_from_baba",
     "generate_ioi_prompts",
+    "iter_ioi_prompts",
     "ioi_word_lists",
 ]
 
@@ -226,7 +227,20 @@ def generate_ioi_prompts(
     tokenizer: Any = None,
     templates: Sequence[int] | Sequence[str] | None = None,
 ) -> list[Prompt]:
-    """``n`` IOI prompts sampled as in the IOI paper, e.g.
+    """``n`` IOI prompts sampled as in the IOI paper, as a list: :func:`iter_ioi_prompts`' prompts
+    (see there for the sampling and every argument)."""
+    return list(iter_ioi_prompts(n, order=order, seed=seed, tokenizer=tokenizer, templates=templates))
+
+
+def iter_ioi_prompts(
+    n: int,
+    *,
+    order: str = "mixed",
+    seed: int = 0,
+    tokenizer: Any = None,
+    templates: Sequence[int] | Sequence[str] | None = None,
+) -> Iterator[Prompt]:
+    """``n`` IOI prompts sampled as in the IOI paper, one at a time, e.g.
     ``Prompt("Then, Mary and John went to the store. John gave a ring to", " Mary", " John")``.
 
     For each prompt, in this order, a private ``random.Random(seed)`` draws: a template (uniform),
@@ -258,6 +272,9 @@ def generate_ioi_prompts(
     "s": name, "place": word, "object": word}``, where ``k`` is the paper's template number
     (for custom template strings, the 1-based position in ``templates``); "place" and "object"
     are left out when the template doesn't use them.
+
+    The arguments are checked when this is called; the prompts are made as they are taken, so
+    memory holds only what the caller keeps.
     """
     if isinstance(n, bool) or not isinstance(n, int):
         raise InputError(f"number of IOI prompts must be a whole number, got {n!r}")
@@ -297,12 +314,16 @@ def generate_ioi_prompts(
                 + (f"use only templates {free}" if free else "no chosen template works without one")
             )
 
+    return _sample(n, order, seed, compiled, names, places, objects)
+
+
+def _sample(n: int, order: str, seed: int, compiled: list[tuple[_Template, _Template]], names: Sequence[str],
+            places: Sequence[str], objects: Sequence[str]) -> Iterator[Prompt]:
     rng = random.Random(seed)
     randrange = rng.randrange
     n_templates, n_names, n_places, n_objects = len(compiled), len(names), len(places), len(objects)
+    spaced = [" " + name for name in names]  # one answer string per name, shared by its prompts
     side = {"ABBA": 0, "BABA": 1}
-    out: list[Prompt] = []
-    append = out.append
     for i in range(n):
         pair = compiled[randrange(n_templates)]
         io_i = randrange(n_names)
@@ -318,6 +339,4 @@ def generate_ioi_prompts(
             meta["place"] = place
         if tpl.uses_object:
             meta["object"] = obj
-        text = tpl.fmt.format(io=io, s=s, place=place, object=obj)
-        append(Prompt(text, " " + io, " " + s, meta))
-    return out
+        yield Prompt(tpl.fmt.format(io=io, s=s, place=place, object=obj), spaced[io_i], spaced[s_i], meta)

@@ -7,10 +7,28 @@ and the command line prints them (``--quiet`` silences them).
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import warnings
 from typing import Any, Callable, Sequence
 
 from logitscope.inputs.prompt import Prompt
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # .../logitscope/
+
+
+def warn_prompts(message: str) -> None:
+    """Issue ``message`` as a :class:`~logitscope.errors.PromptWarning` attributed to the user's
+    line: the first frame outside logitscope, however deep in the library it was raised (a fixed
+    ``stacklevel`` points inside the library when ``run_patching`` calls ``run_study``)."""
+    from logitscope.errors import PromptWarning
+
+    level, frame = 1, sys._getframe(0)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, PromptWarning, stacklevel=level)
 
 
 def _where(p: Prompt, i: int) -> str:
@@ -104,3 +122,19 @@ def _line(prompts: Sequence[Prompt], hits: list[int], message: str, max_examples
     where = ", ".join(_where(prompts[i], i) for i in hits[:max_examples])
     more = ", ..." if len(hits) > max_examples else ""
     return f"{len(hits)} of {len(prompts)} prompts {message} [{where}{more}]"
+
+
+def special_answer(prompts: Sequence[Prompt], correct: Sequence[int], incorrect: Sequence[int],
+                   tokenizer: Any) -> tuple[int, str | int, int] | None:
+    """The first ``(prompt index, answer, token id)`` whose answer is one of the tokenizer's special
+    tokens (``<|endoftext|>``, BOS, padding, unknown), as text or as an id, or ``None``. Such an
+    answer is not a word the model predicts after the prompt's text, so its logit difference means
+    nothing for the question asked (an error, not a warning)."""
+    special = set(getattr(tokenizer, "all_special_ids", None) or [])
+    if not special:
+        return None
+    for i, (p, c, x) in enumerate(zip(prompts, correct, incorrect)):
+        for answer, token in ((p.correct, int(c)), (p.incorrect, int(x))):
+            if token in special:
+                return i, answer, token
+    return None

@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from logitscope.errors import InputError
+from logitscope.inputs.lint import _where, warn_prompts
 from logitscope.inputs.prompt import Prompt
 
 # The IOI paper's word positions (its code's word_idx): the indirect object, the subject's first
@@ -27,6 +28,11 @@ class EncodedPairs:
     lengths: np.ndarray  # [N]
     positions: dict[str, np.ndarray] | None  # named positions, [N] each, or None
     equal_length: bool
+
+    @property
+    def identical(self) -> np.ndarray:
+        """[N] bool: the pair's counterpart is its prompt, token for token (clean − corrupted = 0)."""
+        return np.fromiter((c == x for c, x in zip(self.clean, self.corrupted)), dtype=bool, count=self.n)
 
     @property
     def n(self) -> int:
@@ -51,8 +57,30 @@ def encode_pairs(prompts: Sequence[Prompt], clean_ids: list[list[int]], correct:
                 f"{len(c)}; a counterpart must have the same number of tokens so that positions align"
             )
     lengths = np.array([len(c) for c in clean_ids], dtype=np.int64)
-    return EncodedPairs(clean_ids, corrupted, correct, incorrect, lengths,
+    pairs = EncodedPairs(clean_ids, corrupted, correct, incorrect, lengths,
                         ioi_positions(prompts, clean_ids, correct, incorrect), bool((lengths == lengths[0]).all()))
+    _warn_identical(prompts, pairs.identical)
+    return pairs
+
+
+UNDEFINED = ("every corrupted prompt is its clean prompt, token for token: clean − corrupted = 0, so the normalised "
+             "metric (patched − corrupted) / (clean − corrupted) is undefined (no value: null in results.json); give "
+             "counterparts that change the answer")
+
+
+def _warn_identical(prompts: Sequence[Prompt], identical: np.ndarray) -> None:
+    """A :class:`PromptWarning` when pairs' counterparts are their prompts: such a pair measures
+    nothing, and when every pair is one the normalised metric divides by zero."""
+    hits = np.nonzero(identical)[0]
+    if not hits.size:
+        return
+    if hits.size == len(prompts):
+        warn_prompts(UNDEFINED)
+        return
+    where = ", ".join(_where(prompts[i], int(i)) for i in hits[:3]) + (", ..." if hits.size > 3 else "")
+    warn_prompts(f"{hits.size} of {len(prompts)} pairs have a corrupted prompt equal to the clean one, token for token "
+                 f"[{where}]: patching changes nothing for them (clean − corrupted = 0): they count in every mean logit "
+                 "difference but add nothing to the normalised metric")
 
 
 def ioi_positions(prompts: Sequence[Prompt], ids: list[list[int]], correct: np.ndarray,

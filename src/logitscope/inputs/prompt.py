@@ -36,17 +36,21 @@ def is_token_id(answer: Any) -> bool:
 
 
 def check_prompt(prompt: Prompt, where: str) -> Prompt:
-    """``prompt`` if its text is a non-empty string and each answer :data:`ANSWER_RULE`; else an
+    """``prompt`` if its text is a string with more than whitespace and each answer :data:`ANSWER_RULE`; else an
     :class:`InputError` that starts with ``where`` (``file.jsonl:3``, ``prompts[3]``)."""
     if not isinstance(prompt.text, str) or not prompt.text:
         raise InputError(f"{where}: field 'prompt' must be a non-empty string, not {_shown(prompt.text)}")
+    if not prompt.text.strip():
+        raise InputError(f"{where}: field 'prompt' is only whitespace ({prompt.text[:20]!r}); give the text the answer "
+                         "follows")
     for name, answer in (("correct", prompt.correct), ("incorrect", prompt.incorrect)):
         if not ((isinstance(answer, str) and answer) or is_token_id(answer)):
             raise InputError(f"{where}: field {name!r} must be {ANSWER_RULE}, not {_shown(answer)}")
     if not isinstance(prompt.meta, dict):
         raise InputError(f"{where}: meta must be a dict, not {_shown(prompt.meta)}")
-    if prompt.corrupted is not None and (not isinstance(prompt.corrupted, str) or not prompt.corrupted):
-        raise InputError(f"{where}: field 'corrupted' must be a non-empty string, not {_shown(prompt.corrupted)}")
+    if prompt.corrupted is not None and (not isinstance(prompt.corrupted, str) or not prompt.corrupted.strip()):
+        raise InputError(f"{where}: field 'corrupted' must be a non-empty string (not only whitespace), "
+                         f"not {_shown(prompt.corrupted)}")
     return prompt
 
 

@@ -8,15 +8,18 @@ model's tokenizer.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from logitscope.errors import InputError
-from logitscope.inputs.ioi import generate_ioi_prompts
+from logitscope.inputs.ioi import iter_ioi_prompts
+from logitscope.inputs.lint import warn_prompts
 from logitscope.inputs.prompt import FIELDS, Prompt, check_prompt, prompt_from_row
 
 __all__ = ["BUILTIN_SETS", "GeneratedSet", "Prompt", "builtin_prompts", "load_jsonl", "load_prompts", "parse_prompts"]
@@ -106,8 +109,34 @@ class GeneratedSet:
     n: int
     order: str  # "mixed", "ABBA" or "BABA"
 
-    def generate(self, *, seed: int = 0, tokenizer: Any = None) -> list[Prompt]:
-        return generate_ioi_prompts(self.n, order=self.order, seed=seed, tokenizer=tokenizer)
+    def generate(self, *, seed: int = 0, tokenizer: Any = None, progress: bool = False) -> list[Prompt]:
+        """The prompts, made one at a time (:func:`iter_ioi_prompts`); with ``progress``, a bar for
+        sets of :data:`PROGRESS_FROM` or more. Above :data:`LARGE_SET`, first a
+        :class:`~logitscope.errors.PromptWarning`: such a size is more often a typo than a plan, and
+        the whole set is held in memory by the study."""
+        prompts = iter_ioi_prompts(self.n, order=self.order, seed=seed, tokenizer=tokenizer)  # checks now
+        if self.n > LARGE_SET:
+            warn_prompts(f"{self.spec} asks for {self.n:,} prompts: the study holds every one, about "
+                         f"{self.n * BYTES_PER_PROMPT / 1e9:.0f} GB of memory before its first forward pass; "
+                         f"was it a typo? (the IOI paper measures on a few hundred; interrupt with Ctrl-C)")
+        if not (progress and self.n >= PROGRESS_FROM):
+            return list(prompts)
+        from tqdm.auto import tqdm
+
+        out: list[Prompt] = []
+        with tqdm(total=self.n, unit="prompt", desc=f"generating {self.spec}", file=sys.stderr, dynamic_ncols=True,
+                  mininterval=0.5) as bar:
+            for start in range(0, self.n, 10_000):
+                out.extend(itertools.islice(prompts, 10_000))
+                bar.update(len(out) - start)
+        return out
+
+
+LARGE_SET = 1_000_000  # a generated set above this warns (ioi:50000000 for ioi:500)
+PROGRESS_FROM = 100_000  # generated sets from this size show a progress bar (about a second of generation)
+# Measured on the tiny checkpoint (ioi:2000 against ioi:200000, 1 thread): peak memory of `run --no-report`
+# grows by about this much per generated prompt (prompt, its token ids, per-prompt results).
+BYTES_PER_PROMPT = 4_000
 
 
 _GENERATED = {"ioi": "mixed", "ioi-abba": "ABBA", "ioi-baba": "BABA"}
@@ -149,7 +178,8 @@ def parse_prompts(prompts: Any) -> list[Prompt] | GeneratedSet:
         return load_jsonl(Path(prompts))
     if isinstance(prompts, GeneratedSet):
         return prompts
-    if isinstance(prompts, (bytes, bytearray, Mapping, Prompt)) or not isinstance(prompts, Iterable):
+    if _is_dataframe(prompts) or isinstance(prompts, (bytes, bytearray, Mapping, Prompt)) \
+            or not isinstance(prompts, Iterable):
         raise TypeError(f"prompts: expected {EXPECTED}; got {_what(prompts)}{_hint(prompts)}")
     out = [_one_prompt(item, i) for i, item in enumerate(prompts)]
     if not out:
@@ -184,9 +214,15 @@ def _hint(value: Any) -> str:
         return " (a single Prompt: pass a list, [prompt])"
     if isinstance(value, Mapping):
         return " (a single row: pass a list of rows, [row])"
-    if hasattr(value, "to_dict") and hasattr(value, "columns"):
-        return " (a DataFrame: pass df.to_dict('records'))"
+    if _is_dataframe(value):
+        return " (a DataFrame, whose rows are not what iterating it gives: pass df.to_dict('records'))"
     return ""
+
+
+def _is_dataframe(value: Any) -> bool:
+    """A pandas (or pandas-like) DataFrame, recognised without importing pandas: iterating one gives
+    its column names, not its rows."""
+    return hasattr(value, "to_dict") and hasattr(value, "columns") and not isinstance(value, Mapping)
 
 
 def load_prompts(spec: Any, *, seed: int = 0, tokenizer: Any = None) -> list[Prompt]:

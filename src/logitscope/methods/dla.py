@@ -7,9 +7,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import itertools
-import sys
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -18,18 +16,18 @@ import torch
 
 from logitscope.engine import distributed
 from logitscope.engine.capture import BatchScalars, Recorder
-from logitscope.errors import ArgumentError, InputError, PromptWarning
-from logitscope.results.decomposition import signed_top_heads
-from logitscope.labels import parse_heads
-from logitscope.models.kernels import equivalent_kernels
-from logitscope.models.state import attention_implementation, study_mode
-from logitscope.models.load import LoadedModel
 from logitscope.engine.setup import as_loaded, auto_batch_size, progress_bar
+from logitscope.errors import ArgumentError
 from logitscope.inputs.encode import Encoded, encode_prompts
-from logitscope.results.study import AttentionView, StudyData
-from logitscope.inputs.lint import lint_prompts
+from logitscope.inputs.lint import lint_prompts, warn_prompts
 from logitscope.inputs.prompt import Prompt, is_token_id
 from logitscope.inputs.prompts import GeneratedSet, load_prompts, parse_prompts
+from logitscope.labels import parse_heads
+from logitscope.models.kernels import equivalent_kernels
+from logitscope.models.load import LoadedModel
+from logitscope.models.state import attention_implementation, study_mode
+from logitscope.results.decomposition import signed_top_heads
+from logitscope.results.study import AttentionView, StudyData
 
 
 def study(
@@ -64,11 +62,12 @@ def study(
     ranks = distributed.current()  # None: one process
     lm = as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=ranks)
     if isinstance(parsed, GeneratedSet):
-        prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer)  # built clean: nothing to lint
+        prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer,  # built clean: nothing to lint
+                                  progress=progress and (ranks is None or ranks.is_root))
     else:
         prompts = parsed
         for message in lint_prompts(prompts, tokenizer=lm.tokenizer):
-            warnings.warn(message, PromptWarning, stacklevel=4)  # the caller of logitscope.run_study (past its decorator)
+            warn_prompts(message)  # attributed to the user's line, past run_study / run_patching
     n_heads = lm.shape.n_layers * lm.shape.n_heads
     if top_k > n_heads:
         raise ArgumentError("top_k", top_k, f"this model has {n_heads} heads; ask for at most {n_heads}")

@@ -50,7 +50,7 @@ def scatter_figure(result: PatchingResult, grid: str) -> go.Figure:
         ))
     layout = _base_layout(f"Attribution patching against exact patching: {grid}", "Exact (normalised)",
                           "Attribution estimate (normalised)", height=460)
-    layout.update(width=560, showlegend=True, legend=dict(orientation="h", y=-0.22))
+    layout.update(showlegend=True, legend=dict(orientation="h", y=-0.22))
     layout["margin"]["b"] = 96
     fig.update_layout(**layout)
     return fig
@@ -83,5 +83,6 @@ def agreement_html(result: PatchingResult, grid: str, figure_html: Callable, tab
         if len(ag["off"]) > len(shown):
             parts.append(f'<p class="note">… and {len(ag["off"]) - len(shown)} more (results.json '
                          f"patching.agreement.{html.escape(grid)}.off).</p>")
-    parts.append(figure_html(figs[f"atp_scatter_{grid}"], f"atp_scatter_{grid}"))
+    if np.isfinite(result.normalised(grid)).any():
+        parts.append(figure_html(figs[f"atp_scatter_{grid}"], f"atp_scatter_{grid}"))
     return "".join(parts)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import plotly.graph_objects as go
 
-from logitscope.report.figures import ACCENT, FONT, _base_layout
+from logitscope.report.figures import ACCENT, FONT, _base_layout, every_label
 from logitscope.report.patching import _heatmap
 
 if TYPE_CHECKING:
@@ -69,14 +69,24 @@ def paths_figure(paths: PathPatchingResult) -> go.Figure:
 
 
 # How each source of completeness sets K is drawn and named in the legend.
-K_MARKERS = {"empty": ("K = ∅", "#4a5361", "circle"), "class": ("a class", ACCENT, "circle"),
-             "random": ("random subset", "#7570b3", "diamond"), "greedy": ("greedy search", "#d95f02", "star")}
+# Colours far apart in hue as well as symbols (∅ was a dark slate beside the classes' blue).
+K_MARKERS = {"empty": ("K = ∅", "#1b9e77", "square"), "class": ("a class", ACCENT, "circle"),
+             "random": ("random subset", "#e7298a", "diamond"), "greedy": ("greedy search", "#d95f02", "star")}
+
+
+def listed_completeness(circuit: CircuitResult) -> tuple[list[dict[str, Any]], int]:
+    """The completeness rows the report lists and draws, and how many it leaves out: a random K
+    that is the empty set is the row ``K = ∅`` again (same heads, same numbers), so it is not
+    listed twice (results.json keeps every row)."""
+    rows = circuit.measures["completeness"]
+    kept = [r for r in rows if not (r["source"] == "random" and not r["heads"])]
+    return kept, len(rows) - len(kept)
 
 
 def completeness_figure(circuit: CircuitResult) -> go.Figure:
     """F(C \\ K) against F(M \\ K) for each K, with intervals, one trace per source of K (the empty
     set, the classes, random subsets, the greedy search); a complete circuit sits on y = x."""
-    rows = circuit.measures["completeness"]
+    rows, _ = listed_completeness(circuit)
     x = [r["model_without_k"]["mean"] for r in rows]
     y = [r["circuit_without_k"]["mean"] for r in rows]
     lo = min(min(x), min(y)) - 0.2
@@ -105,7 +115,6 @@ def completeness_figure(circuit: CircuitResult) -> go.Figure:
     layout = _base_layout("Completeness: the circuit and the model with the same heads K knocked out",
                           "F(M \\ K), logit diff", "F(C \\ K), logit diff", height=460)
     layout.update(showlegend=True, legend=dict(orientation="h", y=-0.2))
-    layout["width"] = 520
     fig.update_layout(**layout)
     return fig
 
@@ -133,8 +142,7 @@ def minimality_figure(circuit: CircuitResult) -> go.Figure:
                           "Head", "Score / F(M)", height=380)
     layout.update(showlegend=True, legend=dict(orientation="h", y=-0.25), bargap=0.15)
     layout["yaxis"]["tickformat"] = ".0%"
-    layout["xaxis"]["type"] = "category"
-    layout["width"] = max(520, 26 * len(rows) + 160)
+    layout["margin"]["b"] = every_label(layout["xaxis"], list(dict.fromkeys(r["head"] for r in rows))) + 40
     layout["font"] = dict(family=FONT, size=12, color="#1f2933")
     fig.update_layout(**layout)
     return fig
@@ -168,7 +176,12 @@ def circuit_section(result: PatchingResult, figure_html, table_html, caption_htm
             "Hover a cell for the patched logit difference, the change and the effect, each with its 95% interval "
             "(the study's bootstrap resamples); a blank cell has no path (the sender is not below the receiver).",
         ))
-        parts.append(figure_html(figs["paths"], "paths"))
+        if np.isfinite(paths.effect()).any():
+            parts.append(figure_html(figs["paths"], "paths"))
+        else:
+            from logitscope.report.patching import undefined_note
+
+            parts.append(undefined_note("Path patching's effects"))
         parts += [f'<p class="note">Note: {_e(n)}</p>' for n in paths.notes]
     circuit = result.circuit
     if circuit is not None:
@@ -220,10 +233,14 @@ def _circuit_tables(circuit: CircuitResult, table_html, caption_html) -> str:
         + (" A greedy set is chosen for its score on these same prompts, so its interval does not count that choice."
            if greedy else ""),
     ))
+    listed, dropped = listed_completeness(circuit)
     rows = [[_e(r["k"]), _e(r["source"]), f"{len(r['heads'])}: {_e(', '.join(r['heads']))}"
              if r["source"] in ("random", "greedy") and r["heads"] else str(len(r["heads"])),
              _v(r["circuit_without_k"]), _v(r["model_without_k"]),
-             _v(r["incompleteness"]), _ci(r["incompleteness"])] for r in ms["completeness"]]
+             _v(r["incompleteness"]), _ci(r["incompleteness"])] for r in listed]
     out.append(table_html([("K", False), ("From", False), ("Heads", False), ("F(C\\K)", True), ("F(M\\K)", True),
                            ("Incompleteness", True), ("95% CI", True)], rows))
+    if dropped:
+        out.append(f'<p class="note">{dropped} random K equal to ∅ not listed again (the row K = ∅ is the same '
+                   "set; results.json keeps every row).</p>")
     return "".join(out)

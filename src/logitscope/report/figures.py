@@ -18,19 +18,58 @@ MUTED = "#8a94a6"
 NEGATIVE = "#c0392b"
 
 
+# The report's figures are drawn at the card's width (``main`` 1,120 px less the paddings); a
+# title is wrapped to it and sits below plotly's toolbar (the mode bar, ~30 px at the top right).
+CARD_WIDTH = 1000
+TITLE_TOP = 34
+TITLE_LINE = 20
+
+
+def wrap_title(title: str, width: int = CARD_WIDTH, font_px: int = 15) -> str:
+    """``title`` broken into lines (``<br>``) of what fits ``width`` pixels at ``font_px``
+    (about 0.55 em a character), at spaces: plotly does not wrap titles and cuts them off."""
+    limit = max(20, int(width / (0.55 * font_px)))
+    lines: list[str] = []
+    for word in title.split(" "):
+        if lines and len(lines[-1]) + 1 + len(word) <= limit:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "<br>".join(lines)
+
+
 def _base_layout(title: str, x_title: str, y_title: str, height: int = 350) -> dict:
-    """Shared look: white background, light grid, compact margins."""
+    """Shared look: white background, light grid, compact margins; the title wrapped to the card
+    and placed below the mode bar, the top margin grown to fit it; no fixed width (the figure
+    fills its card: the page's config is responsive)."""
+    text = wrap_title(title)
+    top = TITLE_TOP + TITLE_LINE * (text.count("<br>") + 1) + 12
     return dict(
         template="plotly_white",
-        title=dict(text=title, x=0, xanchor="left", font=dict(size=15)),
+        title=dict(text=text, x=0, xanchor="left", xref="paper", y=1, yref="container", yanchor="top",
+                   pad=dict(t=TITLE_TOP), font=dict(size=15)),
         font=dict(family=FONT, size=12, color="#1f2933"),
-        height=height,
-        margin=dict(l=64, r=24, t=48, b=64),
+        height=height + top - 48,
+        margin=dict(l=64, r=24, t=top, b=64),
         xaxis=dict(title=x_title, showline=True, linecolor="#c9ced6", ticks="outside", tickcolor="#c9ced6"),
         yaxis=dict(title=y_title, zeroline=True, zerolinecolor="#9aa3b2", zerolinewidth=1),
         hoverlabel=dict(font=dict(family=FONT)),
         showlegend=False,
     )
+
+
+def every_label(axis: dict, labels: list[str], width: int = CARD_WIDTH) -> int:
+    """Show every category of ``axis`` (plotly otherwise thins them, hiding e.g. the peak's name):
+    ticks at each label, turned upright when they would not fit side by side, smaller past 40.
+    Returns the bottom margin the labels need."""
+    labels = [str(x) for x in labels]
+    size = 12 if len(labels) <= 40 else 10
+    longest = max((len(x) for x in labels), default=1)
+    fits = len(labels) * (0.6 * size * longest + 8) <= width - 90
+    angle = 0 if fits else -90
+    axis.update(type="category", tickmode="array", tickvals=labels, ticktext=labels, tickangle=angle,
+                tickfont=dict(size=size), automargin=True)
+    return 64 if fits else int(0.6 * size * longest) + 56
 
 
 def _line_with_ci(labels: list[str], values: np.ndarray, ci: tuple[np.ndarray, np.ndarray], *, name: str) -> go.Scatter:
@@ -52,6 +91,13 @@ def _line_with_ci(labels: list[str], values: np.ndarray, ci: tuple[np.ndarray, n
     )
 
 
+def _every_x_label(layout: dict, labels: list[str]) -> None:
+    """Every x label shown; the figure grows by the room upright labels take."""
+    bottom = every_label(layout["xaxis"], labels)
+    layout["height"] += bottom - layout["margin"]["b"]
+    layout["margin"]["b"] = bottom
+
+
 def logit_lens_figure(result: StudyData) -> go.Figure:
     """Logit difference read from the accumulated residual stream before each layer (frozen final-norm scale)."""
     trace = _line_with_ci(result.logit_lens_labels, result.logit_lens, result.intervals["logit_lens"], name="logit lens")
@@ -62,7 +108,9 @@ def logit_lens_figure(result: StudyData) -> go.Figure:
                               name="norm recomputed per point")
         again.line.dash, again.line.color, again.marker.color = "dash", MUTED, MUTED
         fig.add_trace(again)
-    fig.update_layout(**_base_layout("Logit difference from the accumulated residual stream", "Residual stream", "Logit diff"))
+    layout = _base_layout("Logit difference from the accumulated residual stream", "Residual stream", "Logit diff")
+    _every_x_label(layout, result.logit_lens_labels)
+    fig.update_layout(**layout)
     fig.update_layout(hovermode="x unified")
     return fig
 
@@ -71,7 +119,9 @@ def layer_attribution_figure(result: StudyData) -> go.Figure:
     """Direct contribution of the embeddings and of each attention and MLP layer."""
     trace = _line_with_ci(result.layer_labels, result.layer_attribution, result.intervals["layer_attribution"], name="layer")
     fig = go.Figure(trace)
-    fig.update_layout(**_base_layout("Logit difference from each layer", "Component", "Logit diff"))
+    layout = _base_layout("Logit difference from each layer", "Component", "Logit diff")
+    _every_x_label(layout, result.layer_labels)
+    fig.update_layout(**layout)
     fig.update_layout(hovermode="x unified")
     return fig
 
@@ -104,15 +154,17 @@ def head_attribution_figure(result: StudyData) -> go.Figure:
             "<b>%{customdata[0]}</b>: %{z:+.3f}<br>95% CI [%{customdata[1]:+.3f}, %{customdata[2]:+.3f}]"
             "%{customdata[3]}<extra></extra>"
         ),
-        colorbar=dict(title=dict(text="Logit diff", side="right"), thickness=14, outlinewidth=0),
+        colorbar=dict(title=dict(text="Logit diff", side="top"), thickness=14, outlinewidth=0),
         xgap=1,
         ygap=1,
     )
     if circuit:
         heatmap.update(text=tags, texttemplate="%{text}", textfont=dict(size=9))
-    cell = int(np.clip(560 / max(n_heads, n_layers), 12, 60))
+    # Cells big enough that the plot is at least 240 px high (a colour bar on a 2-layer model is
+    # otherwise a sliver), small enough that 12 layers or heads stay within the card.
+    cell = int(np.clip(max(560 / max(n_heads, n_layers), 240 / n_layers), 12, 120))
     layout = _base_layout("Logit difference from each head", "Head", "Layer", height=n_layers * cell + 110)
-    layout["margin"] = dict(l=64, r=24, t=48, b=56)
+    layout["margin"]["b"] = 56
     layout["width"] = max(n_heads * cell + 170, 480)
     layout["xaxis"].update(dtick=1 if n_heads <= 16 else None, showgrid=False, showline=False, ticks="", constrain="domain")
     layout["yaxis"].update(
@@ -125,20 +177,27 @@ def head_attribution_figure(result: StudyData) -> go.Figure:
 
 
 def logit_diff_histogram(result: StudyData) -> go.Figure:
-    """Distribution of per-prompt logit differences, with zero and the mean marked."""
+    """Distribution of per-prompt logit differences, with zero and the mean marked. The prompts are
+    counted into bins here (at most 60), so the figure holds the bins, not one number per prompt:
+    its size and the memory to build it do not grow with the number of prompts."""
     ld = np.asarray(result.logit_diff, dtype=float)
-    nbins = int(np.clip(np.sqrt(ld.size) * 2, 10, 60))
+    finite = ld[np.isfinite(ld)]
+    nbins = int(np.clip(np.sqrt(finite.size) * 2, 10, 60))
+    counts, edges = np.histogram(finite, bins=nbins) if finite.size else (np.zeros(1, int), np.array([0.0, 1.0]))
+    centres, widths = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
     fig = go.Figure(
-        go.Histogram(
-            x=ld,
-            nbinsx=nbins,
+        go.Bar(
+            x=centres,
+            y=counts,
+            width=widths,
+            customdata=np.stack([edges[:-1], edges[1:]], axis=-1),
             marker=dict(color=ACCENT, line=dict(color="white", width=1)),
             opacity=0.85,
-            hovertemplate="logit diff %{x}<br>%{y} prompts<extra></extra>",
+            hovertemplate="logit diff %{customdata[0]:+.3f} to %{customdata[1]:+.3f}<br>%{y} prompts<extra></extra>",
         )
     )
     fig.update_layout(**_base_layout("Per-prompt logit difference", "Logit diff (correct − incorrect)", "Prompts", height=320))
-    fig.update_layout(bargap=0.02)
+    fig.update_layout(bargap=0)
     fig.add_vline(x=0.0, line=dict(color=NEGATIVE, width=1.5, dash="dash"))
     fig.add_vline(
         x=result.mean_logit_diff,
@@ -200,7 +259,7 @@ def expert_attribution_figure(result: StudyData) -> go.Figure:
         zmax=bound, customdata=custom, xgap=1, ygap=1,
         hovertemplate="<b>%{customdata[0]}</b>: %{z:+.3f}<br>routed to on %{customdata[1]:.0f}% of prompts, "
                       "mean routing weight %{customdata[2]:.2f}<extra></extra>",
-        colorbar=dict(title=dict(text="Logit diff", side="right"), thickness=14, outlinewidth=0),
+        colorbar=dict(title=dict(text="Logit diff", side="top"), thickness=14, outlinewidth=0),
     )
     cell = int(np.clip(560 / max(n_experts, n_layers), 12, 60))
     layout = _base_layout("Logit difference from each expert", "Expert", "Layer", height=n_layers * cell + 110)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import plotly.graph_objects as go
 
-from logitscope.report.figures import FONT, _base_layout
+from logitscope.report.figures import FONT, _base_layout, every_label
 
 if TYPE_CHECKING:
     from logitscope.api.patching import PatchingResult
@@ -25,28 +25,76 @@ TITLES = {
     "attn_head_k_all_pos": "Each key/value head's keys (k), all positions",
     "attn_head_v_all_pos": "Each key/value head's values (v), all positions",
     "attn_head_pattern_all_pos": "Each head's attention pattern, all positions",
-    "attn_head_out_by_pos": "Each head's output (z) at one position",
+    "attn_head_out_by_pos": "Each head's output (z) at each position: one layer × head panel per position",
 }
+
+
+MIN_PLOT_HEIGHT = 240  # px of plot area at the least, so a colour bar is never squashed (2-layer models)
 
 
 def _heatmap(z: np.ndarray, x: list, y: list, custom: list, title: str, x_title: str, y_title: str,
              colorbar: str, bound: float | None = None, cell: int | None = None) -> go.Figure:
+    """A diverging heatmap at the card's width (no fixed width), every x and y label shown, rows
+    ``cell`` px high (the plot at least :data:`MIN_PLOT_HEIGHT`)."""
     if bound is None:
         bound = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
     bound = bound or 1.0
     n_y, n_x = z.shape
-    cell = cell or int(np.clip(560 / max(n_x, n_y), 10, 48))
+    cell = cell or int(np.clip(560 / max(n_x, n_y), 14, 48))
     fig = go.Figure(go.Heatmap(
         z=z, x=x, y=y, colorscale="RdBu", zmid=0.0, zmin=-bound, zmax=bound, customdata=custom,
         hovertemplate="%{customdata}<extra></extra>", xgap=1, ygap=1,
-        colorbar=dict(title=dict(text=colorbar, side="right"), thickness=14, outlinewidth=0),
+        colorbar=dict(title=dict(text=colorbar, side="top"), thickness=14, outlinewidth=0),
     ))
-    layout = _base_layout(title, x_title, y_title, height=min(1400, n_y * cell + 130))
-    layout["width"] = max(n_x * cell + 200, 460)
+    layout = _base_layout(title, x_title, y_title)
+    bottom = every_label(layout["xaxis"], x)
+    every_label(layout["yaxis"], y)
+    layout["yaxis"].update(tickangle=0)
+    layout["margin"]["b"] = bottom
+    layout["height"] = min(1600, max(MIN_PLOT_HEIGHT, n_y * cell)) + layout["margin"]["t"] + bottom
     layout["font"] = dict(family=FONT, size=12, color="#1f2933")
-    layout["xaxis"].update(showgrid=False, showline=False, ticks="", type="category")
-    layout["yaxis"].update(autorange="reversed", showgrid=False, zeroline=False, type="category")
+    layout["xaxis"].update(showgrid=False, showline=False, ticks="")
+    layout["yaxis"].update(autorange="reversed", showgrid=False, zeroline=False)
     fig.update_layout(**layout)
+    return fig
+
+
+def heads_by_position_figure(result: PatchingResult, name: str) -> go.Figure:
+    """A ``[layer, position, head]`` grid as one layer × head heatmap per position, side by side
+    (wrapping after five), one shared colour scale of the normalised metric: a long strip of
+    layers × heads by positions hides the layer structure and most of its labels."""
+    from plotly.subplots import make_subplots
+
+    values, norm = result.mean(name), result.normalised(name)
+    lo, hi = result.grid_interval(name)
+    nlo, nhi = result.grid_interval(name, "normalised_ci95")
+    L, P, H = values.shape
+    positions = _pos_ticks(result, result.positions.labels)
+    cols = min(P, 5)
+    rows = -(-P // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"@ {p}" for p in positions], shared_yaxes=True,
+                        horizontal_spacing=0.04 if cols > 1 else 0.0, vertical_spacing=0.08 if rows > 1 else 0.0)
+    layers, heads = [f"L{l}" for l in range(L)], [str(h) for h in range(H)]
+    for k in range(P):
+        custom = [[_hover(f"L{l}H{h} @ {positions[k]}", values[l, k, h], lo[l, k, h], hi[l, k, h], norm[l, k, h],
+                          nlo[l, k, h], nhi[l, k, h]) for h in range(H)] for l in range(L)]
+        fig.add_trace(go.Heatmap(z=norm[:, k, :], x=heads, y=layers, customdata=custom, coloraxis="coloraxis",
+                                 hovertemplate="%{customdata}<extra></extra>", xgap=1, ygap=1),
+                      row=k // cols + 1, col=k % cols + 1)
+    cell = int(np.clip(560 / L, 14, 40))
+    layout = _base_layout(_title(name), "", "")
+    panel = max(MIN_PLOT_HEIGHT, L * cell)
+    layout["height"] = rows * panel + (rows - 1) * 60 + layout["margin"]["t"] + 40 + 64
+    layout["margin"]["t"] += 24  # the panels' own titles
+    layout.pop("xaxis"), layout.pop("yaxis")
+    layout["coloraxis"] = dict(colorscale="RdBu", cmid=0.0, cmin=-1.0, cmax=1.0,
+                               colorbar=dict(title=dict(text="Normalised", side="top"), thickness=14, outlinewidth=0))
+    fig.update_layout(**layout)
+    fig.update_xaxes(type="category", tickmode="array", tickvals=heads, ticktext=heads, showgrid=False, ticks="",
+                     title_text="Head")
+    fig.update_yaxes(type="category", tickmode="array", tickvals=layers, ticktext=layers, autorange="reversed",
+                     showgrid=False, zeroline=False, tickfont=dict(size=12 if L <= 40 else 10))
+    fig.update_yaxes(title_text="Layer", col=1)
     return fig
 
 
@@ -63,15 +111,8 @@ def grid_figure(result: PatchingResult, name: str) -> go.Figure:
     lo, hi = result.grid_interval(name)
     nlo, nhi = result.grid_interval(name, "normalised_ci95")
     L = values.shape[0]
-    if axes == ("layer", "position", "head"):  # rows: heads (L0H0 ...), columns: positions
-        H = values.shape[2]
-        rows = [(l, h) for l in range(L) for h in range(H)]
-        positions = result.positions.labels
-        z = np.array([[norm[l, k, h] for k in range(len(positions))] for l, h in rows])
-        custom = [[_hover(f"L{l}H{h} @ {positions[k]}", values[l, k, h], lo[l, k, h], hi[l, k, h], norm[l, k, h],
-                          nlo[l, k, h], nhi[l, k, h]) for k in range(len(positions))] for l, h in rows]
-        return _heatmap(z, _pos_ticks(result, positions), [f"L{l}H{h}" for l, h in rows], custom, _title(name),
-                        "Position", "Head", "Normalised", bound=1.0, cell=14)
+    if axes == ("layer", "position", "head"):  # one layer x head heatmap per position
+        return heads_by_position_figure(result, name)
     if axes[1] == "position":
         positions = result.positions.labels
         custom = [[_hover(f"L{l} {name} @ {positions[k]}", values[l, k], lo[l, k], hi[l, k], norm[l, k], nlo[l, k],
@@ -151,7 +192,7 @@ def patching_section(result: PatchingResult, figure_html, table_html, caption_ht
 
         parts.append(f'<p class="note">{html.escape(EXPLAIN)}</p>')
     for name in result.grids:
-        parts.append(figure_html(figs[f"patch_{name}"], f"patch_{name}"))
+        parts.append(grid_html(result, name, figs, figure_html))
         exact = name.removesuffix("_attribution")
         if exact != name and exact in result.agreement:  # the estimate, after its exact grid, and how they agree
             parts.append(agreement_html(result, exact, figure_html, table_html, figs))
@@ -177,6 +218,22 @@ def patching_section(result: PatchingResult, figure_html, table_html, caption_ht
     if result.method != "exact":
         title = "Causal checks: activation patching, attribution patching and ablation"
     return "patching", title, "".join(parts)
+
+
+def undefined_note(what: str) -> str:
+    """What the report shows instead of a figure whose every cell is undefined (NaN)."""
+    return (f'<p class="note undefined">{html.escape(what)}: not drawn. Every normalised value is undefined: the '
+            "clean and corrupted runs give the same logit difference (clean − corrupted = 0; a pair whose corrupted "
+            "prompt is the clean one?), so (patched − corrupted) / (clean − corrupted) has no value. The patched "
+            "logit differences are in results.json.</p>")
+
+
+def grid_html(result: PatchingResult, name: str, figs: dict[str, go.Figure], figure_html) -> str:
+    """One grid's figure, or, where every normalised cell is NaN, a sentence saying why instead of
+    an empty heatmap."""
+    if not np.isfinite(result.normalised(name)).any():
+        return undefined_note(_title(name))
+    return figure_html(figs[f"patch_{name}"], f"patch_{name}")
 
 
 def _ci(entry: dict[str, Any]) -> str:

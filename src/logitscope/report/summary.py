@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from logitscope.labels import head_label
+from logitscope.labels import counted, head_label, rate
 from logitscope.results.study import StudyData
 
 SIGN_WORDS = {1: "positive", -1: "negative"}
@@ -40,7 +40,8 @@ def summary_text(data: StudyData) -> str:
         lines.append(f"top experts: {', '.join(f'L{l}E{e} {v:+.3f}' for l, e, v in data.top_experts())}")
     t = data.timing
     if t:
-        lines.append(f"study {data.n_prompts} prompts in {t['study_s']:.2f} s ({t['prompts_per_s']:,.0f} prompts/s; "
+        lines.append(f"study {counted(data.n_prompts, 'prompt')} in {t['study_s']:.2f} s "
+                     f"({rate(data.n_prompts, t['study_s'], 'prompt')}; "
                      f"tokenize {t['tokenize_s']:.2f} s, forward {t['forward_s']:.2f} s, attention {t['attention_s']:.2f} s)"
                      + _split(t))
     return "\n".join(lines)

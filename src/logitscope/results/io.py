@@ -12,6 +12,13 @@ from typing import Any, Iterator
 
 from logitscope.errors import InputError
 
+# Every file a logitscope run (a study or a patch run) writes into its folder. A run removes those of
+# them it did not write, so that a folder never mixes two runs (a patch run's
+# patching_per_prompt.npz beside a later study's results.json, a report of an earlier run).
+RUN_FILES = ("results.json", "per_prompt_heads.npy", "per_prompt.npz", "attention.npy", "per_prompt.csv",
+             "report.html", "patching_per_prompt.npz", "patching_per_prompt.csv", "graph.json",
+             "edges_per_prompt.npz")
+
 
 def check_out_dir(out_dir: str | Path, *, label: str = "out_dir") -> Path:
     """Fail early, before any work, if ``out_dir`` cannot receive the outputs. ``label`` names it
@@ -50,9 +57,10 @@ def _existing_parent(path: Path, label: str) -> Path:
 @contextmanager
 def atomic_output_dir(out_dir: str | Path, owned: tuple[str, ...] = (), *, label: str = "out_dir") -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``out_dir``; on success move its files into
-    ``out_dir`` (each by an atomic rename) and delete any file named in ``owned`` that this run
-    did not write (a report from an earlier run must not sit beside newer results); on failure
-    delete the temporary folder and leave ``out_dir`` as it was."""
+    ``out_dir`` (each by an atomic rename) and delete any file named in ``owned`` or
+    :data:`RUN_FILES` that this run did not write (a report or a patch run's arrays from an
+    earlier run must not sit beside newer results); on failure delete the temporary folder and
+    leave ``out_dir`` as it was."""
     out = check_out_dir(out_dir, label=label).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -68,7 +76,7 @@ def atomic_output_dir(out_dir: str | Path, owned: tuple[str, ...] = (), *, label
         for item in tmp.iterdir():
             os.replace(item, out / item.name)
             written.add(item.name)
-        for name in set(owned) - written:
+        for name in (set(owned) | set(RUN_FILES)) - written:
             (out / name).unlink(missing_ok=True)
     finally:
         if tmp.exists():
