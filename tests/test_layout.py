@@ -5,6 +5,7 @@ for type checkers."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -137,3 +138,39 @@ def test_the_layers_contract_holds(tmp_path):
     assert breach.read_text() != config.read_text()
     broken = _lint_imports(breach)
     assert broken.returncode != 0 and "logitscope.results" in broken.stdout
+
+
+# The outputs of `run`, `patch --what all --ablate ...` and `patch --senders all ... --circuit ...` on
+# the tests' tiny GPT-2, written by the code before the layered layout (main at 43959ce, issue 19's
+# fixes in): every number must come out bit-identical after it (timing, the date, the model's path
+# and the version aside).
+GOLDEN = Path(__file__).parent / "data" / "golden"
+GOLDEN_RUNS = {
+    "run": ["run", "--prompts", "ioi:12"],
+    "patch": ["patch", "--prompts", "ioi:12", "--what", "all", "--ablate", "L1H0,L0H1"],
+    "circuit": ["patch", "--prompts", "ioi:12", "--what", "none", "--senders", "all", "--receivers", "logits,L1H0:q",
+                "--circuit", "nm: L1H0 @ END; s: L0H1 @ END", "--circuit-random", "3"],
+}
+
+
+def _stable(doc: dict) -> dict:
+    for part in (doc, doc.get("patching") or {}, *((doc.get("patching") or {}).get(k) or {} for k in ("circuit", "paths"))):
+        part.pop("timing", None)
+    for key in ("created", "model", "version"):
+        doc.pop(key, None)
+    return json.loads(json.dumps(doc, sort_keys=True))
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_RUNS))
+def test_numbers_are_bit_identical_to_before_the_layout(name, tmp_path):
+    from oracle import make_hf_model, save_checkpoint
+
+    from logitscope.cli import main
+
+    ckpt = save_checkpoint(make_hf_model("gpt2", size="tiny", seed=1), tmp_path / "ckpt")
+    out = tmp_path / name
+    assert main([*GOLDEN_RUNS[name], "--model", str(ckpt), "--out", str(out), "--no-report", "--quiet",
+                 "--device", "cpu"]) == 0
+    now = _stable(json.loads((out / "results.json").read_text()))
+    before = json.loads((GOLDEN / f"{name}.json").read_text())
+    assert now == before  # exact: floats are compared as written, to the last digit
