@@ -174,3 +174,10 @@ def test_numbers_are_bit_identical_to_before_the_layout(name, tmp_path):
     now = _stable(json.loads((out / "results.json").read_text()))
     before = json.loads((GOLDEN / f"{name}.json").read_text())
     assert now == before  # exact: floats are compared as written, to the last digit
+
+
+def test_the_results_layer_names_the_grids_the_method_defines():
+    from logitscope.methods.patching.grids import GRIDS
+    from logitscope.results.names import GRID_NAMES
+
+    assert GRID_NAMES == tuple(GRIDS)

@@ -24,13 +24,13 @@ from logitscope.report.summary import summary_text
 from logitscope.results.study import StudyData
 
 if TYPE_CHECKING:
-    from logitscope.api.patching import PatchingResult
+    from logitscope.results.patching import PatchingData
 
 __all__ = ["ReportView", "make_figures", "notebook_html", "report_frame_html", "report_html", "summary_text",
            "write_report"]
 
 
-def write_report(result: StudyData, path: str | Path, patching: PatchingResult | None = None) -> Path:
+def write_report(result: StudyData, path: str | Path, patching: PatchingData | None = None) -> Path:
     """Write the report to ``path`` (with ``patching``, its causal section too): a temporary file in
     the same folder, then ``os.replace``, so a reader never sees half a file and a failure leaves any
     earlier report in place."""

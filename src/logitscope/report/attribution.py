@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from logitscope.report.figures import _base_layout
 
 if TYPE_CHECKING:
-    from logitscope.api.patching import PatchingResult
+    from logitscope.results.patching import PatchingData
 
 EXPLAIN = (
     "Attribution patching estimates every cell from one gradient: patched ≈ base + (source − base) · "
@@ -24,7 +24,7 @@ EXPLAIN = (
 )
 
 
-def scatter_figure(result: PatchingResult, grid: str) -> go.Figure:
+def scatter_figure(result: PatchingData, grid: str) -> go.Figure:
     """Estimate against exact, in TransformerLens's normalised metric; cells off by more than the
     agreement's fraction in red."""
     from logitscope.results.names import attribution_name
@@ -56,11 +56,11 @@ def scatter_figure(result: PatchingResult, grid: str) -> go.Figure:
     return fig
 
 
-def attribution_figures(result: PatchingResult) -> dict[str, go.Figure]:
+def attribution_figures(result: PatchingData) -> dict[str, go.Figure]:
     return {f"atp_scatter_{grid}": scatter_figure(result, grid) for grid in result.agreement}
 
 
-def agreement_html(result: PatchingResult, grid: str, figure_html: Callable, table_html: Callable,
+def agreement_html(result: PatchingData, grid: str, figure_html: Callable, table_html: Callable,
                    figs: dict[str, go.Figure]) -> str:
     """The scatter and the agreement table of one grid, and the cells where the estimate is off."""
     ag = result.agreement[grid]

@@ -14,7 +14,7 @@ from logitscope.report.figures import ACCENT, FONT, _base_layout, every_label
 from logitscope.report.patching import _heatmap
 
 if TYPE_CHECKING:
-    from logitscope.api.patching import PatchingResult
+    from logitscope.results.patching import PatchingData
     from logitscope.results.circuit import CircuitResult
     from logitscope.results.paths import PathPatchingResult
 
@@ -148,7 +148,7 @@ def minimality_figure(circuit: CircuitResult) -> go.Figure:
     return fig
 
 
-def circuit_figures(result: PatchingResult) -> dict[str, go.Figure]:
+def circuit_figures(result: PatchingData) -> dict[str, go.Figure]:
     figs: dict[str, go.Figure] = {}
     if result.paths is not None:
         figs["paths"] = paths_figure(result.paths)
@@ -158,7 +158,7 @@ def circuit_figures(result: PatchingResult) -> dict[str, go.Figure]:
     return figs
 
 
-def circuit_section(result: PatchingResult, figure_html, table_html, caption_html) -> tuple[str, str, str]:
+def circuit_section(result: PatchingData, figure_html, table_html, caption_html) -> tuple[str, str, str]:
     """``(anchor, title, body)`` of the report's section on paths and circuits."""
     figs = circuit_figures(result)
     parts: list[str] = []

@@ -123,7 +123,7 @@ class ReportView:
 
     result: StudyData
     height: int = 900
-    patching: Any = None  # a PatchingResult whose causal section the report adds
+    patching: Any = None  # a PatchingData whose causal section the report adds
 
     def _repr_html_(self) -> str:
         return report_frame_html(self.result, self.height, self.patching)

@@ -22,7 +22,7 @@ from logitscope.results.study import StudyData
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-    from logitscope.api.patching import PatchingResult
+    from logitscope.results.patching import PatchingData
 
 MAX_PROMPT_ROWS = 200
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
@@ -398,7 +398,7 @@ def _experts(result: StudyData, figs: dict[str, go.Figure]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- page
-def report_html(result: StudyData, patching: PatchingResult | None = None) -> str:
+def report_html(result: StudyData, patching: PatchingData | None = None) -> str:
     """The whole self-contained report as one HTML string (no network needed to render it); with
     ``patching``, also its causal section (activation patching and ablation)."""
     figs = make_figures(result)

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from logitscope.report.figures import FONT, _base_layout, every_label
 
 if TYPE_CHECKING:
-    from logitscope.api.patching import PatchingResult
+    from logitscope.results.patching import PatchingData
 
 TITLES = {
     "resid_pre": "Residual stream before each layer (resid_pre), by position",
@@ -59,7 +59,7 @@ def _heatmap(z: np.ndarray, x: list, y: list, custom: list, title: str, x_title:
     return fig
 
 
-def heads_by_position_figure(result: PatchingResult, name: str) -> go.Figure:
+def heads_by_position_figure(result: PatchingData, name: str) -> go.Figure:
     """A ``[layer, position, head]`` grid as one layer × head heatmap per position, side by side
     (wrapping after five), one shared colour scale of the normalised metric: a long strip of
     layers × heads by positions hides the layer structure and most of its labels."""
@@ -103,7 +103,7 @@ def _hover(label: str, value: float, lo: float, hi: float, norm: float, nlo: flo
             f"<br>normalised {norm:+.3f} [{nlo:+.3f}, {nhi:+.3f}]")
 
 
-def grid_figure(result: PatchingResult, name: str) -> go.Figure:
+def grid_figure(result: PatchingData, name: str) -> go.Figure:
     """One grid as a heatmap of TransformerLens's normalised metric (hover: the patched logit
     difference and both intervals)."""
     axes = result.grid_axes[name]
@@ -134,13 +134,13 @@ def _title(name: str) -> str:
     return TITLES[name] if base is None else f"{TITLES[base]}: attribution patching (first-order estimate)"
 
 
-def _pos_ticks(result: PatchingResult, labels: list[str]) -> list[str]:
+def _pos_ticks(result: PatchingData, labels: list[str]) -> list[str]:
     if result.positions is not None and result.positions.mode == "index" and result.position_tokens:
         return [f"{i} {t!r}" for i, t in zip(labels, result.position_tokens)]
     return list(labels)
 
 
-def ablation_figure(result: PatchingResult) -> go.Figure:
+def ablation_figure(result: PatchingData) -> go.Figure:
     """Change in the mean logit difference when each head alone is ablated (total effect)."""
     after = result.ablated_heads.mean(-1)
     iv = result.intervals["ablated_heads"]
@@ -155,7 +155,7 @@ def ablation_figure(result: PatchingResult) -> go.Figure:
                     "Change")
 
 
-def patching_figures(result: PatchingResult) -> dict[str, go.Figure]:
+def patching_figures(result: PatchingData) -> dict[str, go.Figure]:
     figs = {f"patch_{name}": grid_figure(result, name) for name in result.grids}
     if result.ablated_heads is not None:
         figs["ablation_heads"] = ablation_figure(result)
@@ -170,7 +170,7 @@ _CAPPED = (", of the model's soft-capped logits, as TransformerLens's (results.j
            "above shows the linear logits' difference)")
 
 
-def patching_section(result: PatchingResult, figure_html, table_html, caption_html) -> tuple[str, str, str]:
+def patching_section(result: PatchingData, figure_html, table_html, caption_html) -> tuple[str, str, str]:
     """``(anchor, title, body)`` of the report's causal section, drawn with the page's own helpers."""
     iv = result.intervals
     c, x = float(result.clean_logit_diff.mean()), float(result.corrupted_logit_diff.mean())
@@ -228,7 +228,7 @@ def undefined_note(what: str) -> str:
             "logit differences are in results.json.</p>")
 
 
-def grid_html(result: PatchingResult, name: str, figs: dict[str, go.Figure], figure_html) -> str:
+def grid_html(result: PatchingData, name: str, figs: dict[str, go.Figure], figure_html) -> str:
     """One grid's figure, or, where every normalised cell is NaN, a sentence saying why instead of
     an empty heatmap."""
     if not np.isfinite(result.normalised(name)).any():

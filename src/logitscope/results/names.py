@@ -3,7 +3,12 @@ beside its exact one, and what path patching's ``freeze`` modes hold fixed."""
 
 from __future__ import annotations
 
-__all__ = ["FROZEN", "SUFFIX", "attribution_name", "exact_name"]
+__all__ = ["FROZEN", "GRID_NAMES", "SUFFIX", "attribution_name", "exact_name"]
+
+# TransformerLens's patching grids, as results.json names them (logitscope.methods.patching.grids
+# defines each; tests/test_layout.py checks the two agree).
+GRID_NAMES = ("resid_pre", "resid_mid", "attn_out", "mlp_out", "attn_head_out_all_pos", "attn_head_q_all_pos",
+              "attn_head_k_all_pos", "attn_head_v_all_pos", "attn_head_pattern_all_pos", "attn_head_out_by_pos")
 
 SUFFIX = "_attribution"  # results.json: an attribution grid sits beside its exact one as <grid>_attribution
 
