@@ -30,6 +30,6 @@ else
   pip_install "torch==$TORCH"
 fi
 has_torch || { echo "setup: torch $TORCH did not install (see pip's message above)" >&2; exit 1; }
-pip_install -e ".[test]"
-.venv/bin/python -c "import logitscope, transformer_lens, circuitsvis, plotly, gguf"
+pip_install -e ".[test,docs]"
+.venv/bin/python -c "import logitscope, transformer_lens, circuitsvis, plotly, gguf, importlinter, mkdocs"
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -547,4 +547,4 @@ def test_setup_chooses_the_torch_build_by_the_machine(tmp_path, case):
     assert torch_installs == expected[case], proc.stdout
     log = (tmp_path / "log").read_text()
     assert ("--no-index --no-deps torch==2.13.0" in log) == (case in ("local wheel", "no gpu", "gpu"))
-    assert "-m pip install -q -e .[test]" in log and "setup: .venv ready (torch 2.13.0+stub)" in proc.stdout
+    assert "-m pip install -q -e .[test,docs]" in log and "setup: .venv ready (torch 2.13.0+stub)" in proc.stdout
