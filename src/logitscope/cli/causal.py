@@ -40,7 +40,7 @@ examples:
       --prompts ioi:500 --out runs/mine
       a circuit of your own, with 5 runs of the paper's greedy search for the worst K
 """
-CSV = "also per_prompt.csv (the study's) and patching_per_prompt.csv (a row per pair, a column per cell)"
+CSV = "also DIR/per_prompt.csv (the study's) and DIR/patching_per_prompt.csv (a row per pair, a column per cell)"
 CORRUPT = dict(default=None, choices=["abc", "flip"], metavar="C",
                help="IOI prompts' counterpart: abc (the paper's three new names; default) or flip")
 ABLATION = dict(default="mean", choices=["zero", "mean", "resample"],
