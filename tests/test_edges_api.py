@@ -193,11 +193,11 @@ def test_the_batch_size_comes_from_free_memory(lm, monkeypatch):
 
     g = EdgeGraph.from_model(lm)
     roomy = edge_batch_size(lm, g, 16)
-    monkeypatch.setattr(setup, "_available_host_memory", lambda: 4 * 16 * 2 * g.n_forward * 64 * 4 * 10)
+    monkeypatch.setattr(setup, "available_host_memory", lambda: 4 * 16 * 2 * g.n_forward * 64 * 4 * 10)
     tight = edge_batch_size(lm, g, 16)
     assert 1 <= tight < roomy
     # the two node-output buffers of a batch fit a quarter of what is available
-    assert tight * 16 * 2 * g.n_forward * 64 * 4 <= 0.25 * setup._available_host_memory()
+    assert tight * 16 * 2 * g.n_forward * 64 * 4 <= 0.25 * setup.available_host_memory()
 
 
 def test_exact_sums_do_not_depend_on_order_or_split():

@@ -181,3 +181,10 @@ def test_the_results_layer_names_the_grids_the_method_defines():
     from logitscope.results.names import GRID_NAMES
 
     assert GRID_NAMES == tuple(GRIDS)
+
+
+def test_small_rooms():
+    """No module over ~400 lines without its reason written at its top (issue 20's small rooms)."""
+    long = {name: len(path.read_text().splitlines()) for name, path in _modules().items()
+            if len(path.read_text().splitlines()) > 420 and "on purpose:" not in path.read_text()[:4000]}
+    assert not long, long

@@ -168,7 +168,7 @@ def test_cpu_batch_size_follows_the_token_budget_and_available_memory(tiny_gpt2_
     lm = ls.load_model(str(tiny_gpt2_dir), device="cpu")
     assert setup.auto_batch_size(lm, 16) == 2048 // 16  # ~2k tokens a batch (bench/: cache-friendly)
     assert setup.auto_batch_size(lm, 60) == 2048 // 60
-    monkeypatch.setattr(setup, "_available_host_memory", lambda: 4 * 1024 * 1024)  # 4 MiB free
+    monkeypatch.setattr(setup, "available_host_memory", lambda: 4 * 1024 * 1024)  # 4 MiB free
     assert 1 <= setup.auto_batch_size(lm, 16) < 2048 // 16
 
 

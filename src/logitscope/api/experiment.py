@@ -31,7 +31,7 @@ from logitscope.errors import ArgumentError
 from logitscope.inputs.counterparts import CORRUPTIONS, with_counterparts
 from logitscope.inputs.prompt import Prompt
 from logitscope.inputs.prompts import GeneratedSet, parse_prompts
-from logitscope.methods import hooks as _hooks
+from logitscope.methods import hooks as hook_methods
 
 __all__ = ["Experiment"]
 
@@ -131,18 +131,18 @@ class Experiment:
 
     # ------------------------------------------------------------------ the escape hatch
     def activations(self, names: Sequence[str], *, prompts: Any = None, positions: str = "answer",
-                    max_bytes: int = 2**30) -> _hooks.Activations:
+                    max_bytes: int = 2**30) -> hook_methods.Activations:
         """Activations under TransformerLens's hook names (``blocks.9.attn.hook_z``,
         ``blocks.3.hook_resid_pre``, ...), batch by batch: by default only each prompt's answer
         position (``positions="all"``: every position, right-padded, refused above ``max_bytes``).
         ``prompts``: another prompt list (default: the experiment's)."""
-        return _hooks.activations(self.lm, self.prompts if prompts is None else prompts, names,
+        return hook_methods.activations(self.lm, self.prompts if prompts is None else prompts, names,
                                   batch_size=self.batch_size, prepend_bos=self.prepend_bos,
                                   positions=positions, max_bytes=max_bytes)
 
-    def intervene(self, hooks: Any, *, metric: Any = None, prompts: Any = None) -> _hooks.Intervention:
+    def intervene(self, hooks: Any, *, metric: Any = None, prompts: Any = None) -> hook_methods.Intervention:
         """Run the prompts with ``hooks`` (``{hook name: fn(activation, hook)}``, as TransformerLens's
         ``run_with_hooks``) and return the metric (default: the clean answers' logit difference) per
         prompt, hooked and not, with 95% intervals (:func:`logitscope.methods.hooks.intervene`)."""
-        return _hooks.intervene(self.lm, self.prompts if prompts is None else prompts, hooks, metric=metric,
+        return hook_methods.intervene(self.lm, self.prompts if prompts is None else prompts, hooks, metric=metric,
                                 batch_size=self.batch_size, prepend_bos=self.prepend_bos, seed=self.seed)

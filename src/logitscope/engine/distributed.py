@@ -18,6 +18,8 @@ group's timeout (the CLI's ``--dist-timeout``) or by the broken connection, and 
 rendezvous store (how far each rank got; whether its process still runs).
 """
 
+# Longer than ~400 lines on purpose: every collective and every failure path of a process group (shards, gathers, exact sums, timeouts, a rank's fault) is one protocol; split, its invariants would be read in several places.
+
 from __future__ import annotations
 
 import datetime as _dt

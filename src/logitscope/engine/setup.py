@@ -31,13 +31,13 @@ def auto_batch_size(lm: LoadedModel, max_len: int) -> int:
     # GPT-2 small (bench/), 128 prompts of 16 tokens ran faster and with a third less peak memory
     # than one batch of 512.
     budget_tokens = 2048 if lm.device.type == "cpu" else 65536
-    available = _available_host_memory()
+    available = available_host_memory()
     if lm.device.type == "cpu" and available:  # and never more than a quarter of free memory
         budget_tokens = min(budget_tokens, int(0.25 * available // per_token))
     return int(max(1, min(1024, budget_tokens // max_len)))
 
 
-def _available_host_memory() -> int | None:
+def available_host_memory() -> int | None:
     """Bytes of memory available to a new allocation (Linux; ``None`` where unknown)."""
     try:
         with open("/proc/meminfo") as f:

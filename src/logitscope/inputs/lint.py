@@ -31,7 +31,7 @@ def warn_prompts(message: str) -> None:
     warnings.warn(message, PromptWarning, stacklevel=level)
 
 
-def _where(p: Prompt, i: int) -> str:
+def where_in_set(p: Prompt, i: int) -> str:
     line = p.meta.get("line")
     return f"line {line}" if line is not None else f"prompt {i}"
 
@@ -119,7 +119,7 @@ def lint_prompts(prompts: Sequence[Prompt], *, tokenizer: Any = None, max_exampl
 
 
 def _line(prompts: Sequence[Prompt], hits: list[int], message: str, max_examples: int) -> str:
-    where = ", ".join(_where(prompts[i], i) for i in hits[:max_examples])
+    where = ", ".join(where_in_set(prompts[i], i) for i in hits[:max_examples])
     more = ", ..." if len(hits) > max_examples else ""
     return f"{len(hits)} of {len(prompts)} prompts {message} [{where}{more}]"
 

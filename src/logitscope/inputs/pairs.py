@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from logitscope.errors import InputError
-from logitscope.inputs.lint import _where, warn_prompts
+from logitscope.inputs.lint import where_in_set, warn_prompts
 from logitscope.inputs.prompt import Prompt
 
 # The IOI paper's word positions (its code's word_idx): the indirect object, the subject's first
@@ -77,7 +77,7 @@ def _warn_identical(prompts: Sequence[Prompt], identical: np.ndarray) -> None:
     if hits.size == len(prompts):
         warn_prompts(UNDEFINED)
         return
-    where = ", ".join(_where(prompts[i], int(i)) for i in hits[:3]) + (", ..." if hits.size > 3 else "")
+    where = ", ".join(where_in_set(prompts[i], int(i)) for i in hits[:3]) + (", ..." if hits.size > 3 else "")
     warn_prompts(f"{hits.size} of {len(prompts)} pairs have a corrupted prompt equal to the clean one, token for token "
                  f"[{where}]: patching changes nothing for them (clean − corrupted = 0): they count in every mean logit "
                  "difference but add nothing to the normalised metric")

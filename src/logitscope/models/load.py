@@ -1,5 +1,7 @@
 """Load a causal LM and its tokenizer: a local folder as is, or a hub id (downloaded once, cached)."""
 
+# Longer than ~400 lines on purpose: one entry for every way a model arrives (hub id, local folder, GGUF file, a loaded model), each with its network checks and its own clear errors.
+
 from __future__ import annotations
 
 import json

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import plotly.graph_objects as go
 
-from logitscope.report.figures import _base_layout
+from logitscope.report.figures import base_layout
 
 if TYPE_CHECKING:
     from logitscope.results.patching import PatchingData
@@ -48,7 +48,7 @@ def scatter_figure(result: PatchingData, grid: str) -> go.Figure:
             text=[html.escape(t) for t, m in zip(labels, mask) if m],
             hovertemplate="<b>%{text}</b><br>exact %{x:+.3f}<br>attribution %{y:+.3f}<extra></extra>",
         ))
-    layout = _base_layout(f"Attribution patching against exact patching: {grid}", "Exact (normalised)",
+    layout = base_layout(f"Attribution patching against exact patching: {grid}", "Exact (normalised)",
                           "Attribution estimate (normalised)", height=460)
     layout.update(showlegend=True, legend=dict(orientation="h", y=-0.22))
     layout["margin"]["b"] = 96

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import plotly.graph_objects as go
 
-from logitscope.report.figures import ACCENT, FONT, _base_layout, every_label
-from logitscope.report.patching import _heatmap
+from logitscope.report.figures import ACCENT, FONT, base_layout, every_label
+from logitscope.report.patching import heatmap
 
 if TYPE_CHECKING:
     from logitscope.results.patching import PatchingData
@@ -64,7 +64,7 @@ def paths_figure(paths: PathPatchingResult) -> go.Figure:
     title = (f"Path patching ({'noising' if paths.direction == 'noise' else 'denoising'}, freeze {paths.freeze}): "
              "effect of each sender through each receiver")
     bound = float(np.nanmax(np.abs(eff))) if np.isfinite(eff).any() else 1.0
-    return _heatmap(eff, list(paths.receivers), list(paths.senders), custom, title, "Receiver", "Sender", "Effect",
+    return heatmap(eff, list(paths.receivers), list(paths.senders), custom, title, "Receiver", "Sender", "Effect",
                     bound=max(bound, 1e-9), cell=int(np.clip(560 / max(S, R), 12, 48)))
 
 
@@ -112,7 +112,7 @@ def completeness_figure(circuit: CircuitResult) -> go.Figure:
             error_y=dict(type="data", array=[s["ci95_high"] - s["mean"] for s in ck],
                          arrayminus=[s["mean"] - s["ci95_low"] for s in ck], color="#9aa3b2", thickness=1)))
     fig = go.Figure(traces)
-    layout = _base_layout("Completeness: the circuit and the model with the same heads K knocked out",
+    layout = base_layout("Completeness: the circuit and the model with the same heads K knocked out",
                           "F(M \\ K), logit diff", "F(C \\ K), logit diff", height=460)
     layout.update(showlegend=True, legend=dict(orientation="h", y=-0.2))
     fig.update_layout(**layout)
@@ -138,7 +138,7 @@ def minimality_figure(circuit: CircuitResult) -> go.Figure:
                   f"{_ci(r['score'])} = {_v(r['score_fraction'], percent=True)} of F(M)" for r in sel],
             hovertemplate="%{text}<extra></extra>", textposition="none",
         ))
-    layout = _base_layout("Minimality: |F(C \\ (K ∪ {v})) − F(C \\ K)| for each head v, as a fraction of F(M)",
+    layout = base_layout("Minimality: |F(C \\ (K ∪ {v})) − F(C \\ K)| for each head v, as a fraction of F(M)",
                           "Head", "Score / F(M)", height=380)
     layout.update(showlegend=True, legend=dict(orientation="h", y=-0.25), bargap=0.15)
     layout["yaxis"]["tickformat"] = ".0%"

@@ -38,7 +38,7 @@ def wrap_title(title: str, width: int = CARD_WIDTH, font_px: int = 15) -> str:
     return "<br>".join(lines)
 
 
-def _base_layout(title: str, x_title: str, y_title: str, height: int = 350) -> dict:
+def base_layout(title: str, x_title: str, y_title: str, height: int = 350) -> dict:
     """Shared look: white background, light grid, compact margins; the title wrapped to the card
     and placed below the mode bar, the top margin grown to fit it; no fixed width (the figure
     fills its card: the page's config is responsive)."""
@@ -108,7 +108,7 @@ def logit_lens_figure(result: StudyData) -> go.Figure:
                               name="norm recomputed per point")
         again.line.dash, again.line.color, again.marker.color = "dash", MUTED, MUTED
         fig.add_trace(again)
-    layout = _base_layout("Logit difference from the accumulated residual stream", "Residual stream", "Logit diff")
+    layout = base_layout("Logit difference from the accumulated residual stream", "Residual stream", "Logit diff")
     _every_x_label(layout, result.logit_lens_labels)
     fig.update_layout(**layout)
     fig.update_layout(hovermode="x unified")
@@ -119,7 +119,7 @@ def layer_attribution_figure(result: StudyData) -> go.Figure:
     """Direct contribution of the embeddings and of each attention and MLP layer."""
     trace = _line_with_ci(result.layer_labels, result.layer_attribution, result.intervals["layer_attribution"], name="layer")
     fig = go.Figure(trace)
-    layout = _base_layout("Logit difference from each layer", "Component", "Logit diff")
+    layout = base_layout("Logit difference from each layer", "Component", "Logit diff")
     _every_x_label(layout, result.layer_labels)
     fig.update_layout(**layout)
     fig.update_layout(hovermode="x unified")
@@ -163,7 +163,7 @@ def head_attribution_figure(result: StudyData) -> go.Figure:
     # Cells big enough that the plot is at least 240 px high (a colour bar on a 2-layer model is
     # otherwise a sliver), small enough that 12 layers or heads stay within the card.
     cell = int(np.clip(max(560 / max(n_heads, n_layers), 240 / n_layers), 12, 120))
-    layout = _base_layout("Logit difference from each head", "Head", "Layer", height=n_layers * cell + 110)
+    layout = base_layout("Logit difference from each head", "Head", "Layer", height=n_layers * cell + 110)
     layout["margin"]["b"] = 56
     layout["width"] = max(n_heads * cell + 170, 480)
     layout["xaxis"].update(dtick=1 if n_heads <= 16 else None, showgrid=False, showline=False, ticks="", constrain="domain")
@@ -196,7 +196,7 @@ def logit_diff_histogram(result: StudyData) -> go.Figure:
             hovertemplate="logit diff %{customdata[0]:+.3f} to %{customdata[1]:+.3f}<br>%{y} prompts<extra></extra>",
         )
     )
-    fig.update_layout(**_base_layout("Per-prompt logit difference", "Logit diff (correct − incorrect)", "Prompts", height=320))
+    fig.update_layout(**base_layout("Per-prompt logit difference", "Logit diff (correct − incorrect)", "Prompts", height=320))
     fig.update_layout(bargap=0)
     fig.add_vline(x=0.0, line=dict(color=NEGATIVE, width=1.5, dash="dash"))
     fig.add_vline(
@@ -239,7 +239,7 @@ def decomposition_figure(result: StudyData) -> go.Figure:
             hovertemplate="%{x}: %{y:+.4f}<extra></extra>",
         )
     )
-    fig.update_layout(**_base_layout("Complete decomposition of the mean logit difference", "Part", "Logit diff", height=360))
+    fig.update_layout(**base_layout("Complete decomposition of the mean logit difference", "Part", "Logit diff", height=360))
     fig.add_hline(y=result.mean_logit_diff, line=dict(color=MUTED, width=1, dash="dot"))
     return fig
 
@@ -262,7 +262,7 @@ def expert_attribution_figure(result: StudyData) -> go.Figure:
         colorbar=dict(title=dict(text="Logit diff", side="top"), thickness=14, outlinewidth=0),
     )
     cell = int(np.clip(560 / max(n_experts, n_layers), 12, 60))
-    layout = _base_layout("Logit difference from each expert", "Expert", "Layer", height=n_layers * cell + 110)
+    layout = base_layout("Logit difference from each expert", "Expert", "Layer", height=n_layers * cell + 110)
     layout["width"] = max(n_experts * cell + 170, 480)
     layout["xaxis"].update(dtick=1, showgrid=False, showline=False, ticks="", constrain="domain")
     layout["yaxis"].update(dtick=1 if n_layers <= 16 else None, autorange="reversed", showgrid=False, zeroline=False,

@@ -37,7 +37,7 @@ def _rdbu(x: float) -> str:
     return "#" + "".join(f"{c:02x}" for c in rgb)
 
 
-def _heatmap(result: StudyData) -> str:
+def heatmap(result: StudyData) -> str:
     values = result.head_attribution
     lo, hi = result.intervals["head_attribution"]
     bound = float(np.abs(values).max()) or 1.0
@@ -96,7 +96,7 @@ def notebook_html(result: StudyData) -> str:
     return (
         f'<div class="logitscope-result" style="{_BOX}">'
         f'<pre style="{_PRE}">{html.escape(summary_text(result))}</pre>'
-        f"{_heatmap(result)}{_top_heads(result)}{_by_template(result)}"
+        f"{heatmap(result)}{_top_heads(result)}{_by_template(result)}"
         f'<div style="margin-top:10px;color:#5f6b7a">{note}</div></div>'
     )
 

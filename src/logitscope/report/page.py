@@ -4,6 +4,8 @@ plotly.js and the circuitsvis bundle are inlined once, in ``<head>``; each figur
 attention view then adds only its own data and one render call.
 """
 
+# Longer than ~400 lines on purpose: the page's HTML, section by section, is one template read top to bottom; the figures live in figures.py, patching.py, circuit.py.
+
 from __future__ import annotations
 
 import html

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import plotly.graph_objects as go
 
-from logitscope.report.figures import FONT, _base_layout, every_label
+from logitscope.report.figures import FONT, base_layout, every_label
 
 if TYPE_CHECKING:
     from logitscope.results.patching import PatchingData
@@ -32,7 +32,7 @@ TITLES = {
 MIN_PLOT_HEIGHT = 240  # px of plot area at the least, so a colour bar is never squashed (2-layer models)
 
 
-def _heatmap(z: np.ndarray, x: list, y: list, custom: list, title: str, x_title: str, y_title: str,
+def heatmap(z: np.ndarray, x: list, y: list, custom: list, title: str, x_title: str, y_title: str,
              colorbar: str, bound: float | None = None, cell: int | None = None) -> go.Figure:
     """A diverging heatmap at the card's width (no fixed width), every x and y label shown, rows
     ``cell`` px high (the plot at least :data:`MIN_PLOT_HEIGHT`)."""
@@ -46,7 +46,7 @@ def _heatmap(z: np.ndarray, x: list, y: list, custom: list, title: str, x_title:
         hovertemplate="%{customdata}<extra></extra>", xgap=1, ygap=1,
         colorbar=dict(title=dict(text=colorbar, side="top"), thickness=14, outlinewidth=0),
     ))
-    layout = _base_layout(title, x_title, y_title)
+    layout = base_layout(title, x_title, y_title)
     bottom = every_label(layout["xaxis"], x)
     every_label(layout["yaxis"], y)
     layout["yaxis"].update(tickangle=0)
@@ -82,7 +82,7 @@ def heads_by_position_figure(result: PatchingData, name: str) -> go.Figure:
                                  hovertemplate="%{customdata}<extra></extra>", xgap=1, ygap=1),
                       row=k // cols + 1, col=k % cols + 1)
     cell = int(np.clip(560 / L, 14, 40))
-    layout = _base_layout(_title(name), "", "")
+    layout = base_layout(_title(name), "", "")
     panel = max(MIN_PLOT_HEIGHT, L * cell)
     layout["height"] = rows * panel + (rows - 1) * 60 + layout["margin"]["t"] + 40 + 64
     layout["margin"]["t"] += 24  # the panels' own titles
@@ -117,13 +117,13 @@ def grid_figure(result: PatchingData, name: str) -> go.Figure:
         positions = result.positions.labels
         custom = [[_hover(f"L{l} {name} @ {positions[k]}", values[l, k], lo[l, k], hi[l, k], norm[l, k], nlo[l, k],
                           nhi[l, k]) for k in range(len(positions))] for l in range(L)]
-        return _heatmap(norm, _pos_ticks(result, positions), [f"L{l}" for l in range(L)], custom, _title(name),
+        return heatmap(norm, _pos_ticks(result, positions), [f"L{l}" for l in range(L)], custom, _title(name),
                         "Position", "Layer", "Normalised", bound=1.0)
     heads = values.shape[1]
     letter = "KV" if axes[1] == "kv_head" else "H"
     custom = [[_hover(f"L{l}{letter}{h}", values[l, h], lo[l, h], hi[l, h], norm[l, h], nlo[l, h], nhi[l, h])
                for h in range(heads)] for l in range(L)]
-    return _heatmap(norm, [str(h) for h in range(heads)], [f"L{l}" for l in range(L)], custom, _title(name),
+    return heatmap(norm, [str(h) for h in range(heads)], [f"L{l}" for l in range(L)], custom, _title(name),
                     "KV head" if letter == "KV" else "Head", "Layer", "Normalised", bound=1.0)
 
 
@@ -151,7 +151,7 @@ def ablation_figure(result: PatchingData) -> go.Figure:
     custom = [[f"<b>L{l}H{h}</b><br>logit diff {before:+.3f} → {after[l, h]:+.3f} [{lo[l, h]:+.3f}, {hi[l, h]:+.3f}]"
                f"<br>change {change[l, h]:+.3f}" for h in range(H)] for l in range(L)]
     title = f"Total effect: change in logit diff when each head is {result.ablation_kind}-ablated"
-    return _heatmap(change, [str(h) for h in range(H)], [f"L{l}" for l in range(L)], custom, title, "Head", "Layer",
+    return heatmap(change, [str(h) for h in range(H)], [f"L{l}" for l in range(L)], custom, title, "Head", "Layer",
                     "Change")
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from logitscope.errors import ArgumentError
+from logitscope.labels import counted
 from logitscope.inputs.circuits import ALL_POSITIONS, Circuit, CircuitClass
 from logitscope.stats import bootstrap_means, percentile_interval
 
@@ -326,7 +327,7 @@ class CircuitResult:
             return f"[{s['ci95_low']:.4f}, {s['ci95_high']:.4f}]"
 
         lines = [
-            f"{self.title} ({len(self.circuit.heads)} heads, {self.ablation}-ablation elsewhere): "
+            f"{self.title} ({counted(len(self.circuit.heads), 'head')}, {self.ablation}-ablation elsewhere): "
             f"F(M) {ms['model']['mean']:.4f} {ci(ms['model'])}, F(C) {ms['circuit']['mean']:.4f} {ci(ms['circuit'])}, "
             f"F(no heads) {ms['no_heads']['mean']:.4f}",
             f"  faithfulness |F(M) - F(C)| {f['gap']['mean']:.4f} {ci(f['gap'])}; F(C)/F(M) "

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from logitscope.labels import counted
 from logitscope.results.names import FROZEN
 from logitscope.stats import bootstrap_means, percentile_interval
 
@@ -123,8 +124,8 @@ class PathPatchingResult:
 
     def summary(self) -> str:
         eff = self.effect()
-        lines = [f"path patching ({self.direction}, freeze {self.freeze}): {len(self.senders)} senders x "
-                 f"{len(self.receivers)} receivers"]
+        lines = [f"path patching ({self.direction}, freeze {self.freeze}): {counted(len(self.senders), 'sender')} x "
+                 f"{counted(len(self.receivers), 'receiver')}"]
         iv = self.intervals
         for j, r in enumerate(self.receivers):
             col = np.nan_to_num(np.abs(eff[:, j]), nan=-1.0)

@@ -24,6 +24,8 @@ Interventions (what "corrupted" means): ``patching`` (the counterpart prompt's o
 ``clean-corrupted`` interpolate or run prompts and so take ``patching`` only, as in the library.
 """
 
+# Longer than ~400 lines on purpose: the five scoring methods (eap, eap-ig-inputs, eap-ig-activations, clean-corrupted, exact), their metrics and interventions share one batch loop.
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -468,7 +470,7 @@ def edge_batch_size(lm, graph: EdgeGraph, max_len: int, method: str = "eap") -> 
     (the clean outputs and corrupted − clean) plus what a forward and backward pass keeps per token,
     within half the free memory on CUDA, or on the CPU within a quarter of the available memory (at
     most 1 GiB) and the study's token budget (:func:`logitscope.engine.setup.auto_batch_size`)."""
-    from logitscope.engine.setup import _available_host_memory, auto_batch_size
+    from logitscope.engine.setup import available_host_memory, auto_batch_size
 
     s = lm.shape
     item = torch.empty((), dtype=next(lm.model.parameters()).dtype).element_size()
@@ -483,7 +485,7 @@ def edge_batch_size(lm, graph: EdgeGraph, max_len: int, method: str = "eap") -> 
         budget = 0.5 * free
         cap = 4096
     else:
-        available = _available_host_memory()
+        available = available_host_memory()
         budget = min(2**30, 0.25 * available) if available else 2**30
         cap = auto_batch_size(lm, max_len)
     return int(max(1, min(cap, budget // per_prompt)))

@@ -20,6 +20,8 @@ gets its own copy of its group's key and value projection; the attention modules
 ``ungroup_grouped_query_attention``: a query head's ``<k>`` and ``<v>`` edges are its own.
 """
 
+# Longer than ~400 lines on purpose: the edge graph's hooks on each family's Hugging Face modules (per-head q/k/v inputs, post-norms, parallel blocks) belong together.
+
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
