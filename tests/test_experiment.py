@@ -47,6 +47,8 @@ def test_patch_ablate_paths_and_circuit_equal_run_patching(exp):
         (exp.paths("L0H1", "logits,L1H0:q"), dict(what="none", senders="L0H1", receivers="logits,L1H0:q")),
         (exp.circuit("L1H0,L1H1", random_k=2), dict(what="none", circuit="L1H0,L1H1", circuit_random=2)),
     ]
+    assert len({id(ours.study) for ours, _ in cases}) == 1  # the clean prompts' study is made once
+    assert cases[0][0].study.prompts[0].corrupted  # on the prepared pairs
     for ours, options in cases:
         theirs = ls.run_patching("ioi:12", exp.lm, seed=3, batch_size=5, **options)
         assert isinstance(ours, ls.PatchingResult)

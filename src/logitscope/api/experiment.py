@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from logitscope.api.patching import run_patching
+from logitscope.api.patching import Prepared, check_options, prepare, run_prepared, study_of
 from logitscope.api.patching_result import PatchingResult
 from logitscope.api.results import StudyResult
 from logitscope.api.study import run_study
+from logitscope.results.circuit import Completeness
 from logitscope.engine import distributed
 from logitscope.engine.setup import as_loaded
 from logitscope.errors import ArgumentError
@@ -64,7 +65,8 @@ class Experiment:
         self.prepend_bos = prepend_bos
         self.seed = seed
         self.progress = progress
-        self._pairs: list[Prompt] | None = None
+        self._prepared: Prepared | None = None
+        self._study: Any = None  # the clean prompts' study that every patching result carries, made once
 
     def __repr__(self) -> str:
         return f"<Experiment {self.lm.name}: {len(self.prompts)} prompts>"
@@ -72,17 +74,40 @@ class Experiment:
     # ------------------------------------------------------------------ what every method shares
     @property
     def pairs(self) -> list[Prompt]:
-        """The prompts, each with its ``corrupted`` counterpart (drawn once, on first use)."""
-        if self._pairs is None:
-            self._pairs = with_counterparts(self.prompts, self.corrupt, seed=self.seed, tokenizer=self.lm.tokenizer)
-        return self._pairs
+        """The prompts, each with its ``corrupted`` counterpart (drawn and encoded once, on first use)."""
+        return self.prepared.prompts
+
+    @property
+    def prepared(self) -> Prepared:
+        """The prompts with their counterparts, encoded for the model once (the causal methods' start)."""
+        if self._prepared is None:
+            pairs = with_counterparts(self.prompts, self.corrupt, seed=self.seed, tokenizer=self.lm.tokenizer)
+            self._prepared = prepare(pairs, self.lm, self.prepend_bos)
+        return self._prepared
 
     def _shared(self) -> dict[str, Any]:
         return {"batch_size": self.batch_size, "prepend_bos": self.prepend_bos, "seed": self.seed,
                 "progress": self.progress}
 
     def _patching(self, **options: Any) -> PatchingResult:
-        return run_patching(self.pairs, self.lm, **self._shared(), **options)
+        """One causal method on the prepared prompts, with the study made once (as run_patching would
+        make it: the default top_k and attention prompt)."""
+        grids, head_ablation = check_options(**options)
+        completeness = {k: options.pop(k) for k in ("circuit_random", "circuit_greedy", "circuit_greedy_steps",
+                                                    "circuit_greedy_candidates") if k in options}
+        prep = self.prepared
+        if self._study is None:
+            self._study = study_of(prep, batch_size=self.batch_size, top_k=3, attention_prompt=0, seed=self.seed)
+        defaults = dict(direction="denoise", positions="auto", ablate=None, ablation="mean", method="exact",
+                        senders=None, receivers="logits", freeze="heads", circuit=None)
+        options.pop("what", None)
+        return run_prepared(prep, self._study, grids=grids, head_ablation=head_ablation,
+                            completeness=Completeness(completeness.get("circuit_random", 5),
+                                                      completeness.get("circuit_greedy", 0),
+                                                      completeness.get("circuit_greedy_steps", 10),
+                                                      completeness.get("circuit_greedy_candidates", 10)),
+                            batch_size=self.batch_size, top_k=3, attention_prompt=0, seed=self.seed,
+                            progress=self.progress, **{**defaults, **options})
 
     # ------------------------------------------------------------------ one method each
     def study(self, *, top_k: int = 3, attention_prompt: int = 0, attention_heads: Any = None) -> StudyResult:

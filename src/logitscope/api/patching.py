@@ -10,7 +10,7 @@ patched runs reuse the unpatched run.
 from __future__ import annotations
 
 import time
-from dataclasses import astuple
+from dataclasses import astuple, dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -132,12 +132,11 @@ def run_patching(
     heads; the paper's code: 5, 10, 10; see :func:`logitscope.methods.circuits.greedy_search`).
     The other arguments are :func:`logitscope.run_study`'s. In a process group of several ranks, as
     :func:`logitscope.run_study`: rank 0 gets the result, the others ``None`` (path patching and
-    circuits run in one process only).
+    circuits run in one process only). The study of the clean prompts is computed as well, whatever
+    is asked: the report and results.json are built around it (one forward pass per prompt);
+    :class:`logitscope.Experiment` computes it once for all of its methods.
     """
     from logitscope.engine.setup import as_loaded
-    from logitscope.inputs.encode import encode_prompts, tokenize
-    from logitscope.api.results import StudyResult
-    from logitscope.methods.dla import study as dla_study
     from logitscope.inputs.prompts import GeneratedSet, parse_prompts
 
     t0 = time.perf_counter()
@@ -147,33 +146,78 @@ def run_patching(
                                          circuit_random=circuit_random, circuit_greedy=circuit_greedy,
                                          circuit_greedy_steps=circuit_greedy_steps,
                                          circuit_greedy_candidates=circuit_greedy_candidates)
-    completeness = Completeness(circuit_random, circuit_greedy, circuit_greedy_steps, circuit_greedy_candidates)
     parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
     lm = as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=distributed.current())
     prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer) if isinstance(parsed, GeneratedSet) else parsed
-    prompts = with_counterparts(list(prompts), corrupt, seed=seed, tokenizer=lm.tokenizer)
+    prep = prepare(with_counterparts(list(prompts), corrupt, seed=seed, tokenizer=lm.tokenizer), lm, prepend_bos)
+    return run_prepared(prep, None, grids=grids, head_ablation=head_ablation, direction=direction, positions=positions,
+                        ablate=ablate, ablation=ablation, method=method, senders=senders, receivers=receivers,
+                        freeze=freeze, circuit=circuit,
+                        completeness=Completeness(circuit_random, circuit_greedy, circuit_greedy_steps,
+                                                  circuit_greedy_candidates),
+                        batch_size=batch_size, top_k=top_k, attention_prompt=attention_prompt, seed=seed,
+                        progress=progress, t0=t0)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A model and a prompt set with its counterparts, encoded once: what every causal method starts
+    from (:class:`logitscope.Experiment` keeps one)."""
+
+    lm: Any
+    prompts: list[Prompt]  # each with its ``corrupted`` counterpart
+    pairs: EncodedPairs
+    prepend_bos: bool
+
+
+def prepare(prompts: list[Prompt], lm: Any, prepend_bos: bool | None) -> Prepared:
+    """Encode ``prompts`` and their counterparts for ``lm`` with the study's checks, before any
+    forward pass (``prepend_bos=None``: the family's TransformerLens habit)."""
+    from logitscope.inputs.encode import encode_prompts, tokenize
+
+    bos = lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos
+    enc = encode_prompts(prompts, lm, prepend_bos=bos)
+    pairs = encode_pairs(prompts, enc.ids, enc.correct, enc.incorrect, lambda t: tokenize(lm.tokenizer, t),
+                         lm.tokenizer.bos_token_id if bos else None)
+    return Prepared(lm, prompts, pairs, bos)
+
+
+def study_of(prep: Prepared, *, batch_size: int | None, top_k: int, attention_prompt: int, seed: int) -> Any:
+    """The study of the clean prompts that a patching result carries: its report and results.json
+    are built around it (one forward pass per prompt, so it is computed even when only a causal
+    method was asked for; :class:`logitscope.Experiment` computes it once for all its methods)."""
+    from logitscope.api.results import StudyResult
+    from logitscope.methods.dla import study as dla_study
+
+    study = distributed.collective(dla_study)(prep.prompts, prep.lm, batch_size=batch_size, top_k=top_k,
+                                              attention_prompt=attention_prompt, prepend_bos=prep.prepend_bos,
+                                              seed=seed, progress=False)
+    return None if study is None else StudyResult.of(study)
+
+
+def run_prepared(prep: Prepared, study: Any, *, grids: list[str], head_ablation: bool, direction: str,
+                 positions: str, ablate: Any, ablation: str, method: str, senders: Any, receivers: Any, freeze: str,
+                 circuit: Any, completeness: Completeness, batch_size: int | None, top_k: int,
+                 attention_prompt: int, seed: int, progress: bool, t0: float | None = None) -> PatchingResult | None:
+    """:func:`run_patching` on a prepared prompt set (options already checked), with the study of its
+    clean prompts when given (else computed here)."""
+    t0 = time.perf_counter() if t0 is None else t0
+    lm, prompts, pairs = prep.lm, prep.prompts, prep.pairs
     L, H = lm.shape.n_layers, lm.shape.n_heads
     sets = _ablation_sets(ablate, L, H)
+    grids = list(grids)
     notes: list[str] = []
     if "resid_mid" in grids and lm.adapter.parallel_attn_mlp(lm.model.config):
         grids.remove("resid_mid")
         notes.append(f"resid_mid: not computed; {lm.adapter.family} runs attention and MLP in parallel, so there is "
                      "no resid_mid (TransformerLens has no hook_resid_mid for it either)")
-
-    bos = lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos
-    enc = encode_prompts(prompts, lm, prepend_bos=bos)  # the study's checks, before any forward pass
-    pairs = encode_pairs(prompts, enc.ids, enc.correct, enc.incorrect, lambda t: tokenize(lm.tokenizer, t),
-                         lm.tokenizer.bos_token_id if bos else None)
     if pairs.identical.all():
         notes.append(UNDEFINED)
     axis = position_axis(pairs, positions) if any(GRIDS[g].by_position for g in grids) else None
     if axis is not None and axis.note:
         notes.append(axis.note)
-
-    study = distributed.collective(dla_study)(prompts, lm, batch_size=batch_size, top_k=top_k,
-                                              attention_prompt=attention_prompt, prepend_bos=bos, seed=seed,
-                                              progress=False)
-    study = None if study is None else StudyResult.of(study)
+    if study is None:
+        study = study_of(prep, batch_size=batch_size, top_k=top_k, attention_prompt=attention_prompt, seed=seed)
     t_study = time.perf_counter()
     result = _patch(lm, prompts, pairs, axis, grids, direction, sets, ablation, head_ablation, batch_size, progress,
                     method)
@@ -181,7 +225,7 @@ def run_patching(
         return None  # another rank's: rank 0 builds the result
     timing = {"study_s": t_study - t0, "patching_s": time.perf_counter() - t_study, **result.pop("split")}
     result.update(_paths_and_circuit(lm, prompts, pairs, senders, receivers, freeze, circuit, direction, ablation,
-                                     batch_size, seed, timing, progress, completeness, prepend_bos=bos))
+                                     batch_size, seed, timing, progress, completeness, prepend_bos=prep.prepend_bos))
     return PatchingResult(
         study=study, direction=direction, corrupted_prompts=[p.corrupted for p in prompts], positions=axis,
         position_tokens=_position_tokens(lm, pairs, axis), notes=tuple(notes), seed=seed, timing=timing,
