@@ -176,6 +176,25 @@ def test_a_graph_file_evaluates_its_circuit(lm, result, tmp_path):
     assert res.circuit_eval.faithfulness == pytest.approx(f, rel=1e-6)
 
 
+def test_a_given_circuit_is_the_one_graph_json_marks(lm, result, tmp_path):
+    """A circuit read from a graph file (here the top 15 by signed score, not this run's top 15 by
+    |score|) is the one the new graph.json marks in_graph, and the one reopened."""
+    from logitscope.results.graph_json import read_graph_json
+
+    given = result.circuit(15, absolute=False)
+    assert not bool((given == result.circuit(int(given.sum()))).all())  # not what a top-n would rebuild
+    path = tmp_path / "given.json"
+    from logitscope.results.graph_json import write_graph_json
+
+    write_graph_json(path, result.graph, result.scores, given)
+    res = ls.edges("ioi:8", lm, method="eap", corrupt="abc", circuit=path, curve=False, **OPTS)
+    res.save(tmp_path / "out")
+    _, _, marked, _ = read_graph_json(tmp_path / "out" / "graph.json")
+    assert bool((marked == (given & result.graph.real)).all())
+    again = ls.load_result(tmp_path / "out")
+    assert bool((again.circuit_eval.edges == marked).all())
+
+
 def test_counterparts_of_another_token_length_are_a_clear_error(lm, tmp_path):
     rows = [{"prompt": "When Mary and John went to the store, John gave a drink to", "correct": " Mary",
              "incorrect": " John", "corrupted": "When Mary and John went to the big store, John gave a drink to"}]

@@ -71,7 +71,7 @@ def edges(
     device_map: str | None = None,
 ) -> EdgeResult:
     """Score every edge of ``model``'s computational graph on ``prompts`` and measure the circuits
-    they give (:mod:`logitscope.methods.edges`; the README's "Finding a circuit").
+    they give (:mod:`logitscope.methods.edges`; docs/edges.md, "Finding a circuit").
 
     ``method``: ``eap``, ``eap-ig-inputs`` (default), ``eap-ig-activations``, ``clean-corrupted`` or
     ``exact``; ``steps``: integrated-gradient steps. ``intervention``: ``patching`` (each prompt's

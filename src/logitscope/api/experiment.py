@@ -145,7 +145,7 @@ class Experiment:
     def edges(self, *, method: str = "eap-ig-inputs", steps: int = 5, intervention: str = "patching",
               metric: Any = "logit-diff", top_n: int | None = None, curve: bool = True, greedy: bool = False,
               exact_top: int = 0, circuit: Any = None) -> Any:
-        """Edge attribution and MIB's faithfulness curves (:func:`logitscope.methods.edges`) on the
+        """Edge attribution and MIB's faithfulness curves (:func:`logitscope.edges`) on the
         experiment's pairs (its prompts alone for ``intervention="zero"``)."""
         from logitscope.api.edges import edges
 

@@ -27,28 +27,29 @@ def add(sub: argparse._SubParsersAction) -> None:
         "evaluate the top edges' circuits exactly at MIB's ten fractions (CPR, CMD). Writes DIR/results.json, "
         "DIR/graph.json (EAP-IG / MIB format) and DIR/edges_per_prompt.npz, atomically.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    model_options(p, study=False)
-    p.add_argument("--method", default="eap-ig-inputs",
+    own = p.add_argument_group("edges options")
+    own.add_argument("--method", default="eap-ig-inputs",
                    choices=["eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "exact"],
                    help="how edges are scored (default eap-ig-inputs; exact: each edge corrupted alone, small models)")
-    p.add_argument("--steps", type=int, default=5, help="integrated-gradient steps (default 5)")
-    p.add_argument("--intervention", default="patching", choices=["patching", "mean", "mean-positional", "zero"],
+    own.add_argument("--steps", type=int, default=5, metavar="N", help="integrated-gradient steps (default 5)")
+    own.add_argument("--intervention", default="patching", choices=["patching", "mean", "mean-positional", "zero"],
                    help="what a corrupted edge carries: the counterpart's value (default), its mean, its mean "
                    "per position, or zero")
-    p.add_argument("--corrupt", default=None, choices=["abc", "flip"], help="the counterpart of IOI prompts (abc)")
-    p.add_argument("--metric", default="logit-diff", choices=["logit-diff", "prob-diff", "kl"],
+    own.add_argument("--corrupt", default=None, choices=["abc", "flip"], help="the counterpart of IOI prompts (abc)")
+    own.add_argument("--metric", default="logit-diff", choices=["logit-diff", "prob-diff", "kl"],
                    help="the metric whose change an edge's score estimates (default logit-diff)")
-    what = p.add_mutually_exclusive_group()
+    what = own.add_mutually_exclusive_group()
     what.add_argument("--top-n", type=int, default=None, metavar="N",
                       help="also evaluate the circuit of the top N edges (pruned to input -> logits)")
     what.add_argument("--circuit", default=None, metavar="GRAPH_JSON",
                       help="evaluate the circuit (in_graph) of a graph.json instead of choosing one")
-    p.add_argument("--no-curve", dest="curve", action="store_false",
+    own.add_argument("--no-curve", dest="curve", action="store_false",
                    help="skip MIB's faithfulness curves (ten exact evaluations each)")
-    p.add_argument("--greedy", action="store_true", help="choose circuits by the EAP-IG library's greedy "
+    own.add_argument("--greedy", action="store_true", help="choose circuits by the EAP-IG library's greedy "
                    "selection instead of top-n")
-    p.add_argument("--exact-top", type=int, default=0, metavar="K",
+    own.add_argument("--exact-top", type=int, default=0, metavar="K",
                    help="the exact effect of the top K edges beside their estimates (default 0)")
+    model_options(p, study=False)
     p.set_defaults(execute=execute, flags={"top_n": "--top-n", "exact_top": "--exact-top", "steps": "--steps"})
 
 

@@ -100,6 +100,9 @@ class CircuitEval:
     m_circuit: float
     m_full: float
     m_empty: float
+    # The circuit itself ([n_forward, n_backward] bool): graph.json's in_graph, where it is kept
+    # (results.json holds the numbers only).
+    edges: Any = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"order": self.order, "n_requested": self.n_requested, "n_edges": self.n_edges,
@@ -182,6 +185,8 @@ class EdgeResult:
         c = self.circuit_eval
         if c is None:
             return None
+        if c.edges is not None:  # the circuit evaluated (a given one is not this run's top n)
+            return c.edges
         return self.circuit(c.n_requested, absolute=c.order.endswith("abs"), greedy=c.order.startswith("greedy"))
 
     def write_graph(self, path: str | Path, n: int | None = None, *, absolute: bool = True) -> Path:
@@ -192,7 +197,7 @@ class EdgeResult:
 
     # ------------------------------------------------------------------ results.json
     def to_dict(self, top: int = TOP_EDGES) -> dict[str, Any]:
-        """results.json's ``edges`` section (see the README's key-by-key list)."""
+        """results.json's ``edges`` section (docs/edges.md lists it key by key)."""
         top = max(top, len(self.exact_top))
         out: dict[str, Any] = {
             "method": self.method, "steps": self.steps, "intervention": self.intervention, "metric": self.metric,
@@ -318,9 +323,21 @@ def read_edges(folder: str | Path) -> EdgeResult:
         graph, scores, e["method"], int(e["steps"]), e["intervention"], e["metric"], int(e["n_prompts"]),
         curve=Curve.from_dict(e["curve"]) if "curve" in e else None,
         curve_signed=Curve.from_dict(e["curve_signed"]) if "curve_signed" in e else None,
-        exact_top=exact, circuit_eval=CircuitEval.from_dict(e["circuit"]) if "circuit" in e else None,
+        exact_top=exact, circuit_eval=_circuit_eval(e, folder),
         greedy=bool(e.get("greedy", False)), model=doc.get("model", ""), family=doc.get("family", ""),
         dtype=doc.get("dtype", ""), device=doc.get("device", ""), prepend_bos=doc.get("prepend_bos"),
         seed=int(doc.get("seed", 0)), per_prompt=arrays, timing=dict(doc.get("timing", {})),
         version=doc.get("logitscope_version", ""), created=doc.get("created", ""),
     )
+
+
+def _circuit_eval(e: dict[str, Any], folder: Path) -> CircuitEval | None:
+    """results.json's evaluated circuit, with its edges from graph.json's in_graph."""
+    if "circuit" not in e:
+        return None
+    from dataclasses import replace
+
+    from logitscope.results.graph_json import read_graph_json
+
+    _, _, in_graph, _ = read_graph_json(folder / "graph.json")
+    return replace(CircuitEval.from_dict(e["circuit"]), edges=in_graph)

@@ -17,7 +17,7 @@ for every point, :mod:`logitscope.stats`), of f, CPR and CMD alike.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -86,12 +86,13 @@ def curve_of(order: str, fractions: Sequence[float], ns: list[int], kept: list[i
 
 
 def circuit_eval_of(order: str, n_requested: int, kept: int, m_c: np.ndarray, m_empty: np.ndarray,
-                    clean: np.ndarray, *, seed: int = 0, n_resamples: int = N_RESAMPLES) -> CircuitEval:
+                    clean: np.ndarray, *, seed: int = 0, n_resamples: int = N_RESAMPLES,
+                    edges: Any = None) -> CircuitEval:
     """One circuit's faithfulness with its 95% percentile-bootstrap interval."""
     f = float(faithfulness_values(m_c[None], m_empty, clean)[0])
     low, high = _quantiles(_bootstrap(m_c[None], m_empty, clean, seed, n_resamples)[:, 0])
     return CircuitEval(order, n_requested, kept, f, float(low), float(high), float(m_c.mean()), float(clean.mean()),
-                       float(m_empty.mean()))
+                       float(m_empty.mean()), edges)
 
 
 def _order(absolute: bool, use_greedy: bool) -> str:
@@ -145,7 +146,7 @@ def evaluate_all(engine, scores: torch.Tensor, *, curve: bool = True, top_n: int
     if "circuit" in parts:
         order = _order(True, use_greedy) if top_n is not None else "given"
         circuit = circuit_eval_of(order, parts["circuit"][0][0], int(parts["circuit"][1][0].sum()),
-                                  per_prompt["circuit"], values[0], clean, **kw)
+                                  per_prompt["circuit"], values[0], clean, edges=parts["circuit"][1][0], **kw)
     return out_curves[0], out_curves[1], circuit, per_prompt
 
 
