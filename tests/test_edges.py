@@ -15,11 +15,13 @@ rtol 1e-4 / atol 1e-5 (observed differences ~1e-6).
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import pytest
 import torch
+import transformers
 
 import oracle
 from logitscope.methods.edges.attribute import EdgeData, EdgeEngine
@@ -506,12 +508,12 @@ FAST_FAMILIES = ["gptj", "gpt_neox", "olmo2", "qwen3"]  # parallel, fused q/k/v,
 OTHER_FAMILIES = ["gpt_neo", "mistral", "mixtral", "qwen2", "gemma", "gemma3"]
 
 
-def _derivative_check(family: str) -> None:
+def _derivative_check(family: str, hf=None) -> None:
     """On any family: every edge corrupted is the corrupted run, none is the clean run (the node
     outputs add up to the residual stream), and an edge's EAP score is the derivative of the metric
     along that edge's corruption, (m(+ε) − m(−ε)) / 2ε with the child's input moved by ε·(corrupted −
     clean) of the parent (central difference, ε = 1e-2: error ~1e-4 at these scales)."""
-    hf = oracle.make_hf_model(family, vocab_size=VOCAB)
+    hf = hf if hf is not None else oracle.make_hf_model(family, vocab_size=VOCAB)
     lm = wrap_model(hf, oracle.gpt2_tokenizer())
     data = _data(lengths=(6, 8))
     eng = EdgeEngine(lm, data, batch_size=2)
@@ -553,14 +555,81 @@ def test_every_family_adds_up_and_eap_is_the_derivative_more(family):
     _derivative_check(family)
 
 
-def test_phi3_with_grouped_query_attention_is_a_clear_error():
-    from logitscope.errors import InputError
+def _gqa_model(family: str):
+    """A tiny random ``family`` model with 2 key/value heads for its 4 query heads (the oracle's
+    tiny Phi-3 has them; its tiny OLMo-2 has none, TL 3.9 converting OLMo-2 only without them)."""
+    if family == "phi3":
+        hf = oracle.make_hf_model("phi3", vocab_size=VOCAB)
+    else:
+        config = oracle._family_config(family, "tiny", VOCAB, 64)
+        config.num_key_value_heads = 2
+        config.architectures = [oracle.ARCHITECTURES[family]]
+        hf = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+        oracle._randomize(hf, 0)
+        hf = hf.float().eval()
+    assert (hf.config.num_attention_heads, hf.config.num_key_value_heads) == (4, 2)
+    return hf
 
-    lm = wrap_model(oracle.make_hf_model("phi3", vocab_size=VOCAB), oracle.gpt2_tokenizer())
-    if lm.model.config.num_key_value_heads == lm.shape.n_heads:
-        pytest.skip("this tiny phi3 has no grouped-query attention")
-    with pytest.raises(InputError, match="phi3 with grouped-query attention"):
-        EdgeEngine(lm, _data())
+
+def _ungrouped_twin(hf):
+    """The same function as a model with one key/value head per query head: each key/value head's
+    rows (and OLMo-2's key-norm weight) repeated for the query heads of its group. Its edge graph
+    is the one EAP-IG and MIB draw for the grouped model (``<k>``, ``<v>`` per query head)."""
+    cfg = hf.config
+    n, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // n
+    twin_cfg = copy.deepcopy(cfg)
+    twin_cfg.num_key_value_heads = n
+    twin = transformers.AutoModelForCausalLM.from_config(twin_cfg, attn_implementation="eager", dtype=torch.float32)
+
+    def rep(w):  # [kv d_head, ...] -> [n d_head, ...]
+        return w.reshape(kv, d_head, *w.shape[1:]).repeat_interleave(n // kv, dim=0).reshape(n * d_head, *w.shape[1:])
+
+    state = {}
+    for name, w in hf.state_dict().items():
+        if name.endswith("qkv_proj.weight"):
+            q, k, v = w.split([n * d_head, kv * d_head, kv * d_head])
+            w = torch.cat([q, rep(k), rep(v)])
+        elif name.endswith(("k_proj.weight", "v_proj.weight", "k_norm.weight")):
+            w = rep(w)
+        state[name] = w
+    twin.load_state_dict(state)
+    twin.eval()
+    tokens = torch.tensor([_data().clean[1]])
+    with torch.no_grad():  # the twin is the same function
+        torch.testing.assert_close(twin(tokens).logits, hf(tokens).logits, atol=1e-5, rtol=1e-5)
+    return twin
+
+
+@pytest.mark.parametrize("family", ["phi3", "olmo2"])
+def test_grouped_query_attention_edges_are_per_query_head(family):
+    """Phi-3 (fused q/k/v) and OLMo-2 (a key norm over all key heads) with grouped-query attention:
+    the scores and a circuit's metric equal those of the ungrouped twin, each of whose query heads
+    has its own key and value projection (the twin's graph has the same nodes and edges); and every
+    edge adds up and has its derivative as on any family."""
+    hf = _gqa_model(family)
+    attn = [layer.self_attn for layer in hf.model.layers]
+    before = [(a.num_key_value_groups, getattr(a, "num_key_value_heads", None), getattr(a, "k_norm", None)) for a in attn]
+    data = _data(lengths=(6, 8))
+    eng = EdgeEngine(wrap_model(hf, oracle.gpt2_tokenizer()), data, batch_size=2)
+    twin = EdgeEngine(wrap_model(_ungrouped_twin(hf), oracle.gpt2_tokenizer()), data, batch_size=2)
+    assert eng.graph.edge_names == twin.graph.edge_names
+    ours, ref = eng.scores("eap"), twin.scores("eap")
+    assert ours.abs().max() > 1e-2
+    lk = eng.graph.edge_lookup()
+    src, dst = eng.graph.edge_index
+    # query heads 0 and 1 share a key head, and still have their own <k> edges
+    e0, e1 = lk["input->a1.h0<k>"], lk["input->a1.h1<k>"]
+    assert float(ours[src[e0], dst[e0]]) != pytest.approx(float(ours[src[e1], dst[e1]]), abs=1e-4)
+    torch.testing.assert_close(ours, ref, atol=ATOL, rtol=RTOL)
+    circuit = torch.rand(eng.graph.real.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    circuit &= eng.graph.real
+    np.testing.assert_allclose(eng.evaluate([circuit])[0], twin.evaluate([circuit])[0], atol=1e-5)
+    _derivative_check(family, hf)
+    # the model is left as it was: grouped again, its own key norm, no hooks
+    assert [(a.num_key_value_groups, getattr(a, "num_key_value_heads", None), getattr(a, "k_norm", None)) for a in attn] == before
+    assert before[0][0] == 2
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in hf.modules())
 
 
 def test_the_model_is_left_as_it_was():

@@ -15,8 +15,9 @@ inputs separate without changing the module tree:
   by each head's projection of ``norm(x + δ_h)``, with its own ``δ_h`` per q, k, v.
 
 With grouped-query attention the keys and values are *ungrouped* inside these runs (each query head
-gets its own copy of its group's key and value projection; the attention modules'
-``num_key_value_groups`` is 1 while attached, then restored), as TransformerLens's
+gets its own copy of its group's key and value projection, Phi-3's fused ``qkv_proj`` included; the
+attention modules' ``num_key_value_groups`` is 1 while attached, then restored; OLMo-2's key norm,
+which spans all key heads, reads the ungrouped keys with its weight repeated), as TransformerLens's
 ``ungroup_grouped_query_attention``: a query head's ``<k>`` and ``<v>`` edges are its own.
 """
 
@@ -32,7 +33,6 @@ import torch
 from torch import nn
 
 from logitscope.results.edge_graph import QKV, EdgeGraph
-from logitscope.errors import InputError
 from logitscope.models.adapters import norm_eps
 
 # (kind, layer) -> tensor: "qkv" [3, b, p, H, d]; "mlp", "logits" [b, p, d]
@@ -52,6 +52,20 @@ class _Projection:
     split: Callable[[torch.Tensor], list[torch.Tensor]]  # output -> [b, p, heads, d_head] per letter
     join: Callable[[list[torch.Tensor]], torch.Tensor]
     weights: Callable[[str], tuple[torch.Tensor, torch.Tensor | None]]  # W [heads, d_head, d_model], b [heads, d_head]
+
+
+class _RepeatedNorm(nn.Module):
+    """``norm`` over ungrouped heads: its own forward with its weight [n_kv d_head] repeated to
+    [H d_head], each key head's slice once per query head of its group."""
+
+    def __init__(self, norm: nn.Module, group: int, d_head: int):
+        super().__init__()
+        self.norm, self.group, self.d_head = norm, group, d_head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.norm.weight
+        w = w.view(-1, self.d_head).repeat_interleave(self.group, dim=0).reshape(-1)
+        return torch.func.functional_call(self.norm, {"weight": w}, (x,))
 
 
 def _linear_weights(module: nn.Linear, d_head: int):
@@ -106,21 +120,24 @@ def _projections(family: str, block: nn.Module, attn: nn.Module, d_model: int, n
 
         return [_Projection(fused, "qkv", split, join, weights)]
     if family == "phi3":
-        fused = attn.qkv_proj
-        if fused.weight.shape[0] != 3 * n_heads * d_head:
-            raise InputError("phi3 with grouped-query attention: edge attribution is not supported yet (its fused "
-                             "qkv_proj cannot be ungrouped)")
+        fused = attn.qkv_proj  # rows [q (H d_head), k (n_kv d_head), v (n_kv d_head)]; n_kv = H once ungrouped
+        q_rows = n_heads * d_head
+
+        def sizes(width: int) -> list[int]:
+            kv = (width - q_rows) // 2
+            return [q_rows, kv, kv]
 
         def split(out):
-            return [x.view(*x.shape[:-1], n_heads, d_head) for x in out.split(n_heads * d_head, dim=-1)]
+            return [x.view(*x.shape[:-1], -1, d_head) for x in out.split(sizes(out.shape[-1]), dim=-1)]
 
         def join(parts):
             return torch.cat([_flat([p]) for p in parts], dim=-1)
 
         def weights(letter):
             i = QKV.index(letter)
-            rows = slice(i * n_heads * d_head, (i + 1) * n_heads * d_head)
-            return fused.weight[rows].view(n_heads, d_head, d_model), None
+            n = sizes(fused.weight.shape[0])
+            rows = slice(sum(n[:i]), sum(n[:i + 1]))
+            return fused.weight[rows].view(-1, d_head, d_model), None
 
         return [_Projection(fused, "qkv", split, join, weights)]
     mods = {x: getattr(attn, f"{x}_proj") for x in QKV}
@@ -171,9 +188,6 @@ class EdgeRunner:
         self.H, self.dh, self.d = lm.shape.n_heads, lm.shape.d_head, lm.shape.d_model
         self.attn = [_attention_module(self.family, b) for b in self.blocks]
         self.n_kv = self._n_kv()
-        if self.n_kv != self.H and self.family in ("olmo2",):
-            raise InputError("olmo2 with grouped-query attention: edge attribution is not supported yet (its q/k "
-                             "norm spans all key heads together)")
         self.proj = [_projections(self.family, b, a, self.d, self.H, self.dh) for b, a in zip(self.blocks, self.attn)]
         self.attn_norm = [_attn_norm(self.family, b) for b in self.blocks]
         self.mlp_in = [_mlp_input(self.family, b) for b in self.blocks]
@@ -277,10 +291,23 @@ class EdgeRunner:
             hook(self.final_norm, on_final, pre=True)
             if ungroup:
                 for a in self.attn:
-                    old = a.num_key_value_groups
-                    a.num_key_value_groups = 1
-                    stack.callback(setattr, a, "num_key_value_groups", old)
+                    self._ungroup(stack, a, group)
             yield state
+
+    def _ungroup(self, stack: ExitStack, attn: nn.Module, group: int) -> None:
+        """Make ``attn`` read one key and value head per query head while attached (restored on exit):
+        ``num_key_value_groups`` 1; ``num_key_value_heads`` H where the module slices its fused
+        q/k/v output with it (Phi-3); a key norm over all key heads (OLMo-2) applied to the
+        ungrouped keys with its weight repeated per query head, so that the ungrouped attention is
+        the same function (the mean square of a vector whose heads are repeated is unchanged)."""
+        for name, value in (("num_key_value_groups", 1), ("num_key_value_heads", self.H)):
+            if hasattr(attn, name):
+                stack.callback(setattr, attn, name, getattr(attn, name))
+                setattr(attn, name, value)
+        if self.family == "olmo2":
+            norm = attn.k_norm
+            stack.callback(setattr, attn, "k_norm", norm)
+            attn.k_norm = _RepeatedNorm(norm, group, self.dh)
 
     def _attach_layer(self, hook, layer, block, state, record, replace, deltas, grads, ungroup, group):
         ad = self.lm.adapter
