@@ -26,7 +26,10 @@ time from spawn to exit, peak RSS from ``os.wait4``):
    attn_out and mlp_out at every position, every head at every position), its cost in the same
    unit, and its agreement with the three exact grids above (Pearson, Spearman, largest error,
    cells off by more than 10% of clean − corrupted);
-7. checks that the grids agree (TL's within 1e-4 of logitscope's), prints the table and writes
+7. with ``--baseline-src DIR``: logitscope's first grid again from another source tree (``DIR``
+   holds the ``logitscope`` package, e.g. ``git archive <commit> src``), right after this tree's,
+   so two versions are compared on the same machine in one go;
+8. checks that the grids agree (TL's within 1e-4 of logitscope's), prints the table and writes
    ``--out`` (.json and .md).
 
 Targets (issue 10; L layers, H heads, T tokens per prompt): heads at all positions <= 0.6 L*H
@@ -100,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait-idle", type=float, default=0.0, help="seconds to wait for a quiet machine first")
     ap.add_argument("--timeout", type=float, default=4 * 3600)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--baseline-src", default=None,
+                    help="a directory holding another version's logitscope package: its heads_all_pos grid is run "
+                         "too (PYTHONPATH=DIR), right after this version's, and compared")
     args = ap.parse_args(argv)
     args.flat_batch_size = args.flat_batch_size or args.n
     skip = set(filter(None, args.skip.split(","))) | ({"transformer_lens", "nnsight", "flat"} if args.quick else set())
@@ -136,9 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         if name in skip or (name == "attribution_all" and "attribution" in skip):
             continue
         batch = ["--batch-size", str(flat_batch)] if name == "heads_end" else []
-        run(f"logitscope_{name}", [py, str(CONTENDERS / "patch_logitscope.py"), "--result", "{r}", "--", "patch",
-                                   "--model", str(model), "--prompts", str(pairs), "--out", str(tmp / name),
-                                   "--quiet", "--no-report", "--device", args.device, *extra, *batch])
+        cli = ["patch", "--model", str(model), "--prompts", str(pairs), "--quiet", "--no-report", "--device",
+               args.device, *extra, *batch]
+        run(f"logitscope_{name}", [py, str(CONTENDERS / "patch_logitscope.py"), "--result", "{r}", "--", *cli,
+                                   "--out", str(tmp / name)])
+        if name == "heads_all_pos" and args.baseline_src:
+            src = str(Path(args.baseline_src).resolve())
+            run("baseline_heads_all_pos", [py, str(CONTENDERS / "patch_logitscope.py"), "--result", "{r}", "--", *cli,
+                                           "--out", str(tmp / "baseline")], {"PYTHONPATH": src})
     if "transformer_lens" not in skip:
         run("transformer_lens_heads_all_pos", [py, str(CONTENDERS / "patch_tl.py"), *common, "--prompts", str(pairs),
                                                "--result", "{r}"])
@@ -201,6 +212,14 @@ def summarise(runs: dict[str, Any], args: argparse.Namespace, T: int, load: floa
         doc["agree"] = bool(diff <= 1e-4) and doc["agree"] is not False
         doc["speedup_vs_nnsight"] = nn_s / rows["heads_all_pos"]["patching_s"]
         doc["speedup_vs_nnsight_wall"] = nn["wall_s"] / ours["wall_s"]
+    base = runs.get("baseline_heads_all_pos")
+    if base and base["ok"] and ours and ours["ok"]:
+        b_s = base["child"]["timing"]["patching_s"]
+        diff = np.abs(np.array(base["child"]["grids"]["attn_head_out_all_pos"])
+                      - np.array(ours["child"]["grids"]["attn_head_out_all_pos"])).max()
+        doc["baseline"] = {"src": args.baseline_src, "patching_s": b_s, "fpe": b_s / forward, "wall_s": base["wall_s"],
+                           "peak_rss_gb": base["peak_rss_gb"], "max_abs_diff": float(diff),
+                           "speedup": b_s / rows["heads_all_pos"]["patching_s"]}
     doc["attribution"] = attribution_agreement(runs)
     flat = runs.get("logitscope_heads_end_flat")
     if flat and flat["ok"] and "heads_end" in rows:
@@ -264,7 +283,10 @@ def markdown(doc: dict[str, Any]) -> str:
         ok = "met" if r["fpe"] <= r["target_fpe"] else "missed"
         lines.append(f"| logitscope: {labels[name]} | {patches[name]} | {r['patching_s']:.1f} | {r['fpe']:.1f} | "
                      f"<= {r['target_fpe']:.1f} ({ok}) | {r['wall_s']:.1f} | {r['peak_rss_gb']:.2f} |")
-    tl, nn = doc.get("transformer_lens"), doc.get("nnsight")
+    tl, nn, bl = doc.get("transformer_lens"), doc.get("nnsight"), doc.get("baseline")
+    if bl:
+        lines.append(f"| logitscope baseline (`{bl['src']}`): each head, all positions | {L * H} | {bl['patching_s']:.1f} | "
+                     f"{bl['fpe']:.1f} | | {bl['wall_s']:.1f} | {bl['peak_rss_gb']:.2f} |")
     if tl:
         lines.append(f"| TransformerLens 3.9: `get_act_patch_attn_head_out_all_pos`, batches of 64 | {L * H} | "
                      f"{tl['patching_s']:.1f} | {tl['fpe']:.1f} | | {tl['wall_s']:.1f} | {tl['peak_rss_gb']:.2f} |")
@@ -275,6 +297,10 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += ["", f"logitscope vs TransformerLens on every head at every position: {doc['speedup_vs_tl']:.2f}x faster "
                   f"(patching time; target >= 3x), {doc['speedup_vs_tl_wall']:.2f}x on whole-process wall time; grids agree "
                   f"within {doc['max_abs_diff_vs_tl']:.1e} (tolerance 1e-4)."]
+    if bl:
+        lines += ["", f"This version vs the baseline on every head at every position: {bl['speedup']:.2f}x faster "
+                  f"(patching time), {bl['fpe']:.1f} -> {doc['grids']['heads_all_pos']['fpe']:.1f} forward-pass "
+                  f"equivalents; grids agree within {bl['max_abs_diff']:.1e}."]
     if nn:
         lines += ["", f"logitscope vs nnsight on every head at every position: {doc['speedup_vs_nnsight']:.2f}x faster "
                   f"(patching time; target >= 2x), {doc['speedup_vs_nnsight_wall']:.2f}x on whole-process wall time; grids "
