@@ -125,3 +125,43 @@ def test_the_model_is_left_as_it_was():
     assert model.config._attn_implementation == impl
     for m in model.modules():
         assert not (m._forward_hooks or m._forward_pre_hooks), m
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_patched_layers_attention_replaced_by_the_base_runs_z_changes_nothing(family, monkeypatch):
+    """Where heads' z are replaced at the run's first layer, that layer's attention is not computed
+    (its output is the output projection of the base run's z with those heads replaced): equal to
+    the run that computes it, at the first layer and at the last, from position 0 and on a suffix.
+    Oracle: the same runs with the saving turned off."""
+    engine = _engine(family)
+    clean, corrupted, c, i = _pairs()
+    a = engine.record(clean, END, c, i, acts=[("z", 0), ("z", 1)])
+    base = engine.record(corrupted, END, c, i, acts=[("z", 0), ("z", 1)], keep_kv=True)
+    neo = family == "gpt_neo"  # outside the AttentionInterface: the layer runs whole
+    starts = (0,) if neo else (0, START)
+    calls: list[int] = []  # the positions the first layer's output projection receives, call by call
+    handle = engine.lm.adapter.out_proj(engine.blocks[0]).register_forward_pre_hook(
+        lambda m, args: calls.append(args[0].shape[1]))
+
+    def runs() -> dict[tuple[int, int], np.ndarray]:
+        out = {}
+        for layer in (0, 1):
+            for start in starts:
+                hook = _replace_heads(a.acts[("z", layer)], [1, 2], start)
+                out[(layer, start)] = engine.patched(base, layer, groups=2, hooks={("z", layer): hook}, end=END,
+                                                     correct=c, incorrect=i, start=start).numpy()
+        return out
+
+    try:
+        skipped = runs()
+        n_skipped = list(calls)
+        calls.clear()
+        monkeypatch.setattr(Engine, "_z_only", lambda self, *args: None)  # the attention computed
+        whole = runs()
+    finally:
+        handle.remove()
+    for key, value in skipped.items():
+        np.testing.assert_allclose(value, whole[key], atol=1e-5, err_msg=str(key))
+        assert np.abs(value - base.logit_diff.repeat(2).numpy()).max() > 1e-3, key  # the patch has an effect
+    assert n_skipped == ([T] if neo else [T, 1, T - START, 1]), n_skipped  # the projection of z, then the module's, on one position
+    assert calls == ([T] if neo else [T, T - START])

@@ -16,6 +16,9 @@ the run falls back to the whole block):
   (:meth:`Engine._last_block`): its keys and values are taken at every position run (the block is
   stopped at its attention kernel), then the block is run again on the answer positions, attending
   to them;
+- where a run replaces heads' ``z`` at the layer it starts from, that layer's attention is not
+  computed (:meth:`Engine._attention_replaced`): its output is the output projection of the base
+  run's ``z`` with the replaced heads, the rest of the block runs as it is;
 - GPT-2's and GPT-Neo's ``gelu_new`` runs as one fused kernel (``equivalent_kernels``), in the
   unpatched runs as in the patched ones.
 """
@@ -23,6 +26,7 @@ the run falls back to the whole block):
 from __future__ import annotations
 
 import inspect
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
@@ -149,8 +153,15 @@ class Engine:
                          for j in range(layer, self.n_layers)}
         last = self.n_layers - 1
         answers = self._answers_from(base, layer, hooks, end, start)
-        with equivalent_kernels(self.lm.model), self.points.attach(hooks, kv_prefix=kv_prefix,
-                                                                  interface=answers is not None):
+        z_fn = self._z_only(base, layer, hooks, edit_input)
+        if z_fn is not None:
+            hooks = {k: v for k, v in hooks.items() if k != ("z", layer)}
+        with ExitStack() as stack:
+            stack.enter_context(equivalent_kernels(self.lm.model))
+            stack.enter_context(self.points.attach(hooks, kv_prefix=kv_prefix,
+                                                   interface=answers is not None or z_fn is not None))
+            if z_fn is not None:
+                self._attention_replaced(stack, base, layer, G, start, z_fn)
             for j in range(layer, self.n_layers):
                 if j == last and answers is not None:
                     hidden = self._last_block(base, hidden, G, start, answers, kv_prefix)
@@ -179,6 +190,36 @@ class Engine:
             return None
         first = int(end.min())
         return first if first > start else None
+
+    def _z_only(self, base: Run, layer: int, hooks: Mapping[tuple[str, int], Hook],
+                edit_input: Callable | None) -> Hook | None:
+        """The hook on ``z`` of the run's first layer where the attention there need not be computed:
+        the base run kept its ``z`` (every other head's is the base run's, the layer's input being
+        the base run's), nothing else is hooked or edited at that layer, the attention is reached
+        through the AttentionInterface and the module is in eval mode (no dropout after the output
+        projection). Otherwise ``None``: the layer runs whole."""
+        fn = hooks.get(("z", layer))
+        attention = self.points.attention_modules[layer]
+        if (fn is None or edit_input is not None or ("z", layer) not in base.acts or not base.narrow_ok
+                or attention.training or any(l == layer and name != "z" for name, l in hooks)):
+            return None
+        return fn
+
+    def _attention_replaced(self, stack: ExitStack, base: Run, layer: int, G: int, start: int, z_fn: Hook) -> None:
+        """Layer ``layer``'s attention output, within ``stack``: the output projection of the base run's
+        ``z`` (positions ``start:``) as ``z_fn`` replaces it. The attention module runs on one position
+        with its kernel skipped (its q/k/v projections on that position only), and its output is
+        replaced; a post-norm (Gemma 2/3, OLMo-2) and the residual add stay the block's."""
+        z = base.acts[("z", layer)][:, start:]
+        z = z.repeat(G, *([1] * (z.dim() - 1)))
+        new = z_fn(z)
+        z = z if new is None else new
+        attn_out = self.lm.adapter.out_proj(self.blocks[layer])(z.reshape(*z.shape[:2], -1))
+        attention = self.points.attention_modules[layer]
+        self.points.skip_attention(layer)
+        for h in (attention.register_forward_pre_hook(_one_position, with_kwargs=True),
+                  attention.register_forward_hook(lambda module, args, out: _with_first(out, attn_out))):
+            stack.callback(h.remove)
 
     def _last_block(self, base: Run, hidden: torch.Tensor, G: int, start: int, answers: int,
                     kv_prefix: dict | None) -> torch.Tensor:
@@ -214,6 +255,20 @@ def _positional_names(block: torch.nn.Module) -> list[str]:
             break
         names.append(p.name)
     return names
+
+
+def _one_position(module, args, kwargs):
+    """An attention module's inputs cut to their last position (its kernel is skipped)."""
+    hidden = args[0] if args else kwargs["hidden_states"]
+    n = hidden.shape[1]
+    cut = {k: _prepare(v, 1, 0, n - 1, k) if k in _SEQUENCE_KWARGS else v for k, v in kwargs.items()}
+    if args:
+        return (hidden[:, -1:], *args[1:]), cut
+    return args, {**cut, "hidden_states": hidden[:, -1:]}
+
+
+def _with_first(out, first: torch.Tensor):
+    return (first, *out[1:]) if isinstance(out, tuple) else first
 
 
 def _store(acts: dict, key: tuple[str, int]) -> Hook:

@@ -63,6 +63,7 @@ class _AttentionState:
     hooks: dict[str, Hook] = field(default_factory=dict)
     prefix: tuple[torch.Tensor, torch.Tensor, int] | None = None  # base keys, values [B, n_kv, T, d], start
     taken: list | None = None  # set by HookPoints.keys_values: keep the keys and values, stop the block
+    skip: bool = False  # set by HookPoints.skip_attention: return zeros, compute nothing
 
 
 class KeysValuesTaken(Exception):
@@ -113,6 +114,8 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
     state = _ACTIVE.get(module)
     if state is None:  # pragma: no cover - a module of another model, mid-switch
         raise RuntimeError("logitscope attention called outside HookPoints.attach")
+    if state.skip:
+        return torch.zeros_like(query).transpose(1, 2), None
     hooks = state.hooks
     query = _apply(hooks.get("q"), query)
     key = _apply(hooks.get("k"), key)
@@ -284,6 +287,11 @@ class HookPoints:
         finally:
             state.taken = None
         raise RuntimeError(f"block {layer} returned without calling its attention")  # pragma: no cover
+
+    def skip_attention(self, layer: int, skip: bool = True) -> None:
+        """Within :meth:`attach`, layer ``layer``'s attention kernel returns zeros (``[batch, pos,
+        head, d_head]``) without computing anything: for a caller that replaces the attention's output."""
+        _ACTIVE[self.attention_modules[layer]].skip = skip
 
     def set_prefix(self, layer: int, prefix: tuple[torch.Tensor, torch.Tensor, int] | None) -> None:
         """Change layer ``layer``'s ``kv_prefix`` (see :meth:`attach`) within :meth:`attach`."""
