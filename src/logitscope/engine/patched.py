@@ -9,8 +9,9 @@ carries ``groups`` differently patched copies of the batch at once (rows ``g * B
 result is the clean answers' logit difference at each prompt's last position, from the model's
 own final norm and unembedding rows.
 
-Two savings keep a patched run to what its answer needs (each exact; where it is not known to be,
-the run falls back to the whole block):
+Three savings keep a patched run to what its answer needs; each gives the same values up to float32
+rounding. Where one is not known to be exact for a family or a run, the run computes everything,
+as before (see ``_answers_from`` and ``_z_only``):
 
 - the last block runs its queries, output projection and MLP only from the first answer position on
   (:meth:`Engine._last_block`): its keys and values are taken at every position run (the block is
@@ -172,7 +173,6 @@ class Engine:
         rows = torch.arange(G * B, device=hidden.device)
         at = (end.to(hidden.device) - start).repeat(G)
         return self.logit_diff(hidden[rows, at], correct.repeat(G), incorrect.repeat(G))
-
 
     def _answers_from(self, base: Run, layer: int, hooks: Mapping[tuple[str, int], Hook], end: torch.Tensor,
                       start: int) -> int | None:
