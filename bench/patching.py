@@ -26,7 +26,10 @@ time from spawn to exit, peak RSS from ``os.wait4``):
    attn_out and mlp_out at every position, every head at every position), its cost in the same
    unit, and its agreement with the three exact grids above (Pearson, Spearman, largest error,
    cells off by more than 10% of clean − corrupted);
-7. checks that the grids agree (TL's within 1e-4 of logitscope's), prints the table and writes
+7. with ``--baseline-src DIR``: logitscope's first grid again from another source tree (``DIR``
+   holds the ``logitscope`` package, e.g. ``git archive <commit> src``), right after this tree's,
+   so two versions are compared on the same machine in one go;
+8. checks that the grids agree (TL's within 1e-4 of logitscope's), prints the table and writes
    ``--out`` (.json and .md).
 
 Targets (issue 10; L layers, H heads, T tokens per prompt): heads at all positions <= 0.6 L*H
@@ -100,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait-idle", type=float, default=0.0, help="seconds to wait for a quiet machine first")
     ap.add_argument("--timeout", type=float, default=4 * 3600)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--baseline-src", default=None,
+                    help="a directory holding another version's logitscope package: its heads_all_pos grid is run "
+                         "too (PYTHONPATH=DIR), right after this version's, and compared")
     args = ap.parse_args(argv)
     args.flat_batch_size = args.flat_batch_size or args.n
     skip = set(filter(None, args.skip.split(","))) | ({"transformer_lens", "nnsight", "flat"} if args.quick else set())
@@ -136,9 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         if name in skip or (name == "attribution_all" and "attribution" in skip):
             continue
         batch = ["--batch-size", str(flat_batch)] if name == "heads_end" else []
-        run(f"logitscope_{name}", [py, str(CONTENDERS / "patch_logitscope.py"), "--result", "{r}", "--", "patch",
-                                   "--model", str(model), "--prompts", str(pairs), "--out", str(tmp / name),
-                                   "--quiet", "--no-report", "--device", args.device, *extra, *batch])
+        cli = ["patch", "--model", str(model), "--prompts", str(pairs), "--quiet", "--no-report", "--device",
+               args.device, *extra, *batch]
+        run(f"logitscope_{name}", [py, str(CONTENDERS / "patch_logitscope.py"), "--result", "{r}", "--", *cli,
+                                   "--out", str(tmp / name)])
+        if name == "heads_all_pos" and args.baseline_src:
+            src = str(Path(args.baseline_src).resolve())
+            run("baseline_heads_all_pos", [py, str(CONTENDERS / "patch_logitscope.py"), "--result", "{r}", "--", *cli,
+                                           "--out", str(tmp / "baseline")], {"PYTHONPATH": src})
     if "transformer_lens" not in skip:
         run("transformer_lens_heads_all_pos", [py, str(CONTENDERS / "patch_tl.py"), *common, "--prompts", str(pairs),
                                                "--result", "{r}"])
@@ -167,6 +178,11 @@ def summarise(runs: dict[str, Any], args: argparse.Namespace, T: int, load: floa
 
     L, H = 12, 12
     forward = runs["floor"]["child"].get("phases_s", {}).get("forward")
+    forward_cpu = runs["floor"]["child"].get("phases_cpu_s", {}).get("forward")
+
+    def cpu_fpe(run: dict[str, Any], phase: str) -> float | None:
+        cpu = run["child"].get("phases_cpu_s", {}).get(phase)
+        return cpu / forward_cpu if cpu is not None and forward_cpu else None
     rows = {}
     targets = {"heads_all_pos": 0.6 * L * H, "heads_end": L * H / T + 2, "resid_pre": 0.6 * L * T, "attribution_all": 4.0}
     for name in GRIDS:
@@ -175,9 +191,10 @@ def summarise(runs: dict[str, Any], args: argparse.Namespace, T: int, load: floa
             continue
         s = r["child"]["timing"]["patching_s"]
         rows[name] = {"patching_s": s, "fpe": s / forward, "target_fpe": targets[name], "wall_s": r["wall_s"],
-                      "peak_rss_gb": r["peak_rss_gb"]}
+                      "cpu_s": r["cpu_s"], "fpe_cpu": cpu_fpe(r, "patch"), "peak_rss_gb": r["peak_rss_gb"]}
     doc: dict[str, Any] = {"n": args.n, "tokens": T, "threads": args.threads, "device": args.device,
                            "machine": machine_info(args.device), "load_before": load, "forward_s": forward,
+                           "forward_cpu_s": forward_cpu,
                            "grids": rows, "runs": runs, "agree": None}
     tl = runs.get("transformer_lens_heads_all_pos")
     ours = runs.get("logitscope_heads_all_pos")
@@ -185,12 +202,14 @@ def summarise(runs: dict[str, Any], args: argparse.Namespace, T: int, load: floa
         tl_s = tl["child"]["phases_s"]["patching"]
         doc["transformer_lens"] = {"patching_s": tl_s, "fpe": tl_s / forward, "wall_s": tl["wall_s"],
                                    "peak_rss_gb": tl["peak_rss_gb"],
-                                   "own_forward_s": tl["child"]["phases_s"].get("plain_forward")}
+                                   "own_forward_s": tl["child"]["phases_s"].get("plain_forward"),
+                                   "fpe_cpu": cpu_fpe(tl, "patching")}
         diff = np.abs(np.array(tl["child"]["grid"]) - np.array(ours["child"]["grids"]["attn_head_out_all_pos"])).max()
         doc["max_abs_diff_vs_tl"] = float(diff)
         doc["agree"] = bool(diff <= 1e-4)
         doc["speedup_vs_tl"] = tl_s / rows["heads_all_pos"]["patching_s"]
         doc["speedup_vs_tl_wall"] = tl["wall_s"] / ours["wall_s"]
+        doc["speedup_vs_tl_cpu"] = tl["cpu_s"] / ours["cpu_s"]  # whole process; robust where the machine is shared
     nn = runs.get("nnsight_heads_all_pos")
     if nn and nn["ok"] and ours and ours["ok"]:
         nn_s = nn["child"]["phases_s"]["patching"]
@@ -201,6 +220,15 @@ def summarise(runs: dict[str, Any], args: argparse.Namespace, T: int, load: floa
         doc["agree"] = bool(diff <= 1e-4) and doc["agree"] is not False
         doc["speedup_vs_nnsight"] = nn_s / rows["heads_all_pos"]["patching_s"]
         doc["speedup_vs_nnsight_wall"] = nn["wall_s"] / ours["wall_s"]
+    base = runs.get("baseline_heads_all_pos")
+    if base and base["ok"] and ours and ours["ok"]:
+        b_s = base["child"]["timing"]["patching_s"]
+        diff = np.abs(np.array(base["child"]["grids"]["attn_head_out_all_pos"])
+                      - np.array(ours["child"]["grids"]["attn_head_out_all_pos"])).max()
+        doc["baseline"] = {"src": args.baseline_src, "patching_s": b_s, "fpe": b_s / forward, "wall_s": base["wall_s"],
+                           "cpu_s": base["cpu_s"], "peak_rss_gb": base["peak_rss_gb"], "max_abs_diff": float(diff),
+                           "speedup": b_s / rows["heads_all_pos"]["patching_s"],
+                           "speedup_cpu": base["cpu_s"] / ours["cpu_s"], "fpe_cpu": cpu_fpe(base, "patch")}
     doc["attribution"] = attribution_agreement(runs)
     flat = runs.get("logitscope_heads_end_flat")
     if flat and flat["ok"] and "heads_end" in rows:
@@ -240,6 +268,20 @@ def attribution_agreement(runs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _f(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
+
+
+def _cpu_ratio(theirs: float | None, ours: float | None) -> str:
+    if not theirs or not ours:
+        return ""
+    return f"; in the patching stage's CPU time {theirs / ours:.2f}x ({theirs:.1f} against {ours:.1f} forward passes)"
+
+
+def tl_cpu(doc: dict[str, Any]) -> float:
+    return doc["runs"]["transformer_lens_heads_all_pos"]["cpu_s"]
+
+
 def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     lines = [
@@ -247,10 +289,12 @@ def markdown(doc: dict[str, Any]) -> str:
         f"random-weight model, fp32, device {doc['device']}, {doc['threads'] or 'all'} thread(s) per process; "
         f"{m['cpu']}, {m['cores']} cores; torch {m['torch']}, transformers {m['transformers']}.",
         "",
-        f"One plain forward pass over the {doc['n']} clean prompts (the unit): {doc['forward_s']:.2f} s.",
+        f"One plain forward pass over the {doc['n']} clean prompts (the unit): {doc['forward_s']:.2f} s"
+        + (f" ({doc['forward_cpu_s']:.2f} s of CPU time; *in CPU time*: each side's CPU time in that unit, what to "
+           "compare where other jobs share the cores)." if doc.get("forward_cpu_s") else "."),
         "",
-        "| grid | patches | patching time (s) | forward-pass equivalents | target | whole process wall (s) | peak RSS (GB) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| grid | patches | patching time (s) | forward-pass equivalents | in CPU time | target | whole process wall (s) | peak RSS (GB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     L, H, T = 12, 12, doc["tokens"]
     patches = {"heads_all_pos": L * H, "heads_end": L * H, "resid_pre": L * T,
@@ -263,18 +307,33 @@ def markdown(doc: dict[str, Any]) -> str:
     for name, r in doc["grids"].items():
         ok = "met" if r["fpe"] <= r["target_fpe"] else "missed"
         lines.append(f"| logitscope: {labels[name]} | {patches[name]} | {r['patching_s']:.1f} | {r['fpe']:.1f} | "
-                     f"<= {r['target_fpe']:.1f} ({ok}) | {r['wall_s']:.1f} | {r['peak_rss_gb']:.2f} |")
-    tl, nn = doc.get("transformer_lens"), doc.get("nnsight")
+                     f"{_f(r.get('fpe_cpu'))} | <= {r['target_fpe']:.1f} ({ok}) | {r['wall_s']:.1f} | {r['peak_rss_gb']:.2f} |")
+    tl, nn, bl = doc.get("transformer_lens"), doc.get("nnsight"), doc.get("baseline")
+    if bl:
+        lines.append(f"| logitscope baseline (`{bl['src']}`): each head, all positions | {L * H} | {bl['patching_s']:.1f} | "
+                     f"{bl['fpe']:.1f} | {_f(bl.get('fpe_cpu'))} | | {bl['wall_s']:.1f} | {bl['peak_rss_gb']:.2f} |")
     if tl:
         lines.append(f"| TransformerLens 3.9: `get_act_patch_attn_head_out_all_pos`, batches of 64 | {L * H} | "
-                     f"{tl['patching_s']:.1f} | {tl['fpe']:.1f} | | {tl['wall_s']:.1f} | {tl['peak_rss_gb']:.2f} |")
+                     f"{tl['patching_s']:.1f} | {tl['fpe']:.1f} | {_f(tl.get('fpe_cpu'))} | | {tl['wall_s']:.1f} | {tl['peak_rss_gb']:.2f} |")
     if nn:
         lines.append(f"| nnsight 0.8.1: a layer's heads as the invokes of one trace, batches of 64 | {L * H} | "
-                     f"{nn['patching_s']:.1f} | {nn['fpe']:.1f} | | {nn['wall_s']:.1f} | {nn['peak_rss_gb']:.2f} |")
+                     f"{nn['patching_s']:.1f} | {nn['fpe']:.1f} | | | {nn['wall_s']:.1f} | {nn['peak_rss_gb']:.2f} |")
     if tl:
         lines += ["", f"logitscope vs TransformerLens on every head at every position: {doc['speedup_vs_tl']:.2f}x faster "
                   f"(patching time; target >= 3x), {doc['speedup_vs_tl_wall']:.2f}x on whole-process wall time; grids agree "
                   f"within {doc['max_abs_diff_vs_tl']:.1e} (tolerance 1e-4)."]
+        if doc.get("speedup_vs_tl_cpu"):
+            lines.append(f"In whole-process CPU time (user + system; what to compare where other jobs share the "
+                         f"cores): {doc['speedup_vs_tl_cpu']:.2f}x ({tl_cpu(doc):.1f} s against "
+                         f"{doc['runs']['logitscope_heads_all_pos']['cpu_s']:.1f} s)"
+                         + _cpu_ratio(tl.get("fpe_cpu"), doc["grids"]["heads_all_pos"].get("fpe_cpu")) + ".")
+    if bl:
+        lines += ["", f"This version vs the baseline on every head at every position: {bl['speedup']:.2f}x faster "
+                  f"(patching time), {bl['fpe']:.1f} -> {doc['grids']['heads_all_pos']['fpe']:.1f} forward-pass "
+                  f"equivalents; grids agree within {bl['max_abs_diff']:.1e}. In whole-process CPU time: "
+                  f"{bl['speedup_cpu']:.2f}x ({bl['cpu_s']:.1f} s against "
+                  f"{doc['runs']['logitscope_heads_all_pos']['cpu_s']:.1f} s)"
+                  + _cpu_ratio(bl.get("fpe_cpu"), doc["grids"]["heads_all_pos"].get("fpe_cpu")) + "."]
     if nn:
         lines += ["", f"logitscope vs nnsight on every head at every position: {doc['speedup_vs_nnsight']:.2f}x faster "
                   f"(patching time; target >= 2x), {doc['speedup_vs_nnsight_wall']:.2f}x on whole-process wall time; grids "

@@ -22,18 +22,21 @@ T0 = time.perf_counter()
 
 
 class Phases:
-    """Named, consecutive wall-clock phases (seconds), in the order they ran."""
+    """Named, consecutive phases (seconds), in the order they ran: wall-clock time, and the
+    process's CPU time (``cpu``; what to compare where other jobs share the cores)."""
 
     def __init__(self) -> None:
         self.times: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
+            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -78,6 +81,7 @@ def versions() -> dict[str, str]:
 def write_result(path: str, phases: Phases, device: str, **fields: Any) -> None:
     doc = {
         "phases_s": phases.times,
+        "phases_cpu_s": phases.cpu,
         "in_process_s": time.perf_counter() - T0,
         "cuda_peak_bytes": cuda_peak_bytes(device),
         "versions": versions(),

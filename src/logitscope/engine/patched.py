@@ -8,16 +8,33 @@ positions from ``start`` on (attending to the base run's keys and values for ear
 carries ``groups`` differently patched copies of the batch at once (rows ``g * B + b``). Its
 result is the clean answers' logit difference at each prompt's last position, from the model's
 own final norm and unembedding rows.
+
+Three savings keep a patched run to what its answer needs; each gives the same values up to float32
+rounding. Where one is not known to be exact for a family or a run, the run computes everything,
+as before (see ``_answers_from`` and ``_z_only``):
+
+- the last block runs its queries, output projection and MLP only from the first answer position on
+  (:meth:`Engine._last_block`): its keys and values are taken at every position run (the block is
+  stopped at its attention kernel), then the block is run again on the answer positions, attending
+  to them;
+- where a run replaces heads' ``z`` at the layer it starts from, that layer's attention is not
+  computed (:meth:`Engine._attention_replaced`): its output is the output projection of the base
+  run's ``z`` with the replaced heads, the rest of the block runs as it is;
+- GPT-2's and GPT-Neo's ``gelu_new`` runs as one fused kernel (``equivalent_kernels``), in the
+  unpatched runs as in the patched ones.
 """
 
 from __future__ import annotations
 
+import inspect
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 import torch
 
 from logitscope.models.hooks import Hook, HookPoints, first_output
+from logitscope.models.kernels import equivalent_kernels
 from logitscope.models.load import LoadedModel
 
 # Keyword arguments a block receives that run along the positions, and the axis they do: sliced
@@ -38,6 +55,7 @@ class Run:
     acts: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # TransformerLens layouts
     logit_diff: torch.Tensor | None = None  # [B]
     suffix_ok: bool = False  # whether runs on a suffix of the positions are possible
+    narrow_ok: bool = False  # whether blocks can run on fewer positions than the run's (suffix_ok less the keys and values)
 
 
 class Engine:
@@ -49,6 +67,7 @@ class Engine:
         ad, model = lm.adapter, lm.model
         self.blocks = self.points.blocks
         self.n_layers = len(self.blocks)
+        self.arg_names = [_positional_names(b) for b in self.blocks]  # each block's arguments after the hidden states
         self.final_norm = ad.final_norm(model)
         unembed = ad.unembed(model)
         self.W_U, self.b_U = unembed.weight, getattr(unembed, "bias", None)
@@ -99,17 +118,20 @@ class Engine:
         hooks[("resid_post", L - 1)] = _chain(hooks.get(("resid_post", L - 1)), lambda x: final.__setitem__("x", x))
         handles = [b.register_forward_pre_hook(_keep_inputs(run, i), with_kwargs=True) for i, b in enumerate(self.blocks)]
         try:
-            with self.points.attach(hooks):
+            with equivalent_kernels(self.lm.model), self.points.attach(hooks):
                 self.lm.adapter.base(self.lm.model)(input_ids=ids, use_cache=False)
         finally:
             for h in handles:
                 h.remove()
         rows = torch.arange(B, device=final["x"].device)
         run.logit_diff = self.logit_diff(final["x"][rows, end.to(rows.device)], correct, incorrect)
-        run.suffix_ok = keep_kv and self.points.via_interface and all(
+        run.narrow_ok = self.points.via_interface and all(
             name in _SEQUENCE_KWARGS or name in _WHOLE_KWARGS or not _has_tensor(value)
-            for args, kwargs in run.inputs for name, value in kwargs.items()
-        ) and not any(_has_tensor(a) for args, _ in run.inputs for a in args)
+            for j, (args, kwargs) in enumerate(run.inputs)
+            for name, value in [*zip(self.arg_names[j], args), *([(None, a) for a in args[len(self.arg_names[j]):]]),
+                                *kwargs.items()]
+        )
+        run.suffix_ok = keep_kv and run.narrow_ok
         return run
 
     @torch.inference_mode()
@@ -130,15 +152,123 @@ class Engine:
         if start:
             kv_prefix = {j: (_expand(base.kv[j][0], G, B), _expand(base.kv[j][1], G, B), start)
                          for j in range(layer, self.n_layers)}
-        with self.points.attach(hooks, kv_prefix=kv_prefix):
+        last = self.n_layers - 1
+        answers = self._answers_from(base, layer, hooks, end, start)
+        z_fn = self._z_only(base, layer, hooks, edit_input)
+        if z_fn is not None:
+            hooks = {k: v for k, v in hooks.items() if k != ("z", layer)}
+        with ExitStack() as stack:
+            stack.enter_context(equivalent_kernels(self.lm.model))
+            stack.enter_context(self.points.attach(hooks, kv_prefix=kv_prefix,
+                                                   interface=answers is not None or z_fn is not None))
+            if z_fn is not None:
+                self._attention_replaced(stack, base, layer, G, start, z_fn)
             for j in range(layer, self.n_layers):
-                args, kwargs = base.inputs[j]
-                kwargs = {k: _prepare(v, G, B, start, k) for k, v in kwargs.items()}
-                args = tuple(_prepare(a, G, B, 0) for a in args)
-                hidden = first_output(self.blocks[j](hidden, *args, **kwargs))
+                if j == last and answers is not None:
+                    hidden = self._last_block(base, hidden, G, start, answers, kv_prefix)
+                    start = answers  # hidden now holds positions answers:
+                else:
+                    args, kwargs = self._block_inputs(base, j, G, start)
+                    hidden = first_output(self.blocks[j](hidden, *args, **kwargs))
         rows = torch.arange(G * B, device=hidden.device)
         at = (end.to(hidden.device) - start).repeat(G)
         return self.logit_diff(hidden[rows, at], correct.repeat(G), incorrect.repeat(G))
+
+    def _answers_from(self, base: Run, layer: int, hooks: Mapping[tuple[str, int], Hook], end: torch.Tensor,
+                      start: int) -> int | None:
+        """The first answer position, from which the last block runs its queries, output and MLP, or
+        ``None`` for the whole block. The whole block runs where the last block is the patched one or
+        carries a hook (a hook sees every position run), where the attention is not reached through
+        the AttentionInterface (GPT-Neo: its keys and values cannot be taken), where a block receives
+        a tensor argument that cannot be cut to fewer positions, or where no position would be saved.
+        Every family's block mixes positions only in its attention (norms, MLPs, Mixtral's per-token
+        routing, GPT-J's and NeoX's parallel MLP and Gemma's and OLMo-2's post-norms are per position;
+        sliding windows and soft-caps act in the attention, on the positions' own masks), so running
+        the rest of it on the answer positions alone gives them the same values."""
+        last = self.n_layers - 1
+        if layer >= last or not base.narrow_ok or any(l == last for _, l in hooks):
+            return None
+        first = int(end.min())
+        return first if first > start else None
+
+    def _z_only(self, base: Run, layer: int, hooks: Mapping[tuple[str, int], Hook],
+                edit_input: Callable | None) -> Hook | None:
+        """The hook on ``z`` of the run's first layer where the attention there need not be computed:
+        the base run kept its ``z`` (every other head's is the base run's, the layer's input being
+        the base run's), nothing else is hooked or edited at that layer, the attention is reached
+        through the AttentionInterface and the module is in eval mode (no dropout after the output
+        projection). Otherwise ``None``: the layer runs whole."""
+        fn = hooks.get(("z", layer))
+        attention = self.points.attention_modules[layer]
+        if (fn is None or edit_input is not None or ("z", layer) not in base.acts or not base.narrow_ok
+                or attention.training or any(l == layer and name != "z" for name, l in hooks)):
+            return None
+        return fn
+
+    def _attention_replaced(self, stack: ExitStack, base: Run, layer: int, G: int, start: int, z_fn: Hook) -> None:
+        """Layer ``layer``'s attention output, within ``stack``: the output projection of the base run's
+        ``z`` (positions ``start:``) as ``z_fn`` replaces it. The attention module runs on one position
+        with its kernel skipped (its q/k/v projections on that position only), and its output is
+        replaced; a post-norm (Gemma 2/3, OLMo-2) and the residual add stay the block's."""
+        z = base.acts[("z", layer)][:, start:]
+        z = z.repeat(G, *([1] * (z.dim() - 1)))
+        new = z_fn(z)
+        z = z if new is None else new
+        attn_out = self.lm.adapter.out_proj(self.blocks[layer])(z.reshape(*z.shape[:2], -1))
+        attention = self.points.attention_modules[layer]
+        self.points.skip_attention(layer)
+        for h in (attention.register_forward_pre_hook(_one_position, with_kwargs=True),
+                  attention.register_forward_hook(lambda module, args, out: _with_first(out, attn_out))):
+            stack.callback(h.remove)
+
+    def _last_block(self, base: Run, hidden: torch.Tensor, G: int, start: int, answers: int,
+                    kv_prefix: dict | None) -> torch.Tensor:
+        """The last block at positions ``answers:`` only, from its input at positions ``start:``: its
+        keys and values at every position run (the block stopped at its attention kernel), then the
+        block on the answer positions, attending to those keys and values."""
+        j = self.n_layers - 1
+        args, kwargs = self._block_inputs(base, j, G, start)
+        k, v = self.points.keys_values(j, lambda: self.blocks[j](hidden, *args, **kwargs))
+        if kv_prefix is not None:  # the base run's keys and values before start
+            base_k, base_v, _ = kv_prefix[j]
+            k = torch.cat([base_k[:, :, :start].to(k.dtype), k], dim=2)
+            v = torch.cat([base_v[:, :, :start].to(v.dtype), v], dim=2)
+        self.points.set_prefix(j, (k, v, answers))
+        args, kwargs = self._block_inputs(base, j, G, answers)
+        return first_output(self.blocks[j](hidden[:, answers - start:], *args, **kwargs))
+
+    def _block_inputs(self, base: Run, layer: int, G: int, start: int) -> tuple[tuple, dict]:
+        """Block ``layer``'s arguments after the hidden states, for ``G`` groups, positions ``start:``
+        (positional ones by their parameter's name: GPT-2 passes its attention mask positionally)."""
+        args, kwargs = base.inputs[layer]
+        names = self.arg_names[layer]
+        kwargs = {k: _prepare(v, G, base.batch, start, k) for k, v in kwargs.items()}
+        args = tuple(_prepare(a, G, base.batch, start, names[k] if k < len(names) else None) for k, a in enumerate(args))
+        return args, kwargs
+
+
+def _positional_names(block: torch.nn.Module) -> list[str]:
+    """The names of a block's positional parameters after the hidden states."""
+    names = []
+    for p in list(inspect.signature(block.forward).parameters.values())[1:]:
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            break
+        names.append(p.name)
+    return names
+
+
+def _one_position(module, args, kwargs):
+    """An attention module's inputs cut to their last position (its kernel is skipped)."""
+    hidden = args[0] if args else kwargs["hidden_states"]
+    n = hidden.shape[1]
+    cut = {k: _prepare(v, 1, 0, n - 1, k) if k in _SEQUENCE_KWARGS else v for k, v in kwargs.items()}
+    if args:
+        return (hidden[:, -1:], *args[1:]), cut
+    return args, {**cut, "hidden_states": hidden[:, -1:]}
+
+
+def _with_first(out, first: torch.Tensor):
+    return (first, *out[1:]) if isinstance(out, tuple) else first
 
 
 def _store(acts: dict, key: tuple[str, int]) -> Hook:

@@ -65,6 +65,13 @@ class _AttentionState:
     layer: int
     hooks: dict[str, Hook] = field(default_factory=dict)
     prefix: tuple[torch.Tensor, torch.Tensor, int] | None = None  # base keys, values [B, n_kv, T, d], start
+    taken: list | None = None  # set by HookPoints.keys_values: keep the keys and values, stop the block
+    skip: bool = False  # set by HookPoints.skip_attention: return zeros, compute nothing
+
+
+class KeysValuesTaken(Exception):
+    """Raised inside an attention layer once :meth:`HookPoints.keys_values` has its keys and values:
+    the rest of the block is not run."""
 
 
 # Attention modules currently attached, and what to do in each. Entries exist only inside
@@ -110,6 +117,8 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
     state = _ACTIVE.get(module)
     if state is None:  # pragma: no cover - a module of another model, mid-switch
         raise RuntimeError("logitscope attention called outside HookPoints.attach")
+    if state.skip:
+        return torch.zeros_like(query).transpose(1, 2), None
     hooks = state.hooks
     query = _apply(hooks.get("q"), query)
     key = _apply(hooks.get("k"), key)
@@ -117,6 +126,9 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
     for name, x in (("kernel_k", key), ("kernel_v", value)):
         if name in hooks:
             hooks[name](x)
+    if state.taken is not None:
+        state.taken.append((key, value))
+        raise KeysValuesTaken
     if state.prefix is None and "pattern" not in hooks:
         return state.original(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     if state.prefix is not None:
@@ -238,12 +250,15 @@ class HookPoints:
         hooks: Mapping[tuple[str, int], Hook],
         *,
         kv_prefix: Mapping[int, tuple[torch.Tensor, torch.Tensor, int]] | None = None,
+        interface: bool = False,
     ) -> Iterator[None]:
         """Within the block, every ``(name, layer)`` hook runs on that activation.
 
         ``kv_prefix[layer] = (keys, values, start)``: the blocks are run (by the caller) on positions
         ``start:`` only; that layer's attention prepends the base run's ``keys[:, :, :start]`` and
         ``values`` (``[batch, n_kv_heads, pos, d_head]``, as the attention kernel receives them).
+        ``interface``: switch to the AttentionInterface even without such hooks, so that
+        :meth:`keys_values` and :meth:`set_prefix` can be used within the block.
         """
         for name, layer in hooks:
             self.check(name, layer)
@@ -251,15 +266,39 @@ class HookPoints:
         for (name, layer), fn in hooks.items():
             by_layer.setdefault(layer, {})[name] = fn
         interface_points = [n for n, _ in hooks if n in KERNEL_POINTS or (n in ATTENTION_POINTS and n not in self.module_points)]
-        if kv_prefix and not self.via_interface:
+        if (kv_prefix or interface) and not self.via_interface:
             raise InputError(f"{self.lm.adapter.family}: suffix runs need the AttentionInterface")
         with ExitStack() as stack:
             for layer, fns in by_layer.items():
                 self._attach_layer(stack, layer, fns)
             self._attach_attention_modules(stack, by_layer)
-            if kv_prefix or interface_points:
+            if kv_prefix or interface_points or interface:
                 stack.enter_context(self._interface(by_layer, kv_prefix or {}))
             yield
+
+    def keys_values(self, layer: int, run: Callable[[], object]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values layer ``layer``'s attention kernel receives while ``run()`` runs that
+        block (after the block's k / v hooks; ``[batch, n_kv_heads, pos, d_head]``, the run's own
+        positions only), stopping the block there: its output projection and MLP are not run.
+        Within :meth:`attach` on the AttentionInterface only."""
+        state = _ACTIVE[self.attention_modules[layer]]
+        state.taken = []
+        try:
+            run()
+        except KeysValuesTaken:
+            return state.taken[0]
+        finally:
+            state.taken = None
+        raise RuntimeError(f"block {layer} returned without calling its attention")  # pragma: no cover
+
+    def skip_attention(self, layer: int, skip: bool = True) -> None:
+        """Within :meth:`attach`, layer ``layer``'s attention kernel returns zeros (``[batch, pos,
+        head, d_head]``) without computing anything: for a caller that replaces the attention's output."""
+        _ACTIVE[self.attention_modules[layer]].skip = skip
+
+    def set_prefix(self, layer: int, prefix: tuple[torch.Tensor, torch.Tensor, int] | None) -> None:
+        """Change layer ``layer``'s ``kv_prefix`` (see :meth:`attach`) within :meth:`attach`."""
+        _ACTIVE[self.attention_modules[layer]].prefix = prefix
 
     def _attach_layer(self, stack: ExitStack, layer: int, fns: dict[str, Hook]) -> None:
         block, ad = self.blocks[layer], self.lm.adapter

@@ -83,8 +83,11 @@ class GridRunner:
         """What the clean and corrupted runs must keep for these grids (keys and values, for runs
         on a suffix of the positions, from the run that is patched)."""
         acts = sorted({(s.point, layer) for s in self.specs if s.point != "resid_pre" for layer in range(self.L)})
+        # The patched run's own z: where heads' z are replaced, the patched layer's attention is not
+        # recomputed (Engine.patched), its output projection takes this z with the heads replaced.
+        own = sorted({("z", layer) for s in self.specs if s.point == "z" for layer in range(self.L)})
         denoise = self.direction == "denoise"
-        return {"clean_acts": acts if denoise else [], "corrupted_acts": [] if denoise else acts,
+        return {"clean_acts": acts if denoise else own, "corrupted_acts": own if denoise else acts,
                 "clean_kv": bool(self.specs) and not denoise, "corrupted_kv": bool(self.specs) and denoise}
 
     def run_batch(self, b: PairBatch, clean: Run, corrupted: Run) -> None:
