@@ -21,7 +21,7 @@ time from spawn to exit, peak RSS from ``os.wait4``):
 5. logitscope's EAP again on ``--flat-n`` pairs (default 10 N) in the same batches: peak RSS must
    stay flat;
 6. the agreement check (every edge's score, logitscope's against the library's: largest absolute
-   difference over the largest |score|, must be <= ``--rel-tol``, default 1e-3: float32 sums over
+   difference over the largest |score|, must be <= ``--rel-tol``, default 1e-4: float32 sums over
    d_model, positions and prompts, and TransformerLens's folded/centred weights against the plain
    Hugging Face model), the table, and ``--out`` (.json and .md).
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--eap-ig-src", default=os.environ.get("EAP_IG_SRC"),
                     help="folder of the EAP-IG library (hannamw/EAP-IG clone or its src/); default $EAP_IG_SRC")
-    ap.add_argument("--rel-tol", type=float, default=1e-3)
+    ap.add_argument("--rel-tol", type=float, default=1e-4)
     ap.add_argument("--skip", default="", help="comma list: library, curve, flat, eap, eap-ig-inputs")
     ap.add_argument("--wait-idle", type=float, default=0.0, help="seconds to wait for a quiet machine first")
     ap.add_argument("--timeout", type=float, default=4 * 3600)

@@ -341,7 +341,7 @@ function draw() {
   while (labelLayer.firstChild) labelLayer.removeChild(labelLayer.firstChild);
   var used = {};
   s.drawn.slice().reverse().forEach(function(j) { var e = D.edges[j], x1 = xOf(e[0]), y1 = yOf(rowOf(e[0])),
-      x2 = xOf(e[1]) + 2.5 * SLOT[e[2]], y2 = yOf(rowOf(e[1])) + 3, my = (y1 + y2) / 2, a = Math.min(1, Math.abs(e[3]) / D.scale);
+      x2 = xOf(e[1]) + 4 * SLOT[e[2]], y2 = yOf(rowOf(e[1])) + 3, my = (y1 + y2) / 2, a = Math.min(1, Math.abs(e[3]) / D.scale);
     var p = el('path', {d: 'M' + x1 + ' ' + y1 + 'C' + x1 + ' ' + my + ' ' + x2 + ' ' + my + ' ' + x2 + ' ' + y2,
       stroke: colour(e[3]), 'stroke-width': (0.8 + 3.2 * Math.sqrt(a)).toFixed(2), 'stroke-opacity': (0.35 + 0.6 * a).toFixed(2),
       'class': 'ev-edge', 'data-edge': j}, edgeLayer);
