@@ -214,3 +214,15 @@ def test_hover_says_what_was_not_computed(tmp_path: Path):
     assert "exact effect: not computed" in out["tip"] and "95% interval: not computed" in out["tip"]
     assert out["markers"] == [None] * len(payload["fractions"])  # no curve, no marker; the graph still redraws
     assert len(set(out["counts"])) > 2
+
+
+def test_an_undefined_exact_effect_or_interval_shows_as_not_computed():
+    """A NaN exact effect (or interval end) travels as null, not as invalid JSON."""
+    data = synthetic(2, 4)
+    name = next(iter(data["exact"]))
+    data["exact"][name] = float("nan")
+    data["intervals"][name] = [float("nan"), 1.0]
+    payload = view_payload(data)
+    e = next(e for e in payload["edges"] if e[6] == 1)
+    assert e[4] is None and e[5] is None
+    assert "NaN" not in edges_section(data)

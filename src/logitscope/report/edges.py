@@ -174,14 +174,16 @@ def view_payload(data: Mapping[str, Any], *, max_drawn: int = MAX_DRAWN) -> dict
     for order in steps.values():
         for s in order:
             s["drawn"] = [remap[i] for i in s["drawn"]]
-    exact = {str(k): float(v) for k, v in (data.get("exact") or {}).items()}
-    intervals = {str(k): [float(v[0]), float(v[1])] for k, v in (data.get("intervals") or {}).items()}
+    exact = {str(k): _finite(v) for k, v in (data.get("exact") or {}).items()}
+    intervals = {str(k): [_finite(v[0]), _finite(v[1])] for k, v in (data.get("intervals") or {}).items()}
     rank = np.empty(E, dtype=np.int64)
     rank[np.argsort(-np.abs(scores), kind="stable")] = np.arange(1, E + 1)
     edges = []
     for i in used:
         name = names[i]
-        edges.append([parents[i], children[i], slots[i], float(scores[i]), exact.get(name), intervals.get(name),
+        iv = intervals.get(name)
+        edges.append([parents[i], children[i], slots[i], float(scores[i]), exact.get(name),
+                      iv if iv and None not in iv else None,
                       int(rank[i])])
     top_abs = np.sort(np.abs(scores))[::-1]
     scale = float(top_abs[min(COLOUR_RANK, E) - 1]) or float(top_abs[0]) or 1.0
