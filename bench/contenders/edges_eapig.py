@@ -26,11 +26,33 @@ import _common  # noqa: I001  (first: starts the in-process clock before torch i
 import contextlib
 import io
 import json
+import time
 import sys
 import types
 from pathlib import Path
 
 phases = _common.Phases()
+
+
+class CpuPhases:
+    """CPU seconds of this process (user + system, ``time.process_time``) per phase, beside the
+    wall-clock ``phases``: with one thread per process, CPU time is the work done, and other load on
+    a shared machine changes it far less than wall time."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.process_time()
+        with phases(name):
+            try:
+                yield
+            finally:
+                self.times[name] = self.times.get(name, 0.0) + time.process_time() - start
+
+
+cpu = CpuPhases()
 
 
 def _import_library(src: str):
@@ -93,8 +115,12 @@ def main() -> int:
         last = logits[torch.arange(logits.shape[0]), input_lengths - 1]
         return (last.gather(1, labels[:, :1].to(last.device)) - last.gather(1, labels[:, 1:].to(last.device))).sum()
 
+    with cpu("plain_forward"), torch.inference_mode():  # for reference: TransformerLens's plain forward
+        tokens = model.to_tokens([r["prompt"] for r in rows], prepend_bos=True)
+        for s in range(0, len(tokens), 64):
+            model(tokens[s:s + 64])
     method = {"eap": "EAP", "eap-ig-inputs": "EAP-IG-inputs"}[args.method]
-    with phases("scores"), contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
+    with cpu("scores"), contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
         attribute(model, graph, batches, logit_diff, method=method, intervention="patching",
                   ig_steps=args.steps if method == "EAP-IG-inputs" else None, quiet=True)
     fwd, bwd = graph.forward_index, graph.backward_index
@@ -107,7 +133,7 @@ def main() -> int:
             json.dump(scores, f)
     print(f"eap-ig {method}: {len(scores)} edges, sum |score| {sum(abs(v) for v in scores.values()):.6f}")
     _common.write_result(args.result, phases, args.device, n_prompts=len(rows), n_edges=len(scores), method=args.method,
-                         batch_size=args.batch_size)
+                         batch_size=args.batch_size, cpu_phases_s=cpu.times)
     return 0
 
 

@@ -5,9 +5,10 @@
 
 Loads the checkpoint with ``logitscope.models.load_model`` (CPU, fp32), encodes the pairs as
 ``logitscope edges`` does (BOS prepended, the JSONL ``corrupted`` field as the counterpart), and
-times ``EdgeEngine.scores`` (phase ``scores``) and, with ``--curve``, the faithfulness curve by
+times a plain forward pass over the clean prompts in batches of 64 (phase ``plain_forward``, the unit),
+``EdgeEngine.scores`` (phase ``scores``) and, with ``--curve``, the faithfulness curve by
 |score| at MIB's ten fractions (phase ``curve``: eleven circuit evaluations, the empty circuit
-included, plus the clean runs). ``--scores-out`` gets every edge's score by name, for the
+included, plus the clean runs), each in wall and in CPU seconds (``cpu_phases_s``). ``--scores-out`` gets every edge's score by name, for the
 agreement check against the EAP-IG library.
 """
 
@@ -15,10 +16,33 @@ from __future__ import annotations
 
 import _common  # noqa: I001  (first: starts the in-process clock before torch is imported)
 
+import contextlib
 import json
+import time
 import sys
 
 phases = _common.Phases()
+
+
+class CpuPhases:
+    """CPU seconds of this process (user + system, ``time.process_time``) per phase, beside the
+    wall-clock ``phases``: with one thread per process, CPU time is the work done, and other load on
+    a shared machine changes it far less than wall time."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.process_time()
+        with phases(name):
+            try:
+                yield
+            finally:
+                self.times[name] = self.times.get(name, 0.0) + time.process_time() - start
+
+
+cpu = CpuPhases()
 with phases("import"):
     import torch
 
@@ -44,12 +68,16 @@ def main() -> int:
         answers = [[tok(r[k], add_special_tokens=False)["input_ids"][0] for k in ("correct", "incorrect")] for r in rows]
         data = EdgeData(clean, corrupted, [a[0] for a in answers], [a[1] for a in answers], tok.eos_token_id)
         engine = EdgeEngine(lm, data, intervention="patching", metric="logit-diff", batch_size=args.batch_size)
+    with cpu("plain_forward"), torch.inference_mode():  # the unit, in this process: the clean prompts, batches of 64
+        ids = torch.tensor(clean)  # equal lengths (bench/prompts.py)
+        for s in range(0, len(ids), 64):
+            lm.model(input_ids=ids[s:s + 64], use_cache=False)
     steps = args.steps if args.method == "eap-ig-inputs" else None
-    with phases("scores"):
+    with cpu("scores"):
         scores = engine.scores(args.method, steps=steps)
     curve = None
     if args.curve:
-        with phases("curve"):
+        with cpu("curve"):
             curve = faithfulness_curve(engine, scores, absolute=True).to_dict()
     g = engine.graph
     vec = g.edge_vector(scores)
@@ -58,7 +86,7 @@ def main() -> int:
             json.dump(dict(zip(g.edge_names, vec.tolist())), f)
     print(f"logitscope {args.method}: {g.n_edges} edges, sum |score| {float(vec.abs().sum()):.6f}")
     _common.write_result(args.result, phases, args.device, n_prompts=data.n, n_edges=g.n_edges, method=args.method,
-                         steps=steps, batch_size=args.batch_size, curve=curve, torch_threads_used=torch.get_num_threads())
+                         steps=steps, batch_size=args.batch_size, curve=curve, cpu_phases_s=cpu.times)
     return 0
 
 

@@ -276,8 +276,10 @@ function el(tag, attrs, parent) { var e = document.createElementNS(NS, tag);
 function rowOf(name) { if (name === 'input') return 0; if (name === 'logits') return rows - 1;
   var m = /^m(\d+)$/.exec(name); if (m) return 2 * (+m[1]) + 2; m = /^a(\d+)\.h(\d+)$/.exec(name); return 2 * (+m[1]) + 1; }
 function yOf(row) { return top + rowH * (rows - 1 - row); }
-function xOf(name) { var m = /^a\d+\.h(\d+)$/.exec(name); var span = W - left - right;
-  return m ? left + span * ((+m[1]) + 0.5) / H : left + span / 2; }
+// heads in columns 0 .. H-1, each MLP in a column of its own at the right, input and logits centred
+function xOf(name) { var m = /^a\d+\.h(\d+)$/.exec(name), span = W - left - right;
+  if (m) return left + span * ((+m[1]) + 0.5) / (H + 1);
+  return /^m\d+$/.test(name) ? left + span * (H + 0.5) / (H + 1) : left + span / 2; }
 var SLOT = {q: -1, k: 0, v: 1, '': 0};
 function colour(s) { var t = Math.max(-1, Math.min(1, s / D.scale)), a = Math.abs(t);
   var to = t >= 0 ? [31, 95, 168] : [184, 50, 39], from = [214, 219, 226];
@@ -344,7 +346,9 @@ function draw() {
   var used = {};
   s.drawn.slice().reverse().forEach(function(j) { var e = D.edges[j], x1 = xOf(e[0]), y1 = yOf(rowOf(e[0])),
       x2 = xOf(e[1]) + 4 * SLOT[e[2]], y2 = yOf(rowOf(e[1])) + 3, my = (y1 + y2) / 2, a = Math.min(1, Math.abs(e[3]) / D.scale);
-    var p = el('path', {d: 'M' + x1 + ' ' + y1 + 'C' + x1 + ' ' + my + ' ' + x2 + ' ' + my + ' ' + x2 + ' ' + y2,
+    // an edge that would run straight up through the nodes between its ends bows to the side
+    var span = rowOf(e[1]) - rowOf(e[0]), dx = (Math.abs(x2 - x1) < 10 && span > 1) ? 10 + 5 * span : 0;
+    var p = el('path', {d: 'M' + x1 + ' ' + y1 + 'C' + (x1 + dx) + ' ' + my + ' ' + (x2 + dx) + ' ' + my + ' ' + x2 + ' ' + y2,
       stroke: colour(e[3]), 'stroke-width': (0.8 + 3.2 * Math.sqrt(a)).toFixed(2), 'stroke-opacity': (0.35 + 0.6 * a).toFixed(2),
       'class': 'ev-edge', 'data-edge': j}, edgeLayer);
     used[e[0]] = used[e[1]] = true; });
@@ -409,7 +413,8 @@ def edges_section(data: Mapping[str, Any], *, anchor: str = "edges", max_drawn: 
                   "</span>").format(r=root)
     caption = (
         '<p class="caption"><span>The circuit of the top edges, drawn on the model\'s graph: <code>input</code> at the '
-        "bottom, each layer's heads (<code>a{L}.h{H}</code>) and MLP (<code>m{L}</code>), <code>logits</code> at the top; "
+        "bottom, each layer's heads (<code>a{L}.h{H}</code>) and then its MLP (<code>m{L}</code>, right), <code>logits</code> "
+        "at the top; "
         "each edge ends at its head's <code>&lt;q&gt;</code>, <code>&lt;k&gt;</code> or <code>&lt;v&gt;</code> input "
         "(left, middle, right of the node).</span><span>Move the slider over MIB's ten fractions of the edges: the "
         "circuit is redrawn and its point is marked on the faithfulness curve. Blue edges raise the metric, red ones "
