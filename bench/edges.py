@@ -156,7 +156,8 @@ def summarise(runs: dict[str, Any], args: argparse.Namespace, T: int, load: floa
     (the median over them); ``floor`` (its own process, wall clock) is kept for reference."""
     import numpy as np
 
-    units = [u for name, r in runs.items() if name.startswith("logitscope_") and (u := _cpu(r, "plain_forward"))]
+    units = [u for name, r in runs.items()  # the flatness run's forward is over 10 N prompts: not the unit
+             if name.startswith("logitscope_") and name != "logitscope_eap_flat" and (u := _cpu(r, "plain_forward"))]
     unit = float(np.median(units)) if units else None
     m = args.steps
     targets = {"eap": 3.0, "eap-ig-inputs": 1.3 * (2 * m + 2)}
