@@ -25,7 +25,7 @@ import transformers
 
 import oracle
 from logitscope.methods.edges.attribute import EdgeData, EdgeEngine
-from logitscope.methods.edges.graph import EdgeGraph, greedy, prune_edges, top_n
+from logitscope.results.edge_graph import EdgeGraph, greedy, prune_edges, top_n
 from logitscope.models import wrap_model
 
 VOCAB = 100

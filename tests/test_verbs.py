@@ -72,3 +72,23 @@ def test_a_bad_option_names_the_verbs_own_flag_before_the_model_loads(argv, flag
     err = capsys.readouterr().err
     assert code == 2 and flag in err and "no-model" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_edges_writes_scores_curves_graph_json_and_the_circuit_view(tiny_gpt2_dir, tmp_path, capsys):
+    import logitscope as ls
+
+    out = tmp_path / "e"
+    assert main(["edges", "--model", str(tiny_gpt2_dir), "--prompts", "ioi:6", "--method", "eap", "--top-n", "20",
+                 "--exact-top", "3", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "CPR" in printed and "CMD" in printed and "graph.json" in printed
+    assert {"results.json", "graph.json", "edges_per_prompt.npz", "report.html"} <= {p.name for p in out.iterdir()}
+    page = (out / "report.html").read_text()
+    assert "<svg" in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    again = ls.load_result(out)
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["kind"] == "edges" and doc["edges"]["curve"]["cpr"] == pytest.approx(again.curve.cpr)
+    assert len(again.exact_top) == 3
+    assert main(["edges", "--model", str(tiny_gpt2_dir), "--prompts", "ioi:6", "--method", "eap", "--no-curve",
+                 "--no-report", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    assert not (out / "report.html").exists()  # a file of the earlier run this one does not write is removed

@@ -72,9 +72,7 @@ def execute(args: argparse.Namespace) -> int:
 
 
 def _report():
-    """The circuit view's writer, where the report has one."""
-    try:
-        from logitscope.report.edges import write_edges_report
-    except ImportError:  # pragma: no cover - the view lands separately
-        return None
-    return lambda result, path: write_edges_report(result, path)
+    """The report: the interactive circuit view, one self-contained page."""
+    from logitscope.report.edges import write_edges_report
+
+    return lambda result, path: write_edges_report(result.view_data(result.model), path)

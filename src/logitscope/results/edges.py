@@ -247,6 +247,24 @@ class EdgeResult:
         return Path(out_dir)
 
     # ------------------------------------------------------------------ display
+    def view_data(self, model: str = "") -> dict[str, Any]:
+        """The plain data the report's circuit view reads (:mod:`logitscope.report.edges`): every
+        edge's name and score, the shape, the curves, the exact effects and the run's options."""
+        out: dict[str, Any] = {
+            "edges": self.graph.edge_names, "scores": self.graph.edge_vector(self.scores).tolist(),
+            "n_layers": self.graph.n_layers, "n_heads": self.graph.n_heads, "model": model, "method": self.method,
+            "steps": self.steps, "intervention": self.intervention, "metric": self.metric,
+            "n_prompts": self.n_prompts, "exact": dict(self.exact_top),
+        }
+        if self.curve is not None:
+            out["curve"] = self.curve.to_dict()
+        if self.curve_signed is not None:
+            out["curve_signed"] = self.curve_signed.to_dict()
+        agreement = self.agreement()
+        if agreement is not None:
+            out["agreement"] = agreement
+        return out
+
     def summary(self, top: int = 10) -> str:
         lines = [f"edges: {self.method}"
                  f"{f' ({self.steps} steps)' if self.method.startswith('eap-ig') else ''}, intervention "
