@@ -27,6 +27,9 @@ network, no plotly needed.
 - :func:`write_edges_report` writes it as its own self-contained page (atomically).
 """
 
+# Longer than ~400 lines on purpose: the view's data checks, its SVG layout and its inline script are
+# one self-contained page; split, the script's contract with the data would be read in three places.
+
 from __future__ import annotations
 
 import html
