@@ -176,8 +176,6 @@ def test_a_killed_hung_or_misplaced_rank_fails_the_run(fault, expected, status, 
     assert len(errors) == 1, proc.stderr[-4000:]  # the whole story when it is not one message (seen once, loaded machine)
     [message] = errors
     pattern = re.escape(expected).replace(r"\{host\}", r"\S+").replace(r"\{pid\}", r"\d+")
-    if fault == "kill":  # under load gloo may see the closed connection before the dead rank is named
-        pattern += "|" + re.escape("lost contact with the other ranks during the gather of the study's results")
     assert re.search(pattern, message), message
     assert f"exitcode  : {status}" in proc.stderr or fault == "kill"  # torchrun's summary: rank 1's own status
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

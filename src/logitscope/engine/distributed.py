@@ -43,6 +43,9 @@ from logitscope.errors import ArgumentError, LogitscopeError
 
 DEFAULT_TIMEOUT_S = 900.0
 _KEY = "logitscope"
+# When a collective breaks and no rank is yet seen gone, look again this many times, this far apart:
+# a SIGKILLed process closes its sockets (gloo reports the broken pipe) before the kernel marks it exited.
+_SETTLE_TRIES, _SETTLE_S = 10, 0.2
 
 
 class RankFailure(LogitscopeError):
@@ -316,6 +319,11 @@ class Ranks:
     def _lost(self, error: Exception, step: str, reached: int) -> RankFailure:
         """What to say when a collective fails: which ranks did not reach it, or are gone."""
         gone, late = self._missing(reached)
+        for _ in range(_SETTLE_TRIES):  # a killed rank's sockets close while it is still exiting: let it go
+            if gone:
+                break
+            time.sleep(_SETTLE_S)
+            gone, late = self._missing(reached)
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         timeout = f"{self.timeout_s:g} s" if self.timeout_s else "the process group's timeout"
         if gone:
