@@ -91,7 +91,7 @@ def test_the_result_is_the_engines_numbers(lm, result):
 
 
 def test_save_writes_the_documented_files_and_load_result_reopens_every_number(result, tmp_path):
-    out = result.save(tmp_path / "run")
+    out = result.save(tmp_path / "run", report=False)
     assert sorted(p.name for p in out.iterdir()) == ["edges_per_prompt.npz", "graph.json", "results.json"]
     doc = json.loads((out / "results.json").read_text())
     assert doc["kind"] == "edges" and doc["schema_version"] == 1

@@ -14,6 +14,9 @@ examples:
       graph.json for EAP-IG's Graph.from_json and MIB's circuit track
   logitscope edges --model ./my-checkpoint --prompts seed --method eap --top-n 200 --exact-top 20 --out runs/e
       plain EAP, the circuit of the top 200 edges, and the exact effect of the top 20 beside their estimates
+  logitscope edges --model gpt2-small --prompts ioi:256 --by node --top-n 20 --out runs/nodes
+      circuits by node: the top 20 heads and MLPs (every edge among them, input and logits kept),
+      and MIB's curves at fractions of the heads and MLPs
   logitscope edges --model gpt2-small --prompts ioi:256 --circuit runs/edges/graph.json --out runs/eval
       evaluate a circuit from a graph.json (ours, EAP-IG's or an MIB submission)
 """
@@ -38,9 +41,14 @@ def add(sub: argparse._SubParsersAction) -> None:
     own.add_argument("--corrupt", default=None, choices=["abc", "flip"], help="the counterpart of IOI prompts (abc)")
     own.add_argument("--metric", default="logit-diff", choices=["logit-diff", "prob-diff", "kl"],
                    help="the metric whose change an edge's score estimates (default logit-diff)")
+    own.add_argument("--by", default="edge", choices=["edge", "node"],
+                     help="what circuits are made of: the top n edges (default), or the top n heads and MLPs by node "
+                     "score (the sum of a node's outgoing edges' scores; every edge among them, input and logits "
+                     "kept); --top-n and the curves then count nodes")
     what = own.add_mutually_exclusive_group()
     what.add_argument("--top-n", type=int, default=None, metavar="N",
-                      help="also evaluate the circuit of the top N edges (pruned to input -> logits)")
+                      help="also evaluate the circuit of the top N edges (N nodes with --by node), pruned to "
+                      "input -> logits")
     what.add_argument("--circuit", default=None, metavar="GRAPH_JSON",
                       help="evaluate the circuit (in_graph) of a graph.json instead of choosing one")
     own.add_argument("--no-curve", dest="curve", action="store_false",
@@ -50,7 +58,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     own.add_argument("--exact-top", type=int, default=0, metavar="K",
                    help="the exact effect of the top K edges beside their estimates (default 0)")
     model_options(p, study=False)
-    p.set_defaults(execute=execute, flags={"top_n": "--top-n", "exact_top": "--exact-top", "steps": "--steps"})
+    p.set_defaults(execute=execute, flags={"top_n": "--top-n", "exact_top": "--exact-top", "steps": "--steps",
+                                        "by": "--by", "greedy": "--greedy"})
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -59,20 +68,14 @@ def execute(args: argparse.Namespace) -> int:
 
     parsed = checks(args)
     options = dict(method=args.method, steps=args.steps, intervention=args.intervention, corrupt=args.corrupt,
-                   metric=args.metric, top_n=args.top_n, exact_top=args.exact_top, circuit=args.circuit)
+                   metric=args.metric, top_n=args.top_n, exact_top=args.exact_top, circuit=args.circuit, by=args.by,
+                   greedy=args.greedy)
     check_edge_options(batch_size=args.batch_size, **options)
     lm = load(args)
     with prompt_warnings(args):
-        result = edges(parsed, lm, curve=args.curve, greedy=args.greedy, batch_size=args.batch_size,
+        result = edges(parsed, lm, curve=args.curve, batch_size=args.batch_size,
                        prepend_bos=args.prepend_bos, seed=args.seed, progress=not args.quiet, **options)
     if result is None:
         return 0  # under torchrun, rank 0 writes
-    out = result.save(args.out, report=None if args.no_report else _report(), label="--out")
+    out = result.save(args.out, report=not args.no_report, label="--out")  # report.html: the circuit view
     return wrote(result.summary(), out, OUTPUT_FILES)
-
-
-def _report():
-    """The report: the interactive circuit view, one self-contained page."""
-    from logitscope.report.edges import write_edges_report
-
-    return lambda result, path: write_edges_report(result.view_data(result.model), path)
