@@ -14,9 +14,6 @@ examples:
       graph.json for EAP-IG's Graph.from_json and MIB's circuit track
   logitscope edges --model ./my-checkpoint --prompts seed --method eap --top-n 200 --exact-top 20 --out runs/e
       plain EAP, the circuit of the top 200 edges, and the exact effect of the top 20 beside their estimates
-  logitscope edges --model gpt2-small --prompts ioi:256 --by node --top-n 20 --out runs/nodes
-      circuits by node: the top 20 heads and MLPs (every edge among them, input and logits kept),
-      and MIB's curves at fractions of the heads and MLPs
   logitscope edges --model gpt2-small --prompts ioi:256 --circuit runs/edges/graph.json --out runs/eval
       evaluate a circuit from a graph.json (ours, EAP-IG's or an MIB submission)
 """
@@ -28,7 +25,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         description="Score every edge of the model's computational graph (input, a{L}.h{H} with <q> <k> <v>, "
         "m{L}, logits) by how much the metric changes when that edge alone carries the corrupted value; "
         "evaluate the top edges' circuits exactly at MIB's ten fractions (CPR, CMD). Writes DIR/results.json, "
-        "DIR/graph.json (EAP-IG / MIB format) and DIR/edges_per_prompt.npz, atomically.",
+        "DIR/graph.json (EAP-IG / MIB format), DIR/edges_per_prompt.npz and DIR/report.html (the circuit view), "
+        "atomically.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     own = p.add_argument_group("edges options")
     own.add_argument("--method", default="eap-ig-inputs",
@@ -42,13 +40,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     own.add_argument("--metric", default="logit-diff", choices=["logit-diff", "prob-diff", "kl"],
                    help="the metric whose change an edge's score estimates (default logit-diff)")
     own.add_argument("--by", default="edge", choices=["edge", "node"],
-                     help="what circuits are made of: the top n edges (default), or the top n heads and MLPs by node "
-                     "score (the sum of a node's outgoing edges' scores; every edge among them, input and logits "
-                     "kept); --top-n and the curves then count nodes")
+                     help="circuits of the top n edges (default) or of the top n heads and MLPs, every edge among "
+                     "them (--top-n and the curves count nodes)")
     what = own.add_mutually_exclusive_group()
     what.add_argument("--top-n", type=int, default=None, metavar="N",
-                      help="also evaluate the circuit of the top N edges (N nodes with --by node), pruned to "
-                      "input -> logits")
+                      help="also evaluate the top-N circuit (N edges, or nodes with --by node)")
     what.add_argument("--circuit", default=None, metavar="GRAPH_JSON",
                       help="evaluate the circuit (in_graph) of a graph.json instead of choosing one")
     own.add_argument("--no-curve", dest="curve", action="store_false",
