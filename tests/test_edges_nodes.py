@@ -187,3 +187,16 @@ def test_cli_by_node_and_its_errors(tiny_gpt2_dir, tmp_path):
     _, _, in_graph, _ = read_graph_json(tmp_path / "ok" / "graph.json")
     res = ls.load_result(tmp_path / "ok")
     assert torch.equal(in_graph, res.node_circuit(3))
+
+
+@pytest.mark.browser
+def test_the_node_view_in_chromium(tmp_path):
+    """The page's script draws each step's node circuit and says it counts heads and MLPs."""
+    from test_report_edges import _probe, synthetic
+
+    data = {**synthetic(2, 4), "by": "node"}
+    out, payload, log = _probe(data, tmp_path)
+    assert out["errors"] == [] and "Uncaught" not in log, (out["errors"], log[-2000:])
+    assert payload["unit"] == "nodes" and out["resources"] == []
+    assert out["counts"] == [len(s["drawn"]) for s in payload["steps"]["abs"]]
+    assert all("heads and MLPs by |score|" in s for s in out["statuses"])
