@@ -91,7 +91,7 @@ def test_the_result_is_the_engines_numbers(lm, result):
 
 
 def test_save_writes_the_documented_files_and_load_result_reopens_every_number(result, tmp_path):
-    out = result.save(tmp_path / "run")
+    out = result.save(tmp_path / "run", report=False)
     assert sorted(p.name for p in out.iterdir()) == ["edges_per_prompt.npz", "graph.json", "results.json"]
     doc = json.loads((out / "results.json").read_text())
     assert doc["kind"] == "edges" and doc["schema_version"] == 1
@@ -238,9 +238,15 @@ def test_exact_sums_do_not_depend_on_order_or_split():
 
 
 def test_progress_bars(lm, capsys):
-    ls.edges("ioi:4", lm, method="eap", corrupt="abc", top_n=5, progress=True, **OPTS)
+    """One bar per phase, named from the start: no bar drawn as "study: 0%" first (a stray line
+    above every phase's bar on a terminal), none left unfinished."""
+    ls.edges("ioi:4", lm, method="eap", corrupt="abc", top_n=5, exact_top=2, progress=True, **OPTS)
     err = capsys.readouterr().err
-    assert "edges: scores" in err and "edges: circuits" in err
+    assert "edges: scores" in err and "edges: circuits" in err and "edges: exact" in err
+    assert "study" not in err and ": :" not in err
+    for phase in ("scores", "circuits", "exact"):
+        last = err.split(f"edges: {phase}:")[-1]
+        assert "100%" in last.split("edges:")[0], phase  # each bar's last draw is complete
 
 
 _WORKER = """

@@ -144,14 +144,15 @@ class Experiment:
 
     def edges(self, *, method: str = "eap-ig-inputs", steps: int = 5, intervention: str = "patching",
               metric: Any = "logit-diff", top_n: int | None = None, curve: bool = True, greedy: bool = False,
-              exact_top: int = 0, circuit: Any = None) -> Any:
+              exact_top: int = 0, circuit: Any = None, by: str = "edge") -> Any:
         """Edge attribution and MIB's faithfulness curves (:func:`logitscope.edges`) on the
-        experiment's pairs (its prompts alone for ``intervention="zero"``)."""
+        experiment's pairs (its prompts alone for ``intervention="zero"``); ``by="node"``: circuits
+        of the top n heads and MLPs."""
         from logitscope.api.edges import edges
 
         prompts = self.prompts if intervention == "zero" else self.pairs
         return edges(prompts, self.lm, method=method, steps=steps, intervention=intervention, metric=metric,
-                     top_n=top_n, curve=curve, greedy=greedy, exact_top=exact_top, circuit=circuit,
+                     top_n=top_n, curve=curve, greedy=greedy, exact_top=exact_top, circuit=circuit, by=by,
                      **self._shared())
 
     # ------------------------------------------------------------------ the escape hatch

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from logitscope.results import serialize
-from logitscope.results.edges import is_edges_folder, read_edges
+from logitscope.results.edges import is_edges_folder
+from logitscope.api.edges import read_edges
 from logitscope.api.patching_result import read_patching
 from logitscope.api.results import StudyResult
 
@@ -18,8 +19,8 @@ def load_result(folder: str | Path) -> Any:
     """Reopen a study from the folder ``save`` (or ``logitscope run``) wrote: the same fields,
     figures, report and tables, without recomputing anything; a folder ``logitscope patch`` (or
     ``PatchingResult.save``) wrote reopens as that :class:`~logitscope.api.patching_result.PatchingResult`,
-    and one :func:`logitscope.methods.edges` (or ``EdgeResult.save``) wrote, whose results.json says
-    ``kind: "edges"``, as that :class:`~logitscope.results.edges.EdgeResult`. The kind is read from
+    and one :func:`logitscope.edges` (or ``EdgeResult.save``) wrote, whose results.json says
+    ``kind: "edges"``, as that :class:`~logitscope.api.edges.EdgeResult` (whose ``save`` writes the circuit view too). The kind is read from
     results.json (``kind``, a ``patching`` object), never from which files sit beside it. Raises
     :class:`~logitscope.errors.InputError` for a folder of another ``schema_version``."""
     path = Path(folder).expanduser()

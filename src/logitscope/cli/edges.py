@@ -25,7 +25,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         description="Score every edge of the model's computational graph (input, a{L}.h{H} with <q> <k> <v>, "
         "m{L}, logits) by how much the metric changes when that edge alone carries the corrupted value; "
         "evaluate the top edges' circuits exactly at MIB's ten fractions (CPR, CMD). Writes DIR/results.json, "
-        "DIR/graph.json (EAP-IG / MIB format) and DIR/edges_per_prompt.npz, atomically.",
+        "DIR/graph.json (EAP-IG / MIB format), DIR/edges_per_prompt.npz and DIR/report.html (the circuit view), "
+        "atomically.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     own = p.add_argument_group("edges options")
     own.add_argument("--method", default="eap-ig-inputs",
@@ -38,9 +39,12 @@ def add(sub: argparse._SubParsersAction) -> None:
     own.add_argument("--corrupt", default=None, choices=["abc", "flip"], help="the counterpart of IOI prompts (abc)")
     own.add_argument("--metric", default="logit-diff", choices=["logit-diff", "prob-diff", "kl"],
                    help="the metric whose change an edge's score estimates (default logit-diff)")
+    own.add_argument("--by", default="edge", choices=["edge", "node"],
+                     help="circuits of the top n edges (default) or of the top n heads and MLPs, every edge among "
+                     "them (--top-n and the curves count nodes)")
     what = own.add_mutually_exclusive_group()
     what.add_argument("--top-n", type=int, default=None, metavar="N",
-                      help="also evaluate the circuit of the top N edges (pruned to input -> logits)")
+                      help="also evaluate the top-N circuit (N edges, or nodes with --by node)")
     what.add_argument("--circuit", default=None, metavar="GRAPH_JSON",
                       help="evaluate the circuit (in_graph) of a graph.json instead of choosing one")
     own.add_argument("--no-curve", dest="curve", action="store_false",
@@ -50,7 +54,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     own.add_argument("--exact-top", type=int, default=0, metavar="K",
                    help="the exact effect of the top K edges beside their estimates (default 0)")
     model_options(p, study=False)
-    p.set_defaults(execute=execute, flags={"top_n": "--top-n", "exact_top": "--exact-top", "steps": "--steps"})
+    p.set_defaults(execute=execute, flags={"top_n": "--top-n", "exact_top": "--exact-top", "steps": "--steps",
+                                        "by": "--by", "greedy": "--greedy"})
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -59,20 +64,14 @@ def execute(args: argparse.Namespace) -> int:
 
     parsed = checks(args)
     options = dict(method=args.method, steps=args.steps, intervention=args.intervention, corrupt=args.corrupt,
-                   metric=args.metric, top_n=args.top_n, exact_top=args.exact_top, circuit=args.circuit)
+                   metric=args.metric, top_n=args.top_n, exact_top=args.exact_top, circuit=args.circuit, by=args.by,
+                   greedy=args.greedy)
     check_edge_options(batch_size=args.batch_size, **options)
     lm = load(args)
     with prompt_warnings(args):
-        result = edges(parsed, lm, curve=args.curve, greedy=args.greedy, batch_size=args.batch_size,
+        result = edges(parsed, lm, curve=args.curve, batch_size=args.batch_size,
                        prepend_bos=args.prepend_bos, seed=args.seed, progress=not args.quiet, **options)
     if result is None:
         return 0  # under torchrun, rank 0 writes
-    out = result.save(args.out, report=None if args.no_report else _report(), label="--out")
+    out = result.save(args.out, report=not args.no_report, label="--out")  # report.html: the circuit view
     return wrote(result.summary(), out, OUTPUT_FILES)
-
-
-def _report():
-    """The report: the interactive circuit view, one self-contained page."""
-    from logitscope.report.edges import write_edges_report
-
-    return lambda result, path: write_edges_report(result.view_data(result.model), path)

@@ -11,7 +11,9 @@ The view reads plain data, one ``dict`` (so it works whatever module holds the e
   ``curve_signed`` (a faithfulness curve's ``to_dict()``: ``fractions``, ``n_requested``,
   ``n_edges``, ``faithfulness``, ``low``, ``high``, ``cpr``, ``cpr_interval``, ``cmd``,
   ``cmd_interval``), ``agreement`` (``spearman``, ``sign_agreement``, ``n``), and the run's
-  ``model``, ``method``, ``steps``, ``intervention``, ``metric``, ``n_prompts``.
+  ``model``, ``method``, ``steps``, ``intervention``, ``metric``, ``n_prompts``, and ``by``
+  (``"node"``: the slider's circuits are the top n heads and MLPs by node score, the sum of a
+  node's outgoing edges' scores, with every edge among them, n = ⌊fraction × L·(H + 1)⌋).
 
 The view: the graph in layers (``input`` at the bottom, then each layer's heads ``a{L}.h{H}`` and
 its MLP ``m{L}``, ``logits`` at the top), a slider over MIB's ten fractions of the edges, and for
@@ -108,17 +110,44 @@ def prune(parents: np.ndarray, children: np.ndarray, keep: np.ndarray, n_nodes: 
         keep = new
 
 
+def _top_edges(scores: np.ndarray, absolute: bool) -> Any:
+    """``n -> [edges]`` bool: the top n edges."""
+    order = np.argsort(-(np.abs(scores) if absolute else scores), kind="stable")
+
+    def keep(n: int) -> np.ndarray:
+        out = np.zeros(len(scores), dtype=bool)
+        out[order[:n]] = True
+        return out
+    return keep
+
+
+def _top_nodes(scores: np.ndarray, parents: np.ndarray, children: np.ndarray, n_nodes: int, input_id: int,
+               logits_id: int, absolute: bool) -> Any:
+    """``n -> [edges]`` bool: every edge among the top n heads and MLPs by node score (the sum of a
+    node's outgoing edges' scores), ``input`` and ``logits`` always kept."""
+    node = np.bincount(parents, weights=scores, minlength=n_nodes)
+    ranked = np.array([i for i in range(n_nodes) if i not in (input_id, logits_id)])
+    key = np.abs(node[ranked]) if absolute else node[ranked]
+    order = ranked[np.argsort(-key, kind="stable")]
+
+    def keep(n: int) -> np.ndarray:
+        nodes = np.zeros(n_nodes, dtype=bool)
+        nodes[[input_id, logits_id]] = True
+        nodes[order[:n]] = True
+        return nodes[parents] & nodes[children]
+    return keep
+
+
 def _steps(scores: np.ndarray, parents: np.ndarray, children: np.ndarray, n_nodes: int, input_id: int,
-           logits_id: int, absolute: bool, ns: Sequence[int], max_drawn: int) -> list[dict[str, Any]]:
-    """For each n: how many edges the pruned top-n circuit keeps and the ones drawn (by |score|)."""
-    key = np.abs(scores) if absolute else scores
-    order = np.argsort(-key, kind="stable")
+           logits_id: int, absolute: bool, ns: Sequence[int], max_drawn: int, by: str = "edge") -> list[dict[str, Any]]:
+    """For each n: how many edges the pruned circuit of the top n edges (``by="node"``: among the top
+    n heads and MLPs) keeps and the ones drawn (by |score|)."""
+    select = _top_nodes(scores, parents, children, n_nodes, input_id, logits_id, absolute) if by == "node" else \
+        _top_edges(scores, absolute)
     by_abs = np.argsort(-np.abs(scores), kind="stable")
     out = []
     for n in ns:
-        keep = np.zeros(len(scores), dtype=bool)
-        keep[order[:n]] = True
-        kept = prune(parents, children, keep, n_nodes, input_id, logits_id)
+        kept = prune(parents, children, select(n), n_nodes, input_id, logits_id)
         drawn = by_abs[kept[by_abs]][:max_drawn]
         out.append({"n": int(n), "kept": int(kept.sum()), "drawn": drawn.tolist()})
     return out
@@ -163,15 +192,17 @@ def view_payload(data: Mapping[str, Any], *, max_drawn: int = MAX_DRAWN) -> dict
     p_ids, c_ids = np.array([ids[p] for p in parents]), np.array([ids[c] for c in children])
     curves = {"abs": _curve(data.get("curve")), "signed": _curve(data.get("curve_signed"))}
     E = len(names)
+    by = "node" if data.get("by") == "node" else "edge"
+    total = L * (H + 1) if by == "node" else E  # what the fractions count: heads and MLPs, or edges
     fractions = next((c["fractions"] for c in curves.values() if c), list(FRACTIONS))
     orders = ["abs"] + (["signed"] if curves["signed"] is not None else [])
     steps = {}
     for order in orders:
         c = curves[order]
         ns = c["n_requested"] if c and len(c["n_requested"]) == len(fractions) else \
-            [int(math.floor(f * E + 1e-9)) for f in fractions]
+            [int(math.floor(f * total + 1e-9)) for f in fractions]
         steps[order] = _steps(scores, p_ids, c_ids, len(node_names), ids["input"], ids["logits"], order == "abs", ns,
-                              max_drawn)
+                              max_drawn, by)
     used = sorted({i for order in steps.values() for s in order for i in s["drawn"]})
     remap = {old: new for new, old in enumerate(used)}
     for order in steps.values():
@@ -192,6 +223,7 @@ def view_payload(data: Mapping[str, Any], *, max_drawn: int = MAX_DRAWN) -> dict
     scale = float(top_abs[min(COLOUR_RANK, E) - 1]) or float(top_abs[0]) or 1.0
     return {"n_layers": L, "n_heads": H, "n_edges": E, "max_abs": float(top_abs[0]), "scale": scale,
             "max_drawn": max_drawn, "fractions": [float(f) for f in fractions], "edges": edges, "steps": steps,
+            "unit": "nodes" if by == "node" else "edges",
             "curves": {k: v for k, v in curves.items() if v is not None}}
 
 
@@ -323,7 +355,7 @@ if (Object.keys(D.curves).length) {
     var t = el('text', {x: cx(f), y: CH - cb + 14, 'font-size': 10, 'text-anchor': 'middle', fill: '#5f6b7a'}, csvg);
     t.textContent = (100 * f) + '%'; });
   var xt = el('text', {x: (cl + CW - cr) / 2, y: CH - 6, 'font-size': 11, 'text-anchor': 'middle', fill: '#1f2933'}, csvg);
-  xt.textContent = 'fraction of edges (log scale)';
+  xt.textContent = 'fraction of ' + D.unit + ' (log scale)';
   var yt = el('text', {x: 11, y: (ct + CH - cb) / 2, 'font-size': 11, 'text-anchor': 'middle', fill: '#1f2933',
     transform: 'rotate(-90 11 ' + ((ct + CH - cb) / 2) + ')'}, csvg); yt.textContent = 'faithfulness f';
   var COL = {abs: '#2f5fb3', signed: '#d95f02'};
@@ -333,7 +365,7 @@ if (Object.keys(D.curves).length) {
     c.f.forEach(function(v, i) { if (v === null) return; var x = cx(c.fractions[i]);
       if (c.lo[i] !== null && c.hi[i] !== null) el('line', {x1: x, x2: x, y1: cy(c.lo[i]), y2: cy(c.hi[i]), stroke: COL[k], 'stroke-opacity': 0.45}, csvg);
       var p = el('circle', {cx: x, cy: cy(v), r: 2.6, fill: COL[k]}, csvg);
-      var tt = el('title', {}, p); tt.textContent = (k === 'abs' ? 'by |score|' : 'signed') + ': ' + (100 * c.fractions[i]) + '% of edges, f ' + fmt(v, 3) + ' [' + fmt(c.lo[i], 3) + ', ' + fmt(c.hi[i], 3) + ']'; }); });
+      var tt = el('title', {}, p); tt.textContent = (k === 'abs' ? 'by |score|' : 'signed') + ': ' + (100 * c.fractions[i]) + '% of ' + D.unit + ', f ' + fmt(v, 3) + ' [' + fmt(c.lo[i], 3) + ', ' + fmt(c.hi[i], 3) + ']'; }); });
   mline = el('line', {y1: ct, y2: CH - cb, stroke: '#1f2933', 'stroke-opacity': 0.25}, csvg);
   marker = el('circle', {r: 6, fill: 'none', stroke: '#1f2933', 'stroke-width': 2, 'class': 'ev-marker'}, csvg);
 } else { side.innerHTML = '<p class="note">No faithfulness curve was computed (ask for the curve to see one).</p>'; }
@@ -359,10 +391,10 @@ function draw() {
     nodes[n].setAttribute('fill', on ? '#1f2933' : '#fff'); nodes[n].setAttribute('stroke', on ? '#1f2933' : '#c9d0da');
     if (on && n.indexOf('.') > 0 && H <= 16) { var t = el('text', {x: xOf(n), y: yOf(rowOf(n)) - 6, 'font-size': 9,
       'text-anchor': 'middle', fill: '#1f2933'}, labelLayer); t.textContent = 'h' + n.split('.h')[1]; } });
-  stepOut.textContent = (100 * f) + '% of edges: n = ' + s.n.toLocaleString();
+  stepOut.textContent = (100 * f) + '% of ' + D.unit + ': n = ' + s.n.toLocaleString();
   var hidden = s.kept - s.drawn.length;
   status.textContent = 'Circuit: ' + s.kept.toLocaleString() + ' of ' + D.n_edges.toLocaleString() + ' edges after pruning (top ' +
-    s.n.toLocaleString() + ' by ' + (order === 'abs' ? '|score|' : 'signed score') + '). ' + (hidden > 0 ? 'Drawn: the ' +
+    s.n.toLocaleString() + (D.unit === 'nodes' ? ' heads and MLPs' : '') + ' by ' + (order === 'abs' ? '|score|' : 'signed score') + '). ' + (hidden > 0 ? 'Drawn: the ' +
     s.drawn.length.toLocaleString() + ' of highest |score|; ' + hidden.toLocaleString() + ' hidden.' : 'All drawn.');
   root.setAttribute('data-drawn', s.drawn.length); root.setAttribute('data-hidden', Math.max(0, hidden));
   if (marker && c) { var v = c.f[i], x = cx(f); mline.setAttribute('x1', x); mline.setAttribute('x2', x);

@@ -189,6 +189,12 @@ class EdgeGraph:
     def n_edges(self) -> int:
         return len(self.edge_names)
 
+    @property
+    def n_scored_nodes(self) -> int:
+        """The nodes a circuit by node ranks: every head and MLP, L·(H + 1) (``input`` and ``logits``
+        are always kept, as the EAP-IG library keeps a node whose score is NaN)."""
+        return self.n_layers * (self.n_heads + 1)
+
     def edge_lookup(self) -> dict[str, int]:
         if "lookup" not in self._cache:
             self._cache["lookup"] = {n: i for i, n in enumerate(self.edge_names)}
@@ -230,6 +236,49 @@ def top_n(graph: EdgeGraph, scores: torch.Tensor, n: int, *, absolute: bool = Tr
     keep[order[:n]] = True
     keep = keep.view(graph.n_forward, graph.n_backward)
     return prune_edges(graph, keep) if prune else keep
+
+
+def top_n_nodes(graph: EdgeGraph, scores: torch.Tensor, n: int, *, absolute: bool = True,
+                prune: bool = True) -> torch.Tensor:
+    """The circuit of the ``n`` heads and MLPs of highest (absolute) node score (the sum of a node's
+    outgoing edges' scores, :meth:`EdgeGraph.node_scores`), ``input`` and ``logits`` always kept:
+    every edge between kept nodes, as the EAP-IG library's ``apply_topn(level='node')`` (``input``
+    unscored), pruned unless ``prune=False``. Ties go to the earlier node."""
+    if not 0 <= n <= graph.n_scored_nodes:
+        raise ValueError(f"n={n}: must be between 0 and the graph's {graph.n_scored_nodes} heads and MLPs")
+    key = _key(graph.node_scores(scores.detach().double().cpu()), absolute)
+    order = torch.argsort(key[1:], descending=True, stable=True) + 1  # input is not ranked
+    kept = torch.zeros(graph.n_forward, dtype=torch.bool)
+    kept[0] = True
+    kept[order[:n]] = True
+    edges = edges_among(graph, kept)
+    return prune_edges(graph, edges) if prune else edges
+
+
+def edges_among(graph: EdgeGraph, nodes: torch.Tensor) -> torch.Tensor:
+    """Every edge whose parent and child are both among ``nodes`` (``[n_forward]`` bool; ``logits``,
+    no forward node, always counts as kept)."""
+    slots = (nodes.float() @ graph.forward_to_backward.float()) > 0
+    slots[-1] = True
+    return graph.real & nodes[:, None] & slots[None, :]
+
+
+def select(graph: EdgeGraph, scores: torch.Tensor, n: int, *, absolute: bool = True, by: str = "edge",
+           use_greedy: bool = False) -> torch.Tensor:
+    """The pruned circuit of ``n`` items: the top ``n`` edges (or the library's greedy selection of
+    ``n`` edges) for ``by="edge"``, the top ``n`` heads and MLPs for ``by="node"``."""
+    if by == "node":
+        if use_greedy:
+            raise ValueError("the greedy selection is defined over edges only (as in the EAP-IG library)")
+        return top_n_nodes(graph, scores, n, absolute=absolute)
+    if by != "edge":
+        raise ValueError(f"by={by!r}: use 'edge' or 'node'")
+    return (greedy if use_greedy else top_n)(graph, scores, n, absolute=absolute)
+
+
+def n_items(graph: EdgeGraph, by: str) -> int:
+    """How many items a circuit ``by`` edge or node chooses among: the edges, or the heads and MLPs."""
+    return graph.n_scored_nodes if by == "node" else graph.n_edges
 
 
 def greedy(graph: EdgeGraph, scores: torch.Tensor, n: int, *, absolute: bool = True, prune: bool = True) -> torch.Tensor:

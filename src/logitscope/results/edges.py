@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from logitscope.errors import InputError
-from logitscope.results.edge_graph import EdgeGraph, greedy as greedy_circuit, top_n
+from logitscope.results.edge_graph import EdgeGraph, select
 from logitscope.results.graph_json import graph_dict, write_graph_json
 from logitscope.results.io import atomic_output_dir, json_text
 from logitscope.results.numbers import json_nested, json_number
@@ -53,7 +53,9 @@ class Curve:
     """A faithfulness curve: per fraction, the edges asked for and kept after pruning, f and its 95%
     interval; CPR and CMD with theirs; the mean metric of the whole model and of the empty circuit."""
 
-    order: str  # "abs" (top-n by |score|), "signed", or "greedy-abs" / "greedy-signed"
+    # "abs" (top-n edges by |score|), "signed", "greedy-abs" / "greedy-signed", or "node-abs" /
+    # "node-signed" (top-n heads and MLPs by node score; n_requested counts nodes)
+    order: str
     fractions: tuple[float, ...]
     n_requested: list[int]
     n_edges: list[int]
@@ -88,8 +90,8 @@ class Curve:
 
 @dataclass(frozen=True, eq=False)
 class CircuitEval:
-    """One circuit's faithfulness (the top ``n_requested`` edges, pruned to ``n_edges``), with its 95%
-    interval over prompts and the mean metrics it is made of."""
+    """One circuit's faithfulness (the top ``n_requested`` edges, or nodes for the ``node-`` orders,
+    pruned to ``n_edges`` edges), with its 95% interval over prompts and the mean metrics it is made of."""
 
     order: str
     n_requested: int
@@ -136,6 +138,7 @@ class EdgeResult:
     exact_top: dict[str, float] = field(default_factory=dict)  # edge -> exact effect, for the top edges
     circuit_eval: CircuitEval | None = None  # the circuit asked for (top_n), evaluated
     greedy: bool = False  # circuits by the library's greedy selection instead of top-n
+    by: str = "edge"  # circuits of the top-n edges ("edge") or of the top-n heads and MLPs ("node")
     model: str = ""
     family: str = ""
     dtype: str = ""
@@ -175,11 +178,17 @@ class EdgeResult:
         rho = float(np.corrcoef(ra, rb)[0, 1]) if ra.std() > 0 and rb.std() > 0 else float("nan")
         return {"spearman": rho, "sign_agreement": float(np.mean(np.sign(a) == np.sign(b))), "n": len(names)}
 
-    def circuit(self, n: int, *, absolute: bool = True, greedy: bool | None = None) -> torch.Tensor:
+    def circuit(self, n: int, *, absolute: bool = True, greedy: bool | None = None, by: str | None = None
+                ) -> torch.Tensor:
         """The pruned circuit of the top ``n`` edges (``greedy``: the library's greedy selection;
-        default: as this result's circuits were chosen)."""
-        select = greedy_circuit if (self.greedy if greedy is None else greedy) else top_n
-        return select(self.graph, self.scores, n, absolute=absolute)
+        ``by="node"``: of the top ``n`` heads and MLPs, every edge among them; default: as this
+        result's circuits were chosen)."""
+        return select(self.graph, self.scores, n, absolute=absolute, by=self.by if by is None else by,
+                      use_greedy=self.greedy if greedy is None else greedy)
+
+    def node_circuit(self, n: int, *, absolute: bool = True) -> torch.Tensor:
+        """The circuit of the top ``n`` heads and MLPs by node score (``input`` and ``logits`` kept)."""
+        return self.circuit(n, absolute=absolute, greedy=False, by="node")
 
     def _in_graph(self) -> torch.Tensor | None:
         c = self.circuit_eval
@@ -187,7 +196,8 @@ class EdgeResult:
             return None
         if c.edges is not None:  # the circuit evaluated (a given one is not this run's top n)
             return c.edges
-        return self.circuit(c.n_requested, absolute=c.order.endswith("abs"), greedy=c.order.startswith("greedy"))
+        return self.circuit(c.n_requested, absolute=c.order.endswith("abs"), greedy=c.order.startswith("greedy"),
+                            by="node" if c.order.startswith("node") else "edge")
 
     def write_graph(self, path: str | Path, n: int | None = None, *, absolute: bool = True) -> Path:
         """``graph.json`` (EAP-IG/MIB format) with every score, and the top-``n`` circuit in it
@@ -201,7 +211,8 @@ class EdgeResult:
         top = max(top, len(self.exact_top))
         out: dict[str, Any] = {
             "method": self.method, "steps": self.steps, "intervention": self.intervention, "metric": self.metric,
-            "greedy": self.greedy, "n_prompts": self.n_prompts, "graph": self.graph.cfg, "n_edges": self.graph.n_edges,
+            "greedy": self.greedy, "by": self.by, "n_prompts": self.n_prompts, "graph": self.graph.cfg,
+            "n_edges": self.graph.n_edges, "n_nodes": self.graph.n_scored_nodes,
             "top_edges": [{"edge": n, "score": s, **({"exact": self.exact_top[n]} if n in self.exact_top else {})}
                           for n, s in self.top_edges(top)],
         }
@@ -254,7 +265,7 @@ class EdgeResult:
             "edges": self.graph.edge_names, "scores": self.graph.edge_vector(self.scores).tolist(),
             "n_layers": self.graph.n_layers, "n_heads": self.graph.n_heads, "model": model, "method": self.method,
             "steps": self.steps, "intervention": self.intervention, "metric": self.metric,
-            "n_prompts": self.n_prompts, "exact": dict(self.exact_top),
+            "n_prompts": self.n_prompts, "exact": dict(self.exact_top), "by": self.by,
         }
         if self.curve is not None:
             out["curve"] = self.curve.to_dict()
@@ -274,20 +285,24 @@ class EdgeResult:
             lines.append(f"  {name:<28} {s:+.4f}{ex}")
         if self.curve is not None:
             c = self.curve
-            lines.append(f"curve (|score|): CPR {c.cpr:.3f} [{c.cpr_interval[0]:.3f}, {c.cpr_interval[1]:.3f}]  "
+            lines.append(f"curve ({self._unit()}|score|): CPR {c.cpr:.3f} [{c.cpr_interval[0]:.3f}, {c.cpr_interval[1]:.3f}]  "
                          f"CMD {c.cmd:.3f} [{c.cmd_interval[0]:.3f}, {c.cmd_interval[1]:.3f}]")
         if self.curve_signed is not None:
             c = self.curve_signed
-            lines.append(f"curve (signed): CPR {c.cpr:.3f} [{c.cpr_interval[0]:.3f}, {c.cpr_interval[1]:.3f}]")
+            lines.append(f"curve ({self._unit()}signed): CPR {c.cpr:.3f} [{c.cpr_interval[0]:.3f}, {c.cpr_interval[1]:.3f}]")
         if self.circuit_eval is not None:
             c = self.circuit_eval
-            lines.append(f"circuit ({c.order}, top {c.n_requested}, {c.n_edges} edges after pruning): faithfulness "
+            lines.append(f"circuit ({c.order}, top {c.n_requested}{' nodes' if c.order.startswith('node') else ''}, "
+                         f"{c.n_edges} edges after pruning): faithfulness "
                          f"{c.faithfulness:.3f} [{c.low:.3f}, {c.high:.3f}]")
         agreement = self.agreement()
         if agreement is not None:
             lines.append(f"estimate vs exact, top {agreement['n']}: Spearman {agreement['spearman']:.3f}, same sign "
                          f"{agreement['sign_agreement']:.0%}")
         return "\n".join(lines)
+
+    def _unit(self) -> str:
+        return "by node, " if self.by == "node" else ""
 
     def __repr__(self) -> str:
         return (f"<EdgeResult {self.model or 'model'}: {self.method}, {self.n_prompts} prompts, "
@@ -342,7 +357,7 @@ def read_edges(folder: str | Path) -> EdgeResult:
         curve=Curve.from_dict(e["curve"]) if "curve" in e else None,
         curve_signed=Curve.from_dict(e["curve_signed"]) if "curve_signed" in e else None,
         exact_top=exact, circuit_eval=_circuit_eval(e, folder),
-        greedy=bool(e.get("greedy", False)), model=doc.get("model", ""), family=doc.get("family", ""),
+        greedy=bool(e.get("greedy", False)), by=str(e.get("by", "edge")), model=doc.get("model", ""), family=doc.get("family", ""),
         dtype=doc.get("dtype", ""), device=doc.get("device", ""), prepend_bos=doc.get("prepend_bos"),
         seed=int(doc.get("seed", 0)), per_prompt=arrays, timing=dict(doc.get("timing", {})),
         version=doc.get("logitscope_version", ""), created=doc.get("created", ""),

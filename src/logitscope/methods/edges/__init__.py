@@ -20,14 +20,16 @@ from logitscope.inputs.prompts import GeneratedSet, parse_prompts
 from logitscope.methods.edges.attribute import (INTERVENTIONS, METHODS, METRICS, EdgeData, EdgeEngine, Metric,
                                                 MetricContext, check_options, edge_batch_size)
 from logitscope.methods.edges.evaluate import (FRACTIONS, faithfulness, faithfulness_curve, evaluate_all)
-from logitscope.results.edge_graph import EdgeGraph, greedy, prune_edges, top_n
+from logitscope.results.edge_graph import EdgeGraph, edges_among, greedy, n_items, prune_edges, top_n, top_n_nodes
 from logitscope.results.edges import CircuitEval, Curve, EdgeResult
 from logitscope.results.graph_json import read_graph_json, write_graph_json
 
-__all__ = ["CircuitEval", "EdgeData", "EdgeEngine", "EdgeGraph", "EdgeResult", "Curve", "FRACTIONS", "INTERVENTIONS",
+BY: tuple[str, ...] = ("edge", "node")  # what a circuit's n counts: edges, or heads and MLPs
+
+__all__ = ["BY", "CircuitEval", "EdgeData", "EdgeEngine", "EdgeGraph", "EdgeResult", "Curve", "FRACTIONS", "INTERVENTIONS",
            "METHODS", "METRICS", "Metric", "MetricContext", "attribute", "check_counts", "edge_batch_size",
-           "encode_edge_data", "evaluate_all", "faithfulness", "faithfulness_curve", "greedy", "prune_edges",
-           "read_graph_json", "top_n", "write_graph_json"]
+           "encode_edge_data", "check_by", "edges_among", "evaluate_all", "faithfulness", "faithfulness_curve", "greedy",
+           "prune_edges", "read_graph_json", "top_n", "top_n_nodes", "write_graph_json"]
 
 
 def encode_edge_data(lm, prompts: Sequence[Any] | str, *, corrupt: str | None = None, intervention: str = "patching",
@@ -60,11 +62,21 @@ def check_counts(batch_size: int | None = None, exact_top: int = 0, top_n: int |
             raise ArgumentError(name, value, f"must be a whole number, at least {least}")
 
 
+def check_by(by: str, greedy: bool = False) -> None:
+    """``by``'s errors (and greedy by node, which the library does not define), before any model is loaded."""
+    if by not in BY:
+        raise ArgumentError("by", by, "use 'edge' (circuits of the top n edges) or 'node' (of the top n heads and "
+                            "MLPs, every edge among them)")
+    if by == "node" and greedy:
+        raise ArgumentError("greedy", greedy, "the greedy selection grows a circuit edge by edge; it has no node "
+                            "form (nor in the EAP-IG library): use by='edge' with greedy, or by='node' without")
+
+
 def attribute(lm, prompts: Sequence[Any] | str | EdgeData, *, method: str = "eap-ig-inputs", steps: int | None = None,
               intervention: str = "patching", metric: str | Metric = "logit-diff", corrupt: str | None = None,
               batch_size: int | None = None, curve: bool = False, top_n: int | None = None, greedy: bool = False,
               exact_top: int = 0, circuit: Any = None, prepend_bos: bool | None = None, seed: int = 0,
-              progress: Callable[[str, int], Callable[[int], None] | None] | None = None) -> EdgeResult:
+              by: str = "edge", progress: Callable[[str, int], Callable[[int], None] | None] | None = None) -> EdgeResult:
     """Score every edge of ``lm`` (a :class:`logitscope.models.LoadedModel`) on ``prompts``.
 
     ``method``: one of :data:`METHODS` (``steps``: IG steps, default 5). ``intervention``: one of
@@ -73,7 +85,9 @@ def attribute(lm, prompts: Sequence[Any] | str | EdgeData, *, method: str = "eap
     (by |score| and signed) with CPR and CMD. ``top_n``: also the faithfulness of the top-``top_n``
     circuit (by |score|), marked ``in_graph`` in graph.json. ``greedy``: circuits by the library's
     greedy selection instead of top-n. ``exact_top``: also the exact effect of the top that many
-    edges, beside their estimates. ``circuit``: a graph file (EAP-IG/MIB format) or a
+    edges, beside their estimates. ``by``: ``"edge"`` (default) or ``"node"``: circuits of the top n
+    heads and MLPs by node score (``input`` and ``logits`` always kept; every edge among the kept
+    nodes), ``top_n`` then counting nodes and the curves taking fractions of the L·(H + 1) nodes. ``circuit``: a graph file (EAP-IG/MIB format) or a
     ``[n_forward, n_backward]`` bool matrix whose circuit (``in_graph``) is evaluated instead of the
     top-``top_n`` one (a file for another model shape is refused). ``batch_size``: default from free memory
     (:func:`edge_batch_size`). ``progress(phase, total)``: a callback per phase (``scores``,
@@ -83,12 +97,14 @@ def attribute(lm, prompts: Sequence[Any] | str | EdgeData, *, method: str = "eap
     """
     used_steps = check_options(method, steps, intervention)
     check_counts(batch_size, exact_top, top_n)
+    check_by(by, greedy)
     data = prompts if isinstance(prompts, EdgeData) else encode_edge_data(
         lm, prompts, corrupt=corrupt, intervention=intervention, prepend_bos=prepend_bos, seed=seed)
     ranks = distributed.current()
     graph = EdgeGraph.from_model(lm)
-    if top_n is not None and top_n > graph.n_edges:
-        raise ArgumentError("top_n", top_n, f"the model's graph has {graph.n_edges} edges; ask for at most that many")
+    if top_n is not None and top_n > n_items(graph, by):
+        what = f"{graph.n_edges} edges" if by == "edge" else f"{graph.n_scored_nodes} heads and MLPs (by node)"
+        raise ArgumentError("top_n", top_n, f"the model's graph has {what}; ask for at most that many")
     given = _given_circuit(circuit, graph)
     if given is not None and top_n is not None:
         raise ArgumentError("top_n", top_n, "a circuit is given to evaluate; give either top_n or circuit")
@@ -111,13 +127,13 @@ def attribute(lm, prompts: Sequence[Any] | str | EdgeData, *, method: str = "eap
     timing["scores_s"] = time.perf_counter() - t
     result = EdgeResult(graph, scores, method, used_steps, intervention,
                         metric if isinstance(metric, str) else getattr(metric, "__name__", "callable"), data.n,
-                        greedy=greedy, seed=seed,
+                        greedy=greedy, by=by, seed=seed,
                         prepend_bos=lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos)
     if curve or top_n is not None or given is not None:
         t = time.perf_counter()
         phase("circuits", 1)
         c, cs, ce, per_prompt = evaluate_all(engine, scores, curve=curve, top_n=top_n, use_greedy=greedy, given=given,
-                                             seed=seed)
+                                             seed=seed, by=by)
         result = replace(result, curve=c, curve_signed=cs, circuit_eval=ce, per_prompt=per_prompt)
         timing["circuits_s"] = time.perf_counter() - t
     if exact_top:

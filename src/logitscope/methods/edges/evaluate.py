@@ -12,6 +12,11 @@ the area of |1 − f|, both by trapezoids on a linear scale (``evaluate_area_und
 ``hannamw/MIB-circuit-track``). MIB's leaderboard takes CMD from the curve by |score| and CPR from
 the curve by signed score. Intervals: 95 % percentile bootstrap over prompts (the same resamples
 for every point, :mod:`logitscope.stats`), of f, CPR and CMD alike.
+
+By node (``by="node"``): the circuit of the top n heads and MLPs by node score (the sum of a node's
+outgoing edges' scores), ``input`` and ``logits`` always kept, is every edge among the kept nodes,
+pruned the same way; its curve takes n = ⌊fraction × L·(H + 1)⌋ nodes, as MIB's
+``evaluate_area_under_curve(level='node')`` counts the scored nodes (``input`` unscored).
 """
 
 from __future__ import annotations
@@ -22,9 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from logitscope.results.edge_graph import greedy, top_n
-
-top_n_circuit = top_n  # evaluate_all's argument top_n is a number
+from logitscope.results.edge_graph import n_items, select
 from logitscope.results.edges import CircuitEval, Curve
 from logitscope.stats import LEVEL, N_RESAMPLES, resample_indices
 
@@ -48,12 +51,13 @@ def faithfulness_values(m_circuits: np.ndarray, m_empty: np.ndarray, m_full: np.
 
 
 def circuits_for(graph, scores: torch.Tensor, fractions: Sequence[float] = FRACTIONS, *, absolute: bool = True,
-                 use_greedy: bool = False) -> tuple[list[int], list[torch.Tensor]]:
+                 use_greedy: bool = False, by: str = "edge") -> tuple[list[int], list[torch.Tensor]]:
     """For each fraction, n = ⌊fraction × edges⌋ and the pruned circuit of the top n edges (or of
-    the library's greedy selection)."""
-    select = greedy if use_greedy else top_n
-    ns = [int(math.floor(fr * graph.n_edges + 1e-9)) for fr in fractions]
-    return ns, [select(graph, scores, n, absolute=absolute) for n in ns]
+    the library's greedy selection); ``by="node"``: n = ⌊fraction × heads and MLPs⌋ and the pruned
+    circuit among the top n nodes."""
+    total = n_items(graph, by)
+    ns = [int(math.floor(fr * total + 1e-9)) for fr in fractions]
+    return ns, [select(graph, scores, n, absolute=absolute, by=by, use_greedy=use_greedy) for n in ns]
 
 
 def _quantiles(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,38 +99,40 @@ def circuit_eval_of(order: str, n_requested: int, kept: int, m_c: np.ndarray, m_
                        float(m_empty.mean()), edges)
 
 
-def _order(absolute: bool, use_greedy: bool) -> str:
-    return ("greedy-" if use_greedy else "") + ("abs" if absolute else "signed")
+def _order(absolute: bool, use_greedy: bool, by: str = "edge") -> str:
+    prefix = "node-" if by == "node" else "greedy-" if use_greedy else ""
+    return prefix + ("abs" if absolute else "signed")
 
 
 def faithfulness_curve(engine, scores: torch.Tensor, *, absolute: bool = True, use_greedy: bool = False,
-                       fractions: Sequence[float] = FRACTIONS, seed: int = 0,
-                       n_resamples: int = N_RESAMPLES) -> Curve:
+                       fractions: Sequence[float] = FRACTIONS, seed: int = 0, n_resamples: int = N_RESAMPLES,
+                       by: str = "edge") -> Curve:
     """The faithfulness curve of ``scores`` on ``engine``'s model and prompts (see the module)."""
     g = engine.graph
-    ns, circuits = circuits_for(g, scores, fractions, absolute=absolute, use_greedy=use_greedy)
+    ns, circuits = circuits_for(g, scores, fractions, absolute=absolute, use_greedy=use_greedy, by=by)
     values, clean = engine.evaluate([torch.zeros_like(g.real)] + circuits)
-    return curve_of(_order(absolute, use_greedy), fractions, ns, [int(c.sum()) for c in circuits], values[1:],
+    return curve_of(_order(absolute, use_greedy, by), fractions, ns, [int(c.sum()) for c in circuits], values[1:],
                     values[0], clean, seed=seed, n_resamples=n_resamples)
 
 
 def evaluate_all(engine, scores: torch.Tensor, *, curve: bool = True, top_n: int | None = None,
                  use_greedy: bool = False, given: torch.Tensor | None = None, seed: int = 0,
-                 n_resamples: int = N_RESAMPLES
+                 n_resamples: int = N_RESAMPLES, by: str = "edge"
                  ) -> tuple[Curve | None, Curve | None, CircuitEval | None, dict[str, np.ndarray]]:
     """MIB's two curves (by |score| and signed; ``curve``) and the top-``top_n`` circuit (by |score|),
     all in one pass over the prompts (the empty circuit run once for all): (curve, curve_signed,
     circuit, per-prompt metrics ``clean``, ``empty``, ``curve``, ``curve_signed``, ``circuit``).
     ``given``: a circuit (``[n_forward, n_backward]`` bool, e.g. a graph file's ``in_graph``) to
-    evaluate as it is instead of the top-``top_n`` one."""
+    evaluate as it is instead of the top-``top_n`` one. ``by="node"``: circuits of the top n heads
+    and MLPs (``top_n`` counts nodes; the curves' n are fractions of the nodes)."""
     g = engine.graph
     circuits: list[torch.Tensor] = [torch.zeros_like(g.real)]
     parts: dict[str, tuple[list[int], list[torch.Tensor]]] = {}
     if curve:
-        parts["curve"] = circuits_for(g, scores, FRACTIONS, absolute=True, use_greedy=use_greedy)
-        parts["curve_signed"] = circuits_for(g, scores, FRACTIONS, absolute=False, use_greedy=use_greedy)
+        parts["curve"] = circuits_for(g, scores, FRACTIONS, absolute=True, use_greedy=use_greedy, by=by)
+        parts["curve_signed"] = circuits_for(g, scores, FRACTIONS, absolute=False, use_greedy=use_greedy, by=by)
     if top_n is not None:
-        parts["circuit"] = ([top_n], [(greedy if use_greedy else top_n_circuit)(g, scores, top_n, absolute=True)])
+        parts["circuit"] = ([top_n], [select(g, scores, top_n, absolute=True, by=by, use_greedy=use_greedy)])
     elif given is not None:
         given = given.bool() & g.real
         parts["circuit"] = ([int(given.sum())], [given])
@@ -139,12 +145,12 @@ def evaluate_all(engine, scores: torch.Tensor, *, curve: bool = True, top_n: int
         per_prompt[name] = values[at:at + len(cs)] if name != "circuit" else values[at]
         at += len(cs)
     kw = {"seed": seed, "n_resamples": n_resamples}
-    out_curves = [curve_of(_order(name == "curve", use_greedy), FRACTIONS, parts[name][0],
+    out_curves = [curve_of(_order(name == "curve", use_greedy, by), FRACTIONS, parts[name][0],
                            [int(c.sum()) for c in parts[name][1]], per_prompt[name], values[0], clean, **kw)
                   if name in parts else None for name in ("curve", "curve_signed")]
     circuit = None
     if "circuit" in parts:
-        order = _order(True, use_greedy) if top_n is not None else "given"
+        order = _order(True, use_greedy, by) if top_n is not None else "given"
         circuit = circuit_eval_of(order, parts["circuit"][0][0], int(parts["circuit"][1][0].sum()),
                                   per_prompt["circuit"], values[0], clean, edges=parts["circuit"][1][0], **kw)
     return out_curves[0], out_curves[1], circuit, per_prompt
