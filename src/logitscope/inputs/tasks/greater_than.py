@@ -8,7 +8,7 @@ every two-digit year but 00 and 01 is "greater". The metric is the paper's proba
 P(YY+1 .. 99) - P(00 .. YY) at the last position (``prob-diff`` over the answer sets).
 
 The task needs each year's last two digits as one token, as GPT-2's tokenizer writes " 1732"
-(" 17", "32"). A tokenizer that writes digits one by one (SmolLM2's, Llama 3's) has no such token:
+(" 17", "32"). A tokenizer that writes digits one by one (SmolLM2's) has no such token:
 the generator says so instead of making prompts whose answers the model cannot give in one step.
 """
 
