@@ -101,6 +101,25 @@ def test_counterparts_have_the_prompts_length_smollm2(name, smollm2_tokenizer):
         assert all(_one_token_after(tok, p.text, a) for a in _answers(p) + incorrect), p.text
 
 
+def test_word_lists_hold_each_word_once():
+    from logitscope.inputs.tasks import docstring, greater_than, induction
+
+    for words in (greater_than.NOUNS, induction.WORDS, docstring.VARIABLE_NAMES, docstring.DESCRIPTION_WORDS,
+                  [w for pair in NOUNS + OBJECTS for w in pair]):
+        assert len(set(words)) == len(words)
+
+
+def test_a_task_keeps_its_own_counterparts_and_refuses_another_kind():
+    from logitscope.errors import ArgumentError
+    from logitscope.inputs.counterparts import with_counterparts
+
+    prompts = list(TASKS["sva"].generate(4, seed=0))
+    assert with_counterparts(prompts) == prompts and [p.corrupted for p in with_counterparts(prompts)] == \
+        [p.corrupted for p in prompts]
+    with pytest.raises(ArgumentError, match="already carry their counterparts"):
+        with_counterparts(prompts, "abc")
+
+
 # --- greater-than -----------------------------------------------------------------------------------
 
 

@@ -54,7 +54,7 @@ DESCRIPTION_WORDS: tuple[str, ...] = (
     "game", "food", "union", "role", "event", "land", "art", "support", "range", "stage", "trade", "voice", "arm",
     "club", "field", "history", "account", "care", "project", "record", "window", "air", "light", "wife",
     "quality", "rule", "story", "tax", "worker", "model", "nature", "bed", "hospital", "method", "unit", "wall",
-    "computer", "amount", "picture", "river", "flower", "sample", "dust", "pool", "bank", "king", "music", "tree",
+    "computer", "amount", "picture", "river", "flower", "sample", "dust", "pool", "king", "music", "tree",
 )  # fmt: skip
 
 N_DEF_PREFIX, N_MATCHING, N_DEF_SUFFIX = 2, 3, 1  # ACDC's layout: 2 + 3 + 1 arguments in the def
