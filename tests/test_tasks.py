@@ -292,3 +292,21 @@ def test_the_cli_refuses_a_bad_task_spec_before_loading_a_model(tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and "N must be at least 1" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_patch_runs_on_a_task_spec_with_its_own_counterparts(tiny_gpt2_dir, gpt2_tokenizer, tmp_path, capsys):
+    """End to end on the tiny checkpoint: induction's answers are single tokens, so it runs today
+    (the answer-set tasks wait for the metrics of issue 22 part 2); --corrupt is refused."""
+    from logitscope.cli import main
+
+    out = tmp_path / "p"
+    assert main(["patch", "--model", str(tiny_gpt2_dir), "--prompts", "induction:6", "--what", "heads",
+                 "--out", str(out), "--quiet", "--no-report"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    made = list(TASKS["induction"].generate(6, seed=0, tokenizer=gpt2_tokenizer))  # --seed's default
+    assert [(r["prompt"], r["correct"], r["incorrect"], r["task"]) for r in doc["prompts"]] == \
+        [(p.text, p.correct, p.incorrect, "induction") for p in made]
+    assert doc["patching"]["n_pairs"] == 6
+    assert main(["patch", "--model", str(tiny_gpt2_dir), "--prompts", "induction:6", "--corrupt", "abc",
+                 "--out", str(tmp_path / "q"), "--quiet", "--no-report"]) == 2
+    assert "already carry their counterparts" in capsys.readouterr().err and not (tmp_path / "q").exists()
