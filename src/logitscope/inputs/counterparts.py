@@ -11,7 +11,8 @@ patching measures how much of the clean answer's logit difference each component
   the three name occurrences (IO, S1, S2) replaced by three distinct other names, so no name repeats.
 - IOI prompts, ``"flip"``: the name-flipped prompt, S2 replaced by IO, so the other name repeats
   and the answer flips.
-- JSONL rows carry their own ``"corrupted"`` field.
+- JSONL rows carry their own ``"corrupted"`` field, and the built-in tasks' prompts their task's
+  standard counterpart (:mod:`logitscope.inputs.tasks`).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def with_counterparts(prompts: Sequence[Prompt], corrupt: str | None = None, *, 
     names: Sequence[str] | None = None
     for i, p in enumerate(prompts):
         if p.corrupted is not None:
-            if corrupt is not None and "io" in p.meta:
+            if corrupt is not None and ("io" in p.meta or "task" in p.meta):  # IOI's or a built-in task's own
                 raise ArgumentError("corrupt", corrupt, "these prompts already carry their counterparts ('corrupted')")
             out.append(p)
         elif p.meta.get("source") in ("seed", "arena"):

@@ -1,4 +1,5 @@
-"""Prompt sets: built-in, from a JSONL file, generated (IOI), or whatever a notebook passes.
+"""Prompt sets: built-in, from a JSONL file, generated (IOI and the tasks of :mod:`logitscope.inputs.tasks`),
+or whatever a notebook passes.
 
 :func:`parse_prompts` reads everything that needs no model (a built-in set, a JSONL file, a list
 of prompts, dicts or tuples; an ``ioi:N`` spec is checked, not yet generated), so a typo fails
@@ -8,11 +9,12 @@ model's tokenizer.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ from logitscope.errors import InputError
 from logitscope.inputs.ioi import iter_ioi_prompts
 from logitscope.inputs.lint import warn_prompts
 from logitscope.inputs.prompt import FIELDS, Prompt, check_prompt, prompt_from_row
+from logitscope.inputs.tasks import TASKS
+from logitscope.inputs.tasks.factual import read_facts
 
 __all__ = ["BUILTIN_SETS", "GeneratedSet", "Prompt", "builtin_prompts", "load_jsonl", "load_prompts", "parse_prompts"]
 
@@ -62,9 +66,18 @@ def builtin_prompts(name: str) -> list[Prompt]:
         return BUILTIN_SETS[name]()
     except KeyError:
         raise InputError(
-            f"unknown prompt set {name!r}: use one of {', '.join(sorted(BUILTIN_SETS))}, "
-            "ioi:N, ioi-abba:N, ioi-baba:N, or a path to a .jsonl file"
+            f"unknown prompt set {name!r}{_did_you_mean(name)}: use one of {', '.join(sorted(BUILTIN_SETS))}, "
+            f"{', '.join(f'{t}:{TASKS[t].argument}' for t in TASKS)}, ioi:N, ioi-abba:N, ioi-baba:N, or a path to a "
+            ".jsonl file"
         ) from None
+
+
+def _did_you_mean(spec: str) -> str:
+    """`` (did you mean 'greater-than:200'?)`` for a spec whose name is a typo of a known one."""
+    head, sep, tail = spec.partition(":")
+    known = [*BUILTIN_SETS, *_GENERATED, *TASKS]
+    close = difflib.get_close_matches(head, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0] + sep + tail!r}?)" if close and close[0] != head else ""
 
 
 def load_jsonl(path: str | Path) -> list[Prompt]:
@@ -103,22 +116,27 @@ def load_jsonl(path: str | Path) -> list[Prompt]:
 
 @dataclass(frozen=True)
 class GeneratedSet:
-    """A checked ``ioi:N`` / ``ioi-abba:N`` / ``ioi-baba:N`` spec, generated once the tokenizer is known."""
+    """A checked ``ioi:N`` / ``ioi-abba:N`` / ``ioi-baba:N`` spec, or a built-in task's
+    (``greater-than:N``, ``factual-recall:FILE``, ...: :data:`~logitscope.inputs.tasks.TASKS`),
+    generated once the tokenizer is known."""
 
     spec: str
-    n: int
-    order: str  # "mixed", "ABBA" or "BABA"
+    n: int  # prompts to make (for a FILE task, the file's rows)
+    order: str = "mixed"  # IOI's: "mixed", "ABBA" or "BABA"
+    task: str | None = None  # a name in TASKS, or None for IOI
+    path: str | None = None  # a FILE task's file
 
     def generate(self, *, seed: int = 0, tokenizer: Any = None, progress: bool = False) -> list[Prompt]:
         """The prompts, made one at a time (:func:`iter_ioi_prompts`); with ``progress``, a bar for
         sets of :data:`PROGRESS_FROM` or more. Above :data:`LARGE_SET`, first a
         :class:`~logitscope.errors.PromptWarning`: such a size is more often a typo than a plan, and
         the whole set is held in memory by the study."""
-        prompts = iter_ioi_prompts(self.n, order=self.order, seed=seed, tokenizer=tokenizer)  # checks now
+        prompts = self._iterate(seed, tokenizer)  # checks now
         if self.n > LARGE_SET:
             warn_prompts(f"{self.spec} asks for {self.n:,} prompts: the study holds every one, about "
                          f"{self.n * BYTES_PER_PROMPT / 1e9:.0f} GB of memory before its first forward pass; "
-                         f"was it a typo? (the IOI paper measures on a few hundred; interrupt with Ctrl-C)")
+                         f"was it a typo? (published circuit studies measure on a few hundred; interrupt with "
+                         f"Ctrl-C)")
         if not (progress and self.n >= PROGRESS_FROM):
             return list(prompts)
         from tqdm.auto import tqdm
@@ -131,6 +149,11 @@ class GeneratedSet:
                 bar.update(len(out) - start)
         return out
 
+    def _iterate(self, seed: int, tokenizer: Any) -> Iterator[Prompt]:
+        if self.task is None:
+            return iter_ioi_prompts(self.n, order=self.order, seed=seed, tokenizer=tokenizer)
+        return TASKS[self.task].generate(self.path if self.path is not None else self.n, seed=seed, tokenizer=tokenizer)
+
 
 LARGE_SET = 1_000_000  # a generated set above this warns (ioi:50000000 for ioi:500)
 PROGRESS_FROM = 100_000  # generated sets from this size show a progress bar (about a second of generation)
@@ -141,7 +164,7 @@ BYTES_PER_PROMPT = 4_000
 
 _GENERATED = {"ioi": "mixed", "ioi-abba": "ABBA", "ioi-baba": "BABA"}
 EXPECTED = (
-    "a prompt-set name ('seed', 'arena', 'ioi:N', 'ioi-abba:N', 'ioi-baba:N'), a path to a JSONL file, or a list of "
+    "a prompt-set name ('seed', 'arena', 'ioi:N', 'ioi-abba:N', 'ioi-baba:N', a task such as 'greater-than:N'), a path to a JSONL file, or a list of "
     "Prompt, of dicts with 'prompt', 'correct' and 'incorrect', or of (prompt, correct, incorrect) tuples"
 )
 
@@ -158,9 +181,26 @@ def _parse_spec(spec: str) -> list[Prompt] | GeneratedSet:
         if n <= 0:
             raise InputError(f"prompt set {spec!r}: N must be at least 1")
         return GeneratedSet(spec, n, _GENERATED[head])
+    if sep and head in TASKS:
+        return _task_set(spec, head, tail)
     if spec.endswith(".jsonl") or Path(spec).exists() or "/" in spec:
         return load_jsonl(spec)
     return builtin_prompts(spec)
+
+
+def _task_set(spec: str, name: str, tail: str) -> GeneratedSet:
+    """A checked ``name:N`` (or ``name:FILE``) spec of a built-in task: the same rules and errors as ``ioi:N``."""
+    if TASKS[name].argument == "FILE":
+        if not tail:
+            raise InputError(f"prompt set {spec!r}: give the file after the colon, e.g. {name}:facts.jsonl")
+        return GeneratedSet(spec, len(read_facts(tail)), task=name, path=tail)  # a bad file fails now
+    try:
+        n = int(tail)
+    except ValueError:
+        raise InputError(f"prompt set {spec!r}: N must be a whole number, e.g. {name}:200") from None
+    if n <= 0:
+        raise InputError(f"prompt set {spec!r}: N must be at least 1")
+    return GeneratedSet(spec, n, task=name)
 
 
 def parse_prompts(prompts: Any) -> list[Prompt] | GeneratedSet:
