@@ -466,6 +466,7 @@ def test_patch_command_bad_pairing_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "results.json").write_text("earlier")
+    capsys.readouterr()  # transformers' own "Writing model shards" bar from save_checkpoint, when its bars are on
     rows = tmp_path / "pairs.jsonl"
     rows.write_text(json.dumps({"prompt": "When Mary and John went to the store, John gave a drink to",
                                 "correct": " Mary", "incorrect": " John",
