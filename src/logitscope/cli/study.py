@@ -42,7 +42,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="split these heads' attribution over source positions: L9H9,L9H6 or top:N (one more pass)")
     g.add_argument("--neurons", type=int, default=None, metavar="L",
                    help="split MLP layer L's attribution over its neurons (one more pass)")
-    p.set_defaults(execute=execute)
+    p.set_defaults(execute=execute, flags={"lens_top_k": "--lens-top-k", "dla_by_source": "--dla-by-source",
+                                          "neurons": "--neurons"})
 
 
 def execute(args: argparse.Namespace) -> int:
