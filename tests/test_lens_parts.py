@@ -182,3 +182,25 @@ def test_bad_options_exit_2_and_write_nothing(flags, message, studied, tmp_path,
     err = capsys.readouterr().err
     assert code == 2 and message in err, err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_token_lens_adds_no_host_syncs_to_the_hot_loop(studied):
+    """test_hot_loop's guard with the token lens on (the study's default): a batch makes exactly the
+    syncs of the model's own forward (softmax, topk and the running sum read nothing back)."""
+    from test_hot_loop import SyncSpy
+
+    from logitscope.engine.capture import Recorder
+    from logitscope.inputs import encode
+
+    _, path, _ = studied("gpt2")
+    lm = ls.load_model(str(path), device="cpu")
+    enc = encode.encode_prompts(ls.builtin_prompts("arena"), lm, prepend_bos=True)
+    ids = torch.tensor(enc.ids)
+    pos = torch.full((ids.shape[0],), ids.shape[1] - 1)
+    with torch.inference_mode():
+        with SyncSpy() as plain:
+            lm.adapter.base(lm.model)(input_ids=ids, use_cache=False)
+        with Recorder(lm, 5) as rec, SyncSpy() as ours:
+            out = rec.run_batch(ids, pos, torch.from_numpy(enc.correct), torch.from_numpy(enc.incorrect))
+    assert out.lens_top_ids.shape == (3, 5, ids.shape[0])
+    assert sum(ours.syncs.values()) == sum(plain.syncs.values()), (ours.syncs, plain.syncs)
