@@ -204,3 +204,13 @@ def test_token_lens_adds_no_host_syncs_to_the_hot_loop(studied):
             out = rec.run_batch(ids, pos, torch.from_numpy(enc.correct), torch.from_numpy(enc.incorrect))
     assert out.lens_top_ids.shape == (3, 5, ids.shape[0])
     assert sum(ours.syncs.values()) == sum(plain.syncs.values()), (ours.syncs, plain.syncs)
+
+
+def test_notebook_view_and_summary_show_the_finer_views(studied):
+    _, _, res = studied("gpt2")
+    view = res._repr_html_()
+    assert "Token logit lens" in view and "<script" not in view
+    first = res.lens_tokens[int(res.lens_mean_ids[-1, 0])]
+    assert repr(first).replace("'", "&#x27;") in view or repr(first) in view
+    text = res.summary()
+    assert "L0H1 by source position: END" in text and "top neurons of layer 1" in text
