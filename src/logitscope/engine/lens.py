@@ -25,7 +25,9 @@ class TokenLens:
                  W_U: torch.Tensor, b_U: torch.Tensor | None, softcap: float | None) -> None:
         self.k, self.centre, self.eps = k, centre, eps
         self.gamma, self.beta, self.W_U, self.b_U, self.softcap = gamma, beta, W_U, b_U, softcap
-        self.prob_sum: torch.Tensor | None = None  # [n_points, vocab] float32, summed over prompts
+        # [n_points, vocab], summed over prompts in float64 (float32 on MPS, which has none), so that
+        # the mean, rounded to float32, does not depend on how batches were split between ranks.
+        self.prob_sum: torch.Tensor | None = None
 
     def normed(self, resid: torch.Tensor) -> torch.Tensor:
         """The final norm applied afresh to residual vectors ``[..., d]`` (float32)."""
@@ -52,7 +54,7 @@ class TokenLens:
             top = torch.topk(p, self.k, dim=-1)
             ids.append(top.indices.T)
             probs.append(top.values.T)
-            sums.append(p.sum(0))
+            sums.append(p.sum(0, dtype=torch.float32 if p.device.type == "mps" else torch.float64))
         total = torch.stack(sums)
         self.prob_sum = total if self.prob_sum is None else self.prob_sum + total
         return torch.stack(ids), torch.stack(probs)

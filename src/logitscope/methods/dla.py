@@ -32,8 +32,8 @@ from logitscope.results.decomposition import signed_top_heads
 from logitscope.results.study import AttentionView, StudyData
 
 
-# The token lens's default k: on for the report (a full-vocabulary softmax per layer costs ~x% of
-# the study on GPT-2 small: docs/study.md has the measurement).
+# The token lens's default k: on for the report (a full-vocabulary softmax per layer: about +55% of
+# the study's forward time on a GPT-2-small-shaped model on a CPU; docs/study.md has the measurement).
 LENS_TOP_K = 5
 # Per-prompt arrays of the passes that become StudyData fields under other names (below).
 _NOT_FIELDS = ("lens_top_ids", "lens_top_probs", "source", "source_value_bias", "neurons")
@@ -120,7 +120,7 @@ def study(
     # _assemble. tests/test_hot_loop.py checks the operators it dispatches and its source.
     with study_mode(lm.model), bar or contextlib.nullcontext():  # the model leaves as it came
         with rec, equivalent_kernels(lm.model):  # hot loop: start
-            for chunk in _chunks(enc.ids, lengths, order, batch_size):
+            for chunk in _chunks(enc.ids, lengths, rows, batch_size):
                 ids_dev = _to_device(chunk.ids, in_dev)
                 pos_dev = _to_device(lengths[chunk.rows] - 1, in_dev)
                 correct_dev = _to_device(enc.correct[chunk.rows], rec.out_device)
@@ -145,7 +145,7 @@ def study(
         else:
             t_gather = time.perf_counter()
             if lens_sum is not None:  # every rank adds its prompts' probabilities
-                total = {"lens": lens_sum}
+                total = {"lens": lens_sum.clone()}  # a normal tensor: sum_tensors writes in place
                 ranks.sum_tensors(total, "the sum of the token lens's probabilities")
                 lens_sum = total["lens"]
             per = ranks.gather_columns(rows, _assemble(batches), len(prompts), "the gather of the study's results")
@@ -235,7 +235,7 @@ def logit_diff_directions(prompts: Any, model: Any, *, tokenizer: Any = None) ->
 def _token_lens_fields(per: dict, prob_sum: torch.Tensor, n: int, k: int, tok: Any) -> dict[str, Any]:
     """StudyData's token-lens fields: per-prompt top-k, the top-k of the mean probabilities, and
     every id among them as text."""
-    mean = torch.topk(prob_sum.double().cpu() / n, k, dim=-1)
+    mean = torch.topk((prob_sum.cpu().double() / n).float(), k, dim=-1)  # float32: see TokenLens.prob_sum
     ids = per["lens_top_ids"].astype(np.int64)
     mean_ids = mean.indices.numpy().astype(np.int64)
     every = sorted(set(np.unique(ids).tolist()) | set(np.unique(mean_ids).tolist()))
