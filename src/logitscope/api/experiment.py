@@ -110,11 +110,13 @@ class Experiment:
                             progress=self.progress, **{**defaults, **options})
 
     # ------------------------------------------------------------------ one method each
-    def study(self, *, top_k: int = 3, attention_prompt: int = 0, attention_heads: Any = None) -> StudyResult:
-        """Direct logit attribution: logit difference, logit lens, layers, heads, attention
-        (:func:`logitscope.run_study`)."""
+    def study(self, *, top_k: int = 3, attention_prompt: int = 0, attention_heads: Any = None,
+              lens_top_k: int | None = 5, dla_by_source: Any = None, neurons: int | None = None) -> StudyResult:
+        """Direct logit attribution: logit difference, logit lens, layers, heads, attention, the
+        token lens, DLA by source position and by neuron (:func:`logitscope.run_study`)."""
         return run_study(self.prompts, self.lm, top_k=top_k, attention_prompt=attention_prompt,
-                         attention_heads=attention_heads, **self._shared())
+                         attention_heads=attention_heads, lens_top_k=lens_top_k, dla_by_source=dla_by_source,
+                         neurons=neurons, **self._shared())
 
     def patch(self, what: str | Sequence[str] = "heads", *, direction: str = "denoise", positions: str = "auto",
               method: str = "exact") -> PatchingResult:

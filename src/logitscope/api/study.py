@@ -30,6 +30,9 @@ def run_study(
     prepend_bos: bool | None = None,
     seed: int = 0,
     progress: bool = False,
+    lens_top_k: int | None = dla.LENS_TOP_K,
+    dla_by_source: Any = None,
+    neurons: int | None = None,
 ) -> StudyResult | None:
     """Run the whole direct-logit-attribution study.
 
@@ -48,8 +51,15 @@ def run_study(
     In a ``torch.distributed`` process group of several ranks (``torchrun``), every rank calls this
     alike and runs its share of the batches on its own device (``device="auto"``: ``cuda:LOCAL_RANK``);
     rank 0 gets the whole result, the other ranks ``None`` (:mod:`logitscope.engine.distributed`).
+
+    ``lens_top_k``: the token logit lens's k (the top tokens each layer's residual stream predicts,
+    the final norm applied afresh; ``None``: off). ``dla_by_source``: heads whose attribution is split
+    over the source positions they attend to (``"L9H9,L9H6"``, a list, or ``"top:N"``: the N heads of
+    largest ``|mean|``). ``neurons``: an MLP layer whose attribution is split over its neurons. The
+    last two cost one more forward pass (one process only).
     """
     data = dla.study(prompts, model, tokenizer=tokenizer, device=device, dtype=dtype, device_map=device_map,
                      batch_size=batch_size, top_k=top_k, attention_prompt=attention_prompt,
-                     attention_heads=attention_heads, prepend_bos=prepend_bos, seed=seed, progress=progress)
+                     attention_heads=attention_heads, prepend_bos=prepend_bos, seed=seed, progress=progress,
+                     lens_top_k=lens_top_k, dla_by_source=dla_by_source, neurons=neurons)
     return None if data is None else StudyResult.of(data)

@@ -34,11 +34,24 @@ def add(sub: argparse._SubParsersAction) -> None:
         "one does not write is removed. Then print a summary.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     model_options(p, csv=CSV)
-    p.set_defaults(execute=execute)
+    g = p.add_argument_group("finer views")
+    g.add_argument("--lens-top-k", type=int, default=5, metavar="K",
+                   help="top tokens of the token logit lens at each layer (5); the final norm applied afresh")
+    g.add_argument("--no-token-lens", action="store_true", help="skip the token logit lens")
+    g.add_argument("--dla-by-source", default=None, metavar="HEADS",
+                   help="split these heads' attribution over source positions: L9H9,L9H6 or top:N (one more pass)")
+    g.add_argument("--neurons", type=int, default=None, metavar="L",
+                   help="split MLP layer L's attribution over its neurons (one more pass)")
+    p.set_defaults(execute=execute, flags={"lens_top_k": "--lens-top-k", "dla_by_source": "--dla-by-source",
+                                          "neurons": "--neurons"})
 
 
 def execute(args: argparse.Namespace) -> int:
     parsed = checks(args)
+    from logitscope.methods.dla_parts import check_options
+
+    lens_top_k = None if args.no_token_lens else args.lens_top_k
+    check_options(lens_top_k, args.dla_by_source, args.neurons)  # before the model is loaded
     from logitscope.api.study import run_study
     from logitscope.results.serialize import OUTPUT_FILES, save_study
 
@@ -46,7 +59,8 @@ def execute(args: argparse.Namespace) -> int:
     with prompt_warnings(args):  # the study's prompt warnings, printed as ours (after it, the error)
         result = run_study(parsed, lm, batch_size=args.batch_size, top_k=args.top_k,
                            attention_prompt=args.attention_prompt, prepend_bos=args.prepend_bos, seed=args.seed,
-                           progress=not args.quiet)
+                           progress=not args.quiet, lens_top_k=lens_top_k, dla_by_source=args.dla_by_source,
+                           neurons=args.neurons)
     if result is None:
         return 0  # under torchrun, rank 0 writes
     out = save_study(result, args.out, csv=args.csv, label="--out",

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from logitscope.engine.lens import TokenLens
 from logitscope.errors import ModelLoadError
 from logitscope.models.adapters import norm_eps
 from logitscope.models.load import LoadedModel
@@ -62,6 +63,8 @@ class BatchScalars:
     logit_diff_softcapped: torch.Tensor | None = None  # [B]: the model's capped logits' difference
     experts: torch.Tensor | None = None  # [L, E, B]: each expert's routing-weighted share of mlp
     expert_routing: torch.Tensor | None = None  # [L, E, B]: routing weight, 0 where not routed
+    lens_top_ids: torch.Tensor | None = None  # [L + 1, k, B]: the token lens's top-k ids (engine/lens.py)
+    lens_top_probs: torch.Tensor | None = None  # [L + 1, k, B]: and their probabilities
 
 
 def _on(x: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -71,7 +74,7 @@ def _on(x: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
 class Recorder:
     """Installs the study's hooks on a model and turns one batch into :class:`BatchScalars`."""
 
-    def __init__(self, lm: LoadedModel):
+    def __init__(self, lm: LoadedModel, lens_top_k: int | None = None):
         self.lm = lm
         ad, model, shape = lm.adapter, lm.model, lm.shape
         self.blocks = list(ad.blocks(model))
@@ -118,6 +121,9 @@ class Recorder:
             self.mlp_post.append(self._post_norm(ad.mlp_post_norm(block)))
         self._state: dict[str, object] = {}
         self._handles: list = []
+        self.token_lens = None if not lens_top_k else TokenLens(
+            lens_top_k, centre=self.centre, eps=self.eps, gamma=self.gamma, beta=self.beta, W_U=self.W_U,
+            b_U=self.b_U, softcap=self.softcap)
 
     def _post_norm(self, norm: nn.Module | None) -> tuple[torch.Tensor, float] | None:
         """A post norm's weight (offset included) and epsilon; only RMSNorm (no centring, no bias)."""
@@ -258,6 +264,8 @@ class Recorder:
             if layer == 0 and self.embed_from_resid:
                 self._state["embed"] = (resid * self._dir(resid.device)).sum(-1)
             self._lens_point(resid)
+            if self.token_lens is not None:
+                self._state["lens_points"].append(resid)
 
         return hook
 
@@ -366,6 +374,7 @@ class Recorder:
             "experts": [None] * L,
             "expert_routing": [None] * L,
             "lens_recomputed": [],
+            "lens_points": [],
         }
         # Right padding needs no attention mask: a causal model's real tokens never see later pads.
         self.lm.adapter.base(self.lm.model)(input_ids=input_ids, use_cache=False)
@@ -375,6 +384,7 @@ class Recorder:
         lc, li, lse = self.answer_logits(st["normed_final"].to(dev), correct, incorrect)
         capped_c, capped_i = self.capped(lc), self.capped(li)  # the model's own logits
         inv = 1.0 / scale
+        top = (None, None) if self.token_lens is None else self.token_lens.top(st["lens_points"] + [r])
         out = BatchScalars(
             logit_diff=lc - li,  # linear logits: the decomposition below adds up to this
             prob_correct=(capped_c - lse).exp(),
@@ -393,6 +403,8 @@ class Recorder:
             logit_diff_softcapped=None if self.softcap is None else capped_c - capped_i,
             experts=None if not self.n_experts else self._per_expert("experts", B) * inv,
             expert_routing=None if not self.n_experts else self._per_expert("expert_routing", B),
+            lens_top_ids=top[0],
+            lens_top_probs=top[1],
         )
         self._state = {}
         return out

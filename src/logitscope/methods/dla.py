@@ -16,6 +16,7 @@ import torch
 
 from logitscope.engine import distributed
 from logitscope.engine.capture import BatchScalars, Recorder
+from logitscope.engine.parts import BatchParts, PartsRecorder, down_projection
 from logitscope.engine.setup import as_loaded, auto_batch_size, progress_bar
 from logitscope.errors import ArgumentError
 from logitscope.inputs.encode import Encoded, encode_prompts
@@ -23,11 +24,19 @@ from logitscope.inputs.lint import lint_prompts, warn_prompts
 from logitscope.inputs.prompt import Prompt, is_token_id
 from logitscope.inputs.prompts import GeneratedSet, load_prompts, parse_prompts
 from logitscope.labels import parse_heads
+from logitscope.methods import dla_parts as parts
 from logitscope.models.kernels import equivalent_kernels
 from logitscope.models.load import LoadedModel
 from logitscope.models.state import attention_implementation, study_mode
 from logitscope.results.decomposition import signed_top_heads
 from logitscope.results.study import AttentionView, StudyData
+
+
+# The token lens's default k: on for the report (a full-vocabulary softmax per layer: about +55% of
+# the study's forward time on a GPT-2-small-shaped model on a CPU; docs/study.md has the measurement).
+LENS_TOP_K = 5
+# Per-prompt arrays of the passes that become StudyData fields under other names (below).
+_NOT_FIELDS = ("lens_top_ids", "lens_top_probs", "source", "source_value_bias", "neurons")
 
 
 def study(
@@ -45,10 +54,14 @@ def study(
     prepend_bos: bool | None = None,
     seed: int = 0,
     progress: bool = False,
+    lens_top_k: int | None = LENS_TOP_K,
+    dla_by_source: Any = None,
+    neurons: int | None = None,
 ) -> StudyData | None:
     """The study of :func:`logitscope.run_study` (its arguments), as plain data; ``None`` on ranks
     other than 0 of a process group."""
     _check_whole("top_k", top_k, 1)
+    parts.check_options(lens_top_k, dla_by_source, neurons)
     _check_whole("seed", seed, 0)
     _check_whole("attention_prompt", attention_prompt, 0)
     if batch_size is not None:
@@ -74,6 +87,14 @@ def study(
     if attention_prompt >= len(prompts):
         raise ArgumentError("attention_prompt", attention_prompt, f"must be between 0 and {len(prompts) - 1} "
                             f"(there {'are' if len(prompts) != 1 else 'is'} {len(prompts)} prompt{'s' if len(prompts) != 1 else ''})")
+    named_sources = parts.check_with_model(lens_top_k, dla_by_source, neurons, n_layers=lm.shape.n_layers,
+                                           n_heads=lm.shape.n_heads, vocab=lm.adapter.unembed(lm.model).weight.shape[0])
+    if neurons is not None:
+        down_projection(lm, neurons)  # a mixture-of-experts layer: said before the pass
+    if ranks is not None and (dla_by_source is not None or neurons is not None):
+        raise ArgumentError("dla_by_source" if dla_by_source is not None else "neurons",
+                            dla_by_source if dla_by_source is not None else neurons,
+                            "is not yet supported under torchrun; run the study in one process for it")
     bos = lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos
     t_start = time.perf_counter()
     enc = encode_prompts(prompts, lm, prepend_bos=bos)
@@ -89,7 +110,7 @@ def study(
     order = np.argsort(lengths, kind="stable")
     rows = order if ranks is None else ranks.shard(order, batch_size)  # this rank's batches, in order
     in_dev = lm.adapter.embed(lm.model).weight.device
-    rec = Recorder(lm)
+    rec = Recorder(lm, lens_top_k)
     batches: list[BatchScalars] = []
     bar = progress_bar(len(rows), progress and (ranks is None or ranks.is_root))
     timing: dict[str, Any] = {"tokenize_s": t_encoded - t_start}
@@ -118,15 +139,25 @@ def study(
                     if ranks is not None:
                         ranks.poll()  # another rank failed: stop now, not after this rank's share
                     # hot loop: end
+        lens_sum = None if rec.token_lens is None else rec.token_lens.prob_sum
         if ranks is None:
             per = _assemble(batches, order)  # the one device-to-host copy (and so the one wait) per field
         else:
             t_gather = time.perf_counter()
+            if lens_sum is not None:  # every rank adds its prompts' probabilities
+                total = {"lens": lens_sum.clone()}  # a normal tensor: sum_tensors writes in place
+                ranks.sum_tensors(total, "the sum of the token lens's probabilities")
+                lens_sum = total["lens"]
             per = ranks.gather_columns(rows, _assemble(batches), len(prompts), "the gather of the study's results")
             if per is None:
                 return None  # rank 0 builds the result
             timing["gather_s"] = time.perf_counter() - t_gather
         t_assembled = time.perf_counter()
+        sources = None if dla_by_source is None else parts.source_heads(dla_by_source, named_sources,
+                                                                        per["heads"].mean(-1))
+        if sources or neurons is not None:
+            per.update(_finer_parts(lm, enc, order, batch_size, in_dev, sources or [], neurons))
+            timing["parts_s"] = time.perf_counter() - t_assembled
         kept = _heads_to_keep(attention_heads, per["heads"].mean(-1), top_k, lm.shape.n_layers, lm.shape.n_heads)
         attention = attention_patterns(lm, enc.ids[attention_prompt], attention_prompt, kept)
     timing["forward_s"] = t_assembled - t_encoded  # set-up, every batch, and the copy back (and gather)
@@ -148,9 +179,17 @@ def study(
         prepend_bos=bos,
         version=_version(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        **{_FIELD_NAMES.get(k, k): v for k, v in per.items()},
+        **{_FIELD_NAMES.get(k, k): v for k, v in per.items() if k not in _NOT_FIELDS},
     )
     fields["attention"] = attention
+    if lens_sum is not None:
+        fields.update(_token_lens_fields(per, lens_sum, len(prompts), lens_top_k, lm.tokenizer))
+    if sources:
+        names, by_role = parts.role_sums(per["source"], prompts, enc.ids, enc.correct, enc.incorrect, lengths)
+        fields.update(source_heads=tuple(sources), dla_by_source=per["source"],
+                      source_value_bias=per["source_value_bias"], source_roles=tuple(names), source_by_role=by_role)
+    if neurons is not None:
+        fields.update(neuron_layer=neurons, neurons=per["neurons"])
     timing["attention_s"] = time.perf_counter() - t_assembled
     timing["study_s"] = time.perf_counter() - t_start
     timing["prompts_per_s"] = len(prompts) / timing["study_s"]
@@ -191,6 +230,36 @@ def logit_diff_directions(prompts: Any, model: Any, *, tokenizer: Any = None) ->
     enc = encode_prompts(load_prompts(parsed, tokenizer=lm.tokenizer), lm, prepend_bos=lm.adapter.default_prepend_bos)
     rec = Recorder(lm)
     return rec.directions(torch.from_numpy(enc.correct).to(rec.out_device), torch.from_numpy(enc.incorrect).to(rec.out_device))
+
+
+def _token_lens_fields(per: dict, prob_sum: torch.Tensor, n: int, k: int, tok: Any) -> dict[str, Any]:
+    """StudyData's token-lens fields: per-prompt top-k, the top-k of the mean probabilities, and
+    every id among them as text."""
+    mean = torch.topk((prob_sum.cpu().double() / n).float(), k, dim=-1)  # float32: see TokenLens.prob_sum
+    ids = per["lens_top_ids"].astype(np.int64)
+    mean_ids = mean.indices.numpy().astype(np.int64)
+    every = sorted(set(np.unique(ids).tolist()) | set(np.unique(mean_ids).tolist()))
+    tokens = {i: tok.decode([i], clean_up_tokenization_spaces=False) for i in every}
+    return dict(lens_top_ids=ids, lens_top_probs=per["lens_top_probs"], lens_mean_ids=mean_ids,
+                lens_mean_probs=mean.values.numpy(), lens_tokens=tokens)
+
+
+def _finer_parts(lm: LoadedModel, enc: Encoded, order: np.ndarray, batch_size: int, in_dev: torch.device,
+                 sources: list[tuple[int, int]], neurons: int | None) -> dict[str, np.ndarray | None]:
+    """One more pass over the same batches (one process) for DLA by source position and by neuron
+    (:mod:`logitscope.engine.parts`); per-prompt arrays in the prompts' order."""
+    lengths = enc.lengths
+    rec = PartsRecorder(lm, sources, neurons, int(lengths.max()))
+    out: list[BatchParts] = []
+    with torch.inference_mode():
+        for chunk in _chunks(enc.ids, lengths, order, batch_size):
+            ids_dev = _to_device(chunk.ids, in_dev)
+            for b in chunk.batches:
+                r = chunk.rows[b.start : b.stop]
+                out.append(rec.run_batch(ids_dev[b.offset : b.offset + b.size * b.width].view(b.size, b.width),
+                                         torch.from_numpy(lengths[r] - 1).to(in_dev), torch.from_numpy(enc.correct[r]),
+                                         torch.from_numpy(enc.incorrect[r])))
+    return _assemble(out, order)
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -251,13 +320,13 @@ def _chunks(ids: Sequence[Sequence[int]], lengths: np.ndarray, order: np.ndarray
         i = j
 
 
-def _assemble(batches: list[BatchScalars], order: np.ndarray | None = None) -> dict[str, np.ndarray | None]:
+def _assemble(batches: list[BatchScalars] | list[BatchParts], order: np.ndarray | None = None) -> dict[str, np.ndarray | None]:
     """Concatenate per-batch scalars (one host transfer per field) and undo the length sort (with
     ``order``; without, the prompts stay in batch order, and no batches give no fields)."""
     out: dict[str, np.ndarray | None] = {}
     if not batches:
         return out
-    for name in BatchScalars.__dataclass_fields__:
+    for name in type(batches[0]).__dataclass_fields__:
         parts = [getattr(b, name) for b in batches]
         if parts[0] is None:
             out[name] = None

@@ -88,6 +88,22 @@ def _by_template(result: StudyData) -> str:
             f'<table style="border-collapse:collapse"><tr>{head}</tr>{rows}</table></details>')
 
 
+def _token_lens(result: StudyData) -> str:
+    """The token lens's prompt-averaged view: each point's top tokens with their mean probability."""
+    if result.lens_mean_ids is None:
+        return ""
+    tok = result.lens_tokens
+    rows = "".join(
+        f'<tr><td style="{_TD};text-align:left"><code>{html.escape(label)}</code></td>'
+        + "".join(f'<td style="{_TD};text-align:left">{html.escape(repr(tok[int(i)]))} {p:.2f}</td>' for i, p in zip(ids, probs))
+        + "</tr>"
+        for label, ids, probs in zip(result.token_lens_labels, result.lens_mean_ids, result.lens_mean_probs)
+    )
+    return (f'<details style="margin-top:10px"><summary>Token logit lens: top {result.lens_mean_ids.shape[1]} tokens '
+            f'per layer, probability averaged over prompts</summary><table style="border-collapse:collapse">{rows}'
+            "</table></details>")
+
+
 def notebook_html(result: StudyData) -> str:
     """The light notebook display (``StudyResult._repr_html_``): plain HTML, no script, tens of KB."""
     note = ("Interactive figures and attention views: <code>result.report_view()</code> (the whole report inline; "
@@ -96,7 +112,7 @@ def notebook_html(result: StudyData) -> str:
     return (
         f'<div class="logitscope-result" style="{_BOX}">'
         f'<pre style="{_PRE}">{html.escape(summary_text(result))}</pre>'
-        f"{heatmap(result)}{_top_heads(result)}{_by_template(result)}"
+        f"{heatmap(result)}{_top_heads(result)}{_token_lens(result)}{_by_template(result)}"
         f'<div style="margin-top:10px;color:#5f6b7a">{note}</div></div>'
     )
 

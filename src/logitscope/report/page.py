@@ -4,7 +4,7 @@ plotly.js and the circuitsvis bundle are inlined once, in ``<head>``; each figur
 attention view then adds only its own data and one render call.
 """
 
-# Longer than ~400 lines on purpose: the page's HTML, section by section, is one template read top to bottom; the figures live in figures.py, patching.py, circuit.py.
+# Longer than ~400 lines on purpose: the page's HTML, section by section, is one template read top to bottom; the figures live in figures.py, patching.py, circuit.py; the finer tables in finer.py.
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from logitscope.inputs.circuits import IOI_CLASS_ABBREV, IOI_HEAD_CLASSES, known
 from logitscope.labels import head_name
 from logitscope.report.assets import circuitsvis_js, plotly_js
 from logitscope.report.attention import AttentionWidget, attention_widgets
+from logitscope.report.finer import neuron_section, source_section, token_lens_section
 from logitscope.report.figures import decomposition_group_intervals, decomposition_groups, make_figures
 from logitscope.report.style import CSS
 from logitscope.results.study import StudyData
@@ -131,6 +132,7 @@ def _header(result: StudyData, extra_toc: list[tuple[str, str]] = ()) -> str:
     grid = "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in facts)
     toc = [
         ("logit-lens", "Logit lens"),
+        *([("token-lens", "Token logit lens")] if result.lens_top_ids is not None else []),
         ("layers", "Layer attribution"),
         ("heads", "Head attribution"),
         *([("experts", "Expert attribution")] if result.experts is not None else []),
@@ -151,7 +153,7 @@ def _header(result: StudyData, extra_toc: list[tuple[str, str]] = ()) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- sections
-def _lines(figs: dict[str, go.Figure]) -> str:
+def _lines(figs: dict[str, go.Figure], token_lens: str = "") -> str:
     lens = _caption(
         "Logit difference read off the residual stream accumulated before each layer (<code>N_pre</code>), after its "
         "attention (<code>N_mid</code>) and at the end (<code>final_post</code>), all divided by the final norm's frozen scale.",
@@ -165,7 +167,7 @@ def _lines(figs: dict[str, go.Figure]) -> str:
         "Positive points push towards the correct answer, negative ones towards the incorrect one; "
         "each point is the step between neighbouring points of the logit lens.",
     )
-    return _section("logit-lens", "Logit lens", lens + _figure(figs["logit_lens"], "logit_lens")) + _section(
+    return _section("logit-lens", "Logit lens", lens + _figure(figs["logit_lens"], "logit_lens")) + token_lens + _section(
         "layers", "Layer attribution", layers + _figure(figs["layer_attribution"], "layer_attribution")
     )
 
@@ -405,11 +407,18 @@ def report_html(result: StudyData, patching: PatchingData | None = None) -> str:
     ``patching``, also its causal section (activation patching and ablation)."""
     figs = make_figures(result)
     causal, toc = "", []
+    finer = {}
+    for make in (token_lens_section, source_section, neuron_section):
+        made = make(result, _table, _caption)
+        if made is not None:
+            finer[made[0]] = _section(*made)
+            if made[0] != "token-lens":
+                toc.append((made[0], made[1]))
     if patching is not None:
         from logitscope.report.patching import patching_section
 
         anchor, title, body = patching_section(patching, _figure, _table, _caption)
-        causal, toc = _section(anchor, title, body), [(anchor, "Patching")]
+        causal, toc = _section(anchor, title, body), [*toc, (anchor, "Patching")]
         if patching.paths is not None or patching.circuit is not None:
             from logitscope.report.circuit import circuit_section
 
@@ -422,10 +431,12 @@ def report_html(result: StudyData, patching: PatchingData | None = None) -> str:
     body = "".join(
         [
             _header(result, toc),
-            _lines(figs),
+            _lines(figs, finer.get("token-lens", "")),
             _heads(result, figs),
             _experts(result, figs),
             _top_heads(result),
+            finer.get("dla-by-source", ""),
+            finer.get("neurons", ""),
             causal,
             _attention(result, views),
             _prompts(result, figs),

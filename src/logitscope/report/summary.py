@@ -38,6 +38,13 @@ def summary_text(data: StudyData) -> str:
                      f"{data.logit_diff_softcapped.mean():.4f} on average")
     if data.experts is not None:
         lines.append(f"top experts: {', '.join(f'L{l}E{e} {v:+.3f}' for l, e, v in data.top_experts())}")
+    if data.source_by_role is not None:
+        for j, name in enumerate(data.source_head_labels):
+            parts = ", ".join(f"{r} {v:+.3f}" for r, v in zip(data.source_roles, data.source_by_role[j].mean(-1)))
+            lines.append(f"{name} by source position: {parts}")
+    if data.neurons is not None:
+        top = ", ".join(f"L{data.neuron_layer}N{i} {v:+.3f}" for i, v in data.top_neurons(5))
+        lines.append(f"top neurons of layer {data.neuron_layer} (by |mean|): {top}")
     t = data.timing
     if t:
         lines.append(f"study {counted(data.n_prompts, 'prompt')} in {t['study_s']:.2f} s "

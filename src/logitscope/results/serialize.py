@@ -39,9 +39,14 @@ OUTPUT_FILES = ("results.json", "per_prompt_heads.npy", "per_prompt.npz", "atten
 # per_prompt.npz: the result's per-prompt arrays other than the heads (those are per_prompt_heads.npy).
 _PER_PROMPT = ("logit_diff", "prob_correct", "prob_incorrect", "direct", "scale", "embed", "pos_embed", "attn_out",
                "mlp_out", "attn_bias", "mlp_bias", "final_norm_bias", "lens_recomputed", "logit_diff_softcapped",
-               "experts", "expert_routing")
-# Those only some models have (learned positions, a final soft-cap, mixtures of experts).
-_OPTIONAL = ("pos_embed", "lens_recomputed", "logit_diff_softcapped", "experts", "expert_routing")
+               "experts", "expert_routing") + ("lens_top_ids", "lens_top_probs", "dla_by_source", "source_value_bias",
+                                               "source_by_role", "neurons")
+# Those only some models have (learned positions, a final soft-cap, mixtures of experts), or only
+# some studies (the token lens, DLA by source position and by neuron).
+_OPTIONAL = ("pos_embed", "lens_recomputed", "logit_diff_softcapped", "experts", "expert_routing", "lens_top_ids",
+             "lens_top_probs", "dla_by_source", "source_value_bias", "source_by_role", "neurons")
+# Number of top neurons listed in results.json (all neurons' means are there too).
+TOP_NEURONS = 10
 
 # results.json's keys that are not StudyData.extra.
 _DOCUMENT_KEYS = frozenset({
@@ -49,6 +54,7 @@ _DOCUMENT_KEYS = frozenset({
     "dtype", "n_layers", "n_heads", "n_prompts", "prepend_bos", "seed", "top_k", "prompts", "logit_diff",
     "dla_check", "logit_lens", "layer_attribution", "logit_lens_recomputed", "head_attribution", "top_heads",
     "decomposition", "by_template", "attention", "timing", "logit_diff_softcapped", "expert_attribution",
+    "token_lens", "dla_by_source", "neuron_attribution",
 })
 
 
@@ -139,6 +145,12 @@ def results_document(data: StudyData) -> dict[str, Any]:
         }
     if data.experts is not None:
         doc["expert_attribution"] = expert_block(data)
+    if data.lens_top_ids is not None:
+        doc["token_lens"] = token_lens_block(data)
+    if data.source_by_role is not None:
+        doc["dla_by_source"] = source_block(data)
+    if data.neurons is not None:
+        doc["neuron_attribution"] = neuron_block(data)
     if data.attention is not None:
         doc["attention"] = {
             "prompt_index": data.attention.prompt_index,
@@ -170,13 +182,64 @@ def expert_block(data: StudyData) -> dict[str, Any]:
     }
 
 
+def token_lens_block(data: StudyData) -> dict[str, Any]:
+    """results.json ``token_lens``: the top-k tokens of the probabilities averaged over prompts at
+    each point (per-prompt top-k ids and probabilities are in per_prompt.npz)."""
+    tok = data.lens_tokens
+    return {
+        "labels": data.token_lens_labels,
+        "k": int(data.lens_top_ids.shape[1]),
+        "normalization": "final norm applied afresh to each point (accumulated_resid(apply_ln=True)), "
+                         "then W_U, b_U and any final soft-cap; softmax over the vocabulary",
+        "mean_ids": data.lens_mean_ids.tolist(),
+        "mean_tokens": [[tok[i] for i in row] for row in data.lens_mean_ids.tolist()],
+        "mean_probs": _tolist(data.lens_mean_probs),
+        "tokens": {str(i): t for i, t in sorted(tok.items())},
+    }
+
+
+def source_block(data: StudyData) -> dict[str, Any]:
+    """results.json ``dla_by_source``: each head's attribution split by named source position,
+    mean over prompts with 95% intervals; the rows add up to ``head_total`` (the head's
+    ``head_attribution``); ``value_bias`` is the head's value-bias part (inside ``attn_bias``)."""
+    lo, hi = data.intervals["dla_by_source"]
+    blo, bhi = data.intervals["source_value_bias"]
+    return {
+        "heads": data.source_head_labels,
+        "positions": list(data.source_roles),
+        "values": _tolist(data.source_by_role.mean(-1)),
+        "ci95_low": _tolist(lo),
+        "ci95_high": _tolist(hi),
+        "head_total": [float(data.head_results[l, h].mean()) for l, h in data.source_heads],
+        "value_bias": {"values": _tolist(data.source_value_bias.mean(-1)), "ci95_low": _tolist(blo),
+                       "ci95_high": _tolist(bhi)},
+    }
+
+
+def neuron_block(data: StudyData) -> dict[str, Any]:
+    """results.json ``neuron_attribution``: every neuron's mean attribution in layer ``layer``'s
+    MLP and the top neurons by ``|mean|`` with 95% intervals; neurons plus ``mlp_bias`` add up to
+    ``mlp_out``."""
+    lo, hi = data.intervals["neuron_attribution"]
+    layer = data.neuron_layer
+    return {
+        "layer": layer,
+        "values": _tolist(data.neurons.mean(-1)),
+        "mlp_out": float(data.mlp_out[layer].mean()),
+        "mlp_bias": float(data.mlp_bias[layer].mean()),
+        "top": [{"neuron": i, "name": f"L{layer}N{i}", "value": v, "ci95_low": float(lo[i]), "ci95_high": float(hi[i])}
+                for i, v in data.top_neurons(TOP_NEURONS)],
+    }
+
+
 def write_study(data: StudyData, folder: Path, *, csv: bool = False) -> None:
     """Write every data file of ``data`` into ``folder`` (an existing, empty folder); the report,
     a presentation, is written by the caller (:meth:`logitscope.StudyResult.save`)."""
     (folder / "results.json").write_text(json_text(results_document(data)), encoding="utf-8")
     # [n_prompts, n_layers, n_heads] float32, prompts in results.json order.
     np.save(folder / "per_prompt_heads.npy", np.ascontiguousarray(np.moveaxis(data.head_results, -1, 0), dtype=np.float32))
-    arrays = {name: np.ascontiguousarray(np.moveaxis(getattr(data, name), -1, 0), dtype=np.float32)
+    arrays = {name: np.ascontiguousarray(np.moveaxis(getattr(data, name), -1, 0),
+                                         dtype=np.int32 if name == "lens_top_ids" else np.float32)
               for name in _PER_PROMPT if getattr(data, name) is not None}
     np.savez(folder / "per_prompt.npz", **arrays)
     if data.attention is not None:
@@ -226,6 +289,7 @@ def read_study(folder: str | Path) -> dict[str, Any]:
                     f"{RESULTS_SCHEMA_VERSION} only. Run the study again with this version to reopen it")
     n, L, H = doc["n_prompts"], doc["n_layers"], doc["n_heads"]
     arrays = _read_arrays(folder, n, L, H)
+    parts = _read_parts(doc, arrays)  # before arrays are spread below: it makes the lens ids whole numbers
     rows = doc["prompts"]
     if len(rows) != n:
         raise _fail(folder, f"results.json lists {len(rows)} prompts, not n_prompts={n}")
@@ -240,9 +304,28 @@ def read_study(folder: str | Path) -> dict[str, Any]:
         "attention": _read_attention(folder, doc.get("attention"), L, H),
         "top_k": doc["top_k"], "seed": doc["seed"], "prepend_bos": doc["prepend_bos"],
         "version": doc.get("logitscope_version", ""), "created": doc.get("created", ""),
+        **parts,
         "extra": {k: v for k, v in doc.items() if k not in _DOCUMENT_KEYS},
         "timing": dict(doc.get("timing", {})),
     }
+
+
+def _read_parts(doc: dict[str, Any], arrays: dict[str, np.ndarray | None]) -> dict[str, Any]:
+    """The token lens's, source positions' and neurons' fields that results.json holds."""
+    out: dict[str, Any] = {}
+    if arrays.get("lens_top_ids") is not None:
+        arrays["lens_top_ids"] = arrays["lens_top_ids"].astype(np.int64)
+        lens = doc["token_lens"]
+        out.update(lens_mean_ids=np.array(lens["mean_ids"], dtype=np.int64),
+                   lens_mean_probs=np.array(lens["mean_probs"], dtype=np.float64),
+                   lens_tokens={int(k): v for k, v in lens["tokens"].items()})
+    if "dla_by_source" in doc:
+        L, H = doc["n_layers"], doc["n_heads"]
+        out.update(source_heads=tuple(parse_head(h, L, H) for h in doc["dla_by_source"]["heads"]),
+                   source_roles=tuple(doc["dla_by_source"]["positions"]))
+    if "neuron_attribution" in doc:
+        out["neuron_layer"] = int(doc["neuron_attribution"]["layer"])
+    return out
 
 
 def _load(folder: Path, name: str) -> Any:

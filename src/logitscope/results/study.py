@@ -124,6 +124,22 @@ class StudyData:
       not choose it at that prompt's answer position); ``experts.sum(1) == mlp_out``.
       ``expert_routing[layer, expert]``: that routing weight (zero where not chosen).
 
+    - ``lens_top_ids[point, i]``, ``lens_top_probs[point, i]`` (``None`` unless asked,
+      ``lens_top_k``): the classic (token) logit lens, the ``i``-th most probable token at each of
+      :attr:`token_lens_labels` (``resid_pre`` of each block, ``final_post``), the final norm
+      applied afresh to each point (``accumulated_resid(apply_ln=True)``), then the unembedding
+      and any soft-cap; ``lens_mean_ids`` / ``lens_mean_probs``: the top tokens of the
+      probabilities averaged over prompts; ``lens_tokens``: those ids as text.
+    - ``dla_by_source[i, s]`` (for ``source_heads[i]``): that head's part of ``head_results``
+      coming through source position ``s`` (``pattern[answer, s] · (v_s − b_V)`` projected; zero
+      past a prompt's end); the positions add up to the head's ``head_results``.
+      ``source_value_bias[i]``: the value bias's part (inside ``attn_bias``). ``source_by_role``:
+      the same parts summed by named position (:attr:`source_roles`: IOI word positions, or END,
+      END-1, ... and the rest), which also add up to ``head_results``.
+    - ``neurons[i]`` (for MLP layer ``neuron_layer``): neuron ``i``'s part of ``mlp_out``
+      (``hook_post`` times its ``W_out`` row, projected); the neurons and ``mlp_bias`` add up to
+      ``mlp_out[neuron_layer]``.
+
     ``attn``, ``mlp``, ``heads`` and ``final_bias`` are the old names of ``attn_out``, ``mlp_out``,
     ``head_results`` and ``final_norm_bias`` (deprecated; removed in the next release).
     """
@@ -158,6 +174,18 @@ class StudyData:
     logit_diff_softcapped: np.ndarray | None = None  # [N]: see the class docstring
     experts: np.ndarray | None = None  # [L, E, N]: see the class docstring
     expert_routing: np.ndarray | None = None  # [L, E, N]
+    lens_top_ids: np.ndarray | None = None  # [L + 1, k, N] int: see the class docstring
+    lens_top_probs: np.ndarray | None = None  # [L + 1, k, N]
+    lens_mean_ids: np.ndarray | None = None  # [L + 1, k] int (not per prompt)
+    lens_mean_probs: np.ndarray | None = None  # [L + 1, k]
+    lens_tokens: dict[int, str] = field(default_factory=dict)  # every id above, as text
+    source_heads: tuple[tuple[int, int], ...] = ()
+    dla_by_source: np.ndarray | None = None  # [len(source_heads), T_max, N]
+    source_value_bias: np.ndarray | None = None  # [len(source_heads), N]
+    source_roles: tuple[str, ...] = ()
+    source_by_role: np.ndarray | None = None  # [len(source_heads), len(source_roles), N]
+    neuron_layer: int | None = None
+    neurons: np.ndarray | None = None  # [d_mlp, N]
     top_k: int = 3
     seed: int = 0
     prepend_bos: bool = True
@@ -177,6 +205,9 @@ class StudyData:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", tuple(self.prompts))
+        object.__setattr__(self, "source_heads", tuple((int(l), int(h)) for l, h in self.source_heads))
+        object.__setattr__(self, "source_roles", tuple(self.source_roles))
+        object.__setattr__(self, "lens_tokens", {int(k): v for k, v in self.lens_tokens.items()})
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, np.ndarray):
@@ -194,6 +225,15 @@ class StudyData:
     @property
     def logit_lens_labels(self) -> list[str]:
         return labels.logit_lens_labels(self.n_layers, self.parallel_attn_mlp)
+
+    @property
+    def token_lens_labels(self) -> list[str]:
+        """The token lens's points: ``accumulated_resid(incl_mid=False)``'s labels."""
+        return labels.logit_lens_labels(self.n_layers, True)
+
+    @property
+    def source_head_labels(self) -> list[str]:
+        return [labels.head_label(l, h) for l, h in self.source_heads]
 
     @property
     def layer_labels(self) -> list[str]:
@@ -293,6 +333,15 @@ class StudyData:
         k = min(self.top_k if k is None else k, mean.size)
         return attribution.rank_heads(mean, int(k), sign)
 
+    def top_neurons(self, k: int = 10) -> list[tuple[int, float]]:
+        """The ``k`` neurons of ``neuron_layer`` with the largest ``|mean|`` attribution over prompts,
+        as ``(neuron, mean)``; ``[]`` when no neurons were split."""
+        if self.neurons is None:
+            return []
+        mean = self.neurons.mean(-1)
+        order = np.argsort(-np.abs(mean), kind="stable")[:k]
+        return [(int(i), float(mean[i])) for i in order]
+
     def n_signed_heads(self, sign: int) -> int:
         """How many heads have a positive (``sign=1``) or negative (``sign=-1``) mean attribution."""
         return attribution.count_signed(self.head_attribution, sign)
@@ -316,6 +365,11 @@ class StudyData:
             parts["logit_lens_recomputed"] = self.lens_recomputed
         if self.experts is not None:
             parts["expert_attribution"] = self.experts
+        if self.source_by_role is not None:
+            parts["dla_by_source"] = self.source_by_role
+            parts["source_value_bias"] = self.source_value_bias
+        if self.neurons is not None:
+            parts["neuron_attribution"] = self.neurons
         return shared_intervals(parts, seed=self.seed)
 
     @cached_property

@@ -1,0 +1,60 @@
+"""The classic (nostalgebraist) logit lens: the tokens each layer's residual stream predicts.
+
+Each point of the residual stream at the answer position (``resid_pre`` of every block and the
+final ``resid_post``: TransformerLens's ``accumulated_resid(incl_mid=False)``) goes through the
+final norm *with its own scale* (TransformerLens's ``accumulated_resid(apply_ln=True)``, i.e.
+``apply_ln_to_stack(recompute_ln=True)``: LayerNorm centres, divides by its own σ and applies the
+weight and bias; RMSNorm divides by its own root mean square and applies the weight), then through
+the unembedding (its bias too) and the family's final soft-cap, and a softmax over the whole
+vocabulary. The final point is the model's own output distribution.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class TokenLens:
+    """Top-k tokens and the running sum of probabilities of each lens point, one batch at a time.
+
+    ``gamma`` / ``beta``: the final norm's weight (offset included) and bias, ``[d]`` float32;
+    ``W_U`` ``[vocab, d]`` in the model's dtype and ``b_U`` (or None); ``softcap`` or None.
+    """
+
+    def __init__(self, k: int, *, centre: bool, eps: float, gamma: torch.Tensor, beta: torch.Tensor | None,
+                 W_U: torch.Tensor, b_U: torch.Tensor | None, softcap: float | None) -> None:
+        self.k, self.centre, self.eps = k, centre, eps
+        self.gamma, self.beta, self.W_U, self.b_U, self.softcap = gamma, beta, W_U, b_U, softcap
+        # [n_points, vocab], summed over prompts in float64 (float32 on MPS, which has none), so that
+        # the mean, rounded to float32, does not depend on how batches were split between ranks.
+        self.prob_sum: torch.Tensor | None = None
+
+    def normed(self, resid: torch.Tensor) -> torch.Tensor:
+        """The final norm applied afresh to residual vectors ``[..., d]`` (float32)."""
+        x = resid.float()
+        if self.centre:
+            x = x - x.mean(-1, keepdim=True)
+        x = x * torch.rsqrt((x * x).mean(-1, keepdim=True) + self.eps) * self.gamma
+        return x if self.beta is None else x + self.beta
+
+    def logits(self, resid: torch.Tensor) -> torch.Tensor:
+        """The lens's logits ``[..., vocab]`` float32 (soft-capped where the model caps)."""
+        out = self.normed(resid) @ self.W_U.float().T
+        if self.b_U is not None:
+            out = out + self.b_U.float()
+        return out if self.softcap is None else self.softcap * torch.tanh(out / self.softcap)
+
+    def top(self, points: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ids, probs)``, each ``[n_points, k, B]``, for residual points ``[B, d]`` each; adds
+        every point's probabilities to :attr:`prob_sum`. One point at a time, so at most one
+        ``[B, vocab]`` float32 tensor is alive."""
+        ids, probs, sums = [], [], []
+        for resid in points:
+            p = torch.softmax(self.logits(resid.to(self.W_U.device)), dim=-1)  # [B, vocab]
+            top = torch.topk(p, self.k, dim=-1)
+            ids.append(top.indices.T)
+            probs.append(top.values.T)
+            sums.append(p.sum(0, dtype=torch.float32 if p.device.type == "mps" else torch.float64))
+        total = torch.stack(sums)
+        self.prob_sum = total if self.prob_sum is None else self.prob_sum + total
+        return torch.stack(ids), torch.stack(probs)
