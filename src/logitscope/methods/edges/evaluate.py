@@ -15,8 +15,9 @@ for every point, :mod:`logitscope.stats`), of f, CPR and CMD alike.
 
 By node (``by="node"``): the circuit of the top n heads and MLPs by node score (the sum of a node's
 outgoing edges' scores), ``input`` and ``logits`` always kept, is every edge among the kept nodes,
-pruned the same way; its curve takes n = ⌊fraction × L·(H + 1)⌋ nodes, as MIB's
-``evaluate_area_under_curve(level='node')`` counts the scored nodes (``input`` unscored).
+pruned the same way; its curve takes n = ⌊fraction × L·(H + 1)⌋ nodes. This is not MIB's node
+level: MIB counts 1 + L·(H + 1) scored nodes (``input`` included, and droppable) and EAP-IG scores a
+node by its own output's difference times the gradient there, not by its outgoing edges (docs/edges.md).
 """
 
 from __future__ import annotations
