@@ -112,6 +112,31 @@ def test_torchrun_run_equals_one_process(tiny_llama_dir, mixed_jsonl, tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # no temporary folder left
 
 
+def test_torchrun_finer_parts_equal_one_process(tiny_llama_dir, mixed_jsonl, tmp_path, one_thread):
+    """``--dla-by-source top:2 --neurons 1`` on two CPU ranks: the extra pass's per-prompt arrays
+    gathered as the study's, and ``top:2`` picked from every prompt's head means (rank 0's pick, sent
+    to all): each rank's own prompts would pick other heads, so a per-rank pick could not pass."""
+    from logitscope.results.decomposition import rank_heads
+
+    out = tmp_path / "two"
+    proc = torchrun(2, "-m", "logitscope", "run", "--model", str(tiny_llama_dir), "--prompts", str(mixed_jsonl),
+                    "--out", str(out), "--device", "cpu", "--batch-size", "3", "--no-report", "--quiet",
+                    "--dla-by-source", "top:2", "--neurons", "1")
+    assert proc.returncode == 0, proc.stderr
+    one = ls.run_study(str(mixed_jsonl), str(tiny_llama_dir), device="cpu", batch_size=3, dla_by_source="top:2",
+                       neurons=1)
+    one.save(tmp_path / "one", report=False)
+    assert_same_outputs(tmp_path / "one", out, 2)
+    saved = np.load(out / "per_prompt.npz")
+    assert {"dla_by_source", "source_value_bias", "neurons"} <= set(saved)
+    order = np.argsort(one.n_tokens, kind="stable")
+    shares = [np.concatenate([order[0:3], order[9:]]), order[3:9]]  # batches 0, 3 on rank 0; 1, 2 on rank 1
+    top = [(l, h) for l, h, _ in rank_heads(np.abs(one.head_results.mean(-1)), 2, 1)]
+    assert list(one.source_heads) == top
+    for rows in shares:
+        assert [(l, h) for l, h, _ in rank_heads(np.abs(one.head_results[..., rows].mean(-1)), 2, 1)] != top
+
+
 def test_torchrun_patch_equals_one_process(tiny_gpt2_dir, tmp_path, one_thread):
     """Three ranks, every head's patching grid, its attribution estimate and a mean ablation
     (per-template sums added over ranks): the same as one process; only rank 0 opened an output folder."""

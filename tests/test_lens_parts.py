@@ -214,3 +214,24 @@ def test_notebook_view_and_summary_show_the_finer_views(studied):
     assert repr(first).replace("'", "&#x27;") in view or repr(first) in view
     text = res.summary()
     assert "L0H1 by source position: END" in text and "top neurons of layer 1" in text
+
+
+def test_values_that_round_to_zero_show_as_plain_zero(studied):
+    """The per-position table of the report: a part of -4e-4 (or -0.0) shows as 0.000 in the neutral
+    colour, not a red "-0.000"; +4e-4 as 0.000 too; a real negative stays red."""
+    import dataclasses
+    import re
+
+    from logitscope.report.page import report_html
+
+    _, _, res = studied("gpt2")
+    i = res.attention.prompt_index
+    parts = res.dla_by_source.copy()
+    parts[0, :4, i] = [-4e-4, -0.0, 4e-4, -0.25]
+    html = report_html(dataclasses.replace(res, dla_by_source=parts))
+    block = html[html.index(f"Prompt #{i}, position by position"):]
+    row = re.search(r"<tr><td><b>L0H1</b></td>(.*?)</tr>", block).group(1)
+    cells = re.findall(r'<td class="([^"]*)">([^<]*)</td>', row)
+    assert cells[:4] == [("num", "0.000"), ("num", "0.000"), ("num", "0.000"), ("num neg", "-0.250")], cells
+    finer = "".join(html[html.index(f'id="{a}"'):].split("</section>")[0] for a in ("dla-by-source", "neurons"))
+    assert "-0.000" not in finer and "-0.0%" not in finer

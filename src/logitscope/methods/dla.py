@@ -91,10 +91,6 @@ def study(
                                            n_heads=lm.shape.n_heads, vocab=lm.adapter.unembed(lm.model).weight.shape[0])
     if neurons is not None:
         down_projection(lm, neurons)  # a mixture-of-experts layer: said before the pass
-    if ranks is not None and (dla_by_source is not None or neurons is not None):
-        raise ArgumentError("dla_by_source" if dla_by_source is not None else "neurons",
-                            dla_by_source if dla_by_source is not None else neurons,
-                            "is not yet supported under torchrun; run the study in one process for it")
     bos = lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos
     t_start = time.perf_counter()
     enc = encode_prompts(prompts, lm, prepend_bos=bos)
@@ -149,15 +145,18 @@ def study(
                 ranks.sum_tensors(total, "the sum of the token lens's probabilities")
                 lens_sum = total["lens"]
             per = ranks.gather_columns(rows, _assemble(batches), len(prompts), "the gather of the study's results")
-            if per is None:
-                return None  # rank 0 builds the result
             timing["gather_s"] = time.perf_counter() - t_gather
         t_assembled = time.perf_counter()
-        sources = None if dla_by_source is None else parts.source_heads(dla_by_source, named_sources,
-                                                                        per["heads"].mean(-1))
+        sources = _agreed_sources(ranks, dla_by_source, named_sources, per)
         if sources or neurons is not None:
-            per.update(_finer_parts(lm, enc, order, batch_size, in_dev, sources or [], neurons))
+            finer = _finer_parts(lm, enc, rows, batch_size, in_dev, sources or [], neurons, ranks is None)
+            if ranks is not None:  # gathered to rank 0 as the main pass's arrays are
+                finer = ranks.gather_columns(rows, finer, len(prompts), "the gather of the finer parts")
+            if per is not None:
+                per.update(finer)
             timing["parts_s"] = time.perf_counter() - t_assembled
+        if per is None:
+            return None  # rank 0 builds the result
         kept = _heads_to_keep(attention_heads, per["heads"].mean(-1), top_k, lm.shape.n_layers, lm.shape.n_heads)
         attention = attention_patterns(lm, enc.ids[attention_prompt], attention_prompt, kept)
     timing["forward_s"] = t_assembled - t_encoded  # set-up, every batch, and the copy back (and gather)
@@ -244,22 +243,36 @@ def _token_lens_fields(per: dict, prob_sum: torch.Tensor, n: int, k: int, tok: A
                 lens_mean_probs=mean.values.numpy(), lens_tokens=tokens)
 
 
-def _finer_parts(lm: LoadedModel, enc: Encoded, order: np.ndarray, batch_size: int, in_dev: torch.device,
-                 sources: list[tuple[int, int]], neurons: int | None) -> dict[str, np.ndarray | None]:
-    """One more pass over the same batches (one process) for DLA by source position and by neuron
-    (:mod:`logitscope.engine.parts`); per-prompt arrays in the prompts' order."""
+def _agreed_sources(ranks: distributed.Ranks | None, dla_by_source: Any, named: list[tuple[int, int]] | None,
+                    per: dict[str, np.ndarray | None] | None) -> list[tuple[int, int]] | None:
+    """The heads split by source (None: not asked). ``top:N`` ranks the heads by their mean over
+    every prompt, which only rank 0 holds after the gather: it picks them, every rank gets its pick."""
+    if dla_by_source is None or named is not None:
+        return named
+    pick = None if per is None else parts.source_heads(dla_by_source, None, per["heads"].mean(-1))
+    if ranks is None:
+        return pick
+    return ranks.exchange(pick, "the choice of the top heads to split by source", combine=lambda picks: picks[0])
+
+
+def _finer_parts(lm: LoadedModel, enc: Encoded, rows: np.ndarray, batch_size: int, in_dev: torch.device,
+                 sources: list[tuple[int, int]], neurons: int | None, unsort: bool) -> dict[str, np.ndarray | None]:
+    """One more pass over the same batches of ``rows`` (this rank's, in batch order: re-cut in
+    ``batch_size`` pieces they are the main pass's batches) for DLA by source position and by neuron
+    (:mod:`logitscope.engine.parts`); per-prompt arrays in the order of ``rows``, or with ``unsort``
+    (one process: ``rows`` is every prompt) in the prompts' order."""
     lengths = enc.lengths
-    rec = PartsRecorder(lm, sources, neurons, int(lengths.max()))
+    rec = PartsRecorder(lm, sources, neurons, int(lengths.max()))  # every prompt's longest: the same on every rank
     out: list[BatchParts] = []
     with torch.inference_mode():
-        for chunk in _chunks(enc.ids, lengths, order, batch_size):
+        for chunk in _chunks(enc.ids, lengths, rows, batch_size):
             ids_dev = _to_device(chunk.ids, in_dev)
             for b in chunk.batches:
                 r = chunk.rows[b.start : b.stop]
                 out.append(rec.run_batch(ids_dev[b.offset : b.offset + b.size * b.width].view(b.size, b.width),
                                          torch.from_numpy(lengths[r] - 1).to(in_dev), torch.from_numpy(enc.correct[r]),
                                          torch.from_numpy(enc.incorrect[r])))
-    return _assemble(out, order)
+    return _assemble(out, rows if unsort else None)
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:

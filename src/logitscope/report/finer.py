@@ -23,12 +23,15 @@ def _tok(text: str) -> str:
     return f'<span class="tok">{_e(text)}</span>'
 
 
-def _signed(x: float) -> str:
-    return f"{x:+.3f}"
+def _signed(x: float, digits: int = 3) -> str:
+    """``x`` with its sign; one that rounds to zero is plain ``0.000``: a "-0.000" would be shown red,
+    as a negative number, by the page's table."""
+    text = f"{x:+.{digits}f}"
+    return f"{0:.{digits}f}" if float(text) == 0 else text
 
 
 def _ci(lo: float, hi: float) -> str:
-    return f"[{lo:+.3f}, {hi:+.3f}]"
+    return f"[{_signed(lo)}, {_signed(hi)}]"
 
 
 def token_lens_section(result: StudyData, table: Callable, caption: Callable) -> Section | None:
@@ -102,7 +105,7 @@ def neuron_section(result: StudyData, table: Callable, caption: Callable) -> Sec
     lo, hi = result.intervals["neuron_attribution"]
     whole = float(result.mlp_out[layer].mean())
     headers = [("#", True), ("Neuron", False), ("Mean DLA", True), ("95% CI", True), ("Share of MLP", True)]
-    rows = [[str(r), f"<b>L{layer}N{i}</b>", _signed(v), _ci(lo[i], hi[i]), f"{100 * v / whole:+.1f}%" if whole else "—"]
+    rows = [[str(r), f"<b>L{layer}N{i}</b>", _signed(v), _ci(lo[i], hi[i]), f"{_signed(100 * v / whole, 1)}%" if whole else "—"]
             for r, (i, v) in enumerate(result.top_neurons(TOP_NEURONS), start=1)]
     n = result.neurons.shape[0]
     text = caption(
