@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from logitscope.inputs.positions import PositionAxis
-from logitscope.results.patching import OUTPUT_FILES, ROW_KEYS, PatchingData
+from logitscope.results.patching import OUTPUT_FILES, PatchingData, is_row_key
 
 __all__ = ["OUTPUT_FILES", "PatchingResult", "read_patching"]
 
@@ -131,12 +131,15 @@ def read_patching(folder: str | Path) -> PatchingResult:
     rows = doc["prompts"]
     corrupted = [r.get("corrupted") for r in rows]
     fields["prompts"] = tuple(
-        type(p)(p.text, p.correct, p.incorrect, {k: v for k, v in p.meta.items() if k not in ROW_KEYS}, c)
+        type(p)(p.text, p.correct, p.incorrect, {k: v for k, v in p.meta.items() if not is_row_key(k)}, c)
         for p, c in zip(fields["prompts"], corrupted)
     )
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
     # Files before the metric was named hold clean_logit_diff / corrupted_logit_diff whatever it was.
     m = "logit_diff_softcapped" if fields.get("logit_diff_softcapped") is not None else "logit_diff"
+    chosen = pt.get("metric")
+    other = chosen if chosen not in (None, "logit_diff", "logit_diff_softcapped") else None  # another metric
+    m = other or m
     clean, corrupted_ld = (arrays[f"{side}_{m}"] if f"{side}_{m}" in arrays else arrays[f"{side}_logit_diff"]
                            for side in ("clean", "corrupted"))
     grids = {k[len("grid_"):]: f64(v) for k, v in arrays.items() if k.startswith("grid_")}
@@ -155,7 +158,8 @@ def read_patching(folder: str | Path) -> PatchingResult:
         ablated={s_["name"]: f64(arrays[f"ablated_{i}"]) for i, s_ in enumerate(sets)},
         ablated_heads=f64(arrays["ablated_heads"]) if "ablated_heads" in arrays else None,
         notes=tuple(pt.get("notes", ())), seed=fields["seed"], timing=dict(pt.get("timing", {})),
-        method=pt.get("method", "exact"),
+        method=pt.get("method", "exact"), metric_key=other,
+        metric_description=pt.get("metric_description") if other else None,
         paths=PathPatchingResult.from_saved(pt["paths"], arrays, fields["seed"]) if "paths" in pt else None,
         circuit=CircuitResult.from_saved(pt["circuit"], arrays, fields["n_layers"], fields["n_heads"], fields["seed"])
         if "circuit" in pt else None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from logitscope.cli.options import checks, load, model_options, prompt_warnings, wrote
+from logitscope.cli.options import checks, load, metric_option, model_options, prompt_warnings, wrote
 
 EXAMPLES = """\
 examples:
@@ -34,6 +34,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "one does not write is removed. Then print a summary.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     model_options(p, csv=CSV)
+    metric_option(p, decomposable=True)  # logit-diff only: said before any model load
     p.set_defaults(execute=execute)
 
 

@@ -155,6 +155,8 @@ class CircuitResult:
     random_requested: int | None = None  # the random sets asked for, when more than exist
     prepend_bos: bool | None = None  # whether the prompts began with BOS (None: not known)
     k_removed_at: str = AT_NODES  # M \ K: K's heads knocked out at their class's positions (AT_ALL: saved before)
+    metric: str = "logit_diff"  # F's metric: its results.json key (logitscope.engine.metrics)
+    metric_description: str | None = None  # what it is, for a metric other than the logit difference
 
     @property
     def title(self) -> str:
@@ -260,7 +262,10 @@ class CircuitResult:
             "ablation": self.ablation,
             "reference": "each knocked-out head's z is its mean over the counterpart prompts, per template and position"
                          if self.ablation == "mean" else f"each knocked-out head's z is {self.ablation}-ablated",
-            "metric": "F(X): mean logit difference of the clean prompts with every head node outside X knocked out",
+            "metric": "F(X): mean logit difference of the clean prompts with every head node outside X knocked out"
+                      if self.metric == "logit_diff" else f"F(X): mean {self.metric_description or self.metric} of the "
+                      "clean prompts with every head node outside X knocked out",
+            **({} if self.metric == "logit_diff" else {"metric_key": self.metric}),
             "n_prompts": self.n_prompts,
             "k_removed_at": self.k_removed_at,
             "completeness_sets": {**self.completeness_sets.to_dict(),
@@ -317,7 +322,9 @@ class CircuitResult:
                    timing=dict(doc.get("timing", {})),
                    completeness_sets=Completeness(sets["random"], sets["greedy"], sets["greedy_steps"],
                                                   sets["greedy_candidates"]),
-                   random_requested=sets.get("random_requested"), prepend_bos=doc.get("prepend_bos"), k_removed_at=at)
+                   random_requested=sets.get("random_requested"), prepend_bos=doc.get("prepend_bos"), k_removed_at=at,
+                   metric=doc.get("metric_key", "logit_diff"),
+                   metric_description=_description(doc.get("metric_key")))
 
     def summary(self) -> str:
         ms = self.measures
@@ -345,3 +352,10 @@ class CircuitResult:
         if self.bos_note:
             lines.append(f"  note: {self.bos_note}")
         return "\n".join(lines)
+
+
+def _description(key: str | None) -> str | None:
+    """A saved metric key's description (``None``: the logit difference, or a function's key)."""
+    from logitscope.engine.metrics import METRICS
+
+    return next((d for k, d in METRICS.values() if k == key and key != "logit_diff"), None)
