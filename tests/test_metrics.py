@@ -331,6 +331,11 @@ def test_cli_metric_and_its_errors(tmp_path, capsys):
     again = ls.load_result(out)
     assert again.metric == "logprob_diff"
     np.testing.assert_allclose(again.ablated["L1H0"], arrays["ablated_0"], rtol=0, atol=0)
+    report = tmp_path / "report"
+    assert main(["patch", "--what", "heads,ablation", "--model", str(ckpt), "--prompts", "ioi:8", "--out", str(report),
+                 "--quiet", "--metric", "kl"]) == 0
+    html = (report / "report.html").read_text()
+    assert "Normalised KL" in html and "patched KL" in html and "Change in KL" in html and "KL(clean" in html
     capsys.readouterr()
     for argv, says in ((["run", "--metric", "kl"], "--metric kl: run (direct logit attribution) decomposes the logit "
                                                     "difference only"),

@@ -28,7 +28,7 @@ from logitscope.inputs.pairs import UNDEFINED, EncodedPairs
 from logitscope.methods.paths import FREEZE, check_paths
 from logitscope.inputs.positions import POSITION_MODES, position_axis
 from logitscope.api.patching_result import PatchingResult
-from logitscope.api.prepared import Prepared, first_answers, prepare, study_of  # noqa: F401 (the causal API's start)
+from logitscope.api.prepared import Prepared, prepare, study_of  # noqa: F401 (the causal API's start)
 from logitscope.methods.patching.run import DIRECTIONS, GridRunner, pair_batches
 from logitscope.inputs.counterparts import with_counterparts
 from logitscope.inputs.prompt import Prompt

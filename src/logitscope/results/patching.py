@@ -81,6 +81,11 @@ class PatchingData:
             return self.metric_key
         return "logit_diff_softcapped" if self.study.logit_diff_softcapped is not None else "logit_diff"
 
+    @property
+    def metric_label(self) -> str:
+        """The metric in a few words, for axes, colour bars and hovers: ``logit diff``, ``prob diff``, ..."""
+        return metric_label(self.metric_key)
+
     def grid(self, name: str) -> np.ndarray:
         """A grid's per-prompt values ``[*grid_axes[name], N]``, or a clear error naming the grids
         this run has."""
@@ -270,6 +275,16 @@ class PatchingData:
 # What results_document adds to each prompt row (never the prompt's own metadata), old files' included.
 ROW_KEYS = ("corrupted", "corrupted_logit_diff", "corrupted_logit_diff_softcapped", "logit_diff_softcapped",
             *(f"corrupted_{m}" for m in ("logprob_diff", "prob_diff", "logprob", "loss", "kl")))
+
+
+LABELS = {"logprob_diff": "log-prob diff", "prob_diff": "prob diff", "logprob": "log-prob", "loss": "loss", "kl": "KL"}
+
+
+def metric_label(key: str | None) -> str:
+    """A metric's results.json key in a few words (``None``: the logit difference)."""
+    if key is None or key.startswith("logit_diff"):
+        return "logit diff"
+    return LABELS.get(key, key.removeprefix("metric_"))
 
 
 def is_row_key(key: str) -> bool:
