@@ -300,7 +300,7 @@ def test_bad_answer_sets_are_clear_errors(model):
     multi = [ls.Prompt(shared[0].text, (" Mary", " Marianne Smith"), " John", corrupted=shared[0].corrupted)]
     with pytest.raises(InputError, match=r"answer ' Marianne Smith' is \d tokens"):
         run_patching(multi, hf, tokenizer=gpt2_tokenizer(), what="heads")
-    with pytest.raises(InputError, match=r"answer sets .* the study \(run: direct logit attribution\) takes one token"):
+    with pytest.raises(InputError, match=r"answer sets .* the study \(run: direct logit attribution\) and edges take one token"):
         ls.run_study([ls.Prompt(shared[0].text, (" Mary", " Bob"), " John")], hf, tokenizer=gpt2_tokenizer())
 
 

@@ -55,7 +55,7 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
         if p is not None:
             raise InputError(f"{where(prompts, prompt=p)}: answer sets ({list(members(p.correct))} / "
                              f"{list(members(p.incorrect))}) are measured by patch, ablate, paths and circuit; the study "
-                             "(run: direct logit attribution) takes one token per answer")
+                             "(run: direct logit attribution) and edges take one token per answer")
     tok = lm.tokenizer
     ids = tokenize(tok, [p.text for p in prompts])
     if prepend_bos:
