@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from logitscope.inputs.positions import PositionAxis
+from logitscope.results.names import LABELS
 from logitscope.results.patching import OUTPUT_FILES, PatchingData, is_row_key
 
 __all__ = ["OUTPUT_FILES", "PatchingResult", "read_patching"]
@@ -137,8 +138,8 @@ def read_patching(folder: str | Path) -> PatchingResult:
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
     # Files before the metric was named hold clean_logit_diff / corrupted_logit_diff whatever it was.
     m = "logit_diff_softcapped" if fields.get("logit_diff_softcapped") is not None else "logit_diff"
-    chosen = pt.get("metric")
-    other = chosen if chosen not in (None, "logit_diff", "logit_diff_softcapped") else None  # another metric
+    chosen = pt.get("metric")  # a key; in files before the metric was named, a description
+    other = chosen if isinstance(chosen, str) and (chosen in LABELS or chosen.startswith("metric_")) else None
     m = other or m
     clean, corrupted_ld = (arrays[f"{side}_{m}"] if f"{side}_{m}" in arrays else arrays[f"{side}_logit_diff"]
                            for side in ("clean", "corrupted"))

@@ -277,6 +277,6 @@ def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_si
     return CircuitResult(circuit=circuit, ablation=ablation, model=model, values=values, plan=the_plan,
                          templates=tuple(templates), seed=seed, completeness_sets=sets_k,
                          random_requested=requested, prepend_bos=prepend_bos, metric=engine.metric.key,
-                         metric_description=engine.metric.description)
+                         metric_description=None if engine.metric.is_logit_diff else engine.metric.description)
 
 

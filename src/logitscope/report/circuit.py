@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 from logitscope.report.figures import ACCENT, FONT, base_layout, every_label
 from logitscope.report.patching import heatmap
-from logitscope.results.patching import metric_label
+from logitscope.results.names import metric_label
 
 if TYPE_CHECKING:
     from logitscope.results.patching import PatchingData

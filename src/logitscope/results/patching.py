@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from logitscope.results.names import metric_label
 from logitscope.results.numbers import json_nested as _nested, json_number as _num
 from logitscope.inputs.positions import PositionAxis
 from logitscope.stats import bootstrap_means, percentile_interval
@@ -275,16 +276,6 @@ class PatchingData:
 # What results_document adds to each prompt row (never the prompt's own metadata), old files' included.
 ROW_KEYS = ("corrupted", "corrupted_logit_diff", "corrupted_logit_diff_softcapped", "logit_diff_softcapped",
             *(f"corrupted_{m}" for m in ("logprob_diff", "prob_diff", "logprob", "loss", "kl")))
-
-
-LABELS = {"logprob_diff": "log-prob diff", "prob_diff": "prob diff", "logprob": "log-prob", "loss": "loss", "kl": "KL"}
-
-
-def metric_label(key: str | None) -> str:
-    """A metric's results.json key in a few words (``None``: the logit difference)."""
-    if key is None or key.startswith("logit_diff"):
-        return "logit diff"
-    return LABELS.get(key, key.removeprefix("metric_"))
 
 
 def is_row_key(key: str) -> bool:
