@@ -345,3 +345,16 @@ def test_cli_metric_and_its_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert says in err, err
         assert not dest.exists() or not any(dest.iterdir())
+
+
+def test_a_circuit_in_kl_has_no_fraction_of_f_m(model):
+    """In kl, F(M) (the model against itself) is 0, so F(C)/F(M) and minimality's fractions have no
+    value: the summary and the report say n/a / draw no bar, instead of failing (they did)."""
+    from logitscope.report.page import report_html
+
+    hf, _ = model
+    res = run_patching("seed", hf, tokenizer=gpt2_tokenizer(), what="none", metric="kl",
+                       circuit="nm: L1H0 @ END; s: L0H1 @ END", circuit_random=1)
+    assert np.all(res.circuit.model == 0.0) and res.circuit.values[0].mean() > 1e-3
+    assert "F(C)/F(M) n/a" in res.summary()
+    assert "K), KL" in report_html(res.study, res)  # the completeness axes

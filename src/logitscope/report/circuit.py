@@ -33,6 +33,12 @@ def _ci(s: dict[str, Any], digits: int = 3, percent: bool = False) -> str:
     return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
+def _gap(a: float | None, b: float | None) -> float | None:
+    """``a − b``, or ``None`` (no bar) where either is not a number (a fraction of F(M) = 0: F in kl,
+    which is 0 on the whole model)."""
+    return None if a is None or b is None else a - b
+
+
 def _v(s: dict[str, Any], digits: int = 3, percent: bool = False) -> str:
     x = s["mean"]
     if x is None:
@@ -133,8 +139,8 @@ def minimality_figure(circuit: CircuitResult) -> go.Figure:
         fig.add_trace(go.Bar(
             x=[r["head"] for r in sel], y=[v["mean"] for v in s], name=name,
             marker_color=palette[k % len(palette)],
-            error_y=dict(type="data", array=[v["ci95_high"] - v["mean"] for v in s],
-                         arrayminus=[v["mean"] - v["ci95_low"] for v in s], color="#4a5361", thickness=1),
+            error_y=dict(type="data", array=[_gap(v["ci95_high"], v["mean"]) for v in s],
+                         arrayminus=[_gap(v["mean"], v["ci95_low"]) for v in s], color="#4a5361", thickness=1),
             text=[f"<b>{r['head']}</b> ({_e(name)})<br>K = {_e(', '.join(r['k']) or '∅')}<br>F(C\\K) "
                   f"{_v(r['without_k'])}, F(C\\(K∪v)) {_v(r['without_k_and_head'])}<br>score {_v(r['score'])} "
                   f"{_ci(r['score'])} = {_v(r['score_fraction'], percent=True)} of F(M)" for r in sel],

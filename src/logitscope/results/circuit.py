@@ -333,13 +333,15 @@ class CircuitResult:
         def ci(s):
             return f"[{s['ci95_low']:.4f}, {s['ci95_high']:.4f}]"
 
+        def pct(x):  # a fraction of F(M); none where F(M) = 0 (kl: 0 on the whole model)
+            return "n/a" if x is None else f"{100 * x:.1f}%"
+
         lines = [
             f"{self.title} ({counted(len(self.circuit.heads), 'head')}, {self.ablation}-ablation elsewhere): "
             f"F(M) {ms['model']['mean']:.4f} {ci(ms['model'])}, F(C) {ms['circuit']['mean']:.4f} {ci(ms['circuit'])}, "
             f"F(no heads) {ms['no_heads']['mean']:.4f}",
             f"  faithfulness |F(M) - F(C)| {f['gap']['mean']:.4f} {ci(f['gap'])}; F(C)/F(M) "
-            f"{100 * f['fraction']['mean']:.1f}% [{100 * f['fraction']['ci95_low']:.1f}%, "
-            f"{100 * f['fraction']['ci95_high']:.1f}%]",
+            f"{pct(f['fraction']['mean'])} [{pct(f['fraction']['ci95_low'])}, {pct(f['fraction']['ci95_high'])}]",
         ]
         worst = max(ms["completeness"], key=lambda e: e["incompleteness"]["mean"])
         lines.append(f"  completeness: largest incompleteness {worst['incompleteness']['mean']:.4f} "
