@@ -58,11 +58,14 @@ class PatchingResult(PatchingData):
 
         iv = self.intervals
         c, x = self.clean_logit_diff.mean(), self.corrupted_logit_diff.mean()
+        f = ".4f" if self.metric_key is None else ".4g"  # probabilities may be ~1e-5: significant digits
+        named = "" if self.metric_key is None else f", {self.metric_label}"
         lines = [
             self.study.summary(),
-            f"patching ({self.direction}, {counted(self.n_prompts, 'pair')}{_METRIC_NOTE.get(self.metric, '')}): clean {c:.4f} [{iv['clean']['ci95_low'][0]:.4f}, "
-            f"{iv['clean']['ci95_high'][0]:.4f}], corrupted {x:.4f} [{iv['corrupted']['ci95_low'][0]:.4f}, "
-            f"{iv['corrupted']['ci95_high'][0]:.4f}]",
+            f"patching ({self.direction}, {counted(self.n_prompts, 'pair')}{_METRIC_NOTE.get(self.metric, '')}{named}): "
+            f"clean {c:{f}} [{iv['clean']['ci95_low'][0]:{f}}, "
+            f"{iv['clean']['ci95_high'][0]:{f}}], corrupted {x:{f}} [{iv['corrupted']['ci95_low'][0]:{f}}, "
+            f"{iv['corrupted']['ci95_high'][0]:{f}}]",
         ]
         for name in self.grids:
             if self.normalised_undefined:
@@ -76,7 +79,8 @@ class PatchingResult(PatchingData):
             lines.append(f"  {name}: attribution vs exact: {_agreement_line(ag)}")
         for name, values in self.ablated.items():
             lo, hi = iv[f"ablated:{name}"]["ci95_low"][0], iv[f"ablated:{name}"]["ci95_high"][0]
-            lines.append(f"  ablating {name} ({self.ablation_kind}): logit diff {c:.4f} -> {values.mean():.4f} [{lo:.4f}, {hi:.4f}]")
+            lines.append(f"  ablating {name} ({self.ablation_kind}): {self.metric_label} {c:{f}} -> {values.mean():{f}} "
+                         f"[{lo:{f}}, {hi:{f}}]")
         lines += [f"  note: {n}" for n in self.notes]
         lines += [part.summary() for part in (self.paths, self.circuit) if part is not None]
         return "\n".join(lines)
