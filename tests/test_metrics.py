@@ -314,6 +314,11 @@ def test_bad_metrics_are_clear_errors(model):
 
     with pytest.raises(InputError, match=r"metric 'wrong_shape' returned \(\d+, 2\) for logits of shape"):
         run_patching("seed", hf, tokenizer=gpt2_tokenizer(), what="heads", metric=wrong_shape)
+    exp = ls.Experiment(hf, "seed", tokenizer=gpt2_tokenizer())
+    with pytest.raises(ls.errors.ArgumentError, match=r"study \(direct logit attribution\) decomposes the logit "
+                       r"difference only.*pass metric='logit-diff'"):
+        exp.study(metric="prob-diff")
+    assert exp.ablate("L0H1", metric="loss").metric == "loss"
 
 
 def test_cli_metric_and_its_errors(tmp_path, capsys):
