@@ -65,7 +65,7 @@ def test_the_last_block_on_the_answer_positions_changes_nothing(family, monkeypa
     clean, corrupted, c, i = _pairs()
     a = engine.record(clean, END, c, i, acts=[("z", 0)])
     base = engine.record(corrupted, END, c, i, keep_kv=True)
-    assert np.abs(a.logit_diff.numpy() - base.logit_diff.numpy()).max() > 1e-2  # the patch has an effect
+    assert np.abs(a.value.numpy() - base.value.numpy()).max() > 1e-2  # the patch has an effect
     z = a.acts[("z", 0)]
     # GPT-Neo's attention is not reached through the AttentionInterface: no suffix runs, and the
     # whole last block runs there.
@@ -93,8 +93,8 @@ def test_the_last_block_on_the_answer_positions_changes_nothing(family, monkeypa
     for key, value in narrowed.items():
         np.testing.assert_allclose(value, whole[key], atol=1e-5, err_msg=str(key))
     for start in starts:  # patching nothing reproduces the unpatched run
-        np.testing.assert_allclose(narrowed[("nothing", start)], base.logit_diff.repeat(2).numpy(), atol=1e-5)
-    assert np.abs(narrowed[("heads", 0)] - base.logit_diff.repeat(2).numpy()).max() > 1e-3
+        np.testing.assert_allclose(narrowed[("nothing", start)], base.value.repeat(2).numpy(), atol=1e-5)
+    assert np.abs(narrowed[("heads", 0)] - base.value.repeat(2).numpy()).max() > 1e-3
 
 
 @pytest.mark.parametrize("family", ["gpt2", "gemma2"])
@@ -162,6 +162,6 @@ def test_the_patched_layers_attention_replaced_by_the_base_runs_z_changes_nothin
         handle.remove()
     for key, value in skipped.items():
         np.testing.assert_allclose(value, whole[key], atol=1e-5, err_msg=str(key))
-        assert np.abs(value - base.logit_diff.repeat(2).numpy()).max() > 1e-3, key  # the patch has an effect
+        assert np.abs(value - base.value.repeat(2).numpy()).max() > 1e-3, key  # the patch has an effect
     assert n_skipped == ([T] if neo else [T, 1, T - START, 1]), n_skipped  # the projection of z, then the module's, on one position
     assert calls == ([T] if neo else [T, T - START])

@@ -429,12 +429,12 @@ def test_everything_at_resid_pre_of_layer_0_reproduces_the_clean_run(models):
     a = engine.record(clean, end, c, i)
     b = engine.record(corrupted, end, c, i, keep_kv=True)
     out = engine.patched(b, 0, groups=1, hooks={}, end=end, correct=c, incorrect=i, edit_input=lambda h: a.resid_pre[0])
-    np.testing.assert_allclose(out.numpy(), a.logit_diff.numpy(), atol=1e-5)
-    assert np.abs(a.logit_diff.numpy() - b.logit_diff.numpy()).max() > 1e-2
+    np.testing.assert_allclose(out.numpy(), a.value.numpy(), atol=1e-5)
+    assert np.abs(a.value.numpy() - b.value.numpy()).max() > 1e-2
     # Running only a suffix of the positions, on the base run's keys and values, changes nothing either.
     for layer in range(2):
         again = engine.patched(b, layer, groups=2, hooks={}, end=end, correct=c, incorrect=i, start=9)
-        np.testing.assert_allclose(again.numpy(), b.logit_diff.repeat(2).numpy(), atol=1e-5)
+        np.testing.assert_allclose(again.numpy(), b.value.repeat(2).numpy(), atol=1e-5)
 
 
 def test_patch_command_end_to_end(tmp_path, capsys):

@@ -27,6 +27,7 @@ from logitscope.api.results import StudyResult
 from logitscope.api.study import run_study
 from logitscope.results.circuit import Completeness
 from logitscope.engine import distributed
+from logitscope.engine.metrics import check_decomposable
 from logitscope.engine.setup import as_loaded
 from logitscope.errors import ArgumentError
 from logitscope.inputs.counterparts import CORRUPTIONS, with_counterparts
@@ -99,7 +100,7 @@ class Experiment:
         if self._study is None:
             self._study = study_of(prep, batch_size=self.batch_size, top_k=3, attention_prompt=0, seed=self.seed)
         defaults = dict(direction="denoise", positions="auto", ablate=None, ablation="mean", method="exact",
-                        senders=None, receivers="logits", freeze="heads", circuit=None)
+                        senders=None, receivers="logits", freeze="heads", circuit=None, metric="logit-diff")
         options.pop("what", None)
         return run_prepared(prep, self._study, grids=grids, head_ablation=head_ablation,
                             completeness=Completeness(completeness.get("circuit_random", 5),
@@ -111,38 +112,45 @@ class Experiment:
 
     # ------------------------------------------------------------------ one method each
     def study(self, *, top_k: int = 3, attention_prompt: int = 0, attention_heads: Any = None,
-              lens_top_k: int | None = 5, dla_by_source: Any = None, neurons: int | None = None) -> StudyResult:
+              lens_top_k: int | None = 5, dla_by_source: Any = None, neurons: int | None = None,
+              metric: Any = "logit-diff") -> StudyResult:
         """Direct logit attribution: logit difference, logit lens, layers, heads, attention, the
-        token lens, DLA by source position and by neuron (:func:`logitscope.run_study`)."""
+        token lens, DLA by source position and by neuron (:func:`logitscope.run_study`). It
+        decomposes the logit difference only: another ``metric`` is a clear error."""
+        check_decomposable(metric, "study")
         return run_study(self.prompts, self.lm, top_k=top_k, attention_prompt=attention_prompt,
                          attention_heads=attention_heads, lens_top_k=lens_top_k, dla_by_source=dla_by_source,
                          neurons=neurons, **self._shared())
 
     def patch(self, what: str | Sequence[str] = "heads", *, direction: str = "denoise", positions: str = "auto",
-              method: str = "exact") -> PatchingResult:
+              method: str = "exact", metric: Any = "logit-diff") -> PatchingResult:
         """Activation-patching grids (``heads``, ``heads_by_pos``, ``resid``, ``layers``, ``qkv``,
-        ``ablation``, ``all`` or grid names), exact or by attribution patching (``method``)."""
-        return self._patching(what=what, direction=direction, positions=positions, method=method)
+        ``ablation``, ``all`` or grid names), exact or by attribution patching (``method``), measuring
+        ``metric`` (``logit-diff``, ``logprob-diff``, ``prob-diff``, ``logprob``, ``loss``, ``kl`` or
+        a function ``fn(logits, ctx)``: :mod:`logitscope.engine.metrics`)."""
+        return self._patching(what=what, direction=direction, positions=positions, method=method, metric=metric)
 
-    def ablate(self, components: str | Sequence[str] | dict[str, Any], *, ablation: str = "mean") -> PatchingResult:
-        """The logit difference with ``components`` ablated (``"L9H9,L9H6"``, a list, or
-        ``{name: spec}`` for several sets), by ``zero``, ``mean`` or ``resample`` ablation."""
-        return self._patching(what="none", ablate=components, ablation=ablation)
+    def ablate(self, components: str | Sequence[str] | dict[str, Any], *, ablation: str = "mean",
+               metric: Any = "logit-diff") -> PatchingResult:
+        """``metric`` (the logit difference by default) with ``components`` ablated (``"L9H9,L9H6"``, a
+        list, or ``{name: spec}`` for several sets), by ``zero``, ``mean`` or ``resample`` ablation."""
+        return self._patching(what="none", ablate=components, ablation=ablation, metric=metric)
 
     def paths(self, senders: str | Sequence[str], receivers: str | Sequence[str] = "logits", *,
-              freeze: str = "heads", direction: str = "denoise") -> PatchingResult:
-        """Path patching from ``senders`` to ``receivers`` (``"logits"``, ``"L9H9:q"``, ...); the IOI
-        paper's direction is ``noise``."""
+              freeze: str = "heads", direction: str = "denoise", metric: Any = "logit-diff") -> PatchingResult:
+        """Path patching from ``senders`` to ``receivers`` (``"logits"``, ``"L9H9:q"``, ...), measuring
+        ``metric``; the IOI paper's direction is ``noise``."""
         return self._patching(what="none", senders=senders, receivers=receivers, freeze=freeze,
-                              direction=direction)
+                              direction=direction, metric=metric)
 
     def circuit(self, circuit: Any, *, ablation: str = "mean", random_k: int = 5, greedy: int = 0,
-                greedy_steps: int = 10, greedy_candidates: int = 10) -> PatchingResult:
+                greedy_steps: int = 10, greedy_candidates: int = 10, metric: Any = "logit-diff") -> PatchingResult:
         """A circuit's faithfulness, completeness (K = ∅, each class, ``random_k`` random sets,
-        ``greedy`` runs of the paper's greedy search) and minimality, by ``ablation``."""
+        ``greedy`` runs of the paper's greedy search) and minimality, by ``ablation``, with F the
+        mean ``metric`` (the logit difference by default)."""
         return self._patching(what="none", circuit=circuit, ablation=ablation, circuit_random=random_k,
                               circuit_greedy=greedy, circuit_greedy_steps=greedy_steps,
-                              circuit_greedy_candidates=greedy_candidates)
+                              circuit_greedy_candidates=greedy_candidates, metric=metric)
 
     def edges(self, *, method: str = "eap-ig-inputs", steps: int = 5, intervention: str = "patching",
               metric: Any = "logit-diff", top_n: int | None = None, curve: bool = True, greedy: bool = False,
@@ -170,7 +178,8 @@ class Experiment:
 
     def intervene(self, hooks: Any, *, metric: Any = None, prompts: Any = None) -> hook_methods.Intervention:
         """Run the prompts with ``hooks`` (``{hook name: fn(activation, hook)}``, as TransformerLens's
-        ``run_with_hooks``) and return the metric (default: the clean answers' logit difference) per
-        prompt, hooked and not, with 95% intervals (:func:`logitscope.methods.hooks.intervene`)."""
+        ``run_with_hooks``) and return the metric (default: the clean answers' logit difference; a name
+        of :mod:`logitscope.engine.metrics` or a function ``metric(logits, batch)``) per prompt,
+        hooked and not, with 95% intervals (:func:`logitscope.methods.hooks.intervene`)."""
         return hook_methods.intervene(self.lm, self.prompts if prompts is None else prompts, hooks, metric=metric,
                                 batch_size=self.batch_size, prepend_bos=self.prepend_bos, seed=self.seed)

@@ -10,7 +10,7 @@ patched runs reuse the unpatched run.
 from __future__ import annotations
 
 import time
-from dataclasses import astuple, dataclass
+from dataclasses import astuple
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,19 +19,21 @@ from logitscope.engine import distributed
 from logitscope.errors import ArgumentError
 from logitscope.methods.ablation import ABLATIONS, AblationRunner, GroupMeans, group_keys, parse_components
 from logitscope.methods.attribution import METHODS, SUFFIX, AttributionRunner
+from logitscope.engine.metrics import METRICS, resolve_metric
 from logitscope.engine.patched import Engine
 from logitscope.methods.patching.grids import GRIDS, WHAT, resolve_what
 from logitscope.inputs.circuits import load_circuit
 from logitscope.methods.circuits import Completeness
-from logitscope.inputs.pairs import UNDEFINED, EncodedPairs, encode_pairs
+from logitscope.inputs.pairs import UNDEFINED, EncodedPairs
 from logitscope.methods.paths import FREEZE, check_paths
 from logitscope.inputs.positions import POSITION_MODES, position_axis
 from logitscope.api.patching_result import PatchingResult
+from logitscope.api.prepared import Prepared, prepare, study_of  # noqa: F401 (the causal API's start)
 from logitscope.methods.patching.run import DIRECTIONS, GridRunner, pair_batches
 from logitscope.inputs.counterparts import with_counterparts
 from logitscope.inputs.prompt import Prompt
 
-__all__ = ["ABLATIONS", "DIRECTIONS", "FREEZE", "GRIDS", "METHODS", "POSITION_MODES", "PatchingResult", "WHAT",
+__all__ = ["ABLATIONS", "DIRECTIONS", "FREEZE", "GRIDS", "METHODS", "METRICS", "POSITION_MODES", "PatchingResult", "WHAT",
            "check_options", "run_patching"]
 
 
@@ -39,7 +41,8 @@ def check_options(*, what: Any = "heads", direction: str = "denoise", corrupt: s
                   positions: str = "auto", ablate: Any = None, ablation: str = "mean", method: str = "exact",
                   senders: Any = None, receivers: Any = "logits", freeze: str = "heads",
                   circuit: Any = None, circuit_random: int = 5, circuit_greedy: int = 0,
-                  circuit_greedy_steps: int = 10, circuit_greedy_candidates: int = 10) -> tuple[list[str], bool]:
+                  circuit_greedy_steps: int = 10, circuit_greedy_candidates: int = 10,
+                  metric: Any = "logit-diff") -> tuple[list[str], bool]:
     """Check :func:`run_patching`'s options without a model (the CLI calls it before loading one);
     returns ``(grid names, whether the single-head ablation grid is asked for)``."""
     from logitscope.inputs.counterparts import CORRUPTIONS
@@ -55,6 +58,7 @@ def check_options(*, what: Any = "heads", direction: str = "denoise", corrupt: s
     if method not in METHODS:
         raise ArgumentError("method", method, "use exact (patched runs), attribution (the first-order estimate "
                             "from one gradient) or both (each estimate beside its exact grid, with their agreement)")
+    resolve_metric(metric)
     grids, head_ablation = resolve_what(what)
     if method != "exact" and not grids:
         raise ArgumentError("method", method, f"attribution patching estimates patching grids and what={what!r} "
@@ -108,6 +112,7 @@ def run_patching(
     circuit_greedy: int = 0,
     circuit_greedy_steps: int = 10,
     circuit_greedy_candidates: int = 10,
+    metric: Any = "logit-diff",
 ) -> PatchingResult:
     """Activation patching and ablation of ``prompts`` (each with a ``corrupted`` counterpart, or a
     set that has them: ``seed``, ``arena``, ``ioi:N``) on ``model``.
@@ -120,8 +125,10 @@ def run_patching(
     component set to ablate (``"L9H9,L9H6"``; a list; or ``{name: spec}`` for several sets), with
     ``ablation`` = ``zero``, ``mean`` or ``resample``. ``method``: ``exact`` (patched runs; default),
     ``attribution`` (each grid's first-order estimate from one gradient, as ``<grid>_attribution``;
-    see :mod:`logitscope.methods.attribution`) or ``both`` (with their agreement). The metric is the
-    clean answers' logit difference in every run. ``senders`` / ``receivers`` / ``freeze``: path
+    see :mod:`logitscope.methods.attribution`) or ``both`` (with their agreement). ``metric``: what
+    every run measures, the same for grids, ablations, paths and circuits: ``logit-diff`` (default),
+    ``logprob-diff``, ``prob-diff``, ``logprob``, ``loss``, ``kl`` or a function ``fn(logits, ctx)``
+    (:mod:`logitscope.engine.metrics`). ``senders`` / ``receivers`` / ``freeze``: path
     patching (:mod:`logitscope.methods.paths`; senders such as ``"L9H9,L9H6+L10H0"`` or ``"all"``,
     receivers ``"logits,L9H9:q"``), in ``direction`` (the IOI paper's is ``noise``). ``circuit``:
     ``"ioi"`` (GPT-2 small), a circuit file, inline heads or a :class:`logitscope.inputs.circuits.Circuit`,
@@ -145,7 +152,7 @@ def run_patching(
                                          receivers=receivers, freeze=freeze, circuit=circuit,
                                          circuit_random=circuit_random, circuit_greedy=circuit_greedy,
                                          circuit_greedy_steps=circuit_greedy_steps,
-                                         circuit_greedy_candidates=circuit_greedy_candidates)
+                                         circuit_greedy_candidates=circuit_greedy_candidates, metric=metric)
     parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
     lm = as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=distributed.current())
     prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer) if isinstance(parsed, GeneratedSet) else parsed
@@ -156,49 +163,14 @@ def run_patching(
                         completeness=Completeness(circuit_random, circuit_greedy, circuit_greedy_steps,
                                                   circuit_greedy_candidates),
                         batch_size=batch_size, top_k=top_k, attention_prompt=attention_prompt, seed=seed,
-                        progress=progress, t0=t0)
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A model and a prompt set with its counterparts, encoded once: what every causal method starts
-    from (:class:`logitscope.Experiment` keeps one)."""
-
-    lm: Any
-    prompts: list[Prompt]  # each with its ``corrupted`` counterpart
-    pairs: EncodedPairs
-    prepend_bos: bool
-
-
-def prepare(prompts: list[Prompt], lm: Any, prepend_bos: bool | None) -> Prepared:
-    """Encode ``prompts`` and their counterparts for ``lm`` with the study's checks, before any
-    forward pass (``prepend_bos=None``: the family's TransformerLens habit)."""
-    from logitscope.inputs.encode import encode_prompts, tokenize
-
-    bos = lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos
-    enc = encode_prompts(prompts, lm, prepend_bos=bos)
-    pairs = encode_pairs(prompts, enc.ids, enc.correct, enc.incorrect, lambda t: tokenize(lm.tokenizer, t),
-                         lm.tokenizer.bos_token_id if bos else None)
-    return Prepared(lm, prompts, pairs, bos)
-
-
-def study_of(prep: Prepared, *, batch_size: int | None, top_k: int, attention_prompt: int, seed: int) -> Any:
-    """The study of the clean prompts that a patching result carries: its report and results.json
-    are built around it (one forward pass per prompt, so it is computed even when only a causal
-    method was asked for; :class:`logitscope.Experiment` computes it once for all its methods)."""
-    from logitscope.api.results import StudyResult
-    from logitscope.methods.dla import study as dla_study
-
-    study = distributed.collective(dla_study)(prep.prompts, prep.lm, batch_size=batch_size, top_k=top_k,
-                                              attention_prompt=attention_prompt, prepend_bos=prep.prepend_bos,
-                                              seed=seed, progress=False)
-    return None if study is None else StudyResult.of(study)
+                        progress=progress, t0=t0, metric=metric)
 
 
 def run_prepared(prep: Prepared, study: Any, *, grids: list[str], head_ablation: bool, direction: str,
                  positions: str, ablate: Any, ablation: str, method: str, senders: Any, receivers: Any, freeze: str,
                  circuit: Any, completeness: Completeness, batch_size: int | None, top_k: int,
-                 attention_prompt: int, seed: int, progress: bool, t0: float | None = None) -> PatchingResult | None:
+                 attention_prompt: int, seed: int, progress: bool, t0: float | None = None,
+                 metric: Any = "logit-diff") -> PatchingResult | None:
     """:func:`run_patching` on a prepared prompt set (options already checked), with the study of its
     clean prompts when given (else computed here)."""
     t0 = time.perf_counter() if t0 is None else t0
@@ -219,25 +191,32 @@ def run_prepared(prep: Prepared, study: Any, *, grids: list[str], head_ablation:
     if study is None:
         study = study_of(prep, batch_size=batch_size, top_k=top_k, attention_prompt=attention_prompt, seed=seed)
     t_study = time.perf_counter()
+    spec = resolve_metric(metric)
+    if pairs.correct.ndim == 2:
+        notes.append("answer sets: the study (direct logit attribution) decomposes the logit difference of each "
+                     "set's first token; every patched, ablated, path and circuit value measures the whole sets")
     result = _patch(lm, prompts, pairs, axis, grids, direction, sets, ablation, head_ablation, batch_size, progress,
-                    method)
+                    method, spec)
     if result is None:
         return None  # another rank's: rank 0 builds the result
     timing = {"study_s": t_study - t0, "patching_s": time.perf_counter() - t_study, **result.pop("split")}
     result.update(_paths_and_circuit(lm, prompts, pairs, senders, receivers, freeze, circuit, direction, ablation,
-                                     batch_size, seed, timing, progress, completeness, prepend_bos=prep.prepend_bos))
+                                     batch_size, seed, timing, progress, completeness, prepend_bos=prep.prepend_bos,
+                                     metric=spec))
     return PatchingResult(
         study=study, direction=direction, corrupted_prompts=[p.corrupted for p in prompts], positions=axis,
         position_tokens=_position_tokens(lm, pairs, axis), notes=tuple(notes), seed=seed, timing=timing,
         ablation_kind=ablation if (sets or head_ablation) else None,
-        ablation_sets={k: tuple(c.label for c in v) for k, v in sets.items()}, method=method, **result,
+        ablation_sets={k: tuple(c.label for c in v) for k, v in sets.items()}, method=method,
+        metric_key=None if spec.is_logit_diff else spec.key,
+        metric_description=None if spec.is_logit_diff else spec.description, **result,
     )
 
 
 def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, senders, receivers, freeze: str, circuit, direction: str,
                        ablation: str, batch_size: int | None, seed: int, timing: dict,
                        progress: bool = False, completeness: Completeness | None = None,
-                       prepend_bos: bool | None = None) -> dict[str, Any]:
+                       prepend_bos: bool | None = None, metric: Any = None) -> dict[str, Any]:
     """Path patching and the circuit's measures, when asked for (``paths``, ``circuit``), each with
     its progress bar (in prompt-runs) when ``progress``."""
     from logitscope.methods.circuits import run_circuit
@@ -257,7 +236,8 @@ def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, senders, receivers, fre
                         unit="runs")
         with bar if bar is not None else nullcontext():
             out["paths"] = run_paths(lm, pairs, the_senders, the_receivers, direction=direction, freeze=freeze,
-                                     batch_size=B, seed=seed, progress=bar.update if bar is not None else None)
+                                     batch_size=B, seed=seed, progress=bar.update if bar is not None else None,
+                                     metric=metric)
             _finish(bar)
         timing["paths_s"] = time.perf_counter() - t
     if circuit is not None:
@@ -265,7 +245,8 @@ def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, senders, receivers, fre
         bar = progress_bar(None, progress, desc=f"circuit {_pairs(pairs.n)}", unit="runs")  # run_circuit sets the total
         with bar if bar is not None else nullcontext():
             out["circuit"] = run_circuit(lm, prompts, pairs, load_circuit(circuit), ablation=ablation, batch_size=B,
-                                         seed=seed, completeness=completeness, progress=bar, prepend_bos=prepend_bos)
+                                         seed=seed, completeness=completeness, progress=bar, prepend_bos=prepend_bos,
+                                         metric=metric)
             _finish(bar)
         timing["circuit_s"] = time.perf_counter() - t
     return out
@@ -311,12 +292,13 @@ def _position_tokens(lm, pairs: EncodedPairs, axis) -> list[str] | None:
 
 
 def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: str, sets: dict, kind: str,
-           head_ablation: bool, batch_size: int | None, progress: bool, method: str = "exact") -> dict[str, Any]:
+           head_ablation: bool, batch_size: int | None, progress: bool, method: str = "exact",
+           metric: Any = None) -> dict[str, Any]:
     """Every grid (exact, attribution estimate or both) and ablation, batch by batch; per-prompt arrays."""
     from logitscope.engine.setup import auto_batch_size, progress_bar
 
     ranks = distributed.current()  # None: one process
-    engine = Engine(lm)
+    engine = Engine(lm, metric)
     T = int(pairs.lengths.max())
     B = batch_size or auto_batch_size(lm, T)
     if batch_size is None and ranks is not None:  # every rank runs the batches one process would
@@ -355,7 +337,9 @@ def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: 
     needs = [runner.needs()] + ([ablations.needs()] if ablations is not None else [])
     needs += [attribution.needs()] if attribution is not None else []
     # Attribution alone: its gradient run is the base run, so only the source run is recorded.
-    skip = attribution.base_side if attribution is not None and not runner.specs and ablations is None else None
+    # (kl compares with the clean run, so that is recorded whatever is asked.)
+    skip = (attribution.base_side if attribution is not None and not runner.specs and ablations is None
+            and not engine.metric.needs_reference else None)
     clean_acts = sorted({a for nd in needs for a in nd["clean_acts"]})
     corrupted_acts = sorted({a for nd in needs for a in nd["corrupted_acts"]})
     clean_kv = any(nd["clean_kv"] for nd in needs)
@@ -367,7 +351,8 @@ def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: 
         if skip != "clean":
             clean = engine.record(b.clean, b.end, b.correct, b.incorrect, acts=clean_acts, keep_kv=clean_kv)
         if skip != "corrupted":
-            corrupted = engine.record(b.corrupted, b.end, b.correct, b.incorrect, acts=corrupted_acts, keep_kv=corrupted_kv)
+            corrupted = engine.record(b.corrupted, b.end, b.correct, b.incorrect, acts=corrupted_acts, keep_kv=corrupted_kv,
+                                      reference=clean)
         if skip is None:
             runner.run_batch(b, clean, corrupted)
         if ablations is not None:

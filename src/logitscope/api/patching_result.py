@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from logitscope.inputs.positions import PositionAxis
-from logitscope.results.patching import OUTPUT_FILES, ROW_KEYS, PatchingData
+from logitscope.results.names import LABELS
+from logitscope.results.patching import OUTPUT_FILES, PatchingData, is_row_key
 
 __all__ = ["OUTPUT_FILES", "PatchingResult", "read_patching"]
 
@@ -57,11 +58,14 @@ class PatchingResult(PatchingData):
 
         iv = self.intervals
         c, x = self.clean_logit_diff.mean(), self.corrupted_logit_diff.mean()
+        f = ".4f" if self.metric_key is None else ".4g"  # probabilities may be ~1e-5: significant digits
+        named = "" if self.metric_key is None else f", {self.metric_label}"
         lines = [
             self.study.summary(),
-            f"patching ({self.direction}, {counted(self.n_prompts, 'pair')}{_METRIC_NOTE.get(self.metric, '')}): clean {c:.4f} [{iv['clean']['ci95_low'][0]:.4f}, "
-            f"{iv['clean']['ci95_high'][0]:.4f}], corrupted {x:.4f} [{iv['corrupted']['ci95_low'][0]:.4f}, "
-            f"{iv['corrupted']['ci95_high'][0]:.4f}]",
+            f"patching ({self.direction}, {counted(self.n_prompts, 'pair')}{_METRIC_NOTE.get(self.metric, '')}{named}): "
+            f"clean {c:{f}} [{iv['clean']['ci95_low'][0]:{f}}, "
+            f"{iv['clean']['ci95_high'][0]:{f}}], corrupted {x:{f}} [{iv['corrupted']['ci95_low'][0]:{f}}, "
+            f"{iv['corrupted']['ci95_high'][0]:{f}}]",
         ]
         for name in self.grids:
             if self.normalised_undefined:
@@ -75,7 +79,8 @@ class PatchingResult(PatchingData):
             lines.append(f"  {name}: attribution vs exact: {_agreement_line(ag)}")
         for name, values in self.ablated.items():
             lo, hi = iv[f"ablated:{name}"]["ci95_low"][0], iv[f"ablated:{name}"]["ci95_high"][0]
-            lines.append(f"  ablating {name} ({self.ablation_kind}): logit diff {c:.4f} -> {values.mean():.4f} [{lo:.4f}, {hi:.4f}]")
+            lines.append(f"  ablating {name} ({self.ablation_kind}): {self.metric_label} {c:{f}} -> {values.mean():{f}} "
+                         f"[{lo:{f}}, {hi:{f}}]")
         lines += [f"  note: {n}" for n in self.notes]
         lines += [part.summary() for part in (self.paths, self.circuit) if part is not None]
         return "\n".join(lines)
@@ -131,12 +136,15 @@ def read_patching(folder: str | Path) -> PatchingResult:
     rows = doc["prompts"]
     corrupted = [r.get("corrupted") for r in rows]
     fields["prompts"] = tuple(
-        type(p)(p.text, p.correct, p.incorrect, {k: v for k, v in p.meta.items() if k not in ROW_KEYS}, c)
+        type(p)(p.text, p.correct, p.incorrect, {k: v for k, v in p.meta.items() if not is_row_key(k)}, c)
         for p, c in zip(fields["prompts"], corrupted)
     )
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
     # Files before the metric was named hold clean_logit_diff / corrupted_logit_diff whatever it was.
     m = "logit_diff_softcapped" if fields.get("logit_diff_softcapped") is not None else "logit_diff"
+    chosen = pt.get("metric")  # a key; in files before the metric was named, a description
+    other = chosen if isinstance(chosen, str) and (chosen in LABELS or chosen.startswith("metric_")) else None
+    m = other or m
     clean, corrupted_ld = (arrays[f"{side}_{m}"] if f"{side}_{m}" in arrays else arrays[f"{side}_logit_diff"]
                            for side in ("clean", "corrupted"))
     grids = {k[len("grid_"):]: f64(v) for k, v in arrays.items() if k.startswith("grid_")}
@@ -155,7 +163,8 @@ def read_patching(folder: str | Path) -> PatchingResult:
         ablated={s_["name"]: f64(arrays[f"ablated_{i}"]) for i, s_ in enumerate(sets)},
         ablated_heads=f64(arrays["ablated_heads"]) if "ablated_heads" in arrays else None,
         notes=tuple(pt.get("notes", ())), seed=fields["seed"], timing=dict(pt.get("timing", {})),
-        method=pt.get("method", "exact"),
+        method=pt.get("method", "exact"), metric_key=other,
+        metric_description=pt.get("metric_description") if other else None,
         paths=PathPatchingResult.from_saved(pt["paths"], arrays, fields["seed"]) if "paths" in pt else None,
         circuit=CircuitResult.from_saved(pt["circuit"], arrays, fields["n_layers"], fields["n_heads"], fields["seed"])
         if "circuit" in pt else None,

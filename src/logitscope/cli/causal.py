@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from logitscope.cli.options import checks, load, model_options, prompt_warnings, wrote
+from logitscope.cli.options import checks, load, metric_option, model_options, prompt_warnings, wrote
 
 PATCH_EXAMPLES = """\
 examples:
@@ -67,6 +67,7 @@ class _Verb:
 
     def done(self, **defaults) -> None:
         self.own.add_argument("--corrupt", **CORRUPT)
+        metric_option(self.own)
         model_options(self.parser, csv=CSV)
         self.parser.set_defaults(**defaults)
 
@@ -147,23 +148,23 @@ def _patch(args: argparse.Namespace) -> int:
         print(f"logitscope: warning: patch {flags} is deprecated and goes in the next release; use "
               f"`logitscope {verb}` (logitscope {verb} --help)", file=sys.stderr)
     return _run(args, what=args.what, direction=args.direction, positions=args.positions, method=args.method,
-                ablation=args.ablation, **{name: getattr(args, name) for name in defaults})
+                ablation=args.ablation, metric=args.metric, **{name: getattr(args, name) for name in defaults})
 
 
 def _ablate(args: argparse.Namespace) -> int:
     sets = args.sets[0] if len(args.sets) == 1 else {s: s for s in args.sets}
-    return _run(args, what="none", ablate=sets, ablation=args.ablation)
+    return _run(args, what="none", ablate=sets, ablation=args.ablation, metric=args.metric)
 
 
 def _paths(args: argparse.Namespace) -> int:
     return _run(args, what="none", senders=args.senders, receivers=args.receivers, freeze=args.freeze,
-                direction=args.direction)
+                direction=args.direction, metric=args.metric)
 
 
 def _circuit(args: argparse.Namespace) -> int:
     return _run(args, what="none", circuit=args.circuit, ablation=args.ablation, circuit_random=args.random,
                 circuit_greedy=args.greedy, circuit_greedy_steps=args.greedy_steps,
-                circuit_greedy_candidates=args.greedy_candidates)
+                circuit_greedy_candidates=args.greedy_candidates, metric=args.metric)
 
 
 def _run(args: argparse.Namespace, **options) -> int:

@@ -22,7 +22,8 @@ def model_options(p: argparse.ArgumentParser, *, csv: str | None = None, study: 
     g = p.add_argument_group("model, prompts, output (every verb)")
     g.add_argument("--model", required=True, metavar="M", help="hub id or alias (gpt2-small), a local folder, a .gguf file")
     g.add_argument("--prompts", required=True, metavar="P",
-                   help="seed | arena | ioi:N | ioi-abba:N | ioi-baba:N | FILE.jsonl ({prompt, correct, incorrect})")
+                   help="seed, arena, ioi:N, a task (greater-than:N, sva:N, induction:N, docstring:N, "
+                   "factual-recall:FILE) or FILE.jsonl")
     g.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     g.add_argument("--no-report", action="store_true", help="skip report.html")
     if csv is not None:
@@ -48,6 +49,34 @@ def model_options(p: argparse.ArgumentParser, *, csv: str | None = None, study: 
                    help="under torchrun: seconds a rank waits for the others (900)")
 
 
+METRIC_HELP = ("what every run measures at the answer position: logit-diff (default), logprob-diff, prob-diff, "
+               "logprob, loss or kl (answer sets: mean logit / summed probability)")
+
+
+def metric_option(p: Any, *, decomposable: bool = False) -> None:
+    """``--metric`` on a verb's parser or group; ``decomposable``: the verb (``run``, direct logit
+    attribution) takes the logit difference only, and says so for any other."""
+    p.add_argument("--metric", default="logit-diff", metavar="METRIC",
+                   help="logit-diff only: the metric DLA decomposes" if decomposable else METRIC_HELP)
+    p.set_defaults(metric_decomposable_only=decomposable)
+
+
+def check_metric(args: argparse.Namespace) -> None:
+    """``--metric``'s value, before any model is loaded (an error names the flag)."""
+    from logitscope.engine.metrics import check_decomposable, resolve_metric
+    from logitscope.errors import ArgumentError
+
+    if getattr(args, "metric", None) is None:
+        return
+    try:
+        if getattr(args, "metric_decomposable_only", False):
+            check_decomposable(args.metric, "run")
+        else:
+            resolve_metric(args.metric)
+    except ArgumentError as e:
+        raise InputError(e.for_flag("--metric")) from None
+
+
 def checks(args: argparse.Namespace) -> Any:
     """Everything that can be checked without the model, so that a typo costs no load; returns the
     parsed prompts (a file read and checked, or an ioi:N spec checked)."""
@@ -68,6 +97,7 @@ def checks(args: argparse.Namespace) -> Any:
         raise InputError(f"--seed {args.seed}: must be 0 or more")
     if not args.dist_timeout > 0 or args.dist_timeout == float("inf"):  # also without torchrun: a typo is a typo
         raise InputError(f"--dist-timeout {args.dist_timeout:g}: must be a number of seconds above 0 (default 900)")
+    check_metric(args)
     parsed = parse_prompts(args.prompts)
     if under_torchrun():  # every rank's checks passed before any rank loads the model
         from logitscope.engine.distributed import current

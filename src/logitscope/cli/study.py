@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from logitscope.cli.options import checks, load, model_options, prompt_warnings, wrote
+from logitscope.cli.options import checks, load, metric_option, model_options, prompt_warnings, wrote
 
 EXAMPLES = """\
 examples:
@@ -39,9 +39,10 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="top tokens of the token logit lens at each layer (5); the final norm applied afresh")
     g.add_argument("--no-token-lens", action="store_true", help="skip the token logit lens")
     g.add_argument("--dla-by-source", default=None, metavar="HEADS",
-                   help="split these heads' attribution over source positions: L9H9,L9H6 or top:N (one more pass)")
+                   help="split heads' DLA over source positions: L9H9,L9H6 or top:N")
     g.add_argument("--neurons", type=int, default=None, metavar="L",
-                   help="split MLP layer L's attribution over its neurons (one more pass)")
+                   help="split MLP layer L's DLA over its neurons")
+    metric_option(p, decomposable=True)  # logit-diff only: said before any model load
     p.set_defaults(execute=execute, flags={"lens_top_k": "--lens-top-k", "dla_by_source": "--dla-by-source",
                                           "neurons": "--neurons"})
 

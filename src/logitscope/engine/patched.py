@@ -6,8 +6,10 @@ over a batch (:meth:`Engine.record`) keeps what each block received; a patched r
 (:meth:`Engine.patched`) then starts at block L with the base run's residual stream, runs only the
 positions from ``start`` on (attending to the base run's keys and values for earlier ones), and
 carries ``groups`` differently patched copies of the batch at once (rows ``g * B + b``). Its
-result is the clean answers' logit difference at each prompt's last position, from the model's
-own final norm and unembedding rows.
+result is the engine's metric (:mod:`logitscope.engine.metrics`; the clean answers' logit difference
+by default) at each prompt's last position, from the model's own final norm and unembedding: two
+unembedding rows (or each answer set's rows) for the logit difference, the full logits at the
+answer position only for the other metrics.
 
 Three savings keep a patched run to what its answer needs; each gives the same values up to float32
 rounding. Where one is not known to be exact for a family or a run, the run computes everything,
@@ -33,6 +35,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
+from logitscope.engine.metrics import MetricContext, MetricLike, resolve_metric
 from logitscope.models.hooks import Hook, HookPoints, first_output
 from logitscope.models.kernels import equivalent_kernels
 from logitscope.models.load import LoadedModel
@@ -53,7 +56,8 @@ class Run:
     resid_pre: list[torch.Tensor]  # per block: [B, T, d_model]
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None  # per block: keys, values as the kernel got them
     acts: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # TransformerLens layouts
-    logit_diff: torch.Tensor | None = None  # [B]
+    value: torch.Tensor | None = None  # [B]: the engine's metric (the clean answers' logit difference by default)
+    reference: torch.Tensor | None = None  # [B, d_vocab]: the clean run's answer logits, for metrics that read them (kl)
     suffix_ok: bool = False  # whether runs on a suffix of the positions are possible
     narrow_ok: bool = False  # whether blocks can run on fewer positions than the run's (suffix_ok less the keys and values)
 
@@ -61,8 +65,9 @@ class Run:
 class Engine:
     """Unpatched and patched forward passes of one model (see the module docstring)."""
 
-    def __init__(self, lm: LoadedModel):
+    def __init__(self, lm: LoadedModel, metric: MetricLike = None):
         self.lm = lm
+        self.metric = resolve_metric(metric)
         self.points = HookPoints(lm)
         ad, model = lm.adapter, lm.model
         self.blocks = self.points.blocks
@@ -89,7 +94,10 @@ class Engine:
         return self.logit_diff_of_normed(self.final_norm(resid.to(self.W_U.device)).float(), correct, incorrect)
 
     def logit_diff_of_normed(self, normed: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor) -> torch.Tensor:
-        """The same from vectors already through a final norm ``[N, d]`` (float32)."""
+        """The same from vectors already through a final norm ``[N, d]`` (float32). Answer sets
+        (``[N, K]``, ``-1`` pads): each set's mean (capped) logit."""
+        if correct.dim() == 2 or incorrect.dim() == 2:
+            return self._set_logit(normed, correct) - self._set_logit(normed, incorrect)
         lc = (normed * self.W_U[correct].float()).sum(-1)
         li = (normed * self.W_U[incorrect].float()).sum(-1)
         if self.b_U is not None:
@@ -98,12 +106,52 @@ class Engine:
             lc, li = (torch.tanh(x / self.softcap) * self.softcap for x in (lc, li))
         return lc - li
 
+    def _set_logit(self, normed: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Each row's mean logit over its answer set (``[N]`` or ``[N, K]``, ``-1`` pads)."""
+        ids = ids if ids.dim() == 2 else ids[:, None]
+        mask = ids >= 0
+        safe = ids.clamp(min=0)
+        logit = torch.einsum("nd,nkd->nk", normed, self.W_U[safe].float())
+        if self.b_U is not None:
+            logit = logit + self.b_U[safe].float()
+        if self.softcap:
+            logit = torch.tanh(logit / self.softcap) * self.softcap
+        return (logit * mask).sum(-1) / mask.sum(-1)
+
+    def logits_of_normed(self, normed: torch.Tensor) -> torch.Tensor:
+        """The full logits ``[N, d_vocab]`` (float32, soft-capped where the model caps) of vectors
+        through the final norm: computed at answer positions only."""
+        logits = torch.nn.functional.linear(normed.to(self.W_U.dtype), self.W_U, self.b_U).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def measure(self, resid: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor,
+                reference: torch.Tensor | None = None) -> torch.Tensor:
+        """The engine's metric ``[N]`` of final residual vectors ``[N, d]`` (through the final norm)."""
+        return self.measure_normed(self.final_norm(resid.to(self.W_U.device)).float(), correct, incorrect, reference)
+
+    def measure_normed(self, normed: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor,
+                       reference: torch.Tensor | None = None) -> torch.Tensor:
+        """The engine's metric ``[N]`` of vectors already through the final norm: the logit
+        difference from the answers' unembedding rows (fast), any other metric from the full logits;
+        ``reference``: the clean run's logits at the answer position (``kl``; ``None``: these logits)."""
+        dev = normed.device
+        correct, incorrect = correct.to(dev), incorrect.to(dev)
+        if self.metric.is_logit_diff:
+            return self.logit_diff_of_normed(normed, correct, incorrect)
+        logits = self.logits_of_normed(normed)
+        ref = logits.detach() if reference is None else reference.to(dev)
+        return self.metric(logits, MetricContext(correct, incorrect, ref))
+
     @torch.inference_mode()
     def record(self, ids: torch.Tensor, end: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor, *,
-               acts: Iterable[tuple[str, int]] = (), keep_kv: bool = False) -> Run:
+               acts: Iterable[tuple[str, int]] = (), keep_kv: bool = False, reference: Run | None = None) -> Run:
         """One unpatched forward pass of ``ids`` ``[B, T]`` (right-padded; ``end`` the last real
         position of each row), keeping each block's inputs and residual stream, the activations
-        ``acts`` asks for, and (``keep_kv``) every layer's keys and values."""
+        ``acts`` asks for, and (``keep_kv``) every layer's keys and values. ``reference``: the
+        batch's clean run, for metrics that compare with it (``kl``); ``None``: this run is the clean
+        one (every patched run from it, and from runs recorded with it, compares with its logits)."""
         B, T = ids.shape
         L = self.n_layers
         run = Run(B, T, [None] * L, [None] * L, [None] * L if keep_kv else None)  # type: ignore[list-item]
@@ -124,7 +172,15 @@ class Engine:
             for h in handles:
                 h.remove()
         rows = torch.arange(B, device=final["x"].device)
-        run.logit_diff = self.logit_diff(final["x"][rows, end.to(rows.device)], correct, incorrect)
+        resid = final["x"][rows, end.to(rows.device)]
+        if self.metric.is_logit_diff:
+            run.value = self.logit_diff(resid, correct, incorrect)
+        else:
+            if reference is None:
+                run.reference = self.logits_of_normed(self.final_norm(resid.to(self.W_U.device)).float())
+            else:
+                run.reference = reference.reference
+            run.value = self.measure(resid, correct, incorrect, run.reference)
         run.narrow_ok = self.points.via_interface and all(
             name in _SEQUENCE_KWARGS or name in _WHOLE_KWARGS or not _has_tensor(value)
             for j, (args, kwargs) in enumerate(run.inputs)
@@ -140,7 +196,8 @@ class Engine:
                 edit_input: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """``groups`` patched copies of ``base``'s batch run from block ``layer`` on, positions
         ``start:`` only; ``hooks`` replace activations (rows ``g * B + b``), ``edit_input`` the
-        residual stream entering ``layer``. Returns the clean answers' logit difference ``[G * B]``."""
+        residual stream entering ``layer``. Returns the engine's metric ``[G * B]`` (the clean answers'
+        logit difference by default; ``kl`` against ``base.reference``)."""
         B, G = base.batch, groups
         if start and not base.suffix_ok:
             raise ValueError("this run kept no keys and values: start must be 0")
@@ -172,7 +229,8 @@ class Engine:
                     hidden = first_output(self.blocks[j](hidden, *args, **kwargs))
         rows = torch.arange(G * B, device=hidden.device)
         at = (end.to(hidden.device) - start).repeat(G)
-        return self.logit_diff(hidden[rows, at], correct.repeat(G), incorrect.repeat(G))
+        ref = None if base.reference is None else _groups(base.reference, G)
+        return self.measure(hidden[rows, at], _groups(correct, G), _groups(incorrect, G), ref)
 
     def _answers_from(self, base: Run, layer: int, hooks: Mapping[tuple[str, int], Hook], end: torch.Tensor,
                       start: int) -> int | None:
@@ -311,6 +369,11 @@ def _has_tensor(value) -> bool:
     if isinstance(value, (tuple, list)):
         return any(_has_tensor(v) for v in value)
     return False
+
+
+def _groups(x: torch.Tensor, G: int) -> torch.Tensor:
+    """A per-row tensor ``[B, ...]`` repeated for ``G`` groups of the batch (rows ``g * B + b``)."""
+    return x.repeat(G, *([1] * (x.dim() - 1)))
 
 
 def _expand(x: torch.Tensor, G: int, B: int) -> torch.Tensor:

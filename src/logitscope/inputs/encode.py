@@ -11,7 +11,7 @@ import numpy as np
 
 from logitscope.errors import ArgumentError, InputError
 from logitscope.inputs.lint import special_answer
-from logitscope.inputs.prompt import Prompt, is_token_id
+from logitscope.inputs.prompt import Prompt, is_token_id, members
 
 if TYPE_CHECKING:
     from logitscope.models.load import LoadedModel
@@ -21,20 +21,41 @@ __all__ = ["Encoded", "encode_prompts", "line_of", "tokenize", "where"]
 
 @dataclass
 class Encoded:
-    """Token ids for a prompt set: prompts (BOS prepended if asked) and single-token answers."""
+    """Token ids for a prompt set: prompts (BOS prepended if asked) and single-token answers.
+
+    ``correct`` / ``incorrect``: each prompt's answer id ``[N]`` (for an answer set, its first
+    alternative's); ``correct_set`` / ``incorrect_set``: where some answer is a set of several
+    alternatives, every prompt's set ``[N, K]`` padded with ``-1`` (else ``None``)."""
 
     ids: list[list[int]]
     correct: np.ndarray
     incorrect: np.ndarray
+    correct_set: np.ndarray | None = None
+    incorrect_set: np.ndarray | None = None
 
     @property
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
 
 
-def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: bool = True) -> Encoded:
-    """Tokenize (batched, fast tokenizer) and validate: each answer exactly one token, correct ≠
-    incorrect, every prompt within the model's context. Errors name the prompt and what to do."""
+def _answers(p: Prompt) -> tuple:
+    """Every alternative of the prompt's two answers."""
+    return members(p.correct) + members(p.incorrect)
+
+
+def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: bool = True,
+                   sets: bool = False) -> Encoded:
+    """Tokenize (batched, fast tokenizer) and validate: each answer (each alternative of an answer
+    set) exactly one token, correct ≠ incorrect (no token in both sets), every prompt within the
+    model's context. Errors name the prompt and what to do. ``sets``: whether the caller measures
+    answer sets (the causal methods); else a set of several alternatives is an error (the study's
+    direct logit attribution decomposes a single-token logit difference)."""
+    if not sets:
+        p = next((p for p in prompts if len(members(p.correct)) > 1 or len(members(p.incorrect)) > 1), None)
+        if p is not None:
+            raise InputError(f"{where(prompts, prompt=p)}: answer sets ({list(members(p.correct))} / "
+                             f"{list(members(p.incorrect))}) are measured by patch, ablate, paths and circuit; the study "
+                             "(run: direct logit attribution) and edges take one token per answer")
     tok = lm.tokenizer
     ids = tokenize(tok, [p.text for p in prompts])
     if prepend_bos:
@@ -43,27 +64,27 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
             raise ArgumentError("prepend_bos", True, "the tokenizer has no BOS token, so none can be prepended",
                                 fix=False)
         ids = [[bos] + x for x in ids]
-    given = {a for p in prompts for a in (p.correct, p.incorrect) if is_token_id(a)}
+    given = {a for p in prompts for a in _answers(p) if is_token_id(a)}
     vocab = lm.adapter.unembed(lm.model).weight.shape[0]
     for a in sorted(given):
         if a >= vocab:
-            p = next(p for p in prompts if a in (p.correct, p.incorrect))
+            p = next(p for p in prompts if a in _answers(p))
             raise InputError(f"{where(prompts, prompt=p)}: answer id {a} is not a token of this model "
                              f"(its vocabulary has {vocab} tokens, ids 0-{vocab - 1})")
-    answers = sorted({a for p in prompts for a in (p.correct, p.incorrect) if not is_token_id(a)})
+    answers = sorted({a for p in prompts for a in _answers(p) if not is_token_id(a)})
     answer_ids: dict[str | int, list[int]] = {a: [a] for a in given}
     if answers:
         answer_ids.update(zip(answers, tokenize(tok, answers)))
     bad = []
     for a, toks in answer_ids.items():
         if len(toks) != 1:
-            in_context = _next_token_in_context(tok, [p for p in prompts if a in (p.correct, p.incorrect)], a)
+            in_context = _next_token_in_context(tok, [p for p in prompts if a in _answers(p)], a)
             if in_context is not None:  # e.g. SentencePiece: " Mary" alone is ['▁', '▁Mary']
                 answer_ids[a] = [in_context]
             else:
                 bad.append(a)
     if bad:  # name the first in file order, count the others, so one run finds them all
-        first_at = {a: next(i for i, p in enumerate(prompts) if a in (p.correct, p.incorrect)) for a in bad}
+        first_at = {a: next(i for i, p in enumerate(prompts) if a in _answers(p)) for a in bad}
         bad.sort(key=first_at.__getitem__)
         a, toks = bad[0], answer_ids[bad[0]]
         pieces = [tok.decode([t]) for t in toks]
@@ -76,8 +97,8 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
             f"{where(prompts, a)}: answer {a!r} is {len(toks)} tokens {pieces} for this model's tokenizer, "
             f"not one; choose an answer that is a single token{hint}{others}"
         )
-    correct = np.array([answer_ids[p.correct][0] for p in prompts], dtype=np.int64)
-    incorrect = np.array([answer_ids[p.incorrect][0] for p in prompts], dtype=np.int64)
+    correct = np.array([answer_ids[members(p.correct)[0]][0] for p in prompts], dtype=np.int64)
+    incorrect = np.array([answer_ids[members(p.incorrect)[0]][0] for p in prompts], dtype=np.int64)
     special = special_answer(prompts, correct, incorrect, tok)
     if special is not None:
         i, a, t = special
@@ -86,13 +107,17 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
             f"{tok.convert_ids_to_tokens(t)!r} (id {t}), not text the model writes after the prompt; "
             "choose an answer that is an ordinary single token (' Mary')"
         )
-    same = np.nonzero(correct == incorrect)[0]
-    if same.size:
-        p = prompts[int(same[0])]
-        raise InputError(
-            f"{where(prompts, prompt=p)}: correct and incorrect answers are the same token ({p.correct!r}); "
-            "the logit difference would be zero"
-        )
+    correct_set = incorrect_set = None
+    if any(len(members(p.correct)) > 1 or len(members(p.incorrect)) > 1 for p in prompts):
+        correct_set, incorrect_set = _set_matrices(prompts, answer_ids, tok)
+    else:
+        same = np.nonzero(correct == incorrect)[0]
+        if same.size:
+            p = prompts[int(same[0])]
+            raise InputError(
+                f"{where(prompts, prompt=p)}: correct and incorrect answers are the same token ({p.correct!r}); "
+                "the logit difference would be zero"
+            )
     empty = [i for i, x in enumerate(ids) if len(x) == 0]
     if empty:
         raise InputError(f"{where(prompts, prompt=prompts[empty[0]])}: the prompt is empty")
@@ -105,7 +130,35 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
                 f"{where(prompts, prompt=prompts[i])}: the prompt is {len(ids[i])} tokens"
                 f"{' with BOS' if prepend_bos else ''}, longer than the model's context of {n_ctx}; shorten it"
             )
-    return Encoded(ids, correct, incorrect)
+    return Encoded(ids, correct, incorrect, correct_set, incorrect_set)
+
+
+def _set_matrices(prompts: Sequence[Prompt], answer_ids: dict, tok: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Each prompt's correct and incorrect sets as token ids ``[N, K]`` padded with ``-1`` (a token
+    given twice in one set counts once); an error for a token in both sets, or a special token."""
+    rows: list[tuple[list[int], list[int]]] = []
+    for p in prompts:
+        c = list(dict.fromkeys(answer_ids[a][0] for a in members(p.correct)))
+        i = list(dict.fromkeys(answer_ids[a][0] for a in members(p.incorrect)))
+        shared = [t for t in c if t in i]
+        if shared:
+            text = tok.decode([shared[0]])
+            raise InputError(f"{where(prompts, prompt=p)}: the token {text!r} (id {shared[0]}) is in both the correct "
+                             "and the incorrect answer set; an alternative belongs to one set only")
+        special = set(getattr(tok, "all_special_ids", None) or ()) & set(c + i)
+        if special:
+            t = min(special)
+            raise InputError(f"{where(prompts, prompt=p)}: answer set member {tok.convert_ids_to_tokens(t)!r} (id {t}) "
+                             "is the tokenizer's special token, not text the model writes; remove it from the set")
+        rows.append((c, i))
+    out = []
+    for side in (0, 1):
+        width = max(len(r[side]) for r in rows)
+        m = np.full((len(rows), width), -1, dtype=np.int64)
+        for n, r in enumerate(rows):
+            m[n, : len(r[side])] = r[side]
+        out.append(m)
+    return out[0], out[1]
 
 
 def tokenize(tok: Any, texts: list[str]) -> list[list[int]]:
@@ -161,6 +214,6 @@ def line_of(prompt: Prompt) -> str:
 
 def where(prompts: Sequence[Prompt], answer: str | None = None, prompt: Prompt | None = None) -> str:
     if prompt is None:
-        prompt = next(p for p in prompts if answer in (p.correct, p.incorrect))
+        prompt = next(p for p in prompts if answer in _answers(p))
     text = prompt.text if len(prompt.text) <= 60 else prompt.text[:57] + "..."
     return f"prompt {text!r}{line_of(prompt)}"

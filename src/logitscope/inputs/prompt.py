@@ -10,6 +10,7 @@ from logitscope.errors import InputError
 FIELDS = ("prompt", "correct", "incorrect")
 OPTIONAL_FIELDS = ("corrupted",)  # the counterpart prompt, for activation patching
 ANSWER_RULE = "a non-empty string (' Mary') or a token id (a whole number, 0 or more)"
+SET_RULE = "or a non-empty list of such alternatives ([\"1718\", \"1719\"])"
 
 
 @dataclass(frozen=True)
@@ -17,17 +18,34 @@ class Prompt:
     """One prompt and its two candidate answers.
 
     Each answer is text that is exactly one token for the model's tokenizer (``" Mary"``), or a
-    token id (``5335``), used as given. ``meta`` carries provenance that results keep beside the
+    token id (``5335``), used as given; or a set of such alternatives, a tuple (a list is stored as
+    a tuple): ``correct=(" 1718", " 1719")``. The causal methods' metrics read a set as a whole
+    (:mod:`logitscope.engine.metrics`: its mean logit, or its summed probability). ``meta`` carries provenance that results keep beside the
     prompt, e.g. ``{"template": 3, "order": "ABBA"}`` for generated IOI prompts or
     ``{"line": 12}`` for a JSONL row. ``corrupted``: the prompt's counterpart for activation
     patching (same number of tokens, the answer changed; a JSONL row's ``"corrupted"``), or ``None``.
     """
 
     text: str
-    correct: str | int
-    incorrect: str | int
+    correct: str | int | tuple[str | int, ...]
+    incorrect: str | int | tuple[str | int, ...]
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     corrupted: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("correct", "incorrect"):
+            if isinstance(getattr(self, name), list):  # a JSONL list: stored as a tuple (hashable)
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+
+
+def members(answer: Any) -> tuple:
+    """An answer's alternatives: the set's members, or the single answer alone."""
+    return tuple(answer) if isinstance(answer, (tuple, list)) else (answer,)
+
+
+def is_set(answer: Any) -> bool:
+    """Whether an answer is given as a set (a tuple or list of alternatives)."""
+    return isinstance(answer, (tuple, list))
 
 
 def is_token_id(answer: Any) -> bool:
@@ -44,8 +62,14 @@ def check_prompt(prompt: Prompt, where: str) -> Prompt:
         raise InputError(f"{where}: field 'prompt' is only whitespace ({prompt.text[:20]!r}); give the text the answer "
                          "follows")
     for name, answer in (("correct", prompt.correct), ("incorrect", prompt.incorrect)):
-        if not ((isinstance(answer, str) and answer) or is_token_id(answer)):
-            raise InputError(f"{where}: field {name!r} must be {ANSWER_RULE}, not {_shown(answer)}")
+        if is_set(answer) and not answer:
+            raise InputError(f"{where}: field {name!r} is an empty set of answers; give at least one alternative, "
+                             f"each {ANSWER_RULE}")
+        for k, member in enumerate(members(answer)):
+            if not ((isinstance(member, str) and member) or is_token_id(member)):
+                what = f"field {name!r}" if not is_set(answer) else f"field {name!r}, alternative {k}"
+                raise InputError(f"{where}: {what} must be {ANSWER_RULE}{'' if is_set(answer) else ' ' + SET_RULE}, "
+                                 f"not {_shown(member)}")
     if not isinstance(prompt.meta, dict):
         raise InputError(f"{where}: meta must be a dict, not {_shown(prompt.meta)}")
     if prompt.corrupted is not None and (not isinstance(prompt.corrupted, str) or not prompt.corrupted.strip()):

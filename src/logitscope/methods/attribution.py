@@ -46,11 +46,12 @@ METHODS = ("exact", "attribution", "both")
 
 
 def gradient_run(engine: Engine, ids: torch.Tensor, end: torch.Tensor, correct: torch.Tensor,
-                 incorrect: torch.Tensor, points: list[tuple[str, int]]
+                 incorrect: torch.Tensor, points: list[tuple[str, int]], reference: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
     """One forward pass of ``ids`` ``[B, T]`` (right-padded) with gradients, and one backward pass of
-    the sum of the prompts' logit differences (each at its own ``end``; the rows do not interact, so
-    each row's gradient is its own prompt's). Returns ``(logit_diff [B], activations, gradients)``,
+    the sum of the prompts' metric values (the engine's metric, each at its own ``end``; the rows do
+    not interact, so each row's gradient is its own prompt's; ``reference``: the clean run's answer
+    logits for ``kl``, else these). Returns ``(metric [B], activations, gradients)``,
     the last two by ``(point, layer)`` in TransformerLens's layouts, detached."""
     L = engine.n_layers
     deltas: dict[tuple[str, int], torch.Tensor] = {}
@@ -75,7 +76,8 @@ def gradient_run(engine: Engine, ids: torch.Tensor, end: torch.Tensor, correct: 
             engine.lm.adapter.base(engine.lm.model)(input_ids=ids, use_cache=False)
         x = final["x"]
         rows = torch.arange(x.shape[0], device=x.device)
-        diff = engine.logit_diff(x[rows, end.to(x.device)], correct.to(x.device), incorrect.to(x.device))
+        ref = None if reference is None else reference.clone()
+        diff = engine.measure(x[rows, end.to(x.device)], correct.to(x.device), incorrect.to(x.device), ref)
         keys = list(deltas)
         grads = torch.autograd.grad(diff.sum(), [deltas[k] for k in keys], allow_unused=True)
     out = {k: (g if g is not None else torch.zeros_like(acts[k])) for k, g in zip(keys, grads)}
@@ -119,9 +121,10 @@ class AttributionRunner:
         denoise = self.direction == "denoise"
         source = clean if denoise else corrupted
         base_ids = b.corrupted if denoise else b.clean
-        base_diff, acts, grads = gradient_run(self.engine, base_ids, b.end, b.correct, b.incorrect, self.points())
+        ref = clean.reference if clean is not None else None  # kl: the clean run's logits
+        base_diff, acts, grads = gradient_run(self.engine, base_ids, b.end, b.correct, b.incorrect, self.points(), ref)
         base_np = base_diff.cpu().double().numpy()
-        source_np = source.logit_diff.cpu().double().numpy()
+        source_np = source.value.cpu().double().numpy()
         self.clean[b.rows], self.corrupted[b.rows] = (source_np, base_np) if denoise else (base_np, source_np)
         with torch.inference_mode():
             for spec in self.specs:

@@ -181,10 +181,11 @@ def check_circuit(circuit: Circuit, lm, pairs) -> Circuit:
 
 def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_size: int, seed: int,
                 completeness: Completeness | None = None, progress=None,
-                prepend_bos: bool | None = None) -> "CircuitResult":
+                prepend_bos: bool | None = None, metric=None) -> "CircuitResult":
     """F of every node set the circuit's three measures need, over the pairs' clean prompts
     (``completeness``: which sets K, default 5 random ones and no greedy search; ``progress``: a
-    tqdm bar, or None; ``prepend_bos``: whether the prompts were encoded with BOS, said in the result)."""
+    tqdm bar, or None; ``prepend_bos``: whether the prompts were encoded with BOS, said in the result;
+    ``metric``: F's metric, :mod:`logitscope.engine.metrics`, the logit difference by default)."""
     from logitscope.methods.ablation import AblationRunner, GroupMeans, group_keys
     from logitscope.engine.patched import Engine
     from logitscope.inputs.positions import PositionAxis
@@ -192,7 +193,7 @@ def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_si
 
     sets_k = (completeness or Completeness()).check()
     circuit = check_circuit(circuit, lm, pairs)
-    engine = Engine(lm)
+    engine = Engine(lm, metric)
     L, H = engine.n_layers, engine.points.n_heads
     fixed = completeness_sets(circuit, sets_k.random, seed)
     drawn = sum(source == "random" for _, source, _ in fixed)
@@ -226,8 +227,8 @@ def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_si
         for b in pair_batches(pairs, axis, batch_size, device):
             clean = engine.record(b.clean, b.end, b.correct, b.incorrect)
             corrupted = engine.record(b.corrupted, b.end, b.correct, b.incorrect,
-                                      acts=points if ablation == "resample" else ())
-            model[b.rows] = clean.logit_diff.cpu().double().numpy()
+                                      acts=points if ablation == "resample" else (), reference=clean)
+            model[b.rows] = clean.value.cpu().double().numpy()
             replacement = [runner.replacement(("z", l), b, clean, corrupted) for l in range(L)]
             B = clean.batch
             size = max(1, runner.budget // max(1, B * clean.length))
@@ -275,6 +276,7 @@ def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_si
     templates = [" ".join(str(x) for x in k[1:]) if k[0] == "template" else f"{k[1]} tokens" for k in keys]
     return CircuitResult(circuit=circuit, ablation=ablation, model=model, values=values, plan=the_plan,
                          templates=tuple(templates), seed=seed, completeness_sets=sets_k,
-                         random_requested=requested, prepend_bos=prepend_bos)
+                         random_requested=requested, prepend_bos=prepend_bos, metric=engine.metric.key,
+                         metric_description=None if engine.metric.is_logit_diff else engine.metric.description)
 
 

@@ -55,8 +55,8 @@ class Batch:
     rows: np.ndarray  # [B]: each row's index in the prompt set
     ids: torch.Tensor  # [B, T]: token ids, right-padded with 0 (pads never reach a real position)
     lengths: torch.Tensor  # [B]: tokens of each prompt (BOS included)
-    correct: torch.Tensor | None  # [B]: the correct answer's token id (None for plain strings)
-    incorrect: torch.Tensor | None  # [B]
+    correct: torch.Tensor | None  # [B]: the correct answer's token id (None for plain strings); [B, K] for answer sets, -1 pads
+    incorrect: torch.Tensor | None  # [B] (or [B, K])
 
     @property
     def end(self) -> torch.Tensor:
@@ -241,31 +241,37 @@ def intervene(lm: LoadedModel, prompts: Prompts, hooks: Mapping[str, HookFn] | S
 
     ``metric``: by default the clean answers' logit difference at each prompt's answer position
     (from the final norm and the two unembedding rows in float32, each logit soft-capped where the
-    family caps, as every logitscope method computes it). Or a function ``metric(logits, batch)`` of
+    family caps, as every logitscope method computes it). Or a metric's name (``prob-diff``,
+    ``logprob-diff``, ``logprob``, ``loss``, ``kl``: :mod:`logitscope.engine.metrics`, defined as
+    for every causal method; ``kl`` compares the hooked run with the unhooked one). Or a function ``metric(logits, batch)`` of
     the model's own logits at the answer positions (``[B, d_vocab]`` float32, soft-capped where the
     family caps) and the :class:`Batch`, returning ``[B]`` numbers.
 
     Means and 95% intervals use :mod:`logitscope.stats`'s resamples for ``seed``, shared by the
     hooked, clean and effect numbers (and by any other result over the same prompts and seed)."""
-    engine = Engine(lm)
+    named = metric if isinstance(metric, str) else None
+    engine = Engine(lm, named)
+    metric = None if named is not None else metric
     fns = _hook_functions(hooks, engine)
     enc = _encode(lm, prompts, prepend_bos)
     if metric is None and enc.correct is None:
         raise ArgumentError("metric", None, "prompts given as plain strings have no answers to take a logit "
                             "difference of; pass Prompt objects, or a metric(logits, batch) of your own")
     if metric is not None and not callable(metric):
-        raise ArgumentError("metric", metric, "must be a function metric(logits, batch) -> [batch] numbers, or None")
+        raise ArgumentError("metric", metric, "must be a metric's name (logit-diff, prob-diff, ...), a function "
+                            "metric(logits, batch) -> [batch] numbers, or None")
     n = len(enc.ids)
     clean, hooked = np.full(n, np.nan), np.full(n, np.nan)
     with study_mode(lm.model), torch.no_grad():
         for b in _batches(enc, _batch_size(lm, batch_size, enc.lengths), engine.in_device):
-            clean[b.rows] = _measure(engine, b, {}, metric)
+            reference: dict[str, torch.Tensor] = {}
+            clean[b.rows] = _measure(engine, b, {}, metric, reference)
             user = {h.key: _user_hook(h, chain, b) for h, chain in fns}
-            hooked[b.rows] = _measure(engine, b, user, metric)
+            hooked[b.rows] = _measure(engine, b, user, metric, reference)
     parts = {"hooked": hooked, "clean": clean, "effect": hooked - clean}
     ci = stats.shared_intervals(parts, seed=seed)
     return Intervention(
-        metric="logit_diff" if metric is None else getattr(metric, "__name__", type(metric).__name__),
+        metric=(engine.metric.key if metric is None else getattr(metric, "__name__", type(metric).__name__)),
         hooks=tuple(h.name for h, _ in fns), hooked=hooked, clean=clean,
         means={k: float(v.mean()) for k, v in parts.items()},
         ci95={k: (float(lo), float(hi)) for k, (lo, hi) in ci.items()}, seed=seed,
@@ -309,8 +315,11 @@ def _user_hook(h: HookName, fns: list[HookFn], b: Batch) -> Hook:
     return hook
 
 
-def _measure(engine: Engine, b: Batch, hooks: dict[tuple[str, int], Hook], metric: Metric | None) -> np.ndarray:
-    """One forward pass with ``hooks``; the metric at each prompt's answer position, ``[B]``."""
+def _measure(engine: Engine, b: Batch, hooks: dict[tuple[str, int], Hook], metric: Metric | None,
+             reference: dict[str, torch.Tensor]) -> np.ndarray:
+    """One forward pass with ``hooks``; the metric at each prompt's answer position, ``[B]``. A named
+    metric that compares with the clean run (``kl``) keeps the first (unhooked) run's logits in
+    ``reference``."""
     last = engine.n_layers - 1
     final: dict[str, torch.Tensor] = {}
     key = ("resid_post", last)
@@ -321,7 +330,13 @@ def _measure(engine: Engine, b: Batch, hooks: dict[tuple[str, int], Hook], metri
     resid = x[torch.arange(x.shape[0], device=x.device), b.end.to(x.device)]
     if metric is None:
         dev = engine.W_U.device
-        return engine.logit_diff(resid, b.correct.to(dev), b.incorrect.to(dev)).cpu().double().numpy()
+        if engine.metric.is_logit_diff:
+            return engine.logit_diff(resid, b.correct.to(dev), b.incorrect.to(dev)).cpu().double().numpy()
+        normed = engine.final_norm(resid.to(dev)).float()
+        if "logits" not in reference:
+            reference["logits"] = engine.logits_of_normed(normed)
+        values = engine.measure_normed(normed, b.correct, b.incorrect, reference["logits"])
+        return values.cpu().double().numpy()
     normed = engine.final_norm(resid.to(engine.W_U.device))
     logits = torch.nn.functional.linear(normed.to(engine.W_U.dtype), engine.W_U, engine.b_U).float()
     if engine.softcap:
@@ -357,7 +372,7 @@ def _encode(lm: LoadedModel, prompts: Prompts, prepend_bos: bool | None) -> Enco
                             "set (a built-in set: logitscope.builtin_prompts('seed'))")
     bos = lm.adapter.default_prepend_bos if prepend_bos is None else bool(prepend_bos)
     if all(isinstance(p, Prompt) for p in prompts):
-        return encode_prompts(list(prompts), lm, prepend_bos=bos)
+        return encode_prompts(list(prompts), lm, prepend_bos=bos, sets=True)
     if not all(isinstance(p, str) for p in prompts):
         kinds = sorted({type(p).__name__ for p in prompts})
         raise ArgumentError("prompts", f"[{', '.join(kinds)}, ...]", "give all Prompt objects or all strings")
@@ -396,5 +411,6 @@ def _batches(enc: Encoded, batch_size: int, device: torch.device) -> Iterator[Ba
         ids = np.zeros((len(rows), int(lengths[rows].max())), dtype=np.int64)
         for j, r in enumerate(rows):
             ids[j, : lengths[r]] = enc.ids[r]
-        answers = [None if a is None else torch.as_tensor(a[rows], device=device) for a in (enc.correct, enc.incorrect)]
+        sides = (enc.correct, enc.incorrect) if enc.correct_set is None else (enc.correct_set, enc.incorrect_set)
+        answers = [None if a is None else torch.as_tensor(a[rows], device=device) for a in sides]
         yield Batch(rows, torch.from_numpy(ids).to(device), torch.as_tensor(lengths[rows], device=device), *answers)

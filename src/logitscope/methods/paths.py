@@ -182,7 +182,8 @@ class FrozenScaleReadout:
     """The clean answers' logit difference of final residuals ``x`` through the model's final norm
     with the scale of base residuals ``x0`` (at each prompt's last token): ``norm(x0) + γ ⊙ c(x −
     x0) / σ(x0)``, ``c`` the centring of LayerNorm (none for RMSNorm), then the unembedding rows,
-    bias and soft-cap as :meth:`Engine.logit_diff` applies them. Equal to it where ``x = x0``."""
+    bias and soft-cap as :meth:`Engine.logit_diff` applies them (the engine's metric of those normed
+    vectors: :meth:`Engine.measure_normed`). Equal to it where ``x = x0``."""
 
     def __init__(self, engine):
         ad, model = engine.lm.adapter, engine.lm.model
@@ -193,7 +194,8 @@ class FrozenScaleReadout:
         self.centre = ad.norm == "LayerNorm"
 
     @torch.inference_mode()
-    def __call__(self, x0: torch.Tensor, x: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x0: torch.Tensor, x: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor,
+                 reference: torch.Tensor | None = None) -> torch.Tensor:
         eng = self.engine
         dev = eng.W_U.device
         x0, x = x0.to(dev), x.to(dev)
@@ -202,7 +204,7 @@ class FrozenScaleReadout:
             delta, c0 = delta - delta.mean(-1, keepdim=True), c0 - c0.mean(-1, keepdim=True)
         sigma = torch.sqrt((c0 * c0).mean(-1, keepdim=True) + self.eps)
         normed = eng.final_norm(x0).float() + delta / sigma * self.gamma.to(dev)
-        return eng.logit_diff_of_normed(normed, correct, incorrect)
+        return eng.measure_normed(normed, correct, incorrect, reference)
 
 
 class PathRunner:
@@ -242,10 +244,10 @@ class PathRunner:
     def run_batch(self, b, clean, corrupted) -> None:
         """Fill the batch's prompts ``b.rows`` from its clean and corrupted runs (``Engine.record``
         with :meth:`acts`; the base run with its keys and values for runs on a suffix)."""
-        self.clean[b.rows] = clean.logit_diff.cpu().double().numpy()
-        self.corrupted[b.rows] = corrupted.logit_diff.cpu().double().numpy()
+        self.clean[b.rows] = clean.value.cpu().double().numpy()
+        self.corrupted[b.rows] = corrupted.value.cpu().double().numpy()
         base, source = (corrupted, clean) if self.direction == "denoise" else (clean, corrupted)
-        self.base[b.rows] = base.logit_diff.cpu().double().numpy()
+        self.base[b.rows] = base.value.cpu().double().numpy()
         B = base.batch
         # Before the pair's first differing token both runs are the same, so is every frozen and
         # patched value: only the positions from there on are run (exact).
@@ -282,7 +284,8 @@ class PathRunner:
         self.progress(G * B)
         if self.readout is not None:
             x0 = base.acts[("resid_post", L - 1)][torch.arange(B), b.end.to(base.acts[("resid_post", L - 1)].device)]
-            to_logits = self.readout(x0.repeat(G, 1), final["x"], b.correct.repeat(G), b.incorrect.repeat(G))
+            rep = lambda t: None if t is None else t.repeat(G, *([1] * (t.dim() - 1)))  # noqa: E731
+            to_logits = self.readout(x0.repeat(G, 1), final["x"], rep(b.correct), rep(b.incorrect), rep(base.reference))
         to_logits = to_logits.view(G, B).cpu().double().numpy()
         for j, r in enumerate(self.receivers):
             if r.point == "logits":
@@ -307,13 +310,14 @@ class PathRunner:
 
 
 def run_paths(lm, pairs, senders: list[Sender], receivers: list[Receiver], *, direction: str, freeze: str,
-              batch_size: int, seed: int, progress=None) -> "PathPatchingResult":
-    """Path patching of every sender to every receiver over the pairs, batch by batch."""
+              batch_size: int, seed: int, progress=None, metric=None) -> "PathPatchingResult":
+    """Path patching of every sender to every receiver over the pairs, batch by batch, measuring
+    ``metric`` (:mod:`logitscope.engine.metrics`; the logit difference by default)."""
     from logitscope.engine.patched import Engine
     from logitscope.inputs.positions import PositionAxis
     from logitscope.methods.patching.run import pair_batches
 
-    engine = Engine(lm)
+    engine = Engine(lm, metric)
     T = int(pairs.lengths.max())
     runner = PathRunner(engine, senders, receivers, direction, freeze, pairs.n, 4 * batch_size * T, progress)
     base_acts, source_acts = runner.acts()
@@ -323,7 +327,7 @@ def run_paths(lm, pairs, senders: list[Sender], receivers: list[Receiver], *, di
         clean = engine.record(b.clean, b.end, b.correct, b.incorrect, acts=source_acts if denoise else base_acts,
                               keep_kv=not denoise)
         corrupted = engine.record(b.corrupted, b.end, b.correct, b.incorrect, acts=base_acts if denoise else source_acts,
-                                  keep_kv=denoise)
+                                  keep_kv=denoise, reference=clean)
         runner.run_batch(b, clean, corrupted)
     notes = []
     if engine.points.n_kv_heads < engine.points.n_heads and any(r.point in ("k", "v") for r in receivers):
@@ -334,6 +338,7 @@ def run_paths(lm, pairs, senders: list[Sender], receivers: list[Receiver], *, di
         sender_heads=tuple(tuple(f"L{l}H{h}" for l, h in s.heads) for s in senders),
         receivers=tuple(r.label for r in receivers), values=runner.values, base_logit_diff=runner.base,
         clean_logit_diff=runner.clean, corrupted_logit_diff=runner.corrupted, notes=tuple(notes), seed=seed,
+        metric=engine.metric.key,
     )
 
 

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 
 from logitscope.report.figures import ACCENT, FONT, base_layout, every_label
 from logitscope.report.patching import heatmap
+from logitscope.results.names import metric_label
 
 if TYPE_CHECKING:
     from logitscope.results.patching import PatchingData
@@ -30,6 +31,12 @@ def _ci(s: dict[str, Any], digits: int = 3, percent: bool = False) -> str:
     if percent:
         return f"[{100 * lo:.1f}%, {100 * hi:.1f}%]"
     return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def _gap(a: float | None, b: float | None) -> float | None:
+    """``a − b``, or ``None`` (no bar) where either is not a number (a fraction of F(M) = 0: F in kl,
+    which is 0 on the whole model)."""
+    return None if a is None or b is None else a - b
 
 
 def _v(s: dict[str, Any], digits: int = 3, percent: bool = False) -> str:
@@ -55,7 +62,7 @@ def paths_figure(paths: PathPatchingResult) -> go.Figure:
                            "below the receiver)")
                 continue
             row.append(
-                f"<b>{_e(paths.senders[i])} → {_e(paths.receivers[j])}</b><br>logit diff {base:+.3f} → {mean[i, j]:+.3f} "
+                f"<b>{_e(paths.senders[i])} → {_e(paths.receivers[j])}</b><br>{_e(metric_label(paths.metric))} {base:+.3f} → {mean[i, j]:+.3f} "
                 f"[{iv['values_ci95_low'][i, j]:+.3f}, {iv['values_ci95_high'][i, j]:+.3f}]"
                 f"<br>change {change[i, j]:+.3f} [{iv['change_ci95_low'][i, j]:+.3f}, {iv['change_ci95_high'][i, j]:+.3f}]"
                 f"<br>effect {eff[i, j]:+.3f} [{iv['effect_ci95_low'][i, j]:+.3f}, {iv['effect_ci95_high'][i, j]:+.3f}]"
@@ -113,7 +120,8 @@ def completeness_figure(circuit: CircuitResult) -> go.Figure:
                          arrayminus=[s["mean"] - s["ci95_low"] for s in ck], color="#9aa3b2", thickness=1)))
     fig = go.Figure(traces)
     layout = base_layout("Completeness: the circuit and the model with the same heads K knocked out",
-                          "F(M \\ K), logit diff", "F(C \\ K), logit diff", height=460)
+                          f"F(M \\ K), {metric_label(circuit.metric)}", f"F(C \\ K), {metric_label(circuit.metric)}",
+                          height=460)
     layout.update(showlegend=True, legend=dict(orientation="h", y=-0.2))
     fig.update_layout(**layout)
     return fig
@@ -131,8 +139,8 @@ def minimality_figure(circuit: CircuitResult) -> go.Figure:
         fig.add_trace(go.Bar(
             x=[r["head"] for r in sel], y=[v["mean"] for v in s], name=name,
             marker_color=palette[k % len(palette)],
-            error_y=dict(type="data", array=[v["ci95_high"] - v["mean"] for v in s],
-                         arrayminus=[v["mean"] - v["ci95_low"] for v in s], color="#4a5361", thickness=1),
+            error_y=dict(type="data", array=[_gap(v["ci95_high"], v["mean"]) for v in s],
+                         arrayminus=[_gap(v["mean"], v["ci95_low"]) for v in s], color="#4a5361", thickness=1),
             text=[f"<b>{r['head']}</b> ({_e(name)})<br>K = {_e(', '.join(r['k']) or '∅')}<br>F(C\\K) "
                   f"{_v(r['without_k'])}, F(C\\(K∪v)) {_v(r['without_k_and_head'])}<br>score {_v(r['score'])} "
                   f"{_ci(r['score'])} = {_v(r['score_fraction'], percent=True)} of F(M)" for r in sel],
@@ -171,7 +179,7 @@ def circuit_section(result: PatchingData, figure_html, table_html, caption_html)
         parts.append(caption_html(
             f"Each sender's output (all positions) taken from the other prompt of its pair and put into the {base}, "
             f"reaching the logits only through the receiver; frozen: {_e(FROZEN[paths.freeze])}. Cells show the change "
-            "in the clean answers' logit difference as a fraction of the clean − corrupted gap "
+            f"in {_metric_words(paths.metric)} as a fraction of the clean − corrupted gap "
             f"({paths.n_prompts:,} pairs).",
             "Hover a cell for the patched logit difference, the change and the effect, each with its 95% interval "
             "(the study's bootstrap resamples); a blank cell has no path (the sender is not below the receiver).",
@@ -200,7 +208,7 @@ def _circuit_tables(circuit: CircuitResult, table_html, caption_html) -> str:
     what = ("its mean over the counterpart prompts of the same template, position by position"
             if circuit.ablation == "mean" else f"{circuit.ablation}-ablated")
     out.append(caption_html(
-        f"F(X): the clean prompts' mean logit difference when every head outside X (a head at the positions its class "
+        f"F(X): the clean prompts' mean {_e(circuit.metric_description or 'logit difference')} when every head outside X (a head at the positions its class "
         f"is kept at) is knocked out, its output replaced by {what}. M is the whole model, C the circuit.",
         "Faithfulness as in the IOI paper: |F(M) − F(C)| (its circuit: 0.46, 13% of F(M)) and F(C) / F(M); "
         "normalised: (F(C) − F(∅)) / (F(M) − F(∅)). Intervals: 95%, the study's bootstrap resamples.",
@@ -244,3 +252,8 @@ def _circuit_tables(circuit: CircuitResult, table_html, caption_html) -> str:
         out.append(f'<p class="note">{dropped} random K equal to ∅ not listed again (the row K = ∅ is the same '
                    "set; results.json keeps every row).</p>")
     return "".join(out)
+
+
+def _metric_words(key: str) -> str:
+    """The metric in a caption: the clean answers' logit difference, or the chosen metric's label."""
+    return "the clean answers' logit difference" if key == "logit_diff" else f"the {_e(metric_label(key))} (results.json: {key})"

@@ -77,7 +77,7 @@ def heads_by_position_figure(result: PatchingData, name: str) -> go.Figure:
     layers, heads = [f"L{l}" for l in range(L)], [str(h) for h in range(H)]
     for k in range(P):
         custom = [[_hover(f"L{l}H{h} @ {positions[k]}", values[l, k, h], lo[l, k, h], hi[l, k, h], norm[l, k, h],
-                          nlo[l, k, h], nhi[l, k, h]) for h in range(H)] for l in range(L)]
+                          nlo[l, k, h], nhi[l, k, h], result.metric_label) for h in range(H)] for l in range(L)]
         fig.add_trace(go.Heatmap(z=norm[:, k, :], x=heads, y=layers, customdata=custom, coloraxis="coloraxis",
                                  hovertemplate="%{customdata}<extra></extra>", xgap=1, ygap=1),
                       row=k // cols + 1, col=k % cols + 1)
@@ -88,7 +88,7 @@ def heads_by_position_figure(result: PatchingData, name: str) -> go.Figure:
     layout["margin"]["t"] += 24  # the panels' own titles
     layout.pop("xaxis"), layout.pop("yaxis")
     layout["coloraxis"] = dict(colorscale="RdBu", cmid=0.0, cmin=-1.0, cmax=1.0,
-                               colorbar=dict(title=dict(text="Normalised", side="top"), thickness=14, outlinewidth=0))
+                               colorbar=dict(title=dict(text=_colorbar(result), side="top"), thickness=14, outlinewidth=0))
     fig.update_layout(**layout)
     fig.update_xaxes(type="category", tickmode="array", tickvals=heads, ticktext=heads, showgrid=False, ticks="",
                      title_text="Head")
@@ -98,8 +98,14 @@ def heads_by_position_figure(result: PatchingData, name: str) -> go.Figure:
     return fig
 
 
-def _hover(label: str, value: float, lo: float, hi: float, norm: float, nlo: float, nhi: float) -> str:
-    return (f"<b>{html.escape(label)}</b><br>patched logit diff {value:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+def _colorbar(result: PatchingData) -> str:
+    """The colour bar's title: the normalised metric, named where it is not the logit difference."""
+    return "Normalised" if result.metric_key is None else f"Normalised {result.metric_label}"
+
+
+def _hover(label: str, value: float, lo: float, hi: float, norm: float, nlo: float, nhi: float,
+           metric: str = "logit diff") -> str:
+    return (f"<b>{html.escape(label)}</b><br>patched {html.escape(metric)} {value:+.3f} [{lo:+.3f}, {hi:+.3f}]"
             f"<br>normalised {norm:+.3f} [{nlo:+.3f}, {nhi:+.3f}]")
 
 
@@ -116,15 +122,15 @@ def grid_figure(result: PatchingData, name: str) -> go.Figure:
     if axes[1] == "position":
         positions = result.positions.labels
         custom = [[_hover(f"L{l} {name} @ {positions[k]}", values[l, k], lo[l, k], hi[l, k], norm[l, k], nlo[l, k],
-                          nhi[l, k]) for k in range(len(positions))] for l in range(L)]
+                          nhi[l, k], result.metric_label) for k in range(len(positions))] for l in range(L)]
         return heatmap(norm, _pos_ticks(result, positions), [f"L{l}" for l in range(L)], custom, _title(name),
-                        "Position", "Layer", "Normalised", bound=1.0)
+                        "Position", "Layer", _colorbar(result), bound=1.0)
     heads = values.shape[1]
     letter = "KV" if axes[1] == "kv_head" else "H"
-    custom = [[_hover(f"L{l}{letter}{h}", values[l, h], lo[l, h], hi[l, h], norm[l, h], nlo[l, h], nhi[l, h])
-               for h in range(heads)] for l in range(L)]
+    custom = [[_hover(f"L{l}{letter}{h}", values[l, h], lo[l, h], hi[l, h], norm[l, h], nlo[l, h], nhi[l, h],
+                      result.metric_label) for h in range(heads)] for l in range(L)]
     return heatmap(norm, [str(h) for h in range(heads)], [f"L{l}" for l in range(L)], custom, _title(name),
-                    "KV head" if letter == "KV" else "Head", "Layer", "Normalised", bound=1.0)
+                    "KV head" if letter == "KV" else "Head", "Layer", _colorbar(result), bound=1.0)
 
 
 def _title(name: str) -> str:
@@ -148,11 +154,12 @@ def ablation_figure(result: PatchingData) -> go.Figure:
     before = float(result.clean_logit_diff.mean())
     change = after - before
     L, H = after.shape
-    custom = [[f"<b>L{l}H{h}</b><br>logit diff {before:+.3f} → {after[l, h]:+.3f} [{lo[l, h]:+.3f}, {hi[l, h]:+.3f}]"
+    m = html.escape(result.metric_label)
+    custom = [[f"<b>L{l}H{h}</b><br>{m} {before:+.3f} → {after[l, h]:+.3f} [{lo[l, h]:+.3f}, {hi[l, h]:+.3f}]"
                f"<br>change {change[l, h]:+.3f}" for h in range(H)] for l in range(L)]
-    title = f"Total effect: change in logit diff when each head is {result.ablation_kind}-ablated"
+    title = f"Total effect: change in {result.metric_label} when each head is {result.ablation_kind}-ablated"
     return heatmap(change, [str(h) for h in range(H)], [f"L{l}" for l in range(L)], custom, title, "Head", "Layer",
-                    "Change")
+                    "Change" if result.metric_key is None else f"Change in {result.metric_label}")
 
 
 def patching_figures(result: PatchingData) -> dict[str, go.Figure]:
@@ -176,14 +183,18 @@ def patching_section(result: PatchingData, figure_html, table_html, caption_html
     c, x = float(result.clean_logit_diff.mean()), float(result.corrupted_logit_diff.mean())
     direction = ("clean activations patched into the corrupted run (denoising)" if result.direction == "denoise"
                  else "corrupted activations patched into the clean run (noising)")
+    metric = ("the clean answers' logit difference at each prompt's last token"
+              + (_CAPPED if result.metric == "logit_diff_softcapped" else "") if result.metric_key is None
+              else f"{html.escape(result.metric_description or result.metric_label)} (results.json: {result.metric})")
     parts = [caption_html(
-        f"Activation patching, {direction}, on {result.n_prompts:,} prompt pairs; the metric is the clean answers' "
-        f"logit difference at each prompt's last token{_CAPPED if result.metric == 'logit_diff_softcapped' else ''}. Cells show TransformerLens's normalised metric, "
+        f"Activation patching, {direction}, on {result.n_prompts:,} prompt pairs; the metric is {metric}. Cells show "
+        "TransformerLens's normalised metric, "
         "(patched − corrupted) / (clean − corrupted): 1 where the patch restores the clean run, 0 where it changes nothing.",
-        "Hover a cell for the patched logit difference and its 95% interval (the study's bootstrap resamples).",
+        f"Hover a cell for the patched {'logit difference' if result.metric_key is None else html.escape(result.metric_label)} "
+        "and its 95% interval (the study's bootstrap resamples).",
     )]
     rows = [["clean prompts", f"{c:+.4f}", _ci(iv["clean"])], ["corrupted prompts", f"{x:+.4f}", _ci(iv["corrupted"])]]
-    parts.append(table_html([("Run", False), ("Mean logit diff", True), ("95% CI", True)], rows))
+    parts.append(table_html([("Run", False), (f"Mean {html.escape(result.metric_label)}", True), ("95% CI", True)], rows))
     parts.append(f'<p class="note">BOS prepended to every prompt and counterpart: '
                  f'{"yes" if result.study.prepend_bos else "no"}.</p>')
     figs = patching_figures(result)

@@ -155,6 +155,8 @@ class CircuitResult:
     random_requested: int | None = None  # the random sets asked for, when more than exist
     prepend_bos: bool | None = None  # whether the prompts began with BOS (None: not known)
     k_removed_at: str = AT_NODES  # M \ K: K's heads knocked out at their class's positions (AT_ALL: saved before)
+    metric: str = "logit_diff"  # F's metric: its results.json key (logitscope.engine.metrics)
+    metric_description: str | None = None  # what it is, for a metric other than the logit difference
 
     @property
     def title(self) -> str:
@@ -260,7 +262,10 @@ class CircuitResult:
             "ablation": self.ablation,
             "reference": "each knocked-out head's z is its mean over the counterpart prompts, per template and position"
                          if self.ablation == "mean" else f"each knocked-out head's z is {self.ablation}-ablated",
-            "metric": "F(X): mean logit difference of the clean prompts with every head node outside X knocked out",
+            "metric": "F(X): mean logit difference of the clean prompts with every head node outside X knocked out"
+                      if self.metric == "logit_diff" else f"F(X): mean {self.metric_description or self.metric} of the "
+                      "clean prompts with every head node outside X knocked out",
+            **({} if self.metric == "logit_diff" else {"metric_key": self.metric}),
             "n_prompts": self.n_prompts,
             "k_removed_at": self.k_removed_at,
             "completeness_sets": {**self.completeness_sets.to_dict(),
@@ -317,7 +322,9 @@ class CircuitResult:
                    timing=dict(doc.get("timing", {})),
                    completeness_sets=Completeness(sets["random"], sets["greedy"], sets["greedy_steps"],
                                                   sets["greedy_candidates"]),
-                   random_requested=sets.get("random_requested"), prepend_bos=doc.get("prepend_bos"), k_removed_at=at)
+                   random_requested=sets.get("random_requested"), prepend_bos=doc.get("prepend_bos"), k_removed_at=at,
+                   metric=doc.get("metric_key", "logit_diff"),
+                   metric_description=_description(doc.get("metric_key")))
 
     def summary(self) -> str:
         ms = self.measures
@@ -326,13 +333,15 @@ class CircuitResult:
         def ci(s):
             return f"[{s['ci95_low']:.4f}, {s['ci95_high']:.4f}]"
 
+        def pct(x):  # a fraction of F(M); none where F(M) = 0 (kl: 0 on the whole model)
+            return "n/a" if x is None else f"{100 * x:.1f}%"
+
         lines = [
             f"{self.title} ({counted(len(self.circuit.heads), 'head')}, {self.ablation}-ablation elsewhere): "
             f"F(M) {ms['model']['mean']:.4f} {ci(ms['model'])}, F(C) {ms['circuit']['mean']:.4f} {ci(ms['circuit'])}, "
             f"F(no heads) {ms['no_heads']['mean']:.4f}",
             f"  faithfulness |F(M) - F(C)| {f['gap']['mean']:.4f} {ci(f['gap'])}; F(C)/F(M) "
-            f"{100 * f['fraction']['mean']:.1f}% [{100 * f['fraction']['ci95_low']:.1f}%, "
-            f"{100 * f['fraction']['ci95_high']:.1f}%]",
+            f"{pct(f['fraction']['mean'])} [{pct(f['fraction']['ci95_low'])}, {pct(f['fraction']['ci95_high'])}]",
         ]
         worst = max(ms["completeness"], key=lambda e: e["incompleteness"]["mean"])
         lines.append(f"  completeness: largest incompleteness {worst['incompleteness']['mean']:.4f} "
@@ -345,3 +354,10 @@ class CircuitResult:
         if self.bos_note:
             lines.append(f"  note: {self.bos_note}")
         return "\n".join(lines)
+
+
+def _description(key: str | None) -> str | None:
+    """A saved metric key's description (``None``: the logit difference, or a function's key)."""
+    from logitscope.engine.metrics import METRICS
+
+    return next((d for k, d in METRICS.values() if k == key and key != "logit_diff"), None)

@@ -27,3 +27,14 @@ def attribution_name(grid: str) -> str:
 def exact_name(name: str) -> str | None:
     """The exact grid an attribution grid estimates (``None`` for an exact grid)."""
     return name[: -len(SUFFIX)] if name.endswith(SUFFIX) else None
+
+
+# The metrics' results.json keys in a few words, for axes, colour bars and hovers (logitscope.engine.metrics).
+LABELS = {"logprob_diff": "log-prob diff", "prob_diff": "prob diff", "logprob": "log-prob", "loss": "loss", "kl": "KL"}
+
+
+def metric_label(key: str | None) -> str:
+    """A metric's results.json key in a few words (``None``: the logit difference)."""
+    if key is None or key.startswith("logit_diff"):
+        return "logit diff"
+    return LABELS.get(key, key.removeprefix("metric_"))

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from logitscope.results.names import metric_label
 from logitscope.results.numbers import json_nested as _nested, json_number as _num
 from logitscope.inputs.positions import PositionAxis
 from logitscope.stats import bootstrap_means, percentile_interval
@@ -62,6 +63,10 @@ class PatchingData:
     method: str = "exact"  # "exact", "attribution" (grids named <grid>_attribution) or "both"
     paths: Any = None  # logitscope.results.paths.PathPatchingResult, when senders were given
     circuit: Any = None  # logitscope.results.circuit.CircuitResult, when a circuit was given
+    # A metric other than the logit difference (logitscope.engine.metrics): its results.json key
+    # (``prob_diff``, ``kl``, ``metric_<function>``) and description; every value here is in it.
+    metric_key: str | None = None
+    metric_description: str | None = None
 
     @property
     def n_prompts(self) -> int:
@@ -69,10 +74,18 @@ class PatchingData:
 
     @property
     def metric(self) -> str:
-        """The results.json key whose quantity every patched value is: ``"logit_diff_softcapped"``
+        """The results.json key whose quantity every patched value is: the chosen metric's key
+        (``prob_diff``, ``kl``, ...), or for the logit difference ``"logit_diff_softcapped"``
         where the model soft-caps its final logits (Gemma 2: the model's own logits, as
         TransformerLens's), else ``"logit_diff"`` (the two are then the same)."""
+        if self.metric_key is not None:
+            return self.metric_key
         return "logit_diff_softcapped" if self.study.logit_diff_softcapped is not None else "logit_diff"
+
+    @property
+    def metric_label(self) -> str:
+        """The metric in a few words, for axes, colour bars and hovers: ``logit diff``, ``prob diff``, ..."""
+        return metric_label(self.metric_key)
 
     def grid(self, name: str) -> np.ndarray:
         """A grid's per-prompt values ``[*grid_axes[name], N]``, or a clear error naming the grids
@@ -169,7 +182,7 @@ class PatchingData:
             "direction": self.direction,
             "method": self.method,
             "metric": m,  # the top-level key whose quantity every value here is
-            "metric_description": METRICS[m],
+            "metric_description": self.metric_description or METRICS[m],
             "n_pairs": self.n_prompts,
             "prepend_bos": bool(self.study.prepend_bos),
             f"clean_{m}": scalar("clean", self.clean_logit_diff),
@@ -261,6 +274,12 @@ class PatchingData:
         return where
 
 # What results_document adds to each prompt row (never the prompt's own metadata), old files' included.
-ROW_KEYS = ("corrupted", "corrupted_logit_diff", "corrupted_logit_diff_softcapped", "logit_diff_softcapped")
+ROW_KEYS = ("corrupted", "corrupted_logit_diff", "corrupted_logit_diff_softcapped", "logit_diff_softcapped",
+            *(f"corrupted_{m}" for m in ("logprob_diff", "prob_diff", "logprob", "loss", "kl")))
+
+
+def is_row_key(key: str) -> bool:
+    """Whether results_document added ``key`` to a prompt row (a function metric's too)."""
+    return key in ROW_KEYS or key.startswith("corrupted_metric_")
 
 

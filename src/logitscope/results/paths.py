@@ -20,7 +20,8 @@ __all__ = ["PathPatchingResult"]
 @dataclass(frozen=True)
 class PathPatchingResult:
     """Per-prompt path-patched logit differences ``values[sender, receiver, prompt]`` (``NaN``
-    where a sender has no path to a receiver), the base run's and both runs' logit differences."""
+    where a sender has no path to a receiver), the base run's and both runs' logit differences.
+    With another ``metric`` (its results.json key), every ``*_logit_diff`` array holds that metric."""
 
     direction: str
     freeze: str
@@ -34,6 +35,7 @@ class PathPatchingResult:
     notes: tuple[str, ...] = ()
     seed: int = 0
     timing: dict[str, float] = field(default_factory=dict)
+    metric: str = "logit_diff"  # logitscope.engine.metrics' key of the metric every value here is in
 
     @property
     def n_prompts(self) -> int:
@@ -88,6 +90,7 @@ class PathPatchingResult:
             "frozen": FROZEN[self.freeze],
             "senders": [{"label": s, "heads": list(h)} for s, h in zip(self.senders, self.sender_heads)],
             "receivers": list(self.receivers),
+            **({} if self.metric == "logit_diff" else {"metric": self.metric}),
             "axes": ["sender", "receiver"],
             "base_logit_diff": {"mean": _num(self.base_logit_diff.mean()), "ci95_low": _num(iv["base_ci95"][0]),
                                 "ci95_high": _num(iv["base_ci95"][1])},
@@ -120,7 +123,8 @@ class PathPatchingResult:
                    sender_heads=tuple(tuple(s["heads"]) for s in doc["senders"]), receivers=tuple(doc["receivers"]),
                    values=f64("paths"), base_logit_diff=f64("paths_base_logit_diff"),
                    clean_logit_diff=f64("paths_clean_logit_diff"), corrupted_logit_diff=f64("paths_corrupted_logit_diff"),
-                   notes=tuple(doc.get("notes", ())), seed=seed, timing=dict(doc.get("timing", {})))
+                   notes=tuple(doc.get("notes", ())), seed=seed, timing=dict(doc.get("timing", {})),
+                   metric=doc.get("metric", "logit_diff"))
 
     def summary(self) -> str:
         eff = self.effect()
@@ -134,6 +138,6 @@ class PathPatchingResult:
                 continue
             i = int(np.argmax(col))
             lines.append(f"  -> {r}: largest effect {eff[i, j]:+.3f} [{iv['effect_ci95_low'][i, j]:+.3f}, "
-                         f"{iv['effect_ci95_high'][i, j]:+.3f}] from {self.senders[i]} (logit diff "
+                         f"{iv['effect_ci95_high'][i, j]:+.3f}] from {self.senders[i]} ({self.metric.replace('_', ' ')} "
                          f"{self.base_logit_diff.mean():.4f} -> {self.mean()[i, j]:.4f})")
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])

@@ -91,8 +91,8 @@ class GridRunner:
                 "clean_kv": bool(self.specs) and not denoise, "corrupted_kv": bool(self.specs) and denoise}
 
     def run_batch(self, b: PairBatch, clean: Run, corrupted: Run) -> None:
-        self.clean[b.rows] = clean.logit_diff.cpu().double().numpy()
-        self.corrupted[b.rows] = corrupted.logit_diff.cpu().double().numpy()
+        self.clean[b.rows] = clean.value.cpu().double().numpy()
+        self.corrupted[b.rows] = corrupted.value.cpu().double().numpy()
         base, source = (corrupted, clean) if self.direction == "denoise" else (clean, corrupted)
         for spec in self.specs:
             for layer in range(self.L):
