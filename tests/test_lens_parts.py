@@ -235,3 +235,14 @@ def test_values_that_round_to_zero_show_as_plain_zero(studied):
     assert cells[:4] == [("num", "0.000"), ("num", "0.000"), ("num", "0.000"), ("num neg", "-0.250")], cells
     finer = "".join(html[html.index(f'id="{a}"'):].split("</section>")[0] for a in ("dla-by-source", "neurons"))
     assert "-0.000" not in finer and "-0.0%" not in finer
+
+
+def test_whitespace_tokens_are_visible_in_the_token_lens():
+    """A token that is only whitespace (a space, a newline) shows as a visible mark, its repr on hover;
+    other tokens as they are, escaped."""
+    from logitscope.report.finer import _tok
+
+    assert _tok(" ") == '<span class="tok" title="&#x27; &#x27;">␣</span>'
+    assert _tok("\n\n") == '<span class="tok" title="&#x27;\\n\\n&#x27;">⏎⏎</span>'
+    assert _tok(" the") == '<span class="tok" title="&#x27; the&#x27;"> the</span>'
+    assert _tok("<b>") == '<span class="tok" title="&#x27;&lt;b&gt;&#x27;">&lt;b&gt;</span>'

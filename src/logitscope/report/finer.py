@@ -20,7 +20,11 @@ def _e(value: object) -> str:
 
 
 def _tok(text: str) -> str:
-    return f'<span class="tok">{_e(text)}</span>'
+    """A token as a chip; whitespace made visible (a space-only or newline token would be a blank chip)."""
+    shown = text.replace("\n", "⏎").replace("\t", "⇥").replace("\r", "␍")
+    if not shown.strip():
+        shown = "␣" * len(shown) if shown else "∅"
+    return f'<span class="tok" title="{_e(repr(text))}">{_e(shown)}</span>'
 
 
 def _signed(x: float, digits: int = 3) -> str:
