@@ -93,8 +93,9 @@ def study(
         down_projection(lm, neurons)  # a mixture-of-experts layer: said before the pass
     bos = lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos
     t_start = time.perf_counter()
-    enc = encode_prompts(prompts, lm, prepend_bos=bos)
+    enc = encode_prompts(prompts, lm, prepend_bos=bos, sets=True)
     prompts = _answers_as_text(prompts, enc, lm.tokenizer)
+    correct, incorrect = _answer_ids(enc)
     t_encoded = time.perf_counter()
     lengths = enc.lengths
     if batch_size is None:
@@ -119,8 +120,8 @@ def study(
             for chunk in _chunks(enc.ids, lengths, rows, batch_size):
                 ids_dev = _to_device(chunk.ids, in_dev)
                 pos_dev = _to_device(lengths[chunk.rows] - 1, in_dev)
-                correct_dev = _to_device(enc.correct[chunk.rows], rec.out_device)
-                incorrect_dev = _to_device(enc.incorrect[chunk.rows], rec.out_device)
+                correct_dev = _to_device(correct[chunk.rows], rec.out_device)
+                incorrect_dev = _to_device(incorrect[chunk.rows], rec.out_device)
                 for b in chunk.batches:
                     batches.append(
                         rec.run_batch(
@@ -208,6 +209,14 @@ def _check_whole(name: str, value: Any, least: int) -> None:
         raise ArgumentError(name, value, f"must be at least {least}" if least else "must be 0 or more")
 
 
+def _answer_ids(enc: Encoded) -> tuple[np.ndarray, np.ndarray]:
+    """The answers the study decomposes: one id per prompt ``[N]``, or where any answer is a set,
+    every prompt's sets ``[N, K]`` (``-1`` pads; the mean-logit difference, decomposed exactly)."""
+    if enc.correct_set is None:
+        return enc.correct, enc.incorrect
+    return enc.correct_set, enc.incorrect_set
+
+
 def _answers_as_text(prompts: list[Prompt], enc: Encoded, tok: Any) -> list[Prompt]:
     """Answers given as token ids, written as the token's text (the ids stay in ``correct_ids``)."""
     def text(answer: str | int) -> str:
@@ -262,6 +271,7 @@ def _finer_parts(lm: LoadedModel, enc: Encoded, rows: np.ndarray, batch_size: in
     (:mod:`logitscope.engine.parts`); per-prompt arrays in the order of ``rows``, or with ``unsort``
     (one process: ``rows`` is every prompt) in the prompts' order."""
     lengths = enc.lengths
+    correct, incorrect = _answer_ids(enc)
     rec = PartsRecorder(lm, sources, neurons, int(lengths.max()))  # every prompt's longest: the same on every rank
     out: list[BatchParts] = []
     with torch.inference_mode():
@@ -270,8 +280,8 @@ def _finer_parts(lm: LoadedModel, enc: Encoded, rows: np.ndarray, batch_size: in
             for b in chunk.batches:
                 r = chunk.rows[b.start : b.stop]
                 out.append(rec.run_batch(ids_dev[b.offset : b.offset + b.size * b.width].view(b.size, b.width),
-                                         torch.from_numpy(lengths[r] - 1).to(in_dev), torch.from_numpy(enc.correct[r]),
-                                         torch.from_numpy(enc.incorrect[r])))
+                                         torch.from_numpy(lengths[r] - 1).to(in_dev), torch.from_numpy(correct[r]),
+                                         torch.from_numpy(incorrect[r])))
     return _assemble(out, rows if unsort else None)
 
 
