@@ -57,9 +57,12 @@ def study(
     lens_top_k: int | None = LENS_TOP_K,
     dla_by_source: Any = None,
     neurons: int | None = None,
+    task_metric_note: bool = True,
 ) -> StudyData | None:
     """The study of :func:`logitscope.run_study` (its arguments), as plain data; ``None`` on ranks
-    other than 0 of a process group."""
+    other than 0 of a process group. ``task_metric_note``: warn where the prompts' task measures
+    another metric than the logit difference the study decomposes (a patching result's study, whose
+    result names its metric, does not)."""
     _check_whole("top_k", top_k, 1)
     parts.check_options(lens_top_k, dla_by_source, neurons)
     _check_whole("seed", seed, 0)
@@ -81,6 +84,8 @@ def study(
         prompts = parsed
         for message in lint_prompts(prompts, tokenizer=lm.tokenizer):
             warn_prompts(message)  # attributed to the user's line, past run_study / run_patching
+    if task_metric_note:
+        _note_task_metric(prompts)
     n_heads = lm.shape.n_layers * lm.shape.n_heads
     if top_k > n_heads:
         raise ArgumentError("top_k", top_k, f"this model has {n_heads} heads; ask for at most {n_heads}")
@@ -207,6 +212,16 @@ def _check_whole(name: str, value: Any, least: int) -> None:
         raise ArgumentError(name, value, "must be a whole number")
     if value < least:
         raise ArgumentError(name, value, f"must be at least {least}" if least else "must be 0 or more")
+
+
+def _note_task_metric(prompts: list[Prompt]) -> None:
+    """A task whose own metric is not the logit difference (induction's ``logprob``) is studied all the
+    same: direct logit attribution decomposes the logit difference only (linear in the residual)."""
+    named = sorted({str(p.meta["metric"]) for p in prompts if p.meta.get("metric") not in (None, "logit-diff")})
+    if named:
+        warn_prompts(f"these prompts' task measures {', '.join(named)}; the study (direct logit attribution) "
+                     "decomposes the logit difference (correct − incorrect; answer sets: mean logits), the one "
+                     "metric linear in the residual stream; patch, ablate, paths and circuit measure the task's")
 
 
 def _answer_ids(enc: Encoded) -> tuple[np.ndarray, np.ndarray]:
