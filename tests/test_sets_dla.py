@@ -19,6 +19,8 @@ Tolerance: test_parity's 1e-4 plus 1e-5 relative (float32 sums in another order 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -119,3 +121,55 @@ def test_study_on_answer_sets_matches_transformerlens(family, studied, gpt2_toke
     single = _tl_set_reference(tl, ids, first, gpt2_tokenizer)
     assert np.abs(single["ld_linear"][:3] - ref["ld_linear"][:3]).min() > 1e-2
     _close(res.logit_diff[3], single["ld_linear"][3], "single answers within a set batch")
+
+
+@torch.no_grad()
+def _hf_last_logits(hf, prompts, tok) -> torch.Tensor:
+    """The model's own logits at each prompt's last token (BOS prepended, GPT-2's TL habit)."""
+    rows = [hf(torch.tensor([[tok.bos_token_id] + tok.encode(p.text)])).logits[0, -1] for p in prompts]
+    return torch.stack(rows).double()
+
+
+def test_patch_takes_the_tasks_metric_unless_one_is_given(tmp_path, capsys, gpt2_tokenizer):
+    """``patch --prompts induction:6`` measures induction's ``logprob`` (log P(correct), checked against
+    the model's own softmax); an explicit ``--metric`` wins; ``run`` on the task still decomposes the
+    logit difference and says so; on a set task (sva) the patch result's study is the whole sets'
+    mean-logit difference, the same number its clean runs measure."""
+    from logitscope.cli import main
+
+    hf = make_hf_model("gpt2", size="tiny", seed=1, n_ctx=64)
+    ckpt = save_checkpoint(hf, tmp_path / "tiny")
+    common = ["--model", str(ckpt), "--quiet", "--what", "heads", "--no-report"]
+    assert main(["patch", "--prompts", "induction:6", "--out", str(tmp_path / "own"), *common]) == 0
+    doc = json.loads((tmp_path / "own" / "results.json").read_text())
+    assert doc["patching"]["metric"] == "logprob"
+    own = np.load(tmp_path / "own" / "patching_per_prompt.npz")
+    texts = [ls.Prompt(p["prompt"], p["correct"], p["incorrect"]) for p in doc["prompts"]]
+    logits = _hf_last_logits(hf, texts, gpt2_tokenizer)
+    correct = [_ids(gpt2_tokenizer, p.correct)[0] for p in texts]
+    incorrect = [_ids(gpt2_tokenizer, p.incorrect)[0] for p in texts]
+    want = torch.log_softmax(logits, -1)[torch.arange(len(texts)), correct].numpy()
+    _close(own["clean_logprob"], want, "induction's default metric: log P(correct)")
+
+    assert main(["patch", "--prompts", "induction:6", "--metric", "logit-diff", "--out", str(tmp_path / "given"),
+                 *common]) == 0
+    doc = json.loads((tmp_path / "given" / "results.json").read_text())
+    assert doc["patching"]["metric"] == "logit_diff"
+    given = np.load(tmp_path / "given" / "patching_per_prompt.npz")
+    rows = torch.arange(len(texts))
+    _close(given["clean_logit_diff"], (logits[rows, correct] - logits[rows, incorrect]).numpy(), "--metric logit-diff")
+
+    capsys.readouterr()
+    assert main(["run", "--prompts", "induction:6", "--model", str(ckpt), "--out", str(tmp_path / "run"),
+                 "--no-report"]) == 0
+    err = capsys.readouterr().err
+    assert "task measures logprob" in err and "decomposes the logit difference" in err, err
+    ran = json.loads((tmp_path / "run" / "results.json").read_text())
+    _close([p["logit_diff"] for p in ran["prompts"]], given["clean_logit_diff"], "run: the logit difference")
+
+    assert main(["patch", "--prompts", "sva:6", "--out", str(tmp_path / "sva"), *common]) == 0
+    doc = json.loads((tmp_path / "sva" / "results.json").read_text())
+    assert doc["patching"]["metric"] == "logit_diff" and not any("first" in n for n in doc["patching"].get("notes", []))
+    sva = np.load(tmp_path / "sva" / "patching_per_prompt.npz")
+    assert any(isinstance(p["correct"], list) and len(p["correct"]) > 1 for p in doc["prompts"])
+    _close([p["logit_diff"] for p in doc["prompts"]], sva["clean_logit_diff"], "the study's sets = the clean runs'")
