@@ -10,7 +10,7 @@ from logitscope.engine import distributed
 from logitscope.inputs.pairs import EncodedPairs, encode_pairs
 from logitscope.inputs.prompt import Prompt
 
-__all__ = ["Prepared", "first_answers", "prepare", "study_of"]
+__all__ = ["Prepared", "default_metric", "prepare", "study_of"]
 
 
 @dataclass(frozen=True)
@@ -38,25 +38,25 @@ def prepare(prompts: list[Prompt], lm: Any, prepend_bos: bool | None) -> Prepare
     return Prepared(lm, prompts, pairs, bos)
 
 
+def default_metric(prompts: list[Prompt], metric: Any) -> Any:
+    """``metric`` as given, or for ``None`` the prompts' own: the one every prompt's ``meta["metric"]``
+    names (a task's: ``induction`` measures ``logprob``), else ``logit-diff``."""
+    if metric is not None:
+        return metric
+    named = {p.meta.get("metric") for p in prompts}
+    return named.pop() if len(named) == 1 and None not in named else "logit-diff"
+
+
 def study_of(prep: Prepared, *, batch_size: int | None, top_k: int, attention_prompt: int, seed: int) -> Any:
     """The study of the clean prompts that a patching result carries: its report and results.json
     are built around it (one forward pass per prompt, so it is computed even when only a causal
-    method was asked for; :class:`logitscope.Experiment` computes it once for all its methods)."""
+    method was asked for; :class:`logitscope.Experiment` computes it once for all its methods). With
+    answer sets it decomposes the sets' mean-logit difference, as the causal methods' ``logit-diff``."""
     from logitscope.api.results import StudyResult
     from logitscope.methods.dla import study as dla_study
 
-    study = distributed.collective(dla_study)(first_answers(prep.prompts), prep.lm, batch_size=batch_size, top_k=top_k,
+    study = distributed.collective(dla_study)(prep.prompts, prep.lm, batch_size=batch_size, top_k=top_k,
                                               attention_prompt=attention_prompt, prepend_bos=prep.prepend_bos,
-                                              seed=seed, progress=False)
+                                              seed=seed, progress=False, task_metric_note=False)
     return None if study is None else StudyResult.of(study)
 
-
-def first_answers(prompts: list[Prompt]) -> list[Prompt]:
-    """The prompts with each answer set replaced by its first alternative: what the study (a single
-    token's logit difference, decomposed) is given where the causal methods measure whole sets."""
-    from dataclasses import replace
-
-    from logitscope.inputs.prompt import is_set, members
-
-    return [replace(p, correct=members(p.correct)[0], incorrect=members(p.incorrect)[0])
-            if is_set(p.correct) or is_set(p.incorrect) else p for p in prompts]
