@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from logitscope.api.patching_result import PatchingResult
 from logitscope.results.patching import PatchingData
 
-__all__ = ["AblationResult", "CircuitPatchingResult", "GridsResult", "PathsResult", "as_method_result",
+__all__ = ["AblationResult", "CircuitPatchingResult", "GridsResult", "MethodResult", "PathsResult", "as_method_result",
            "kind_of_patching"]
 
 # Each method's own fields of PatchingData, and the call that computes them (for the message).
@@ -53,9 +53,12 @@ class _Absent:
         obj.__dict__[self.name] = value
 
 
-class _OneMethod(PatchingResult):
-    """A :class:`PatchingResult` holding one method's part; what it shares with the others (the
-    study, direction, pairs, clean and corrupted values, metric, notes, timing) reads as there."""
+class MethodResult(PatchingResult):
+    """What the four method types share: a :class:`PatchingResult` holding one method's part. What
+    every method has (``study``, ``direction``, ``corrupted_prompts``, ``clean_logit_diff``,
+    ``corrupted_logit_diff``, ``metric``, ``n_prompts``, ``notes``, ``timing``, ``intervals``) reads
+    as there; another method's part raises :class:`AttributeError` naming the call that computes it.
+    ``kind`` is the method (``patch``, ``ablate``, ``paths``, ``circuit``)."""
 
     kind: ClassVar[str] = ""
 
@@ -125,7 +128,7 @@ class _OneMethod(PatchingResult):
         return self.direction
 
 
-class GridsResult(_OneMethod):
+class GridsResult(MethodResult):
     """Activation-patching grids (``exp.patch``), exact or by attribution patching.
 
     Attributes:
@@ -148,7 +151,7 @@ class GridsResult(_OneMethod):
         return f"{self.direction}, grids {', '.join(self.grids) or '-'}"
 
 
-class AblationResult(_OneMethod):
+class AblationResult(MethodResult):
     """The metric with component sets ablated (``exp.ablate``).
 
     Attributes:
@@ -165,7 +168,7 @@ class AblationResult(_OneMethod):
         return f"{self.ablation_kind} ablation of {', '.join(self.ablation_sets) or '-'}"
 
 
-class PathsResult(_OneMethod):
+class PathsResult(MethodResult):
     """Path patching from senders to receivers (``exp.paths``).
 
     Attributes:
@@ -180,7 +183,7 @@ class PathsResult(_OneMethod):
         return f"{self.direction}, {len(self.paths.senders)} senders × {len(self.paths.receivers)} receivers"
 
 
-class CircuitPatchingResult(_OneMethod):
+class CircuitPatchingResult(MethodResult):
     """A circuit's faithfulness, completeness and minimality (``exp.circuit``). Named so beside
     :class:`logitscope.results.circuit.CircuitResult`, the circuit check's data, which is its
     ``circuit`` field.
@@ -196,7 +199,7 @@ class CircuitPatchingResult(_OneMethod):
         return self.circuit.title
 
 
-_TYPES: dict[str, type[_OneMethod]] = {t.kind: t for t in (GridsResult, AblationResult, PathsResult,
+_TYPES: dict[str, type[MethodResult]] = {t.kind: t for t in (GridsResult, AblationResult, PathsResult,
                                                             CircuitPatchingResult)}
 for _kind, _cls in _TYPES.items():
     for _other, (_names, _hint) in _PARTS.items():
