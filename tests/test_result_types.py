@@ -133,3 +133,15 @@ def test_paths_and_circuit_summaries_are_their_parts(results):
 ])
 def test_the_kind_is_read_from_the_sections_present(doc, kind):
     assert kind_of_patching(doc) == kind
+
+
+def test_report_and_notebook_display_are_the_whole_results(results, tmp_path):
+    """The report section and the light display are made from the whole result, so they are the
+    ones run_patching's result gives (the report reads every part, present or empty)."""
+    a = results["ablate"]
+    ours = a.write_report(tmp_path / "ours.html").read_text(encoding="utf-8")
+    assert ours == a.whole().write_report(tmp_path / "whole.html").read_text(encoding="utf-8")
+    assert 'id="patching"' in ours and "Ablation (zero)" in ours and "L1H0, L0H1" in ours
+    shown = a._repr_html_()
+    assert "ablating L1H0,L0H1 (zero)" in shown and "largest normalised effect" not in shown
+    assert set(results["patch"].figures()) == set(results["patch"].whole().figures()) != set()
