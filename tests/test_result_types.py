@@ -35,7 +35,7 @@ def test_each_method_returns_its_own_type_still_a_patching_result(results, kind)
     assert type(r) is TYPES[kind]
     assert isinstance(r, ls.PatchingResult)
     assert r.n_prompts == 8 and r.study is results["patch"].study  # the shared part reads as before
-    assert repr(r).startswith(f"<{TYPES[kind].__name__} ")
+    assert repr(r).startswith(f"<{TYPES[kind].__name__} ") and "1 senders" not in repr(r)
 
 
 def test_own_fields_read_as_the_whole_result_holds_them(results):

@@ -180,7 +180,10 @@ class PathsResult(MethodResult):
     kind = "paths"
 
     def _what(self) -> str:
-        return f"{self.direction}, {len(self.paths.senders)} senders × {len(self.paths.receivers)} receivers"
+        from logitscope.labels import counted
+
+        return f"{self.direction}, {counted(len(self.paths.senders), 'sender')} × " \
+               f"{counted(len(self.paths.receivers), 'receiver')}"
 
 
 class CircuitPatchingResult(MethodResult):
