@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import torch
 
+# The most bytes of [rows, vocab] float32 probabilities alive at once (a few copies of it with the
+# logits and the softmax): 32 MB is 160 rows of GPT-2's vocabulary, 32 of Gemma's.
+CHUNK_BYTES = 32 * 2**20
+
 
 class TokenLens:
     """Top-k tokens and the running sum of probabilities of each lens point, one batch at a time.
@@ -46,15 +50,27 @@ class TokenLens:
 
     def top(self, points: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ids, probs)``, each ``[n_points, k, B]``, for residual points ``[B, d]`` each; adds
-        every point's probabilities to :attr:`prob_sum`. One point at a time, so at most one
-        ``[B, vocab]`` float32 tensor is alive."""
+        every point's probabilities to :attr:`prob_sum`. One point and at most :data:`CHUNK_BYTES`
+        of ``[rows, vocab]`` float32 at a time: the study's batch is sized for its forward pass, and
+        thousands of rows times the whole vocabulary would not be bounded by it."""
+        vocab = self.W_U.shape[0]
+        rows = max(1, CHUNK_BYTES // (4 * vocab))
         ids, probs, sums = [], [], []
         for resid in points:
-            p = torch.softmax(self.logits(resid.to(self.W_U.device)), dim=-1)  # [B, vocab]
-            top = torch.topk(p, self.k, dim=-1)
-            ids.append(top.indices.T)
-            probs.append(top.values.T)
-            sums.append(p.sum(0, dtype=torch.float32 if p.device.type == "mps" else torch.float64))
-        total = torch.stack(sums)
-        self.prob_sum = total if self.prob_sum is None else self.prob_sum + total
+            resid = resid.to(self.W_U.device)
+            i_parts, p_parts = [], []
+            total = None
+            for start in range(0, resid.shape[0], rows):
+                p = torch.softmax(self.logits(resid[start:start + rows]), dim=-1)  # [rows, vocab]
+                top = torch.topk(p, self.k, dim=-1)
+                i_parts.append(top.indices)
+                p_parts.append(top.values)
+                part = p.sum(0, dtype=torch.float32 if p.device.type == "mps" else torch.float64)
+                total = part if total is None else total + part
+                del p
+            ids.append(torch.cat(i_parts).T)
+            probs.append(torch.cat(p_parts).T)
+            sums.append(total)
+        stacked = torch.stack(sums)
+        self.prob_sum = stacked if self.prob_sum is None else self.prob_sum + stacked
         return torch.stack(ids), torch.stack(probs)
