@@ -349,24 +349,23 @@ class EdgeRunner:
         w_o = ad.out_proj_weight(block)  # [d_model, H d_head]
 
         def head_results(z: torch.Tensor) -> torch.Tensor:
-            zh = z.view(*z.shape[:-1], self.H, self.dh)
-            return torch.einsum("bphe,dhe->bphd", zh, w_o.view(self.d, self.H, self.dh))
+            zh = z.detach().view(*z.shape[:-1], self.H, self.dh)
+            with torch.no_grad():  # read as constants only: no autograd graph for them
+                return torch.einsum("bphe,dhe->bphd", zh, w_o.view(self.d, self.H, self.dh))
 
-        def finish_attn(out: torch.Tensor, results: torch.Tensor) -> torch.Tensor:
+        def finish_attn(out: torch.Tensor, results: Callable[[], torch.Tensor]) -> torch.Tensor:
+            """``results()``: the heads' outputs [b, p, H, d], computed only when recorded or replaced."""
             key = ("attn", layer)
             if key in replace:
-                const = (out - results.sum(dim=2)).detach()
-                out = const + replace[key].to(out.dtype).detach()
-                results = None
-            if record is not None:
+                out = (out - results().sum(dim=2)).detach() + replace[key].to(out.dtype).detach()
+            elif record is not None:
                 # a replaced layer's heads are not recorded (their outputs are no longer defined)
-                if results is not None:
-                    record(g.head_index(layer), results.detach())
+                record(g.head_index(layer), results())
             return out
 
         if post is None:
             def on_out_proj(mod, args, out):
-                return finish_attn(out, head_results(args[0]))
+                return finish_attn(out, lambda: head_results(args[0]))
 
             hook(out_proj, on_out_proj)
         else:
@@ -374,8 +373,7 @@ class EdgeRunner:
                 state["z"] = args[0]
 
             def on_post(mod, args, out):
-                factor = self._post_factor(mod, args[0])
-                return finish_attn(out, head_results(state["z"]) * factor[:, :, None, :])
+                return finish_attn(out, lambda: head_results(state["z"]) * self._post_factor(mod, args[0]).detach()[:, :, None, :])
 
             hook(out_proj, keep_z)
             hook(post, on_post)
