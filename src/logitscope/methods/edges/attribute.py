@@ -362,8 +362,8 @@ class EdgeEngine:
                 prev, b0 = g.logits_prev, g.logits_index
             if parts["flat"] is None:  # a half-precision model: the products in float32, converted once
                 parts["flat"] = diff.view(g.n_forward, -1).float()
-            n = grad.shape[2]
-            s = parts["flat"][:prev] @ grad.float().permute(0, 1, 3, 2).reshape(-1, n)
+            n = grad.shape[0]
+            s = parts["flat"][:prev] @ grad.float().reshape(n, -1).T
             scores.add(s, (slice(0, prev), slice(b0, b0 + n)))
 
         with torch.enable_grad(), self.runner.attach(grads=on_grad, replace=replace, input_leaf=True,
