@@ -446,15 +446,31 @@ class EdgeEngine:
                         keep: torch.Tensor | None) -> torch.Tensor:
         """Logits of the clean prompts with every edge in ``ablate`` (``[n_forward, n_backward]``)
         carrying its parent's corrupted output (``corr`` ``[n_forward, b, pos, d]``): a child's input
-        is the residual stream plus, for each ablated edge, (corrupted − this run's output of the parent)."""
+        is the residual stream plus, for each ablated edge, (corrupted − this run's output of the parent).
+
+        The sum runs over the fewer of the child's ablated and kept parents: with most parents
+        ablated (a small circuit), it is the sum over every parent so far (kept as the run goes)
+        minus the kept ones' terms; only the parents with a term are read."""
         g = self.graph
         diff = torch.empty_like(corr)  # every parent is written before a child reads it
         flat = diff.view(g.n_forward, -1)
+        total = torch.zeros(corr.shape[1:], dtype=corr.dtype, device=corr.device)  # Σ diff of the parents so far
+        done = [0]
+        binary = ablate.dtype == torch.bool
         ab = ablate.to(device=self.device, dtype=corr.dtype)
 
         def record(f0: int, out: torch.Tensor) -> None:
             n = out.shape[2]
             torch.sub(corr[f0:f0 + n], out.permute(2, 0, 1, 3), out=diff[f0:f0 + n])
+            total.add_(diff[f0:f0 + n].sum(0))
+            done[0] = f0 + n
+
+        def weighted(m: torch.Tensor, prev: int) -> torch.Tensor:
+            """``Σ_f m[f, i] diff[f]`` for each child i: ``[n, b·pos·d]``, reading only the rows with a term."""
+            rows = m.any(1).nonzero().squeeze(1)
+            if len(rows) == prev:
+                return m.T @ flat[:prev]
+            return m[rows].T @ flat.index_select(0, rows)
 
         def deltas(kind: str, layer: int) -> torch.Tensor | None:
             if kind == "qkv":
@@ -464,11 +480,17 @@ class EdgeEngine:
             else:
                 prev, b0, n = g.logits_prev, g.logits_index, 1
             m = ab[:prev, b0:b0 + n]
-            if not bool(m.any()):
+            count = int(torch.count_nonzero(m))
+            if count == 0:
                 return None
-            d = (m.T @ flat[:prev]).view(n, *diff.shape[1:])  # [n, b, pos, d]
+            shape = (n, *diff.shape[1:])
+            if binary and done[0] == prev and 2 * count > m.numel():  # mostly ablated: all minus the kept
+                kept = 1 - m
+                d = total.expand(shape) if not bool(kept.any()) else total - weighted(kept, prev).view(shape)
+            else:
+                d = weighted(m, prev).view(shape)  # [n, b, pos, d]
             if kind == "qkv":
-                return d.view(3, g.n_heads, *d.shape[1:]).permute(0, 2, 3, 1, 4)
+                return d.reshape(3, g.n_heads, *d.shape[1:]).permute(0, 2, 3, 1, 4)
             return d[0]
 
         with self.runner.attach(record=record, deltas=deltas):
