@@ -24,7 +24,7 @@ Interventions (what "corrupted" means): ``patching`` (the counterpart prompt's o
 ``clean-corrupted`` interpolate or run prompts and so take ``patching`` only, as in the library.
 """
 
-# Longer than ~400 lines on purpose: the five scoring methods (eap, eap-ig-inputs, eap-ig-activations, clean-corrupted, exact), their metrics and interventions share one batch loop.
+# Longer than ~400 lines on purpose: the five scoring methods (eap, eap-ig-inputs, eap-ig-activations, clean-corrupted, exact), their metrics and interventions share one batch loop and one node-major buffer layout, which the gradient runs and the circuit runs both index.
 
 from __future__ import annotations
 
