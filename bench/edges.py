@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eap-ig-src", default=os.environ.get("EAP_IG_SRC"),
                     help="folder of the EAP-IG library (hannamw/EAP-IG clone or its src/); default $EAP_IG_SRC")
     ap.add_argument("--rel-tol", type=float, default=1e-4)
-    ap.add_argument("--skip", default="", help="comma list: library, curve, flat, eap, eap-ig-inputs")
+    ap.add_argument("--skip", default="", help="comma list: library, library-eap, library-eap-ig-inputs, curve, flat, eap, eap-ig-inputs")
     ap.add_argument("--wait-idle", type=float, default=0.0, help="seconds to wait for a quiet machine first")
     ap.add_argument("--timeout", type=float, default=4 * 3600)
     ap.add_argument("--out", default=None)
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         m = ["--method", method, "--steps", str(args.steps), *bs]
         run(f"logitscope_{method}", "edges_logitscope.py", [*m, "--scores-out", str(tmp / f"ours-{method}.json")])
-        if "library" not in skip:
+        if "library" not in skip and f"library-{method}" not in skip:
             run(f"eapig_{method}", "edges_eapig.py", [*m, "--eap-ig-src", args.eap_ig_src,
                                                       "--scores-out", str(tmp / f"theirs-{method}.json")])
     if "curve" not in skip:

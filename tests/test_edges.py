@@ -311,11 +311,17 @@ def test_eap_equals_exact_where_the_metric_is_linear_in_the_edge():
         mu, inv = frozen[key]
         return (x - mu) * inv * norm.weight + norm.bias
 
+    def freeze_at_clean() -> None:  # the clean runs' statistics, whichever run the engine makes first
+        frozen.clear()
+        with torch.no_grad():
+            for batch in data.batches(3, torch.device("cpu")):
+                lm.model(input_ids=batch.clean, attention_mask=batch.mask, use_cache=False)
+
     h = norm.register_forward_hook(freeze)
     try:
-        frozen.clear()
+        freeze_at_clean()
         exact = eng.scores("exact")
-        frozen.clear()
+        freeze_at_clean()
         eap = eng.scores("eap")
     finally:
         h.remove()
@@ -528,9 +534,14 @@ def _derivative_check(family: str, hf=None) -> None:
     np.testing.assert_allclose(values[1], corr, atol=1e-4)
     scores = eng.scores("eap")
     batch = next(data.batches(2, torch.device("cpu")))
-    clean_outs, clean_logits = eng._record(batch.clean, batch.mask)
-    corr_outs = eng.corrupted_outputs(batch, clean_outs)
-    ctx = eng._context(batch, clean_logits)
+    keep = eng._answer_keep(batch)  # the logits at the answer positions only, as the engine runs them
+    assert keep is not None
+    with torch.no_grad():
+        clean_logits = eng._forward(batch.clean, batch.mask, keep)
+    corr_outs = eng.corrupted_outputs(batch)
+    ctx = eng._context(batch, clean_logits, keep)
+    nothing = torch.zeros(g.n_forward, g.n_backward, dtype=torch.bool)  # evaluate() does not run this one
+    torch.testing.assert_close(eng._circuit_logits(batch, corr_outs, nothing, keep), clean_logits, atol=1e-5, rtol=1e-5)
     src, dst = g.edge_index
     lk = g.edge_lookup()
     for name in ("input->a0.h1<q>", "input->a0.h0<k>", "input->a1.h3<v>", "a0.h2->a1.h1<k>", "input->m0",
@@ -540,7 +551,7 @@ def _derivative_check(family: str, hf=None) -> None:
         for eps in (1e-2, -1e-2):
             ab = torch.zeros(g.n_forward, g.n_backward)
             ab[src[e], dst[e]] = eps
-            m.append(float(eng.metric(eng._circuit_logits(batch, corr_outs, ab), ctx).double().mean()))
+            m.append(float(eng.metric(eng._circuit_logits(batch, corr_outs, ab, keep), ctx).double().mean()))
         assert float(scores[src[e], dst[e]]) == pytest.approx((m[0] - m[1]) / 2e-2, abs=2e-3, rel=2e-3), name
 
 

@@ -171,7 +171,7 @@ def test_a_graph_file_evaluates_its_circuit(lm, result, tmp_path):
     path = result.write_graph(tmp_path / "graph.json", 15)
     res = ls.edges("ioi:8", lm, method="eap", corrupt="abc", circuit=path, curve=False, **OPTS)
     data = encode_edge_data(lm, ls.Experiment(lm, "ioi:8", corrupt="abc", seed=2).pairs, seed=2)
-    f, *_ = faithfulness(EdgeEngine(lm, data, batch_size=4), result.circuit(15))
+    f, *_ = faithfulness(EdgeEngine(lm, data, batch_size=3), result.circuit(15))  # the same batches as OPTS
     assert res.circuit_eval.order == "given" and res.circuit_eval.n_edges == int(result.circuit(15).sum())
     assert res.circuit_eval.faithfulness == pytest.approx(f, rel=1e-6)
 

@@ -24,7 +24,7 @@ Interventions (what "corrupted" means): ``patching`` (the counterpart prompt's o
 ``clean-corrupted`` interpolate or run prompts and so take ``patching`` only, as in the library.
 """
 
-# Longer than ~400 lines on purpose: the five scoring methods (eap, eap-ig-inputs, eap-ig-activations, clean-corrupted, exact), their metrics and interventions share one batch loop.
+# Longer than ~400 lines on purpose: the five scoring methods (eap, eap-ig-inputs, eap-ig-activations, clean-corrupted, exact), their metrics and interventions share one batch loop and one node-major buffer layout, which the gradient runs and the circuit runs both index.
 
 from __future__ import annotations
 
@@ -235,20 +235,59 @@ class EdgeEngine:
                 self.ranks.poll()  # another rank failed: stop now, not after this rank's share
 
     # ------------------------------------------------------------ plain runs
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # Node outputs are kept node-major, ``[n_forward, b, pos, d]``: a child's share of them is then
+    # one contiguous ``[prev, b·pos·d]`` matrix, and each gradient's scores or each circuit run's
+    # deltas are one matrix product, with no copy of the buffer per child.
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor | int | None = None) -> torch.Tensor:
+        """The logits; with ``keep``, only at those positions where the model can (Hugging Face's
+        ``logits_to_keep``: an int keeps the last positions, a ``[b, k]`` tensor those of each
+        prompt): the unembedding of the other positions is skipped."""
+        if keep is not None and self._keeps_logits:
+            logits = self.lm.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
+            want = keep if isinstance(keep, int) else keep.shape[1]
+            if logits.shape[1] == want:
+                return logits
+            raise RuntimeError(f"the model returned logits at {logits.shape[1]} positions for logits_to_keep={want}")
         return self.lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
 
+    @property
+    def _keeps_logits(self) -> bool:
+        """Whether the model's forward takes ``logits_to_keep`` (every causal LM of transformers 5)."""
+        if not hasattr(self, "_keeps"):
+            import inspect
+
+            self._keeps = "logits_to_keep" in inspect.signature(self.lm.model.forward).parameters
+        return self._keeps
+
+    def _answer_keep(self, batch: Batch) -> torch.Tensor | None:
+        """``logits_to_keep`` for a metric run: each prompt's answer position, when the metric is a
+        built-in one (they read the logits only there, :meth:`MetricContext.at_answer`); None (every
+        position) for a callable, which may read any."""
+        if self.metric in BUILTIN_METRICS.values() and self._keeps_logits:
+            return (batch.lengths - 1)[:, None]
+        return None
+
+    def _context(self, batch: Batch, clean_logits: torch.Tensor | None, keep: torch.Tensor | None) -> MetricContext:
+        """The metric's context; with logits kept at the answer positions only, the answer is at 0."""
+        lengths = batch.lengths if keep is None else torch.ones_like(batch.lengths)
+        return MetricContext(lengths, batch.correct, batch.incorrect, clean_logits)
+
+    def _buffer(self, batch: Batch) -> torch.Tensor:
+        return torch.empty(self.graph.n_forward, *batch.clean.shape, self.runner.d, dtype=self._dtype(),
+                           device=self.device)
+
     @torch.no_grad()
-    def _record(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every node's output ``[b, pos, n_forward, d]`` and the logits of a plain run."""
-        g = self.graph
-        outs = torch.zeros(*ids.shape, g.n_forward, self.runner.d, dtype=self._dtype(), device=self.device)
+    def _record(self, batch: Batch, ids: torch.Tensor, keep: torch.Tensor | int | None = 1
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every node's output ``[n_forward, b, pos, d]`` and the logits (at ``keep``: by default the
+        last position only, for runs whose logits are not read) of a plain run."""
+        outs = self._buffer(batch)
 
         def record(f0: int, out: torch.Tensor) -> None:
-            outs[:, :, f0:f0 + out.shape[2]] = out
+            outs[f0:f0 + out.shape[2]] = out.permute(2, 0, 1, 3)
 
         with self.runner.attach(record=record):
-            logits = self._forward(ids, mask)
+            logits = self._forward(ids, batch.mask, keep)
         return outs, logits
 
     def _dtype(self) -> torch.dtype:
@@ -265,13 +304,13 @@ class EdgeEngine:
             total = ExactSum((width, g.n_forward, d) if positional else (g.n_forward, d))
             count = np.zeros(width, dtype=np.int64)
             for batch in self.data.batches(self.batch_size, self.device, self.ranks):
-                outs, _ = self._record(batch.corrupted, batch.mask)
-                masked = outs * batch.mask.to(outs.dtype)[:, :, None, None]
-                p = outs.shape[1]
+                outs, _ = self._record(batch, batch.corrupted)
+                masked = outs * batch.mask.to(outs.dtype)[None, :, :, None]
+                p = outs.shape[2]
                 if positional:
-                    total.add(masked.sum(0), (slice(0, p),))
+                    total.add(masked.sum(1).transpose(0, 1), (slice(0, p),))
                 else:
-                    total.add(masked.sum((0, 1)))
+                    total.add(masked.sum((1, 2)))
                 count[:p] += batch.mask.sum(0).cpu().numpy()
                 if self.ranks is not None:
                     self.ranks.poll()
@@ -286,22 +325,33 @@ class EdgeEngine:
             self._means = means.to(device=self.device, dtype=self._dtype())
         return self._means
 
-    def corrupted_outputs(self, batch: Batch, clean_outs: torch.Tensor) -> torch.Tensor:
-        """What each node's output is under the intervention: ``[b, pos, n_forward, d]`` (a new tensor)."""
+    def corrupted_outputs(self, batch: Batch) -> torch.Tensor:
+        """What each node's output is under the intervention: ``[n_forward, b, pos, d]`` (a new tensor)."""
         if self.intervention == "patching":
-            return self._record(batch.corrupted, batch.mask)[0]
+            return self._record(batch, batch.corrupted)[0]
+        out = self._buffer(batch)
         if self.intervention == "zero":
-            return torch.zeros_like(clean_outs)
+            return out.zero_()
         means = self.means()
         if self.intervention == "mean":
-            return means.expand_as(clean_outs).clone()
-        return means[: clean_outs.shape[1]][None].expand_as(clean_outs).clone()
+            out.copy_(means[:, None, None, :])
+        else:
+            out.copy_(means[: out.shape[2]].transpose(0, 1)[:, None])
+        return out
 
     # ------------------------------------------------------------ gradients
-    def _gradient(self, batch: Batch, diff: torch.Tensor, scores: ExactSum, ctx: MetricContext, *,
-                  ids: torch.Tensor | None = None, replace: dict | None = None) -> None:
-        """One forward and backward; adds ``diff · ∂Σmetric/∂(child input)`` to ``scores``."""
+    def _gradient(self, batch: Batch, diff: torch.Tensor, scores: ExactSum, ctx: MetricContext | None,
+                  keep: torch.Tensor | None, *, ids: torch.Tensor | None = None, replace: dict | None = None,
+                  record=None) -> None:
+        """One forward and backward; adds ``diff · ∂Σmetric/∂(child input)`` to ``scores``.
+
+        ``diff`` ``[n_forward, b, pos, d]``: corrupted − clean outputs, complete by the backward
+        (``record``, called with this run's node outputs, may finish it during the forward).
+        ``ctx`` None: the metric's clean logits are this run's own."""
         g = self.graph
+        flat = diff.view(g.n_forward, -1)
+        flat = flat if flat.dtype == torch.float32 else None
+        parts = {"flat": flat}
 
         def on_grad(kind: str, layer: int, letter: str, grad: torch.Tensor) -> None:
             if kind == "qkv":
@@ -310,21 +360,24 @@ class EdgeEngine:
                 prev, b0 = g.mlp_prev(layer), g.mlp_in_index(layer)
             else:
                 prev, b0 = g.logits_prev, g.logits_index
-            s = torch.einsum("bpfd,bpnd->fn", diff[:, :, :prev].float(), grad.float())
-            scores.add(s, (slice(0, prev), slice(b0, b0 + grad.shape[2])))
+            if parts["flat"] is None:  # a half-precision model: the products in float32, converted once
+                parts["flat"] = diff.view(g.n_forward, -1).float()
+            n = grad.shape[0]
+            s = parts["flat"][:prev] @ grad.float().reshape(n, -1).T
+            scores.add(s, (slice(0, prev), slice(b0, b0 + n)))
 
-        with torch.enable_grad(), self.runner.attach(grads=on_grad, replace=replace, input_leaf=True) as state:
-            logits = self._forward(batch.clean if ids is None else ids, batch.mask)
+        with torch.enable_grad(), self.runner.attach(grads=on_grad, replace=replace, input_leaf=True,
+                                                     record=record) as state:
+            logits = self._forward(batch.clean if ids is None else ids, batch.mask, keep)
+            if ctx is None:
+                ctx = self._context(batch, logits.detach(), keep)
             value = self.metric(logits, ctx).sum()
             torch.autograd.grad(value, [state["leaf"]], allow_unused=True)
-
-    def _context(self, batch: Batch, clean_logits: torch.Tensor | None) -> MetricContext:
-        return MetricContext(batch.lengths, batch.correct, batch.incorrect, clean_logits)
 
     def scores(self, method: str = "eap", steps: int | None = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
         """``[n_forward, n_backward]`` float64 scores of every edge (0 where there is no edge).
 
-        Memory: one batch's node outputs at a time (``[b, pos, n_forward, d]``, the batch's own
+        Memory: one batch's node outputs at a time (``[n_forward, b, pos, d]``, the batch's own
         length; two such buffers at most), whatever the number of prompts or of IG steps."""
         steps = check_options(method, steps, self.intervention)
         if progress is not None:
@@ -341,29 +394,43 @@ class EdgeEngine:
                    "eap-ig-activations": steps * (2 * g.n_layers + 1)}[method]
         return total.value() / (divisor * self.data.n) * g.real
 
+    @staticmethod
+    def _into(diff: torch.Tensor, sign: float):
+        """A record function that adds ``sign ×`` each node output to ``diff`` (in place)."""
+        def record(f0: int, out: torch.Tensor) -> None:
+            diff[f0:f0 + out.shape[2]].add_(out.permute(2, 0, 1, 3), alpha=sign)
+        return record
+
     def _score_batch(self, method: str, steps: int, batch: Batch, total: ExactSum) -> None:
-        clean_outs, clean_logits = self._record(batch.clean, batch.mask)
-        diff = self.corrupted_outputs(batch, clean_outs)
-        e_corr = diff[:, :, 0].clone() if method == "eap-ig-inputs" else None
-        diff.sub_(clean_outs)  # corrupted − clean, in place: one buffer
-        if method != "eap-ig-activations":
-            del clean_outs
-        ctx = self._context(batch, clean_logits.detach())
-        if method == "eap":
-            self._gradient(batch, diff, total, ctx)
-        elif method == "clean-corrupted":
-            self._gradient(batch, diff, total, ctx)
-            self._gradient(batch, diff, total, ctx, ids=batch.corrupted)
-        elif method == "eap-ig-inputs":
-            for k in range(steps):  # corrupted + (k/m)(clean − corrupted)
-                self._gradient(batch, diff, total, ctx, replace={"input": e_corr - (k / steps) * diff[:, :, 0]})
-        elif method == "eap-ig-activations":
+        """One batch's scores. The clean (or, for IG, corrupted) outputs are recorded in the first
+        gradient run itself, so that EAP costs one recording run and one gradient run."""
+        keep = self._answer_keep(batch)
+        if method == "eap":  # diff = corrupted, minus the clean outputs as the gradient run makes them
+            diff = self.corrupted_outputs(batch)
+            self._gradient(batch, diff, total, None, keep, record=self._into(diff, -1.0))
+            return
+        clean_outs, clean_logits = self._record(batch, batch.clean, keep)
+        ctx = self._context(batch, clean_logits, keep)
+        if method == "eap-ig-activations":
+            diff = self.corrupted_outputs(batch).sub_(clean_outs)
             for key, sl in self._node_groups():
-                c, dx = clean_outs[:, :, sl], diff[:, :, sl]
+                c, dx = clean_outs[sl], diff[sl]
                 for k in range(1, steps + 1):
                     value = c + (1 - k / steps) * dx  # (k/m)·clean + (1 − k/m)·corrupted
-                    value = value.sum(2) if key != "input" and key[0] == "attn" else value[:, :, 0]
-                    self._gradient(batch, diff, total, ctx, replace={key: value})
+                    value = value.sum(0) if key != "input" and key[0] == "attn" else value[0]
+                    self._gradient(batch, diff, total, ctx, keep, replace={key: value})
+            return
+        diff = clean_outs.neg_()  # − clean; the corrupted outputs are added by the first gradient run
+        if method == "clean-corrupted":
+            self._gradient(batch, diff, total, ctx, keep, ids=batch.corrupted, record=self._into(diff, 1.0))
+            self._gradient(batch, diff, total, ctx, keep)
+        elif method == "eap-ig-inputs":  # corrupted + (k/m)(clean − corrupted); k = 0 is the corrupted run
+            with torch.no_grad():
+                e_corr = self.runner.embed(batch.corrupted)
+            for k in range(steps):
+                value = e_corr if k == 0 else e_corr - (k / steps) * diff[0]
+                self._gradient(batch, diff, total, ctx, keep, replace={"input": value},
+                               record=self._into(diff, 1.0) if k == 0 else None)
 
     def _node_groups(self) -> list[tuple]:
         g = self.graph
@@ -375,17 +442,35 @@ class EdgeEngine:
 
     # ------------------------------------------------------------ runs with edges corrupted
     @torch.no_grad()
-    def _circuit_logits(self, batch: Batch, corr: torch.Tensor, ablate: torch.Tensor) -> torch.Tensor:
+    def _circuit_logits(self, batch: Batch, corr: torch.Tensor, ablate: torch.Tensor,
+                        keep: torch.Tensor | None) -> torch.Tensor:
         """Logits of the clean prompts with every edge in ``ablate`` (``[n_forward, n_backward]``)
-        carrying its parent's corrupted output: a child's input is the residual stream plus, for
-        each ablated edge, (corrupted − this run's output of the parent)."""
+        carrying its parent's corrupted output (``corr`` ``[n_forward, b, pos, d]``): a child's input
+        is the residual stream plus, for each ablated edge, (corrupted − this run's output of the parent).
+
+        The sum runs over the fewer of the child's ablated and kept parents: with most parents
+        ablated (a small circuit), it is the sum over every parent so far (kept as the run goes)
+        minus the kept ones' terms; only the parents with a term are read."""
         g = self.graph
-        diff = torch.zeros_like(corr)
+        diff = torch.empty_like(corr)  # every parent is written before a child reads it
+        flat = diff.view(g.n_forward, -1)
+        total = torch.zeros(corr.shape[1:], dtype=corr.dtype, device=corr.device)  # Σ diff of the parents so far
+        done = [0]
+        binary = ablate.dtype == torch.bool
         ab = ablate.to(device=self.device, dtype=corr.dtype)
 
         def record(f0: int, out: torch.Tensor) -> None:
             n = out.shape[2]
-            diff[:, :, f0:f0 + n] = corr[:, :, f0:f0 + n] - out
+            torch.sub(corr[f0:f0 + n], out.permute(2, 0, 1, 3), out=diff[f0:f0 + n])
+            total.add_(diff[f0:f0 + n].sum(0))
+            done[0] = f0 + n
+
+        def weighted(m: torch.Tensor, prev: int) -> torch.Tensor:
+            """``Σ_f m[f, i] diff[f]`` for each child i: ``[n, b·pos·d]``, reading only the rows with a term."""
+            rows = m.any(1).nonzero().squeeze(1)
+            if len(rows) == prev:
+                return m.T @ flat[:prev]
+            return m[rows].T @ flat.index_select(0, rows)
 
         def deltas(kind: str, layer: int) -> torch.Tensor | None:
             if kind == "qkv":
@@ -395,20 +480,29 @@ class EdgeEngine:
             else:
                 prev, b0, n = g.logits_prev, g.logits_index, 1
             m = ab[:prev, b0:b0 + n]
-            if not bool(m.any()):
+            count = int(torch.count_nonzero(m))
+            if count == 0:
                 return None
-            d = torch.einsum("bpfd,fn->bpnd", diff[:, :, :prev], m)
+            shape = (n, *diff.shape[1:])
+            if binary and done[0] == prev and 2 * count > m.numel():  # mostly ablated: all minus the kept
+                kept = 1 - m
+                d = total.expand(shape) if not bool(kept.any()) else total - weighted(kept, prev).view(shape)
+            else:
+                d = weighted(m, prev).view(shape)  # [n, b, pos, d]
             if kind == "qkv":
-                return d.view(*d.shape[:2], 3, g.n_heads, d.shape[-1]).permute(2, 0, 1, 3, 4)
-            return d[:, :, 0]
+                return d.reshape(3, g.n_heads, *d.shape[1:]).permute(0, 2, 3, 1, 4)
+            return d[0]
 
         with self.runner.attach(record=record, deltas=deltas):
-            return self._forward(batch.clean, batch.mask)
+            return self._forward(batch.clean, batch.mask, keep)
 
     def evaluate(self, circuits: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         """Per prompt, the metric with each circuit's complement corrupted (``[n_circuits, n]``),
         and the clean metric (``[n]``). A circuit is a ``[n_forward, n_backward]`` bool matrix.
-        In a process group, every rank gets every prompt's values."""
+        In a process group, every rank gets every prompt's values.
+
+        A circuit with every edge (nothing corrupted) is the clean run: its values are the clean
+        run's, not run again (the circuit run with no edge corrupted is the same computation)."""
         self._prepare()
         real = self.graph.real
         ablates = [real & ~c.bool() for c in circuits]
@@ -417,13 +511,17 @@ class EdgeEngine:
         rows = []
         for batch in self._batches():
             rows.append(batch.index)
-            clean_outs, clean_logits = self._record(batch.clean, batch.mask)
-            corr = self.corrupted_outputs(batch, clean_outs)
-            del clean_outs
-            ctx = self._context(batch, clean_logits)
+            keep = self._answer_keep(batch)
+            with torch.no_grad():
+                clean_logits = self._forward(batch.clean, batch.mask, keep)
+            corr = self.corrupted_outputs(batch)
+            ctx = self._context(batch, clean_logits, keep)
             clean[batch.index] = self.metric(clean_logits, ctx).double().cpu().numpy()
             for i, ab in enumerate(ablates):
-                logits = self._circuit_logits(batch, corr, ab)
+                if not bool(ab.any()):
+                    out[i, batch.index] = clean[batch.index]
+                    continue
+                logits = self._circuit_logits(batch, corr, ab, keep)
                 out[i, batch.index] = self.metric(logits, ctx).double().cpu().numpy()
         if self.ranks is not None:
             out, clean = self._everyone(rows, out, clean)
@@ -449,16 +547,17 @@ class EdgeEngine:
         src, dst = g.edge_index
         total = ExactSum((g.n_edges,))
         for batch in self._batches():
-            clean_outs, clean_logits = self._record(batch.clean, batch.mask)
-            corr = self.corrupted_outputs(batch, clean_outs)
-            del clean_outs
-            ctx = self._context(batch, clean_logits)
+            keep = self._answer_keep(batch)
+            with torch.no_grad():
+                clean_logits = self._forward(batch.clean, batch.mask, keep)
+            corr = self.corrupted_outputs(batch)
+            ctx = self._context(batch, clean_logits, keep)
             base = self.metric(clean_logits, ctx).double()
             changes = torch.zeros(g.n_edges, dtype=torch.float64)
             for e in range(g.n_edges):
                 ab = torch.zeros(g.n_forward, g.n_backward, dtype=torch.bool)
                 ab[src[e], dst[e]] = True
-                logits = self._circuit_logits(batch, corr, ab)
+                logits = self._circuit_logits(batch, corr, ab, keep)
                 changes[e] = (self.metric(logits, ctx).double() - base).sum().cpu()
             total.add(changes)
         total.across(self.ranks, "the sum of the exact edge effects")

@@ -37,7 +37,7 @@ from logitscope.models.adapters import norm_eps
 
 # (kind, layer) -> tensor: "qkv" [3, b, p, H, d]; "mlp", "logits" [b, p, d]
 DeltaFn = Callable[[str, int], "torch.Tensor | None"]
-# called with (kind, layer, letter or "", gradient [b, p, n, d]) during backward
+# called with (kind, layer, letter or "", gradient [n, b, p, d], node-major) during backward
 GradFn = Callable[[str, int, str, torch.Tensor], None]
 # called with (first forward index, output [b, p, n, d]) as each group of nodes writes
 RecordFn = Callable[[int, torch.Tensor], None]
@@ -203,25 +203,32 @@ class EdgeRunner:
         return self.H
 
     # ------------------------------------------------------------------ norms
-    def _norm_vjp(self, layer: int, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """``J_norm(x)ᵀ u`` for the norm before layer ``layer``'s attention; ``x`` [b, p, d],
-        ``u`` [b, p, n, d] (one cotangent per head)."""
+    def _head_input_grads(self, layer: int, x: torch.Tensor, gp: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Each head's residual-input gradient ``J_norm(x)ᵀ (W_hᵀ g_h)``, head-major ``[H, b, p, d]``,
+        for the norm before layer ``layer``'s attention; ``x`` [b, p, d] (the block's input),
+        ``gp`` [b, p, H, d_head] (the gradient at the projection's output), ``w`` [H, d_head, d].
+
+        One batched product per head and two in-place passes: the norm's scale ``1/σ`` is applied
+        to ``g_h`` (d_head wide) and its weight to ``W``, and the Jacobian's projections
+        (``− mean``, ``− x̂ · mean(· x̂)``) are subtracted from the product in place."""
+        b, p, H, e = gp.shape
+        g = gp.float().permute(2, 0, 1, 3).reshape(H, b * p, e)
+        w = w.float()
         norm = self.attn_norm[layer]
         if norm is None:
-            return u
-        x = x.float()[:, :, None, :]
-        v = u.float() * self.lm.adapter.norm_weight(norm).float()
-        eps = norm_eps(norm)
-        if self.lm.adapter.norm == "LayerNorm":
-            xc = x - x.mean(-1, keepdim=True)
-            inv = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)
-            xh = xc * inv
-            g = (v - v.mean(-1, keepdim=True) - xh * (v * xh).mean(-1, keepdim=True)) * inv
-        else:
-            inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-            xh = x * inv
-            g = (v - xh * (v * xh).mean(-1, keepdim=True)) * inv
-        return g.to(u.dtype)
+            return torch.bmm(g, w).view(H, b, p, -1).to(gp.dtype)
+        w = w * self.lm.adapter.norm_weight(norm).float()
+        xf = x.float().reshape(b * p, -1)
+        layer_norm = self.lm.adapter.norm == "LayerNorm"
+        xc = xf - xf.mean(-1, keepdim=True) if layer_norm else xf
+        inv = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + norm_eps(norm))  # [bp, 1]
+        xh = xc * inv
+        v = torch.bmm(g * inv, w)  # [H, bp, d]: (1/σ)·(w ⊙ W_hᵀ g_h)
+        c = torch.einsum("hkd,kd->hk", v, xh) / xf.shape[-1]  # mean(v · x̂)
+        if layer_norm:
+            v.sub_(v.mean(-1, keepdim=True))
+        v.addcmul_(c.unsqueeze(-1), xh.unsqueeze(0), value=-1.0)
+        return v.view(H, b, p, -1).to(gp.dtype)
 
     def _post_factor(self, norm: nn.Module, y: torch.Tensor) -> torch.Tensor:
         """The per-position, per-dimension factor by which a sublayer post-norm (RMSNorm, no bias)
@@ -241,7 +248,7 @@ class EdgeRunner:
         ``{("attn", L): t}`` (the sum of the layer's head outputs), ``{("mlp", L): t}``: that group's
         output becomes ``t`` (a constant: no gradient flows through the replaced group).
         ``deltas(kind, L)``: what each child input receives beside the residual stream.
-        ``grads(kind, L, letter, g)``: each child input's gradient during backward.
+        ``grads(kind, L, letter, g)``: each child input's gradient ``[n, b, p, d]`` during backward.
         ``input_leaf``: the embeddings become a leaf that requires grad (the returned dict's
         ``"leaf"``), so that a backward needs no parameter gradients.
         """
@@ -285,7 +292,7 @@ class EdgeRunner:
                         x = x + dx.to(x.dtype)
                 if grads is not None and x.requires_grad:
                     x = x.clone()
-                    x.register_hook(lambda g: grads("logits", 0, "", g[:, :, None]))
+                    x.register_hook(lambda g: grads("logits", 0, "", g[None]))
                 return (x, *args[1:])
 
             hook(self.final_norm, on_final, pre=True)
@@ -336,7 +343,7 @@ class EdgeRunner:
                 x = x + dx.to(x.dtype)
             if grads is not None and x.requires_grad:
                 x = x.clone()
-                x.register_hook(lambda gr: grads("mlp", layer, "", gr[:, :, None]))
+                x.register_hook(lambda gr: grads("mlp", layer, "", gr[None]))
             if shared_norm is not None:
                 x = shared_norm(x)
             return (x, *args[1:])
@@ -349,24 +356,23 @@ class EdgeRunner:
         w_o = ad.out_proj_weight(block)  # [d_model, H d_head]
 
         def head_results(z: torch.Tensor) -> torch.Tensor:
-            zh = z.view(*z.shape[:-1], self.H, self.dh)
-            return torch.einsum("bphe,dhe->bphd", zh, w_o.view(self.d, self.H, self.dh))
+            zh = z.detach().view(*z.shape[:-1], self.H, self.dh)
+            with torch.no_grad():  # read as constants only: no autograd graph for them
+                return torch.einsum("bphe,dhe->bphd", zh, w_o.view(self.d, self.H, self.dh))
 
-        def finish_attn(out: torch.Tensor, results: torch.Tensor) -> torch.Tensor:
+        def finish_attn(out: torch.Tensor, results: Callable[[], torch.Tensor]) -> torch.Tensor:
+            """``results()``: the heads' outputs [b, p, H, d], computed only when recorded or replaced."""
             key = ("attn", layer)
             if key in replace:
-                const = (out - results.sum(dim=2)).detach()
-                out = const + replace[key].to(out.dtype).detach()
-                results = None
-            if record is not None:
+                out = (out - results().sum(dim=2)).detach() + replace[key].to(out.dtype).detach()
+            elif record is not None:
                 # a replaced layer's heads are not recorded (their outputs are no longer defined)
-                if results is not None:
-                    record(g.head_index(layer), results.detach())
+                record(g.head_index(layer), results())
             return out
 
         if post is None:
             def on_out_proj(mod, args, out):
-                return finish_attn(out, head_results(args[0]))
+                return finish_attn(out, lambda: head_results(args[0]))
 
             hook(out_proj, on_out_proj)
         else:
@@ -374,8 +380,7 @@ class EdgeRunner:
                 state["z"] = args[0]
 
             def on_post(mod, args, out):
-                factor = self._post_factor(mod, args[0])
-                return finish_attn(out, head_results(state["z"]) * factor[:, :, None, :])
+                return finish_attn(out, lambda: head_results(state["z"]) * self._post_factor(mod, args[0]).detach()[:, :, None, :])
 
             hook(out_proj, keep_z)
             hook(post, on_post)
@@ -431,8 +436,7 @@ class EdgeRunner:
                     for letter, gp in zip(proj.letters, proj.split(gout)):
                         w, _ = proj.weights(letter)
                         w = expand(w, letter).detach()
-                        u = torch.einsum("bphe,hed->bphd", gp, w)
-                        grads("qkv", layer, letter, self._norm_vjp(layer, x_in, u))
+                        grads("qkv", layer, letter, self._head_input_grads(layer, x_in, gp, w))
 
                 new.register_hook(on_grad)
             return None if new is out else new
