@@ -310,3 +310,13 @@ def test_patch_runs_on_a_task_spec_with_its_own_counterparts(tiny_gpt2_dir, gpt2
     assert main(["patch", "--model", str(tiny_gpt2_dir), "--prompts", "induction:6", "--corrupt", "abc",
                  "--out", str(tmp_path / "q"), "--quiet", "--no-report"]) == 2
     assert "already carry their counterparts" in capsys.readouterr().err and not (tmp_path / "q").exists()
+
+
+def test_mean_ablation_names_a_tasks_template_without_empty_brackets():
+    """A task's templates have no IOI order: the mean-ablation error says "template simple", not
+    "template simple ()" (IOI's keep their order: "template 3 (ABBA)")."""
+    from logitscope.methods.ablation import _key_text
+
+    assert _key_text(("template", "simple", "")) == "template simple"
+    assert _key_text(("template", 3, "ABBA")) == "template 3 (ABBA)"
+    assert _key_text(("length", 12)) == "length 12"

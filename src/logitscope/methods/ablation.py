@@ -129,7 +129,9 @@ class GroupMeans:
 
 
 def _key_text(key: tuple) -> str:
-    return f"template {key[1]} ({key[2]})" if key[0] == "template" else f"length {key[1]}"
+    if key[0] != "template":
+        return f"length {key[1]}"
+    return f"template {key[1]} ({key[2]})" if key[2] else f"template {key[1]}"  # IOI's order, where there is one
 
 
 class AblationRunner:
