@@ -468,9 +468,9 @@ def test_attribute_on_prompts_with_counterparts_and_a_callable_metric():
     assert d["curve"]["faithfulness"][-1] == pytest.approx(1.0, abs=1e-6) and "cpr" in d["curve_signed"]
     assert "CPR" in res.summary()
     # a callable metric: twice the logit difference doubles every score
+    # (logits [b, d_vocab] at the answer position, as every method's callable metric)
     twice = attribute(lm, prompts, method="eap", metric=lambda logits, ctx: 2 * (
-        ctx.at_answer(logits)[torch.arange(len(ctx.lengths)), ctx.correct]
-        - ctx.at_answer(logits)[torch.arange(len(ctx.lengths)), ctx.incorrect]))
+        logits.gather(1, ctx.correct[:, None])[:, 0] - logits.gather(1, ctx.incorrect[:, None])[:, 0]))
     torch.testing.assert_close(twice.scores, 2 * direct)
 
 
@@ -551,7 +551,8 @@ def _derivative_check(family: str, hf=None) -> None:
         for eps in (1e-2, -1e-2):
             ab = torch.zeros(g.n_forward, g.n_backward)
             ab[src[e], dst[e]] = eps
-            m.append(float(eng.metric(eng._circuit_logits(batch, corr_outs, ab, keep), ctx).double().mean()))
+            m.append(float(eng._measure(eng._circuit_logits(batch, corr_outs, ab, keep), batch, ctx, keep)
+                           .double().mean()))
         assert float(scores[src[e], dst[e]]) == pytest.approx((m[0] - m[1]) / 2e-2, abs=2e-3, rel=2e-3), name
 
 

@@ -144,7 +144,7 @@ NO_MODEL = "/nonexistent/model-folder"  # a load would fail: each error must com
 
 @pytest.mark.parametrize("options,name", [
     ({"method": "eap-gi"}, "method"), ({"steps": 0}, "steps"), ({"intervention": "resample"}, "intervention"),
-    ({"metric": "loss"}, "metric"), ({"top_n": 0}, "top_n"), ({"exact_top": -1}, "exact_top"),
+    ({"metric": "accuracy"}, "metric"), ({"top_n": 0}, "top_n"), ({"exact_top": -1}, "exact_top"),
     ({"batch_size": 0}, "batch_size"), ({"corrupt": "swap"}, "corrupt"),
     ({"method": "eap-ig-inputs", "intervention": "mean"}, "intervention"),
 ])

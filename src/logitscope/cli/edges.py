@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from logitscope.cli.options import checks, load, model_options, prompt_warnings, wrote
+from logitscope.cli.options import checks, load, metric_option, model_options, prompt_warnings, wrote
 
 EXAMPLES = """\
 examples:
@@ -37,8 +37,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="what a corrupted edge carries: the counterpart's value (default), its mean, its mean "
                    "per position, or zero")
     own.add_argument("--corrupt", default=None, choices=["abc", "flip"], help="the counterpart of IOI prompts (abc)")
-    own.add_argument("--metric", default="logit-diff", choices=["logit-diff", "prob-diff", "kl"],
-                   help="the metric whose change an edge's score estimates (default logit-diff)")
+    metric_option(own)  # engine/metrics.py's names, checked before the model loads; default: the task's own
     own.add_argument("--by", default="edge", choices=["edge", "node"],
                      help="circuits of the top n edges (default) or of the top n heads and MLPs, every edge among "
                      "them (--top-n and the curves count nodes)")
