@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from logitscope.cli.options import checks, load, metric_option, model_options, prompt_warnings, wrote
+from logitscope.cli.options import checks, load, model_options, prompt_warnings, wrote
 
 EXAMPLES = """\
 examples:
@@ -37,7 +37,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="what a corrupted edge carries: the counterpart's value (default), its mean, its mean "
                    "per position, or zero")
     own.add_argument("--corrupt", default=None, choices=["abc", "flip"], help="the counterpart of IOI prompts (abc)")
-    metric_option(own)  # engine/metrics.py's names, checked before the model loads; default: the task's own
+    # engine/metrics.py's names, checked by checks() before the model loads (the short help keeps one screen)
+    own.add_argument("--metric", default=None, metavar="METRIC", help="what a score is the change of: logit-diff, "
+                     "logprob-diff, prob-diff, logprob, loss or kl (default: the task's own, else logit-diff)")
     own.add_argument("--by", default="edge", choices=["edge", "node"],
                      help="circuits of the top n edges (default) or of the top n heads and MLPs, every edge among "
                      "them (--top-n and the curves count nodes)")
