@@ -468,10 +468,78 @@ def test_attribute_on_prompts_with_counterparts_and_a_callable_metric():
     assert d["curve"]["faithfulness"][-1] == pytest.approx(1.0, abs=1e-6) and "cpr" in d["curve_signed"]
     assert "CPR" in res.summary()
     # a callable metric: twice the logit difference doubles every score
+    # (logits [b, d_vocab] at the answer position, as every method's callable metric)
     twice = attribute(lm, prompts, method="eap", metric=lambda logits, ctx: 2 * (
-        ctx.at_answer(logits)[torch.arange(len(ctx.lengths)), ctx.correct]
-        - ctx.at_answer(logits)[torch.arange(len(ctx.lengths)), ctx.incorrect]))
+        logits.gather(1, ctx.correct[:, None])[:, 0] - logits.gather(1, ctx.incorrect[:, None])[:, 0]))
     torch.testing.assert_close(twice.scores, 2 * direct)
+
+
+class TLSets(TLEdges):
+    """The reference measuring log P(correct set) − log P(incorrect set) at the last token, P of a
+    set the sum of its members' probabilities (sets ``[N, K]`` padded with ``-1``), written out here
+    independently of engine/metrics.py."""
+
+    def metric(self, logits, i):
+        logp = torch.log_softmax(logits[-1].float(), dim=-1)
+
+        def log_p(ids):
+            return torch.logsumexp(logp[[int(t) for t in ids if t >= 0]], dim=0)
+
+        return log_p(self.data.correct[i]) - log_p(self.data.incorrect[i])
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig-inputs"])
+def test_logprob_diff_on_answer_sets_equals_the_reference(method):
+    """Edges measure engine/metrics.py's metrics, answer sets whole: EAP and EAP-IG scores with
+    ``logprob-diff`` on SVA's four-verb sets equal the TransformerLens reference given that metric
+    (tolerances as the other score comparisons), and differ from the first verbs' alone (so the
+    sets are read)."""
+    from logitscope.methods.edges import attribute, encode_edge_data
+
+    hf = oracle.make_hf_model("gpt2", size="tiny", seed=1)  # the GPT-2 tokenizer's vocabulary
+    lm = wrap_model(hf, oracle.gpt2_tokenizer())
+    tl = oracle.tl_model(hf, "gpt2", **oracle.NO_PROCESSING_FLAGS)
+    tl.set_use_split_qkv_input(True)
+    tl.set_use_attn_result(True)
+    tl.set_use_hook_mlp_in(True)
+    data = encode_edge_data(lm, "sva:4")
+    assert data.correct.shape == data.incorrect.shape == (4, 4)  # four verbs each, no padding needed
+    eng = EdgeEngine(lm, data, metric="logprob-diff", batch_size=3)
+    ours = eng.scores(method, steps=2)
+    ref = TLSets(tl, eng.graph, data).scores(method, steps=2)
+    assert ours.abs().max() > 1e-2
+    torch.testing.assert_close(ours, ref, atol=ATOL * 10, rtol=RTOL)
+    via_attribute = attribute(lm, "sva:4", method=method, steps=2, metric="logprob-diff", batch_size=3)
+    torch.testing.assert_close(via_attribute.scores, ours)
+    assert via_attribute.metric == "logprob-diff"
+    first = EdgeData(data.clean, data.corrupted, data.correct[:, 0], data.incorrect[:, 0])
+    alone = EdgeEngine(lm, first, metric="logprob-diff", batch_size=3).scores(method, steps=2)
+    assert (alone - ours).abs().max() > 1e-3
+
+
+def test_every_metric_name_scores_and_a_task_s_own_is_the_default(tiny_gpt2_dir):
+    """Every name of engine/metrics.py's METRICS scores edges: ``loss`` = −``logprob`` exactly,
+    ``kl`` is 0 and flat at the clean run (EAP scores 0 to float noise), the others are not zero
+    (prob-diff's are small: the random model spreads its probability over 50k tokens);
+    ``logitscope.edges`` without a metric takes the task's (greater-than: ``prob-diff``, the same
+    scores as asked for by name)."""
+    import logitscope as ls
+    from logitscope.engine.metrics import METRICS
+    from logitscope.methods.edges import encode_edge_data
+
+    lm = ls.load_model(str(tiny_gpt2_dir), device="cpu")
+    data = encode_edge_data(lm, "sva:4")
+    scores = {name: EdgeEngine(lm, data, metric=name, batch_size=4).scores("eap") for name in METRICS}
+    torch.testing.assert_close(scores["loss"], -scores["logprob"], rtol=0, atol=0)
+    assert float(scores["kl"].abs().max()) < 1e-6
+    for name in ("logit-diff", "logprob-diff", "prob-diff", "logprob"):
+        assert float(scores[name].abs().max()) > 0, name
+    assert not torch.allclose(scores["logprob-diff"], scores["logit-diff"])
+    opts = dict(method="eap", curve=False, device="cpu", batch_size=4)
+    own = ls.edges("greater-than:4", lm, **opts)
+    named = ls.edges("greater-than:4", lm, metric="prob-diff", **opts)
+    assert own.metric == "prob-diff"
+    torch.testing.assert_close(own.scores, named.scores, rtol=0, atol=0)
 
 
 class TLPostNorm(TLEdges):
@@ -551,7 +619,8 @@ def _derivative_check(family: str, hf=None) -> None:
         for eps in (1e-2, -1e-2):
             ab = torch.zeros(g.n_forward, g.n_backward)
             ab[src[e], dst[e]] = eps
-            m.append(float(eng.metric(eng._circuit_logits(batch, corr_outs, ab, keep), ctx).double().mean()))
+            m.append(float(eng._measure(eng._circuit_logits(batch, corr_outs, ab, keep), batch, ctx, keep)
+                           .double().mean()))
         assert float(scores[src[e], dst[e]]) == pytest.approx((m[0] - m[1]) / 2e-2, abs=2e-3, rel=2e-3), name
 
 

@@ -144,7 +144,7 @@ NO_MODEL = "/nonexistent/model-folder"  # a load would fail: each error must com
 
 @pytest.mark.parametrize("options,name", [
     ({"method": "eap-gi"}, "method"), ({"steps": 0}, "steps"), ({"intervention": "resample"}, "intervention"),
-    ({"metric": "loss"}, "metric"), ({"top_n": 0}, "top_n"), ({"exact_top": -1}, "exact_top"),
+    ({"metric": "accuracy"}, "metric"), ({"top_n": 0}, "top_n"), ({"exact_top": -1}, "exact_top"),
     ({"batch_size": 0}, "batch_size"), ({"corrupt": "swap"}, "corrupt"),
     ({"method": "eap-ig-inputs", "intervention": "mean"}, "intervention"),
 ])
@@ -290,3 +290,24 @@ def test_torchrun_with_two_ranks_equals_one_process(tiny_gpt2_dir, tmp_path):
         assert many.timing["world_size"] == 2 and sum(many.timing["prompts_per_rank"]) == 9
         assert min(many.timing["prompts_per_rank"]) > 0
         _assert_equal(one, many)
+
+
+def test_cli_takes_every_metric_name_and_refuses_others(tiny_gpt2_dir, tmp_path):
+    """``logitscope edges --metric``: engine/metrics.py's names (here ``logprob-diff`` on SVA's answer
+    sets, the scores those of the Python call), and an unknown name exits 2 before the model loads,
+    naming the flag and the choices, with nothing written."""
+    run = lambda *a: subprocess.run([sys.executable, "-m", "logitscope", "edges", *a], capture_output=True,
+                                    text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    bad = run("--model", NO_MODEL, "--prompts", "sva:4", "--metric", "accuracy", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "--metric accuracy" in bad.stderr and "logprob-diff" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    out = tmp_path / "ok"
+    ok = run("--model", str(tiny_gpt2_dir), "--prompts", "sva:4", "--metric", "logprob-diff", "--method", "eap",
+             "--no-curve", "--no-report", "--device", "cpu", "--batch-size", "4", "--quiet", "--out", str(out))
+    assert ok.returncode == 0, ok.stderr
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["edges"]["metric"] == "logprob-diff"
+    lm = ls.load_model(str(tiny_gpt2_dir), device="cpu")
+    direct = ls.edges("sva:4", lm, method="eap", metric="logprob-diff", curve=False, device="cpu", batch_size=4)
+    np.testing.assert_allclose(np.load(out / "edges_per_prompt.npz")["scores"],
+                               direct.graph.edge_vector(direct.scores).numpy(), rtol=0, atol=0)

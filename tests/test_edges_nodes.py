@@ -103,7 +103,7 @@ def test_node_circuits_curve_and_files(lm, nodes, tmp_path):
     g = nodes.graph
     assert isinstance(nodes, ApiEdgeResult) and nodes.by == "node"
     data = encode_edge_data(lm, ls.Experiment(lm, "ioi:8", corrupt="abc", seed=2).pairs, seed=2)
-    engine = EdgeEngine(lm, data, batch_size=4)
+    engine = EdgeEngine(lm, data, batch_size=3)  # the same batches as OPTS: f to float32 noise of one summation order
     # the evaluated circuit: the top 4 nodes, its f recomputed from an independent run
     hand = _by_hand(g, nodes.scores, 4, True)
     c = nodes.circuit_eval

@@ -303,8 +303,8 @@ def test_bad_answer_sets_are_clear_errors(model):
     with pytest.raises(InputError, match=r"answer ' Marianne Smith' is \d tokens"):
         run_patching(multi, hf, tokenizer=gpt2_tokenizer(), what="heads")
     sets = [ls.Prompt(shared[0].text, (" Mary", " Bob"), " John", corrupted=shared[0].corrupted)]
-    with pytest.raises(InputError, match=r"answer sets .* are measured by run, patch, .*; edges takes one token"):
-        ls.edges(sets, hf, tokenizer=gpt2_tokenizer())
+    with pytest.raises(InputError, match=r"answer sets .* are measured by run, patch, .* and edges; this one takes"):
+        ls.logit_diff_directions(sets, hf, tokenizer=gpt2_tokenizer())
     assert ls.run_study(sets, hf, tokenizer=gpt2_tokenizer()).n_prompts == 1  # the study takes sets (test_sets_dla)
 
 

@@ -18,7 +18,9 @@ import numpy as np
 from logitscope.engine import distributed
 from logitscope.errors import ArgumentError
 from logitscope.inputs.prompt import Prompt
-from logitscope.methods.edges import METRICS, attribute, check_by, check_counts, check_options
+from logitscope.api.prepared import default_metric
+from logitscope.engine.metrics import resolve_metric
+from logitscope.methods.edges import attribute, check_by, check_counts, check_options
 from logitscope.results import edges as edge_results
 
 __all__ = ["EdgeResult", "check_edge_options", "edges", "read_edges"]
@@ -59,7 +61,7 @@ def read_edges(folder: str | Path) -> EdgeResult:
 
 
 def check_edge_options(*, method: str = "eap-ig-inputs", steps: int = 5, intervention: str = "patching",
-                       corrupt: str | None = None, metric: Any = "logit-diff", top_n: int | None = None,
+                       corrupt: str | None = None, metric: Any = None, top_n: int | None = None,
                        exact_top: int = 0, batch_size: int | None = None, circuit: Any = None, by: str = "edge",
                        greedy: bool = False) -> None:
     """:func:`edges`' options' errors without a model (the CLI calls it before loading one)."""
@@ -71,9 +73,7 @@ def check_edge_options(*, method: str = "eap-ig-inputs", steps: int = 5, interve
         raise ArgumentError("steps", steps, "must be a whole number, at least 1")
     if corrupt is not None and corrupt not in CORRUPTIONS:
         raise ArgumentError("corrupt", corrupt, f"use one of {', '.join(CORRUPTIONS)}")
-    if not callable(metric) and metric not in METRICS:
-        raise ArgumentError("metric", metric, f"unknown metric; use one of {', '.join(METRICS)} or a callable "
-                            "(logits [batch, pos, vocab], MetricContext) -> [batch]")
+    resolve_metric(metric)  # a name of engine/metrics.py's METRICS, a callable, or None (the task's own)
     check_counts(batch_size, exact_top, top_n)
     check_by(by, greedy)
     if circuit is not None and top_n is not None:
@@ -92,7 +92,7 @@ def edges(
     steps: int = 5,
     intervention: str = "patching",
     corrupt: str | None = None,
-    metric: str | Callable[..., Any] = "logit-diff",
+    metric: str | Callable[..., Any] | None = None,
     top_n: int | None = None,
     curve: bool = True,
     greedy: bool = False,
@@ -113,7 +113,10 @@ def edges(
     ``method``: ``eap``, ``eap-ig-inputs`` (default), ``eap-ig-activations``, ``clean-corrupted`` or
     ``exact``; ``steps``: integrated-gradient steps. ``intervention``: ``patching`` (each prompt's
     counterpart: JSONL ``corrupted``, or ``corrupt="abc"|"flip"`` for IOI), ``mean``,
-    ``mean-positional`` or ``zero``. ``metric``: ``logit-diff``, ``prob-diff``, ``kl`` or a callable.
+    ``mean-positional`` or ``zero``. ``metric``: ``logit-diff``, ``logprob-diff``, ``prob-diff``,
+    ``logprob``, ``loss``, ``kl`` or a callable ``fn(logits [b, d_vocab], ctx) -> [b]``
+    (:mod:`logitscope.engine.metrics`, as every method's); None: the task's own (as ``patch``'s),
+    else ``logit-diff``. Answer sets are measured whole.
     ``curve``: MIB's faithfulness curves (by |score| and signed) with CPR, CMD and 95% intervals.
     ``top_n``: the faithfulness of the top-``top_n`` circuit, marked in graph.json; ``circuit``: a
     graph file (EAP-IG/MIB) whose ``in_graph`` circuit is evaluated instead. ``greedy``: circuits by
@@ -135,6 +138,7 @@ def edges(
     ranks = distributed.current()
     lm = as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=ranks)
     prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer) if isinstance(parsed, GeneratedSet) else list(parsed)
+    metric = default_metric(prompts, metric)
     bars: list[Any] = []
 
     def phase(name: str, total: int):

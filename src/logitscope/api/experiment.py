@@ -159,7 +159,7 @@ class Experiment:
                                                        circuit_greedy_candidates=greedy_candidates, metric=metric))
 
     def edges(self, *, method: str = "eap-ig-inputs", steps: int = 5, intervention: str = "patching",
-              metric: Any = "logit-diff", top_n: int | None = None, curve: bool = True, greedy: bool = False,
+              metric: Any = None, top_n: int | None = None, curve: bool = True, greedy: bool = False,
               exact_top: int = 0, circuit: Any = None, by: str = "edge") -> Any:
         """Edge attribution and MIB's faithfulness curves (:func:`logitscope.edges`) on the
         experiment's pairs (its prompts alone for ``intervention="zero"``); ``by="node"``: circuits

@@ -37,8 +37,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="what a corrupted edge carries: the counterpart's value (default), its mean, its mean "
                    "per position, or zero")
     own.add_argument("--corrupt", default=None, choices=["abc", "flip"], help="the counterpart of IOI prompts (abc)")
-    own.add_argument("--metric", default="logit-diff", choices=["logit-diff", "prob-diff", "kl"],
-                   help="the metric whose change an edge's score estimates (default logit-diff)")
+    # engine/metrics.py's names, checked by checks() before the model loads (the short help keeps one screen)
+    own.add_argument("--metric", default=None, metavar="METRIC", help="what a score is the change of: logit-diff, "
+                     "logprob-diff, prob-diff, logprob, loss or kl (default: the task's own, else logit-diff)")
     own.add_argument("--by", default="edge", choices=["edge", "node"],
                      help="circuits of the top n edges (default) or of the top n heads and MLPs, every edge among "
                      "them (--top-n and the curves count nodes)")

@@ -17,8 +17,9 @@ from logitscope.errors import ArgumentError
 from logitscope.inputs.counterparts import with_counterparts
 from logitscope.inputs.pairs import encode_pairs
 from logitscope.inputs.prompts import GeneratedSet, parse_prompts
-from logitscope.methods.edges.attribute import (INTERVENTIONS, METHODS, METRICS, EdgeData, EdgeEngine, Metric,
-                                                MetricContext, check_options, edge_batch_size)
+from logitscope.engine.metrics import METRICS, Metric, MetricContext, MetricLike, resolve_metric
+from logitscope.methods.edges.attribute import (INTERVENTIONS, METHODS, EdgeData, EdgeEngine, check_options,
+                                                edge_batch_size)
 from logitscope.methods.edges.evaluate import (FRACTIONS, faithfulness, faithfulness_curve, evaluate_all)
 from logitscope.results.edge_graph import EdgeGraph, edges_among, greedy, n_items, prune_edges, top_n, top_n_nodes
 from logitscope.results.edges import CircuitEval, Curve, EdgeResult
@@ -27,7 +28,7 @@ from logitscope.results.graph_json import read_graph_json, write_graph_json
 BY: tuple[str, ...] = ("edge", "node")  # what a circuit's n counts: edges, or heads and MLPs
 
 __all__ = ["BY", "CircuitEval", "EdgeData", "EdgeEngine", "EdgeGraph", "EdgeResult", "Curve", "FRACTIONS", "INTERVENTIONS",
-           "METHODS", "METRICS", "Metric", "MetricContext", "attribute", "check_counts", "edge_batch_size",
+           "METHODS", "METRICS", "Metric", "MetricContext", "MetricLike", "attribute", "check_counts", "edge_batch_size",
            "encode_edge_data", "check_by", "edges_among", "evaluate_all", "faithfulness", "faithfulness_curve", "greedy",
            "prune_edges", "read_graph_json", "top_n", "top_n_nodes", "write_graph_json"]
 
@@ -36,7 +37,8 @@ def encode_edge_data(lm, prompts: Sequence[Any] | str, *, corrupt: str | None = 
                      prepend_bos: bool | None = None, seed: int = 0) -> EdgeData:
     """Token ids of ``prompts`` and their counterparts as the rest of logitscope encodes them
     (BOS as the family's default unless ``prepend_bos`` says otherwise; counterparts from JSONL
-    ``corrupted`` or ``corrupt='abc'|'flip'`` for IOI; ``zero`` needs none)."""
+    ``corrupted`` or ``corrupt='abc'|'flip'`` for IOI; ``zero`` needs none). Answer sets are kept
+    whole (``[N, K]`` padded with ``-1``), as every metric measures them."""
     from logitscope.inputs.encode import encode_prompts, tokenize
 
     parsed = parse_prompts(prompts)
@@ -44,13 +46,15 @@ def encode_edge_data(lm, prompts: Sequence[Any] | str, *, corrupt: str | None = 
     if intervention != "zero" or corrupt is not None:
         prompts = with_counterparts(prompts, corrupt, seed=seed, tokenizer=lm.tokenizer)
     bos = lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos
-    enc = encode_prompts(prompts, lm, prepend_bos=bos)
+    enc = encode_prompts(prompts, lm, prepend_bos=bos, sets=True)
+    correct, incorrect = (enc.correct, enc.incorrect) if enc.correct_set is None else (enc.correct_set,
+                                                                                        enc.incorrect_set)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else (lm.tokenizer.eos_token_id or 0)
     if all(p.corrupted is not None for p in prompts):
         pairs = encode_pairs(prompts, enc.ids, enc.correct, enc.incorrect, lambda t: tokenize(lm.tokenizer, t),
                              lm.tokenizer.bos_token_id if bos else None)
-        return EdgeData(pairs.clean, pairs.corrupted, pairs.correct, pairs.incorrect, pad)
-    return EdgeData(enc.ids, None, enc.correct, enc.incorrect, pad)
+        return EdgeData(pairs.clean, pairs.corrupted, correct, incorrect, pad)
+    return EdgeData(enc.ids, None, correct, incorrect, pad)
 
 
 def check_counts(batch_size: int | None = None, exact_top: int = 0, top_n: int | None = None) -> None:
@@ -73,15 +77,16 @@ def check_by(by: str, greedy: bool = False) -> None:
 
 
 def attribute(lm, prompts: Sequence[Any] | str | EdgeData, *, method: str = "eap-ig-inputs", steps: int | None = None,
-              intervention: str = "patching", metric: str | Metric = "logit-diff", corrupt: str | None = None,
+              intervention: str = "patching", metric: MetricLike = None, corrupt: str | None = None,
               batch_size: int | None = None, curve: bool = False, top_n: int | None = None, greedy: bool = False,
               exact_top: int = 0, circuit: Any = None, prepend_bos: bool | None = None, seed: int = 0,
               by: str = "edge", progress: Callable[[str, int], Callable[[int], None] | None] | None = None) -> EdgeResult:
     """Score every edge of ``lm`` (a :class:`logitscope.models.LoadedModel`) on ``prompts``.
 
     ``method``: one of :data:`METHODS` (``steps``: IG steps, default 5). ``intervention``: one of
-    :data:`INTERVENTIONS`. ``metric``: ``logit-diff``, ``prob-diff``, ``kl`` or a callable
-    ``(logits [b, pos, vocab], MetricContext) -> [b]``. ``curve``: also MIB's faithfulness curves
+    :data:`INTERVENTIONS`. ``metric``: a name of :data:`METRICS` (None: ``logit-diff``) or a callable
+    ``(logits [b, d_vocab] at the answer position, MetricContext) -> [b]``
+    (:mod:`logitscope.engine.metrics`, the one definition every method uses). ``curve``: also MIB's faithfulness curves
     (by |score| and signed) with CPR and CMD. ``top_n``: also the faithfulness of the top-``top_n``
     circuit (by |score|), marked ``in_graph`` in graph.json. ``greedy``: circuits by the library's
     greedy selection instead of top-n. ``exact_top``: also the exact effect of the top that many
@@ -96,6 +101,7 @@ def attribute(lm, prompts: Sequence[Any] | str | EdgeData, *, method: str = "eap
     the single process's result. Options are checked before any forward pass.
     """
     used_steps = check_options(method, steps, intervention)
+    spec = resolve_metric(metric)
     check_counts(batch_size, exact_top, top_n)
     check_by(by, greedy)
     data = prompts if isinstance(prompts, EdgeData) else encode_edge_data(
@@ -114,7 +120,7 @@ def attribute(lm, prompts: Sequence[Any] | str | EdgeData, *, method: str = "eap
     if batch_size is None and ranks is not None:  # every rank runs the batches one process would
         B = ranks.agree_min(B, "the choice of the edges' batch size")
     share = data.n if ranks is None else ranks.shares(data.n, B)[ranks.rank]
-    engine = EdgeEngine(lm, data, intervention=intervention, metric=metric, batch_size=B, graph=graph, ranks=ranks)
+    engine = EdgeEngine(lm, data, intervention=intervention, metric=spec, batch_size=B, graph=graph, ranks=ranks)
     timing: dict[str, Any] = {"batch_size": B, "world_size": 1 if ranks is None else ranks.world_size,
                               "prompts_per_rank": [data.n] if ranks is None else ranks.shares(data.n, B)}
 
@@ -126,7 +132,7 @@ def attribute(lm, prompts: Sequence[Any] | str | EdgeData, *, method: str = "eap
     scores = engine.scores(method, steps=used_steps)
     timing["scores_s"] = time.perf_counter() - t
     result = EdgeResult(graph, scores, method, used_steps, intervention,
-                        metric if isinstance(metric, str) else getattr(metric, "__name__", "callable"), data.n,
+                        spec.name, data.n,
                         greedy=greedy, by=by, seed=seed,
                         prepend_bos=lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos)
     if curve or top_n is not None or given is not None:

@@ -34,6 +34,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from logitscope.engine.metrics import METRICS, MetricContext, MetricLike, resolve_metric  # noqa: F401 (METRICS: the edges' names)
 from logitscope.methods.edges.sums import ExactSum
 from logitscope.results.edge_graph import QKV, EdgeGraph
 from logitscope.methods.edges.runner import EdgeRunner
@@ -41,7 +42,6 @@ from logitscope.errors import ArgumentError, InputError
 
 METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "exact")
 INTERVENTIONS = ("patching", "mean", "mean-positional", "zero")
-METRICS = ("logit-diff", "prob-diff", "kl")
 PATCHING_ONLY = ("eap-ig-inputs", "clean-corrupted")
 
 
@@ -49,7 +49,7 @@ PATCHING_ONLY = ("eap-ig-inputs", "clean-corrupted")
 @dataclass
 class EdgeData:
     """Token ids of each prompt (BOS already prepended) and its counterpart (same length), and
-    the clean answers' ids."""
+    the clean answers' ids ``[N]`` or answer sets ``[N, K]`` padded with ``-1``."""
 
     clean: list[list[int]]
     corrupted: list[list[int]] | None
@@ -126,54 +126,9 @@ class Batch:
 
 
 # ---------------------------------------------------------------------- metrics
-@dataclass
-class MetricContext:
-    """What a metric sees besides the logits: each prompt's length (its answer is read at
-    ``lengths − 1``), the clean answers, and the clean run's logits ``[b, pos, vocab]``."""
-
-    lengths: torch.Tensor
-    correct: torch.Tensor
-    incorrect: torch.Tensor
-    clean_logits: torch.Tensor | None
-
-    def at_answer(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits[torch.arange(logits.shape[0], device=logits.device), self.lengths - 1]
-
-
-Metric = Callable[[torch.Tensor, MetricContext], torch.Tensor]  # logits [b, pos, vocab] -> [b]
-
-
-def logit_diff(logits: torch.Tensor, ctx: MetricContext) -> torch.Tensor:
-    """The clean answers' logit difference at each prompt's answer position."""
-    last = ctx.at_answer(logits)
-    rows = torch.arange(last.shape[0], device=last.device)
-    return last[rows, ctx.correct] - last[rows, ctx.incorrect]
-
-
-def prob_diff(logits: torch.Tensor, ctx: MetricContext) -> torch.Tensor:
-    """The clean answers' probability difference at each prompt's answer position."""
-    probs = torch.softmax(ctx.at_answer(logits).float(), dim=-1)
-    rows = torch.arange(probs.shape[0], device=probs.device)
-    return probs[rows, ctx.correct] - probs[rows, ctx.incorrect]
-
-
-def kl(logits: torch.Tensor, ctx: MetricContext) -> torch.Tensor:
-    """KL(clean ‖ this run) of the next-token distributions at the answer position, summed over
-    the vocabulary (MIB's ``kl`` averages over it instead: 1/vocab of this)."""
-    logp = torch.log_softmax(ctx.at_answer(logits).float(), dim=-1)
-    clean = torch.log_softmax(ctx.at_answer(ctx.clean_logits).float(), dim=-1)
-    return (clean.exp() * (clean - logp)).sum(-1)
-
-
-BUILTIN_METRICS: dict[str, Metric] = {"logit-diff": logit_diff, "prob-diff": prob_diff, "kl": kl}
-
-
-def resolve_metric(metric: str | Metric) -> Metric:
-    if callable(metric):
-        return metric
-    if metric not in BUILTIN_METRICS:
-        raise ArgumentError("metric", metric, f"unknown metric; use one of {', '.join(METRICS)} or a callable")
-    return BUILTIN_METRICS[metric]
+# The metrics are engine/metrics.py's, one definition for every method: a metric reads the logits
+# at each prompt's answer position (``[b, d_vocab]`` float32) with the answers (ids or sets) and the
+# clean run's logits there (``MetricContext.reference``, what ``kl`` compares with).
 
 
 def check_options(method: str, steps: int | None, intervention: str) -> int:
@@ -203,7 +158,7 @@ class EdgeEngine:
     in prompt order on every rank, so every rank holds the single process's numbers.
     ``progress(k)``: called with the number of prompts of each batch run."""
 
-    def __init__(self, lm, data: EdgeData, *, intervention: str = "patching", metric: str | Metric = "logit-diff",
+    def __init__(self, lm, data: EdgeData, *, intervention: str = "patching", metric: MetricLike = None,
                  batch_size: int = 8, graph: EdgeGraph | None = None, ranks=None,
                  progress: Callable[[int], None] | None = None):
         if intervention not in INTERVENTIONS:
@@ -260,17 +215,26 @@ class EdgeEngine:
         return self._keeps
 
     def _answer_keep(self, batch: Batch) -> torch.Tensor | None:
-        """``logits_to_keep`` for a metric run: each prompt's answer position, when the metric is a
-        built-in one (they read the logits only there, :meth:`MetricContext.at_answer`); None (every
-        position) for a callable, which may read any."""
-        if self.metric in BUILTIN_METRICS.values() and self._keeps_logits:
-            return (batch.lengths - 1)[:, None]
-        return None
+        """``logits_to_keep`` for a metric run: each prompt's answer position (every metric, a
+        callable's too, reads the logits only there); None (every position) where the model cannot."""
+        return (batch.lengths - 1)[:, None] if self._keeps_logits else None
 
-    def _context(self, batch: Batch, clean_logits: torch.Tensor | None, keep: torch.Tensor | None) -> MetricContext:
-        """The metric's context; with logits kept at the answer positions only, the answer is at 0."""
-        lengths = batch.lengths if keep is None else torch.ones_like(batch.lengths)
-        return MetricContext(lengths, batch.correct, batch.incorrect, clean_logits)
+    @staticmethod
+    def _at_answer(logits: torch.Tensor, batch: Batch, keep: torch.Tensor | None) -> torch.Tensor:
+        """The logits at each prompt's answer position, ``[b, d_vocab]`` float32 (with ``keep``, the
+        only position the run kept)."""
+        if keep is not None:
+            return logits[:, 0].float()
+        return logits[torch.arange(logits.shape[0], device=logits.device), batch.lengths - 1].float()
+
+    def _context(self, batch: Batch, clean_logits: torch.Tensor, keep: torch.Tensor | None) -> MetricContext:
+        """The metric's context: the batch's answers and the clean run's logits at the answer."""
+        return MetricContext(batch.correct, batch.incorrect, reference=self._at_answer(clean_logits, batch, keep))
+
+    def _measure(self, logits: torch.Tensor, batch: Batch, ctx: MetricContext, keep: torch.Tensor | None
+                 ) -> torch.Tensor:
+        """The metric of each prompt of ``batch`` ``[b]`` from a run's logits (``keep`` as that run's)."""
+        return self.metric(self._at_answer(logits, batch, keep), ctx)
 
     def _buffer(self, batch: Batch) -> torch.Tensor:
         return torch.empty(self.graph.n_forward, *batch.clean.shape, self.runner.d, dtype=self._dtype(),
@@ -371,7 +335,7 @@ class EdgeEngine:
             logits = self._forward(batch.clean if ids is None else ids, batch.mask, keep)
             if ctx is None:
                 ctx = self._context(batch, logits.detach(), keep)
-            value = self.metric(logits, ctx).sum()
+            value = self._measure(logits, batch, ctx, keep).sum()
             torch.autograd.grad(value, [state["leaf"]], allow_unused=True)
 
     def scores(self, method: str = "eap", steps: int | None = None, progress: Callable[[int], None] | None = None) -> torch.Tensor:
@@ -516,13 +480,13 @@ class EdgeEngine:
                 clean_logits = self._forward(batch.clean, batch.mask, keep)
             corr = self.corrupted_outputs(batch)
             ctx = self._context(batch, clean_logits, keep)
-            clean[batch.index] = self.metric(clean_logits, ctx).double().cpu().numpy()
+            clean[batch.index] = self._measure(clean_logits, batch, ctx, keep).double().cpu().numpy()
             for i, ab in enumerate(ablates):
                 if not bool(ab.any()):
                     out[i, batch.index] = clean[batch.index]
                     continue
                 logits = self._circuit_logits(batch, corr, ab, keep)
-                out[i, batch.index] = self.metric(logits, ctx).double().cpu().numpy()
+                out[i, batch.index] = self._measure(logits, batch, ctx, keep).double().cpu().numpy()
         if self.ranks is not None:
             out, clean = self._everyone(rows, out, clean)
         return out, clean
@@ -552,13 +516,13 @@ class EdgeEngine:
                 clean_logits = self._forward(batch.clean, batch.mask, keep)
             corr = self.corrupted_outputs(batch)
             ctx = self._context(batch, clean_logits, keep)
-            base = self.metric(clean_logits, ctx).double()
+            base = self._measure(clean_logits, batch, ctx, keep).double()
             changes = torch.zeros(g.n_edges, dtype=torch.float64)
             for e in range(g.n_edges):
                 ab = torch.zeros(g.n_forward, g.n_backward, dtype=torch.bool)
                 ab[src[e], dst[e]] = True
                 logits = self._circuit_logits(batch, corr, ab, keep)
-                changes[e] = (self.metric(logits, ctx).double() - base).sum().cpu()
+                changes[e] = (self._measure(logits, batch, ctx, keep).double() - base).sum().cpu()
             total.add(changes)
         total.across(self.ranks, "the sum of the exact edge effects")
         return g.matrix(total.value() / self.data.n)
