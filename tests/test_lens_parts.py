@@ -148,6 +148,21 @@ def test_roles_of_ioi_prompts_and_saved_files_reopen(studied, tmp_path):
     top = [(l, h) for l, h, _ in sorted(res.top_heads(k=8), key=lambda x: -abs(x[2]))][:2]
     by_abs = np.argsort(-np.abs(res.head_attribution).ravel(), kind="stable")[:2]
     assert list(res.source_heads) == [(int(i) // 4, int(i) % 4) for i in by_abs] and len(top) == 2
+    # Each named row is the part at that word's position, found here from the tokens themselves
+    # (BOS first when prepended): an off-by-one in the roles would move every row.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    for n, p in enumerate(res.prompts):
+        ids = ([tok.bos_token_id] if res.prepend_bos else []) + tok(p.text, add_special_tokens=False)["input_ids"]
+        io_id, s_id = (tok(" " + p.meta[k], add_special_tokens=False)["input_ids"][0] for k in ("io", "s"))
+        s_at = [i for i, t in enumerate(ids) if t == s_id]
+        where = {"IO": ids.index(io_id), "S1": s_at[0], "S1+1": s_at[0] + 1, "S2": s_at[1], "END": len(ids) - 1}
+        for j in range(len(res.source_heads)):
+            for r, role in enumerate(res.source_roles[:5]):
+                assert res.source_by_role[j, r, n] == res.dla_by_source[j, where[role], n], (n, role)
+            others = res.dla_by_source[j, : len(ids), n].sum() - sum(res.dla_by_source[j, i, n] for i in where.values())
+            assert abs(res.source_by_role[j, 5, n] - others) < 1e-5
     res.save(tmp_path / "out")
     back = ls.load_result(tmp_path / "out")
     for name in ("lens_top_ids", "lens_mean_ids", "source_by_role", "neurons"):
