@@ -206,7 +206,7 @@ def test_several_tokens_bad_input_is_a_clear_error(model):
     alts = [ls.Prompt(pairs[0].text, (" Mary Smith", " Mary Jones"), " John", corrupted=pairs[0].corrupted)]
     with pytest.raises(InputError, match=r"answer ' Mary Smith' is 2 tokens .* in a set of alternatives.*not supported"):
         run_patching(alts, hf, tokenizer=gpt2_tokenizer(), what="heads")
-    with pytest.raises(InputError, match=r"run and edges take one token per answer"):
+    with pytest.raises(InputError, match=r"run, edges and intervene take one token per answer"):
         ls.run_study(pairs, hf, tokenizer=gpt2_tokenizer())
 
 
@@ -221,7 +221,7 @@ def test_edges_with_several_tokens_exits_2_and_writes_nothing(tmp_path, capsys):
     capsys.readouterr()
     assert main(["edges", "--model", str(ckpt), "--prompts", str(rows), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "answer ' John Brown' is 2 tokens" in err and "run and edges take one token per answer" in err, err
+    assert "answer ' John Brown' is 2 tokens" in err and "run, edges and intervene take one token per answer" in err, err
     assert not out.exists() or not any(out.iterdir())
     # the same file through `patch` works, and its results say how the answers were scored
     done = tmp_path / "patch"
@@ -229,3 +229,21 @@ def test_edges_with_several_tokens_exits_2_and_writes_nothing(tmp_path, capsys):
                  "--metric", "logprob-diff"]) == 0
     doc = json.loads((done / "results.json").read_text())
     assert any("answers of several tokens" in n for n in doc["patching"]["notes"]), doc["patching"].get("notes")
+    first = doc["prompts"][0]  # the study's first tokens, and the whole answers beside them
+    assert (first["correct"], first["correct_answer"], first["incorrect_answer"]) == (" Mary", " Mary Smith", " John Brown")
+
+
+def test_paths_and_circuit_sum_the_rows(model):
+    """Path patching L1H0 → logits (the last layer: its only path is the direct one) equals the
+    TL-checked heads grid's cell for L1H0, prompt by prompt; a circuit's F(M) is the clean value of
+    every prompt and its mean ablation (rows grouped by template and answer token) runs per prompt."""
+    hf, _ = model
+    pairs = several_pairs()
+    res = run_patching(pairs, hf, tokenizer=gpt2_tokenizer(), what="heads", metric="logprob-diff", senders="L1H0",
+                       circuit="nm: L1H0 @ END; s: L0H1 @ END", circuit_random=1)
+    np.testing.assert_allclose(res.paths.values[0, 0], res.grids["attn_head_out_all_pos"][1, 0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(res.paths.clean_logit_diff, res.clean_logit_diff, rtol=0, atol=1e-5)
+    assert res.paths.values.shape[-1] == len(pairs)
+    np.testing.assert_allclose(res.circuit.model, res.clean_logit_diff, rtol=0, atol=1e-5)
+    assert res.circuit.values.shape[-1] == len(pairs) and len(res.circuit.templates) == len(pairs)
+    assert np.isfinite(res.circuit.values).all()

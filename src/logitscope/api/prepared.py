@@ -139,7 +139,9 @@ def first_answers(prompts: list[Prompt], prep: Prepared | None = None) -> list[P
                              "same token, and the study that every patching result carries (direct logit attribution) "
                              "decomposes the logit difference of the answers' first tokens; give answers whose first "
                              "tokens differ")
-        out[i] = replace(out[i], correct=c, incorrect=w)
+        # the whole answers stay beside the study's first tokens (results.json's prompt rows show meta)
+        meta = {**out[i].meta, "correct_answer": prompts[i].correct, "incorrect_answer": prompts[i].incorrect}
+        out[i] = replace(out[i], correct=c, incorrect=w, meta=meta)
     return out
 
 

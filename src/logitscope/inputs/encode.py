@@ -108,7 +108,7 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
             others = f"; {len(bad) - 1} other answer{'s' if len(bad) > 2 else ''} too: {shown}{', ...' if len(bad) > 6 else ''}"
         measured = "" if not toks or several else (
             " (answers of several tokens are measured, teacher-forced, by patch, ablate, paths and circuit; "
-            "run and edges take one token per answer)")
+            "run, edges and intervene take one token per answer)")
         raise InputError(
             f"{where(prompts, a)}: answer {a!r} is {len(toks)} tokens {pieces} for this model's tokenizer, "
             f"not one; choose an answer that is a single token{hint}{others}{measured}"
