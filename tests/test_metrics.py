@@ -264,7 +264,9 @@ def test_answer_sets_equal_a_hand_computation_and_transformerlens(metric, model)
         assert moves(ref[g], corrupted, metric)
     if metric == "logit-diff":  # the mean logits move; the random model gives the extra tokens ~1e-9 probability
         assert moves(res.clean_logit_diff, base.clean_logit_diff, metric)
-    assert any("answer sets" in n for n in res.notes)
+    assert not any("answer sets" in n for n in res.notes)  # the study decomposes the whole sets now
+    if metric == "logit-diff":  # the study's (DLA's) mean-logit difference is the clean runs'
+        close(res.study.logit_diff, res.clean_logit_diff, metric)
 
 
 def test_intervene_takes_a_metric_name(model):
@@ -300,8 +302,10 @@ def test_bad_answer_sets_are_clear_errors(model):
     multi = [ls.Prompt(shared[0].text, (" Mary", " Marianne Smith"), " John", corrupted=shared[0].corrupted)]
     with pytest.raises(InputError, match=r"answer ' Marianne Smith' is \d tokens"):
         run_patching(multi, hf, tokenizer=gpt2_tokenizer(), what="heads")
-    with pytest.raises(InputError, match=r"answer sets .* the study \(run: direct logit attribution\) and edges take one token"):
-        ls.run_study([ls.Prompt(shared[0].text, (" Mary", " Bob"), " John")], hf, tokenizer=gpt2_tokenizer())
+    sets = [ls.Prompt(shared[0].text, (" Mary", " Bob"), " John", corrupted=shared[0].corrupted)]
+    with pytest.raises(InputError, match=r"answer sets .* are measured by run, patch, .*; edges takes one token"):
+        ls.edges(sets, hf, tokenizer=gpt2_tokenizer())
+    assert ls.run_study(sets, hf, tokenizer=gpt2_tokenizer()).n_prompts == 1  # the study takes sets (test_sets_dla)
 
 
 def test_bad_metrics_are_clear_errors(model):

@@ -16,7 +16,9 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _EXPORTS = {
+    "AblationResult": "logitscope.api.method_results",
     "ArgumentError": "logitscope.errors",
+    "CircuitPatchingResult": "logitscope.api.method_results",
     "Experiment": "logitscope.api.experiment",
     "AttentionView": "logitscope.api.results",
     "InputError": "logitscope.errors",
@@ -24,11 +26,13 @@ _EXPORTS = {
     "LogitscopeError": "logitscope.errors",
     "ModelLoadError": "logitscope.errors",
     "PatchingResult": "logitscope.api.patching",
+    "PathsResult": "logitscope.api.method_results",
     "Prompt": "logitscope.inputs.prompt",
     "PromptWarning": "logitscope.errors",
     "StudyResult": "logitscope.api.results",
     "builtin_prompts": "logitscope.inputs.prompts",
     "edges": "logitscope.api.edges",
+    "GridsResult": "logitscope.api.method_results",
     "load_jsonl": "logitscope.inputs.prompts",
     "load_result": "logitscope.api.reopen",
     "load_model": "logitscope.models.load",
@@ -40,14 +44,18 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AblationResult",
     "ArgumentError",
     "AttentionView",
+    "CircuitPatchingResult",
     "Experiment",
+    "GridsResult",
     "InputError",
     "LoadedModel",
     "LogitscopeError",
     "ModelLoadError",
     "PatchingResult",
+    "PathsResult",
     "Prompt",
     "PromptWarning",
     "StudyResult",
@@ -86,6 +94,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from logitscope.api.results import AttentionView, StudyResult
     from logitscope.api.edges import edges
     from logitscope.api.experiment import Experiment
+    from logitscope.api.method_results import AblationResult, CircuitPatchingResult, GridsResult, PathsResult
     from logitscope.api.study import run_study
     from logitscope.methods.dla import logit_diff_directions
     from logitscope.inputs import load_prompts

@@ -14,7 +14,8 @@ The model is loaded once, the prompt set is generated (or read and checked) once
 counterparts are drawn once, so every method sees the same pairs. Each method takes only its own
 options; what they share (batch size, BOS, seed, progress) is the experiment's. Each returns the
 same result, with the same numbers and files, as :func:`logitscope.run_study` /
-:func:`logitscope.run_patching` called with those options (tests/test_experiment.py checks it).
+:func:`logitscope.run_patching` called with those options (tests/test_experiment.py checks it), the
+causal ones as their method's own type (:mod:`logitscope.api.method_results`: a ``PatchingResult``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from logitscope.api.patching import Prepared, check_options, prepare, run_prepared, study_of
+from logitscope.api.method_results import AblationResult, CircuitPatchingResult, GridsResult, PathsResult
 from logitscope.api.patching_result import PatchingResult
 from logitscope.api.results import StudyResult
 from logitscope.api.study import run_study
@@ -100,7 +102,7 @@ class Experiment:
         if self._study is None:
             self._study = study_of(prep, batch_size=self.batch_size, top_k=3, attention_prompt=0, seed=self.seed)
         defaults = dict(direction="denoise", positions="auto", ablate=None, ablation="mean", method="exact",
-                        senders=None, receivers="logits", freeze="heads", circuit=None, metric="logit-diff")
+                        senders=None, receivers="logits", freeze="heads", circuit=None, metric=None)
         options.pop("what", None)
         return run_prepared(prep, self._study, grids=grids, head_ablation=head_ablation,
                             completeness=Completeness(completeness.get("circuit_random", 5),
@@ -123,34 +125,38 @@ class Experiment:
                          neurons=neurons, **self._shared())
 
     def patch(self, what: str | Sequence[str] = "heads", *, direction: str = "denoise", positions: str = "auto",
-              method: str = "exact", metric: Any = "logit-diff") -> PatchingResult:
+              method: str = "exact", metric: Any = None) -> GridsResult:
         """Activation-patching grids (``heads``, ``heads_by_pos``, ``resid``, ``layers``, ``qkv``,
         ``ablation``, ``all`` or grid names), exact or by attribution patching (``method``), measuring
         ``metric`` (``logit-diff``, ``logprob-diff``, ``prob-diff``, ``logprob``, ``loss``, ``kl`` or
-        a function ``fn(logits, ctx)``: :mod:`logitscope.engine.metrics`)."""
-        return self._patching(what=what, direction=direction, positions=positions, method=method, metric=metric)
+        a function ``fn(logits, ctx)``: :mod:`logitscope.engine.metrics`; ``None``: the prompts' own,
+        a task's ``meta["metric"]``, else ``logit-diff``)."""
+        return GridsResult.of(self._patching(what=what, direction=direction, positions=positions, method=method,
+                                             metric=metric))
 
     def ablate(self, components: str | Sequence[str] | dict[str, Any], *, ablation: str = "mean",
-               metric: Any = "logit-diff") -> PatchingResult:
-        """``metric`` (the logit difference by default) with ``components`` ablated (``"L9H9,L9H6"``, a
+               metric: Any = None) -> AblationResult:
+        """``metric`` (default: the prompts' own, else the logit difference) with ``components`` ablated (``"L9H9,L9H6"``, a
         list, or ``{name: spec}`` for several sets), by ``zero``, ``mean`` or ``resample`` ablation."""
-        return self._patching(what="none", ablate=components, ablation=ablation, metric=metric)
+        return AblationResult.of(self._patching(what="none", ablate=components, ablation=ablation, metric=metric))
 
     def paths(self, senders: str | Sequence[str], receivers: str | Sequence[str] = "logits", *,
-              freeze: str = "heads", direction: str = "denoise", metric: Any = "logit-diff") -> PatchingResult:
+              freeze: str = "heads", direction: str = "denoise", metric: Any = None) -> PathsResult:
         """Path patching from ``senders`` to ``receivers`` (``"logits"``, ``"L9H9:q"``, ...), measuring
-        ``metric``; the IOI paper's direction is ``noise``."""
-        return self._patching(what="none", senders=senders, receivers=receivers, freeze=freeze,
-                              direction=direction, metric=metric)
+        ``metric`` (default: the prompts' own, else the logit difference); the IOI paper's direction is
+        ``noise``."""
+        return PathsResult.of(self._patching(what="none", senders=senders, receivers=receivers, freeze=freeze,
+                                             direction=direction, metric=metric))
 
     def circuit(self, circuit: Any, *, ablation: str = "mean", random_k: int = 5, greedy: int = 0,
-                greedy_steps: int = 10, greedy_candidates: int = 10, metric: Any = "logit-diff") -> PatchingResult:
+                greedy_steps: int = 10, greedy_candidates: int = 10, metric: Any = None) -> CircuitPatchingResult:
         """A circuit's faithfulness, completeness (K = ∅, each class, ``random_k`` random sets,
         ``greedy`` runs of the paper's greedy search) and minimality, by ``ablation``, with F the
-        mean ``metric`` (the logit difference by default)."""
-        return self._patching(what="none", circuit=circuit, ablation=ablation, circuit_random=random_k,
-                              circuit_greedy=greedy, circuit_greedy_steps=greedy_steps,
-                              circuit_greedy_candidates=greedy_candidates, metric=metric)
+        mean ``metric`` (default: the prompts' own, else the logit difference)."""
+        return CircuitPatchingResult.of(self._patching(what="none", circuit=circuit, ablation=ablation,
+                                                       circuit_random=random_k, circuit_greedy=greedy,
+                                                       circuit_greedy_steps=greedy_steps,
+                                                       circuit_greedy_candidates=greedy_candidates, metric=metric))
 
     def edges(self, *, method: str = "eap-ig-inputs", steps: int = 5, intervention: str = "patching",
               metric: Any = "logit-diff", top_n: int | None = None, curve: bool = True, greedy: bool = False,

@@ -26,9 +26,10 @@ from logitscope.inputs.circuits import load_circuit
 from logitscope.methods.circuits import Completeness
 from logitscope.inputs.pairs import UNDEFINED, EncodedPairs
 from logitscope.methods.paths import FREEZE, check_paths
-from logitscope.inputs.positions import POSITION_MODES, position_axis
+from logitscope.inputs.positions import POSITION_MODES
 from logitscope.api.patching_result import PatchingResult
-from logitscope.api.prepared import Prepared, fold_rows, prepare, row_axis, row_prompts, rows_note, study_of  # noqa: F401
+from logitscope.api.prepared import (Prepared, default_metric, fold_rows, prepare, row_axis,  # noqa: F401
+                                       row_prompts, rows_note, study_of)
 from logitscope.methods.patching.run import DIRECTIONS, GridRunner, pair_batches
 from logitscope.inputs.counterparts import with_counterparts
 from logitscope.inputs.prompt import Prompt
@@ -42,7 +43,7 @@ def check_options(*, what: Any = "heads", direction: str = "denoise", corrupt: s
                   senders: Any = None, receivers: Any = "logits", freeze: str = "heads",
                   circuit: Any = None, circuit_random: int = 5, circuit_greedy: int = 0,
                   circuit_greedy_steps: int = 10, circuit_greedy_candidates: int = 10,
-                  metric: Any = "logit-diff") -> tuple[list[str], bool]:
+                  metric: Any = None) -> tuple[list[str], bool]:
     """Check :func:`run_patching`'s options without a model (the CLI calls it before loading one);
     returns ``(grid names, whether the single-head ablation grid is asked for)``."""
     from logitscope.inputs.counterparts import CORRUPTIONS
@@ -112,7 +113,7 @@ def run_patching(
     circuit_greedy: int = 0,
     circuit_greedy_steps: int = 10,
     circuit_greedy_candidates: int = 10,
-    metric: Any = "logit-diff",
+    metric: Any = None,
 ) -> PatchingResult:
     """Activation patching and ablation of ``prompts`` (each with a ``corrupted`` counterpart, or a
     set that has them: ``seed``, ``arena``, ``ioi:N``) on ``model``.
@@ -126,7 +127,8 @@ def run_patching(
     ``ablation`` = ``zero``, ``mean`` or ``resample``. ``method``: ``exact`` (patched runs; default),
     ``attribution`` (each grid's first-order estimate from one gradient, as ``<grid>_attribution``;
     see :mod:`logitscope.methods.attribution`) or ``both`` (with their agreement). ``metric``: what
-    every run measures, the same for grids, ablations, paths and circuits: ``logit-diff`` (default),
+    every run measures, the same for grids, ablations, paths and circuits: ``None`` (default) for the
+    prompts' own (a task's ``meta["metric"]``, the same on every prompt; else ``logit-diff``), ``logit-diff``,
     ``logprob-diff``, ``prob-diff``, ``logprob``, ``loss``, ``kl`` or a function ``fn(logits, ctx)``
     (:mod:`logitscope.engine.metrics`). ``senders`` / ``receivers`` / ``freeze``: path
     patching (:mod:`logitscope.methods.paths`; senders such as ``"L9H9,L9H6+L10H0"`` or ``"all"``,
@@ -170,12 +172,12 @@ def run_prepared(prep: Prepared, study: Any, *, grids: list[str], head_ablation:
                  positions: str, ablate: Any, ablation: str, method: str, senders: Any, receivers: Any, freeze: str,
                  circuit: Any, completeness: Completeness, batch_size: int | None, top_k: int,
                  attention_prompt: int, seed: int, progress: bool, t0: float | None = None,
-                 metric: Any = "logit-diff") -> PatchingResult | None:
+                 metric: Any = None) -> PatchingResult | None:
     """:func:`run_patching` on a prepared prompt set (options already checked), with the study of its
     clean prompts when given (else computed here)."""
     t0 = time.perf_counter() if t0 is None else t0
     lm, prompts, pairs = prep.lm, prep.prompts, prep.pairs
-    prep.check_metric(metric)  # answers of several tokens: the metrics defined on them only
+    prep.check_metric(default_metric(prompts, metric))  # answers of several tokens: the metrics defined on them
     L, H = lm.shape.n_layers, lm.shape.n_heads
     sets = _ablation_sets(ablate, L, H)
     grids = list(grids)
@@ -192,21 +194,18 @@ def run_prepared(prep: Prepared, study: Any, *, grids: list[str], head_ablation:
     if study is None:
         study = study_of(prep, batch_size=batch_size, top_k=top_k, attention_prompt=attention_prompt, seed=seed)
     t_study = time.perf_counter()
-    spec = resolve_metric(metric)
+    spec = resolve_metric(default_metric(prompts, metric))
     if rows_note(prep):
         notes.append(rows_note(prep))
-    elif pairs.correct.ndim == 2:
-        notes.append("answer sets: the study (direct logit attribution) decomposes the logit difference of each "
-                     "set's first token; every patched, ablated, path and circuit value measures the whole sets")
-    result = _patch(lm, row_prompts(prep), pairs, axis_of_rows, grids, direction, sets, ablation, head_ablation, batch_size, progress,
-                    method, spec)
+    result = _patch(lm, row_prompts(prep), pairs, axis_of_rows, grids, direction, sets, ablation, head_ablation,
+                    batch_size, progress, method, spec)
     if result is None:
         return None  # another rank's: rank 0 builds the result
     timing = {"study_s": t_study - t0, "patching_s": time.perf_counter() - t_study, **result.pop("split")}
     result = fold_rows(prep, result, spec.name)
-    result.update(fold_rows(prep, _paths_and_circuit(lm, row_prompts(prep), pairs, senders, receivers, freeze, circuit, direction, ablation,
-                                     batch_size, seed, timing, progress, completeness, prepend_bos=prep.prepend_bos,
-                                     metric=spec), spec.name))
+    result.update(fold_rows(prep, _paths_and_circuit(
+        lm, row_prompts(prep), pairs, senders, receivers, freeze, circuit, direction, ablation, batch_size, seed, timing,
+        progress, completeness, prepend_bos=prep.prepend_bos, metric=spec), spec.name))
     return PatchingResult(
         study=study, direction=direction, corrupted_prompts=[p.corrupted for p in prompts], positions=axis,
         position_tokens=_position_tokens(lm, pairs, axis), notes=tuple(notes), seed=seed, timing=timing,

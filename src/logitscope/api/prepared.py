@@ -16,7 +16,8 @@ from logitscope.inputs.pairs import EncodedPairs, encode_pairs
 from logitscope.inputs.positions import PositionAxis, position_axis
 from logitscope.inputs.prompt import Prompt
 
-__all__ = ["Prepared", "first_answers", "fold_rows", "prepare", "row_axis", "row_prompts", "rows_note", "study_of"]
+__all__ = ["Prepared", "default_metric", "first_answers", "fold_rows", "prepare", "row_axis", "row_prompts", "rows_note",
+           "study_of"]
 
 
 @dataclass(frozen=True)
@@ -106,45 +107,50 @@ def rows_note(prep: Prepared) -> str | None:
             "attribution) decomposes the logit difference of the answers' first tokens")
 
 
+def default_metric(prompts: list[Prompt], metric: Any) -> Any:
+    """``metric`` as given, or for ``None`` the prompts' own: the one every prompt's ``meta["metric"]``
+    names (a task's: ``induction`` measures ``logprob``), else ``logit-diff``."""
+    if metric is not None:
+        return metric
+    named = {p.meta.get("metric") for p in prompts}
+    return named.pop() if len(named) == 1 and None not in named else "logit-diff"
+
+
 def study_of(prep: Prepared, *, batch_size: int | None, top_k: int, attention_prompt: int, seed: int) -> Any:
     """The study of the clean prompts that a patching result carries: its report and results.json
     are built around it (one forward pass per prompt, so it is computed even when only a causal
-    method was asked for; :class:`logitscope.Experiment` computes it once for all its methods)."""
+    method was asked for; :class:`logitscope.Experiment` computes it once for all its methods). With
+    answer sets it decomposes the sets' mean-logit difference, as the causal methods' ``logit-diff``."""
     from logitscope.api.results import StudyResult
     from logitscope.methods.dla import study as dla_study
 
     study = distributed.collective(dla_study)(first_answers(prep.prompts, prep), prep.lm, batch_size=batch_size, top_k=top_k,
                                               attention_prompt=attention_prompt, prepend_bos=prep.prepend_bos,
-                                              seed=seed, progress=False)
+                                              seed=seed, progress=False, task_metric_note=False)
     return None if study is None else StudyResult.of(study)
 
 
-def first_answers(prompts: list[Prompt], prep: Prepared | None = None) -> list[Prompt]:
-    """The prompts with each answer set replaced by its first alternative, and (``prep.rows``) each
-    answer of several tokens by its first token's id: what the study (a single token's logit
-    difference, decomposed) is given where the causal methods measure whole sets and sequences."""
-    from logitscope.inputs.prompt import is_set, members
+def first_answers(prompts: list[Prompt], prep: Prepared) -> list[Prompt]:
+    """The prompts with (``prep.rows``) each answer of several tokens replaced by its first token's
+    id: what the study (a single token's, or a set's, logit difference, decomposed) is given where
+    the causal methods measure whole sequences. Answer sets stay whole (the study decomposes them)."""
+    from logitscope.inputs.prompt import is_set
 
-    out = [replace(p, correct=members(p.correct)[0], incorrect=members(p.incorrect)[0])
-           if is_set(p.correct) or is_set(p.incorrect) else p for p in prompts]
-    if prep is None or prep.rows is None:
-        return out
+    if prep.rows is None:
+        return prompts
+    out = list(prompts)
     first = prep.pairs.correct[: len(out), 0], prep.pairs.incorrect[: len(out), 0]
-    several = _several_answers(prep)
-    for i in np.nonzero(several)[0]:
-        c, w = int(first[0][i]), int(first[1][i])
-        if c == w:
-            p = prompts[i]
+    longer = prep.rows.correct_length > 1, prep.rows.incorrect_length > 1
+    for i in np.nonzero(longer[0] | longer[1])[0]:
+        p = prompts[i]
+        c = int(first[0][i]) if longer[0][i] else p.correct
+        w = int(first[1][i]) if longer[1][i] else p.incorrect
+        if int(first[0][i]) == int(first[1][i]) and not (is_set(c) or is_set(w)):
             raise InputError(f"prompt {p.text[:57]!r}: its answers {p.correct!r} and {p.incorrect!r} start with the "
                              "same token, and the study that every patching result carries (direct logit attribution) "
                              "decomposes the logit difference of the answers' first tokens; give answers whose first "
                              "tokens differ")
         # the whole answers stay beside the study's first tokens (results.json's prompt rows show meta)
-        meta = {**out[i].meta, "correct_answer": prompts[i].correct, "incorrect_answer": prompts[i].incorrect}
-        out[i] = replace(out[i], correct=c, incorrect=w, meta=meta)
+        meta = {**p.meta, "correct_answer": p.correct, "incorrect_answer": p.incorrect}
+        out[i] = replace(p, correct=c, incorrect=w, meta=meta)
     return out
-
-
-def _several_answers(prep: Prepared) -> np.ndarray:
-    """``[N]`` bool: the prompts with an answer of several tokens (rows beyond their first)."""
-    return np.bincount(prep.rows.prompt_of, minlength=prep.rows.n_prompts) > 1

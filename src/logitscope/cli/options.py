@@ -49,14 +49,15 @@ def model_options(p: argparse.ArgumentParser, *, csv: str | None = None, study: 
                    help="under torchrun: seconds a rank waits for the others (900)")
 
 
-METRIC_HELP = ("what every run measures at the answer position: logit-diff (default), logprob-diff, prob-diff, "
-               "logprob, loss or kl (answer sets: mean logit / summed probability)")
+METRIC_HELP = ("what every run measures at the answer position: logit-diff, logprob-diff, prob-diff, logprob, "
+               "loss or kl (answer sets: mean logit / summed probability); default: the task's own (induction: "
+               "logprob), else logit-diff")
 
 
 def metric_option(p: Any, *, decomposable: bool = False) -> None:
     """``--metric`` on a verb's parser or group; ``decomposable``: the verb (``run``, direct logit
     attribution) takes the logit difference only, and says so for any other."""
-    p.add_argument("--metric", default="logit-diff", metavar="METRIC",
+    p.add_argument("--metric", default=None, metavar="METRIC",
                    help="logit-diff only: the metric DLA decomposes" if decomposable else METRIC_HELP)
     p.set_defaults(metric_decomposable_only=decomposable)
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from logitscope.engine.answer_sets import answer_rows, member_logits, set_mean, set_prob
 from logitscope.engine.lens import TokenLens
 from logitscope.errors import ModelLoadError
 from logitscope.models.adapters import norm_eps
@@ -135,20 +136,23 @@ class Recorder:
 
     # -------------------------------------------------------------- directions
     def directions(self, correct: torch.Tensor, incorrect: torch.Tensor) -> torch.Tensor:
-        """The logit-difference direction ``D`` for each prompt: ``[B, d_model]`` float32."""
-        diff = (self.W_U[correct].float() - self.W_U[incorrect].float())
+        """The logit-difference direction ``D`` for each prompt: ``[B, d_model]`` float32. Answers are
+        ids ``[B]`` or sets ``[B, K]`` (``-1`` pads): a set's direction is the mean of its members'
+        unembedding rows, so ``D`` is that of the mean-logit difference (exact: it is linear)."""
+        diff = answer_rows(correct, self.W_U) - answer_rows(incorrect, self.W_U)
         d = diff * self.gamma
         if self.centre:
             d = d - d.mean(-1, keepdim=True)
         return d
 
     def final_bias_term(self, correct: torch.Tensor, incorrect: torch.Tensor) -> torch.Tensor:
-        diff = self.W_U[correct].float() - self.W_U[incorrect].float()
+        """The final norm's bias and the unembedding bias on the logit difference (each set's mean)."""
+        diff = answer_rows(correct, self.W_U) - answer_rows(incorrect, self.W_U)
         term = torch.zeros(diff.shape[0], device=diff.device)
         if self.beta is not None:
             term = term + diff @ self.beta
         if self.b_U is not None:
-            term = term + (self.b_U[correct].float() - self.b_U[incorrect].float())
+            term = term + (answer_rows(correct, self.b_U) - answer_rows(incorrect, self.b_U))
         return term
 
     def answer_logits(
@@ -157,16 +161,14 @@ class Recorder:
         """The two answers' linear logits (before any soft-cap) and the log-sum-exp of the model's
         own logits over the vocabulary (soft-capped where the family caps), in float32, from the
         final normed residual ``[B, d]``. The vocabulary is swept in chunks so neither a float32
-        copy of the unembedding nor a ``[B, vocab]`` tensor larger than a chunk is ever held."""
+        copy of the unembedding nor a ``[B, vocab]`` tensor larger than a chunk is ever held.
+        For answer sets (``[B, K]``) the logits are each member's ``[B, K]`` (pads: any value)."""
 
         def logits(rows: torch.Tensor | slice) -> torch.Tensor:
             out = normed @ self.W_U[rows].float().T
             return self.capped(out if self.b_U is None else out + self.b_U[rows].float())
 
-        lc = (normed * self.W_U[correct].float()).sum(-1)
-        li = (normed * self.W_U[incorrect].float()).sum(-1)
-        if self.b_U is not None:
-            lc, li = lc + self.b_U[correct].float(), li + self.b_U[incorrect].float()
+        lc, li = member_logits(normed, correct, self.W_U, self.b_U), member_logits(normed, incorrect, self.W_U, self.b_U)
         parts = [torch.logsumexp(logits(slice(i, i + chunk)), dim=-1) for i in range(0, self.W_U.shape[0], chunk)]
         return lc, li, torch.logsumexp(torch.stack(parts), dim=0)
 
@@ -383,12 +385,13 @@ class Recorder:
         scale = self.norm_scale(r)  # the final norm's σ at the answer position
         lc, li, lse = self.answer_logits(st["normed_final"].to(dev), correct, incorrect)
         capped_c, capped_i = self.capped(lc), self.capped(li)  # the model's own logits
+        mean_c, mean_i = set_mean(lc, correct), set_mean(li, incorrect)
         inv = 1.0 / scale
         top = (None, None) if self.token_lens is None else self.token_lens.top(st["lens_points"] + [r])
         out = BatchScalars(
-            logit_diff=lc - li,  # linear logits: the decomposition below adds up to this
-            prob_correct=(capped_c - lse).exp(),
-            prob_incorrect=(capped_i - lse).exp(),
+            logit_diff=mean_c - mean_i,  # linear logits: the decomposition below adds up to this
+            prob_correct=set_prob(capped_c, lse, correct),  # an answer set's: its probability mass
+            prob_incorrect=set_prob(capped_i, lse, incorrect),
             direct=(r * D).sum(-1) * inv,
             scale=scale,
             embed=st["embed"].to(dev) * inv,
@@ -400,7 +403,8 @@ class Recorder:
             mlp_bias=torch.stack(st["mlp_bias"]) * inv,
             final_bias=self.final_bias_term(correct, incorrect),
             lens_recomputed=torch.stack(st["lens_recomputed"] + [(r * D).sum(-1) * inv]),
-            logit_diff_softcapped=None if self.softcap is None else capped_c - capped_i,
+            logit_diff_softcapped=None if self.softcap is None else (
+                set_mean(capped_c, correct) - set_mean(capped_i, incorrect)),
             experts=None if not self.n_experts else self._per_expert("experts", B) * inv,
             expert_routing=None if not self.n_experts else self._per_expert("expert_routing", B),
             lens_top_ids=top[0],

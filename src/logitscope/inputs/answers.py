@@ -50,11 +50,12 @@ class AnswerRows:
 
     ``pairs``: every row as a clean/corrupted pair (rows ``0..N-1`` are the prompts themselves, in
     order; ``pairs.positions`` are each row's prompt's named positions); ``prompt_of`` ``[R]``: the
-    prompt of each row; ``correct_length`` ``[N]``: tokens of each correct answer (m)."""
+    prompt of each row; ``correct_length`` / ``incorrect_length`` ``[N]``: tokens of each answer (m)."""
 
     pairs: EncodedPairs
     prompt_of: np.ndarray
     correct_length: np.ndarray
+    incorrect_length: np.ndarray
     row_prompts: list[Prompt]  # each row's prompt (its template marked with the answer tokens it carries)
 
     @property
@@ -115,8 +116,8 @@ def answer_rows(prompts: Sequence[Prompt], pairs: EncodedPairs, correct: list[tu
     positions = None if pairs.positions is None else {k: v[of] for k, v in pairs.positions.items()}
     rows = EncodedPairs(clean, corrupted, np.stack(c_rows), np.stack(i_rows), lengths, positions,
                         bool((lengths == lengths[0]).all()))
-    m = np.array([len(s) for s in correct], dtype=np.int64)
-    return AnswerRows(rows, of, m, row_prompts)
+    m = [np.array([len(s) for s in side], dtype=np.int64) for side in (correct, incorrect)]
+    return AnswerRows(rows, of, m[0], m[1], row_prompts)
 
 
 def _as_sets(ids: np.ndarray) -> np.ndarray:

@@ -57,15 +57,15 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
     """Tokenize (batched, fast tokenizer) and validate: each answer (each alternative of an answer
     set) exactly one token, correct ≠ incorrect (no token in both sets), every prompt within the
     model's context. Errors name the prompt and what to do. ``sets``: whether the caller measures
-    answer sets (the causal methods); else a set of several alternatives is an error (the study's
-    direct logit attribution decomposes a single-token logit difference). ``several``: whether an
-    answer of several tokens is measured (teacher-forced, by the causal methods), else an error."""
+    answer sets (the study and the causal methods); else a set of several alternatives is an error
+    (edges). ``several``: whether an answer of several tokens is measured (teacher-forced, by the
+    causal methods), else an error (the study, edges, intervene)."""
     if not sets:
         p = next((p for p in prompts if len(members(p.correct)) > 1 or len(members(p.incorrect)) > 1), None)
         if p is not None:
             raise InputError(f"{where(prompts, prompt=p)}: answer sets ({list(members(p.correct))} / "
-                             f"{list(members(p.incorrect))}) are measured by patch, ablate, paths and circuit; the study "
-                             "(run: direct logit attribution) and edges take one token per answer")
+                             f"{list(members(p.incorrect))}) are measured by run, patch, ablate, paths and circuit; "
+                             "edges takes one token per answer")
     tok = lm.tokenizer
     ids = tokenize(tok, [p.text for p in prompts])
     if prepend_bos:

@@ -57,9 +57,12 @@ def study(
     lens_top_k: int | None = LENS_TOP_K,
     dla_by_source: Any = None,
     neurons: int | None = None,
+    task_metric_note: bool = True,
 ) -> StudyData | None:
     """The study of :func:`logitscope.run_study` (its arguments), as plain data; ``None`` on ranks
-    other than 0 of a process group."""
+    other than 0 of a process group. ``task_metric_note``: warn where the prompts' task measures
+    another metric than the logit difference the study decomposes (a patching result's study, whose
+    result names its metric, does not)."""
     _check_whole("top_k", top_k, 1)
     parts.check_options(lens_top_k, dla_by_source, neurons)
     _check_whole("seed", seed, 0)
@@ -81,6 +84,8 @@ def study(
         prompts = parsed
         for message in lint_prompts(prompts, tokenizer=lm.tokenizer):
             warn_prompts(message)  # attributed to the user's line, past run_study / run_patching
+    if task_metric_note:
+        _note_task_metric(prompts)
     n_heads = lm.shape.n_layers * lm.shape.n_heads
     if top_k > n_heads:
         raise ArgumentError("top_k", top_k, f"this model has {n_heads} heads; ask for at most {n_heads}")
@@ -93,8 +98,9 @@ def study(
         down_projection(lm, neurons)  # a mixture-of-experts layer: said before the pass
     bos = lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos
     t_start = time.perf_counter()
-    enc = encode_prompts(prompts, lm, prepend_bos=bos)
+    enc = encode_prompts(prompts, lm, prepend_bos=bos, sets=True)
     prompts = _answers_as_text(prompts, enc, lm.tokenizer)
+    correct, incorrect = _answer_ids(enc)
     t_encoded = time.perf_counter()
     lengths = enc.lengths
     if batch_size is None:
@@ -119,8 +125,8 @@ def study(
             for chunk in _chunks(enc.ids, lengths, rows, batch_size):
                 ids_dev = _to_device(chunk.ids, in_dev)
                 pos_dev = _to_device(lengths[chunk.rows] - 1, in_dev)
-                correct_dev = _to_device(enc.correct[chunk.rows], rec.out_device)
-                incorrect_dev = _to_device(enc.incorrect[chunk.rows], rec.out_device)
+                correct_dev = _to_device(correct[chunk.rows], rec.out_device)
+                incorrect_dev = _to_device(incorrect[chunk.rows], rec.out_device)
                 for b in chunk.batches:
                     batches.append(
                         rec.run_batch(
@@ -208,6 +214,24 @@ def _check_whole(name: str, value: Any, least: int) -> None:
         raise ArgumentError(name, value, f"must be at least {least}" if least else "must be 0 or more")
 
 
+def _note_task_metric(prompts: list[Prompt]) -> None:
+    """A task whose own metric is not the logit difference (induction's ``logprob``) is studied all the
+    same: direct logit attribution decomposes the logit difference only (linear in the residual)."""
+    named = sorted({str(p.meta["metric"]) for p in prompts if p.meta.get("metric") not in (None, "logit-diff")})
+    if named:
+        warn_prompts(f"these prompts' task measures {', '.join(named)}; the study (direct logit attribution) "
+                     "decomposes the logit difference (correct − incorrect; answer sets: mean logits), the one "
+                     "metric linear in the residual stream; patch, ablate, paths and circuit measure the task's")
+
+
+def _answer_ids(enc: Encoded) -> tuple[np.ndarray, np.ndarray]:
+    """The answers the study decomposes: one id per prompt ``[N]``, or where any answer is a set,
+    every prompt's sets ``[N, K]`` (``-1`` pads; the mean-logit difference, decomposed exactly)."""
+    if enc.correct_set is None:
+        return enc.correct, enc.incorrect
+    return enc.correct_set, enc.incorrect_set
+
+
 def _answers_as_text(prompts: list[Prompt], enc: Encoded, tok: Any) -> list[Prompt]:
     """Answers given as token ids, written as the token's text (the ids stay in ``correct_ids``)."""
     def text(answer: str | int) -> str:
@@ -262,6 +286,7 @@ def _finer_parts(lm: LoadedModel, enc: Encoded, rows: np.ndarray, batch_size: in
     (:mod:`logitscope.engine.parts`); per-prompt arrays in the order of ``rows``, or with ``unsort``
     (one process: ``rows`` is every prompt) in the prompts' order."""
     lengths = enc.lengths
+    correct, incorrect = _answer_ids(enc)
     rec = PartsRecorder(lm, sources, neurons, int(lengths.max()))  # every prompt's longest: the same on every rank
     out: list[BatchParts] = []
     with torch.inference_mode():
@@ -270,8 +295,8 @@ def _finer_parts(lm: LoadedModel, enc: Encoded, rows: np.ndarray, batch_size: in
             for b in chunk.batches:
                 r = chunk.rows[b.start : b.stop]
                 out.append(rec.run_batch(ids_dev[b.offset : b.offset + b.size * b.width].view(b.size, b.width),
-                                         torch.from_numpy(lengths[r] - 1).to(in_dev), torch.from_numpy(enc.correct[r]),
-                                         torch.from_numpy(enc.incorrect[r])))
+                                         torch.from_numpy(lengths[r] - 1).to(in_dev), torch.from_numpy(correct[r]),
+                                         torch.from_numpy(incorrect[r])))
     return _assemble(out, rows if unsort else None)
 
 
