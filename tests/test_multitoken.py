@@ -247,3 +247,34 @@ def test_paths_and_circuit_sum_the_rows(model):
     np.testing.assert_allclose(res.circuit.model, res.clean_logit_diff, rtol=0, atol=1e-5)
     assert res.circuit.values.shape[-1] == len(pairs) and len(res.circuit.templates) == len(pairs)
     assert np.isfinite(res.circuit.values).all()
+
+
+def test_factual_recall_objects_of_several_tokens_patch_in_the_tasks_metric(tmp_path, model):
+    """The factual-recall loader's objects of several tokens: `patch` measures the task's own metric,
+    logprob, teacher-forced (its values those of run_patching with logprob, checked above against TL)."""
+    from logitscope.cli import main
+
+    hf, _ = model
+    ckpt = save_checkpoint(hf, tmp_path / "tiny")
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("\n".join(json.dumps({"prompt": p.text, "correct": p.correct, "incorrect": p.incorrect,
+                                           "corrupted": p.corrupted}) for p in several_pairs()) + "\n")
+    out = tmp_path / "out"
+    assert main(["patch", "--model", str(ckpt), "--prompts", f"factual-recall:{facts}", "--out", str(out), "--quiet",
+                 "--no-report"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["patching"]["metric"] == "logprob"
+    want = run_patching(several_pairs(), hf, tokenizer=gpt2_tokenizer(), what="heads", metric="logprob")
+    arrays = np.load(out / "patching_per_prompt.npz")
+    np.testing.assert_allclose(arrays["clean_logprob"], want.clean_logit_diff, rtol=0, atol=1e-5)
+
+
+def test_identical_or_same_first_token_answers_are_clear_errors(model):
+    hf, _ = model
+    p = several_pairs()[0]
+    with pytest.raises(InputError, match=r"correct and incorrect answers are the same token"):
+        run_patching([ls.Prompt(p.text, " Mary Smith", " Mary Smith", corrupted=p.corrupted)], hf,
+                     tokenizer=gpt2_tokenizer(), what="heads")
+    with pytest.raises(InputError, match=r"start with the same token, and the study .* first tokens differ"):
+        run_patching([ls.Prompt(p.text, " Mary Smith", " Mary Jones", corrupted=p.corrupted)], hf,
+                     tokenizer=gpt2_tokenizer(), what="heads", metric="logprob-diff")
