@@ -223,6 +223,11 @@ def test_edges_with_several_tokens_exits_2_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "answer ' John Brown' is 2 tokens" in err and "run, edges and intervene take one token per answer" in err, err
     assert not out.exists() or not any(out.iterdir())
+    kl = tmp_path / "kl"  # a metric not defined on several tokens: exit 2, nothing written
+    assert main(["patch", "--model", str(ckpt), "--prompts", str(rows), "--out", str(kl), "--quiet", "--metric", "kl"]) == 2
+    err = capsys.readouterr().err
+    assert "--metric kl: not defined for answers of several tokens" in err, err
+    assert not kl.exists() or not any(kl.iterdir())
     # the same file through `patch` works, and its results say how the answers were scored
     done = tmp_path / "patch"
     assert main(["patch", "--model", str(ckpt), "--prompts", str(rows), "--out", str(done), "--quiet", "--no-report",
@@ -272,7 +277,7 @@ def test_factual_recall_objects_of_several_tokens_patch_in_the_tasks_metric(tmp_
 def test_identical_or_same_first_token_answers_are_clear_errors(model):
     hf, _ = model
     p = several_pairs()[0]
-    with pytest.raises(InputError, match=r"correct and incorrect answers are the same token"):
+    with pytest.raises(InputError, match=r"correct and incorrect answers are the same tokens \(' Mary Smith'\)"):
         run_patching([ls.Prompt(p.text, " Mary Smith", " Mary Smith", corrupted=p.corrupted)], hf,
                      tokenizer=gpt2_tokenizer(), what="heads")
     with pytest.raises(InputError, match=r"start with the same token, and the study .* first tokens differ"):

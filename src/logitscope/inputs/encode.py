@@ -144,8 +144,9 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
             same = np.array([i for i in same if sequences[0][i] == sequences[1][i]], dtype=np.int64)
         if same.size:
             p = prompts[int(same[0])]
+            what = "token" if sequences is None or len(sequences[0][int(same[0])]) == 1 else "tokens"
             raise InputError(
-                f"{where(prompts, prompt=p)}: correct and incorrect answers are the same token ({p.correct!r}); "
+                f"{where(prompts, prompt=p)}: correct and incorrect answers are the same {what} ({p.correct!r}); "
                 "the logit difference would be zero"
             )
     empty = [i for i, x in enumerate(ids) if len(x) == 0]
