@@ -206,8 +206,8 @@ def test_several_tokens_bad_input_is_a_clear_error(model):
     alts = [ls.Prompt(pairs[0].text, (" Mary Smith", " Mary Jones"), " John", corrupted=pairs[0].corrupted)]
     with pytest.raises(InputError, match=r"answer ' Mary Smith' is 2 tokens .* in a set of alternatives.*not supported"):
         run_patching(alts, hf, tokenizer=gpt2_tokenizer(), what="heads")
-    with pytest.raises(InputError, match=r"run, edges and intervene take one token per answer"):
-        ls.run_study(pairs, hf, tokenizer=gpt2_tokenizer())
+    with pytest.raises(ArgumentError, match=r"neurons=0: DLA by source position and by neuron take one token"):
+        ls.run_study(pairs, hf, tokenizer=gpt2_tokenizer(), neurons=0)
 
 
 def test_edges_with_several_tokens_exits_2_and_writes_nothing(tmp_path, capsys):
@@ -221,7 +221,7 @@ def test_edges_with_several_tokens_exits_2_and_writes_nothing(tmp_path, capsys):
     capsys.readouterr()
     assert main(["edges", "--model", str(ckpt), "--prompts", str(rows), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "answer ' John Brown' is 2 tokens" in err and "run, edges and intervene take one token per answer" in err, err
+    assert "answer ' John Brown' is 2 tokens" in err and "edges and intervene take one token per answer" in err, err
     assert not out.exists() or not any(out.iterdir())
     kl = tmp_path / "kl"  # a metric not defined on several tokens: exit 2, nothing written
     assert main(["patch", "--model", str(ckpt), "--prompts", str(rows), "--out", str(kl), "--quiet", "--metric", "kl"]) == 2
@@ -234,8 +234,8 @@ def test_edges_with_several_tokens_exits_2_and_writes_nothing(tmp_path, capsys):
                  "--metric", "logprob-diff"]) == 0
     doc = json.loads((done / "results.json").read_text())
     assert any("answers of several tokens" in n for n in doc["patching"]["notes"]), doc["patching"].get("notes")
-    first = doc["prompts"][0]  # the study's first tokens, and the whole answers beside them
-    assert (first["correct"], first["correct_answer"], first["incorrect_answer"]) == (" Mary", " Mary Smith", " John Brown")
+    first = doc["prompts"][0]  # the whole answers, their first tokens' ids
+    assert (first["correct"], first["incorrect"], first["correct_id"]) == (" Mary Smith", " John Brown", 5335)
 
 
 def test_paths_and_circuit_sum_the_rows(model):
@@ -274,12 +274,70 @@ def test_factual_recall_objects_of_several_tokens_patch_in_the_tasks_metric(tmp_
     np.testing.assert_allclose(arrays["clean_logprob"], want.clean_logit_diff, rtol=0, atol=1e-5)
 
 
-def test_identical_or_same_first_token_answers_are_clear_errors(model):
+def test_identical_answers_are_an_error_and_a_shared_first_token_is_not(model):
     hf, _ = model
     p = several_pairs()[0]
     with pytest.raises(InputError, match=r"correct and incorrect answers are the same tokens \(' Mary Smith'\)"):
         run_patching([ls.Prompt(p.text, " Mary Smith", " Mary Smith", corrupted=p.corrupted)], hf,
                      tokenizer=gpt2_tokenizer(), what="heads")
-    with pytest.raises(InputError, match=r"start with the same token, and the study .* first tokens differ"):
-        run_patching([ls.Prompt(p.text, " Mary Smith", " Mary Jones", corrupted=p.corrupted)], hf,
-                     tokenizer=gpt2_tokenizer(), what="heads", metric="logprob-diff")
+    # answers that share their first token differ in the rows after it: measured, and studied
+    res = run_patching([ls.Prompt(p.text, " Mary Smith", " Mary Jones", corrupted=p.corrupted)], hf,
+                       tokenizer=gpt2_tokenizer(), what="heads", metric="logit-diff")
+    np.testing.assert_allclose(res.study.logit_diff, res.clean_logit_diff, rtol=0, atol=1e-4)
+    assert abs(res.clean_logit_diff[0]) > 1e-3
+
+
+@torch.no_grad()
+def _tl_study_rows(tl, p) -> dict[str, np.ndarray]:
+    """The study of one prompt with answers of several tokens, from TL row by row: each row's own
+    token's linear logit (``ln_final.hook_normalized @ W_U + b_U``), and its layers and heads
+    (``decompose_resid`` / ``stack_head_results`` with ``apply_ln_to_stack``) projected on that
+    token's residual direction (``tokens_to_residual_directions``; minus for the incorrect answer),
+    summed; each answer's probability the product of its rows' softmax."""
+    tokens = tl.to_tokens(p.text)[0].tolist()
+    c, i = answer_tokens(tl, p.text, p.correct), answer_tokens(tl, p.text, p.incorrect)
+    rows = [(tokens, [(c[0], 1.0), (i[0], -1.0)])]
+    rows += [(tokens + c[:k], [(c[k], 1.0)]) for k in range(1, len(c))]
+    rows += [(tokens + i[:k], [(i[k], -1.0)]) for k in range(1, len(i))]
+    L = tl.cfg.n_layers
+    out = {"ld": 0.0, "layers": 0.0, "heads": 0.0, "logp_c": 0.0, "logp_i": 0.0}
+    for seq, targets in rows:
+        logits, cache = tl.run_with_cache(torch.tensor([seq]))
+        linear = cache["ln_final.hook_normalized"][0, -1] @ tl.W_U + tl.b_U
+        logp = torch.log_softmax(logits[0, -1].double(), -1)
+        D = sum(sign * tl.tokens_to_residual_directions(torch.tensor([t])).reshape(-1) for t, sign in targets)
+        out["ld"] += float(sum(sign * linear[t] for t, sign in targets))
+        out["logp_c"] += sum(float(logp[t]) for t, sign in targets if sign > 0)
+        out["logp_i"] += sum(float(logp[t]) for t, sign in targets if sign < 0)
+        project = lambda stack: (cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1) * D).sum(-1)[..., 0].numpy()  # noqa: E731
+        out["layers"] = out["layers"] + project(cache.decompose_resid(layer=-1, pos_slice=-1))
+        heads = cache.stack_head_results(layer=-1, pos_slice=-1)
+        out["heads"] = out["heads"] + project(heads).reshape(L, -1)
+    return out
+
+
+def test_run_decomposes_the_teacher_forced_logit_difference_as_transformerlens(model):
+    """`run` (the study) on answers of several tokens, mixed with one-token ones: the logit
+    difference Σ_k ℓ(c_k) − Σ_k ℓ(i_k), its layers and heads (each row's own token's logit decomposed,
+    summed by prompt) and each answer's teacher-forced probability equal TL row by row; the parts add
+    up to the difference; a patching result's study is the same number as its clean logit-diff runs."""
+    from oracle import tl_default_flags
+
+    hf, _ = model
+    # Logits at different rows are summed, so their per-position offset no longer cancels as in one
+    # position's difference: TL's default center_unembed=True shifts each row's logits by their mean
+    # over the vocabulary (measured: up to 0.035 on this model); logitscope sums the model's own.
+    tl = tl_model(hf, "gpt2", **{**tl_default_flags("gpt2"), "center_unembed": False})
+    pairs = several_pairs()
+    res = ls.run_study(pairs, hf, tokenizer=gpt2_tokenizer(), batch_size=3)
+    refs = [_tl_study_rows(tl, p) for p in pairs]
+    np.testing.assert_allclose(res.logit_diff, [r["ld"] for r in refs], rtol=1e-5, atol=ATOL)
+    np.testing.assert_allclose(res.head_results, np.stack([r["heads"] for r in refs], -1), rtol=1e-5, atol=ATOL)
+    np.testing.assert_allclose(res.layer_attribution_per_prompt, np.stack([r["layers"] for r in refs], -1), rtol=1e-5,
+                               atol=ATOL)
+    np.testing.assert_allclose(res.decomposition_per_prompt.sum(0), res.logit_diff, rtol=1e-5, atol=ATOL)
+    np.testing.assert_allclose(np.log(res.prob_correct), [r["logp_c"] for r in refs], rtol=1e-5, atol=ATOL)
+    np.testing.assert_allclose(np.log(res.prob_incorrect), [r["logp_i"] for r in refs], rtol=1e-5, atol=ATOL)
+    assert [p.correct for p in res.prompts] == [c for c, _ in ANSWERS]
+    patched = run_patching(pairs, hf, tokenizer=gpt2_tokenizer(), what="heads", metric="logit-diff")
+    np.testing.assert_allclose(patched.study.logit_diff, patched.clean_logit_diff, rtol=0, atol=ATOL)

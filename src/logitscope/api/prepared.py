@@ -6,17 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
-
 from logitscope.engine import distributed
 from logitscope.engine.metrics import check_several
-from logitscope.errors import InputError
 from logitscope.inputs.answers import SEVERAL_METRICS, AnswerRows, answer_rows
 from logitscope.inputs.pairs import EncodedPairs, encode_pairs
 from logitscope.inputs.positions import PositionAxis, position_axis
 from logitscope.inputs.prompt import Prompt
 
-__all__ = ["Prepared", "default_metric", "first_answers", "fold_rows", "prepare", "row_axis", "row_prompts", "rows_note",
+__all__ = ["Prepared", "default_metric", "fold_rows", "prepare", "row_axis", "row_prompts", "rows_note",
            "study_of"]
 
 
@@ -104,7 +101,7 @@ def rows_note(prep: Prepared) -> str | None:
     return (f"answers of several tokens (teacher-forced: {len(prep.rows.prompt_of)} rows for {prep.rows.n_prompts} "
             "prompts, one per answer token, summed by prompt; counterparts take the clean answer's tokens; grids "
             f"cover the prompts' positions; {n} correct answers of several tokens); the study (direct logit "
-            "attribution) decomposes the logit difference of the answers' first tokens")
+            "attribution) decomposes their logit difference row by row, summed by prompt")
 
 
 def default_metric(prompts: list[Prompt], metric: Any) -> Any:
@@ -124,33 +121,7 @@ def study_of(prep: Prepared, *, batch_size: int | None, top_k: int, attention_pr
     from logitscope.api.results import StudyResult
     from logitscope.methods.dla import study as dla_study
 
-    study = distributed.collective(dla_study)(first_answers(prep.prompts, prep), prep.lm, batch_size=batch_size, top_k=top_k,
+    study = distributed.collective(dla_study)(prep.prompts, prep.lm, batch_size=batch_size, top_k=top_k,
                                               attention_prompt=attention_prompt, prepend_bos=prep.prepend_bos,
                                               seed=seed, progress=False, task_metric_note=False)
     return None if study is None else StudyResult.of(study)
-
-
-def first_answers(prompts: list[Prompt], prep: Prepared) -> list[Prompt]:
-    """The prompts with (``prep.rows``) each answer of several tokens replaced by its first token's
-    id: what the study (a single token's, or a set's, logit difference, decomposed) is given where
-    the causal methods measure whole sequences. Answer sets stay whole (the study decomposes them)."""
-    from logitscope.inputs.prompt import is_set
-
-    if prep.rows is None:
-        return prompts
-    out = list(prompts)
-    first = prep.pairs.correct[: len(out), 0], prep.pairs.incorrect[: len(out), 0]
-    longer = prep.rows.correct_length > 1, prep.rows.incorrect_length > 1
-    for i in np.nonzero(longer[0] | longer[1])[0]:
-        p = prompts[i]
-        c = int(first[0][i]) if longer[0][i] else p.correct
-        w = int(first[1][i]) if longer[1][i] else p.incorrect
-        if int(first[0][i]) == int(first[1][i]) and not (is_set(c) or is_set(w)):
-            raise InputError(f"prompt {p.text[:57]!r}: its answers {p.correct!r} and {p.incorrect!r} start with the "
-                             "same token, and the study that every patching result carries (direct logit attribution) "
-                             "decomposes the logit difference of the answers' first tokens; give answers whose first "
-                             "tokens differ")
-        # the whole answers stay beside the study's first tokens (results.json's prompt rows show meta)
-        meta = {**p.meta, "correct_answer": p.correct, "incorrect_answer": p.incorrect}
-        out[i] = replace(p, correct=c, incorrect=w, meta=meta)
-    return out

@@ -59,7 +59,7 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
     model's context. Errors name the prompt and what to do. ``sets``: whether the caller measures
     answer sets (the study and the causal methods); else a set of several alternatives is an error
     (edges). ``several``: whether an answer of several tokens is measured (teacher-forced, by the
-    causal methods), else an error (the study, edges, intervene)."""
+    study and the causal methods), else an error (edges, intervene)."""
     if not sets:
         p = next((p for p in prompts if len(members(p.correct)) > 1 or len(members(p.incorrect)) > 1), None)
         if p is not None:
@@ -107,8 +107,8 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
             shown = ", ".join(f"{b!r}{line_of(prompts[first_at[b]])}" for b in bad[1:6])
             others = f"; {len(bad) - 1} other answer{'s' if len(bad) > 2 else ''} too: {shown}{', ...' if len(bad) > 6 else ''}"
         measured = "" if not toks or several else (
-            " (answers of several tokens are measured, teacher-forced, by patch, ablate, paths and circuit; "
-            "run, edges and intervene take one token per answer)")
+            " (answers of several tokens are measured, teacher-forced, by run, patch, ablate, paths and circuit; "
+            "edges and intervene take one token per answer)")
         raise InputError(
             f"{where(prompts, a)}: answer {a!r} is {len(toks)} tokens {pieces} for this model's tokenizer, "
             f"not one; choose an answer that is a single token{hint}{others}{measured}"
