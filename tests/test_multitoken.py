@@ -1,11 +1,12 @@
-"""Answers of several tokens (issue 22 part 1), teacher-forced, for the causal methods.
+"""Answers of several tokens (issue 22 part 1), teacher-forced, for the causal methods and the study.
 
 The oracle is TransformerLens 3.9 on a tiny random GPT-2 (tests/oracle.py), used by hand as a
 TransformerLens user scores an answer of several tokens: ``run_with_cache`` / ``run_with_hooks`` on
 prompt+answer, ``log_softmax``, gathered at the answer's positions, summed (``loss``: TL's own
 ``loss_fn(per_token=True)`` averaged over the answer's positions). Each row (the prompt or its
 counterpart, plus the clean answer's tokens before the one predicted) is patched by hand and the
-rows are summed by prompt. Tolerance 1e-4 absolute, as tests/test_metrics.py (float32 on values of
+rows are summed by prompt; the study's decomposition is TL's ``decompose_resid`` /
+``stack_head_results`` of each row projected on its own token's direction, summed. Tolerance 1e-4 absolute, as tests/test_metrics.py (float32 on values of
 order 1-10: a sum of up to four log-probabilities of ~-11 each keeps float32's error near 1e-5).
 """
 
