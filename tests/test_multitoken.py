@@ -207,6 +207,9 @@ def test_several_tokens_bad_input_is_a_clear_error(model):
     alts = [ls.Prompt(pairs[0].text, (" Mary Smith", " Mary Jones"), " John", corrupted=pairs[0].corrupted)]
     with pytest.raises(InputError, match=r"answer ' Mary Smith' is 2 tokens .* in a set of alternatives.*not supported"):
         run_patching(alts, hf, tokenizer=gpt2_tokenizer(), what="heads")
+    glued = [ls.Prompt(pairs[0].text, "Maryanne", " John", corrupted=pairs[0].corrupted)]  # measured, with a hint
+    with pytest.warns(ls.PromptWarning, match=r"answer 'Maryanne' has no leading space.*did you mean ' Maryanne'"):
+        run_patching(glued, hf, tokenizer=gpt2_tokenizer(), what="heads", metric="logprob")
     with pytest.raises(ArgumentError, match=r"neurons=0: DLA by source position and by neuron take one token"):
         ls.run_study(pairs, hf, tokenizer=gpt2_tokenizer(), neurons=0)
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from logitscope.errors import ArgumentError, InputError
-from logitscope.inputs.lint import special_answer
+from logitscope.inputs.lint import special_answer, warn_prompts
 from logitscope.inputs.prompt import Prompt, is_token_id, members
 
 if TYPE_CHECKING:
@@ -198,7 +198,12 @@ def _several(prompts: Sequence[Prompt], tok: Any, long: set, answer_ids: dict) -
                                  "appended to it (it merges with the prompt's last token), so it cannot be "
                                  "teacher-forced after the prompt; start the answer with a space or end the prompt "
                                  "before it")
-            out[side].append(tuple(got[0]) if isinstance(got, list) else got)
+            got = tuple(got[0]) if isinstance(got, list) else got
+            if isinstance(a, str) and not a[0].isspace() and not p.text[-1].isspace():
+                warn_prompts(f"{where(prompts, prompt=p)}: answer {a!r} has no leading space, so it is teacher-forced "
+                             f"as {len(got)} tokens {[tok.decode([t]) for t in got]} glued to the prompt's last word; "
+                             f"did you mean {' ' + a!r}?")
+            out[side].append(got)
     return out
 
 
