@@ -165,7 +165,8 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
                    *(sequences if sequences is not None else (None, None)))
 
 
-def _several(prompts: Sequence[Prompt], tok: Any, long: set, answer_ids: dict) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+def _several(prompts: Sequence[Prompt], tok: Any, long: set, answer_ids: dict
+             ) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
     """Each prompt's correct and incorrect answer tokens, those of several tokens (``long``) in the
     prompt's context; an error for an alternative of several tokens in a set, or an answer that
     merges with its prompt's last token."""
