@@ -209,11 +209,12 @@ def test_the_cli_prints_the_same_warnings_before_an_error(tiny_gpt2_dir, tmp_pat
     assert "logitscope: warning: 1 of 4 prompts end in a newline" in err and "[line 2]" in err
     assert "logitscope: warning: 1 of 4 prompts contain the special token '<|endoftext|>'" in err
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps(LINTED[1]) + "\n" + json.dumps({**ROW, "correct": " Maryanne-Louise"}) + "\n")
+    # (an answer of several tokens is teacher-forced by run now: the error is correct = incorrect)
+    bad.write_text(json.dumps(LINTED[1]) + "\n" + json.dumps({**ROW, "incorrect": ROW["correct"]}) + "\n")
     assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", str(bad), "--out", str(tmp_path / "o")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0].startswith("logitscope: warning: 1 of 2 prompts end in a newline")
-    assert lines[-1].startswith("logitscope: error: prompt") and "Maryanne-Louise" in lines[-1]
+    assert lines[-1].startswith("logitscope: error: prompt") and "are the same token" in lines[-1]
     assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", str(path), "--out", str(tmp_path / "o"),
                  "--no-report", "--quiet"]) == 0
     assert "warning" not in capsys.readouterr().err

@@ -16,6 +16,8 @@ import pytest
 from logitscope.cli import main
 
 ROW = {"prompt": "When Mary and John went to the store, John gave a drink to", "correct": " Mary", "incorrect": " John"}
+PAIR = {**ROW, "corrupted": "When Mary and John went to the store, Mary gave a drink to"}
+ONE_TOKEN = ("answer not one token", "answer without space", "several bad answers")  # edges: one token per answer
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -106,9 +108,9 @@ def test_bad_inputs_are_clear_errors_that_write_nothing(tiny_gpt2_dir, tmp_path,
         "not JSON at line 2": (model, write_jsonl(tmp_path / "bad.jsonl", [ROW, "{nope"]), "bad.jsonl:2: not valid JSON"),
         "row missing a field": (model, write_jsonl(tmp_path / "field.jsonl", [{"prompt": "x", "correct": " a"}]),
                                 "field.jsonl:1: missing field 'incorrect'"),
-        "answer not one token": (model, write_jsonl(tmp_path / "tok.jsonl", [{**ROW, "correct": " Maryanne-Louise"}]),
+        "answer not one token": (model, write_jsonl(tmp_path / "tok.jsonl", [{**PAIR, "correct": " Maryanne-Louise"}]),
                                  "answer ' Maryanne-Louise' is"),
-        "answer without space": (model, write_jsonl(tmp_path / "tok2.jsonl", [{**ROW, "correct": "Maryanne"}]),
+        "answer without space": (model, write_jsonl(tmp_path / "tok2.jsonl", [{**PAIR, "correct": "Maryanne"}]),
                                  "with a leading space"),
         "correct equals incorrect": (model, write_jsonl(tmp_path / "same.jsonl", [{**ROW, "incorrect": " Mary"}]),
                                      "are the same token"),
@@ -116,12 +118,13 @@ def test_bad_inputs_are_clear_errors_that_write_nothing(tiny_gpt2_dir, tmp_path,
                             "longer than the model's context of 64"),
         "unknown prompt set": (model, "sed", "ioi-abba:N, ioi-baba:N, or a path"),
         "several bad answers": (model, write_jsonl(tmp_path / "many.jsonl", [
-            ROW, {**ROW, "correct": " Maryanne-Louise"}, {**ROW, "incorrect": " Jonathanson-Smith"}]),
+            PAIR, {**PAIR, "correct": " Maryanne-Louise"}, {**PAIR, "incorrect": " Jonathanson-Smith"}]),
             "(line 2): answer ' Maryanne-Louise' is"),
         "bad ioi count": (model, "ioi:lots", "N must be a whole number"),
     }
     for name, (model_args, prompts, expected) in cases.items():
-        err = _fail(["run", *model_args, "--prompts", str(prompts), "--out", str(out)], capsys, expected)
+        command = "edges" if name in ONE_TOKEN else "run"  # run teacher-forces answers of several tokens
+        err = _fail([command, *model_args, "--prompts", str(prompts), "--out", str(out)], capsys, expected)
         assert snapshot(out) == before, name
         assert not leftovers(out), name
         if name == "answer not one token":

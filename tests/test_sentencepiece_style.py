@@ -55,8 +55,17 @@ def test_an_answer_that_is_two_tokens_even_in_context_is_still_an_error(sp_token
     path = save_checkpoint(hf, tmp_path / "llama-sp")
     sp_tokenizer.save_pretrained(path)
     prompts = [ls.Prompt("When Mary and John went to the store, John gave a drink to", " Maryjohn", " John")]
-    with pytest.raises(ls.InputError, match="answer ' Maryjohn' is"):
-        ls.run_study(prompts, str(path), device="cpu")
+    from logitscope.engine.setup import as_loaded
+    from logitscope.inputs.encode import encode_prompts
+
+    lm = as_loaded(str(path), None, device="cpu", dtype="float32", device_map=None)
+    with pytest.raises(ls.InputError, match="answer ' Maryjohn' is"):  # edges: one token per answer
+        encode_prompts(prompts, lm)
+    # run teacher-forces it, as the tokens the prompt continues with (no spurious '▁' piece of its own)
+    text = prompts[0].text
+    base, full = (sp_tokenizer(t, add_special_tokens=False)["input_ids"] for t in (text, text + " Maryjohn"))
+    assert full[: len(base)] == base and len(full) - len(base) > 1
+    assert ls.run_study(prompts, str(path), device="cpu").correct_ids[0] == full[len(base)]
     assert np.isfinite(ls.run_study(prompts[:0] + [ls.Prompt(prompts[0].text, " Mary", " John")], str(path), device="cpu").logit_diff).all()
 
 

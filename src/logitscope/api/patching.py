@@ -26,9 +26,10 @@ from logitscope.inputs.circuits import load_circuit
 from logitscope.methods.circuits import Completeness
 from logitscope.inputs.pairs import UNDEFINED, EncodedPairs
 from logitscope.methods.paths import FREEZE, check_paths
-from logitscope.inputs.positions import POSITION_MODES, position_axis
+from logitscope.inputs.positions import POSITION_MODES
 from logitscope.api.patching_result import PatchingResult
-from logitscope.api.prepared import Prepared, default_metric, prepare, study_of  # noqa: F401 (the causal API's start)
+from logitscope.api.prepared import (Prepared, default_metric, fold_rows, prepare, row_axis,  # noqa: F401
+                                       row_prompts, rows_note, study_of)
 from logitscope.methods.patching.run import DIRECTIONS, GridRunner, pair_batches
 from logitscope.inputs.counterparts import with_counterparts
 from logitscope.inputs.prompt import Prompt
@@ -176,6 +177,7 @@ def run_prepared(prep: Prepared, study: Any, *, grids: list[str], head_ablation:
     clean prompts when given (else computed here)."""
     t0 = time.perf_counter() if t0 is None else t0
     lm, prompts, pairs = prep.lm, prep.prompts, prep.pairs
+    prep.check_metric(default_metric(prompts, metric))  # answers of several tokens: the metrics defined on them
     L, H = lm.shape.n_layers, lm.shape.n_heads
     sets = _ablation_sets(ablate, L, H)
     grids = list(grids)
@@ -186,21 +188,24 @@ def run_prepared(prep: Prepared, study: Any, *, grids: list[str], head_ablation:
                      "no resid_mid (TransformerLens has no hook_resid_mid for it either)")
     if pairs.identical.all():
         notes.append(UNDEFINED)
-    axis = position_axis(pairs, positions) if any(GRIDS[g].by_position for g in grids) else None
+    axis, axis_of_rows = row_axis(prep, positions) if any(GRIDS[g].by_position for g in grids) else (None, None)
     if axis is not None and axis.note:
         notes.append(axis.note)
     if study is None:
         study = study_of(prep, batch_size=batch_size, top_k=top_k, attention_prompt=attention_prompt, seed=seed)
     t_study = time.perf_counter()
     spec = resolve_metric(default_metric(prompts, metric))
-    result = _patch(lm, prompts, pairs, axis, grids, direction, sets, ablation, head_ablation, batch_size, progress,
-                    method, spec)
+    if rows_note(prep):
+        notes.append(rows_note(prep))
+    result = _patch(lm, row_prompts(prep), pairs, axis_of_rows, grids, direction, sets, ablation, head_ablation,
+                    batch_size, progress, method, spec)
     if result is None:
         return None  # another rank's: rank 0 builds the result
     timing = {"study_s": t_study - t0, "patching_s": time.perf_counter() - t_study, **result.pop("split")}
-    result.update(_paths_and_circuit(lm, prompts, pairs, senders, receivers, freeze, circuit, direction, ablation,
-                                     batch_size, seed, timing, progress, completeness, prepend_bos=prep.prepend_bos,
-                                     metric=spec))
+    result = fold_rows(prep, result, spec.name)
+    result.update(fold_rows(prep, _paths_and_circuit(
+        lm, row_prompts(prep), pairs, senders, receivers, freeze, circuit, direction, ablation, batch_size, seed, timing,
+        progress, completeness, prepend_bos=prep.prepend_bos, metric=spec), spec.name))
     return PatchingResult(
         study=study, direction=direction, corrupted_prompts=[p.corrupted for p in prompts], positions=axis,
         position_tokens=_position_tokens(lm, pairs, axis), notes=tuple(notes), seed=seed, timing=timing,

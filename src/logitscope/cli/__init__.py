@@ -75,7 +75,8 @@ FLAGS = {"top_k": "--top-k", "batch_size": "--batch-size", "seed": "--seed", "at
          "ablate": "--ablate", "ablation": "--ablation", "method": "--method", "senders": "--senders",
          "receivers": "--receivers", "freeze": "--freeze", "circuit": "--circuit", "circuit_random": "--circuit-random",
          "circuit_greedy": "--circuit-greedy", "circuit_greedy_steps": "--circuit-greedy-steps",
-         "circuit_greedy_candidates": "--circuit-greedy-candidates", "dist_timeout": "--dist-timeout"}
+         "circuit_greedy_candidates": "--circuit-greedy-candidates", "dist_timeout": "--dist-timeout",
+         "metric": "--metric"}
 FIX_FLAGS = {("prepend_bos", False): "--no-prepend-bos", ("prepend_bos", True): "--prepend-bos"}
 
 

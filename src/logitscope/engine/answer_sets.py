@@ -20,7 +20,7 @@ def answer_rows(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         return table[ids].float()
     mask = (ids >= 0).float()
     rows = table[ids.clamp(min=0)].float()  # [B, K, ...]
-    weights = mask / mask.sum(-1, keepdim=True)
+    weights = mask / mask.sum(-1, keepdim=True).clamp(min=1)  # an empty set (a teacher-forced row's other side): 0
     return (rows * weights.view(*weights.shape, *([1] * (rows.dim() - 2)))).sum(1)
 
 
@@ -40,7 +40,7 @@ def set_mean(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     if ids.dim() == 1:
         return values
     mask = ids >= 0
-    return (values * mask).sum(-1) / mask.sum(-1)
+    return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # an empty set: 0
 
 
 def set_prob(logits: torch.Tensor, lse: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,13 @@ softmax, P(set) = Σ p over its members:
 - a callable ``fn(logits, ctx) -> [N]``: ``logits`` ``[N, d_vocab]`` float32 at the answer
   position, ``ctx`` a :class:`MetricContext` (the answer ids and the clean run's logits).
 
+Answers of several tokens are scored by teacher forcing, one row per answer token
+(:mod:`logitscope.inputs.answers`): a row predicts one token of one answer, its other side empty (an
+empty set counts 0), and each prompt's value is the sum of its rows: ``logit-diff`` Σ_k ℓ(c_k) −
+Σ_k ℓ(i_k), ``logprob-diff`` and ``logprob`` the teacher-forced log-probabilities, ``loss`` the mean
+per-token cross-entropy of the correct answer (−logprob / m); ``prob-diff``, ``kl`` and callables
+are not defined there (:func:`check_several`).
+
 Every method normalises as TransformerLens does, (patched − corrupted) / (clean − corrupted), and
 gives bootstrap intervals whatever the metric.
 """
@@ -79,14 +86,17 @@ def set_logits(logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def set_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum(-1) / mask.sum(-1)
+    """Each row's mean over its set; 0 for an empty set (a teacher-forced row of the other answer)."""
+    return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
 def set_logprob(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """log P(set) = logsumexp of the set's log-probabilities, ``[N]``."""
+    """log P(set) = logsumexp of the set's log-probabilities, ``[N]``; 0 for an empty set (a
+    teacher-forced row of the other answer: it adds nothing to this answer's sum)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     member, mask = set_logits(logp, ids)
-    return torch.logsumexp(member.masked_fill(~mask, float("-inf")), dim=-1)
+    out = torch.logsumexp(member.masked_fill(~mask, float("-inf")), dim=-1)
+    return out.masked_fill(~mask.any(-1), 0.0)
 
 
 def logit_diff(logits: torch.Tensor, ctx: MetricContext) -> torch.Tensor:
@@ -178,6 +188,17 @@ def resolve_metric(metric: MetricLike) -> MetricSpec:
         key = "metric_" + (re.sub(r"\W+", "_", name).strip("_") or "custom")
         return MetricSpec(name, key, f"the function {name}(logits, ctx) at each prompt's last token", metric, False)
     raise ArgumentError("metric", metric, f"use one of {', '.join(METRICS)} or a function fn(logits, ctx) -> [batch]")
+
+
+def check_several(metric: MetricLike, defined: tuple[str, ...]) -> None:
+    """A clear error for a metric that is not defined on answers of several tokens (``defined``:
+    those that are, a sum over teacher-forced rows)."""
+    spec = resolve_metric(metric)
+    if spec.builtin and spec.name in defined:
+        return
+    raise ArgumentError("metric", spec.name, "not defined for answers of several tokens (teacher-forced, one "
+                        f"position per answer token); use {', '.join(defined)}, or single-token answers",
+                        fix="logprob-diff")
 
 
 def check_decomposable(metric: MetricLike, what: str = "run") -> None:

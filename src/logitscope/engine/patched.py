@@ -116,7 +116,7 @@ class Engine:
             logit = logit + self.b_U[safe].float()
         if self.softcap:
             logit = torch.tanh(logit / self.softcap) * self.softcap
-        return (logit * mask).sum(-1) / mask.sum(-1)
+        return (logit * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # an empty set (a teacher-forced row): 0
 
     def logits_of_normed(self, normed: torch.Tensor) -> torch.Tensor:
         """The full logits ``[N, d_vocab]`` (float32, soft-capped where the model caps) of vectors

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from logitscope.errors import ArgumentError, InputError
-from logitscope.inputs.lint import special_answer
+from logitscope.inputs.lint import special_answer, warn_prompts
 from logitscope.inputs.prompt import Prompt, is_token_id, members
 
 if TYPE_CHECKING:
@@ -24,14 +24,23 @@ class Encoded:
     """Token ids for a prompt set: prompts (BOS prepended if asked) and single-token answers.
 
     ``correct`` / ``incorrect``: each prompt's answer id ``[N]`` (for an answer set, its first
-    alternative's); ``correct_set`` / ``incorrect_set``: where some answer is a set of several
-    alternatives, every prompt's set ``[N, K]`` padded with ``-1`` (else ``None``)."""
+    alternative's; for an answer of several tokens, its first token's); ``correct_set`` /
+    ``incorrect_set``: where some answer is a set of several alternatives, every prompt's set
+    ``[N, K]`` padded with ``-1`` (else ``None``); ``correct_tokens`` / ``incorrect_tokens``: where
+    some answer is several tokens (``several``), every prompt's answer tokens in context (else ``None``)."""
 
     ids: list[list[int]]
     correct: np.ndarray
     incorrect: np.ndarray
     correct_set: np.ndarray | None = None
     incorrect_set: np.ndarray | None = None
+    correct_tokens: list[tuple[int, ...]] | None = None  # where some answer is several tokens: each prompt's, in context
+    incorrect_tokens: list[tuple[int, ...]] | None = None
+
+    @property
+    def several(self) -> bool:
+        """Whether some answer is several tokens (scored by teacher forcing: :mod:`logitscope.inputs.answers`)."""
+        return self.correct_tokens is not None
 
     @property
     def lengths(self) -> np.ndarray:
@@ -44,12 +53,14 @@ def _answers(p: Prompt) -> tuple:
 
 
 def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: bool = True,
-                   sets: bool = False) -> Encoded:
+                   sets: bool = False, several: bool = False) -> Encoded:
     """Tokenize (batched, fast tokenizer) and validate: each answer (each alternative of an answer
     set) exactly one token, correct ≠ incorrect (no token in both sets), every prompt within the
     model's context. Errors name the prompt and what to do. ``sets``: whether the caller measures
     answer sets (the study, the causal methods and edges); else a set of several alternatives is an
-    error (``logit_diff_directions``: one unembedding direction per answer)."""
+    error (``logit_diff_directions``: one unembedding direction per answer). ``several``: whether an
+    answer of several tokens is measured (teacher-forced, by the study and the causal methods), else
+    an error (edges, intervene)."""
     if not sets:
         p = next((p for p in prompts if len(members(p.correct)) > 1 or len(members(p.incorrect)) > 1), None)
         if p is not None:
@@ -76,11 +87,14 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
     if answers:
         answer_ids.update(zip(answers, tokenize(tok, answers)))
     bad = []
+    long: set = set()  # answers of several tokens (with ``several``)
     for a, toks in answer_ids.items():
         if len(toks) != 1:
             in_context = _next_token_in_context(tok, [p for p in prompts if a in _answers(p)], a)
             if in_context is not None:  # e.g. SentencePiece: " Mary" alone is ['▁', '▁Mary']
                 answer_ids[a] = [in_context]
+            elif several and toks:
+                long.add(a)
             else:
                 bad.append(a)
     if bad:  # name the first in file order, count the others, so one run finds them all
@@ -93,12 +107,20 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
         if len(bad) > 1:
             shown = ", ".join(f"{b!r}{line_of(prompts[first_at[b]])}" for b in bad[1:6])
             others = f"; {len(bad) - 1} other answer{'s' if len(bad) > 2 else ''} too: {shown}{', ...' if len(bad) > 6 else ''}"
+        measured = "" if not toks or several else (
+            " (answers of several tokens are measured, teacher-forced, by run, patch, ablate, paths and circuit; "
+            "edges and intervene take one token per answer)")
         raise InputError(
             f"{where(prompts, a)}: answer {a!r} is {len(toks)} tokens {pieces} for this model's tokenizer, "
-            f"not one; choose an answer that is a single token{hint}{others}"
+            f"not one; choose an answer that is a single token{hint}{others}{measured}"
         )
     correct = np.array([answer_ids[members(p.correct)[0]][0] for p in prompts], dtype=np.int64)
     incorrect = np.array([answer_ids[members(p.incorrect)[0]][0] for p in prompts], dtype=np.int64)
+    sequences = None
+    if long:
+        sequences = _several(prompts, tok, long, answer_ids)
+        correct = np.array([s[0] for s in sequences[0]], dtype=np.int64)
+        incorrect = np.array([s[0] for s in sequences[1]], dtype=np.int64)
     special = special_answer(prompts, correct, incorrect, tok)
     if special is not None:
         i, a, t = special
@@ -110,12 +132,22 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
     correct_set = incorrect_set = None
     if any(len(members(p.correct)) > 1 or len(members(p.incorrect)) > 1 for p in prompts):
         correct_set, incorrect_set = _set_matrices(prompts, answer_ids, tok)
+        if sequences is not None:  # an answer of several tokens: its first token in context
+            for i, p in enumerate(prompts):
+                for m, answer, seq in ((correct_set, p.correct, sequences[0][i]),
+                                       (incorrect_set, p.incorrect, sequences[1][i])):
+                    if members(answer)[0] in long:
+                        m[i] = -1
+                        m[i, 0] = seq[0]
     else:
         same = np.nonzero(correct == incorrect)[0]
+        if sequences is not None:  # answers of several tokens may share their first tokens, not all of them
+            same = np.array([i for i in same if sequences[0][i] == sequences[1][i]], dtype=np.int64)
         if same.size:
             p = prompts[int(same[0])]
+            what = "token" if sequences is None or len(sequences[0][int(same[0])]) == 1 else "tokens"
             raise InputError(
-                f"{where(prompts, prompt=p)}: correct and incorrect answers are the same token ({p.correct!r}); "
+                f"{where(prompts, prompt=p)}: correct and incorrect answers are the same {what} ({p.correct!r}); "
                 "the logit difference would be zero"
             )
     empty = [i for i, x in enumerate(ids) if len(x) == 0]
@@ -130,7 +162,51 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
                 f"{where(prompts, prompt=prompts[i])}: the prompt is {len(ids[i])} tokens"
                 f"{' with BOS' if prepend_bos else ''}, longer than the model's context of {n_ctx}; shorten it"
             )
-    return Encoded(ids, correct, incorrect, correct_set, incorrect_set)
+    return Encoded(ids, correct, incorrect, correct_set, incorrect_set,
+                   *(sequences if sequences is not None else (None, None)))
+
+
+def _several(prompts: Sequence[Prompt], tok: Any, long: set, answer_ids: dict
+             ) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """Each prompt's correct and incorrect answer tokens, those of several tokens (``long``) in the
+    prompt's context; an error for an alternative of several tokens in a set, or an answer that
+    merges with its prompt's last token."""
+    from logitscope.inputs.answers import tokens_in_context
+
+    in_context: dict[tuple[int, str], tuple[int, ...]] = {}
+    for a in long:  # one batched tokenisation per answer, over the prompts it follows
+        at = [i for i, p in enumerate(prompts) if a in _answers(p)]
+        got = tokens_in_context(tok, [prompts[i].text for i in at], a, lambda t: tokenize(tok, t))
+        if got is not None:
+            in_context.update({(i, a): tuple(g) for i, g in zip(at, got)})
+    out: tuple[list[tuple[int, ...]], list[tuple[int, ...]]] = ([], [])
+    for n, p in enumerate(prompts):
+        for side, answer in enumerate((p.correct, p.incorrect)):
+            alts = members(answer)
+            a = alts[0]
+            if len(alts) > 1 and any(x in long for x in alts):
+                x = next(x for x in alts if x in long)
+                pieces = [tok.decode([t]) for t in tokenize(tok, [x])[0]]
+                raise InputError(f"{where(prompts, prompt=p)}: answer {x!r} is {len(pieces)} tokens {pieces} in a set of "
+                                 "alternatives; a set's alternatives must be one token each (sets of alternatives of "
+                                 "several tokens are not supported: give one answer of several tokens, or single-token "
+                                 "alternatives)")
+            if a not in long:
+                out[side].append((answer_ids[a][0],))
+                continue
+            got = in_context.get((n, a)) or tokens_in_context(tok, [p.text], a, lambda t: tokenize(tok, t))
+            if got is None:
+                raise InputError(f"{where(prompts, prompt=p)}: answer {a!r} changes the prompt's own tokens when "
+                                 "appended to it (it merges with the prompt's last token), so it cannot be "
+                                 "teacher-forced after the prompt; start the answer with a space or end the prompt "
+                                 "before it")
+            got = tuple(got[0]) if isinstance(got, list) else got
+            if isinstance(a, str) and not a[0].isspace() and not p.text[-1].isspace():
+                warn_prompts(f"{where(prompts, prompt=p)}: answer {a!r} has no leading space, so it is teacher-forced "
+                             f"as {len(got)} tokens {[tok.decode([t]) for t in got]} glued to the prompt's last word; "
+                             f"did you mean {' ' + a!r}?")
+            out[side].append(got)
+    return out
 
 
 def _set_matrices(prompts: Sequence[Prompt], answer_ids: dict, tok: Any) -> tuple[np.ndarray, np.ndarray]:

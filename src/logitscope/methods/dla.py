@@ -25,6 +25,7 @@ from logitscope.inputs.prompt import Prompt, is_token_id
 from logitscope.inputs.prompts import GeneratedSet, load_prompts, parse_prompts
 from logitscope.labels import parse_heads
 from logitscope.methods import dla_parts as parts
+from logitscope.methods.dla_rows import answer_ids, fold_study, study_inputs
 from logitscope.models.kernels import equivalent_kernels
 from logitscope.models.load import LoadedModel
 from logitscope.models.state import attention_implementation, study_mode
@@ -98,11 +99,11 @@ def study(
         down_projection(lm, neurons)  # a mixture-of-experts layer: said before the pass
     bos = lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos
     t_start = time.perf_counter()
-    enc = encode_prompts(prompts, lm, prepend_bos=bos, sets=True)
+    enc = encode_prompts(prompts, lm, prepend_bos=bos, sets=True, several=True)
+    # answers of several tokens: one row per answer token (methods/dla_rows.py), else the prompts
+    forced, run_ids, lengths, (correct, incorrect) = study_inputs(prompts, enc, lm.n_ctx, dla_by_source, neurons)
     prompts = _answers_as_text(prompts, enc, lm.tokenizer)
-    correct, incorrect = _answer_ids(enc)
     t_encoded = time.perf_counter()
-    lengths = enc.lengths
     if batch_size is None:
         batch_size = auto_batch_size(lm, int(lengths.max()))
         if ranks is not None:  # every rank runs the batches one process would
@@ -122,7 +123,7 @@ def study(
     # _assemble. tests/test_hot_loop.py checks the operators it dispatches and its source.
     with study_mode(lm.model), bar or contextlib.nullcontext():  # the model leaves as it came
         with rec, equivalent_kernels(lm.model):  # hot loop: start
-            for chunk in _chunks(enc.ids, lengths, rows, batch_size):
+            for chunk in _chunks(run_ids, lengths, rows, batch_size):
                 ids_dev = _to_device(chunk.ids, in_dev)
                 pos_dev = _to_device(lengths[chunk.rows] - 1, in_dev)
                 correct_dev = _to_device(correct[chunk.rows], rec.out_device)
@@ -150,8 +151,9 @@ def study(
                 total = {"lens": lens_sum.clone()}  # a normal tensor: sum_tensors writes in place
                 ranks.sum_tensors(total, "the sum of the token lens's probabilities")
                 lens_sum = total["lens"]
-            per = ranks.gather_columns(rows, _assemble(batches), len(prompts), "the gather of the study's results")
+            per = ranks.gather_columns(rows, _assemble(batches), len(run_ids), "the gather of the study's results")
             timing["gather_s"] = time.perf_counter() - t_gather
+        per = per if forced is None or per is None else fold_study(per, forced)  # each prompt's rows summed
         t_assembled = time.perf_counter()
         sources = _agreed_sources(ranks, dla_by_source, named_sources, per)
         if sources or neurons is not None:
@@ -178,7 +180,7 @@ def study(
         prompts=prompts,
         correct_ids=enc.correct,
         incorrect_ids=enc.incorrect,
-        n_tokens=lengths,
+        n_tokens=enc.lengths,
         top_k=top_k,
         seed=seed,
         prepend_bos=bos,
@@ -188,9 +190,9 @@ def study(
     )
     fields["attention"] = attention
     if lens_sum is not None:
-        fields.update(_token_lens_fields(per, lens_sum, len(prompts), lens_top_k, lm.tokenizer))
+        fields.update(_token_lens_fields(per, lens_sum, len(run_ids), lens_top_k, lm.tokenizer))  # mean over rows
     if sources:
-        names, by_role = parts.role_sums(per["source"], prompts, enc.ids, enc.correct, enc.incorrect, lengths)
+        names, by_role = parts.role_sums(per["source"], prompts, enc.ids, enc.correct, enc.incorrect, enc.lengths)
         fields.update(source_heads=tuple(sources), dla_by_source=per["source"],
                       source_value_bias=per["source_value_bias"], source_roles=tuple(names), source_by_role=by_role)
     if neurons is not None:
@@ -222,14 +224,6 @@ def _note_task_metric(prompts: list[Prompt]) -> None:
         warn_prompts(f"these prompts' task measures {', '.join(named)}; the study (direct logit attribution) "
                      "decomposes the logit difference (correct − incorrect; answer sets: mean logits), the one "
                      "metric linear in the residual stream; patch, ablate, paths and circuit measure the task's")
-
-
-def _answer_ids(enc: Encoded) -> tuple[np.ndarray, np.ndarray]:
-    """The answers the study decomposes: one id per prompt ``[N]``, or where any answer is a set,
-    every prompt's sets ``[N, K]`` (``-1`` pads; the mean-logit difference, decomposed exactly)."""
-    if enc.correct_set is None:
-        return enc.correct, enc.incorrect
-    return enc.correct_set, enc.incorrect_set
 
 
 def _answers_as_text(prompts: list[Prompt], enc: Encoded, tok: Any) -> list[Prompt]:
@@ -286,7 +280,7 @@ def _finer_parts(lm: LoadedModel, enc: Encoded, rows: np.ndarray, batch_size: in
     (:mod:`logitscope.engine.parts`); per-prompt arrays in the order of ``rows``, or with ``unsort``
     (one process: ``rows`` is every prompt) in the prompts' order."""
     lengths = enc.lengths
-    correct, incorrect = _answer_ids(enc)
+    correct, incorrect = answer_ids(enc)
     rec = PartsRecorder(lm, sources, neurons, int(lengths.max()))  # every prompt's longest: the same on every rank
     out: list[BatchParts] = []
     with torch.inference_mode():
