@@ -49,9 +49,8 @@ def model_options(p: argparse.ArgumentParser, *, csv: str | None = None, study: 
                    help="under torchrun: seconds a rank waits for the others (900)")
 
 
-METRIC_HELP = ("what every run measures at the answer position: logit-diff, logprob-diff, prob-diff, logprob, "
-               "loss or kl (answer sets: mean logit / summed probability); default: the task's own (induction: "
-               "logprob), else logit-diff")
+METRIC_HELP = ("what every run measures at the answer: logit-diff, logprob-diff, prob-diff, logprob, loss, kl "
+               "(docs: Metrics); default: the task's own, else logit-diff")
 
 
 def metric_option(p: Any, *, decomposable: bool = False) -> None:
