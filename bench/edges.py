@@ -292,8 +292,10 @@ def markdown(doc: dict[str, Any]) -> str:
                   f"{ag['spearman']:.6f}. Against logitscope's eap (gradient at the clean prompt, a different estimate): "
                   f"largest difference {vc.get('max_abs_diff', float('nan')):.2e} ({vc.get('rel_diff', float('nan')):.1e} "
                   f"of the largest |score|), Spearman {vc.get('spearman', float('nan')):.4f}."
-                  + (f" logitscope's EAP is {a['tl4_speedup']:.1f}x faster (CPU time of the scoring) and uses "
-                     f"{a['tl4_memory_ratio']:.2f}x less peak RSS." if "tl4_speedup" in a else "")]
+                  + (f" logitscope's EAP is {a['tl4_speedup']:.1f}x faster (CPU time of the scoring); peak RSS "
+                     + (f"{a['tl4_memory_ratio']:.2f}x less." if a["tl4_memory_ratio"] >= 1 else
+                        f"{1 / a['tl4_memory_ratio']:.2f}x more (TransformerLens runs one pair at a time; "
+                        f"logitscope batches of {doc['batch_size']})." ) if "tl4_speedup" in a else "")]
     for method in ("eap", "eap-ig-inputs"):
         ag = doc.get(f"agreement_{method}")
         r = doc["rows"].get(f"logitscope_{method}", {})
