@@ -23,13 +23,20 @@ time from spawn to exit, peak RSS from ``os.wait4``):
    time; its ``scores`` phase is its ``attribute(...)`` call;
 5. logitscope's EAP again on ``--flat-n`` pairs (default 10 N) in the same batches: peak RSS must
    stay flat;
-6. the agreement check (every edge's score, logitscope's against the library's: largest absolute
+6. TransformerLens 4.3's own EAP (``contenders/edges_tl4.py``, ``attribution_patch`` at edge
+   granularity; it has no EAP-IG) in its own venv (``bench/.cache/venvs/tl-4.3``, made by
+   ``run.py``'s ``ensure_venv`` from ``envs/tl-4.3.txt``): with ``--tl4``, or whenever that venv
+   exists (``--skip tl4`` skips it). Its gradient is at the *corrupted* prompt and its difference
+   clean − corrupted, so its scores are negated and compared with logitscope's estimate at the
+   corrupted prompt, 2 × ``clean-corrupted`` − ``eap`` (logitscope's ``clean-corrupted`` averages
+   the gradients at both prompts; its ``eap`` takes the clean one), run for this in its own process;
+7. the agreement check (every edge's score, logitscope's against the library's: largest absolute
    difference over the largest |score|, must be <= ``--rel-tol``, default 1e-4: float32 sums over
    d_model, positions and prompts, and TransformerLens's folded/centred weights against the plain
    Hugging Face model), the table, and ``--out`` (.json and .md).
 
-TransformerLens 4's own EAP is not run: TransformerLens 4 is not installed in logitscope's venv
-(3.9 is, as the oracle) and installing it beside 3.9 would replace it; the table says so.
+TransformerLens 4 is not installed in logitscope's venv (3.9 is, as the oracle; installing 4.3
+beside it would replace it): its EAP runs in its own venv (step 6).
 
 Targets (issue 21): >= 2x faster than the EAP-IG library and >= 2x less peak memory; EAP <= 3 FPE;
 EAP-IG-inputs with m steps <= 1.3 (2m + 2) FPE; the whole faithfulness curve <= 12 FPE; peak memory
@@ -51,7 +58,7 @@ sys.path.insert(0, str(BENCH))
 
 from make_checkpoint import make_checkpoint  # noqa: E402
 from patching import write_pairs  # noqa: E402
-from run import CONTENDERS, GB, child_env, machine_info, run_process, wait_for_idle  # noqa: E402
+from run import CONTENDERS, GB, VENVS, child_env, ensure_venv, machine_info, run_process, wait_for_idle  # noqa: E402
 
 FLAT_RATIO = 1.10  # "flat": peak RSS at 10x the pairs within 10% of the N-pair run
 
@@ -67,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eap-ig-src", default=os.environ.get("EAP_IG_SRC"),
                     help="folder of the EAP-IG library (hannamw/EAP-IG clone or its src/); default $EAP_IG_SRC")
     ap.add_argument("--rel-tol", type=float, default=1e-4)
-    ap.add_argument("--skip", default="", help="comma list: library, library-eap, library-eap-ig-inputs, curve, flat, eap, eap-ig-inputs")
+    ap.add_argument("--tl4", action="store_true",
+                    help="run TransformerLens 4.3's EAP, making its venv if missing (default: only if bench/.cache/venvs/tl-4.3 exists)")
+    ap.add_argument("--skip", default="", help="comma list: library, library-eap, library-eap-ig-inputs, tl4, curve, flat, eap, eap-ig-inputs")
     ap.add_argument("--wait-idle", type=float, default=0.0, help="seconds to wait for a quiet machine first")
     ap.add_argument("--timeout", type=float, default=4 * 3600)
     ap.add_argument("--out", default=None)
@@ -77,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         print("skip: the EAP-IG library (give --eap-ig-src DIR or set EAP_IG_SRC to a hannamw/EAP-IG clone); "
               "only logitscope runs", flush=True)
         skip.add("library")
+    if "tl4" not in skip and not args.tl4 and not (VENVS / "tl-4.3" / "bin" / "python").exists():
+        print("skip: TransformerLens 4.3's EAP (no bench/.cache/venvs/tl-4.3; --tl4 makes it)", flush=True)
+        skip.add("tl4")
+    tl4_python = None if "tl4" in skip or "eap" in skip else str(ensure_venv("tl-4.3"))
     mode = str(args.threads) if args.threads else "default"
     out = Path(args.out or BENCH / "results" / f"edges-{args.device.split(':')[0]}-{args.n}.json")
     cache = BENCH / ".cache"
@@ -87,11 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, Any] = {}
     tmp = Path(tempfile.mkdtemp(prefix="logitscope-edges-bench-"))
 
-    def run(name: str, script: str, extra: list[str], prompts: Path = pairs) -> dict[str, Any]:
+    def run(name: str, script: str, extra: list[str], prompts: Path = pairs, python: str = py,
+            env: dict[str, str] | None = None) -> dict[str, Any]:
         result = tmp / f"{name}.json"
-        cmd = [py, str(CONTENDERS / script), "--model", str(model), "--prompts", str(prompts), "--device", args.device,
+        cmd = [python, str(CONTENDERS / script), "--model", str(model), "--prompts", str(prompts), "--device", args.device,
                "--result", str(result), *extra]
-        r = run_process(name, mode, 0, cmd, result, env=child_env(mode, {}), mem_limit_bytes=int(20 * GB),
+        r = run_process(name, mode, 0, cmd, result, env=child_env(mode, env or {}), mem_limit_bytes=int(20 * GB),
                         timeout_s=args.timeout)
         if not r.ok:
             print(f"{name} failed (exit {r.returncode}):\n{r.stderr_tail}", file=sys.stderr)
@@ -113,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         if "library" not in skip and f"library-{method}" not in skip:
             run(f"eapig_{method}", "edges_eapig.py", [*m, "--eap-ig-src", args.eap_ig_src,
                                                       "--scores-out", str(tmp / f"theirs-{method}.json")])
+        if method == "eap" and tl4_python:  # logitscope at the corrupted end (see step 6), then TransformerLens 4.3
+            run("logitscope_clean-corrupted", "edges_logitscope.py",
+                ["--method", "clean-corrupted", *bs, "--scores-out", str(tmp / "ours-clean-corrupted.json")])
+            run("tl4_eap", "edges_tl4.py", [*bs, "--scores-out", str(tmp / "tl4-eap.json")], python=tl4_python,
+                env={"PYTHONPATH": ""})
     if "curve" not in skip:
         run("logitscope_curve", "edges_logitscope.py", ["--method", "eap", *bs, "--curve"])
     if "flat" not in skip:
@@ -143,6 +162,24 @@ def agreement(ours_path: Path, theirs_path: Path) -> dict[str, Any] | None:
     ra, rb = a.argsort().argsort(), b.argsort().argsort()
     return {"edges": len(names), "same_edges": set(ours) == set(theirs), "max_abs_diff": diff, "max_abs_score": scale,
             "rel_diff": diff / scale if scale else float("nan"), "spearman": float(np.corrcoef(ra, rb)[0, 1])}
+
+
+def tl4_agreement(tmp: Path) -> dict[str, Any] | None:
+    """TransformerLens 4.3's EAP against logitscope's estimate at the corrupted prompt: theirs negated
+    (clean − corrupted to corrupted − clean), ours 2 × clean-corrupted − eap; both written to ``tmp``
+    and compared as :func:`agreement` does. Also the largest difference to logitscope's ``eap``
+    (gradient at the clean prompt), which is a different estimate and is not expected to agree."""
+    paths = [tmp / f for f in ("tl4-eap.json", "ours-eap.json", "ours-clean-corrupted.json")]
+    if not all(p.exists() for p in paths):
+        return None
+    theirs, eap, cc = (json.loads(p.read_text()) for p in paths)
+    (tmp / "tl4-eap-negated.json").write_text(json.dumps({k: -v for k, v in theirs.items()}))
+    (tmp / "ours-eap-at-corrupted.json").write_text(json.dumps({k: 2 * cc[k] - eap[k] for k in eap}))
+    ag = agreement(tmp / "ours-eap-at-corrupted.json", tmp / "tl4-eap-negated.json")
+    vs_clean = agreement(tmp / "ours-eap.json", tmp / "tl4-eap-negated.json")
+    if ag and vs_clean:
+        ag["vs_eap_at_clean"] = {k: vs_clean[k] for k in ("max_abs_diff", "rel_diff", "spearman")}
+    return ag
 
 
 def _cpu(run: dict[str, Any] | None, phase: str) -> float | None:
@@ -190,6 +227,16 @@ def summarise(runs: dict[str, Any], args: argparse.Namespace, T: int, load: floa
             a["memory_ratio"] = b["peak_rss_gb"] / a["peak_rss_gb"]
             doc["targets"][f"{method}: >= 2x faster than the EAP-IG library"] = a["speedup"] >= 2
             doc["targets"][f"{method}: >= 2x less peak memory than the EAP-IG library"] = a["memory_ratio"] >= 2
+    tl4, ours = runs.get("tl4_eap"), runs.get("logitscope_eap")
+    if tl4 and tl4["ok"]:
+        rows["tl4_eap"] = b = row(tl4, "scores")
+        ag = tl4_agreement(tmp)
+        doc["agreement_tl4_eap"] = ag
+        ok = bool(ag and ag["same_edges"] and ag["rel_diff"] <= args.rel_tol)
+        doc["agree"] = ok and doc["agree"] is not False
+        if ours and ours["ok"]:
+            a = rows["logitscope_eap"]
+            a["tl4_speedup"], a["tl4_memory_ratio"] = b["cpu_s"] / a["cpu_s"], b["peak_rss_gb"] / a["peak_rss_gb"]
     curve = runs.get("logitscope_curve")
     if curve and curve["ok"]:
         rows["logitscope_curve"] = r = row(curve, "curve")
@@ -208,6 +255,7 @@ def summarise(runs: dict[str, Any], args: argparse.Namespace, T: int, load: floa
 LABELS = {"logitscope_eap": "logitscope: EAP", "eapig_eap": "EAP-IG library: EAP",
           "logitscope_eap-ig-inputs": "logitscope: EAP-IG-inputs ({m} steps)",
           "eapig_eap-ig-inputs": "EAP-IG library: EAP-IG-inputs ({m} steps)",
+          "tl4_eap": "TransformerLens 4.3: EAP (attribution_patch, granularity='edge')",
           "logitscope_curve": "logitscope: faithfulness curve by |score| (ten fractions + the empty circuit)"}
 
 
@@ -232,7 +280,22 @@ def markdown(doc: dict[str, Any]) -> str:
                      f"{r['phase_wall_s']:.1f} | {r['wall_s']:.1f} | {r['peak_rss_gb']:.2f} |")
     if not any(k.startswith("eapig") for k in doc["rows"]):
         lines += ["", "The EAP-IG library was not run (no --eap-ig-src)."]
-    lines += ["", "TransformerLens 4's own EAP: not run (TransformerLens 4 is not installed beside 3.9, the oracle)."]
+    ag = doc.get("agreement_tl4_eap")
+    if "tl4_eap" not in doc["rows"]:
+        lines += ["", "TransformerLens 4.3's own EAP: not run (no bench/.cache/venvs/tl-4.3; --tl4 makes it)."]
+    elif ag:
+        a, vc = doc["rows"].get("logitscope_eap", {}), ag.get("vs_eap_at_clean", {})
+        lines += ["", f"TransformerLens 4.3's EAP (its own venv; gradient at the corrupted prompt, clean − corrupted: "
+                  f"negated) vs logitscope's estimate at the corrupted prompt (2 × clean-corrupted − eap) on all "
+                  f"{ag['edges']:,} edges: largest difference {ag['max_abs_diff']:.2e} (largest |score| "
+                  f"{ag['max_abs_score']:.3f}: {ag['rel_diff']:.1e} of it; tolerance {doc['rel_tol']:g}), Spearman "
+                  f"{ag['spearman']:.6f}. Against logitscope's eap (gradient at the clean prompt, a different estimate): "
+                  f"largest difference {vc.get('max_abs_diff', float('nan')):.2e} ({vc.get('rel_diff', float('nan')):.1e} "
+                  f"of the largest |score|), Spearman {vc.get('spearman', float('nan')):.4f}."
+                  + (f" logitscope's EAP is {a['tl4_speedup']:.1f}x faster (CPU time of the scoring); peak RSS "
+                     + (f"{a['tl4_memory_ratio']:.2f}x less." if a["tl4_memory_ratio"] >= 1 else
+                        f"{1 / a['tl4_memory_ratio']:.2f}x more (TransformerLens runs one pair at a time; "
+                        f"logitscope batches of {doc['batch_size']})." ) if "tl4_speedup" in a else "")]
     for method in ("eap", "eap-ig-inputs"):
         ag = doc.get(f"agreement_{method}")
         r = doc["rows"].get(f"logitscope_{method}", {})

@@ -52,7 +52,7 @@ with phases("import"):
 
 def main() -> int:
     p = _common.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--method", choices=["eap", "eap-ig-inputs"], required=True)
+    p.add_argument("--method", choices=["eap", "eap-ig-inputs", "clean-corrupted"], required=True)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--curve", action="store_true")
     p.add_argument("--scores-out", default=None)
