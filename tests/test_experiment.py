@@ -80,3 +80,31 @@ def test_activations_and_intervene_equal_the_functions(exp):
     theirs = intervene(exp.lm, exp.prompts, {"blocks.1.attn.hook_z": zero_l1h0}, batch_size=5, seed=3)
     np.testing.assert_array_equal(ours.hooked, theirs.hooked)
     assert not np.array_equal(ours.hooked, ours.clean)  # the hook did something
+
+
+def test_run_options_fills_every_run_prepared_option_from_check_options_defaults():
+    """Experiment and run_patching take their patching defaults from one place (api/patching.py's
+    run_options, from check_options's signature): every option run_prepared needs, at the values the
+    public signature documents, and a bad option still fails with its name."""
+    import inspect
+
+    from logitscope.api.patching import run_options, run_prepared
+    from logitscope.errors import ArgumentError
+    from logitscope.results.circuit import Completeness
+
+    run_level = {"prep", "study", "batch_size", "top_k", "attention_prompt", "seed", "progress", "t0"}
+    needed = set(inspect.signature(run_prepared).parameters) - run_level
+    got = run_options(what="heads")
+    assert set(got) == needed
+    public = inspect.signature(ls.run_patching).parameters
+    for name in ("direction", "positions", "ablate", "ablation", "method", "senders", "receivers", "freeze",
+                 "circuit", "metric"):
+        assert got[name] == public[name].default, name
+    assert got["completeness"] == Completeness(public["circuit_random"].default, public["circuit_greedy"].default,
+                                               public["circuit_greedy_steps"].default,
+                                               public["circuit_greedy_candidates"].default)
+    given = run_options(what="none", circuit="L0H0", circuit_random=2, circuit_greedy=1, direction="noise")
+    assert given["completeness"] == Completeness(2, 1, 10, 10) and given["direction"] == "noise"
+    assert given["grids"] == [] and given["circuit"] == "L0H0"
+    with pytest.raises(ArgumentError, match="direction"):
+        run_options(direction="sideways")

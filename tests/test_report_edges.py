@@ -102,6 +102,24 @@ def test_bad_data_is_a_clear_error_and_nothing_is_written(change, message, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_failed_write_keeps_the_earlier_page_and_leaves_no_temporary_file(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch):
+    """The page is written as write_report writes (report/write.py): renamed into place, or not at all."""
+    import os
+
+    out = write_edges_report(synthetic(2, 4), tmp_path / "edges.html")
+    before = out.read_bytes()
+
+    def fail(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_edges_report(synthetic(2, 4, seed=1), out)
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["edges.html"]
+
+
 def test_page_asks_nothing_from_the_network(tmp_path: Path):
     page = write_edges_report(synthetic(2, 4), tmp_path / "e.html").read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>")

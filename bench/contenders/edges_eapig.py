@@ -26,33 +26,13 @@ import _common  # noqa: I001  (first: starts the in-process clock before torch i
 import contextlib
 import io
 import json
-import time
 import sys
 import types
 from pathlib import Path
 
 phases = _common.Phases()
 
-
-class CpuPhases:
-    """CPU seconds of this process (user + system, ``time.process_time``) per phase, beside the
-    wall-clock ``phases``: with one thread per process, CPU time is the work done, and other load on
-    a shared machine changes it far less than wall time."""
-
-    def __init__(self) -> None:
-        self.times: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        start = time.process_time()
-        with phases(name):
-            try:
-                yield
-            finally:
-                self.times[name] = self.times.get(name, 0.0) + time.process_time() - start
-
-
-cpu = CpuPhases()
+cpu = _common.CpuPhases(phases)
 
 
 def _import_library(src: str):

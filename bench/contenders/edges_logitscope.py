@@ -16,33 +16,12 @@ from __future__ import annotations
 
 import _common  # noqa: I001  (first: starts the in-process clock before torch is imported)
 
-import contextlib
 import json
-import time
 import sys
 
 phases = _common.Phases()
 
-
-class CpuPhases:
-    """CPU seconds of this process (user + system, ``time.process_time``) per phase, beside the
-    wall-clock ``phases``: with one thread per process, CPU time is the work done, and other load on
-    a shared machine changes it far less than wall time."""
-
-    def __init__(self) -> None:
-        self.times: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        start = time.process_time()
-        with phases(name):
-            try:
-                yield
-            finally:
-                self.times[name] = self.times.get(name, 0.0) + time.process_time() - start
-
-
-cpu = CpuPhases()
+cpu = _common.CpuPhases(phases)
 with phases("import"):
     import torch
 

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from logitscope.api.patching import Prepared, check_options, prepare, run_prepared, study_of
+from logitscope.api.patching import Prepared, prepare, run_options, run_prepared, study_of
 from logitscope.api.method_results import AblationResult, CircuitPatchingResult, GridsResult, PathsResult
 from logitscope.api.patching_result import PatchingResult
 from logitscope.api.results import StudyResult
 from logitscope.api.study import run_study
-from logitscope.results.circuit import Completeness
 from logitscope.engine import distributed
 from logitscope.engine.metrics import check_decomposable
 from logitscope.engine.setup import as_loaded
@@ -95,22 +94,12 @@ class Experiment:
     def _patching(self, **options: Any) -> PatchingResult:
         """One causal method on the prepared prompts, with the study made once (as run_patching would
         make it: the default top_k and attention prompt)."""
-        grids, head_ablation = check_options(**options)
-        completeness = {k: options.pop(k) for k in ("circuit_random", "circuit_greedy", "circuit_greedy_steps",
-                                                    "circuit_greedy_candidates") if k in options}
+        options = run_options(**options)  # checked, every option not given at its default
         prep = self.prepared
         if self._study is None:
             self._study = study_of(prep, batch_size=self.batch_size, top_k=3, attention_prompt=0, seed=self.seed)
-        defaults = dict(direction="denoise", positions="auto", ablate=None, ablation="mean", method="exact",
-                        senders=None, receivers="logits", freeze="heads", circuit=None, metric=None)
-        options.pop("what", None)
-        return run_prepared(prep, self._study, grids=grids, head_ablation=head_ablation,
-                            completeness=Completeness(completeness.get("circuit_random", 5),
-                                                      completeness.get("circuit_greedy", 0),
-                                                      completeness.get("circuit_greedy_steps", 10),
-                                                      completeness.get("circuit_greedy_candidates", 10)),
-                            batch_size=self.batch_size, top_k=3, attention_prompt=0, seed=self.seed,
-                            progress=self.progress, **{**defaults, **options})
+        return run_prepared(prep, self._study, batch_size=self.batch_size, top_k=3, attention_prompt=0, seed=self.seed,
+                            progress=self.progress, **options)
 
     # ------------------------------------------------------------------ one method each
     def study(self, *, top_k: int = 3, attention_prompt: int = 0, attention_heads: Any = None,

@@ -9,6 +9,7 @@ patched runs reuse the unpatched run.
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import astuple
 from typing import Any, Sequence
@@ -35,7 +36,7 @@ from logitscope.inputs.counterparts import with_counterparts
 from logitscope.inputs.prompt import Prompt
 
 __all__ = ["ABLATIONS", "DIRECTIONS", "FREEZE", "GRIDS", "METHODS", "METRICS", "POSITION_MODES", "PatchingResult", "WHAT",
-           "check_options", "run_patching"]
+           "check_options", "run_options", "run_patching"]
 
 
 def check_options(*, what: Any = "heads", direction: str = "denoise", corrupt: str | None = None,
@@ -81,6 +82,22 @@ def check_options(*, what: Any = "heads", direction: str = "denoise", corrupt: s
                             "ablate, senders or circuit")
     _one_process_only(senders=senders, circuit=circuit)
     return grids, head_ablation
+
+
+_COMPLETENESS = ("circuit_random", "circuit_greedy", "circuit_greedy_steps", "circuit_greedy_candidates")
+
+
+def run_options(**options: Any) -> dict[str, Any]:
+    """Check ``options`` (:func:`check_options`'s names) and return :func:`run_prepared`'s keyword
+    arguments for them: ``grids``, ``head_ablation``, ``completeness`` and each method option, any not
+    given at :func:`check_options`'s default, the one place these defaults live (``run_patching`` and
+    :class:`logitscope.Experiment` both start here)."""
+    grids, head_ablation = check_options(**options)
+    given = {name: options.get(name, p.default) for name, p in inspect.signature(check_options).parameters.items()}
+    completeness = Completeness(*(given.pop(name) for name in _COMPLETENESS))
+    for name in ("what", "corrupt"):  # used above: the grids; the counterparts are drawn before run_prepared
+        given.pop(name)
+    return {"grids": grids, "head_ablation": head_ablation, "completeness": completeness, **given}
 
 
 @distributed.collective
@@ -149,23 +166,17 @@ def run_patching(
     from logitscope.inputs.prompts import GeneratedSet, parse_prompts
 
     t0 = time.perf_counter()
-    grids, head_ablation = check_options(what=what, direction=direction, corrupt=corrupt, positions=positions,
-                                         ablate=ablate, ablation=ablation, method=method, senders=senders,
-                                         receivers=receivers, freeze=freeze, circuit=circuit,
-                                         circuit_random=circuit_random, circuit_greedy=circuit_greedy,
-                                         circuit_greedy_steps=circuit_greedy_steps,
-                                         circuit_greedy_candidates=circuit_greedy_candidates, metric=metric)
+    options = run_options(what=what, direction=direction, corrupt=corrupt, positions=positions, ablate=ablate,
+                          ablation=ablation, method=method, senders=senders, receivers=receivers, freeze=freeze,
+                          circuit=circuit, circuit_random=circuit_random, circuit_greedy=circuit_greedy,
+                          circuit_greedy_steps=circuit_greedy_steps,
+                          circuit_greedy_candidates=circuit_greedy_candidates, metric=metric)
     parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
     lm = as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=distributed.current())
     prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer) if isinstance(parsed, GeneratedSet) else parsed
     prep = prepare(with_counterparts(list(prompts), corrupt, seed=seed, tokenizer=lm.tokenizer), lm, prepend_bos)
-    return run_prepared(prep, None, grids=grids, head_ablation=head_ablation, direction=direction, positions=positions,
-                        ablate=ablate, ablation=ablation, method=method, senders=senders, receivers=receivers,
-                        freeze=freeze, circuit=circuit,
-                        completeness=Completeness(circuit_random, circuit_greedy, circuit_greedy_steps,
-                                                  circuit_greedy_candidates),
-                        batch_size=batch_size, top_k=top_k, attention_prompt=attention_prompt, seed=seed,
-                        progress=progress, t0=t0, metric=metric)
+    return run_prepared(prep, None, batch_size=batch_size, top_k=top_k, attention_prompt=attention_prompt, seed=seed,
+                        progress=progress, t0=t0, **options)
 
 
 def run_prepared(prep: Prepared, study: Any, *, grids: list[str], head_ablation: bool, direction: str,

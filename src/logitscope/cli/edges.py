@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from logitscope.cli.options import checks, load, model_options, prompt_warnings, wrote
+from logitscope.cli.options import checks, load, model_options, prompt_warnings, verb_parser, wrote
 
 EXAMPLES = """\
 examples:
@@ -20,14 +20,14 @@ examples:
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "edges", help="find the circuit: edge attribution (EAP, EAP-IG) and MIB's faithfulness curves",
+    p = verb_parser(
+        sub, "edges", help="find the circuit: edge attribution (EAP, EAP-IG) and MIB's faithfulness curves",
         description="Score every edge of the model's computational graph (input, a{L}.h{H} with <q> <k> <v>, "
         "m{L}, logits) by how much the metric changes when that edge alone carries the corrupted value; "
         "evaluate the top edges' circuits exactly at MIB's ten fractions (CPR, CMD). Writes DIR/results.json, "
         "DIR/graph.json (EAP-IG / MIB format), DIR/edges_per_prompt.npz and DIR/report.html (the circuit view), "
         "atomically.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        examples=EXAMPLES)
     own = p.add_argument_group("edges options")
     own.add_argument("--method", default="eap-ig-inputs",
                    choices=["eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "exact"],

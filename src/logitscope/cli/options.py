@@ -16,6 +16,14 @@ def under_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
+def verb_parser(sub: argparse._SubParsersAction, name: str, *, help: str, description: str,
+                examples: str) -> argparse.ArgumentParser:
+    """A verb's parser: its one-line ``help`` (the top-level list), ``description`` and ``examples``
+    (the epilog, printed as written)."""
+    return sub.add_parser(name, help=help, description=description, epilog=examples,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def model_options(p: argparse.ArgumentParser, *, csv: str | None = None, study: bool = True) -> None:
     """The options every verb takes, in two groups after the verb's own: the model, prompts and
     output; how to run. With ``study``, the study's own (the report's top heads, attention prompt)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from logitscope.cli.options import checks, load, metric_option, model_options, prompt_warnings, wrote
+from logitscope.cli.options import checks, load, metric_option, model_options, prompt_warnings, verb_parser, wrote
 
 EXAMPLES = """\
 examples:
@@ -25,14 +25,14 @@ CSV = ("also write per_prompt.csv: one row per prompt, every logit-lens point, l
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "run", help="the study: logit difference, logit lens, layer and head attribution, attention",
+    p = verb_parser(
+        sub, "run", help="the study: logit difference, logit lens, layer and head attribution, attention",
         description="Run the direct-logit-attribution study on a model and a prompt set; write "
         "DIR/results.json, DIR/per_prompt_heads.npy, DIR/per_prompt.npz (every other per-prompt array), "
         "DIR/attention.npy (the attention patterns shown) and DIR/report.html (with --csv also DIR/per_prompt.csv), "
         "atomically: a failed run leaves earlier files in DIR untouched, and a file of an earlier run that this "
         "one does not write is removed. Then print a summary.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        examples=EXAMPLES)
     model_options(p, csv=CSV)
     g = p.add_argument_group("finer views")
     g.add_argument("--lens-top-k", type=int, default=5, metavar="K",

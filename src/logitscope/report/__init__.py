@@ -12,8 +12,6 @@ Everything here reads a :class:`~logitscope.results.study.StudyData` and nothing
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +19,7 @@ from logitscope.report.figures import make_figures
 from logitscope.report.notebook import ReportView, notebook_html, report_frame_html
 from logitscope.report.page import report_html
 from logitscope.report.summary import summary_text
+from logitscope.report.write import write_text_atomic
 from logitscope.results.study import StudyData
 
 if TYPE_CHECKING:
@@ -34,18 +33,4 @@ def write_report(result: StudyData, path: str | Path, patching: PatchingData | N
     """Write the report to ``path`` (with ``patching``, its causal section too): a temporary file in
     the same folder, then ``os.replace``, so a reader never sees half a file and a failure leaves any
     earlier report in place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = report_html(result, patching)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, report_html(result, patching))

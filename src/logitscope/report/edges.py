@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import html
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -46,6 +44,7 @@ import numpy as np
 
 from logitscope.report.assets import json_for_script
 from logitscope.report.style import CSS
+from logitscope.report.write import write_text_atomic
 
 FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # MIB's
 MAX_DRAWN = 300  # edges drawn per circuit (those of highest |score|); the rest are counted, not drawn
@@ -483,16 +482,4 @@ def edges_page(data: Mapping[str, Any], *, max_drawn: int = MAX_DRAWN) -> str:
 def write_edges_report(data: Mapping[str, Any], path: str | Path, *, max_drawn: int = MAX_DRAWN) -> Path:
     """Write :func:`edges_page` to ``path`` atomically (a temporary file in the same folder, then
     ``os.replace``); the data is checked before anything is written."""
-    text = edges_page(data, max_drawn=max_drawn)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, edges_page(data, max_drawn=max_drawn))
