@@ -184,7 +184,7 @@ def test_a_failing_rank_fails_the_run_and_writes_nothing(tiny_gpt2_dir, tmp_path
 @pytest.mark.slow
 @pytest.mark.parametrize("fault,expected,status", [
     ("kill", "rank 1 of 2 (local rank 1 on {host}, pid {pid}) is no longer running: it was killed or crashed", 1),
-    ("hang", "rank 1 of 2 (local rank 1 on {host}, pid {pid}) did not reach the gather of the study's results within 6 s", 1),
+    ("hang", "rank 1 of 2 (local rank 1 on {host}, pid {pid}) did not reach the sum of the token lens's probabilities within 6 s", 1),
     ("device", "rank 1 of 2 (local rank 1 on {host}, pid {pid}) failed: --device cpu: local rank 1 has no GPU", 2),
 ])
 def test_a_killed_hung_or_misplaced_rank_fails_the_run(fault, expected, status, tiny_gpt2_dir, tmp_path):
