@@ -44,13 +44,15 @@ __all__ = ["METRICS", "Metric", "MetricContext", "MetricSpec", "resolve_metric"]
 METRICS: dict[str, tuple[str, str]] = {
     "logit-diff": ("logit_diff", "logit difference of the clean prompt's answers (correct − incorrect) at each "
                                  "prompt's last token"),
-    "logprob-diff": ("logprob_diff", "log P(correct answers) − log P(incorrect answers) at each prompt's last token "
-                                     "(P of a set: the sum of its tokens' probabilities)"),
+    "logprob-diff": ("logprob_diff", "log P(correct answers) − log P(incorrect answers) after each prompt (P of a "
+                                     "set: the sum of its tokens' probabilities; of several tokens: teacher-forced, "
+                                     "the product over its tokens)"),
     "prob-diff": ("prob_diff", "P(correct answers) − P(incorrect answers) at each prompt's last token (P of a set: "
                                "the sum of its tokens' probabilities)"),
-    "logprob": ("logprob", "log P(correct answers) at each prompt's last token (P of a set: the sum of its "
-                           "tokens' probabilities)"),
-    "loss": ("loss", "cross-entropy of the correct answers, −log P(correct answers), at each prompt's last token"),
+    "logprob": ("logprob", "log P(correct answers) after each prompt (P of a set: the sum of its tokens' "
+                           "probabilities; of several tokens: teacher-forced, the product over its tokens)"),
+    "loss": ("loss", "cross-entropy of the correct answers, −log P(correct answers) after each prompt (of several "
+                     "tokens: teacher-forced, the mean over its tokens)"),
     "kl": ("kl", "KL(clean ‖ this run) of the next-token distribution at each prompt's last token, summed over "
                  "the vocabulary (0 on the clean prompt)"),
 }
