@@ -367,3 +367,32 @@ def test_a_circuit_in_kl_has_no_fraction_of_f_m(model):
     assert np.all(res.circuit.model == 0.0) and res.circuit.values[0].mean() > 1e-3
     assert "F(C)/F(M) n/a" in res.summary()
     assert "K), KL" in report_html(res.study, res)  # the completeness axes
+
+
+@pytest.mark.parametrize("task", ["greater-than", "sva", "induction", "docstring"])
+def test_each_tasks_own_metric_on_its_prompts_patches_as_transformerlens(task, model):
+    """The task generators' prompts with each task's own metric (the default when none is given):
+    resid_pre and every head's output against ``transformer_lens.patching`` with that metric written
+    out from TL's logits (answer sets as a mean logit or a summed probability). TL's grids take
+    prompts of one length, so the largest group of equal-length prompts (with their counterparts)."""
+    from collections import defaultdict
+
+    from logitscope.inputs.prompts import load_prompts
+    from logitscope.inputs.tasks import TASKS
+
+    hf, tl = model
+    tok = gpt2_tokenizer()
+    groups = defaultdict(list)
+    for p in load_prompts(f"{task}:24", seed=0, tokenizer=tok):
+        groups[len(tok(p.text)["input_ids"])].append(p)
+    pairs = max(groups.values(), key=len)[:6]
+    assert len(pairs) >= 2, task
+    metric = TASKS[task].metric
+    res = run_patching(pairs, hf, tokenizer=tok, what=GRIDS, positions="index")
+    assert res.metric == metric.replace("-", "_")  # the task's metric, with none given
+    ref, clean, corrupted = tl_patch(tl, pairs, metric)
+    close(res.clean_logit_diff.mean(), clean, metric)
+    close(res.corrupted_logit_diff.mean(), corrupted, metric)
+    for g in GRIDS:
+        close(res.mean(g), ref[g], metric, err_msg=f"{task} {g}")
+        assert moves(ref[g], corrupted, metric), f"{task} {g}: the patches must move {metric}"
