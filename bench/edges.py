@@ -58,7 +58,7 @@ sys.path.insert(0, str(BENCH))
 
 from make_checkpoint import make_checkpoint  # noqa: E402
 from patching import write_pairs  # noqa: E402
-from run import CONTENDERS, GB, VENVS, child_env, ensure_venv, machine_info, run_process, wait_for_idle  # noqa: E402
+from run import CONTENDERS, GB, VENVS, child_env, ensure_venv, machine_info, measured, wait_for_idle  # noqa: E402
 
 FLAT_RATIO = 1.10  # "flat": peak RSS at 10x the pairs within 10% of the N-pair run
 
@@ -105,12 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         result = tmp / f"{name}.json"
         cmd = [python, str(CONTENDERS / script), "--model", str(model), "--prompts", str(prompts), "--device", args.device,
                "--result", str(result), *extra]
-        r = run_process(name, mode, 0, cmd, result, env=child_env(mode, env or {}), mem_limit_bytes=int(20 * GB),
-                        timeout_s=args.timeout)
-        if not r.ok:
-            print(f"{name} failed (exit {r.returncode}):\n{r.stderr_tail}", file=sys.stderr)
-        entry = {"wall_s": r.wall_s, "peak_rss_gb": r.peak_rss_bytes / GB, "cpu_s": r.cpu_user_s + r.cpu_sys_s,
-                 "other_cpu_s": r.other_cpu_s, "ok": r.ok, "child": r.child, "command": " ".join(cmd)}
+        entry, r = measured(name, mode, cmd, result, child_env(mode, env or {}), mem_limit_bytes=int(20 * GB),
+                            timeout_s=args.timeout)
         runs[name] = entry
         phase = r.child.get("phases_s", {})
         print(f"{name}: wall {r.wall_s:.1f} s, peak RSS {r.peak_rss_bytes / GB:.2f} GB, phases "

@@ -42,10 +42,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +52,7 @@ sys.path.insert(0, str(BENCH))
 
 from make_checkpoint import make_checkpoint  # noqa: E402
 from prompts import equal_length_ioi  # noqa: E402
-from run import CONTENDERS, GB, child_env, interpreter, machine_info, run_process, wait_for_idle  # noqa: E402
+from run import CONTENDERS, GB, child_env, interpreter, machine_info, measured, wait_for_idle  # noqa: E402
 
 GRIDS = {  # name: (logitscope patch arguments, grid key)
     "heads_all_pos": (["--what", "attn_head_out_all_pos"], "attn_head_out_all_pos"),
@@ -124,12 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     def run(name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> dict[str, Any]:
         result = tmp / f"{name}.json"
         cmd = [str(result) if c == "{r}" else c for c in cmd]
-        r = run_process(name, mode, 0, cmd, result, env=child_env(mode, extra_env or {}), mem_limit_bytes=mem_limit,
-                        timeout_s=args.timeout)
-        if not r.ok:
-            print(f"{name} failed (exit {r.returncode}):\n{r.stderr_tail}", file=sys.stderr)
-        entry = {"wall_s": r.wall_s, "peak_rss_gb": r.peak_rss_bytes / GB, "cpu_s": r.cpu_user_s + r.cpu_sys_s,
-                 "other_cpu_s": r.other_cpu_s, "ok": r.ok, "child": r.child, "command": " ".join(cmd)}
+        entry, r = measured(name, mode, cmd, result, child_env(mode, extra_env or {}), mem_limit_bytes=mem_limit,
+                            timeout_s=args.timeout)
         runs[name] = entry
         print(f"{name}: wall {r.wall_s:.1f} s, peak RSS {r.peak_rss_bytes / GB:.2f} GB", flush=True)
         return entry

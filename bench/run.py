@@ -352,6 +352,18 @@ def interpreter(env: str, sites: dict[str, str]) -> tuple[str, dict[str, str]]:
     return str(ensure_venv(env)), {"PYTHONPATH": ""}
 
 
+def measured(name: str, mode: str, cmd: list[str], result: Path, env: dict[str, str], *, mem_limit_bytes: int,
+             timeout_s: float | None) -> tuple[dict[str, Any], Any]:
+    """Run one contender's process (:func:`run_process`, sample 0), say on stderr if it failed, and
+    return its table entry (wall, peak RSS, CPU, the child's own report, the command) and the run."""
+    r = run_process(name, mode, 0, cmd, result, env=env, mem_limit_bytes=mem_limit_bytes, timeout_s=timeout_s)
+    if not r.ok:
+        print(f"{name} failed (exit {r.returncode}):\n{r.stderr_tail}", file=sys.stderr)
+    entry = {"wall_s": r.wall_s, "peak_rss_gb": r.peak_rss_bytes / GB, "cpu_s": r.cpu_user_s + r.cpu_sys_s,
+             "other_cpu_s": r.other_cpu_s, "ok": r.ok, "child": r.child, "command": " ".join(cmd)}
+    return entry, r
+
+
 def child_env(mode: str, extra: dict[str, str]) -> dict[str, str]:
     """The child's environment: offline, no tokenizer threads, and the mode's thread count
     (``default``: none set, whatever the calling shell had, so torch takes every core)."""
