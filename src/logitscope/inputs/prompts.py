@@ -174,13 +174,7 @@ def _parse_spec(spec: str) -> list[Prompt] | GeneratedSet:
         return builtin_prompts(spec)
     head, sep, tail = spec.partition(":")
     if sep and head in _GENERATED:
-        try:
-            n = int(tail)
-        except ValueError:
-            raise InputError(f"prompt set {spec!r}: N must be a whole number, e.g. ioi:500") from None
-        if n <= 0:
-            raise InputError(f"prompt set {spec!r}: N must be at least 1")
-        return GeneratedSet(spec, n, _GENERATED[head])
+        return GeneratedSet(spec, _count(spec, tail, "ioi:500"), _GENERATED[head])
     if sep and head in TASKS:
         return _task_set(spec, head, tail)
     if spec.endswith(".jsonl") or Path(spec).exists() or "/" in spec:
@@ -194,13 +188,18 @@ def _task_set(spec: str, name: str, tail: str) -> GeneratedSet:
         if not tail:
             raise InputError(f"prompt set {spec!r}: give the file after the colon, e.g. {name}:facts.jsonl")
         return GeneratedSet(spec, len(read_facts(tail)), task=name, path=tail)  # a bad file fails now
+    return GeneratedSet(spec, _count(spec, tail, f"{name}:200"), task=name)
+
+
+def _count(spec: str, tail: str, example: str) -> int:
+    """The N of a ``name:N`` spec: a whole number, at least 1 (the errors name the spec and ``example``)."""
     try:
         n = int(tail)
     except ValueError:
-        raise InputError(f"prompt set {spec!r}: N must be a whole number, e.g. {name}:200") from None
+        raise InputError(f"prompt set {spec!r}: N must be a whole number, e.g. {example}") from None
     if n <= 0:
         raise InputError(f"prompt set {spec!r}: N must be at least 1")
-    return GeneratedSet(spec, n, task=name)
+    return n
 
 
 def parse_prompts(prompts: Any) -> list[Prompt] | GeneratedSet:
