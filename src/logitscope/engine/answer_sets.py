@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from logitscope.engine import metrics
+
 __all__ = ["answer_rows", "member_logits", "set_mean", "set_prob"]
 
 
@@ -37,10 +39,7 @@ def member_logits(normed: torch.Tensor, ids: torch.Tensor, W_U: torch.Tensor, b_
 
 def set_mean(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """``values`` ``[B]`` as they are, or ``[B, K]`` averaged over each set's members."""
-    if ids.dim() == 1:
-        return values
-    mask = ids >= 0
-    return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # an empty set: 0
+    return values if ids.dim() == 1 else metrics.set_mean(values, ids >= 0)  # an empty set: 0
 
 
 def set_prob(logits: torch.Tensor, lse: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
