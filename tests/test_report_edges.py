@@ -104,7 +104,7 @@ def test_bad_data_is_a_clear_error_and_nothing_is_written(change, message, tmp_p
 
 def test_a_failed_write_keeps_the_earlier_page_and_leaves_no_temporary_file(tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch):
-    """The page is written as write_report writes (report/write.py): renamed into place, or not at all."""
+    """The page is written as write_report writes (results/io.py write_text_atomic): renamed into place, or not at all."""
     import os
 
     out = write_edges_report(synthetic(2, 4), tmp_path / "edges.html")

@@ -19,7 +19,7 @@ from logitscope.report.figures import make_figures
 from logitscope.report.notebook import ReportView, notebook_html, report_frame_html
 from logitscope.report.page import report_html
 from logitscope.report.summary import summary_text
-from logitscope.report.write import write_text_atomic
+from logitscope.results.io import write_text_atomic
 from logitscope.results.study import StudyData
 
 if TYPE_CHECKING:

@@ -44,7 +44,7 @@ import numpy as np
 
 from logitscope.report.assets import json_for_script
 from logitscope.report.style import CSS
-from logitscope.report.write import write_text_atomic
+from logitscope.results.io import write_text_atomic
 
 FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # MIB's
 MAX_DRAWN = 300  # edges drawn per circuit (those of highest |score|); the rest are counted, not drawn

@@ -11,8 +11,6 @@ of 20 with a loss (see :mod:`logitscope.methods.edges.attribute`), which changes
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import torch
 
 from logitscope.results.edge_graph import EdgeGraph, nodes_of
 from logitscope.errors import InputError
+from logitscope.results.io import write_text_atomic
 
 
 def graph_dict(graph: EdgeGraph, scores: torch.Tensor, in_graph: torch.Tensor | None = None,
@@ -42,18 +41,8 @@ def graph_dict(graph: EdgeGraph, scores: torch.Tensor, in_graph: torch.Tensor | 
 
 def write_graph_json(path: str | Path, graph: EdgeGraph, scores: torch.Tensor, in_graph: torch.Tensor | None = None,
                      node_scores: torch.Tensor | None = None) -> Path:
-    """Write ``path`` atomically (a temporary file in the same folder, then renamed)."""
-    path = Path(path)
-    text = json.dumps(graph_dict(graph, scores, in_graph, node_scores))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``path`` atomically (:func:`logitscope.results.io.write_text_atomic`)."""
+    return write_text_atomic(path, json.dumps(graph_dict(graph, scores, in_graph, node_scores)))
 
 
 def read_graph_json(path: str | Path, expected: EdgeGraph | None = None) -> tuple[EdgeGraph, torch.Tensor, torch.Tensor, torch.Tensor | None]:
