@@ -263,6 +263,7 @@ for name, kw in runs.items():
     assert (res is None) == (torch.distributed.get_rank() != 0)
     if res is not None:
         res.save(os.path.join(out, name))
+torch.distributed.barrier()  # rank 1 would tear gloo down while rank 0 still writes: both leave together
 torch.distributed.destroy_process_group()
 """
 
