@@ -64,3 +64,16 @@ def test_from_model_builds_the_class_it_is_called_on():
     assert type(NodeLayout.from_model(lm)) is NodeLayout and type(EdgeGraph.from_model(lm)) is EdgeGraph
     assert EdgeGraph.from_model(lm) == EdgeGraph(2, 4, True, 8)
     assert isinstance(EdgeGraph(2, 4), NodeLayout)
+
+
+def test_an_edge_engine_without_a_graph_still_holds_the_named_graph():
+    """The runner reads only the layout (``NodeLayout.from_model``), but the engine's graph is the
+    whole ``EdgeGraph``: the faithfulness curve and exact effects read its names and node counts."""
+    import oracle
+    from logitscope.methods.edges.attribute import EdgeData, EdgeEngine
+    from logitscope.models import wrap_model
+
+    lm = wrap_model(oracle.make_hf_model("gpt2", vocab_size=100), oracle.gpt2_tokenizer())
+    eng = EdgeEngine(lm, EdgeData([[5, 6, 7]], [[5, 8, 9]], [1], [2]))
+    assert type(eng.graph) is EdgeGraph and eng.graph == EdgeGraph.from_model(lm)
+    assert eng.graph.n_scored_nodes == lm.shape.n_layers * (lm.shape.n_heads + 1)

@@ -42,7 +42,7 @@ class EdgeRuns:
         self.batch_size = batch_size
         self.ranks = ranks
         self.progress = progress
-        self.runner = EdgeRunner(lm, graph)
+        self.runner = EdgeRunner(lm, graph or EdgeGraph.from_model(lm))  # the runner alone would hold a NodeLayout
         self.graph = self.runner.graph
         self.device = next(lm.model.parameters()).device
         self._means: torch.Tensor | None = None
