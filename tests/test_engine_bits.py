@@ -15,7 +15,8 @@ Regenerate (from the repository root, with the code whose numbers are the refere
 Bit identity holds for one build of the numerical stack on one kind of CPU: the file records the
 torch and transformers versions and torch's CPU capability (the SIMD kernels it dispatches to);
 where any differs the tests skip and say which. Everything runs on the CPU in float32 with one
-thread (a thread count can change how a reduction is split, so it is fixed here, then restored).
+thread and float32 matmul precision "highest" (a thread count can change how a reduction is split;
+both are set here, then restored).
 
 Models are the suite's own tiny checkpoints (``oracle.make_hf_model(family, size="tiny", seed=3)``,
 with a vocabulary of 512), saved and read back through ``logitscope.load_model`` as a user's model
@@ -39,7 +40,6 @@ import transformers
 
 FILE = Path(__file__).parent / "data" / "golden" / "engine_bits.npz"
 FAMILIES = ("gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "qwen3", "mixtral", "phi3", "olmo2", "gemma2", "gemma3")
-PARTS = ("recorder", "parts", "record", "patched", "gradient", "edges")
 
 # Three prompts of different lengths, right-padded with 0 (answers at 8, 6, 5: not one column).
 # Clean and corrupted agree before START, so patched runs can start there (a suffix run).
@@ -70,13 +70,16 @@ def stack_versions() -> dict[str, str]:
 
 
 @contextmanager
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
+def _pinned() -> Iterator[None]:
+    """One thread and full float32 matmuls (another test may have changed either), then as before."""
+    threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
     torch.set_num_threads(1)
+    torch.set_float32_matmul_precision("highest")
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(threads)
+        torch.set_float32_matmul_precision(precision)
 
 
 def _np(x: torch.Tensor) -> np.ndarray:
@@ -209,20 +212,36 @@ def _edges(lm) -> dict[str, np.ndarray]:
             "evaluate.clean": m_clean}
 
 
-def compute(family: str) -> dict[str, np.ndarray]:
-    """Every guarded value of ``family``, keyed ``part/name``."""
+def load(family: str):
+    """``family``'s tiny checkpoint, saved and read back by ``logitscope.load_model``, and the
+    folder it was saved in (kept as long as the model is)."""
     import logitscope as ls
     from oracle import make_hf_model, save_checkpoint
 
-    with _one_thread(), tempfile.TemporaryDirectory() as tmp:
+    folder = tempfile.TemporaryDirectory(prefix=f"engine-bits-{family}-")
+    with _pinned():
         hf = make_hf_model(family, size="tiny", seed=3, vocab_size=VOCAB)
-        hf.config.bos_token_id = hf.config.eos_token_id = None  # GPT-2's 50256 is outside the small vocabulary
-        hf.generation_config.bos_token_id = hf.generation_config.eos_token_id = None
-        lm = ls.load_model(str(save_checkpoint(hf, tmp)), device="cpu")
-        clean, _ = _pairs()
-        parts = {"recorder": _recorder(lm, clean), "parts": _parts(lm, clean), **_engine(lm), "gradient": _gradient(lm),
-                 "edges": _edges(lm)}
-    return {f"{part}/{name}": value for part, values in parts.items() for name, value in values.items()}
+    hf.config.bos_token_id = hf.config.eos_token_id = None  # GPT-2's 50256 is outside the small vocabulary
+    hf.generation_config.bos_token_id = hf.generation_config.eos_token_id = None
+    return ls.load_model(str(save_checkpoint(hf, folder.name)), device="cpu"), folder
+
+
+PART_FNS = {
+    "recorder": lambda lm: _recorder(lm, _pairs()[0]),
+    "parts": lambda lm: _parts(lm, _pairs()[0]),
+    "record": lambda lm: _engine(lm)["record"],
+    "patched": lambda lm: _engine(lm)["patched"],
+    "gradient": _gradient,
+    "edges": _edges,
+}
+PARTS = tuple(PART_FNS)
+
+
+def compute(lm, part: str) -> dict[str, np.ndarray]:
+    """Every guarded value of ``part`` on ``lm``, keyed by name (each part alone: none depends on
+    another having run)."""
+    with _pinned():
+        return PART_FNS[part](lm)
 
 
 # ---------------------------------------------------------------------- the test
@@ -233,8 +252,8 @@ def _stored() -> dict[str, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=1)  # the families run one after the other: keep only the current one
-def _computed(family: str) -> dict[str, np.ndarray]:
-    return compute(family)
+def _model(family: str):
+    return load(family)
 
 
 def _skip_unless_same_stack() -> None:
@@ -274,7 +293,7 @@ def test_bit_identical(family: str, part: str) -> None:
     _skip_unless_same_stack()
     prefix = f"{family}/{part}/"
     stored = {k: v for k, v in _stored().items() if k.startswith(prefix)}
-    now = {f"{family}/{k}": v for k, v in _computed(family).items() if k.startswith(f"{part}/")}
+    now = {f"{prefix}{k}": v for k, v in compute(_model(family)[0], part).items()}
     assert stored, f"{FILE.name} holds nothing for {prefix}"
     assert not (problems := bit_differences(stored, now)), "values moved:\n" + "\n".join(problems)
 
@@ -302,7 +321,8 @@ def regenerate() -> None:
     arrays = {f"_stack/{k}": np.array(v) for k, v in stack_versions().items()}
     for family in FAMILIES:
         print(f"{family} ...", flush=True)
-        arrays.update({f"{family}/{k}": v for k, v in compute(family).items()})
+        lm, _folder = load(family)
+        arrays.update({f"{family}/{part}/{k}": v for part in PARTS for k, v in compute(lm, part).items()})
     FILE.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(FILE, **arrays)
     print(f"wrote {FILE} ({FILE.stat().st_size} bytes, {len(arrays)} arrays)")
