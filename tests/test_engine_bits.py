@@ -39,7 +39,8 @@ import torch
 import transformers
 
 FILE = Path(__file__).parent / "data" / "golden" / "engine_bits.npz"
-FAMILIES = ("gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "qwen3", "mixtral", "phi3", "olmo2", "gemma2", "gemma3")
+FAMILIES = ("gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "olmo2",
+            "gemma", "gemma2", "gemma3")  # every family tests/oracle.py builds
 
 # Three prompts of different lengths, right-padded with 0 (answers at 8, 6, 5: not one column).
 # Clean and corrupted agree before START, so patched runs can start there (a suffix run).
@@ -190,9 +191,29 @@ def _gradient(lm) -> dict[str, np.ndarray]:
     return out
 
 
+def _kl(lm) -> dict[str, np.ndarray]:
+    """A metric read from the full logits (``kl`` against the clean run): Engine.record with a
+    reference run, a head patch from 0 and from START, and gradient_run with the clean logits."""
+    from logitscope.engine.patched import Engine
+    from logitscope.methods.attribution import gradient_run
+
+    clean, corrupted = _pairs()
+    engine = Engine(lm, "kl")
+    a = engine.record(clean, END, CORRECT, INCORRECT, acts=[("z", 0)])
+    base = engine.record(corrupted, END, CORRECT, INCORRECT, keep_kv=True, reference=a)
+    out = {"clean.value": _np(a.value), "clean.reference": _np(a.reference), "corrupted.value": _np(base.value)}
+    for start in (0, START) if base.suffix_ok else (0,):
+        hooks = {("z", 0): _replace_heads(a.acts[("z", 0)], start)}
+        out[f"patched.z.0.start{start}"] = _np(engine.patched(base, 0, groups=2, hooks=hooks, end=END, correct=CORRECT,
+                                                              incorrect=INCORRECT, start=start))
+    diff, _, grads = gradient_run(engine, corrupted, END, CORRECT, INCORRECT, [("z", 1)], a.reference)
+    out["gradient.metric"], out["gradient.grad.z.1"] = _np(diff), _np(grads[("z", 1)])
+    return out
+
+
 def _edges(lm) -> dict[str, np.ndarray]:
-    """EdgeEngine scores (eap; eap-ig-inputs with 2 steps) and one evaluate of the top-third circuit
-    by |eap score| (batches of 2: one full batch and one of one prompt)."""
+    """EdgeEngine scores (eap; eap-ig-inputs with 2 steps; eap of prob-diff) and one evaluate of the
+    top-third circuit by |eap score| (batches of 2: one full batch and one of one prompt)."""
     from logitscope.methods.edges.attribute import EdgeData, EdgeEngine
 
     clean, corrupted = _pairs()
@@ -208,8 +229,9 @@ def _edges(lm) -> dict[str, np.ndarray]:
     circuit = torch.zeros_like(real)
     circuit.view(-1)[magnitude.view(-1).topk(k).indices] = True
     m_circuit, m_clean = eng.evaluate([circuit])
+    prob = EdgeEngine(lm, data, metric="prob-diff", batch_size=2).scores("eap")
     return {"eap": _np(eap), "eap_ig_inputs_2": _np(ig), "circuit": _np(circuit), "evaluate.circuit": m_circuit,
-            "evaluate.clean": m_clean}
+            "evaluate.clean": m_clean, "eap_prob_diff": _np(prob)}
 
 
 def load(family: str):
@@ -232,6 +254,7 @@ PART_FNS = {
     "record": lambda lm: _engine(lm)["record"],
     "patched": lambda lm: _engine(lm)["patched"],
     "gradient": _gradient,
+    "kl": _kl,
     "edges": _edges,
 }
 PARTS = tuple(PART_FNS)
