@@ -21,6 +21,8 @@ both are set here, then restored).
 Models are the suite's own tiny checkpoints (``oracle.make_hf_model(family, size="tiny", seed=3)``,
 with a vocabulary of 512), saved and read back through ``logitscope.load_model`` as a user's model
 is (SDPA attention where the family has it; GPT-Neo eager).
+
+Not guarded here: ``methods/hooks.py``'s intervene pass, torchrun ranks, bf16, CUDA.
 """
 
 from __future__ import annotations
@@ -42,9 +44,9 @@ FILE = Path(__file__).parent / "data" / "golden" / "engine_bits.npz"
 FAMILIES = ("gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "olmo2",
             "gemma", "gemma2", "gemma3")  # every family tests/oracle.py builds
 
+VOCAB = 512  # small: the token lens keeps a [L + 1, VOCAB] sum
 # Three prompts of different lengths, right-padded with 0 (answers at 8, 6, 5: not one column).
 # Clean and corrupted agree before START, so patched runs can start there (a suffix run).
-VOCAB = 512  # small: the token lens keeps a [L + 1, VOCAB] sum
 B, T, START = 3, 9, 3
 END = torch.tensor([8, 6, 5])
 CORRECT, INCORRECT = torch.tensor([11, 12, 13]), torch.tensor([14, 15, 16])
@@ -103,7 +105,7 @@ def _recorder(lm, clean: torch.Tensor) -> dict[str, np.ndarray]:
         for tag, scalars in (("single", single), ("sets", sets)):
             for f in dataclasses.fields(scalars):
                 value = getattr(scalars, f.name)
-                if value is not None:  # a field that becomes None (or stops being) changes the key set
+                if value is not None:  # a field turning None (or no longer None) changes the key set
                     out[f"{tag}.{f.name}"] = _np(value)
         out["lens_prob_sum"] = _np(rec.token_lens.prob_sum)
     return out
