@@ -22,7 +22,7 @@ Models are the suite's own tiny checkpoints (``oracle.make_hf_model(family, size
 with a vocabulary of 512), saved and read back through ``logitscope.load_model`` as a user's model
 is (SDPA attention where the family has it; GPT-Neo eager).
 
-Not guarded here: ``methods/hooks.py``'s intervene pass, torchrun ranks, bf16, CUDA.
+Not guarded here: torchrun ranks, bf16, CUDA.
 """
 
 from __future__ import annotations
@@ -213,6 +213,32 @@ def _kl(lm) -> dict[str, np.ndarray]:
     return out
 
 
+def _zero_head_1(z: torch.Tensor, hook) -> torch.Tensor:
+    z = z.clone()
+    z[:, :, 1] = 0
+    return z
+
+
+def _hooks(lm) -> dict[str, np.ndarray]:
+    """The user-hook passes (methods/hooks.py): intervene (head 0.1's z zeroed; the logit difference
+    and kl) and activations at the answer position, in batches of 2."""
+    from logitscope.inputs.encode import Encoded
+    from logitscope.methods.hooks import activations, intervene
+
+    clean, _ = _pairs()
+    enc = Encoded([r[: int(e) + 1].tolist() for r, e in zip(clean, END)], CORRECT.numpy(), INCORRECT.numpy())
+    out: dict[str, np.ndarray] = {}
+    for metric in (None, "kl"):
+        res = intervene(lm, enc, {"blocks.0.attn.hook_z": _zero_head_1}, metric=metric, batch_size=2)
+        out[f"intervene.{metric or 'logit_diff'}.hooked"], out[f"intervene.{metric or 'logit_diff'}.clean"] = (
+            res.hooked, res.clean)
+    names = ["blocks.1.hook_resid_pre", "blocks.0.attn.hook_z", "blocks.1.hook_mlp_out"]
+    acts = activations(lm, enc, names, batch_size=2)
+    for name in names:
+        out[f"activations.{name}"] = _np(acts[name])
+    return out
+
+
 def _edges(lm) -> dict[str, np.ndarray]:
     """EdgeEngine scores (eap; eap-ig-inputs with 2 steps; eap of prob-diff) and one evaluate of the
     top-third circuit by |eap score| (batches of 2: one full batch and one of one prompt)."""
@@ -257,6 +283,7 @@ PART_FNS = {
     "patched": lambda lm: _engine(lm)["patched"],
     "gradient": _gradient,
     "kl": _kl,
+    "hooks": _hooks,
     "edges": _edges,
 }
 PARTS = tuple(PART_FNS)
