@@ -1,8 +1,9 @@
 """Bit-for-bit guard of the forward machineries (issue 20, step 0 of the engine unification).
 
 Every value the study's observed pass (``Recorder``, ``PartsRecorder``, the token lens), the
-patched-run ``Engine`` (``record`` / ``patched``), ``gradient_run`` and the edge engine
-(``EdgeEngine.scores`` / ``evaluate``) produce on a few short prompts, per tiny random-weight
+patched-run ``Engine`` (``record`` / ``patched``; logit difference and ``kl``), ``gradient_run``,
+the user-hook passes (``intervene``, ``activations``) and the edge engine (``EdgeEngine.scores`` /
+``evaluate``) produce on three short prompts, per tiny random-weight
 family, must equal the values stored in ``tests/data/golden/engine_bits.npz`` BIT FOR BIT: same
 dtype, same shape, same bytes (so one ulp, a ``-0.0`` for a ``0.0`` or a new NaN payload fails).
 Refactors that only move code must leave every one of them as it is; a change meant to alter
@@ -14,9 +15,10 @@ Regenerate (from the repository root, with the code whose numbers are the refere
 
 Bit identity holds for one build of the numerical stack on one kind of CPU: the file records the
 torch and transformers versions and torch's CPU capability (the SIMD kernels it dispatches to);
-where any differs the tests skip and say which. Everything runs on the CPU in float32 with one
-thread and float32 matmul precision "highest" (a thread count can change how a reduction is split;
-both are set here, then restored).
+where any differs the tests skip and say which. The committed file: torch 2.13.0+cpu,
+transformers 5.25.0, CPU capability AVX512, written by the code of main @ 58cae56. Everything runs
+on the CPU in float32 with one thread and float32 matmul precision "highest" (a thread count can
+change how a reduction is split; both are set here, then restored).
 
 Models are the suite's own tiny checkpoints (``oracle.make_hf_model(family, size="tiny", seed=3)``,
 with a vocabulary of 512), saved and read back through ``logitscope.load_model`` as a user's model
