@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from logitscope.cli.options import checks, load, metric_option, model_options, prompt_warnings, verb_parser, wrote
+from logitscope.cli.options import checks, load, metric_option, model_options, prompt_warnings, rare, verb_parser, wrote
 
 EXAMPLES = """\
 examples:
   logitscope run --model gpt2-small --prompts seed --out runs/seed
-      the seed notebook's IOI study on GPT-2 small (downloaded once, then cached)
+      the seed notebook's IOI study on GPT-2 small (downloaded once, cached)
   logitscope run --model ./my-checkpoint --prompts prompts.jsonl --out runs/mine
-      a local folder (never touches the network) and your own prompts, one JSON object a line:
-      {"prompt": "When John and Mary went to the shops, John gave the bag to",
-       "correct": " Mary", "incorrect": " John"}
+      a local folder (never touches the network) and your own prompts, one JSON
+      object a line, e.g. {"prompt": "When John and Mary went to the shops, John
+      gave the bag to", "correct": " Mary", "incorrect": " John"}
   logitscope run --model gpt2-small --prompts ioi:2000 --seed 1 --out runs/ioi
       2,000 prompts from the IOI paper's templates, with 95% bootstrap intervals
-  logitscope run --model SmolLM2-135M-Instruct.Q4_1.gguf --prompts ioi:1000 --out runs/smollm2
+  logitscope run --model SmolLM2-135M-Instruct.Q4_1.gguf --prompts ioi:1000 \\
+      --out runs/smollm2
       a GGUF file (llama.cpp's format), dequantized to float32 on load
 """
 
@@ -35,9 +36,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         examples=EXAMPLES)
     model_options(p, csv=CSV)
     g = p.add_argument_group("finer views")
-    g.add_argument("--lens-top-k", type=int, default=5, metavar="K",
-                   help="top tokens of the token logit lens at each layer (5); the final norm applied afresh")
-    g.add_argument("--no-token-lens", action="store_true", help="skip the token logit lens")
+    rare(g, "--lens-top-k", type=int, default=5, metavar="K",
+         help="top tokens of the token logit lens at each layer (5); the final norm applied afresh")
+    rare(g, "--no-token-lens", action="store_true", help="skip the token logit lens")
     g.add_argument("--dla-by-source", default=None, metavar="HEADS",
                    help="split heads' DLA over source positions: L9H9,L9H6 or top:N")
     g.add_argument("--neurons", type=int, default=None, metavar="L",
