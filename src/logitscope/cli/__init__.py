@@ -11,7 +11,7 @@ import traceback
 
 from logitscope.version import __version__
 from logitscope.cli import causal, edges, study
-from logitscope.cli.options import under_torchrun
+from logitscope.cli.options import HelpFormatter, under_torchrun
 from logitscope.errors import ArgumentError, LogitscopeError
 
 VERBS = (study, causal, edges)  # each adds its sub-commands
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Which parts of a language model write the answer, and does the answer depend on them? "
         "Direct logit attribution (TransformerLens's conventions), activation patching, ablation, path "
         "patching, circuit checks and edge-level circuit discovery, each with a self-contained report.",
-        epilog=study.EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=study.EXAMPLES, formatter_class=HelpFormatter)  # the description wrapped, the examples as written
     parser.add_argument("--version", action="version", version=f"logitscope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for verb in VERBS:

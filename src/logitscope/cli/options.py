@@ -1,5 +1,6 @@
-"""What every verb shares: the model and prompt options, the checks made before any model is
-loaded, loading on this rank's device, and printing what was written."""
+"""What every verb shares: its parser (``--help`` on one 80x50 screen, ``--help-all`` with every
+option), the model and prompt options, the checks made before any model is loaded, loading on this
+rank's device, and printing what was written."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class HelpFormatter(argparse.HelpFormatter):
     """The description and options wrapped to the terminal; the examples (the epilog, which starts
     with ``examples:``) as written, each line already short enough for 80 columns."""
 
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
+    def _fill_text(self, text: str, width: int, indent: str) -> str:  # argparse's hook, as its Raw* formatters use
         if text.startswith("examples:"):
             return "".join(indent + line for line in text.splitlines(keepends=True))
         return super()._fill_text(text, width, indent)
@@ -71,13 +72,13 @@ def rare(group: Any, *flags: str, help: str, **kwargs: Any) -> argparse.Action:
 def short_usage(prog: str, own: list[str], width: int = 78) -> str:
     """The usage line of ``--help`` (the verb's own required arguments, the shared ones, then
     ``[options]``), broken between arguments to stay within ``width`` with ``usage: `` before it."""
-    indent = " " * len(f"usage: {prog}")
-    lines = [prog]
+    lines = [f"usage: {prog}"]
+    indent = " " * len(lines[0])
     for part in [*own, "--model M", "--prompts P", "--out DIR", "[options]"]:
-        if len(f"usage: {lines[-1]} {part}") > width:
+        if len(f"{lines[-1]} {part}") > width:
             lines.append(indent)
         lines[-1] += f" {part}"
-    return "\n".join(lines)
+    return "\n".join(lines).removeprefix("usage: ")  # argparse writes "usage: " itself
 
 
 def verb_parser(sub: argparse._SubParsersAction, name: str, *, help: str, description: str,
