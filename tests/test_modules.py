@@ -165,30 +165,3 @@ def test_no_family_switch_outside_models():
             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
     assert not hits, "\n".join(hits)
 
-
-@pytest.mark.parametrize("family", sorted(EXPECTED))
-def test_same_objects_as_the_old_helpers(family):
-    """Temporary (deleted with the helpers): the written-out paths against the edge runner's old
-    family-string helpers and the hook points' own answers."""
-    from logitscope.methods.edges import runner as R
-    from logitscope.models.hooks import HookPoints
-
-    lm = _loaded(family)
-    m, f, hp = Modules.of(lm), lm.adapter.family, HookPoints(lm)
-    for L, b in enumerate(m.blocks):
-        a = R._attention_module(f, b)
-        assert a is m.attention(L) is _at(lm.model, EXPECTED[family]["attention"], L) is hp.attention_modules[L]
-        assert R._attn_norm(f, b) is m.attn_norm(L)
-        assert R._mlp_input(f, b)[0] is m.mlp_input(L)[0] and R._mlp_input(f, b)[1] is m.mlp_input(L)[1]
-        assert hp.attn_out_module(L) is m.attn_out(L) and hp.mlp_out_module(L) is m.mlp_out(L)
-        old, new = R._projections(f, b, a, m.d_model, m.n_heads, m.d_head), m.qkv(L)
-        assert all(x.module is y.module and x.letters == y.letters for x, y in zip(old, new)) and len(old) == len(new)
-        x = torch.randn(2, 3, m.d_model)
-        for po, pn in zip(old, new):
-            out = po.module(x)
-            assert all(torch.equal(s, t) for s, t in zip(po.split(out), pn.split(out)))
-            assert torch.equal(po.join(po.split(out)), pn.join(pn.split(out)))
-            for letter in po.letters:
-                (w1, b1), (w2, b2) = po.weights(letter), pn.weights(letter)
-                assert torch.equal(w1, w2) and (b1 is None) == (b2 is None) and (b1 is None or torch.equal(b1, b2))
-    assert R.EdgeRunner(lm).n_kv == m.n_kv_heads == hp.n_kv_heads
