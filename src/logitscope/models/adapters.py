@@ -2,7 +2,10 @@
 
 Where are the embeddings, the blocks, each block's attention output projection and MLP, the final
 norm and the unembedding? Which kind of final norm is it? What constant does each head add through
-its value bias? Each family answers in a few lines; everything else is family-independent.
+its value bias? Which norm does the attention read through, where does the MLP read its input, how
+are the q/k/v projections laid out? Each family answers in a few lines; everything else is
+family-independent: nothing outside ``models/`` switches on a family's name, and the one module
+resolver (:class:`logitscope.models.modules.Modules`) answers from these fields.
 
 A few conventions go beyond GPT-2's and are answered the same way, as optional fields that default
 to "absent": a norm weight offset (Gemma's RMSNorm multiplies by ``1 + weight``), norms on the
