@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from logitscope.results.edge_graph import QKV, EdgeGraph
+from logitscope.engine.nodes import QKV, NodeLayout as EdgeGraph  # the layout is all the runner reads
 from logitscope.models.adapters import norm_eps
 from logitscope.models.modules import Modules
 from logitscope.models.qkv import QKVProjection
