@@ -41,6 +41,7 @@ from logitscope.engine.lens import TokenLens
 from logitscope.errors import ModelLoadError
 from logitscope.models.adapters import norm_eps
 from logitscope.models.load import LoadedModel
+from logitscope.models.modules import Modules
 
 
 @dataclass
@@ -77,24 +78,25 @@ class Recorder:
 
     def __init__(self, lm: LoadedModel, lens_top_k: int | None = None):
         self.lm = lm
-        ad, model, shape = lm.adapter, lm.model, lm.shape
-        self.blocks = list(ad.blocks(model))
-        self.centre = ad.norm == "LayerNorm"
-        self.parallel = ad.parallel_attn_mlp(model.config)
-        self.eps = ad.final_norm_eps(model)
-        gamma, beta = ad.final_norm_weight_bias(model)
-        unembed = ad.unembed(model)
+        self.modules = m = Modules.of(lm)
+        shape = lm.shape
+        self.blocks = m.blocks
+        self.centre = m.centre
+        self.parallel = m.parallel
+        self.eps = m.final_norm_eps()
+        gamma, beta = m.final_norm_weight_bias()
+        unembed = m.unembed
         self.W_U = unembed.weight  # [V, d] (rows are tokens), native dtype
         self.b_U = getattr(unembed, "bias", None)
         self.out_device = self.W_U.device
         self.gamma = _on(gamma, self.out_device)
         self.beta = _on(beta, self.out_device)
         self.H, self.d_head = shape.n_heads, shape.d_head
-        self.softcap = ad.logit_softcap(model.config)
+        self.softcap = m.softcap
         # Layer 0's resid_pre is the embedding as the model adds it (scaled, for Gemma) wherever a
         # family applies the scale; with learned positions it also holds pos_embed, so those
         # families keep a hook on the token embedding.
-        self.embed_from_resid = ad.pos_embed(model) is None
+        self.embed_from_resid = m.pos_embed is None
         # Constant parts of each attention layer and MLP, as [d_model] float32 vectors on the
         # block's device, and each block's post norms as (weight, eps) or None.
         self.value_bias: list[torch.Tensor | None] = []
@@ -102,13 +104,13 @@ class Recorder:
         self.mlp_bias_vec: list[torch.Tensor] = []
         self.attn_post: list[tuple[torch.Tensor, float] | None] = []
         self.mlp_post: list[tuple[torch.Tensor, float] | None] = []
-        self.experts = [ad.experts(block) for block in self.blocks]
-        self.n_experts = ad.n_experts(model.config) if any(e is not None for e in self.experts) else 0
-        for block in self.blocks:
-            proj = ad.out_proj(block)
-            w_o = ad.out_proj_weight(block)  # [d, H*d_head]
+        self.experts = [m.experts(layer) for layer in range(m.n_layers)]
+        self.n_experts = m.n_experts if any(e is not None for e in self.experts) else 0
+        for layer in range(m.n_layers):
+            proj = m.out_proj(layer)
+            w_o = m.out_proj_weight(layer)  # [d, H*d_head]
             dev = w_o.device
-            bv = ad.value_bias(block, shape)
+            bv = m.value_bias(layer)
             bv = _on(bv, dev)
             self.value_bias.append(bv)
             b = _on(getattr(proj, "bias", None), dev)
@@ -116,10 +118,10 @@ class Recorder:
             if bv is not None:
                 total = total + w_o.detach().float() @ bv
             self.attn_bias_vec.append(total)
-            mb = _on(ad.mlp_out_bias(block), dev)
+            mb = _on(m.mlp_out_bias(layer), dev)
             self.mlp_bias_vec.append(torch.zeros(shape.d_model, device=dev) if mb is None else mb)
-            self.attn_post.append(self._post_norm(ad.attn_post_norm(block)))
-            self.mlp_post.append(self._post_norm(ad.mlp_post_norm(block)))
+            self.attn_post.append(self._post_norm(m.attn_post_norm(layer)))
+            self.mlp_post.append(self._post_norm(m.mlp_post_norm(layer)))
         self._state: dict[str, object] = {}
         self._handles: list = []
         self.token_lens = None if not lens_top_k else TokenLens(
@@ -132,7 +134,7 @@ class Recorder:
             return None
         if isinstance(norm, nn.LayerNorm) or getattr(norm, "bias", None) is not None:
             raise ModelLoadError(f"post norm {type(norm).__name__}: only RMSNorm post norms (no bias) are supported")
-        return _on(self.lm.adapter.norm_weight(norm), norm.weight.device), norm_eps(norm)
+        return _on(self.modules.norm_weight(norm), norm.weight.device), norm_eps(norm)
 
     # -------------------------------------------------------------- directions
     def directions(self, correct: torch.Tensor, incorrect: torch.Tensor) -> torch.Tensor:
@@ -213,27 +215,27 @@ class Recorder:
         return cache[device]
 
     def __enter__(self) -> "Recorder":
-        ad, model = self.lm.adapter, self.lm.model
+        m = self.modules
         if not self.embed_from_resid:
-            self._handles.append(ad.embed(model).register_forward_hook(self._embed_hook("embed")))
-            self._handles.append(ad.pos_embed(model).register_forward_hook(self._embed_hook("pos_embed")))
+            self._handles.append(m.embed.register_forward_hook(self._embed_hook("embed")))
+            self._handles.append(m.pos_embed.register_forward_hook(self._embed_hook("pos_embed")))
         for layer, block in enumerate(self.blocks):
             self._handles.append(block.register_forward_pre_hook(self._block_hook(layer), with_kwargs=True))
             # The output projection sees each head's z; with a post norm, the norm's output is
             # what the layer adds to the residual stream (attn_out), so that is hooked too.
-            self._handles.append(ad.out_proj(block).register_forward_hook(self._attn_hook(layer)))
+            self._handles.append(m.out_proj(layer).register_forward_hook(self._attn_hook(layer)))
             if self.attn_post[layer] is not None:
-                post = ad.attn_post_norm(block)
+                post = m.attn_post_norm(layer)
                 self._handles.append(post.register_forward_hook(self._attn_out_hook(layer)))
-            self._handles.append(ad.mlp(block).register_forward_hook(self._mlp_hook(layer)))
+            self._handles.append(m.mlp(layer).register_forward_hook(self._mlp_hook(layer)))
             if self.mlp_post[layer] is not None:
-                post = ad.mlp_post_norm(block)
+                post = m.mlp_post_norm(layer)
                 self._handles.append(post.register_forward_hook(self._mlp_out_hook(layer)))
             if self.experts[layer] is not None:
                 self._handles.append(
                     self.experts[layer].register_forward_hook(self._experts_hook(layer), with_kwargs=True)
                 )
-        self._handles.append(ad.final_norm(model).register_forward_hook(self._final_hook))
+        self._handles.append(m.final_norm.register_forward_hook(self._final_hook))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -274,8 +276,7 @@ class Recorder:
     def _attn_hook(self, layer: int):
         """On the output projection: each head's share and the layer's bias term (through the
         frozen post norm where there is one); without a post norm, also attn_out itself."""
-        w_fn = self.lm.adapter.out_proj_weight
-        block = self.blocks[layer]
+        w_fn = self.modules.out_proj_weight
 
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
             z = self._gather(args[0])  # [B, H*d_head]
@@ -284,7 +285,7 @@ class Recorder:
             bv = self.value_bias[layer]
             if bv is not None:
                 z = z - bv
-            per_dim = z * (D @ w_fn(block).float())  # [B, H*d_head]
+            per_dim = z * (D @ w_fn(layer).float())  # [B, H*d_head]
             heads = self._scaled(per_dim.view(z.shape[0], self.H, self.d_head).sum(-1).T, inv)
             self._state["heads"][layer] = heads.to(self.out_device)
             bias = self._scaled((self.attn_bias_vec[layer] * D).sum(-1), inv)
@@ -379,7 +380,7 @@ class Recorder:
             "lens_points": [],
         }
         # Right padding needs no attention mask: a causal model's real tokens never see later pads.
-        self.lm.adapter.base(self.lm.model)(input_ids=input_ids, use_cache=False)
+        self.modules.base(input_ids=input_ids, use_cache=False)
         st = self._state
         r = st["resid_final"].to(dev)
         scale = self.norm_scale(r)  # the final norm's σ at the answer position

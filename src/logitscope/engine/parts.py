@@ -28,6 +28,7 @@ from logitscope.engine.capture import Recorder
 from logitscope.errors import ArgumentError
 from logitscope.models.hooks import HookPoints
 from logitscope.models.load import LoadedModel
+from logitscope.models.modules import Modules
 
 # The MLP's down projection (its input is TransformerLens's hook_post), by attribute name per family.
 _DOWN = ("down_proj", "c_proj", "fc_out", "dense_4h_to_h")
@@ -45,11 +46,11 @@ class BatchParts:
 def down_projection(lm: LoadedModel, layer: int) -> tuple[nn.Module, torch.Tensor]:
     """Layer ``layer``'s MLP down projection and its weight as ``[d_model, d_mlp]``; a clear error
     for a mixture-of-experts MLP (its experts are split by the study's expert attribution)."""
-    block = lm.adapter.blocks(lm.model)[layer]
-    if lm.adapter.experts(block) is not None:
+    m = Modules.of(lm)
+    if m.experts(layer) is not None:
         raise ArgumentError("neurons", layer, "this layer's MLP is a mixture of experts: its split is the study's "
                             "expert attribution (expert_attribution), not neurons")
-    mlp = lm.adapter.mlp(block)
+    mlp = m.mlp(layer)
     for name in _DOWN:
         proj = getattr(mlp, name, None)
         if isinstance(proj, (nn.Linear, Conv1D)):
@@ -74,12 +75,13 @@ class PartsRecorder:
         self.lm, self.heads, self.neuron_layer, self.t_max = lm, heads, neuron_layer, t_max
         self.rec = Recorder(lm)  # the study's constants: directions, value biases, post norms (no hooks)
         self.points = HookPoints(lm)
+        self.modules = self.points.modules
         self.layers = sorted({l for l, _ in heads})
         self.group = lm.shape.n_heads // self.points.n_kv_heads
 
     def run_batch(self, input_ids: torch.Tensor, answer_pos: torch.Tensor, correct: torch.Tensor,
                   incorrect: torch.Tensor) -> BatchParts:
-        rec, ad, model = self.rec, self.lm.adapter, self.lm.model
+        rec, m = self.rec, self.modules
         B = input_ids.shape[0]
         rows = torch.arange(B, device=input_ids.device)
         pos = answer_pos.to(input_ids.device)
@@ -98,17 +100,16 @@ class PartsRecorder:
             hooks[("v", layer)] = keep(("v", layer), lambda v: v.float())  # [B, T, n_kv, d_head]
             hooks[("pattern", layer)] = keep(  # [B, H, T, T] -> [B, H, T] at the answer rows
                 ("pattern", layer), lambda p: p[rows.to(p.device), :, pos.to(p.device)].float())
-        handles = [ad.final_norm(model).register_forward_pre_hook(lambda m, a: seen.__setitem__("final", take(a[0])))]
-        blocks = ad.blocks(model)
+        handles = [m.final_norm.register_forward_pre_hook(lambda mod, a: seen.__setitem__("final", take(a[0])))]
         for layer in self.layers:
-            handles.append(ad.out_proj(blocks[layer]).register_forward_hook(keep(("attn", layer), take)))
+            handles.append(m.out_proj(layer).register_forward_hook(keep(("attn", layer), take)))
         if self.neuron_layer is not None:
             down, _ = down_projection(self.lm, self.neuron_layer)
-            handles.append(down.register_forward_pre_hook(lambda m, a: seen.__setitem__("post", take(a[0]))))
-            handles.append(ad.mlp(blocks[self.neuron_layer]).register_forward_hook(keep("mlp", take)))
+            handles.append(down.register_forward_pre_hook(lambda mod, a: seen.__setitem__("post", take(a[0]))))
+            handles.append(m.mlp(self.neuron_layer).register_forward_hook(keep("mlp", take)))
         try:
             with self.points.attach(hooks):
-                ad.base(model)(input_ids=input_ids, use_cache=False)
+                m.base(input_ids=input_ids, use_cache=False)
         finally:
             for h in handles:
                 h.remove()
@@ -124,13 +125,12 @@ class PartsRecorder:
 
     def _sources(self, seen: dict, D: torch.Tensor, inv_final: torch.Tensor, pos: torch.Tensor):
         rec, dh = self.rec, self.lm.shape.d_head
-        blocks = self.lm.adapter.blocks(self.lm.model)
         parts, biases = [], []
         for layer, head in self.heads:
             v, pattern = seen[("v", layer)], seen[("pattern", layer)]
             dev = v.device
             Dl, inv = _through_post(rec.attn_post[layer], seen[("attn", layer)].to(dev), D.to(dev))
-            w_o = self.lm.adapter.out_proj_weight(blocks[layer]).float()[:, head * dh : (head + 1) * dh]  # [d, dh]
+            w_o = self.modules.out_proj_weight(layer).float()[:, head * dh : (head + 1) * dh]  # [d, dh]
             w = Dl @ w_o  # [B, dh]
             vb = rec.value_bias[layer]
             vb = torch.zeros(dh, device=dev) if vb is None else vb[head * dh : (head + 1) * dh].to(dev)

@@ -46,6 +46,7 @@ import torch
 
 from logitscope.errors import ArgumentError
 from logitscope.methods.ablation import parse_components
+from logitscope.models.modules import Modules
 from logitscope.results.paths import PathPatchingResult
 
 FREEZE = ("heads", "all")
@@ -186,12 +187,12 @@ class FrozenScaleReadout:
     vectors: :meth:`Engine.measure_normed`). Equal to it where ``x = x0``."""
 
     def __init__(self, engine):
-        ad, model = engine.lm.adapter, engine.lm.model
-        gamma, _ = ad.final_norm_weight_bias(model)
+        m = Modules.of(engine.lm)
+        gamma, _ = m.final_norm_weight_bias()
         self.engine = engine
         self.gamma = gamma.detach().float()
-        self.eps = ad.final_norm_eps(model)
-        self.centre = ad.norm == "LayerNorm"
+        self.eps = m.final_norm_eps()
+        self.centre = m.centre
 
     @torch.inference_mode()
     def __call__(self, x0: torch.Tensor, x: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor,

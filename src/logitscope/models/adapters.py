@@ -2,7 +2,10 @@
 
 Where are the embeddings, the blocks, each block's attention output projection and MLP, the final
 norm and the unembedding? Which kind of final norm is it? What constant does each head add through
-its value bias? Each family answers in a few lines; everything else is family-independent.
+its value bias? Which norm does the attention read through, where does the MLP read its input, how
+are the q/k/v projections laid out? Each family answers in a few lines; everything else is
+family-independent: nothing outside ``models/`` switches on a family's name, and the one module
+resolver (:class:`logitscope.models.modules.Modules`) answers from these fields.
 
 A few conventions go beyond GPT-2's and are answered the same way, as optional fields that default
 to "absent": a norm weight offset (Gemma's RMSNorm multiplies by ``1 + weight``), norms on the
@@ -19,9 +22,28 @@ import torch
 from torch import nn
 
 from logitscope.errors import ModelLoadError
+from logitscope.models.qkv import QKVLayout, gpt2_qkv, neox_qkv, phi3_qkv, separate_qkv
 
 
 def _absent(_: object) -> None:
+    return None
+
+
+def _input_layernorm(block: nn.Module) -> nn.Module:
+    return block.input_layernorm
+
+
+def _post_attention_layernorm(block: nn.Module) -> tuple[nn.Module, None]:
+    return block.post_attention_layernorm, None
+
+
+def kv_heads_in_config(cfg: object) -> int | None:
+    """The number of key/value heads a config names (grouped-query or multi-query attention), or
+    None where it names none (one per query head)."""
+    for attr in ("num_key_value_heads", "n_kv_heads", "multi_query_group_num"):
+        value = getattr(cfg, attr, None)
+        if value:
+            return int(value)
     return None
 
 
@@ -72,6 +94,18 @@ class Adapter:
     # through the AttentionInterface, the modules whose outputs are q, k, v and the pattern.
     attention: Callable[[nn.Module], nn.Module] | None = None
     attention_points: Mapping[str, Callable[[nn.Module], nn.Module]] | None = None
+    # The norm the attention reads the residual stream through (None: OLMo-2 reads it as it is).
+    attn_norm: Callable[[nn.Module], nn.Module | None] = _input_layernorm
+    # (module whose first input is the MLP's residual input, or the MLP itself; the norm to recompute
+    # from the block's input when the MLP shares the attention's normed input: GPT-J's ln_1, else None).
+    mlp_input: Callable[[nn.Module], tuple[nn.Module, nn.Module | None]] = _post_attention_layernorm
+    # How the attention module's q/k/v projections are laid out (logitscope.models.qkv).
+    qkv: QKVLayout = separate_qkv
+    # From the config: the number of key/value heads, or None for one per query head.
+    n_kv_heads: Callable[[object], int | None] = kv_heads_in_config
+    # The attention module's attribute holding a key norm over all key heads together (OLMo-2's
+    # k_norm), or None (no key norm, or one per head).
+    key_norm_over_heads: str | None = None
 
     def unembed(self, model: nn.Module) -> nn.Linear:
         return model.get_output_embeddings()
@@ -157,6 +191,9 @@ GPT2 = Adapter(
     value_bias=_gpt2_value_bias,
     n_heads=lambda cfg: cfg.n_head,
     attention=lambda b: b.attn,
+    attn_norm=lambda b: b.ln_1,
+    mlp_input=lambda b: (b.ln_2, None),
+    qkv=gpt2_qkv,
 )
 
 # GPT-Neo keeps GPT-2's module tree (transformer.wte/wpe/h/ln_f, mlp.c_proj) and differs only in
@@ -170,6 +207,7 @@ GPT_NEO = replace(
     value_bias=lambda b, s: _linear_value_bias(b.attn.attention.v_proj, b.ln_1, s),
     n_heads=lambda cfg: cfg.num_heads,
     attention=lambda b: b.attn.attention,
+    qkv=separate_qkv,
     attention_points={  # GPT-Neo's attention has its own kernel, not the AttentionInterface
         "q": lambda b: b.attn.attention.q_proj,
         "k": lambda b: b.attn.attention.k_proj,
@@ -191,6 +229,8 @@ GPTJ = replace(
     out_proj_weight=lambda b: b.attn.out_proj.weight,
     mlp_out_bias=lambda b: b.mlp.fc_out.bias,
     value_bias=lambda b, s: _linear_value_bias(b.attn.v_proj, b.ln_1, s),
+    mlp_input=lambda b: (b.mlp, b.ln_1),  # the MLP reads ln_1's output, as the attention does
+    qkv=separate_qkv,
 )
 
 GPT_NEOX = Adapter(
@@ -211,6 +251,7 @@ GPT_NEOX = Adapter(
     n_heads=lambda cfg: cfg.num_attention_heads,
     default_prepend_bos=False,  # as TransformerLens: Pythia was trained without a BOS habit
     attention=lambda b: b.attention,
+    qkv=neox_qkv,
 )
 
 
@@ -261,7 +302,7 @@ MIXTRAL = replace(
 # Phi-3: Llama's tree with fused projections (qkv_proj for queries, keys and values, gate_up_proj
 # for the gated MLP); neither changes where the heads' z or the MLP output are read. transformers'
 # qkv_proj has no bias and RMSNorm none to pass through W_V: no value bias.
-PHI3 = replace(_llama_like("phi3", "Phi3ForCausalLM"), value_bias=lambda b, s: None)
+PHI3 = replace(_llama_like("phi3", "Phi3ForCausalLM"), value_bias=lambda b, s: None, qkv=phi3_qkv)
 
 # OLMo-2: Llama's tree without input norms. Each sublayer reads the residual stream as it is and its
 # output passes through a norm (post_attention_layernorm, post_feedforward_layernorm) before the
@@ -274,6 +315,9 @@ OLMO2 = replace(
     # q and k before OLMo-2's q/k norm, which normalises all heads together (TransformerLens's hook_q
     # and hook_k sit there too): replacing one head's q changes that norm's scale for every head.
     attention_points=_QK_AT_PROJECTIONS,
+    attn_norm=_absent,
+    mlp_input=lambda b: (b.mlp, None),
+    key_norm_over_heads="k_norm",
 )
 
 # Gemma keeps Llama's module tree. Its RMSNorm multiplies by (1 + weight); its embeddings are
@@ -290,6 +334,7 @@ GEMMA2 = replace(
     attn_post_norm=lambda b: b.post_attention_layernorm,
     mlp_post_norm=lambda b: b.post_feedforward_layernorm,
     logit_softcap=lambda cfg: getattr(cfg, "final_logit_softcapping", None),
+    mlp_input=lambda b: (b.pre_feedforward_layernorm, None),
 )
 # Gemma 3 keeps Gemma 2's tree and adds per-head q/k norms inside attention (q and k read before
 # them, as TransformerLens); its config keeps the soft-cap fields (None in the released models).

@@ -44,6 +44,7 @@ from torch import nn
 
 from logitscope.errors import InputError
 from logitscope.models.load import LoadedModel
+from logitscope.models.modules import Modules
 
 Hook = Callable[[torch.Tensor], "torch.Tensor | None"]
 
@@ -209,28 +210,26 @@ class HookPoints:
 
     def __init__(self, lm: LoadedModel):
         self.lm = lm
-        ad, model = lm.adapter, lm.model
-        self.blocks = list(ad.blocks(model))
-        self.n_layers = len(self.blocks)
+        self.modules = m = Modules.of(lm)
+        self.blocks = m.blocks
+        self.n_layers = m.n_layers
         self.n_heads, self.d_head = lm.shape.n_heads, lm.shape.d_head
-        self.parallel = ad.parallel_attn_mlp(model.config)
-        self.attention_modules = [ad.attention(b) for b in self.blocks]
-        self.n_kv_heads = _n_kv_heads(model.config, self.n_heads)
+        self.parallel = m.parallel
+        self.attention_modules = [m.attention(layer) for layer in range(self.n_layers)]
+        self.n_kv_heads = m.n_kv_heads
         # Attention points some family reads at a module (GPT-Neo: all four, its attention has its own
         # kernel; Qwen3, Gemma 3, OLMo-2: q and k before their q/k norms, where TransformerLens reads them).
-        self.module_points = dict(ad.attention_points or {})
+        self.module_points = dict(lm.adapter.attention_points or {})
         self.via_interface = "pattern" not in self.module_points
 
     # ------------------------------------------------------------------ where things are
     def attn_out_module(self, layer: int) -> nn.Module:
         """The module whose output is the attention layer's contribution to the residual stream: the
         output projection, or the norm after it (Gemma 2/3, OLMo-2)."""
-        ad, block = self.lm.adapter, self.blocks[layer]
-        return ad.attn_post_norm(block) or ad.out_proj(block)
+        return self.modules.attn_out(layer)
 
     def mlp_out_module(self, layer: int) -> nn.Module:
-        ad, block = self.lm.adapter, self.blocks[layer]
-        return ad.mlp_post_norm(block) or ad.mlp(block)
+        return self.modules.mlp_out(layer)
 
     def check(self, name: str, layer: int) -> None:
         if name not in POINTS and name not in KERNEL_POINTS:
@@ -301,7 +300,7 @@ class HookPoints:
         _ACTIVE[self.attention_modules[layer]].prefix = prefix
 
     def _attach_layer(self, stack: ExitStack, layer: int, fns: dict[str, Hook]) -> None:
-        block, ad = self.blocks[layer], self.lm.adapter
+        block = self.blocks[layer]
         handles = []
         if "resid_pre" in fns or "resid_mid" in fns:
             pre, mid = fns.get("resid_pre"), fns.get("resid_mid")
@@ -334,7 +333,7 @@ class HookPoints:
         if "resid_post" in fns:
             handles.append(block.register_forward_hook(_output_hook(fns["resid_post"])))
         if "z" in fns:
-            handles.append(ad.out_proj(block).register_forward_pre_hook(self._z_hook(fns["z"])))
+            handles.append(self.modules.out_proj(layer).register_forward_pre_hook(self._z_hook(fns["z"])))
         for h in handles:
             stack.callback(h.remove)
 
@@ -396,10 +395,3 @@ def _split_heads_hook(fn: Hook, n_heads: int, d_head: int):
 
     return hook
 
-
-def _n_kv_heads(config, n_heads: int) -> int:
-    for attr in ("num_key_value_heads", "n_kv_heads", "multi_query_group_num"):
-        value = getattr(config, attr, None)
-        if value:
-            return int(value)
-    return n_heads

@@ -21,12 +21,9 @@ which spans all key heads, reads the ungrouped keys with its weight repeated), a
 ``ungroup_grouped_query_attention``: a query head's ``<k>`` and ``<v>`` edges are its own.
 """
 
-# Longer than ~400 lines on purpose: the edge graph's hooks on each family's Hugging Face modules (per-head q/k/v inputs, post-norms, parallel blocks) belong together.
-
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -34,6 +31,8 @@ from torch import nn
 
 from logitscope.engine.nodes import QKV, NodeLayout as EdgeGraph  # the layout is all the runner reads
 from logitscope.models.adapters import norm_eps
+from logitscope.models.modules import Modules
+from logitscope.models.qkv import QKVProjection
 
 # (kind, layer) -> tensor: "qkv" [3, b, p, H, d]; "mlp", "logits" [b, p, d]
 DeltaFn = Callable[[str, int], "torch.Tensor | None"]
@@ -41,17 +40,6 @@ DeltaFn = Callable[[str, int], "torch.Tensor | None"]
 GradFn = Callable[[str, int, str, torch.Tensor], None]
 # called with (first forward index, output [b, p, n, d]) as each group of nodes writes
 RecordFn = Callable[[int, torch.Tensor], None]
-
-
-@dataclass
-class _Projection:
-    """A module whose output holds some of a layer's q, k, v (``letters``), per head."""
-
-    module: nn.Module
-    letters: str
-    split: Callable[[torch.Tensor], list[torch.Tensor]]  # output -> [b, p, heads, d_head] per letter
-    join: Callable[[list[torch.Tensor]], torch.Tensor]
-    weights: Callable[[str], tuple[torch.Tensor, torch.Tensor | None]]  # W [heads, d_head, d_model], b [heads, d_head]
 
 
 class _RepeatedNorm(nn.Module):
@@ -68,139 +56,23 @@ class _RepeatedNorm(nn.Module):
         return torch.func.functional_call(self.norm, {"weight": w}, (x,))
 
 
-def _linear_weights(module: nn.Linear, d_head: int):
-    def weights(_: str):
-        w = module.weight
-        b = module.bias
-        n = w.shape[0] // d_head
-        return w.view(n, d_head, w.shape[1]), None if b is None else b.view(n, d_head)
-    return weights
-
-
-def _heads_view(d_head: int):
-    return lambda out: [out.view(*out.shape[:-1], out.shape[-1] // d_head, d_head)]
-
-
-def _flat(parts: list[torch.Tensor]) -> torch.Tensor:
-    x = parts[0]
-    return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
-
-
-def _projections(family: str, block: nn.Module, attn: nn.Module, d_model: int, n_heads: int, d_head: int) -> list[_Projection]:
-    if family == "gpt2":
-        conv = attn.c_attn  # Conv1D, weight [d_model, 3 d_model]
-
-        def split(out):
-            return [x.view(*x.shape[:-1], n_heads, d_head) for x in out.split(d_model, dim=-1)]
-
-        def join(parts):
-            return torch.cat([_flat([p]) for p in parts], dim=-1)
-
-        def weights(letter):
-            i = QKV.index(letter)
-            w = conv.weight[:, i * d_model:(i + 1) * d_model].T.reshape(n_heads, d_head, d_model)
-            return w, conv.bias[i * d_model:(i + 1) * d_model].view(n_heads, d_head)
-
-        return [_Projection(conv, "qkv", split, join, weights)]
-    if family == "gpt_neox":
-        fused = attn.query_key_value  # output viewed [.., heads, 3 d_head]: q, k, v per head
-
-        def split(out):
-            x = out.view(*out.shape[:-1], n_heads, 3, d_head)
-            return [x[..., i, :] for i in range(3)]
-
-        def join(parts):
-            x = torch.stack(parts, dim=-2)
-            return x.reshape(*x.shape[:-3], n_heads * 3 * d_head)
-
-        def weights(letter):
-            i = QKV.index(letter)
-            w = fused.weight.view(n_heads, 3, d_head, d_model)[:, i]
-            return w, None if fused.bias is None else fused.bias.view(n_heads, 3, d_head)[:, i]
-
-        return [_Projection(fused, "qkv", split, join, weights)]
-    if family == "phi3":
-        fused = attn.qkv_proj  # rows [q (H d_head), k (n_kv d_head), v (n_kv d_head)]; n_kv = H once ungrouped
-        q_rows = n_heads * d_head
-
-        def sizes(width: int) -> list[int]:
-            kv = (width - q_rows) // 2
-            return [q_rows, kv, kv]
-
-        def split(out):
-            return [x.view(*x.shape[:-1], -1, d_head) for x in out.split(sizes(out.shape[-1]), dim=-1)]
-
-        def join(parts):
-            return torch.cat([_flat([p]) for p in parts], dim=-1)
-
-        def weights(letter):
-            i = QKV.index(letter)
-            n = sizes(fused.weight.shape[0])
-            rows = slice(sum(n[:i]), sum(n[:i + 1]))
-            return fused.weight[rows].view(-1, d_head, d_model), None
-
-        return [_Projection(fused, "qkv", split, join, weights)]
-    mods = {x: getattr(attn, f"{x}_proj") for x in QKV}
-    return [_Projection(m, x, _heads_view(d_head), _flat, _linear_weights(m, d_head)) for x, m in mods.items()]
-
-
-def _attention_module(family: str, block: nn.Module) -> nn.Module:
-    if family == "gpt_neo":
-        return block.attn.attention
-    if family in ("gpt2", "gptj"):
-        return block.attn
-    if family == "gpt_neox":
-        return block.attention
-    return block.self_attn
-
-
-def _attn_norm(family: str, block: nn.Module) -> nn.Module | None:
-    if family in ("gpt2", "gpt_neo", "gptj"):
-        return block.ln_1
-    if family == "olmo2":
-        return None
-    return block.input_layernorm
-
-
-def _mlp_input(family: str, block: nn.Module) -> tuple[nn.Module, nn.Module | None]:
-    """(module whose first input is the MLP's residual input, or the MLP itself; the norm to
-    recompute from the block's input when the MLP shares the attention's normed input (GPT-J))."""
-    if family in ("gpt2", "gpt_neo"):
-        return block.ln_2, None
-    if family == "gptj":
-        return block.mlp, block.ln_1
-    if family == "olmo2":
-        return block.mlp, None
-    if family in ("gemma2", "gemma3"):
-        return block.pre_feedforward_layernorm, None
-    return block.post_attention_layernorm, None
-
-
 class EdgeRunner:
     """Hooks of one loaded model for edge attribution (see the module docstring)."""
 
     def __init__(self, lm, graph: EdgeGraph | None = None):
         self.lm = lm
         self.graph = graph or EdgeGraph.from_model(lm)
-        ad, model = lm.adapter, lm.model
-        self.family = ad.family
-        self.blocks = list(ad.blocks(model))
+        self.modules = m = Modules.of(lm)
+        self.blocks = m.blocks
         self.H, self.dh, self.d = lm.shape.n_heads, lm.shape.d_head, lm.shape.d_model
-        self.attn = [_attention_module(self.family, b) for b in self.blocks]
-        self.n_kv = self._n_kv()
-        self.proj = [_projections(self.family, b, a, self.d, self.H, self.dh) for b, a in zip(self.blocks, self.attn)]
-        self.attn_norm = [_attn_norm(self.family, b) for b in self.blocks]
-        self.mlp_in = [_mlp_input(self.family, b) for b in self.blocks]
-        self.final_norm = ad.final_norm(model)
-        self.embed = ad.embed(model)
-
-    def _n_kv(self) -> int:
-        cfg = self.lm.model.config
-        for attr in ("num_key_value_heads", "n_kv_heads"):
-            v = getattr(cfg, attr, None)
-            if v:
-                return int(v)
-        return self.H
+        layers = range(m.n_layers)
+        self.attn = [m.attention(layer) for layer in layers]
+        self.n_kv = m.n_kv_heads
+        self.proj = [m.qkv(layer) for layer in layers]
+        self.attn_norm = [m.attn_norm(layer) for layer in layers]
+        self.mlp_in = [m.mlp_input(layer) for layer in layers]
+        self.final_norm = m.final_norm
+        self.embed = m.embed
 
     # ------------------------------------------------------------------ norms
     def _head_input_grads(self, layer: int, x: torch.Tensor, gp: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -219,7 +91,7 @@ class EdgeRunner:
             return torch.bmm(g, w).view(H, b, p, -1).to(gp.dtype)
         w = w * self.lm.adapter.norm_weight(norm).float()
         xf = x.float().reshape(b * p, -1)
-        layer_norm = self.lm.adapter.norm == "LayerNorm"
+        layer_norm = self.modules.centre
         xc = xf - xf.mean(-1, keepdim=True) if layer_norm else xf
         inv = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + norm_eps(norm))  # [bp, 1]
         xh = xc * inv
@@ -254,7 +126,6 @@ class EdgeRunner:
         """
         replace = replace or {}
         state: dict = {}
-        ad = self.lm.adapter
         ungroup = self.n_kv != self.H
         group = self.H // self.n_kv
         with ExitStack() as stack:
@@ -311,13 +182,14 @@ class EdgeRunner:
             if hasattr(attn, name):
                 stack.callback(setattr, attn, name, getattr(attn, name))
                 setattr(attn, name, value)
-        if self.family == "olmo2":
-            norm = attn.k_norm
-            stack.callback(setattr, attn, "k_norm", norm)
-            attn.k_norm = _RepeatedNorm(norm, group, self.dh)
+        name = self.modules.key_norm_over_heads
+        if name is not None:
+            norm = getattr(attn, name)
+            stack.callback(setattr, attn, name, norm)
+            setattr(attn, name, _RepeatedNorm(norm, group, self.dh))
 
     def _attach_layer(self, hook, layer, block, state, record, replace, deltas, grads, ungroup, group):
-        ad = self.lm.adapter
+        m = self.modules
         g = self.graph
 
         def on_block(module, args, kwargs):
@@ -351,9 +223,9 @@ class EdgeRunner:
         hook(module, on_mlp_in, pre=True)
 
         # the heads' outputs
-        out_proj = ad.out_proj(block)
-        post = ad.attn_post_norm(block)
-        w_o = ad.out_proj_weight(block)  # [d_model, H d_head]
+        out_proj = m.out_proj(layer)
+        post = m.attn_post_norm(layer)
+        w_o = m.out_proj_weight(layer)  # [d_model, H d_head]
 
         def head_results(z: torch.Tensor) -> torch.Tensor:
             zh = z.detach().view(*z.shape[:-1], self.H, self.dh)
@@ -385,7 +257,7 @@ class EdgeRunner:
             hook(out_proj, keep_z)
             hook(post, on_post)
 
-        mlp_out = ad.mlp_post_norm(block) or ad.mlp(block)
+        mlp_out = m.mlp_out(layer)
 
         def on_mlp_out(mod, args, out):
             first = out[0] if isinstance(out, tuple) else out
@@ -401,7 +273,7 @@ class EdgeRunner:
 
         hook(mlp_out, on_mlp_out)
 
-    def _projection_hook(self, layer, proj: _Projection, state, grads, ungroup, group):
+    def _projection_hook(self, layer, proj: QKVProjection, state, grads, ungroup, group):
         H = self.H
 
         def expand(w: torch.Tensor | None, letter: str) -> torch.Tensor | None:
