@@ -36,7 +36,7 @@ from logitscope.methods.edges.batches import Batch, EdgeData
 from logitscope.methods.edges.circuit_runs import CircuitRuns
 from logitscope.methods.edges.gradients import GradientScores
 from logitscope.methods.edges.options import INTERVENTIONS, METHODS, PATCHING_ONLY, check_options
-from logitscope.methods.edges.runner import EdgeRunner
+from logitscope.engine.split_qkv import EdgeRunner
 from logitscope.methods.edges.sums import ExactSum
 from logitscope.results.edge_graph import QKV, EdgeGraph
 

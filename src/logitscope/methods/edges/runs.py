@@ -17,7 +17,7 @@ from logitscope.engine.metrics import MetricContext, MetricLike, resolve_metric
 from logitscope.errors import ArgumentError, InputError
 from logitscope.methods.edges.batches import Batch, EdgeData
 from logitscope.methods.edges.options import INTERVENTIONS
-from logitscope.methods.edges.runner import EdgeRunner
+from logitscope.engine.split_qkv import EdgeRunner
 from logitscope.methods.edges.sums import ExactSum
 from logitscope.results.edge_graph import EdgeGraph
 

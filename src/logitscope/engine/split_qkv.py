@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from logitscope.engine.nodes import QKV, NodeLayout as EdgeGraph  # the layout is all the runner reads
+from logitscope.engine.nodes import QKV, NodeLayout  # the layout is all the runner reads
 from logitscope.models.adapters import norm_eps
 from logitscope.models.modules import Modules
 from logitscope.models.qkv import QKVProjection
@@ -59,9 +59,9 @@ class _RepeatedNorm(nn.Module):
 class EdgeRunner:
     """Hooks of one loaded model for edge attribution (see the module docstring)."""
 
-    def __init__(self, lm, graph: EdgeGraph | None = None):
+    def __init__(self, lm, graph: NodeLayout | None = None):
         self.lm = lm
-        self.graph = graph or EdgeGraph.from_model(lm)
+        self.graph = graph or NodeLayout.from_model(lm)
         self.modules = m = Modules.of(lm)
         self.blocks = m.blocks
         self.H, self.dh, self.d = lm.shape.n_heads, lm.shape.d_head, lm.shape.d_model
