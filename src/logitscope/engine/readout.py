@@ -25,7 +25,7 @@ class Readout:
         self.final_norm = ad.final_norm(model)
         unembed = ad.unembed(model)
         self.W_U, self.b_U = unembed.weight, getattr(unembed, "bias", None)
-        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.softcap = ad.logit_softcap(model.config)  # the adapter's answer, as the study reads it
 
     def logit_diff(self, resid: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor) -> torch.Tensor:
         """logit(correct) − logit(incorrect) from final residual vectors ``[N, d]``: the model's final
