@@ -112,6 +112,15 @@ class Engine(Readout):
         with self.points.attach(hooks):
             self.lm.adapter.base(self.lm.model)(input_ids=ids, use_cache=False)
 
+    def answer_resid(self, ids: torch.Tensor, end: torch.Tensor, hooks: Mapping[tuple[str, int], Hook]) -> torch.Tensor:
+        """:meth:`forward`, and the final residual stream (what the final norm reads, after any hook
+        there) at each row's ``end`` ``[B, d_model]``."""
+        final: dict[str, torch.Tensor] = {}
+        key = ("resid_post", self.n_layers - 1)
+        self.forward(ids, {**hooks, key: _keep_final(hooks.get(key), final)})
+        x = final["x"]
+        return x[torch.arange(x.shape[0], device=x.device), end.to(x.device)]
+
     def observe(self, lens_top_k: int | None = None) -> Recorder:
         """The study's observed passes: a :class:`~logitscope.engine.capture.Recorder` (its hooks on
         the model while it is entered; one batch per ``run_batch``), with the token lens's top
@@ -135,7 +144,6 @@ class Engine(Readout):
         not interact, so each row's gradient is its own prompt's; ``reference``: the clean run's answer
         logits for ``kl``, else these). Returns ``(metric [B], activations, gradients)``,
         the last two by ``(point, layer)`` in TransformerLens's layouts, detached."""
-        L = self.n_layers
         deltas: dict[tuple[str, int], torch.Tensor] = {}
         acts: dict[tuple[str, int], torch.Tensor] = {}
 
@@ -148,17 +156,12 @@ class Engine(Readout):
             return hook
 
         hooks = {key: shifted(key) for key in points}
-        final: dict[str, torch.Tensor] = {}
-        last = ("resid_post", L - 1)
-        hooks[last] = lambda x: final.__setitem__("x", x)  # never an attribution point: observed only
         with torch.inference_mode(False), torch.enable_grad():
             # Tensors made under a caller's inference_mode cannot enter autograd: plain copies of the inputs.
             ids, end, correct, incorrect = (t.clone() for t in (ids, end, correct, incorrect))
-            self.forward(ids, hooks)
-            x = final["x"]
-            rows = torch.arange(x.shape[0], device=x.device)
+            resid = self.answer_resid(ids, end, hooks)
             ref = None if reference is None else reference.clone()
-            diff = self.measure(x[rows, end.to(x.device)], correct.to(x.device), incorrect.to(x.device), ref)
+            diff = self.measure(resid, correct.to(resid.device), incorrect.to(resid.device), ref)
             keys = list(deltas)
             grads = torch.autograd.grad(diff.sum(), [deltas[k] for k in keys], allow_unused=True)
         out = {k: (g if g is not None else torch.zeros_like(acts[k])) for k, g in zip(keys, grads)}
@@ -182,17 +185,13 @@ class Engine(Readout):
             for layer in range(L):
                 hooks[("kernel_k", layer)] = _store_kv(run.kv, layer, 0)
                 hooks[("kernel_v", layer)] = _store_kv(run.kv, layer, 1)
-        final: dict[str, torch.Tensor] = {}
-        hooks[("resid_post", L - 1)] = _chain(hooks.get(("resid_post", L - 1)), lambda x: final.__setitem__("x", x))
         handles = [b.register_forward_pre_hook(_keep_inputs(run, i), with_kwargs=True) for i, b in enumerate(self.blocks)]
         try:
             with self.session(kernels=True, eval_mode=False):
-                self.forward(ids, hooks)
+                resid = self.answer_resid(ids, end, hooks)
         finally:
             for h in handles:
                 h.remove()
-        rows = torch.arange(B, device=final["x"].device)
-        resid = final["x"][rows, end.to(rows.device)]
         if self.metric.is_logit_diff:
             run.value = self.logit_diff(resid, correct, incorrect)
         else:
@@ -365,11 +364,12 @@ def _store_kv(kv: list, layer: int, which: int) -> Hook:
     return hook
 
 
-def _chain(first: Hook | None, then: Callable[[torch.Tensor], object]) -> Hook:
-    def hook(x: torch.Tensor) -> None:
-        if first is not None:
-            first(x)
-        then(x)
+def _keep_final(first: Hook | None, final: dict[str, torch.Tensor]) -> Hook:
+    """``first`` (if any), then what it leaves (its replacement, else the activation) kept in ``final``."""
+    def hook(x: torch.Tensor) -> torch.Tensor | None:
+        new = None if first is None else first(x)
+        final["x"] = x if new is None else new
+        return new
 
     return hook
 

@@ -318,13 +318,7 @@ def _measure(engine: Engine, b: Batch, hooks: dict[tuple[str, int], Hook], metri
     """One forward pass with ``hooks``; the metric at each prompt's answer position, ``[B]``. A named
     metric that compares with the clean run (``kl``) keeps the first (unhooked) run's logits in
     ``reference``."""
-    last = engine.n_layers - 1
-    final: dict[str, torch.Tensor] = {}
-    key = ("resid_post", last)
-    hooks = {**hooks, key: _then(hooks.get(key), final)}  # the residual stream the final norm reads
-    engine.forward(b.ids, hooks)
-    x = final["x"]
-    resid = x[torch.arange(x.shape[0], device=x.device), b.end.to(x.device)]
+    resid = engine.answer_resid(b.ids, b.end, hooks)  # the residual stream the final norm reads
     if metric is None:
         dev = engine.W_U.device
         if engine.metric.is_logit_diff:
@@ -340,15 +334,6 @@ def _measure(engine: Engine, b: Batch, hooks: dict[tuple[str, int], Hook], metri
         raise InputError(f"metric {getattr(metric, '__name__', metric)!r} returned shape {tuple(values.shape)}; "
                          f"it must return one number per prompt of the batch, shape ({len(b.rows)},)")
     return values.cpu().double().numpy()
-
-
-def _then(first: Hook | None, final: dict[str, torch.Tensor]) -> Hook:
-    def hook(x: torch.Tensor) -> torch.Tensor | None:
-        new = None if first is None else first(x)
-        final["x"] = x if new is None else new
-        return new
-
-    return hook
 
 
 # ---------------------------------------------------------------------------------------------- prompts
