@@ -37,41 +37,21 @@ as before (see ``_answers_from`` and ``_z_only``):
 """
 from __future__ import annotations
 
-import inspect
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 
+from logitscope.engine import runs
 from logitscope.engine.capture import Recorder
+from logitscope.engine.parts import PartsRecorder
 from logitscope.engine.metrics import MetricLike
 from logitscope.engine.readout import Readout
+from logitscope.engine.runs import Run
 from logitscope.models.hooks import Hook, HookPoints, first_output
 from logitscope.models.kernels import equivalent_kernels
 from logitscope.models.load import LoadedModel
 from logitscope.models.state import study_mode
-
-# Keyword arguments a block receives that run along the positions, and the axis they do: sliced
-# for suffix runs. (The attention mask is passed whole: the attention takes its last rows.)
-_SEQUENCE_KWARGS = {"position_ids": -1, "cache_position": 0, "position_embeddings": -2}
-_WHOLE_KWARGS = {"attention_mask"}
-
-
-@dataclass
-class Run:
-    """What an unpatched forward pass over one batch leaves for patched runs."""
-
-    batch: int
-    length: int
-    inputs: list[tuple[tuple, dict]]  # per block: its positional arguments after the hidden states, its kwargs
-    resid_pre: list[torch.Tensor]  # per block: [B, T, d_model]
-    kv: list[tuple[torch.Tensor, torch.Tensor]] | None  # per block: keys, values as the kernel got them
-    acts: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # TransformerLens layouts
-    value: torch.Tensor | None = None  # [B]: the engine's metric (the clean answers' logit difference by default)
-    reference: torch.Tensor | None = None  # [B, d_vocab]: the clean run's answer logits, for metrics that read them (kl)
-    suffix_ok: bool = False  # whether runs on a suffix of the positions are possible
-    narrow_ok: bool = False  # whether blocks can run on fewer positions than the run's (suffix_ok less the keys and values)
 
 
 class Engine(Readout):
@@ -84,7 +64,7 @@ class Engine(Readout):
         self.points = HookPoints(lm)
         self.blocks = self.points.blocks
         self.n_layers = len(self.blocks)
-        self.arg_names = [_positional_names(b) for b in self.blocks]  # each block's arguments after the hidden states
+        self.arg_names = [runs.positional_names(b) for b in self.blocks]  # each block's arguments after the hidden states
         self.in_device = lm.adapter.embed(lm.model).weight.device
 
     @contextmanager
@@ -117,7 +97,7 @@ class Engine(Readout):
         there) at each row's ``end`` ``[B, d_model]``."""
         final: dict[str, torch.Tensor] = {}
         key = ("resid_post", self.n_layers - 1)
-        self.forward(ids, {**hooks, key: _keep_final(hooks.get(key), final)})
+        self.forward(ids, {**hooks, key: runs.keep_final(hooks.get(key), final)})
         x = final["x"]
         return x[torch.arange(x.shape[0], device=x.device), end.to(x.device)]
 
@@ -135,6 +115,12 @@ class Engine(Readout):
         if bias is None:
             return None
         return bias.detach().to(self.lm.adapter.out_proj_weight(block).dtype).view(self.points.n_heads, self.points.d_head)
+
+    def observe_parts(self, heads: list[tuple[int, int]], neuron_layer: int | None, t_max: int) -> PartsRecorder:
+        """The study's finer observed pass: a :class:`~logitscope.engine.parts.PartsRecorder` for DLA
+        of ``heads`` by source position and of ``neuron_layer``'s neurons (``None``: none), on prompts
+        of at most ``t_max`` tokens."""
+        return PartsRecorder(self.lm, heads, neuron_layer, t_max)
 
     def gradient(self, ids: torch.Tensor, end: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor,
                  points: list[tuple[str, int]], reference: torch.Tensor | None = None
@@ -180,12 +166,13 @@ class Engine(Readout):
         run = Run(B, T, [None] * L, [None] * L, [None] * L if keep_kv else None)  # type: ignore[list-item]
         hooks: dict[tuple[str, int], Hook] = {}
         for key in acts:
-            hooks[key] = _store(run.acts, key)
+            hooks[key] = runs.store(run.acts, key)
         if keep_kv and self.points.via_interface:
             for layer in range(L):
-                hooks[("kernel_k", layer)] = _store_kv(run.kv, layer, 0)
-                hooks[("kernel_v", layer)] = _store_kv(run.kv, layer, 1)
-        handles = [b.register_forward_pre_hook(_keep_inputs(run, i), with_kwargs=True) for i, b in enumerate(self.blocks)]
+                hooks[("kernel_k", layer)] = runs.store_kv(run.kv, layer, 0)
+                hooks[("kernel_v", layer)] = runs.store_kv(run.kv, layer, 1)
+        handles = [b.register_forward_pre_hook(runs.keep_inputs(run, i), with_kwargs=True)
+                   for i, b in enumerate(self.blocks)]
         try:
             with self.session(kernels=True, eval_mode=False):
                 resid = self.answer_resid(ids, end, hooks)
@@ -201,7 +188,7 @@ class Engine(Readout):
                 run.reference = reference.reference
             run.value = self.measure(resid, correct, incorrect, run.reference)
         run.narrow_ok = self.points.via_interface and all(
-            name in _SEQUENCE_KWARGS or name in _WHOLE_KWARGS or not _has_tensor(value)
+            name in runs.SEQUENCE_KWARGS or name in runs.WHOLE_KWARGS or not runs.has_tensor(value)
             for j, (args, kwargs) in enumerate(run.inputs)
             for name, value in [*zip(self.arg_names[j], args), *([(None, a) for a in args[len(self.arg_names[j]):]]),
                                 *kwargs.items()]
@@ -226,7 +213,7 @@ class Engine(Readout):
             hidden = edit_input(hidden)
         kv_prefix = None
         if start:
-            kv_prefix = {j: (_expand(base.kv[j][0], G, B), _expand(base.kv[j][1], G, B), start)
+            kv_prefix = {j: (runs.expand(base.kv[j][0], G, B), runs.expand(base.kv[j][1], G, B), start)
                          for j in range(layer, self.n_layers)}
         last = self.n_layers - 1
         answers = self._answers_from(base, layer, hooks, end, start)
@@ -248,8 +235,8 @@ class Engine(Readout):
                     hidden = first_output(self.blocks[j](hidden, *args, **kwargs))
         rows = torch.arange(G * B, device=hidden.device)
         at = (end.to(hidden.device) - start).repeat(G)
-        ref = None if base.reference is None else _groups(base.reference, G)
-        return self.measure(hidden[rows, at], _groups(correct, G), _groups(incorrect, G), ref)
+        ref = None if base.reference is None else runs.groups(base.reference, G)
+        return self.measure(hidden[rows, at], runs.groups(correct, G), runs.groups(incorrect, G), ref)
 
     def _answers_from(self, base: Run, layer: int, hooks: Mapping[tuple[str, int], Hook], end: torch.Tensor,
                       start: int) -> int | None:
@@ -294,8 +281,8 @@ class Engine(Readout):
         attn_out = self.lm.adapter.out_proj(self.blocks[layer])(z.reshape(*z.shape[:2], -1))
         attention = self.points.attention_modules[layer]
         self.points.skip_attention(layer)
-        for h in (attention.register_forward_pre_hook(_one_position, with_kwargs=True),
-                  attention.register_forward_hook(lambda module, args, out: _with_first(out, attn_out))):
+        for h in (attention.register_forward_pre_hook(runs.one_position, with_kwargs=True),
+                  attention.register_forward_hook(lambda module, args, out: runs.with_first(out, attn_out))):
             stack.callback(h.remove)
 
     def _last_block(self, base: Run, hidden: torch.Tensor, G: int, start: int, answers: int,
@@ -319,98 +306,6 @@ class Engine(Readout):
         (positional ones by their parameter's name: GPT-2 passes its attention mask positionally)."""
         args, kwargs = base.inputs[layer]
         names = self.arg_names[layer]
-        kwargs = {k: _prepare(v, G, base.batch, start, k) for k, v in kwargs.items()}
-        args = tuple(_prepare(a, G, base.batch, start, names[k] if k < len(names) else None) for k, a in enumerate(args))
+        kwargs = {k: runs.prepare(v, G, base.batch, start, k) for k, v in kwargs.items()}
+        args = tuple(runs.prepare(a, G, base.batch, start, names[k] if k < len(names) else None) for k, a in enumerate(args))
         return args, kwargs
-
-
-def _positional_names(block: torch.nn.Module) -> list[str]:
-    """The names of a block's positional parameters after the hidden states."""
-    names = []
-    for p in list(inspect.signature(block.forward).parameters.values())[1:]:
-        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            break
-        names.append(p.name)
-    return names
-
-
-def _one_position(module, args, kwargs):
-    """An attention module's inputs cut to their last position (its kernel is skipped)."""
-    hidden = args[0] if args else kwargs["hidden_states"]
-    n = hidden.shape[1]
-    cut = {k: _prepare(v, 1, 0, n - 1, k) if k in _SEQUENCE_KWARGS else v for k, v in kwargs.items()}
-    if args:
-        return (hidden[:, -1:], *args[1:]), cut
-    return args, {**cut, "hidden_states": hidden[:, -1:]}
-
-
-def _with_first(out, first: torch.Tensor):
-    return (first, *out[1:]) if isinstance(out, tuple) else first
-
-
-def _store(acts: dict, key: tuple[str, int]) -> Hook:
-    def hook(x: torch.Tensor) -> None:
-        acts[key] = x
-
-    return hook
-
-
-def _store_kv(kv: list, layer: int, which: int) -> Hook:
-    def hook(x: torch.Tensor) -> None:  # the kernel's [batch, head, pos, d_head]
-        pair = list(kv[layer] or (None, None))
-        pair[which] = x
-        kv[layer] = tuple(pair)
-
-    return hook
-
-
-def _keep_final(first: Hook | None, final: dict[str, torch.Tensor]) -> Hook:
-    """``first`` (if any), then what it leaves (its replacement, else the activation) kept in ``final``."""
-    def hook(x: torch.Tensor) -> torch.Tensor | None:
-        new = None if first is None else first(x)
-        final["x"] = x if new is None else new
-        return new
-
-    return hook
-
-
-def _keep_inputs(run: Run, layer: int):
-    def hook(module, args, kwargs):
-        run.resid_pre[layer] = args[0] if args else kwargs["hidden_states"]
-        rest = args[1:] if args else ()
-        run.inputs[layer] = (rest, {k: v for k, v in kwargs.items() if k != "hidden_states"})
-
-    return hook
-
-
-def _has_tensor(value) -> bool:
-    if isinstance(value, torch.Tensor):
-        return True
-    if isinstance(value, (tuple, list)):
-        return any(_has_tensor(v) for v in value)
-    return False
-
-
-def _groups(x: torch.Tensor, G: int) -> torch.Tensor:
-    """A per-row tensor ``[B, ...]`` repeated for ``G`` groups of the batch (rows ``g * B + b``)."""
-    return x.repeat(G, *([1] * (x.dim() - 1)))
-
-
-def _expand(x: torch.Tensor, G: int, B: int) -> torch.Tensor:
-    """Repeat a per-row tensor (leading axis ``B``) for ``G`` groups of the batch; tensors shared by
-    every row (leading axis 1, e.g. rotary tables) broadcast as they are."""
-    if G == 1 or x.dim() < 2 or x.shape[0] != B:
-        return x
-    return x.repeat(G, *([1] * (x.dim() - 1)))
-
-
-def _prepare(value, G: int, B: int, start: int, name: str | None = None):
-    """A block's argument for ``G`` groups of the batch, positions ``start:``."""
-    if isinstance(value, (tuple, list)):
-        return type(value)(_prepare(v, G, B, start, name) for v in value)
-    if not isinstance(value, torch.Tensor):
-        return value
-    if start and name in _SEQUENCE_KWARGS:
-        axis = _SEQUENCE_KWARGS[name]
-        value = value.narrow(axis, start, value.shape[axis] - start)
-    return _expand(value, G, B)

@@ -17,7 +17,7 @@ import torch
 from logitscope.engine import distributed
 from logitscope.engine.capture import BatchScalars
 from logitscope.engine.core import Engine
-from logitscope.engine.parts import BatchParts, PartsRecorder, down_projection
+from logitscope.engine.parts import BatchParts, down_projection
 from logitscope.engine.setup import as_loaded, auto_batch_size, progress_bar
 from logitscope.errors import ArgumentError
 from logitscope.inputs.encode import Encoded, encode_prompts
@@ -160,7 +160,7 @@ def study(prompts: list[Prompt] | GeneratedSet, lm: LoadedModel, options: StudyO
         t_assembled = time.perf_counter()
         sources = _agreed_sources(ranks, dla_by_source, named_sources, per)
         if sources or neurons is not None:
-            finer = _finer_parts(lm, enc, rows, batch_size, in_dev, sources or [], neurons, ranks is None)
+            finer = _finer_parts(engine, enc, rows, batch_size, sources or [], neurons, ranks is None)
             if ranks is not None:  # gathered to rank 0 as the main pass's arrays are
                 finer = ranks.gather_columns(rows, finer, len(prompts), "the gather of the finer parts")
             if per is not None:
@@ -276,15 +276,15 @@ def _agreed_sources(ranks: distributed.Ranks | None, dla_by_source: Any, named: 
     return ranks.exchange(pick, "the choice of the top heads to split by source", combine=lambda picks: picks[0])
 
 
-def _finer_parts(lm: LoadedModel, enc: Encoded, rows: np.ndarray, batch_size: int, in_dev: torch.device,
-                 sources: list[tuple[int, int]], neurons: int | None, unsort: bool) -> dict[str, np.ndarray | None]:
+def _finer_parts(engine: Engine, enc: Encoded, rows: np.ndarray, batch_size: int, sources: list[tuple[int, int]],
+                 neurons: int | None, unsort: bool) -> dict[str, np.ndarray | None]:
     """One more pass over the same batches of ``rows`` (this rank's, in batch order: re-cut in
     ``batch_size`` pieces they are the main pass's batches) for DLA by source position and by neuron
     (:mod:`logitscope.engine.parts`); per-prompt arrays in the order of ``rows``, or with ``unsort``
     (one process: ``rows`` is every prompt) in the prompts' order."""
-    lengths = enc.lengths
+    lengths, in_dev = enc.lengths, engine.in_device
     correct, incorrect = answer_ids(enc)
-    rec = PartsRecorder(lm, sources, neurons, int(lengths.max()))  # every prompt's longest: the same on every rank
+    rec = engine.observe_parts(sources, neurons, int(lengths.max()))  # every prompt's longest: the same on every rank
     out: list[BatchParts] = []
     with torch.inference_mode():
         for chunk in _chunks(enc.ids, lengths, rows, batch_size):
