@@ -43,3 +43,14 @@ def test_packages_imported_directly_are_declared():
     for name in ("torch", "transformers", "huggingface-hub", "safetensors", "tokenizers", "numpy", "plotly",
                  "circuitsvis", "tqdm"):
         assert name in declared, name
+
+
+def test_version_is_written_once():
+    """pyproject.toml reads the version from logitscope/version.py (the lowest layer, which results.json
+    and --version name): the installed distribution and the package agree."""
+    import logitscope
+    from logitscope.version import __version__
+
+    assert logitscope.__version__ == __version__ == version("logitscope")
+    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in text and "logitscope.version.__version__" in text

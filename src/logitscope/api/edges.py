@@ -127,7 +127,7 @@ def edges(
     before the model loads. Under torchrun each rank scores its share; rank 0 gets the result (equal
     to one process's), the other ranks ``None``. The other arguments are :func:`logitscope.run_study`'s.
     """
-    from logitscope import __version__
+    from logitscope.version import __version__
     from logitscope.engine.setup import as_loaded, progress_bar
     from logitscope.inputs.prompts import GeneratedSet, parse_prompts
 

@@ -9,7 +9,7 @@ import os
 import sys
 import traceback
 
-from logitscope import __version__
+from logitscope.version import __version__
 from logitscope.cli import causal, edges, study
 from logitscope.cli.options import under_torchrun
 from logitscope.errors import ArgumentError, LogitscopeError

@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from logitscope.results.edge_graph import QKV, EdgeGraph
+from logitscope.engine.nodes import QKV, NodeLayout as EdgeGraph  # the layout is all the runner reads
 from logitscope.models.adapters import norm_eps
 
 # (kind, layer) -> tensor: "qkv" [3, b, p, H, d]; "mlp", "logits" [b, p, d]
