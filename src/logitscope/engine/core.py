@@ -107,6 +107,12 @@ class Engine(Readout):
         ``lens_top_k`` (``None``: off)."""
         return Recorder(self.lm, lens_top_k)
 
+    def observe_parts(self, heads: list[tuple[int, int]], neuron_layer: int | None, t_max: int) -> PartsRecorder:
+        """The study's finer observed pass: a :class:`~logitscope.engine.parts.PartsRecorder` for DLA
+        of ``heads`` by source position and of ``neuron_layer``'s neurons (``None``: none), on prompts
+        of at most ``t_max`` tokens."""
+        return PartsRecorder(self.lm, heads, neuron_layer, t_max)
+
     def value_bias(self, layer: int) -> torch.Tensor | None:
         """The constant ``[n_heads, d_head]`` each head adds to its ``z`` whatever it attends to (value
         bias plus the first norm's bias through W_V), or ``None``: what a head's DLA leaves out."""
@@ -115,12 +121,6 @@ class Engine(Readout):
         if bias is None:
             return None
         return bias.detach().to(self.lm.adapter.out_proj_weight(block).dtype).view(self.points.n_heads, self.points.d_head)
-
-    def observe_parts(self, heads: list[tuple[int, int]], neuron_layer: int | None, t_max: int) -> PartsRecorder:
-        """The study's finer observed pass: a :class:`~logitscope.engine.parts.PartsRecorder` for DLA
-        of ``heads`` by source position and of ``neuron_layer``'s neurons (``None``: none), on prompts
-        of at most ``t_max`` tokens."""
-        return PartsRecorder(self.lm, heads, neuron_layer, t_max)
 
     def gradient(self, ids: torch.Tensor, end: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor,
                  points: list[tuple[str, int]], reference: torch.Tensor | None = None
