@@ -102,6 +102,20 @@ def test_bad_arguments_are_refused_before_the_model_is_loaded(kwargs, expected, 
         ls.run_study("seed", "no-such-org/no-such-model", **kwargs)
 
 
+def test_run_study_signature_is_the_study_options():
+    """The study's options are written once as a signature (run_study's, the documented one): the
+    method takes a StudyOptions, whose fields are run_study's options with the same defaults."""
+    import dataclasses
+    import inspect
+
+    from logitscope.methods.dla import StudyOptions
+
+    loading = ("prompts", "model", "tokenizer", "device", "dtype", "device_map")
+    documented = {k: p.default for k, p in inspect.signature(ls.run_study).parameters.items() if k not in loading}
+    options = {f.name: f.default for f in dataclasses.fields(StudyOptions) if f.name != "task_metric_note"}
+    assert documented == options and len(options) == 10
+
+
 def test_ioi_spec_typos_fail_before_the_model_is_loaded(tmp_path, capsys, monkeypatch):
     """A typo in ioi:N must not start a download: the spec is checked first."""
     import logitscope.models.load as load

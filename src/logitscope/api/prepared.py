@@ -119,9 +119,9 @@ def study_of(prep: Prepared, *, batch_size: int | None, top_k: int, attention_pr
     method was asked for; :class:`logitscope.Experiment` computes it once for all its methods). With
     answer sets it decomposes the sets' mean-logit difference, as the causal methods' ``logit-diff``."""
     from logitscope.api.results import StudyResult
-    from logitscope.methods.dla import study as dla_study
+    from logitscope.methods.dla import StudyOptions, study as dla_study
 
-    study = distributed.collective(dla_study)(prep.prompts, prep.lm, batch_size=batch_size, top_k=top_k,
-                                              attention_prompt=attention_prompt, prepend_bos=prep.prepend_bos,
-                                              seed=seed, progress=False, task_metric_note=False)
+    options = StudyOptions(batch_size=batch_size, top_k=top_k, attention_prompt=attention_prompt,
+                           prepend_bos=prep.prepend_bos, seed=seed, progress=False, task_metric_note=False)
+    study = distributed.collective(dla_study)(list(prep.prompts), prep.lm, options)
     return None if study is None else StudyResult.of(study)

@@ -9,6 +9,8 @@ import torch
 
 from logitscope.api.results import StudyResult
 from logitscope.engine import distributed
+from logitscope.engine.setup import as_loaded
+from logitscope.inputs.prompts import parse_prompts
 from logitscope.methods import dla
 
 __all__ = ["run_study"]
@@ -58,8 +60,11 @@ def run_study(
     largest ``|mean|``). ``neurons``: an MLP layer whose attribution is split over its neurons. The
     last two cost one more forward pass (one process only).
     """
-    data = dla.study(prompts, model, tokenizer=tokenizer, device=device, dtype=dtype, device_map=device_map,
-                     batch_size=batch_size, top_k=top_k, attention_prompt=attention_prompt,
-                     attention_heads=attention_heads, prepend_bos=prepend_bos, seed=seed, progress=progress,
-                     lens_top_k=lens_top_k, dla_by_source=dla_by_source, neurons=neurons)
+    options = dla.StudyOptions(batch_size=batch_size, top_k=top_k, attention_prompt=attention_prompt,
+                               attention_heads=attention_heads, prepend_bos=prepend_bos, seed=seed,
+                               progress=progress, lens_top_k=lens_top_k, dla_by_source=dla_by_source,
+                               neurons=neurons)  # checked here: a bad option costs no model load
+    parsed = parse_prompts(prompts)  # nor does a typo in a file or a spec
+    lm = as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=distributed.current())
+    data = dla.study(parsed, lm, options)
     return None if data is None else StudyResult.of(data)

@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from logitscope.engine.patched import Engine, Run
+from logitscope.engine.core import Engine, Run
 from logitscope.methods.patching.grids import GRIDS, GridSpec
 from logitscope.inputs.positions import PositionAxis
 from logitscope.methods.patching.run import PairBatch, grid_shape
@@ -45,43 +45,8 @@ from logitscope.results.names import SUFFIX, attribution_name, exact_name  # noq
 METHODS = ("exact", "attribution", "both")
 
 
-def gradient_run(engine: Engine, ids: torch.Tensor, end: torch.Tensor, correct: torch.Tensor,
-                 incorrect: torch.Tensor, points: list[tuple[str, int]], reference: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
-    """One forward pass of ``ids`` ``[B, T]`` (right-padded) with gradients, and one backward pass of
-    the sum of the prompts' metric values (the engine's metric, each at its own ``end``; the rows do
-    not interact, so each row's gradient is its own prompt's; ``reference``: the clean run's answer
-    logits for ``kl``, else these). Returns ``(metric [B], activations, gradients)``,
-    the last two by ``(point, layer)`` in TransformerLens's layouts, detached."""
-    L = engine.n_layers
-    deltas: dict[tuple[str, int], torch.Tensor] = {}
-    acts: dict[tuple[str, int], torch.Tensor] = {}
-
-    def observe(key: tuple[str, int]):
-        def hook(x: torch.Tensor) -> torch.Tensor:
-            delta = torch.zeros_like(x, requires_grad=True)
-            deltas[key], acts[key] = delta, x.detach()
-            return x + delta
-
-        return hook
-
-    hooks = {key: observe(key) for key in points}
-    final: dict[str, torch.Tensor] = {}
-    last = ("resid_post", L - 1)
-    hooks[last] = lambda x: final.__setitem__("x", x)  # never an attribution point: observed only
-    with torch.inference_mode(False), torch.enable_grad():
-        # Tensors made under a caller's inference_mode cannot enter autograd: plain copies of the inputs.
-        ids, end, correct, incorrect = (t.clone() for t in (ids, end, correct, incorrect))
-        with engine.points.attach(hooks):
-            engine.lm.adapter.base(engine.lm.model)(input_ids=ids, use_cache=False)
-        x = final["x"]
-        rows = torch.arange(x.shape[0], device=x.device)
-        ref = None if reference is None else reference.clone()
-        diff = engine.measure(x[rows, end.to(x.device)], correct.to(x.device), incorrect.to(x.device), ref)
-        keys = list(deltas)
-        grads = torch.autograd.grad(diff.sum(), [deltas[k] for k in keys], allow_unused=True)
-    out = {k: (g if g is not None else torch.zeros_like(acts[k])) for k, g in zip(keys, grads)}
-    return diff.detach(), acts, out
+# Attribution's gradient run is the engine's gradient mode (the name kept for callers and tests).
+gradient_run = Engine.gradient
 
 
 class AttributionRunner:
@@ -122,7 +87,7 @@ class AttributionRunner:
         source = clean if denoise else corrupted
         base_ids = b.corrupted if denoise else b.clean
         ref = clean.reference if clean is not None else None  # kl: the clean run's logits
-        base_diff, acts, grads = gradient_run(self.engine, base_ids, b.end, b.correct, b.incorrect, self.points(), ref)
+        base_diff, acts, grads = self.engine.gradient(base_ids, b.end, b.correct, b.incorrect, self.points(), ref)
         base_np = base_diff.cpu().double().numpy()
         source_np = source.value.cpu().double().numpy()
         self.clean[b.rows], self.corrupted[b.rows] = (source_np, base_np) if denoise else (base_np, source_np)

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from logitscope.engine import distributed
-from logitscope.engine.capture import BatchScalars, Recorder
-from logitscope.engine.parts import BatchParts, PartsRecorder, down_projection
+from logitscope.engine.capture import BatchScalars
+from logitscope.engine.core import Engine
+from logitscope.engine.parts import BatchParts, down_projection
 from logitscope.engine.setup import as_loaded, auto_batch_size, progress_bar
 from logitscope.errors import ArgumentError
 from logitscope.inputs.encode import Encoded, encode_prompts
@@ -25,12 +26,10 @@ from logitscope.inputs.prompt import Prompt, is_token_id
 from logitscope.inputs.prompts import GeneratedSet, load_prompts, parse_prompts
 from logitscope.labels import parse_heads
 from logitscope.methods import dla_parts as parts
+from logitscope.methods.dla_attention import attention_patterns, heads_to_keep
 from logitscope.methods.dla_rows import answer_ids, fold_study, study_inputs
-from logitscope.models.kernels import equivalent_kernels
 from logitscope.models.load import LoadedModel
-from logitscope.models.state import attention_implementation, study_mode
-from logitscope.results.decomposition import signed_top_heads
-from logitscope.results.study import AttentionView, StudyData
+from logitscope.results.study import StudyData
 
 
 # The token lens's default k: on for the report (a full-vocabulary softmax per layer: about +55% of
@@ -40,52 +39,55 @@ LENS_TOP_K = 5
 _NOT_FIELDS = ("lens_top_ids", "lens_top_probs", "source", "source_value_bias", "neurons")
 
 
-def study(
-    prompts: Any,
-    model: Any,
-    *,
-    tokenizer: Any = None,
-    device: str | torch.device | None = "auto",
-    dtype: str | torch.dtype | None = "float32",
-    device_map: str | None = None,
-    batch_size: int | None = None,
-    top_k: int = 3,
-    attention_prompt: int = 0,
-    attention_heads: Any = None,
-    prepend_bos: bool | None = None,
-    seed: int = 0,
-    progress: bool = False,
-    lens_top_k: int | None = LENS_TOP_K,
-    dla_by_source: Any = None,
-    neurons: int | None = None,
-    task_metric_note: bool = True,
-) -> StudyData | None:
-    """The study of :func:`logitscope.run_study` (its arguments), as plain data; ``None`` on ranks
-    other than 0 of a process group. ``task_metric_note``: warn where the prompts' task measures
-    another metric than the logit difference the study decomposes (a patching result's study, whose
-    result names its metric, does not)."""
-    _check_whole("top_k", top_k, 1)
-    parts.check_options(lens_top_k, dla_by_source, neurons)
-    _check_whole("seed", seed, 0)
-    _check_whole("attention_prompt", attention_prompt, 0)
-    if batch_size is not None:
-        _check_whole("batch_size", batch_size, 1)
-    if attention_heads is not None and not (isinstance(attention_heads, str) and attention_heads == "all"):
-        try:
-            parse_heads(attention_heads)
-        except ValueError as e:
-            raise ArgumentError("attention_heads", attention_heads, f"{e} (or 'all')") from None
-    parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
+@dataclass(frozen=True)
+class StudyOptions:
+    """The study's options besides its prompts and model, checked as far as they can be without the
+    model when made (:func:`logitscope.run_study` documents each). ``task_metric_note``: warn where
+    the prompts' task measures another metric than the logit difference the study decomposes (a
+    patching result's study, whose result names its metric, does not)."""
+
+    batch_size: int | None = None
+    top_k: int = 3
+    attention_prompt: int = 0
+    attention_heads: Any = None
+    prepend_bos: bool | None = None
+    seed: int = 0
+    progress: bool = False
+    lens_top_k: int | None = LENS_TOP_K
+    dla_by_source: Any = None
+    neurons: int | None = None
+    task_metric_note: bool = True
+
+    def __post_init__(self) -> None:
+        _check_whole("top_k", self.top_k, 1)
+        parts.check_options(self.lens_top_k, self.dla_by_source, self.neurons)
+        _check_whole("seed", self.seed, 0)
+        _check_whole("attention_prompt", self.attention_prompt, 0)
+        if self.batch_size is not None:
+            _check_whole("batch_size", self.batch_size, 1)
+        heads = self.attention_heads
+        if heads is not None and not (isinstance(heads, str) and heads == "all"):
+            try:
+                parse_heads(heads)
+            except ValueError as e:
+                raise ArgumentError("attention_heads", heads, f"{e} (or 'all')") from None
+
+
+def study(prompts: list[Prompt] | GeneratedSet, lm: LoadedModel, options: StudyOptions) -> StudyData | None:
+    """The study of :func:`logitscope.run_study` of ``prompts`` (read, not yet generated or linted:
+    :func:`~logitscope.inputs.prompts.parse_prompts`) on ``lm``, as plain data; ``None`` on ranks
+    other than 0 of a process group."""
+    o = options
+    batch_size, top_k, attention_prompt, lens_top_k = o.batch_size, o.top_k, o.attention_prompt, o.lens_top_k
+    dla_by_source, neurons, progress = o.dla_by_source, o.neurons, o.progress
     ranks = distributed.current()  # None: one process
-    lm = as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=ranks)
-    if isinstance(parsed, GeneratedSet):
-        prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer,  # built clean: nothing to lint
-                                  progress=progress and (ranks is None or ranks.is_root))
+    if isinstance(prompts, GeneratedSet):
+        prompts = prompts.generate(seed=o.seed, tokenizer=lm.tokenizer,  # built clean: nothing to lint
+                                   progress=progress and (ranks is None or ranks.is_root))
     else:
-        prompts = parsed
         for message in lint_prompts(prompts, tokenizer=lm.tokenizer):
             warn_prompts(message)  # attributed to the user's line, past run_study / run_patching
-    if task_metric_note:
+    if o.task_metric_note:
         _note_task_metric(prompts)
     n_heads = lm.shape.n_layers * lm.shape.n_heads
     if top_k > n_heads:
@@ -97,7 +99,7 @@ def study(
                                            n_heads=lm.shape.n_heads, vocab=lm.adapter.unembed(lm.model).weight.shape[0])
     if neurons is not None:
         down_projection(lm, neurons)  # a mixture-of-experts layer: said before the pass
-    bos = lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos
+    bos = lm.adapter.default_prepend_bos if o.prepend_bos is None else o.prepend_bos
     t_start = time.perf_counter()
     enc = encode_prompts(prompts, lm, prepend_bos=bos, sets=True, several=True)
     # answers of several tokens: one row per answer token (methods/dla_rows.py), else the prompts
@@ -112,8 +114,9 @@ def study(
     # Sort by length so batches carry little padding; results go back to the prompts' order.
     order = np.argsort(lengths, kind="stable")
     rows = order if ranks is None else ranks.shard(order, batch_size)  # this rank's batches, in order
-    in_dev = lm.adapter.embed(lm.model).weight.device
-    rec = Recorder(lm, lens_top_k)
+    engine = Engine(lm)
+    in_dev = engine.in_device
+    rec = engine.observe(lens_top_k)
     batches: list[BatchScalars] = []
     bar = progress_bar(len(rows), progress and (ranks is None or ranks.is_root))
     timing: dict[str, Any] = {"tokenize_s": t_encoded - t_start}
@@ -121,8 +124,8 @@ def study(
     # positions and answer ids cross to the device in one asynchronous copy each (a 10,000-prompt
     # set is one chunk), batches are views into them, and every result stays on the device until
     # _assemble. tests/test_hot_loop.py checks the operators it dispatches and its source.
-    with study_mode(lm.model), bar or contextlib.nullcontext():  # the model leaves as it came
-        with rec, equivalent_kernels(lm.model):  # hot loop: start
+    with engine.session(kernels=False), bar or contextlib.nullcontext():  # eval mode; the model leaves as it came
+        with rec, engine.session(kernels=True, eval_mode=False):  # hot loop: start
             for chunk in _chunks(run_ids, lengths, rows, batch_size):
                 ids_dev = _to_device(chunk.ids, in_dev)
                 pos_dev = _to_device(lengths[chunk.rows] - 1, in_dev)
@@ -157,7 +160,7 @@ def study(
         t_assembled = time.perf_counter()
         sources = _agreed_sources(ranks, dla_by_source, named_sources, per)
         if sources or neurons is not None:
-            finer = _finer_parts(lm, enc, rows, batch_size, in_dev, sources or [], neurons, ranks is None)
+            finer = _finer_parts(engine, enc, rows, batch_size, sources or [], neurons, ranks is None)
             if ranks is not None:  # gathered to rank 0 as the main pass's arrays are
                 finer = ranks.gather_columns(rows, finer, len(prompts), "the gather of the finer parts")
             if per is not None:
@@ -165,7 +168,7 @@ def study(
             timing["parts_s"] = time.perf_counter() - t_assembled
         if per is None:
             return None  # rank 0 builds the result
-        kept = _heads_to_keep(attention_heads, per["heads"].mean(-1), top_k, lm.shape.n_layers, lm.shape.n_heads)
+        kept = heads_to_keep(o.attention_heads, per["heads"].mean(-1), top_k, lm.shape.n_layers, lm.shape.n_heads)
         attention = attention_patterns(lm, enc.ids[attention_prompt], attention_prompt, kept)
     timing["forward_s"] = t_assembled - t_encoded  # set-up, every batch, and the copy back (and gather)
     fields = dict(
@@ -182,7 +185,7 @@ def study(
         incorrect_ids=enc.incorrect,
         n_tokens=enc.lengths,
         top_k=top_k,
-        seed=seed,
+        seed=o.seed,
         prepend_bos=bos,
         version=_version(),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -245,7 +248,7 @@ def logit_diff_directions(prompts: Any, model: Any, *, tokenizer: Any = None) ->
     parsed = parse_prompts(prompts)
     lm = as_loaded(model, tokenizer, device="auto", dtype="float32", device_map=None)
     enc = encode_prompts(load_prompts(parsed, tokenizer=lm.tokenizer), lm, prepend_bos=lm.adapter.default_prepend_bos)
-    rec = Recorder(lm)
+    rec = Engine(lm).observe()
     return rec.directions(torch.from_numpy(enc.correct).to(rec.out_device), torch.from_numpy(enc.incorrect).to(rec.out_device))
 
 
@@ -273,15 +276,15 @@ def _agreed_sources(ranks: distributed.Ranks | None, dla_by_source: Any, named: 
     return ranks.exchange(pick, "the choice of the top heads to split by source", combine=lambda picks: picks[0])
 
 
-def _finer_parts(lm: LoadedModel, enc: Encoded, rows: np.ndarray, batch_size: int, in_dev: torch.device,
-                 sources: list[tuple[int, int]], neurons: int | None, unsort: bool) -> dict[str, np.ndarray | None]:
+def _finer_parts(engine: Engine, enc: Encoded, rows: np.ndarray, batch_size: int, sources: list[tuple[int, int]],
+                 neurons: int | None, unsort: bool) -> dict[str, np.ndarray | None]:
     """One more pass over the same batches of ``rows`` (this rank's, in batch order: re-cut in
     ``batch_size`` pieces they are the main pass's batches) for DLA by source position and by neuron
     (:mod:`logitscope.engine.parts`); per-prompt arrays in the order of ``rows``, or with ``unsort``
     (one process: ``rows`` is every prompt) in the prompts' order."""
-    lengths = enc.lengths
+    lengths, in_dev = enc.lengths, engine.in_device
     correct, incorrect = answer_ids(enc)
-    rec = PartsRecorder(lm, sources, neurons, int(lengths.max()))  # every prompt's longest: the same on every rank
+    rec = engine.observe_parts(sources, neurons, int(lengths.max()))  # every prompt's longest: the same on every rank
     out: list[BatchParts] = []
     with torch.inference_mode():
         for chunk in _chunks(enc.ids, lengths, rows, batch_size):
@@ -369,43 +372,6 @@ def _assemble(batches: list[BatchScalars] | list[BatchParts], order: np.ndarray 
         inverse[order] = np.arange(order.size)
         out = {k: v if v is None else v[..., inverse] for k, v in out.items()}
     return out
-
-
-def _heads_to_keep(attention_heads: Any, head_attribution: np.ndarray, top_k: int, n_layers: int,
-                   n_heads: int) -> list[tuple[int, int]]:
-    """The heads whose patterns the study keeps: by default those the report shows (the top
-    ``top_k`` of each sign that have it), ``"all"``, or the heads named."""
-    if attention_heads is None:
-        shown = [signed_top_heads(head_attribution, top_k, sign) for sign in (1, -1)]
-        return list(dict.fromkeys((l, h) for heads in shown for l, h, _ in heads))
-    if isinstance(attention_heads, str) and attention_heads == "all":
-        return [(l, h) for l in range(n_layers) for h in range(n_heads)]
-    try:
-        return list(dict.fromkeys(parse_heads(attention_heads, n_layers, n_heads)))
-    except ValueError as e:
-        raise ArgumentError("attention_heads", attention_heads, f"{e} (or 'all')") from None
-
-
-@torch.inference_mode()
-def attention_patterns(lm: LoadedModel, ids: list[int], prompt_index: int,
-                       heads: Sequence[tuple[int, int]] | None = None) -> AttentionView:
-    """The attention patterns of ``heads`` (default: every head) on one prompt, from a pass with
-    eager attention (the kernel that returns them); only those heads' ``[T, T]`` are kept."""
-    model = lm.model
-    n_layers, n_heads = lm.shape.n_layers, lm.shape.n_heads
-    kept = [(l, h) for l in range(n_layers) for h in range(n_heads)] if heads is None else list(heads)
-    in_dev = lm.adapter.embed(model).weight.device
-    with attention_implementation(model, "eager"):
-        out = lm.adapter.base(model)(
-            input_ids=torch.tensor([ids], device=in_dev), output_attentions=True, use_cache=False
-        )
-    T = len(ids)
-    patterns = np.empty((len(kept), T, T), dtype=np.float32)
-    for i, (layer, head) in enumerate(kept):
-        patterns[i] = out.attentions[layer][0, head].float().cpu().numpy()
-    del out
-    str_tokens = [lm.tokenizer.decode([t], clean_up_tokenization_spaces=False) for t in ids]
-    return AttentionView(prompt_index, tuple(str_tokens), patterns, tuple(kept), n_layers, n_heads)
 
 
 def _version() -> str:

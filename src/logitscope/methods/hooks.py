@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from logitscope import stats
-from logitscope.engine.patched import Engine
+from logitscope.engine.core import Engine
 from logitscope.engine.setup import auto_batch_size
 from logitscope.errors import ArgumentError, InputError
 from logitscope.inputs.encode import Encoded, encode_prompts, tokenize
@@ -38,7 +38,6 @@ from logitscope.inputs.prompt import Prompt
 from logitscope.models.hooks import Hook
 from logitscope.models.load import LoadedModel
 from logitscope.models.names import HookName, parse_hook_name
-from logitscope.models.state import study_mode
 
 __all__ = ["Activations", "Batch", "HookContext", "Intervention", "activations", "intervene"]
 
@@ -144,11 +143,10 @@ def activations(lm: LoadedModel, prompts: Prompts, names: Sequence[str], *, batc
     lengths = enc.lengths
     _check_size(lm, engine, hooks, len(enc.ids), int(lengths.max()), positions, max_bytes)
     out: dict[str, torch.Tensor] = {}
-    with study_mode(lm.model), torch.no_grad():
+    with engine.session(kernels=False), torch.no_grad():
         for b in _batches(enc, _batch_size(lm, batch_size, lengths), engine.in_device):
             keep = {h.key: _keeper(h.name, out, b, len(enc.ids), int(lengths.max()), positions) for h in hooks}
-            with engine.points.attach(keep):
-                lm.adapter.base(lm.model)(input_ids=b.ids, use_cache=False)
+            engine.forward(b.ids, keep)
     return Activations({h.name: out[h.name] for h in hooks}, lengths, positions)
 
 
@@ -262,7 +260,7 @@ def intervene(lm: LoadedModel, prompts: Prompts, hooks: Mapping[str, HookFn] | S
                             "metric(logits, batch) -> [batch] numbers, or None")
     n = len(enc.ids)
     clean, hooked = np.full(n, np.nan), np.full(n, np.nan)
-    with study_mode(lm.model), torch.no_grad():
+    with engine.session(kernels=False), torch.no_grad():
         for b in _batches(enc, _batch_size(lm, batch_size, enc.lengths), engine.in_device):
             reference: dict[str, torch.Tensor] = {}
             clean[b.rows] = _measure(engine, b, {}, metric, reference)
@@ -320,14 +318,7 @@ def _measure(engine: Engine, b: Batch, hooks: dict[tuple[str, int], Hook], metri
     """One forward pass with ``hooks``; the metric at each prompt's answer position, ``[B]``. A named
     metric that compares with the clean run (``kl``) keeps the first (unhooked) run's logits in
     ``reference``."""
-    last = engine.n_layers - 1
-    final: dict[str, torch.Tensor] = {}
-    key = ("resid_post", last)
-    hooks = {**hooks, key: _then(hooks.get(key), final)}  # the residual stream the final norm reads
-    with engine.points.attach(hooks):
-        engine.lm.adapter.base(engine.lm.model)(input_ids=b.ids, use_cache=False)
-    x = final["x"]
-    resid = x[torch.arange(x.shape[0], device=x.device), b.end.to(x.device)]
+    resid = engine.answer_resid(b.ids, b.end, hooks)  # the residual stream the final norm reads
     if metric is None:
         dev = engine.W_U.device
         if engine.metric.is_logit_diff:
@@ -337,24 +328,12 @@ def _measure(engine: Engine, b: Batch, hooks: dict[tuple[str, int], Hook], metri
             reference["logits"] = engine.logits_of_normed(normed)
         values = engine.measure_normed(normed, b.correct, b.incorrect, reference["logits"])
         return values.cpu().double().numpy()
-    normed = engine.final_norm(resid.to(engine.W_U.device))
-    logits = torch.nn.functional.linear(normed.to(engine.W_U.dtype), engine.W_U, engine.b_U).float()
-    if engine.softcap:
-        logits = torch.tanh(logits / engine.softcap) * engine.softcap
+    logits = engine.logits_of_normed(engine.final_norm(resid.to(engine.W_U.device)))  # the norm's output as it comes, as ever
     values = torch.as_tensor(metric(logits, b)).detach()
     if values.shape != (len(b.rows),):
         raise InputError(f"metric {getattr(metric, '__name__', metric)!r} returned shape {tuple(values.shape)}; "
                          f"it must return one number per prompt of the batch, shape ({len(b.rows)},)")
     return values.cpu().double().numpy()
-
-
-def _then(first: Hook | None, final: dict[str, torch.Tensor]) -> Hook:
-    def hook(x: torch.Tensor) -> torch.Tensor | None:
-        new = None if first is None else first(x)
-        final["x"] = x if new is None else new
-        return new
-
-    return hook
 
 
 # ---------------------------------------------------------------------------------------------- prompts
