@@ -112,3 +112,26 @@ def test_the_study_observes_through_the_engine(tiny_gpt2_dir, monkeypatch):
     ls.run_study("ioi:6", model, tokenizer=AutoTokenizer.from_pretrained(str(tiny_gpt2_dir)), batch_size=4)
     assert calls == [(5, Recorder)]
     assert modes == [False, False] and model.training
+
+
+def test_the_edge_methods_run_through_the_engines_split_qkv_mode(monkeypatch):
+    """EdgeEngine's runner is the one the engine's split_qkv mode makes (not one built on the side),
+    over the whole edge graph's layout."""
+    from logitscope.engine.split_qkv import EdgeRunner
+    from logitscope.methods.edges.attribute import EdgeData, EdgeEngine
+
+    made = []
+    original = Engine.split_qkv
+
+    def spy(self, layout=None):
+        runner = original(self, layout)
+        made.append(runner)
+        return runner
+
+    monkeypatch.setattr(Engine, "split_qkv", spy)
+    lm = _engine().lm
+    ids = [[1, 2, 3, 4], [5, 6, 7, 8]]
+    data = EdgeData(clean=ids, corrupted=[[1, 2, 9, 4], [5, 6, 9, 8]], correct=[10, 11], incorrect=[12, 13])
+    eng = EdgeEngine(lm, data)
+    assert made and eng.runner is made[0] and isinstance(eng.runner, EdgeRunner)
+    assert eng.runner.graph is eng.graph and type(eng.graph).__name__ == "EdgeGraph" and eng.graph.n_edges > 0

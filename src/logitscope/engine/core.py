@@ -44,7 +44,9 @@ import torch
 
 from logitscope.engine import runs
 from logitscope.engine.capture import Recorder
+from logitscope.engine.nodes import NodeLayout
 from logitscope.engine.parts import PartsRecorder
+from logitscope.engine.split_qkv import EdgeRunner
 from logitscope.engine.metrics import MetricLike
 from logitscope.engine.readout import Readout
 from logitscope.engine.runs import Run
@@ -112,6 +114,13 @@ class Engine(Readout):
         of ``heads`` by source position and of ``neuron_layer``'s neurons (``None``: none), on prompts
         of at most ``t_max`` tokens."""
         return PartsRecorder(self.lm, heads, neuron_layer, t_max)
+
+    def split_qkv(self, layout: NodeLayout | None = None) -> EdgeRunner:
+        """The edge methods' runs: an :class:`~logitscope.engine.split_qkv.EdgeRunner` over the edge
+        graph's ``layout`` (``None``: the model's whole graph), whose ``attach`` gives every node's
+        output, every node's input gradient (each head's q/k/v input its own, as TransformerLens's
+        ``use_split_qkv_input``) and runs in which chosen edges carry another value."""
+        return EdgeRunner(self.lm, layout)
 
     def value_bias(self, layer: int) -> torch.Tensor | None:
         """The constant ``[n_heads, d_head]`` each head adds to its ``z`` whatever it attends to (value

@@ -17,7 +17,7 @@ from logitscope.engine.metrics import MetricContext, MetricLike, resolve_metric
 from logitscope.errors import ArgumentError, InputError
 from logitscope.methods.edges.batches import Batch, EdgeData
 from logitscope.methods.edges.options import INTERVENTIONS
-from logitscope.engine.split_qkv import EdgeRunner
+from logitscope.engine.core import Engine
 from logitscope.methods.edges.sums import ExactSum
 from logitscope.results.edge_graph import EdgeGraph
 
@@ -42,7 +42,7 @@ class EdgeRuns:
         self.batch_size = batch_size
         self.ranks = ranks
         self.progress = progress
-        self.runner = EdgeRunner(lm, graph or EdgeGraph.from_model(lm))  # the runner alone would hold a NodeLayout
+        self.runner = Engine(lm).split_qkv(graph or EdgeGraph.from_model(lm))  # the runner alone would hold a NodeLayout
         self.graph = self.runner.graph
         self.device = next(lm.model.parameters()).device
         self._means: torch.Tensor | None = None
