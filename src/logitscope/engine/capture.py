@@ -360,7 +360,7 @@ class Recorder:
         self, input_ids: torch.Tensor, answer_pos: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor
     ) -> BatchScalars:
         """Forward ``input_ids`` ([B, T], right-padded) and attribute at ``answer_pos`` ([B])."""
-        B, L, H = input_ids.shape[0], len(self.blocks), self.H
+        B, L = input_ids.shape[0], len(self.blocks)
         dev = self.out_device
         correct, incorrect = correct.to(dev), incorrect.to(dev)
         D = self.directions(correct, incorrect)

@@ -274,7 +274,6 @@ class EdgeRunner:
         hook(mlp_out, on_mlp_out)
 
     def _projection_hook(self, layer, proj: QKVProjection, state, grads, ungroup, group):
-        H = self.H
 
         def expand(w: torch.Tensor | None, letter: str) -> torch.Tensor | None:
             if w is None or letter == "q" or not ungroup:

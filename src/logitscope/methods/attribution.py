@@ -40,7 +40,7 @@ from logitscope.engine.core import Engine, Run
 from logitscope.methods.patching.grids import GRIDS, GridSpec
 from logitscope.inputs.positions import PositionAxis
 from logitscope.methods.patching.run import PairBatch, grid_shape
-from logitscope.results.names import SUFFIX, attribution_name, exact_name  # noqa: F401 (SUFFIX: the methods' name)
+from logitscope.results.names import SUFFIX, attribution_name  # noqa: F401 (SUFFIX: the methods' name, imported from here)
 
 METHODS = ("exact", "attribution", "both")
 

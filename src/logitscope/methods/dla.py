@@ -14,6 +14,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from logitscope.version import __version__
 from logitscope.engine import distributed
 from logitscope.engine.capture import BatchScalars
 from logitscope.engine.core import Engine
@@ -375,6 +376,4 @@ def _assemble(batches: list[BatchScalars] | list[BatchParts], order: np.ndarray 
 
 
 def _version() -> str:
-    from logitscope import __version__
-
     return __version__
