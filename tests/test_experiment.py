@@ -55,6 +55,19 @@ def test_patch_ablate_paths_and_circuit_equal_run_patching(exp):
         assert _doc(ours) == _doc(theirs), options
 
 
+def test_patch_takes_the_ablation_of_the_head_ablation_grid(exp):
+    """``patch(..., ablation=...)`` as the CLI's ``patch --what ablation --ablation zero``: the
+    single-head ablation grid by zero ablation, equal to run_patching's, and not the default (mean)."""
+    zero = exp.patch(["heads", "ablation"], ablation="zero")
+    theirs = ls.run_patching("ioi:12", exp.lm, seed=3, batch_size=5, what=["heads", "ablation"], ablation="zero")
+    assert zero.ablation_kind == "zero" and _doc(zero) == _doc(theirs)
+    np.testing.assert_array_equal(zero.ablated_heads, theirs.ablated_heads)
+    mean = exp.patch(["heads", "ablation"])
+    assert mean.ablation_kind == "mean" and not np.array_equal(mean.ablated_heads, zero.ablated_heads)
+    with pytest.raises(ls.ArgumentError, match="ablation"):
+        exp.patch("ablation", ablation="half")
+
+
 def test_each_method_takes_only_its_own_options(exp):
     with pytest.raises(TypeError):
         exp.ablate("L1H0", senders="L0H1")  # a path-patching option is not ablation's

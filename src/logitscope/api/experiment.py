@@ -114,14 +114,16 @@ class Experiment:
                          neurons=neurons, **self._shared())
 
     def patch(self, what: str | Sequence[str] = "heads", *, direction: str = "denoise", positions: str = "auto",
-              method: str = "exact", metric: Any = None) -> GridsResult:
+              method: str = "exact", ablation: str = "mean", metric: Any = None) -> GridsResult:
         """Activation-patching grids (``heads``, ``heads_by_pos``, ``resid``, ``layers``, ``qkv``,
-        ``ablation``, ``all`` or grid names), exact or by attribution patching (``method``), measuring
+        ``ablation``, ``all`` or grid names), exact or by attribution patching (``method``); the
+        ``ablation`` grid (each head knocked out alone) by ``ablation`` (``zero``, ``mean`` or
+        ``resample``, as :meth:`ablate` and the CLI's ``patch --ablation``), measuring
         ``metric`` (``logit-diff``, ``logprob-diff``, ``prob-diff``, ``logprob``, ``loss``, ``kl`` or
         a function ``fn(logits, ctx)``: :mod:`logitscope.engine.metrics`; ``None``: the prompts' own,
         a task's ``meta["metric"]``, else ``logit-diff``)."""
         return GridsResult.of(self._patching(what=what, direction=direction, positions=positions, method=method,
-                                             metric=metric))
+                                             ablation=ablation, metric=metric))
 
     def ablate(self, components: str | Sequence[str] | dict[str, Any], *, ablation: str = "mean",
                metric: Any = None) -> AblationResult:
