@@ -95,29 +95,33 @@ def test_activations_and_intervene_equal_the_functions(exp):
     assert not np.array_equal(ours.hooked, ours.clean)  # the hook did something
 
 
-def test_run_options_fills_every_run_prepared_option_from_check_options_defaults():
-    """Experiment and run_patching take their patching defaults from one place (api/patching.py's
-    run_options, from check_options's signature): every option run_prepared needs, at the values the
-    public signature documents, and a bad option still fails with its name."""
+def test_patch_options_defaults_are_the_public_ones():
+    """Experiment and run_patching take their patching defaults from one place (the option objects
+    of methods/patching/options.py): each flat name patch_options takes is one of run_patching's
+    keywords, at the default its public signature documents; a bad option still fails with its name."""
     import inspect
 
-    from logitscope.api.patching import run_options, run_prepared
     from logitscope.errors import ArgumentError
+    from logitscope.methods.patching.options import PatchOptions, patch_options
     from logitscope.results.circuit import Completeness
 
-    run_level = {"prep", "study", "batch_size", "top_k", "attention_prompt", "seed", "progress", "t0"}
-    needed = set(inspect.signature(run_prepared).parameters) - run_level
-    got = run_options(what="heads")
-    assert set(got) == needed
     public = inspect.signature(ls.run_patching).parameters
-    for name in ("direction", "positions", "ablate", "ablation", "method", "senders", "receivers", "freeze",
-                 "circuit", "metric"):
-        assert got[name] == public[name].default, name
-    assert got["completeness"] == Completeness(public["circuit_random"].default, public["circuit_greedy"].default,
-                                               public["circuit_greedy_steps"].default,
-                                               public["circuit_greedy_candidates"].default)
-    given = run_options(what="none", circuit="L0H0", circuit_random=2, circuit_greedy=1, direction="noise")
-    assert given["completeness"] == Completeness(2, 1, 10, 10) and given["direction"] == "noise"
-    assert given["grids"] == [] and given["circuit"] == "L0H0"
+    got = patch_options(what="heads")
+    assert got == PatchOptions()
+    flat = {"what": got.grids.what, "positions": got.grids.positions, "method": got.grids.method,
+            "ablate": got.ablations.ablate, "senders": got.paths.senders, "receivers": got.paths.receivers,
+            "freeze": got.paths.freeze, "circuit": got.circuit.circuit, "direction": got.direction,
+            "ablation": got.ablation, "metric": got.metric,
+            "circuit_random": got.circuit.completeness.random, "circuit_greedy": got.circuit.completeness.greedy,
+            "circuit_greedy_steps": got.circuit.completeness.steps,
+            "circuit_greedy_candidates": got.circuit.completeness.candidates}
+    for name, value in flat.items():
+        assert value == public[name].default, name
+    patch_options(**flat)  # every flat name is one patch_options takes
+    given = patch_options(what="none", circuit="L0H0", circuit_random=2, circuit_greedy=1, direction="noise")
+    assert given.circuit.completeness == Completeness(2, 1, 10, 10) and given.direction == "noise"
+    assert given.grids.grids == () and given.circuit.circuit == "L0H0"
     with pytest.raises(ArgumentError, match="direction"):
-        run_options(direction="sideways")
+        patch_options(direction="sideways")
+    with pytest.raises(TypeError, match="sender"):
+        patch_options(sender="L0H0")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from logitscope.api.patching import Prepared, prepare, run_options, run_prepared, study_of
+from logitscope.api.patching import Prepared, patch_options, prepare, run_prepared, study_of
 from logitscope.api.method_results import AblationResult, CircuitPatchingResult, GridsResult, PathsResult
 from logitscope.api.patching_result import PatchingResult
 from logitscope.api.results import StudyResult
@@ -35,6 +35,7 @@ from logitscope.inputs.counterparts import CORRUPTIONS, with_counterparts
 from logitscope.inputs.prompt import Prompt
 from logitscope.inputs.prompts import GeneratedSet, parse_prompts
 from logitscope.methods import hooks as hook_methods
+from logitscope.methods.patching.options import RunSettings
 
 __all__ = ["Experiment"]
 
@@ -94,12 +95,11 @@ class Experiment:
     def _patching(self, **options: Any) -> PatchingResult:
         """One causal method on the prepared prompts, with the study made once (as run_patching would
         make it: the default top_k and attention prompt)."""
-        options = run_options(**options)  # checked, every option not given at its default
+        checked = patch_options(**options)  # each method's options checked, every one not given at its default
         prep = self.prepared
         if self._study is None:
             self._study = study_of(prep, batch_size=self.batch_size, top_k=3, attention_prompt=0, seed=self.seed)
-        return run_prepared(prep, self._study, batch_size=self.batch_size, top_k=3, attention_prompt=0, seed=self.seed,
-                            progress=self.progress, **options)
+        return run_prepared(prep, self._study, checked, RunSettings(self.batch_size, self.seed, self.progress))
 
     # ------------------------------------------------------------------ one method each
     def study(self, *, top_k: int = 3, attention_prompt: int = 0, attention_heads: Any = None,

@@ -9,95 +9,52 @@ patched runs reuse the unpatched run.
 
 from __future__ import annotations
 
-import inspect
 import time
-from dataclasses import astuple
+from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
 
 from logitscope.engine import distributed
 from logitscope.errors import ArgumentError
-from logitscope.methods.ablation import ABLATIONS, AblationRunner, GroupMeans, group_keys, parse_components
+from logitscope.methods.ablation import ABLATIONS, AblationRunner, GroupMeans, group_keys
 from logitscope.methods.attribution import METHODS, SUFFIX, AttributionRunner
 from logitscope.engine.metrics import METRICS, resolve_metric
 from logitscope.engine.patched import Engine
-from logitscope.methods.patching.grids import GRIDS, WHAT, resolve_what
+from logitscope.methods.patching.grids import GRIDS, WHAT
 from logitscope.inputs.circuits import load_circuit
-from logitscope.methods.circuits import Completeness
 from logitscope.inputs.pairs import UNDEFINED, EncodedPairs
-from logitscope.methods.paths import FREEZE, check_paths
+from logitscope.methods.paths import FREEZE
 from logitscope.inputs.positions import POSITION_MODES
 from logitscope.api.patching_result import PatchingResult
 from logitscope.api.prepared import (Prepared, default_metric, fold_rows, prepare, row_axis,  # noqa: F401
                                        row_prompts, rows_note, study_of)
+from logitscope.methods.patching.options import PatchOptions, RunSettings, patch_options
+from logitscope.methods.patching.options import one_process_only as _one_process_only  # noqa: F401 (tests)
 from logitscope.methods.patching.run import DIRECTIONS, GridRunner, pair_batches
 from logitscope.inputs.counterparts import with_counterparts
 from logitscope.inputs.prompt import Prompt
 
 __all__ = ["ABLATIONS", "DIRECTIONS", "FREEZE", "GRIDS", "METHODS", "METRICS", "POSITION_MODES", "PatchingResult", "WHAT",
-           "check_options", "run_options", "run_patching"]
+           "PatchOptions", "RunSettings",
+           "check_options", "checked_options", "patch_options", "run_patching"]
 
 
-def check_options(*, what: Any = "heads", direction: str = "denoise", corrupt: str | None = None,
-                  positions: str = "auto", ablate: Any = None, ablation: str = "mean", method: str = "exact",
-                  senders: Any = None, receivers: Any = "logits", freeze: str = "heads",
-                  circuit: Any = None, circuit_random: int = 5, circuit_greedy: int = 0,
-                  circuit_greedy_steps: int = 10, circuit_greedy_candidates: int = 10,
-                  metric: Any = None) -> tuple[list[str], bool]:
-    """Check :func:`run_patching`'s options without a model (the CLI calls it before loading one);
-    returns ``(grid names, whether the single-head ablation grid is asked for)``."""
+def check_options(*, corrupt: str | None = None, **options: Any) -> tuple[list[str], bool]:
+    """Check :func:`run_patching`'s options (``corrupt`` and :func:`patch_options`'s names) without a
+    model (the CLI calls it before loading one); returns ``(grid names, whether the single-head
+    ablation grid is asked for)``."""
+    grids = checked_options(corrupt, **options).grids
+    return list(grids.grids), grids.head_ablation
+
+
+def checked_options(corrupt: str | None, **options: Any) -> PatchOptions:
+    """``corrupt`` checked, and the :class:`PatchOptions` of ``options`` (each checked when made)."""
     from logitscope.inputs.counterparts import CORRUPTIONS
 
-    if direction not in DIRECTIONS:
-        raise ArgumentError("direction", direction, "use denoise or noise")
     if corrupt is not None and corrupt not in CORRUPTIONS:
         raise ArgumentError("corrupt", corrupt, f"use one of {', '.join(CORRUPTIONS)}")
-    if positions not in POSITION_MODES:
-        raise ArgumentError("positions", positions, f"use one of {', '.join(POSITION_MODES)}")
-    if ablation not in ABLATIONS:
-        raise ArgumentError("ablation", ablation, f"use one of {', '.join(ABLATIONS)}")
-    if method not in METHODS:
-        raise ArgumentError("method", method, "use exact (patched runs), attribution (the first-order estimate "
-                            "from one gradient) or both (each estimate beside its exact grid, with their agreement)")
-    resolve_metric(metric)
-    grids, head_ablation = resolve_what(what)
-    if method != "exact" and not grids:
-        raise ArgumentError("method", method, f"attribution patching estimates patching grids and what={what!r} "
-                            "names none; name grids (heads, heads_by_pos, resid, layers, qkv, all or grid names)")
-    if ablate is not None:
-        _ablation_sets(ablate, 10**6, 10**6)  # the spelling; the model's sizes are checked once it is loaded
-    check_paths(senders, receivers, freeze)
-    sets = Completeness(circuit_random, circuit_greedy, circuit_greedy_steps, circuit_greedy_candidates).check()
-    if circuit is not None:
-        load_circuit(circuit)  # a file's syntax, before any model is loaded
-    else:
-        names = ("circuit_random", "circuit_greedy", "circuit_greedy_steps", "circuit_greedy_candidates")
-        for name, value, default in zip(names, astuple(sets), astuple(Completeness())):
-            if value != default:
-                raise ArgumentError(name, value, "sets a circuit's completeness check, and no circuit is given; "
-                                    "give a circuit too, or leave this out")
-    if not grids and not head_ablation and ablate is None and senders is None and circuit is None:
-        raise ArgumentError("what", what, f"nothing to compute; name a grid or group ({', '.join(WHAT)}), or give "
-                            "ablate, senders or circuit")
-    _one_process_only(senders=senders, circuit=circuit)
-    return grids, head_ablation
-
-
-_COMPLETENESS = ("circuit_random", "circuit_greedy", "circuit_greedy_steps", "circuit_greedy_candidates")
-
-
-def run_options(**options: Any) -> dict[str, Any]:
-    """Check ``options`` (:func:`check_options`'s names) and return :func:`run_prepared`'s keyword
-    arguments for them: ``grids``, ``head_ablation``, ``completeness`` and each method option, any not
-    given at :func:`check_options`'s default, the one place these defaults live (``run_patching`` and
-    :class:`logitscope.Experiment` both start here)."""
-    grids, head_ablation = check_options(**options)
-    given = {name: options.get(name, p.default) for name, p in inspect.signature(check_options).parameters.items()}
-    completeness = Completeness(*(given.pop(name) for name in _COMPLETENESS))
-    for name in ("what", "corrupt"):  # used above: the grids; the counterparts are drawn before run_prepared
-        given.pop(name)
-    return {"grids": grids, "head_ablation": head_ablation, "completeness": completeness, **given}
+    return patch_options(**options)
 
 
 @distributed.collective
@@ -166,32 +123,30 @@ def run_patching(
     from logitscope.inputs.prompts import GeneratedSet, parse_prompts
 
     t0 = time.perf_counter()
-    options = run_options(what=what, direction=direction, corrupt=corrupt, positions=positions, ablate=ablate,
-                          ablation=ablation, method=method, senders=senders, receivers=receivers, freeze=freeze,
-                          circuit=circuit, circuit_random=circuit_random, circuit_greedy=circuit_greedy,
-                          circuit_greedy_steps=circuit_greedy_steps,
-                          circuit_greedy_candidates=circuit_greedy_candidates, metric=metric)
+    options = checked_options(corrupt, what=what, direction=direction, positions=positions, ablate=ablate,
+                              ablation=ablation, method=method, senders=senders, receivers=receivers, freeze=freeze,
+                              circuit=circuit, circuit_random=circuit_random, circuit_greedy=circuit_greedy,
+                              circuit_greedy_steps=circuit_greedy_steps,
+                              circuit_greedy_candidates=circuit_greedy_candidates, metric=metric)
     parsed = parse_prompts(prompts)  # a typo in a file or a spec costs no model load
     lm = as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map, ranks=distributed.current())
     prompts = parsed.generate(seed=seed, tokenizer=lm.tokenizer) if isinstance(parsed, GeneratedSet) else parsed
     prep = prepare(with_counterparts(list(prompts), corrupt, seed=seed, tokenizer=lm.tokenizer), lm, prepend_bos)
-    return run_prepared(prep, None, batch_size=batch_size, top_k=top_k, attention_prompt=attention_prompt, seed=seed,
-                        progress=progress, t0=t0, **options)
+    return run_prepared(prep, None, options, RunSettings(batch_size, seed, progress), top_k=top_k,
+                        attention_prompt=attention_prompt, t0=t0)
 
 
-def run_prepared(prep: Prepared, study: Any, *, grids: list[str], head_ablation: bool, direction: str,
-                 positions: str, ablate: Any, ablation: str, method: str, senders: Any, receivers: Any, freeze: str,
-                 circuit: Any, completeness: Completeness, batch_size: int | None, top_k: int,
-                 attention_prompt: int, seed: int, progress: bool, t0: float | None = None,
-                 metric: Any = None) -> PatchingResult | None:
-    """:func:`run_patching` on a prepared prompt set (options already checked), with the study of its
-    clean prompts when given (else computed here)."""
+def run_prepared(prep: Prepared, study: Any, options: PatchOptions, settings: RunSettings, *, top_k: int = 3,
+                 attention_prompt: int = 0, t0: float | None = None) -> PatchingResult | None:
+    """:func:`run_patching` on a prepared prompt set with checked ``options``, with the study of its
+    clean prompts when given (else computed here, with ``top_k`` and ``attention_prompt``)."""
     t0 = time.perf_counter() if t0 is None else t0
     lm, prompts, pairs = prep.lm, prep.prompts, prep.pairs
+    metric, seed = options.metric, settings.seed
     prep.check_metric(default_metric(prompts, metric))  # answers of several tokens: the metrics defined on them
     L, H = lm.shape.n_layers, lm.shape.n_heads
-    sets = _ablation_sets(ablate, L, H)
-    grids = list(grids)
+    sets = options.ablations.sets(L, H)
+    grids = list(options.grids.grids)
     notes: list[str] = []
     if "resid_mid" in grids and lm.adapter.parallel_attn_mlp(lm.model.config):
         grids.remove("resid_mid")
@@ -199,46 +154,50 @@ def run_prepared(prep: Prepared, study: Any, *, grids: list[str], head_ablation:
                      "no resid_mid (TransformerLens has no hook_resid_mid for it either)")
     if pairs.identical.all():
         notes.append(UNDEFINED)
+    positions = options.grids.positions
     axis, axis_of_rows = row_axis(prep, positions) if any(GRIDS[g].by_position for g in grids) else (None, None)
     if axis is not None and axis.note:
         notes.append(axis.note)
     if study is None:
-        study = study_of(prep, batch_size=batch_size, top_k=top_k, attention_prompt=attention_prompt, seed=seed)
+        study = study_of(prep, batch_size=settings.batch_size, top_k=top_k, attention_prompt=attention_prompt,
+                         seed=seed)
     t_study = time.perf_counter()
     spec = resolve_metric(default_metric(prompts, metric))
+    options = replace(options, metric=spec)
     if rows_note(prep):
         notes.append(rows_note(prep))
-    result = _patch(lm, row_prompts(prep), pairs, axis_of_rows, grids, direction, sets, ablation, head_ablation,
-                    batch_size, progress, method, spec)
+    result = _patch(lm, row_prompts(prep), pairs, axis_of_rows, grids, sets, options, settings)
     if result is None:
         return None  # another rank's: rank 0 builds the result
     timing = {"study_s": t_study - t0, "patching_s": time.perf_counter() - t_study, **result.pop("split")}
     result = fold_rows(prep, result, spec.name)
-    result.update(fold_rows(prep, _paths_and_circuit(
-        lm, row_prompts(prep), pairs, senders, receivers, freeze, circuit, direction, ablation, batch_size, seed, timing,
-        progress, completeness, prepend_bos=prep.prepend_bos, metric=spec), spec.name))
+    result.update(fold_rows(prep, _paths_and_circuit(lm, row_prompts(prep), pairs, options, settings, timing,
+                                                     prep.prepend_bos), spec.name))
+    direction, ablation, method = options.direction, options.ablation, options.grids.method
     return PatchingResult(
         study=study, direction=direction, corrupted_prompts=[p.corrupted for p in prompts], positions=axis,
         position_tokens=_position_tokens(lm, pairs, axis), notes=tuple(notes), seed=seed, timing=timing,
-        ablation_kind=ablation if (sets or head_ablation) else None,
+        ablation_kind=ablation if (sets or options.grids.head_ablation) else None,
         ablation_sets={k: tuple(c.label for c in v) for k, v in sets.items()}, method=method,
         metric_key=None if spec.is_logit_diff else spec.key,
         metric_description=None if spec.is_logit_diff else spec.description, **result,
     )
 
 
-def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, senders, receivers, freeze: str, circuit, direction: str,
-                       ablation: str, batch_size: int | None, seed: int, timing: dict,
-                       progress: bool = False, completeness: Completeness | None = None,
-                       prepend_bos: bool | None = None, metric: Any = None) -> dict[str, Any]:
+def _paths_and_circuit(lm, prompts, pairs: EncodedPairs, options: PatchOptions, settings: RunSettings, timing: dict,
+                       prepend_bos: bool | None = None) -> dict[str, Any]:
     """Path patching and the circuit's measures, when asked for (``paths``, ``circuit``), each with
-    its progress bar (in prompt-runs) when ``progress``."""
+    its progress bar (in prompt-runs) when ``settings.progress`` (``options.metric``: resolved)."""
     from logitscope.methods.circuits import run_circuit
     from contextlib import nullcontext
 
     from logitscope.methods.paths import parse_receivers, parse_senders, run_paths
     from logitscope.engine.setup import progress_bar, auto_batch_size
 
+    senders, receivers, freeze = options.paths.senders, options.paths.receivers, options.paths.freeze
+    circuit, completeness = options.circuit.circuit, options.circuit.completeness
+    direction, ablation, metric = options.direction, options.ablation, options.metric
+    batch_size, seed, progress = settings.batch_size, settings.seed, settings.progress
     out: dict[str, Any] = {}
     B = batch_size or auto_batch_size(lm, int(pairs.lengths.max()))
     L, H = lm.shape.n_layers, lm.shape.n_heads
@@ -280,36 +239,20 @@ def _finish(bar) -> None:
         bar.close()
 
 
-def _one_process_only(**options: Any) -> None:
-    """Path patching and circuit checks are not split over ranks: in a process group, say so before
-    any model load rather than run them on rank 0 while the other ranks wait on the timeout."""
-    asked = [(name, value) for name, value in options.items() if value is not None]
-    if asked and distributed.current() is not None:
-        name, value = asked[0]
-        raise ArgumentError(name, value, "path patching and circuit checks run in one process only, not data-parallel; "
-                            "run this without torchrun (the grids and ablations do run data-parallel)")
-
-
-def _ablation_sets(ablate, n_layers: int, n_heads: int) -> dict:
-    if ablate is None:
-        return {}
-    if isinstance(ablate, dict):
-        return {name: parse_components(spec, n_layers, n_heads) for name, spec in ablate.items()}
-    label = ablate if isinstance(ablate, str) else ",".join(ablate)
-    return {label: parse_components(ablate, n_layers, n_heads)}
-
-
 def _position_tokens(lm, pairs: EncodedPairs, axis) -> list[str] | None:
     if axis is None or axis.mode != "index":
         return None
     return [lm.tokenizer.decode([t], clean_up_tokenization_spaces=False) for t in pairs.clean[0]]
 
 
-def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], direction: str, sets: dict, kind: str,
-           head_ablation: bool, batch_size: int | None, progress: bool, method: str = "exact",
-           metric: Any = None) -> dict[str, Any]:
+def _patch(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], sets: dict, options: PatchOptions,
+           settings: RunSettings) -> dict[str, Any]:
     """Every grid (exact, attribution estimate or both) and ablation, batch by batch; per-prompt arrays."""
     from logitscope.engine.setup import auto_batch_size, progress_bar
+
+    direction, kind, metric = options.direction, options.ablation, options.metric
+    head_ablation, method = options.grids.head_ablation, options.grids.method
+    batch_size, progress = settings.batch_size, settings.progress
 
     ranks = distributed.current()  # None: one process
     engine = Engine(lm, metric)
