@@ -68,6 +68,21 @@ def test_patch_takes_the_ablation_of_the_head_ablation_grid(exp):
         exp.patch("ablation", ablation="half")
 
 
+def test_the_study_nobody_asked_for_is_said_once_on_stderr(exp, capsys):
+    """run_patching computes the clean prompts' study for its report: with progress bars on, one
+    line on stderr says so (not in the results); Experiment says it once, on the call that makes it."""
+    line = "logitscope: the report's DLA study ran too (12 clean prompts; a patching result is built around it)"
+    quiet = ls.run_patching("ioi:12", exp.lm, seed=3, batch_size=5, what="none", ablate="L1H0")
+    assert line not in capsys.readouterr().err
+    shown = ls.run_patching("ioi:12", exp.lm, seed=3, batch_size=5, what="none", ablate="L1H0", progress=True)
+    assert capsys.readouterr().err.count(line) == 1
+    assert _doc(shown) == _doc(quiet)  # said, not stored
+    talky = ls.Experiment(exp.lm, "ioi:12", seed=3, batch_size=5, progress=True)
+    talky.ablate("L1H0")
+    talky.paths("L0H1")
+    assert capsys.readouterr().err.count(line) == 1
+
+
 def test_each_method_takes_only_its_own_options(exp):
     with pytest.raises(TypeError):
         exp.ablate("L1H0", senders="L0H1")  # a path-patching option is not ablation's

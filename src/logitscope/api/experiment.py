@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from logitscope.api.patching import Prepared, patch_options, prepare, run_prepared, study_of
+from logitscope.api.patching import Prepared, patch_options, prepare, run_prepared, say_study_ran, study_of
 from logitscope.api.method_results import AblationResult, CircuitPatchingResult, GridsResult, PathsResult
 from logitscope.api.patching_result import PatchingResult
 from logitscope.api.results import StudyResult
@@ -97,9 +97,13 @@ class Experiment:
         make it: the default top_k and attention prompt)."""
         checked = patch_options(**options)  # each method's options checked, every one not given at its default
         prep = self.prepared
-        if self._study is None:
+        computed = self._study is None
+        if computed:
             self._study = study_of(prep, batch_size=self.batch_size, top_k=3, attention_prompt=0, seed=self.seed)
-        return run_prepared(prep, self._study, checked, RunSettings(self.batch_size, self.seed, self.progress))
+        result = run_prepared(prep, self._study, checked, RunSettings(self.batch_size, self.seed, self.progress))
+        if computed and self.progress and result is not None:
+            say_study_ran(len(prep.prompts))  # once: every later method reuses it
+        return result
 
     # ------------------------------------------------------------------ one method each
     def study(self, *, top_k: int = 3, attention_prompt: int = 0, attention_heads: Any = None,

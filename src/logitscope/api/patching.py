@@ -9,6 +9,7 @@ patched runs reuse the unpatched run.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import replace
 from typing import Any, Sequence
@@ -113,8 +114,9 @@ def run_patching(
     The other arguments are :func:`logitscope.run_study`'s. In a process group of several ranks, as
     :func:`logitscope.run_study`: rank 0 gets the result, the others ``None`` (path patching and
     circuits run in one process only). The study of the clean prompts is computed as well, whatever
-    is asked: the report and results.json are built around it (one forward pass per prompt);
-    :class:`logitscope.Experiment` computes it once for all of its methods.
+    is asked: the report and results.json are built around it (one forward pass per prompt; with
+    ``progress``, a line on stderr says so once); :class:`logitscope.Experiment` computes it once
+    for all of its methods.
     """
     from logitscope.engine.setup import as_loaded
     from logitscope.inputs.prompts import GeneratedSet, parse_prompts
@@ -155,7 +157,8 @@ def run_prepared(prep: Prepared, study: Any, options: PatchOptions, settings: Ru
     axis, axis_of_rows = row_axis(prep, positions) if any(GRIDS[g].by_position for g in grids) else (None, None)
     if axis is not None and axis.note:
         notes.append(axis.note)
-    if study is None:
+    computed = study is None
+    if computed:
         study = study_of(prep, batch_size=settings.batch_size, top_k=top_k, attention_prompt=attention_prompt,
                          seed=seed)
     t_study = time.perf_counter()
@@ -169,6 +172,8 @@ def run_prepared(prep: Prepared, study: Any, options: PatchOptions, settings: Ru
     timing = {"study_s": t_study - t0, **result.pop("timing")}
     result = fold_rows(prep, result, spec.name)
     direction, ablation, method = options.direction, options.ablation, options.grids.method
+    if computed and settings.progress:
+        say_study_ran(len(prompts))
     return PatchingResult(
         study=study, direction=direction, corrupted_prompts=[p.corrupted for p in prompts], positions=axis,
         position_tokens=_position_tokens(lm, pairs, axis), notes=tuple(notes), seed=seed, timing=timing,
@@ -177,6 +182,13 @@ def run_prepared(prep: Prepared, study: Any, options: PatchOptions, settings: Ru
         metric_key=None if spec.is_logit_diff else spec.key,
         metric_description=None if spec.is_logit_diff else spec.description, **result,
     )
+
+
+def say_study_ran(n_prompts: int) -> None:
+    """Say once, on stderr beside the progress bars (never in the results), that the study of the
+    clean prompts ran though no one asked for it: the report and results.json are built around it."""
+    print(f"logitscope: the report's DLA study ran too ({n_prompts:,} clean prompt{'s' if n_prompts != 1 else ''}; "
+          "a patching result is built around it)", file=sys.stderr)
 
 
 def _position_tokens(lm, pairs: EncodedPairs, axis) -> list[str] | None:
