@@ -82,16 +82,8 @@ def patch_batches(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], sets
     device = engine.in_device
     axis_for_batches = axis if axis is not None else _no_axis(pairs)
     if means is not None:  # the reference distribution's means, before any ablated run
-        for b in pair_batches(pairs, axis_for_batches, B, device, select=mine):
-            run = engine.record(b.corrupted, b.end, b.correct, b.incorrect, acts=ablations.points())
-            for key in ablations.points():
-                means.add(key, b.rows, run.acts[key])
-            if step is not None:
-                step(len(b.rows))
-            if ranks is not None:
-                ranks.poll()
-        if ranks is not None:
-            ranks.sum_tensors(means.sums, "the sum of mean ablation's per-template activations")
+        means.record(engine, pair_batches(pairs, axis_for_batches, B, device, select=mine), ablations.points(), step,
+                     ranks)
     needs = [runner.needs()] + ([ablations.needs()] if ablations is not None else [])
     needs += [attribution.needs()] if attribution is not None else []
     # Attribution alone: its gradient run is the base run, so only the source run is recorded.
