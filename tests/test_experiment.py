@@ -55,6 +55,34 @@ def test_patch_ablate_paths_and_circuit_equal_run_patching(exp):
         assert _doc(ours) == _doc(theirs), options
 
 
+def test_patch_takes_the_ablation_of_the_head_ablation_grid(exp):
+    """``patch(..., ablation=...)`` as the CLI's ``patch --what ablation --ablation zero``: the
+    single-head ablation grid by zero ablation, equal to run_patching's, and not the default (mean)."""
+    zero = exp.patch(["heads", "ablation"], ablation="zero")
+    theirs = ls.run_patching("ioi:12", exp.lm, seed=3, batch_size=5, what=["heads", "ablation"], ablation="zero")
+    assert zero.ablation_kind == "zero" and _doc(zero) == _doc(theirs)
+    np.testing.assert_array_equal(zero.ablated_heads, theirs.ablated_heads)
+    mean = exp.patch(["heads", "ablation"])
+    assert mean.ablation_kind == "mean" and not np.array_equal(mean.ablated_heads, zero.ablated_heads)
+    with pytest.raises(ls.ArgumentError, match="ablation"):
+        exp.patch("ablation", ablation="half")
+
+
+def test_the_study_nobody_asked_for_is_said_once_on_stderr(exp, capsys):
+    """run_patching computes the clean prompts' study for its report: with progress bars on, one
+    line on stderr says so (not in the results); Experiment says it once, on the call that makes it."""
+    line = "logitscope: the report's DLA study ran too (12 clean prompts; a patching result is built around it)"
+    quiet = ls.run_patching("ioi:12", exp.lm, seed=3, batch_size=5, what="none", ablate="L1H0")
+    assert line not in capsys.readouterr().err
+    shown = ls.run_patching("ioi:12", exp.lm, seed=3, batch_size=5, what="none", ablate="L1H0", progress=True)
+    assert capsys.readouterr().err.count(line) == 1
+    assert _doc(shown) == _doc(quiet)  # said, not stored
+    talky = ls.Experiment(exp.lm, "ioi:12", seed=3, batch_size=5, progress=True)
+    talky.ablate("L1H0")
+    talky.paths("L0H1")
+    assert capsys.readouterr().err.count(line) == 1
+
+
 def test_each_method_takes_only_its_own_options(exp):
     with pytest.raises(TypeError):
         exp.ablate("L1H0", senders="L0H1")  # a path-patching option is not ablation's
@@ -82,29 +110,33 @@ def test_activations_and_intervene_equal_the_functions(exp):
     assert not np.array_equal(ours.hooked, ours.clean)  # the hook did something
 
 
-def test_run_options_fills_every_run_prepared_option_from_check_options_defaults():
-    """Experiment and run_patching take their patching defaults from one place (api/patching.py's
-    run_options, from check_options's signature): every option run_prepared needs, at the values the
-    public signature documents, and a bad option still fails with its name."""
+def test_patch_options_defaults_are_the_public_ones():
+    """Experiment and run_patching take their patching defaults from one place (the option objects
+    of methods/patching/options.py): each flat name patch_options takes is one of run_patching's
+    keywords, at the default its public signature documents; a bad option still fails with its name."""
     import inspect
 
-    from logitscope.api.patching import run_options, run_prepared
     from logitscope.errors import ArgumentError
+    from logitscope.methods.patching.options import PatchOptions, patch_options
     from logitscope.results.circuit import Completeness
 
-    run_level = {"prep", "study", "batch_size", "top_k", "attention_prompt", "seed", "progress", "t0"}
-    needed = set(inspect.signature(run_prepared).parameters) - run_level
-    got = run_options(what="heads")
-    assert set(got) == needed
     public = inspect.signature(ls.run_patching).parameters
-    for name in ("direction", "positions", "ablate", "ablation", "method", "senders", "receivers", "freeze",
-                 "circuit", "metric"):
-        assert got[name] == public[name].default, name
-    assert got["completeness"] == Completeness(public["circuit_random"].default, public["circuit_greedy"].default,
-                                               public["circuit_greedy_steps"].default,
-                                               public["circuit_greedy_candidates"].default)
-    given = run_options(what="none", circuit="L0H0", circuit_random=2, circuit_greedy=1, direction="noise")
-    assert given["completeness"] == Completeness(2, 1, 10, 10) and given["direction"] == "noise"
-    assert given["grids"] == [] and given["circuit"] == "L0H0"
+    got = patch_options(what="heads")
+    assert got == PatchOptions()
+    flat = {"what": got.grids.what, "positions": got.grids.positions, "method": got.grids.method,
+            "ablate": got.ablations.ablate, "senders": got.paths.senders, "receivers": got.paths.receivers,
+            "freeze": got.paths.freeze, "circuit": got.circuit.circuit, "direction": got.direction,
+            "ablation": got.ablation, "metric": got.metric,
+            "circuit_random": got.circuit.completeness.random, "circuit_greedy": got.circuit.completeness.greedy,
+            "circuit_greedy_steps": got.circuit.completeness.steps,
+            "circuit_greedy_candidates": got.circuit.completeness.candidates}
+    for name, value in flat.items():
+        assert value == public[name].default, name
+    patch_options(**flat)  # every flat name is one patch_options takes
+    given = patch_options(what="none", circuit="L0H0", circuit_random=2, circuit_greedy=1, direction="noise")
+    assert given.circuit.completeness == Completeness(2, 1, 10, 10) and given.direction == "noise"
+    assert given.grids.grids == () and given.circuit.circuit == "L0H0"
     with pytest.raises(ArgumentError, match="direction"):
-        run_options(direction="sideways")
+        patch_options(direction="sideways")
+    with pytest.raises(TypeError, match="sender"):
+        patch_options(sender="L0H0")

@@ -221,3 +221,54 @@ def test_api_misuse_is_a_clear_error(tiny_gpt2_dir):
         ls.run_study("arena", str(tiny_gpt2_dir), device="cpu", attention_prompt=8)
     with pytest.raises(ls.InputError, match="prompt set 'ioi:0': N must be at least 1"):
         ls.run_study("ioi:0", str(tiny_gpt2_dir), device="cpu")
+
+
+def test_patching_options_are_checked_when_made_with_run_patchings_messages():
+    """Each method's option object refuses a bad option when made, with the message run_patching
+    gives (no model needed), and patch_options splits run_patching's flat names among them."""
+    from logitscope.methods.patching.options import (AblationOptions, CircuitOptions, GridOptions, PatchOptions,
+                                                     PathOptions, patch_options)
+    from logitscope.results.circuit import Completeness
+
+    with pytest.raises(ls.ArgumentError, match=r"positions='left': use one of"):
+        GridOptions(positions="left")
+    with pytest.raises(ls.ArgumentError, match=r"method='both': attribution patching estimates patching grids"):
+        GridOptions(what="ablation", method="both")
+    with pytest.raises(ls.ArgumentError, match=r"ablate='L9X': 'L9X' is not a component"):
+        AblationOptions("L9X")
+    with pytest.raises(ls.ArgumentError, match="freeze"):
+        PathOptions("L0H0", freeze="some")
+    with pytest.raises(ls.ArgumentError, match=r"circuit_greedy=2: sets a circuit's completeness check, and no circuit"):
+        CircuitOptions(completeness=Completeness(greedy=2))
+    with pytest.raises(ls.ArgumentError, match=r"what='none': nothing to compute"):
+        PatchOptions(GridOptions("none"))
+    with pytest.raises(ls.ArgumentError, match=r"ablation='half': use one of zero, mean, resample"):
+        patch_options(ablation="half")
+    got = patch_options(what="heads,ablation", ablate="L0H0", senders="L0H1", freeze="all", circuit="L1H0",
+                        circuit_random=1, direction="noise", ablation="zero", metric="kl")
+    assert got.grids.head_ablation and got.grids.grids == ("attn_head_out_all_pos",)
+    assert got.ablations.sets(2, 4)["L0H0"][0].label == "L0H0"
+    assert (got.paths.senders, got.paths.freeze, got.circuit.completeness.random) == ("L0H1", "all", 1)
+    assert (got.direction, got.ablation, got.metric) == ("noise", "zero", "kl")
+
+
+def test_edge_options_are_checked_when_made_and_equal_attributes_names(tiny_gpt2_dir):
+    """methods.edges.attribute takes an EdgeOptions or its fields by name, with the same numbers;
+    a bad option is refused when the options are made, before any forward pass."""
+    import torch
+
+    from logitscope.methods.edges import EdgeOptions, attribute
+
+    with pytest.raises(ls.ArgumentError, match="unknown method"):
+        EdgeOptions(method="eap-ig")
+    with pytest.raises(ls.ArgumentError, match="top_n=0"):
+        EdgeOptions(top_n=0)
+    assert EdgeOptions(method="eap-ig-inputs").used_steps == 5 and EdgeOptions().spec.name == "logit-diff"
+    lm = ls.load_model(str(tiny_gpt2_dir), device="cpu")
+    named = attribute(lm, "ioi:4", method="eap", corrupt="abc", top_n=3, seed=2)
+    whole = attribute(lm, "ioi:4", EdgeOptions(method="eap", corrupt="abc", top_n=3, seed=2))
+    torch.testing.assert_close(whole.scores, named.scores, rtol=0, atol=0)
+    doc = lambda r: {k: v for k, v in r.to_dict().items() if k not in ("timing", "created")}  # noqa: E731
+    assert doc(whole) == doc(named) and doc(whole)["circuit"]
+    with pytest.raises(TypeError, match="not both"):
+        attribute(lm, "ioi:4", EdgeOptions(), method="eap")

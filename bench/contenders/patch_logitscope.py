@@ -48,16 +48,21 @@ def _time_patching(phases: "_common.Phases") -> None:
     """Time ``run_patching``'s patching stage (every batch's two unpatched runs and patched runs) as
     the phase ``patch``, its CPU time too: the run's own clock (``patching.timing``) is wall time."""
     try:
-        import logitscope.api.patching as api
-    except ImportError:  # an older layout: the phase is absent
-        return
-    inner = api._patch
+        import logitscope.methods.patching.loop as module
+        name = "patch_batches"
+    except ImportError:  # an older layout: the loop in api/patching.py
+        try:
+            import logitscope.api.patching as module
+            name = "_patch"
+        except ImportError:  # older still: the phase is absent
+            return
+    inner = getattr(module, name)
 
     def timed(*args, **kwargs):
         with phases("patch"):
             return inner(*args, **kwargs)
 
-    api._patch = timed
+    setattr(module, name, timed)
 
 
 if __name__ == "__main__":

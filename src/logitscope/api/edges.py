@@ -20,7 +20,7 @@ from logitscope.errors import ArgumentError
 from logitscope.inputs.prompt import Prompt
 from logitscope.api.prepared import default_metric
 from logitscope.engine.metrics import resolve_metric
-from logitscope.methods.edges import attribute, check_by, check_counts, check_options
+from logitscope.methods.edges import EdgeOptions, attribute, check_by, check_counts, check_options
 from logitscope.results import edges as edge_results
 
 __all__ = ["EdgeResult", "check_edge_options", "edges", "read_edges"]
@@ -153,10 +153,10 @@ def edges(
         return bar.update
 
     try:
-        result = attribute(lm, prompts, method=method, steps=steps, intervention=intervention, metric=metric,
-                           corrupt=corrupt, batch_size=batch_size, curve=curve, top_n=top_n, greedy=greedy,
-                           exact_top=exact_top, circuit=circuit, prepend_bos=prepend_bos, seed=seed, by=by,
-                           progress=phase)
+        options = EdgeOptions(method=method, steps=steps, intervention=intervention, metric=metric, corrupt=corrupt,
+                              batch_size=batch_size, curve=curve, top_n=top_n, greedy=greedy, exact_top=exact_top,
+                              circuit=circuit, prepend_bos=prepend_bos, seed=seed, by=by)
+        result = attribute(lm, prompts, options, progress=phase)
     finally:
         for bar in bars:
             bar.close()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from logitscope.api.patching import Prepared, prepare, run_options, run_prepared, study_of
+from logitscope.api.patching import Prepared, patch_options, prepare, run_prepared, say_study_ran, study_of
 from logitscope.api.method_results import AblationResult, CircuitPatchingResult, GridsResult, PathsResult
 from logitscope.api.patching_result import PatchingResult
 from logitscope.api.results import StudyResult
@@ -35,6 +35,7 @@ from logitscope.inputs.counterparts import CORRUPTIONS, with_counterparts
 from logitscope.inputs.prompt import Prompt
 from logitscope.inputs.prompts import GeneratedSet, parse_prompts
 from logitscope.methods import hooks as hook_methods
+from logitscope.methods.patching.options import RunSettings
 
 __all__ = ["Experiment"]
 
@@ -94,12 +95,15 @@ class Experiment:
     def _patching(self, **options: Any) -> PatchingResult:
         """One causal method on the prepared prompts, with the study made once (as run_patching would
         make it: the default top_k and attention prompt)."""
-        options = run_options(**options)  # checked, every option not given at its default
+        checked = patch_options(**options)  # each method's options checked, every one not given at its default
         prep = self.prepared
-        if self._study is None:
+        computed = self._study is None
+        if computed:
             self._study = study_of(prep, batch_size=self.batch_size, top_k=3, attention_prompt=0, seed=self.seed)
-        return run_prepared(prep, self._study, batch_size=self.batch_size, top_k=3, attention_prompt=0, seed=self.seed,
-                            progress=self.progress, **options)
+        result = run_prepared(prep, self._study, checked, RunSettings(self.batch_size, self.seed, self.progress))
+        if computed and self.progress and result is not None:
+            say_study_ran(len(prep.prompts))  # once: every later method reuses it
+        return result
 
     # ------------------------------------------------------------------ one method each
     def study(self, *, top_k: int = 3, attention_prompt: int = 0, attention_heads: Any = None,
@@ -114,14 +118,16 @@ class Experiment:
                          neurons=neurons, **self._shared())
 
     def patch(self, what: str | Sequence[str] = "heads", *, direction: str = "denoise", positions: str = "auto",
-              method: str = "exact", metric: Any = None) -> GridsResult:
+              method: str = "exact", ablation: str = "mean", metric: Any = None) -> GridsResult:
         """Activation-patching grids (``heads``, ``heads_by_pos``, ``resid``, ``layers``, ``qkv``,
-        ``ablation``, ``all`` or grid names), exact or by attribution patching (``method``), measuring
+        ``ablation``, ``all`` or grid names), exact or by attribution patching (``method``); the
+        ``ablation`` grid (each head knocked out alone) by ``ablation`` (``zero``, ``mean`` or
+        ``resample``, as :meth:`ablate` and the CLI's ``patch --ablation``), measuring
         ``metric`` (``logit-diff``, ``logprob-diff``, ``prob-diff``, ``logprob``, ``loss``, ``kl`` or
         a function ``fn(logits, ctx)``: :mod:`logitscope.engine.metrics`; ``None``: the prompts' own,
         a task's ``meta["metric"]``, else ``logit-diff``)."""
         return GridsResult.of(self._patching(what=what, direction=direction, positions=positions, method=method,
-                                             metric=metric))
+                                             ablation=ablation, metric=metric))
 
     def ablate(self, components: str | Sequence[str] | dict[str, Any], *, ablation: str = "mean",
                metric: Any = None) -> AblationResult:

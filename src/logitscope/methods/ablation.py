@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -119,6 +119,22 @@ class GroupMeans:
         groups = torch.as_tensor(self.group_of[rows], device=act.device)
         width = act.shape[1]
         s[:, :width].index_add_(0, groups, act.double())
+
+    def record(self, engine: Any, batches: Iterable[Any], points: list[tuple[str, int]],
+               step: Callable[[int], None] | None = None, ranks: Any = None) -> None:
+        """Sum ``points``' activations over the reference (corrupted) runs of ``batches`` (pair
+        batches, :func:`logitscope.methods.patching.run.pair_batches`), before any ablated run; in a
+        process group (``ranks``) each rank its own batches, then summed over the ranks."""
+        for b in batches:
+            run = engine.record(b.corrupted, b.end, b.correct, b.incorrect, acts=points)
+            for key in points:
+                self.add(key, b.rows, run.acts[key])
+            if step is not None:
+                step(len(b.rows))
+            if ranks is not None:
+                ranks.poll()
+        if ranks is not None:
+            ranks.sum_tensors(self.sums, "the sum of mean ablation's per-template activations")
 
     def mean(self, key: tuple[str, int], rows: np.ndarray, width: int, dtype: torch.dtype) -> torch.Tensor:
         """The group mean of each prompt in ``rows``, ``[B, width, ...]``."""

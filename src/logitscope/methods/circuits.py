@@ -212,11 +212,7 @@ def run_circuit(lm, prompts, pairs, circuit: Circuit, *, ablation: str, batch_si
     axis = PositionAxis("end", ["END"], (pairs.lengths - 1)[None].copy())
     device = engine.in_device
     if means is not None:  # the reference distribution's means, before any knocked-out run
-        for b in pair_batches(pairs, axis, batch_size, device):
-            run = engine.record(b.corrupted, b.end, b.correct, b.incorrect, acts=points)
-            for key in points:
-                means.add(key, b.rows, run.acts[key])
-            step(len(b.rows))
+        means.record(engine, pair_batches(pairs, axis, batch_size, device), points, step)
     model = np.full(pairs.n, np.nan)
 
     def knock_out(sets: list, alone: int = 0) -> np.ndarray:

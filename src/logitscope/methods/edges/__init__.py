@@ -7,7 +7,7 @@ on Hugging Face models (see :mod:`logitscope.results.edge_graph` for the graph,
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -17,7 +17,7 @@ from logitscope.errors import ArgumentError
 from logitscope.inputs.counterparts import with_counterparts
 from logitscope.inputs.pairs import encode_pairs
 from logitscope.inputs.prompts import GeneratedSet, parse_prompts
-from logitscope.engine.metrics import METRICS, Metric, MetricContext, MetricLike, resolve_metric
+from logitscope.engine.metrics import METRICS, Metric, MetricContext, MetricLike, MetricSpec, resolve_metric
 from logitscope.methods.edges.attribute import (INTERVENTIONS, METHODS, EdgeData, EdgeEngine, check_options,
                                                 edge_batch_size)
 from logitscope.methods.edges.evaluate import (FRACTIONS, faithfulness, faithfulness_curve, evaluate_all)
@@ -27,7 +27,7 @@ from logitscope.results.graph_json import read_graph_json, write_graph_json
 
 BY: tuple[str, ...] = ("edge", "node")  # what a circuit's n counts: edges, or heads and MLPs
 
-__all__ = ["BY", "CircuitEval", "EdgeData", "EdgeEngine", "EdgeGraph", "EdgeResult", "Curve", "FRACTIONS", "INTERVENTIONS",
+__all__ = ["BY", "CircuitEval", "EdgeData", "EdgeEngine", "EdgeGraph", "EdgeOptions", "EdgeResult", "Curve", "FRACTIONS", "INTERVENTIONS",
            "METHODS", "METRICS", "Metric", "MetricContext", "MetricLike", "attribute", "check_counts", "edge_batch_size",
            "encode_edge_data", "check_by", "edges_among", "evaluate_all", "faithfulness", "faithfulness_curve", "greedy",
            "prune_edges", "read_graph_json", "top_n", "top_n_nodes", "write_graph_json"]
@@ -76,12 +76,41 @@ def check_by(by: str, greedy: bool = False) -> None:
                             "form (nor in the EAP-IG library): use by='edge' with greedy, or by='node' without")
 
 
-def attribute(lm, prompts: Sequence[Any] | str | EdgeData, *, method: str = "eap-ig-inputs", steps: int | None = None,
-              intervention: str = "patching", metric: MetricLike = None, corrupt: str | None = None,
-              batch_size: int | None = None, curve: bool = False, top_n: int | None = None, greedy: bool = False,
-              exact_top: int = 0, circuit: Any = None, prepend_bos: bool | None = None, seed: int = 0,
-              by: str = "edge", progress: Callable[[str, int], Callable[[int], None] | None] | None = None) -> EdgeResult:
-    """Score every edge of ``lm`` (a :class:`logitscope.models.LoadedModel`) on ``prompts``.
+@dataclass(frozen=True, eq=False)
+class EdgeOptions:
+    """What :func:`attribute` computes and how it reads the prompts, checked when made (before any
+    forward pass); the fields are :func:`attribute`'s options, at their defaults. ``used_steps``: the
+    IG steps run (``steps``, or the method's default); ``spec``: the resolved ``metric``."""
+
+    method: str = "eap-ig-inputs"
+    steps: int | None = None
+    intervention: str = "patching"
+    metric: MetricLike = None
+    corrupt: str | None = None
+    batch_size: int | None = None
+    curve: bool = False
+    top_n: int | None = None
+    greedy: bool = False
+    exact_top: int = 0
+    circuit: Any = None
+    prepend_bos: bool | None = None
+    seed: int = 0
+    by: str = "edge"
+    used_steps: int = field(init=False)
+    spec: MetricSpec = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "used_steps", check_options(self.method, self.steps, self.intervention))
+        object.__setattr__(self, "spec", resolve_metric(self.metric))
+        check_counts(self.batch_size, self.exact_top, self.top_n)
+        check_by(self.by, self.greedy)
+
+
+def attribute(lm, prompts: Sequence[Any] | str | EdgeData, options: EdgeOptions | None = None, *,
+              progress: Callable[[str, int], Callable[[int], None] | None] | None = None, **given: Any) -> EdgeResult:
+    """Score every edge of ``lm`` (a :class:`logitscope.models.LoadedModel`) on ``prompts``, with
+    ``options`` (an :class:`EdgeOptions`), or its fields given by name (``attribute(lm, prompts,
+    method="eap", curve=True)``).
 
     ``method``: one of :data:`METHODS` (``steps``: IG steps, default 5). ``intervention``: one of
     :data:`INTERVENTIONS`. ``metric``: a name of :data:`METRICS` (None: ``logit-diff``) or a callable
@@ -100,27 +129,19 @@ def attribute(lm, prompts: Sequence[Any] | str | EdgeData, *, method: str = "eap
     In a process group (torchrun) each rank runs its share of the batches and every rank returns
     the single process's result. Options are checked before any forward pass.
     """
-    used_steps = check_options(method, steps, intervention)
-    spec = resolve_metric(metric)
-    check_counts(batch_size, exact_top, top_n)
-    check_by(by, greedy)
+    if options is not None and given:
+        raise TypeError(f"attribute takes options or their names, not both (got {', '.join(sorted(given))})")
+    o = EdgeOptions(**given) if options is None else options
     data = prompts if isinstance(prompts, EdgeData) else encode_edge_data(
-        lm, prompts, corrupt=corrupt, intervention=intervention, prepend_bos=prepend_bos, seed=seed)
+        lm, prompts, corrupt=o.corrupt, intervention=o.intervention, prepend_bos=o.prepend_bos, seed=o.seed)
     ranks = distributed.current()
     graph = EdgeGraph.from_model(lm)
-    if top_n is not None and top_n > n_items(graph, by):
-        what = f"{graph.n_edges} edges" if by == "edge" else f"{graph.n_scored_nodes} heads and MLPs (by node)"
-        raise ArgumentError("top_n", top_n, f"the model's graph has {what}; ask for at most that many")
-    given = _given_circuit(circuit, graph)
-    if given is not None and top_n is not None:
-        raise ArgumentError("top_n", top_n, "a circuit is given to evaluate; give either top_n or circuit")
-    if exact_top > graph.n_edges:
-        raise ArgumentError("exact_top", exact_top, f"the model's graph has {graph.n_edges} edges")
-    B = batch_size or edge_batch_size(lm, graph, int(data.lengths.max()), method)
-    if batch_size is None and ranks is not None:  # every rank runs the batches one process would
+    given_circuit = _checked_against(graph, o)
+    B = o.batch_size or edge_batch_size(lm, graph, int(data.lengths.max()), o.method)
+    if o.batch_size is None and ranks is not None:  # every rank runs the batches one process would
         B = ranks.agree_min(B, "the choice of the edges' batch size")
     share = data.n if ranks is None else ranks.shares(data.n, B)[ranks.rank]
-    engine = EdgeEngine(lm, data, intervention=intervention, metric=spec, batch_size=B, graph=graph, ranks=ranks)
+    engine = EdgeEngine(lm, data, intervention=o.intervention, metric=o.spec, batch_size=B, graph=graph, ranks=ranks)
     timing: dict[str, Any] = {"batch_size": B, "world_size": 1 if ranks is None else ranks.world_size,
                               "prompts_per_rank": [data.n] if ranks is None else ranks.shares(data.n, B)}
 
@@ -129,26 +150,40 @@ def attribute(lm, prompts: Sequence[Any] | str | EdgeData, *, method: str = "eap
 
     t = time.perf_counter()
     phase("scores", 1)
-    scores = engine.scores(method, steps=used_steps)
+    scores = engine.scores(o.method, steps=o.used_steps)
     timing["scores_s"] = time.perf_counter() - t
-    result = EdgeResult(graph, scores, method, used_steps, intervention,
-                        spec.name, data.n,
-                        greedy=greedy, by=by, seed=seed,
-                        prepend_bos=lm.adapter.default_prepend_bos if prepend_bos is None else prepend_bos)
-    if curve or top_n is not None or given is not None:
+    result = EdgeResult(graph, scores, o.method, o.used_steps, o.intervention,
+                        o.spec.name, data.n,
+                        greedy=o.greedy, by=o.by, seed=o.seed,
+                        prepend_bos=lm.adapter.default_prepend_bos if o.prepend_bos is None else o.prepend_bos)
+    if o.curve or o.top_n is not None or given_circuit is not None:
         t = time.perf_counter()
         phase("circuits", 1)
-        c, cs, ce, per_prompt = evaluate_all(engine, scores, curve=curve, top_n=top_n, use_greedy=greedy, given=given,
-                                             seed=seed, by=by)
+        c, cs, ce, per_prompt = evaluate_all(engine, scores, curve=o.curve, top_n=o.top_n, use_greedy=o.greedy,
+                                             given=given_circuit, seed=o.seed, by=o.by)
         result = replace(result, curve=c, curve_signed=cs, circuit_eval=ce, per_prompt=per_prompt)
         timing["circuits_s"] = time.perf_counter() - t
-    if exact_top:
+    if o.exact_top:
         t = time.perf_counter()
         phase("exact", 1)
-        result = replace(result, exact_top=exact_effects(engine, result, exact_top))
+        result = replace(result, exact_top=exact_effects(engine, result, o.exact_top))
         timing["exact_s"] = time.perf_counter() - t
     engine.progress = None
     return replace(result, timing=timing)
+
+
+def _checked_against(graph: EdgeGraph, o: EdgeOptions):
+    """The options that need the model's graph (``top_n``, ``circuit``, ``exact_top``) checked against
+    it; the circuit to evaluate (None: the top-n one)."""
+    if o.top_n is not None and o.top_n > n_items(graph, o.by):
+        what = f"{graph.n_edges} edges" if o.by == "edge" else f"{graph.n_scored_nodes} heads and MLPs (by node)"
+        raise ArgumentError("top_n", o.top_n, f"the model's graph has {what}; ask for at most that many")
+    given = _given_circuit(o.circuit, graph)
+    if given is not None and o.top_n is not None:
+        raise ArgumentError("top_n", o.top_n, "a circuit is given to evaluate; give either top_n or circuit")
+    if o.exact_top > graph.n_edges:
+        raise ArgumentError("exact_top", o.exact_top, f"the model's graph has {graph.n_edges} edges")
+    return given
 
 
 def exact_effects(engine: EdgeEngine, result: EdgeResult, k: int) -> dict[str, float]:
