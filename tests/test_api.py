@@ -461,3 +461,29 @@ def test_patching_warnings_point_at_the_users_line(lm):
         ls.run_patching(rows, lm, what="layers")
     ours = [w for w in caught if issubclass(w.category, ls.PromptWarning)]
     assert ours and all(w.filename == __file__ for w in ours), [(w.filename, w.lineno) for w in ours]
+
+
+def test_causal_methods_run_a_training_mode_model_in_eval_mode(user_model, tiny_gpt2_dir):
+    """A model handed over in training mode (dropout on): the patched, ablated, path and circuit
+    runs and attribution patching run without dropout — the numbers of the same model in eval mode,
+    the same on every call — and the model leaves in training mode with its hooks as they were.
+    (Before, only the study switched to eval mode: two identical calls gave different grids.)"""
+    import torch
+
+    model, tok, _ = user_model
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.5  # the tiny config's rate may be 0: make dropout visible whatever it is
+    before = _state(model)
+    kw = dict(tokenizer=tok, what="heads", method="both", ablate="L1H0,L0H1", senders="L0H1",
+              receivers="logits", circuit="L1H0,L0H1", circuit_random=1, batch_size=4)
+    trained = ls.run_patching("ioi:8", model, **kw)
+    assert _state(model) == before and model.training
+    model.eval()
+    plain = ls.run_patching("ioi:8", model, **kw)
+    for name in ("attn_head_out_all_pos", "attn_head_out_all_pos_attribution"):
+        np.testing.assert_array_equal(trained.grids[name], plain.grids[name])
+    for (k, a), (_, b) in zip(sorted(trained.ablated.items()), sorted(plain.ablated.items())):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(trained.paths.values, plain.paths.values)
+    assert trained.circuit.measures == plain.circuit.measures

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from logitscope.engine import distributed
-from logitscope.engine.patched import Engine
+from logitscope.engine.core import Engine
 from logitscope.engine.setup import auto_batch_size, progress_bar
 from logitscope.inputs.circuits import load_circuit
 from logitscope.inputs.pairs import EncodedPairs
@@ -38,12 +38,15 @@ def run_methods(lm, prompts, pairs: EncodedPairs, axis, grids: list[str], sets: 
     ``options.metric``: resolved), in one call: per-row arrays as :func:`patch_batches` and
     :func:`paths_and_circuit` give them, with ``timing`` (``patching_s``, the process split,
     ``paths_s``, ``circuit_s``). None on a rank other than 0 (rank 0 gathers)."""
-    t = time.perf_counter()
-    result = patch_batches(lm, prompts, pairs, axis, grids, sets, options, settings)
-    if result is None:
-        return None
-    timing = {"patching_s": time.perf_counter() - t, **result.pop("split")}
-    result.update(paths_and_circuit(lm, prompts, pairs, options, settings, timing, prepend_bos))
+    # Every run in eval mode (no dropout on a model handed over in training mode), the model's
+    # training flags and hooks put back afterwards; each run still takes its own kernels.
+    with Engine(lm).session(kernels=False):
+        t = time.perf_counter()
+        result = patch_batches(lm, prompts, pairs, axis, grids, sets, options, settings)
+        if result is None:
+            return None
+        timing = {"patching_s": time.perf_counter() - t, **result.pop("split")}
+        result.update(paths_and_circuit(lm, prompts, pairs, options, settings, timing, prepend_bos))
     result["timing"] = timing
     return result
 
