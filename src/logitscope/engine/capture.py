@@ -29,6 +29,8 @@ Beyond that (each an optional adapter answer):
   shares add up to the MLP's output.
 """
 
+# Longer than ~400 lines on purpose: the Recorder is one class whose hooks share one batch's state (directions, answer positions, frozen post-norm scales), and tests/test_hot_loop.py reads its hooks as one hot loop; its docstring above is the method's derivation.
+
 from __future__ import annotations
 
 from dataclasses import dataclass
