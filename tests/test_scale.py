@@ -43,11 +43,15 @@ def test_peak_memory_does_not_grow_with_prompts(tiny_gpt2_dir, tmp_path):
 
 
 def test_same_seed_same_prompts_other_seed_other_prompts(tiny_gpt2_dir, tmp_path):
+    """`run --seed` (the command line in this process: three interpreters would cost more than the
+    runs; the console script itself is tests/test_cli.py's)."""
+    from logitscope.cli import main
+
     docs = {}
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
         out = tmp_path / name
-        subprocess.run([str(EXE), "run", "--model", str(tiny_gpt2_dir), "--prompts", "ioi:50", "--seed", str(seed),
-                        "--out", str(out), "--quiet", "--no-report"], check=True, capture_output=True)
+        assert main(["run", "--model", str(tiny_gpt2_dir), "--prompts", "ioi:50", "--seed", str(seed),
+                     "--out", str(out), "--quiet", "--no-report"]) == 0
         docs[name] = json.loads((out / "results.json").read_text())
     rows = lambda d: [(p["prompt"], p["correct"], p["incorrect"], p["template"], p["order"]) for p in d["prompts"]]  # noqa: E731
     assert rows(docs["a"]) == rows(docs["b"])
