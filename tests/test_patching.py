@@ -121,7 +121,10 @@ def test_every_grid_equals_transformerlens_on_the_seed_pairs(family, models):
     # attn_head_out_all_pos, and its L x T x H TransformerLens cells (each a full forward pass) would
     # be most of the suite's time for these families.
     what = "all" if family == "gpt2" else [n for n in TL_GRIDS if n != "attn_head_out_by_pos"]
-    res = run_patching("seed", hf, tokenizer=gpt2_tokenizer(), what=what, positions="index")
+    # Four of the seed's eight pairs (each with its name-swapped partner): TL's cost per cell is a
+    # forward pass whose unembedding (50,257 tokens at every position) grows with the batch, and
+    # the means of four pairs move by a fourth of any one pair's error (eight: an eighth).
+    res = run_patching(ls.builtin_prompts("seed")[:4], hf, tokenizer=gpt2_tokenizer(), what=what, positions="index")
     names = [n for n in TL_GRIDS if not (n == "resid_mid" and res.study.parallel_attn_mlp)
              and (family == "gpt2" or n != "attn_head_out_by_pos")]
     assert sorted(res.grids) == sorted(names)
@@ -161,7 +164,8 @@ def res_prompts(res):
 def test_noising_equals_transformerlens(family, models):
     hf, tl = models(family)
     names = ["resid_pre", "attn_head_out_all_pos", "attn_head_pattern_all_pos", "attn_head_out_by_pos"]
-    res = run_patching("arena", hf, tokenizer=gpt2_tokenizer(), what=names, direction="noise", positions="index")
+    res = run_patching(ls.builtin_prompts("arena")[:4], hf, tokenizer=gpt2_tokenizer(), what=names, direction="noise",
+                       positions="index")  # four pairs, as test_every_grid_equals_transformerlens_on_the_seed_pairs
     ref, clean, corrupted = tl_grids(tl, res_prompts(res), "noise", names)
     for name in names:
         np.testing.assert_allclose(res.mean(name), ref[name], rtol=0, atol=ATOL, err_msg=name)
