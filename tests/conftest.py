@@ -13,6 +13,37 @@ GPT2_TOKENIZER = DATA / "gpt2-tokenizer"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+# CI runs `-n 2 --dist loadfile`: xdist hands out whole files, those with the most tests first, and
+# gives a worker its next file while that worker still has up to two tests pending. The longest files
+# have few tests (a tutorial is one test, test_scale.py two, test_real_weights.py eight), so they came
+# last, and one worker could hold test_scale.py and both tutorials (~4 min) while the other had nothing
+# left. Handing these out first (longest first) lets the many short files fill in behind them.
+# Seconds: CI --durations, after the trims of this file's commit; only their order matters.
+LONGEST_FIRST = {"tests/test_real_weights.py": 150, "docs/tutorials/patching-and-circuits.ipynb": 80,
+                 "tests/test_scale.py": 75, "docs/tutorials/seed-study.ipynb": 50}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's loadfile scheduling, with the files of LONGEST_FIRST handed out before the rest (the
+    rest in xdist's own order); any other --dist is xdist's own."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from collections import OrderedDict
+
+    from xdist.scheduler import LoadFileScheduling
+
+    class LongestFirst(LoadFileScheduling):
+        def _assign_work_unit(self, node):
+            if not getattr(self, "_reordered", False):  # the queue is complete before the first unit goes out
+                self._reordered = True
+                order = sorted(self.workqueue, key=lambda scope: -LONGEST_FIRST.get(scope, 0))  # stable
+                self.workqueue = OrderedDict((scope, self.workqueue[scope]) for scope in order)
+            super()._assign_work_unit(node)
+
+    return LongestFirst(config, log)
+
+
 def pytest_runtest_setup(item):
     """Tests marked ``browser`` need headless chromium: skipped without it, unless
     LOGITSCOPE_REQUIRE_BROWSER is set (as .ci/run does), where a missing browser fails them."""
