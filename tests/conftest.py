@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,19 @@ import pytest
 DATA = Path(__file__).parent / "data"
 GPT2_TOKENIZER = DATA / "gpt2-tokenizer"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def pytest_configure(config):
+    """Under xdist, each worker's PyTorch (and the processes it starts: the command line, notebook
+    kernels) gets its share of the cores, unless OMP_NUM_THREADS says otherwise. Without it every
+    worker ran one OpenMP thread per core: 2 workers x 2 threads on 2 cores spin-wait on each other
+    (measured: one multitoken test, two at once, 66 s of CPU each instead of 5.5 s)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not workers:
+        return
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(workers))))
+    if "torch" in sys.modules:  # already imported by a plugin: it read the variable before it was set
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 # CI runs `-n 2 --dist loadfile`: xdist hands out whole files, those with the most tests first, and
