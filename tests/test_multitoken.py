@@ -122,15 +122,18 @@ def _rows(tl, p):
     return out
 
 
-def tl_patched(tl, pairs, hooks_of) -> np.ndarray:
+def tl_patched(tl, pairs, hooks_of, caches: dict) -> np.ndarray:
     """Per prompt, logprob-diff of the corrupted rows with ``hooks_of(clean_cache)`` (denoising),
-    every row patched by hand and the rows summed."""
+    every row patched by hand and the rows summed. ``caches`` keeps each clean row's
+    ``run_with_cache`` (it does not depend on the hooks) across calls of one test."""
     out = []
     for p in pairs:
         total = 0.0
         for clean, corrupted, target, sign in _rows(tl, p):
             with torch.no_grad():
-                _, cache = tl.run_with_cache(torch.tensor([clean]))
+                if tuple(clean) not in caches:
+                    caches[tuple(clean)] = tl.run_with_cache(torch.tensor([clean]))[1]
+                cache = caches[tuple(clean)]
                 logits = tl.run_with_hooks(torch.tensor([corrupted]), fwd_hooks=hooks_of(cache))[0, -1].double()
             total += sign * float(torch.log_softmax(logits, -1)[target])
         out.append(total)
@@ -147,16 +150,17 @@ def test_patched_grids_with_several_tokens_equal_transformerlens_rows(model):
                        positions="index", metric="logprob-diff")
     L, H = tl.cfg.n_layers, tl.cfg.n_heads
     T = len(tl.to_tokens(pairs[0].text)[0])
+    caches: dict = {}  # the clean rows' run_with_cache, shared by every cell below
     assert res.grids["resid_pre"].shape == (L, T, len(pairs))  # the prompts' positions only
     for layer in range(L):
         for pos in (0, 5, T - 1):
-            want = tl_patched(tl, pairs, lambda c: [(f"blocks.{layer}.hook_resid_pre", _resid_at(c, pos))])
+            want = tl_patched(tl, pairs, lambda c: [(f"blocks.{layer}.hook_resid_pre", _resid_at(c, pos))], caches)
             np.testing.assert_allclose(res.grids["resid_pre"][layer, pos], want, rtol=0, atol=ATOL, err_msg=f"L{layer} {pos}")
         for h in range(H):
-            want = tl_patched(tl, pairs, lambda c: [(f"blocks.{layer}.attn.hook_z", _z_from(c, [h]))])
+            want = tl_patched(tl, pairs, lambda c: [(f"blocks.{layer}.attn.hook_z", _z_from(c, [h]))], caches)
             np.testing.assert_allclose(res.grids["attn_head_out_all_pos"][layer, h], want, rtol=0, atol=ATOL,
                                        err_msg=f"L{layer}H{h}")
-    corrupted = tl_patched(tl, pairs, lambda c: [])
+    corrupted = tl_patched(tl, pairs, lambda c: [], caches)
     np.testing.assert_allclose(res.corrupted_logit_diff, corrupted, rtol=0, atol=ATOL)
     assert np.abs(res.grids["attn_head_out_all_pos"] - corrupted).max() > 100 * ATOL  # the patches move it
     # patching the whole residual stream at layer 0, every prompt position, restores the clean value

@@ -253,10 +253,10 @@ def test_complete_decomposition_adds_up_per_prompt(tiny_gpt2):
 
 
 @pytest.mark.slow
-def test_seed_study_matches_transformerlens_gpt2_small_shape(tmp_path, gpt2_tokenizer):
+def test_seed_study_matches_transformerlens_gpt2_small_shape(gpt2_tokenizer):
+    # The model object itself: loading from a folder is the tiny tests' (a 500 MB save and reload here).
     hf = make_hf_model("gpt2", size="small", seed=2)
-    path = save_checkpoint(hf, tmp_path / "small")
-    result = ls.run_study("seed", str(path), device="cpu")
+    result = ls.run_study("seed", hf, tokenizer=gpt2_tokenizer, device="cpu")
     tl = tl_model(hf, "gpt2", **SEED_FLAGS)
     ref = tl_reference(tl, token_ids(result, gpt2_tokenizer), result.correct_ids, result.incorrect_ids)
     assert_matches(result, ref)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import re
 
@@ -57,10 +58,25 @@ def _metric(correct, incorrect):
     return metric
 
 
-def tl_grids(tl, prompts, direction: str, names) -> tuple[dict[str, np.ndarray], float, float]:
-    """TransformerLens's grids for prompts of one length: ``(grids, clean mean, corrupted mean)``."""
+def _tl_grid(tl, name: str, base, cache, metric, positions) -> np.ndarray:
+    """One TransformerLens grid; with ``positions``, a per-position grid only at those positions (the
+    same ``get_act_patch_*`` function and cells, given TL's own ``index_df`` of the cells wanted)."""
+    import pandas as pd
     from transformer_lens import patching
 
+    fn = getattr(patching, TL_GRIDS[name])
+    axes = fn.keywords["index_axis_names"]
+    if positions is None or "pos" not in axes:
+        return fn(tl, base, cache, metric).numpy()
+    ranges = {"layer": range(tl.cfg.n_layers), "pos": [int(p) for p in positions], "head": range(tl.cfg.n_heads)}
+    cells = pd.DataFrame(list(itertools.product(*(ranges[a] for a in axes))), columns=list(axes))
+    flat = fn(tl, base, cache, metric, index_axis_names=None, index_df=cells)
+    return flat.numpy().reshape([len(ranges[a]) for a in axes])
+
+
+def tl_grids(tl, prompts, direction: str, names, positions=None) -> tuple[dict[str, np.ndarray], float, float]:
+    """TransformerLens's grids for prompts of one length: ``(grids, clean mean, corrupted mean)``;
+    per-position grids at every position, or only at ``positions`` (in that order) when given."""
     clean = _tl_tokens(tl, [p.text for p in prompts])
     corrupted = _tl_tokens(tl, [p.corrupted for p in prompts])
     correct = torch.tensor([tl.to_single_token(p.correct) for p in prompts])
@@ -72,7 +88,7 @@ def tl_grids(tl, prompts, direction: str, names) -> tuple[dict[str, np.ndarray],
         out = {}
         for name in names:
             with contextlib.redirect_stderr(io.StringIO()):  # its progress bars
-                out[name] = getattr(patching, TL_GRIDS[name])(tl, base, cache, metric).numpy()
+                out[name] = _tl_grid(tl, name, base, cache, metric, positions)
         return out, float(metric(tl(clean))), float(metric(tl(corrupted)))
 
 
@@ -105,7 +121,10 @@ def test_every_grid_equals_transformerlens_on_the_seed_pairs(family, models):
     # attn_head_out_all_pos, and its L x T x H TransformerLens cells (each a full forward pass) would
     # be most of the suite's time for these families.
     what = "all" if family == "gpt2" else [n for n in TL_GRIDS if n != "attn_head_out_by_pos"]
-    res = run_patching("seed", hf, tokenizer=gpt2_tokenizer(), what=what, positions="index")
+    # Four of the seed's eight pairs (each with its name-swapped partner): TL's cost per cell is a
+    # forward pass whose unembedding (50,257 tokens at every position) grows with the batch, and
+    # the means of four pairs move by a fourth of any one pair's error (eight: an eighth).
+    res = run_patching(ls.builtin_prompts("seed")[:4], hf, tokenizer=gpt2_tokenizer(), what=what, positions="index")
     names = [n for n in TL_GRIDS if not (n == "resid_mid" and res.study.parallel_attn_mlp)
              and (family == "gpt2" or n != "attn_head_out_by_pos")]
     assert sorted(res.grids) == sorted(names)
@@ -145,7 +164,8 @@ def res_prompts(res):
 def test_noising_equals_transformerlens(family, models):
     hf, tl = models(family)
     names = ["resid_pre", "attn_head_out_all_pos", "attn_head_pattern_all_pos", "attn_head_out_by_pos"]
-    res = run_patching("arena", hf, tokenizer=gpt2_tokenizer(), what=names, direction="noise", positions="index")
+    res = run_patching(ls.builtin_prompts("arena")[:4], hf, tokenizer=gpt2_tokenizer(), what=names, direction="noise",
+                       positions="index")  # four pairs, as test_every_grid_equals_transformerlens_on_the_seed_pairs
     ref, clean, corrupted = tl_grids(tl, res_prompts(res), "noise", names)
     for name in names:
         np.testing.assert_allclose(res.mean(name), ref[name], rtol=0, atol=ATOL, err_msg=name)
@@ -180,7 +200,9 @@ def test_abc_pairs_equal_transformerlens_on_every_family(family, models):
 def test_abc_pairs_by_named_position_equal_transformerlens(family, models):
     """IOI prompts of several templates (so several lengths) with the IOI paper's ABC counterparts;
     per-position grids by named position (IO, S1, S1+1, S2, END). TransformerLens runs each
-    template's prompts (one length, fixed positions) separately; the overall mean weights them."""
+    template's prompts (one length, fixed positions) separately, its per-position grids only at that
+    template's five named positions (the cells compared; each a full forward pass); the overall mean
+    weights them."""
     hf, tl = models(family)
     tok = gpt2_tokenizer()
     prompts = generate_ioi_prompts(8, seed=5, tokenizer=tok, templates=[6, 14])
@@ -192,13 +214,12 @@ def test_abc_pairs_by_named_position_equal_transformerlens(family, models):
     total = {n: 0.0 for n in names}
     for (template, order), idx in _by_group(res.study.prompts).items():
         group = [pairs[i] for i in idx]
-        ref, _, _ = tl_grids(tl, group, "denoise", names)
         at = res.positions.at[:, idx[0]]
         assert (res.positions.at[:, idx] == at[:, None]).all()  # one template: the same positions
+        ref, _, _ = tl_grids(tl, group, "denoise", names, positions=at)
         w = len(idx) / res.n_prompts
-        total["attn_head_out_all_pos"] = total["attn_head_out_all_pos"] + w * ref["attn_head_out_all_pos"]
-        total["resid_pre"] = total["resid_pre"] + w * ref["resid_pre"][:, at]
-        total["attn_head_out_by_pos"] = total["attn_head_out_by_pos"] + w * ref["attn_head_out_by_pos"][:, at, :]
+        for name in names:
+            total[name] = total[name] + w * ref[name]
     for name in names:
         np.testing.assert_allclose(res.mean(name), total[name], rtol=0, atol=ATOL, err_msg=name)
 

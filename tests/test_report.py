@@ -506,7 +506,7 @@ def test_heads_by_position_is_one_layer_by_head_panel_per_position(deep_checkpoi
     from logitscope import run_patching
     from logitscope.report.patching import grid_figure
 
-    res = run_patching("ioi:6", _load(deep_checkpoint), what="heads_by_pos", positions="named")
+    res = run_patching("ioi:2", _load(deep_checkpoint), what="heads_by_pos", positions="named")  # the layout, not the values
     fig = grid_figure(res, "attn_head_out_by_pos")
     norm = res.normalised("attn_head_out_by_pos")  # [layer, position, head]
     assert len(fig.data) == norm.shape[1] == len(res.positions.labels)
@@ -515,7 +515,7 @@ def test_heads_by_position_is_one_layer_by_head_panel_per_position(deep_checkpoi
         assert list(trace.y) == [f"L{l}" for l in range(30)]
     assert [a.text for a in fig.layout.annotations] == [f"@ {p}" for p in res.positions.labels]
     assert list(fig.layout.yaxis.tickvals) == [f"L{l}" for l in range(30)]  # every layer labelled
-    one = grid_figure(run_patching("ioi:4", _load(deep_checkpoint), what="heads_by_pos", positions="end"),
+    one = grid_figure(run_patching("ioi:2", _load(deep_checkpoint), what="heads_by_pos", positions="end"),
                       "attn_head_out_by_pos")
     assert len(one.data) == 1 and np.asarray(one.data[0].z).shape == (30, 4)
 
