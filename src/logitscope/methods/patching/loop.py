@@ -22,7 +22,7 @@ from logitscope.inputs.circuits import load_circuit
 from logitscope.inputs.pairs import EncodedPairs
 from logitscope.methods.ablation import AblationRunner, GroupMeans, group_keys
 from logitscope.methods.attribution import SUFFIX, AttributionRunner
-from logitscope.methods.circuits import run_circuit
+from logitscope.methods import circuits as circuit_method  # by module: tests replace run_circuit there
 from logitscope.methods.patching.grids import GRIDS
 from logitscope.methods.patching.options import PatchOptions, RunSettings
 from logitscope.methods.patching.run import GridRunner, pair_batches
@@ -181,7 +181,7 @@ def paths_and_circuit(lm, prompts, pairs: EncodedPairs, options: PatchOptions, s
         t = time.perf_counter()
         bar = progress_bar(None, progress, desc=f"circuit {_pairs(pairs.n)}", unit="runs")  # run_circuit sets the total
         with bar if bar is not None else nullcontext():
-            out["circuit"] = run_circuit(lm, prompts, pairs, load_circuit(circuit), ablation=ablation, batch_size=B,
+            out["circuit"] = circuit_method.run_circuit(lm, prompts, pairs, load_circuit(circuit), ablation=ablation, batch_size=B,
                                          seed=seed, completeness=completeness, progress=bar, prepend_bos=prepend_bos,
                                          metric=metric)
             _finish(bar)
