@@ -140,3 +140,102 @@ def test_patch_options_defaults_are_the_public_ones():
         patch_options(direction="sideways")
     with pytest.raises(TypeError, match="sender"):
         patch_options(sender="L0H0")
+
+
+def _counted(monkeypatch, module, name):
+    """Replace ``module.name`` with the same function that counts its calls."""
+    real, calls = getattr(module, name), []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls
+
+
+@pytest.mark.parametrize("study_first", [True, False])
+def test_study_and_the_causal_methods_share_one_study(exp, monkeypatch, study_first):
+    """study() at its defaults is the study every patching result carries: one DLA study for
+    study() + patch() + ablate() in either order, and a repeated study() recomputes nothing; each
+    equals a fresh run_study / run_patching (results.json and arrays), the study() one without the
+    counterparts, the patching results' with them."""
+    from dataclasses import fields
+
+    from logitscope.methods import dla
+
+    theirs_study = ls.run_study("ioi:12", exp.lm, seed=3, batch_size=5)
+    theirs_patch = ls.run_patching("ioi:12", exp.lm, seed=3, batch_size=5, what="heads")
+    theirs_ablate = ls.run_patching("ioi:12", exp.lm, seed=3, batch_size=5, what="none", ablate="L1H0")
+    calls = _counted(monkeypatch, dla, "study")
+    fresh = ls.Experiment(exp.lm, "ioi:12", seed=3, batch_size=5)
+    if study_first:
+        ours_study = fresh.study()
+        ours_patch, ours_ablate = fresh.patch("heads"), fresh.ablate("L1H0")
+    else:
+        ours_patch, ours_ablate = fresh.patch("heads"), fresh.ablate("L1H0")
+        ours_study = fresh.study()
+    assert fresh.study() is ours_study
+    assert len(calls) == 1
+    assert not any(p.corrupted for p in ours_study.prompts) and all(p.corrupted for p in ours_patch.study.prompts)
+    assert ours_study.prompts == theirs_study.prompts and ours_patch.study.prompts == theirs_patch.study.prompts
+    assert _doc(ours_study) == _doc(theirs_study)
+    assert _doc(ours_patch) == _doc(theirs_patch) and _doc(ours_ablate) == _doc(theirs_ablate)
+    arrays = [f.name for f in fields(theirs_study) if isinstance(getattr(theirs_study, f.name), np.ndarray)]
+    assert "head_results" in arrays and "logit_diff" in arrays
+    for name in arrays:
+        assert np.array_equal(getattr(ours_study, name), getattr(theirs_study, name)), name
+        assert np.array_equal(getattr(ours_patch.study, name), getattr(theirs_patch.study, name)), name
+    assert np.array_equal(ours_study.attention.patterns, theirs_study.attention.patterns)
+    np.testing.assert_array_equal(ours_patch.grids["attn_head_out_all_pos"], theirs_patch.grids["attn_head_out_all_pos"])
+    fresh.study(top_k=2)  # other options: a study of their own
+    assert len(calls) == 2
+
+
+def test_study_is_not_shared_where_the_prompts_name_their_own_metric(tiny_gpt2_dir, monkeypatch):
+    """study() warns that it decomposes the logit difference where a task measures another metric
+    (the causal methods' study does not warn): after patch(), study() runs its own study."""
+    from logitscope.methods import dla
+
+    prompts = [ls.Prompt(p.text, p.correct, p.incorrect, meta={**p.meta, "metric": "logprob"})
+               for p in ls.builtin_prompts("seed")[:4]]
+    exp = ls.Experiment(str(tiny_gpt2_dir), prompts, device="cpu", seed=3, batch_size=5)
+    calls = _counted(monkeypatch, dla, "study")
+    exp.ablate("L1H0")
+    with pytest.warns(UserWarning, match="logprob"):
+        exp.study()
+    assert len(calls) == 2
+
+
+def test_activations_and_intervene_encode_the_prompts_once(exp, monkeypatch):
+    from logitscope.methods import hooks
+    from logitscope.methods.hooks import activations, intervene
+
+    fresh = ls.Experiment(exp.lm, "ioi:12", seed=3, batch_size=5)
+    calls = _counted(monkeypatch, hooks, "encode_prompts")
+    names = ["blocks.1.attn.hook_z"]
+    ours = fresh.activations(names)
+    clean = fresh.intervene({"blocks.1.attn.hook_z": lambda z, hook: None})
+    assert len(calls) == 1
+    theirs = activations(exp.lm, exp.prompts, names, batch_size=5)
+    assert bool((ours[names[0]] == theirs[names[0]]).all())
+    theirs = intervene(exp.lm, exp.prompts, {"blocks.1.attn.hook_z": lambda z, hook: None}, batch_size=5, seed=3)
+    np.testing.assert_array_equal(clean.hooked, theirs.hooked)
+    np.testing.assert_array_equal(clean.clean, theirs.clean)
+    fresh.activations(names, prompts=exp.prompts[:2])  # other prompts: encoded as given
+    assert len(calls) == 4
+
+
+def test_same_but_counterparts_compares_all_but_the_counterpart():
+    """The guard of the shared study: equal prompts but for ``corrupted`` share; a changed text,
+    answer (or its type: an id is not its text), metadata or length does not."""
+    from dataclasses import replace
+
+    from logitscope.api.prepared import same_but_counterparts
+
+    a = [ls.Prompt("When Mary and John went, John gave it to", " Mary", " John", meta={"template": 1})]
+    assert same_but_counterparts(a, [replace(a[0], corrupted="When Anna and Bob went, Carl gave it to")])
+    for other in (replace(a[0], text=a[0].text + " her"), replace(a[0], correct=" Anna"),
+                  replace(a[0], correct=5335), replace(a[0], meta={"template": 2})):
+        assert not same_but_counterparts(a, [other])
+    assert not same_but_counterparts(a, a + a)

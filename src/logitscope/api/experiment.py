@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from logitscope.api.patching import Prepared, patch_options, prepare, run_prepared, say_study_ran, study_of
+from logitscope.api.prepared import STUDY_OF_FIXED, same_but_counterparts, study_on
 from logitscope.api.method_results import AblationResult, CircuitPatchingResult, GridsResult, PathsResult
 from logitscope.api.patching_result import PatchingResult
 from logitscope.api.results import StudyResult
@@ -70,6 +71,8 @@ class Experiment:
         self.progress = progress
         self._prepared: Prepared | None = None
         self._study: Any = None  # the clean prompts' study that every patching result carries, made once
+        self._studies: dict[tuple, StudyResult] = {}  # study()'s results by their options
+        self._encoded: Any = None  # the prompts as activations() and intervene() encode them, made once
 
     def __repr__(self) -> str:
         return f"<Experiment {self.lm.name}: {len(self.prompts)} prompts>"
@@ -97,9 +100,12 @@ class Experiment:
         make it: the default top_k and attention prompt)."""
         checked = patch_options(**options)  # each method's options checked, every one not given at its default
         prep = self.prepared
+        early = self._studies.get(_CAUSAL_STUDY)
+        if self._study is None and early is not None and same_but_counterparts(self.prompts, prep.prompts):
+            self._study = study_on(early, prep.prompts)  # study() made it: the same numbers, the pairs' prompts
         computed = self._study is None
         if computed:
-            self._study = study_of(prep, batch_size=self.batch_size, top_k=3, attention_prompt=0, seed=self.seed)
+            self._study = study_of(prep, batch_size=self.batch_size, seed=self.seed, **_CAUSAL_OPTIONS)
         result = run_prepared(prep, self._study, checked, RunSettings(self.batch_size, self.seed, self.progress))
         if computed and self.progress and result is not None:
             say_study_ran(len(prep.prompts))  # once: every later method reuses it
@@ -111,11 +117,32 @@ class Experiment:
               metric: Any = "logit-diff") -> StudyResult:
         """Direct logit attribution: logit difference, logit lens, layers, heads, attention, the
         token lens, DLA by source position and by neuron (:func:`logitscope.run_study`). It
-        decomposes the logit difference only: another ``metric`` is a clear error."""
+        decomposes the logit difference only: another ``metric`` is a clear error.
+
+        Made once per set of options: a second call returns the first result; with the causal
+        methods' options (these defaults) it is the study their results carry, whichever ran first."""
         check_decomposable(metric, "study")
-        return run_study(self.prompts, self.lm, top_k=top_k, attention_prompt=attention_prompt,
-                         attention_heads=attention_heads, lens_top_k=lens_top_k, dla_by_source=dla_by_source,
-                         neurons=neurons, **self._shared())
+        options = dict(top_k=top_k, attention_prompt=attention_prompt, attention_heads=attention_heads,
+                       lens_top_k=lens_top_k, dla_by_source=dla_by_source, neurons=neurons)
+        key = _study_key(options)
+        if key is not None and key in self._studies:
+            return self._studies[key]
+        result = self._causal_study() if key == _CAUSAL_STUDY else None
+        if result is None:
+            result = run_study(self.prompts, self.lm, **options, **self._shared())
+        if key is not None and result is not None:  # None: a rank other than 0
+            self._studies[key] = result
+        return result
+
+    def _causal_study(self) -> StudyResult | None:
+        """The causal methods' study, made already, as :meth:`study` would make it: only where its
+        prompts are the experiment's but for their counterparts, and none names a metric of its own
+        (:meth:`study` then warns that it decomposes the logit difference, the causal methods do not)."""
+        if self._study is None or not same_but_counterparts(self.prompts, self.prepared.prompts):
+            return None
+        if any(p.meta.get("metric") not in (None, "logit-diff") for p in self.prompts):
+            return None
+        return study_on(self._study, self.prompts)
 
     def patch(self, what: str | Sequence[str] = "heads", *, direction: str = "denoise", positions: str = "auto",
               method: str = "exact", ablation: str = "mean", metric: Any = None) -> GridsResult:
@@ -173,14 +200,46 @@ class Experiment:
         ``blocks.3.hook_resid_pre``, ...), batch by batch: by default only each prompt's answer
         position (``positions="all"``: every position, right-padded, refused above ``max_bytes``).
         ``prompts``: another prompt list (default: the experiment's)."""
-        return hook_methods.activations(self.lm, self.prompts if prompts is None else prompts, names,
-                                  batch_size=self.batch_size, prepend_bos=self.prepend_bos,
-                                  positions=positions, max_bytes=max_bytes)
+        given, bos = self._hook_input(prompts)
+        return hook_methods.activations(self.lm, given, names, batch_size=self.batch_size, prepend_bos=bos,
+                                        positions=positions, max_bytes=max_bytes)
 
     def intervene(self, hooks: Any, *, metric: Any = None, prompts: Any = None) -> hook_methods.Intervention:
         """Run the prompts with ``hooks`` (``{hook name: fn(activation, hook)}``, as TransformerLens's
         ``run_with_hooks``) and return the metric (default: the clean answers' logit difference; a name
         of :mod:`logitscope.engine.metrics` or a function ``metric(logits, batch)``) per prompt,
         hooked and not, with 95% intervals (:func:`logitscope.methods.hooks.intervene`)."""
-        return hook_methods.intervene(self.lm, self.prompts if prompts is None else prompts, hooks, metric=metric,
-                                batch_size=self.batch_size, prepend_bos=self.prepend_bos, seed=self.seed)
+        given, bos = self._hook_input(prompts)
+        return hook_methods.intervene(self.lm, given, hooks, metric=metric, batch_size=self.batch_size,
+                                      prepend_bos=bos, seed=self.seed)
+
+    def _hook_input(self, prompts: Any) -> tuple[Any, bool | None]:
+        """``(prompts, prepend_bos)`` for the escape hatch: other prompts as given, the experiment's
+        own encoded once (an encoded set takes no ``prepend_bos``: it is in its ids)."""
+        if prompts is not None:
+            return prompts, self.prepend_bos
+        if self._encoded is None:
+            self._encoded = hook_methods.encode(self.lm, self.prompts, self.prepend_bos)
+        return self._encoded, None
+
+
+def _study_key(options: dict[str, Any]) -> tuple | None:
+    """study()'s options as a key, each value with its type (``1`` is not ``True``, a list not a
+    tuple); ``None`` for a value that is not a plain number, text or list of them (then no cache)."""
+    def frozen(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return type(v).__name__, tuple(frozen(x) for x in v)
+        if v is None or isinstance(v, (bool, int, str)):
+            return type(v).__name__, v
+        raise TypeError(v)
+
+    try:
+        return tuple(sorted((k, frozen(v)) for k, v in options.items()))
+    except TypeError:
+        return None
+
+
+# The study every patching result carries (as run_patching's, at its defaults), and its key among
+# study()'s: study() at its defaults asks for this very study.
+_CAUSAL_OPTIONS: dict[str, Any] = {"top_k": 3, "attention_prompt": 0}
+_CAUSAL_STUDY = _study_key({**_CAUSAL_OPTIONS, **STUDY_OF_FIXED})

@@ -12,9 +12,10 @@ from logitscope.inputs.answers import SEVERAL_METRICS, AnswerRows, answer_rows
 from logitscope.inputs.pairs import EncodedPairs, encode_pairs
 from logitscope.inputs.positions import PositionAxis, position_axis
 from logitscope.inputs.prompt import Prompt
+from logitscope.methods.dla import LENS_TOP_K
 
-__all__ = ["Prepared", "default_metric", "fold_rows", "prepare", "row_axis", "row_prompts", "rows_note",
-           "study_of"]
+__all__ = ["STUDY_OF_FIXED", "Prepared", "default_metric", "fold_rows", "prepare", "row_axis", "row_prompts",
+           "rows_note", "same_but_counterparts", "study_of", "study_on"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,12 @@ def default_metric(prompts: list[Prompt], metric: Any) -> Any:
     return named.pop() if len(named) == 1 and None not in named else "logit-diff"
 
 
+# The study options study_of fixes (the rest, top_k and attention_prompt, are its caller's): a study
+# of the same prompts with these and the same top_k and attention_prompt is this very study
+# (:class:`logitscope.Experiment` shares one between ``study()`` and the causal methods).
+STUDY_OF_FIXED: dict[str, Any] = {"attention_heads": None, "lens_top_k": LENS_TOP_K, "dla_by_source": None, "neurons": None}
+
+
 def study_of(prep: Prepared, *, batch_size: int | None, top_k: int, attention_prompt: int, seed: int) -> Any:
     """The study of the clean prompts that a patching result carries: its report and results.json
     are built around it (one forward pass per prompt, so it is computed even when only a causal
@@ -122,6 +129,23 @@ def study_of(prep: Prepared, *, batch_size: int | None, top_k: int, attention_pr
     from logitscope.methods.dla import StudyOptions, study as dla_study
 
     options = StudyOptions(batch_size=batch_size, top_k=top_k, attention_prompt=attention_prompt,
-                           prepend_bos=prep.prepend_bos, seed=seed, progress=False, task_metric_note=False)
+                           prepend_bos=prep.prepend_bos, seed=seed, progress=False, task_metric_note=False,
+                           **STUDY_OF_FIXED)
     study = distributed.collective(dla_study)(list(prep.prompts), prep.lm, options)
     return None if study is None else StudyResult.of(study)
+
+
+def same_but_counterparts(a: list[Prompt], b: list[Prompt]) -> bool:
+    """Whether ``a`` and ``b`` are the same prompts but for their ``corrupted`` counterparts (text,
+    answers of the same types, metadata): then a study of one is, number for number, the study of the
+    other (nothing in the study reads a counterpart), once it carries the other's prompts (:func:`study_on`)."""
+    return len(a) == len(b) and all(
+        (p.text, p.correct, p.incorrect, type(p.correct), type(p.incorrect), p.meta)
+        == (q.text, q.correct, q.incorrect, type(q.correct), type(q.incorrect), q.meta) for p, q in zip(a, b))
+
+
+def study_on(study: Any, prompts: list[Prompt]) -> Any:
+    """``study`` (a :class:`~logitscope.api.results.StudyResult`) carrying ``prompts``' counterparts:
+    what a study of ``prompts`` holds, where ``prompts`` are :func:`same_but_counterparts` as those it
+    was made of (its prompts keep their answers as the study wrote them; only ``corrupted`` changes)."""
+    return replace(study, prompts=[replace(p, corrupted=q.corrupted) for p, q in zip(study.prompts, prompts)])

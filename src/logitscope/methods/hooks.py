@@ -39,7 +39,7 @@ from logitscope.models.hooks import Hook
 from logitscope.models.load import LoadedModel
 from logitscope.models.names import HookName, parse_hook_name
 
-__all__ = ["Activations", "Batch", "HookContext", "Intervention", "activations", "intervene"]
+__all__ = ["Activations", "Batch", "HookContext", "Intervention", "activations", "encode", "intervene"]
 
 POSITIONS = ("answer", "all")
 MAX_BYTES = 2**30  # what activations(positions=...) may return before it refuses: 1 GiB
@@ -139,7 +139,7 @@ def activations(lm: LoadedModel, prompts: Prompts, names: Sequence[str], *, batc
         raise ArgumentError("names", names, "name at least one hook, e.g. ['blocks.0.attn.hook_z']")
     if positions not in POSITIONS:
         raise ArgumentError("positions", positions, f"use one of {', '.join(map(repr, POSITIONS))}")
-    enc = _encode(lm, prompts, prepend_bos)
+    enc = encode(lm, prompts, prepend_bos)
     lengths = enc.lengths
     _check_size(lm, engine, hooks, len(enc.ids), int(lengths.max()), positions, max_bytes)
     out: dict[str, torch.Tensor] = {}
@@ -251,7 +251,7 @@ def intervene(lm: LoadedModel, prompts: Prompts, hooks: Mapping[str, HookFn] | S
     engine = Engine(lm, named)
     metric = None if named is not None else metric
     fns = _hook_functions(hooks, engine)
-    enc = _encode(lm, prompts, prepend_bos)
+    enc = encode(lm, prompts, prepend_bos)
     if metric is None and enc.correct is None:
         raise ArgumentError("metric", None, "prompts given as plain strings have no answers to take a logit "
                             "difference of; pass Prompt objects, or a metric(logits, batch) of your own")
@@ -337,8 +337,10 @@ def _measure(engine: Engine, b: Batch, hooks: dict[tuple[str, int], Hook], metri
 
 
 # ---------------------------------------------------------------------------------------------- prompts
-def _encode(lm: LoadedModel, prompts: Prompts, prepend_bos: bool | None) -> Encoded:
-    """Token ids (and answers, for Prompts) of ``prompts``; see the module docstring."""
+def encode(lm: LoadedModel, prompts: Prompts, prepend_bos: bool | None = None) -> Encoded:
+    """Token ids (and answers, for Prompts) of ``prompts``, as :func:`activations` and :func:`intervene`
+    encode them (see the module docstring): passed back to them as ``prompts`` (with ``prepend_bos``
+    left ``None``), the same prompts are encoded once for many calls (:class:`logitscope.Experiment`)."""
     if isinstance(prompts, Encoded):
         if prepend_bos is not None:
             raise ArgumentError("prepend_bos", prepend_bos, "the prompts are already encoded (with or without "
