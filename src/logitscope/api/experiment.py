@@ -11,7 +11,10 @@
 >>> exp.intervene({"blocks.9.attn.hook_z": fn})          # any function at any hook point
 
 The model is loaded once, the prompt set is generated (or read and checked) once and its
-counterparts are drawn once, so every method sees the same pairs. Each method takes only its own
+counterparts are drawn once, so every method sees the same pairs; the causal methods share one
+encoding of them and one study of their clean prompts, which ``study()`` at its defaults returns too
+(whichever runs first: the numbers are the same, each result carries its own prompts), and
+``activations`` / ``intervene`` encode the experiment's prompts once. Each method takes only its own
 options; what they share (batch size, BOS, seed, progress) is the experiment's. Each returns the
 same result, with the same numbers and files, as :func:`logitscope.run_study` /
 :func:`logitscope.run_patching` called with those options (tests/test_experiment.py checks it), the
