@@ -351,3 +351,42 @@ def test_run_decomposes_the_teacher_forced_logit_difference_as_transformerlens(m
     assert [p.correct for p in res.prompts] == [c for c, _ in ANSWERS]
     patched = run_patching(pairs, hf, tokenizer=gpt2_tokenizer(), what="heads", metric="logit-diff")
     np.testing.assert_allclose(patched.study.logit_diff, patched.clean_logit_diff, rtol=0, atol=ATOL)
+
+
+def test_an_answer_of_several_tokens_faces_a_set_holding_its_first_token(model):
+    """Correct " New York" ([' New', ' York'] for GPT-2) against the incorrect set [" New", " Boston"]:
+    different answers, once refused as "a token in both sets". Scored as both definitions compose:
+    the long answer teacher-forced, the set by its mean logit (logit-diff) or its probability mass
+    (logprob-diff), on TL's logits by hand: ℓ(New) + ℓ(York | New) − (ℓ(New) + ℓ(Boston)) / 2 and
+    log P(New) + log P(York | New) − log(P(New) + P(Boston)). Two answers of several tokens sharing
+    their first token beside a set are measured too; identical ones stay an error."""
+    from oracle import tl_default_flags
+
+    hf, tl = model
+    p, q = several_pairs()[:2]
+    pairs = [ls.Prompt(p.text, " New York", (" New", " Boston"), corrupted=p.corrupted),
+             ls.Prompt(q.text, " Mary Smith", " Mary Jones", corrupted=q.corrupted)]
+    tok = gpt2_tokenizer()
+    new, york, boston = (tok(w)["input_ids"] for w in (" New", " York", " Boston"))
+    assert tok(" New York")["input_ids"] == new + york and len(new) == len(boston) == 1
+    got = run_patching(pairs, hf, tokenizer=tok, what="none", ablate="L0H0", metric="logprob-diff").clean_logit_diff
+    flat = tl_model(hf, "gpt2", **{**tl_default_flags("gpt2"), "center_unembed": False})
+    study = ls.run_study(pairs, hf, tokenizer=tok).logit_diff
+    clean = tl.to_tokens(p.text)[0].tolist()
+    c = answer_tokens(tl, p.text, " New York")
+    assert c == new + york
+    with torch.no_grad():
+        logp = torch.log_softmax(tl(torch.tensor([clean]))[0, -1].double(), -1)
+        flat_first = flat(torch.tensor([clean]))[0, -1].double()
+        flat_second = flat(torch.tensor([clean + c[:1]]))[0, -1].double()
+    by_hand = tl_logprob(tl, clean, c) - float(torch.logsumexp(logp[[new[0], boston[0]]], 0))
+    np.testing.assert_allclose(got[0], by_hand, rtol=0, atol=ATOL)
+    ld = float(flat_first[new[0]] + flat_second[york[0]] - (flat_first[new[0]] + flat_first[boston[0]]) / 2)
+    np.testing.assert_allclose(study[0], ld, rtol=1e-5, atol=ATOL)
+    clean_q = tl.to_tokens(q.text)[0].tolist()
+    mary = tl_logprob(tl, clean_q, answer_tokens(tl, q.text, " Mary Smith"))
+    np.testing.assert_allclose(got[1], mary - tl_logprob(tl, clean_q, answer_tokens(tl, q.text, " Mary Jones")),
+                               rtol=0, atol=ATOL)
+    same = [pairs[0], ls.Prompt(q.text, " Mary Smith", " Mary Smith", corrupted=q.corrupted)]
+    with pytest.raises(InputError, match=r"correct and incorrect answers are the same tokens \(' Mary Smith'\)"):
+        run_patching(same, hf, tokenizer=tok, what="heads")
