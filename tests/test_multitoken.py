@@ -15,6 +15,7 @@ tests/test_sets_dla.py).
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -390,3 +391,26 @@ def test_an_answer_of_several_tokens_faces_a_set_holding_its_first_token(model):
     same = [pairs[0], ls.Prompt(q.text, " Mary Smith", " Mary Smith", corrupted=q.corrupted)]
     with pytest.raises(InputError, match=r"correct and incorrect answers are the same tokens \(' Mary Smith'\)"):
         run_patching(same, hf, tokenizer=tok, what="heads")
+
+
+def test_summary_prints_log_probability_metrics_with_the_logit_differences_digits(model):
+    """The terminal line ``clean m [lo, hi], corrupted m [lo, hi]`` shows four decimals for every
+    metric on the logit / log-probability scale (logit-diff, logprob-diff, logprob, loss: values of
+    order 1-40 here, where four significant digits dropped to two decimals); probabilities keep four
+    significant digits (they may be ~1e-5). Each printed number is the result's own, rounded."""
+    hf, _ = model
+    pairs = several_pairs()
+    number = r"(-?\d+\.\d+)"
+    line = re.compile(rf"clean {number} \[{number}, {number}\], corrupted {number} \[{number}, {number}\]")
+    for metric in ("logit-diff", "logprob-diff", "logprob", "loss"):
+        res = run_patching(pairs, hf, tokenizer=gpt2_tokenizer(), what="none", ablate="L0H0", metric=metric)
+        got = line.search(res.summary())
+        assert got is not None, res.summary()
+        iv = res.intervals
+        want = [res.clean_logit_diff.mean(), iv["clean"]["ci95_low"][0], iv["clean"]["ci95_high"][0],
+                res.corrupted_logit_diff.mean(), iv["corrupted"]["ci95_low"][0], iv["corrupted"]["ci95_high"][0]]
+        assert list(got.groups()) == [f"{v:.4f}" for v in want], metric
+    res = run_patching([ls.Prompt(p.text, " Mary", " John", corrupted=p.corrupted) for p in pairs[:2]], hf,
+                       tokenizer=gpt2_tokenizer(), what="none", ablate="L0H0", metric="prob-diff")
+    got = re.search(r"clean (\S+) \[", res.summary())
+    assert got is not None and got.group(1) == f"{res.clean_logit_diff.mean():.4g}", res.summary()

@@ -22,3 +22,14 @@ def json_nested(a: np.ndarray) -> Any:
     if np.isfinite(a).all():
         return a.tolist()
     return [json_nested(x) for x in a]
+
+
+# Metrics on the logit / log-probability scale (results.json keys): printed with the logit
+# difference's four decimals. Probabilities and KL may be ~1e-5: four significant digits.
+LOG_SCALE_METRICS = frozenset({"logit_diff", "logit_diff_softcapped", "logprob_diff", "logprob", "loss"})
+
+
+def metric_format(key: str) -> str:
+    """The format spec of a metric's values in text (``".4f"`` or ``".4g"``), by its results.json key,
+    so a log-probability line shows as many digits as a logit-difference line."""
+    return ".4f" if key in LOG_SCALE_METRICS else ".4g"
