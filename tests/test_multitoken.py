@@ -414,3 +414,19 @@ def test_summary_prints_log_probability_metrics_with_the_logit_differences_digit
                        tokenizer=gpt2_tokenizer(), what="none", ablate="L0H0", metric="prob-diff")
     got = re.search(r"clean (\S+) \[", res.summary())
     assert got is not None and got.group(1) == f"{res.clean_logit_diff.mean():.4g}", res.summary()
+
+
+def test_timing_counts_the_teacher_forced_rows_each_rank_ran(model):
+    """``timing.prompts_per_rank`` is what each rank ran: with answers of several tokens the
+    teacher-forced rows (one per prompt, plus one per answer token after the first: counted here from
+    TL's tokens), which ``timing.rows`` names; the terminal line of a split run says rows."""
+    hf, tl = model
+    pairs = several_pairs()
+    rows = len(pairs) + sum(len(answer_tokens(tl, p.text, a)) - 1 for p in pairs for a in (p.correct, p.incorrect))
+    assert rows > len(pairs)
+    res = ls.run_study(pairs, hf, tokenizer=gpt2_tokenizer(), batch_size=3)
+    assert (res.timing["prompts_per_rank"], res.timing["rows"]) == ([rows], rows)
+    res.timing.update(world_size=2, prompts_per_rank=[rows - 5, 5], gather_s=0.01)
+    assert f"on 2 ranks ({rows - 5} and 5 teacher-forced rows; gather 0.01 s)" in res.summary()
+    one = ls.run_study([ls.Prompt(p.text, " Mary", " John") for p in pairs], hf, tokenizer=gpt2_tokenizer())
+    assert one.timing["prompts_per_rank"] == [len(pairs)] and "rows" not in one.timing
