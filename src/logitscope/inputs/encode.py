@@ -55,7 +55,8 @@ def _answers(p: Prompt) -> tuple:
 def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: bool = True,
                    sets: bool = False, several: bool = False) -> Encoded:
     """Tokenize (batched, fast tokenizer) and validate: each answer (each alternative of an answer
-    set) exactly one token, correct ≠ incorrect (no token in both sets), every prompt within the
+    set) exactly one token, correct ≠ incorrect (no token in both sets; an answer of several tokens
+    is compared whole, so it may face a set holding its first token), every prompt within the
     model's context. Errors name the prompt and what to do. ``sets``: whether the caller measures
     answer sets (the study, the causal methods and edges); else a set of several alternatives is an
     error (``logit_diff_directions``: one unembedding direction per answer). ``several``: whether an

@@ -1,5 +1,6 @@
-"""Numbers for results.json: floats, with ``None`` where a value is not finite (JSON has no NaN).
-Shared by every patching result (grids, paths, circuits), which import nothing else of each other."""
+"""Numbers for results.json: floats, with ``None`` where a value is not finite (JSON has no NaN); and
+how many digits a metric's values get in text. Shared by every patching result (grids, paths,
+circuits), which import nothing else of each other."""
 
 from __future__ import annotations
 
