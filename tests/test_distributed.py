@@ -84,7 +84,8 @@ def assert_same_outputs(single: Path, many: Path, world_size: int) -> dict:
         assert sum(pb["pairs_per_rank"]) == pa["pairs_per_rank"][0] and len(pb["pairs_per_rank"]) == world_size
     assert a == b
     assert (ta["world_size"], tb["world_size"]) == (1, world_size)
-    assert ta["prompts_per_rank"] == [a["n_prompts"]] and sum(tb["prompts_per_rank"]) == a["n_prompts"]
+    ran = ta.get("rows", a["n_prompts"])  # answers of several tokens: each rank's teacher-forced rows
+    assert ta["prompts_per_rank"] == [ran] and sum(tb["prompts_per_rank"]) == ran and tb.get("rows") == ta.get("rows")
     assert len(tb["prompts_per_rank"]) == world_size and min(tb["prompts_per_rank"]) > 0
     files = sorted(p.name for p in single.iterdir())
     assert files == sorted(p.name for p in many.iterdir())
@@ -110,6 +111,28 @@ def test_torchrun_run_equals_one_process(tiny_llama_dir, mixed_jsonl, tmp_path, 
     timing = assert_same_outputs(tmp_path / "one", out, 2)
     assert timing["prompts_per_rank"] == [5, 6]  # batches 0 and 3 on rank 0, 1 and 2 on rank 1 (snake order)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # no temporary folder left
+
+
+def test_torchrun_run_of_several_token_answers_counts_each_ranks_rows(tiny_gpt2_dir, tmp_path, one_thread):
+    """Answers of several tokens on two ranks: the rows (prompt, then one per further answer token)
+    are dealt in batches; ``prompts_per_rank`` is each rank's rows as the snake order deals them
+    (``Ranks.shares`` of the row count), summing to ``timing.rows``; the files equal one process's."""
+    from oracle import gpt2_tokenizer
+
+    tok = gpt2_tokenizer()
+    answers = [(" Mary Smith", " John"), (" John", " Mary Ann Evans"), (" Mary", " John")] * 3
+    path = tmp_path / "several.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"When John and Mary went to {WORDS[i % 4]}, they gave it to",
+                                        "correct": c, "incorrect": x}) + "\n" for i, (c, x) in enumerate(answers)))
+    rows = sum(len(tok(c)["input_ids"]) + len(tok(x)["input_ids"]) - 1 for c, x in answers)
+    out = tmp_path / "two"
+    proc = torchrun(2, "-m", "logitscope", "run", "--model", str(tiny_gpt2_dir), "--prompts", str(path),
+                    "--out", str(out), "--device", "cpu", "--batch-size", "3", "--no-report", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "teacher-forced rows" in proc.stdout
+    ls.run_study(str(path), str(tiny_gpt2_dir), device="cpu", batch_size=3).save(tmp_path / "one", report=False)
+    timing = assert_same_outputs(tmp_path / "one", out, 2)
+    assert timing["rows"] == rows and timing["prompts_per_rank"] == _ranks(0, 2).shares(rows, 3)
 
 
 def test_torchrun_finer_parts_equal_one_process(tiny_llama_dir, mixed_jsonl, tmp_path, one_thread):
@@ -335,3 +358,40 @@ def test_path_patching_and_circuits_say_they_run_in_one_process(monkeypatch):
     with pytest.raises(ArgumentError, match=r"senders='L0H0': path patching and circuit checks run in one process only.*"
                                             r"without torchrun"):
         _one_process_only(senders="L0H0", circuit=None)
+
+
+class _Polled(distributed.Ranks):
+    """Rank 0 of one, with no process group: counts its polls; ``fail_at``: the poll that finds a
+    failed rank (raises, as :meth:`~logitscope.engine.distributed.Ranks.poll` does)."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        super().__init__(0, 1, 0, 1, group=None)
+        self.polls, self.fail_at = 0, fail_at
+
+    def poll(self, every_s: float = 0.5) -> None:
+        self.polls += 1
+        if self.polls == self.fail_at:
+            raise RuntimeError("rank 1 failed")
+
+
+def test_the_finer_pass_polls_for_a_failed_rank_between_batches():
+    """DLA by source position and by neuron (its own pass) asks after the other ranks once a batch,
+    as the main pass does, so a failed rank stops it at the next batch, not at the gather after this
+    rank's whole share. In process, on a tiny GPT-2: 7 prompts in batches of 3 are 3 polls."""
+    from oracle import gpt2_tokenizer, make_hf_model
+
+    from logitscope.engine.core import Engine
+    from logitscope.engine.setup import as_loaded
+    from logitscope.inputs.encode import encode_prompts
+    from logitscope.methods.dla import _finer_parts
+
+    lm = as_loaded(make_hf_model("gpt2", size="tiny", seed=1), gpt2_tokenizer(), device="cpu", dtype="float32",
+                   device_map=None)
+    prompts = ls.builtin_prompts("arena")[:7]
+    enc = encode_prompts(prompts, lm)
+    rows = np.argsort(enc.lengths, kind="stable")
+    ranks = _Polled()
+    done = _finer_parts(Engine(lm), enc, rows, 3, [(0, 0)], 0, ranks)
+    assert ranks.polls == 3 and done["neurons"].shape[-1] == 7
+    with pytest.raises(RuntimeError, match="rank 1 failed"):
+        _finer_parts(Engine(lm), enc, rows, 3, [(0, 0)], 0, _Polled(fail_at=2))

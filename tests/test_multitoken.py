@@ -15,6 +15,7 @@ tests/test_sets_dla.py).
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -351,3 +352,81 @@ def test_run_decomposes_the_teacher_forced_logit_difference_as_transformerlens(m
     assert [p.correct for p in res.prompts] == [c for c, _ in ANSWERS]
     patched = run_patching(pairs, hf, tokenizer=gpt2_tokenizer(), what="heads", metric="logit-diff")
     np.testing.assert_allclose(patched.study.logit_diff, patched.clean_logit_diff, rtol=0, atol=ATOL)
+
+
+def test_an_answer_of_several_tokens_faces_a_set_holding_its_first_token(model):
+    """Correct " New York" ([' New', ' York'] for GPT-2) against the incorrect set [" New", " Boston"]:
+    different answers, once refused as "a token in both sets". Scored as both definitions compose:
+    the long answer teacher-forced, the set by its mean logit (logit-diff) or its probability mass
+    (logprob-diff), on TL's logits by hand: ℓ(New) + ℓ(York | New) − (ℓ(New) + ℓ(Boston)) / 2 and
+    log P(New) + log P(York | New) − log(P(New) + P(Boston)). Two answers of several tokens sharing
+    their first token beside a set are measured too; identical ones stay an error."""
+    from oracle import tl_default_flags
+
+    hf, tl = model
+    p, q = several_pairs()[:2]
+    pairs = [ls.Prompt(p.text, " New York", (" New", " Boston"), corrupted=p.corrupted),
+             ls.Prompt(q.text, " Mary Smith", " Mary Jones", corrupted=q.corrupted)]
+    tok = gpt2_tokenizer()
+    new, york, boston = (tok(w)["input_ids"] for w in (" New", " York", " Boston"))
+    assert tok(" New York")["input_ids"] == new + york and len(new) == len(boston) == 1
+    got = run_patching(pairs, hf, tokenizer=tok, what="none", ablate="L0H0", metric="logprob-diff").clean_logit_diff
+    flat = tl_model(hf, "gpt2", **{**tl_default_flags("gpt2"), "center_unembed": False})
+    study = ls.run_study(pairs, hf, tokenizer=tok).logit_diff
+    clean = tl.to_tokens(p.text)[0].tolist()
+    c = answer_tokens(tl, p.text, " New York")
+    assert c == new + york
+    with torch.no_grad():
+        logp = torch.log_softmax(tl(torch.tensor([clean]))[0, -1].double(), -1)
+        flat_first = flat(torch.tensor([clean]))[0, -1].double()
+        flat_second = flat(torch.tensor([clean + c[:1]]))[0, -1].double()
+    by_hand = tl_logprob(tl, clean, c) - float(torch.logsumexp(logp[[new[0], boston[0]]], 0))
+    np.testing.assert_allclose(got[0], by_hand, rtol=0, atol=ATOL)
+    ld = float(flat_first[new[0]] + flat_second[york[0]] - (flat_first[new[0]] + flat_first[boston[0]]) / 2)
+    np.testing.assert_allclose(study[0], ld, rtol=1e-5, atol=ATOL)
+    clean_q = tl.to_tokens(q.text)[0].tolist()
+    mary = tl_logprob(tl, clean_q, answer_tokens(tl, q.text, " Mary Smith"))
+    np.testing.assert_allclose(got[1], mary - tl_logprob(tl, clean_q, answer_tokens(tl, q.text, " Mary Jones")),
+                               rtol=0, atol=ATOL)
+    same = [pairs[0], ls.Prompt(q.text, " Mary Smith", " Mary Smith", corrupted=q.corrupted)]
+    with pytest.raises(InputError, match=r"correct and incorrect answers are the same tokens \(' Mary Smith'\)"):
+        run_patching(same, hf, tokenizer=tok, what="heads")
+
+
+def test_summary_prints_log_probability_metrics_with_the_logit_differences_digits(model):
+    """The terminal line ``clean m [lo, hi], corrupted m [lo, hi]`` shows four decimals for every
+    metric on the logit / log-probability scale (logit-diff, logprob-diff, logprob, loss: values of
+    order 1-40 here, where four significant digits dropped to two decimals); probabilities keep four
+    significant digits (they may be ~1e-5). Each printed number is the result's own, rounded."""
+    hf, _ = model
+    pairs = several_pairs()
+    number = r"(-?\d+\.\d+)"
+    line = re.compile(rf"clean {number} \[{number}, {number}\], corrupted {number} \[{number}, {number}\]")
+    for metric in ("logit-diff", "logprob-diff", "logprob", "loss"):
+        res = run_patching(pairs, hf, tokenizer=gpt2_tokenizer(), what="none", ablate="L0H0", metric=metric)
+        got = line.search(res.summary())
+        assert got is not None, res.summary()
+        iv = res.intervals
+        want = [res.clean_logit_diff.mean(), iv["clean"]["ci95_low"][0], iv["clean"]["ci95_high"][0],
+                res.corrupted_logit_diff.mean(), iv["corrupted"]["ci95_low"][0], iv["corrupted"]["ci95_high"][0]]
+        assert list(got.groups()) == [f"{v:.4f}" for v in want], metric
+    res = run_patching([ls.Prompt(p.text, " Mary", " John", corrupted=p.corrupted) for p in pairs[:2]], hf,
+                       tokenizer=gpt2_tokenizer(), what="none", ablate="L0H0", metric="prob-diff")
+    got = re.search(r"clean (\S+) \[", res.summary())
+    assert got is not None and got.group(1) == f"{res.clean_logit_diff.mean():.4g}", res.summary()
+
+
+def test_timing_counts_the_teacher_forced_rows_each_rank_ran(model):
+    """``timing.prompts_per_rank`` is what each rank ran: with answers of several tokens the
+    teacher-forced rows (one per prompt, plus one per answer token after the first: counted here from
+    TL's tokens), which ``timing.rows`` names; the terminal line of a split run says rows."""
+    hf, tl = model
+    pairs = several_pairs()
+    rows = len(pairs) + sum(len(answer_tokens(tl, p.text, a)) - 1 for p in pairs for a in (p.correct, p.incorrect))
+    assert rows > len(pairs)
+    res = ls.run_study(pairs, hf, tokenizer=gpt2_tokenizer(), batch_size=3)
+    assert (res.timing["prompts_per_rank"], res.timing["rows"]) == ([rows], rows)
+    res.timing.update(world_size=2, prompts_per_rank=[rows - 5, 5], gather_s=0.01)
+    assert f"on 2 ranks ({rows - 5} and 5 teacher-forced rows; gather 0.01 s)" in res.summary()
+    one = ls.run_study([ls.Prompt(p.text, " Mary", " John") for p in pairs], hf, tokenizer=gpt2_tokenizer())
+    assert one.timing["prompts_per_rank"] == [len(pairs)] and "rows" not in one.timing

@@ -55,10 +55,11 @@ class PatchingResult(PatchingData):
 
     def summary(self) -> str:
         from logitscope.labels import counted
+        from logitscope.results.numbers import metric_format
 
         iv = self.intervals
         c, x = self.clean_logit_diff.mean(), self.corrupted_logit_diff.mean()
-        f = ".4f" if self.metric_key is None else ".4g"  # probabilities may be ~1e-5: significant digits
+        f = metric_format(self.metric)  # as many decimals as the logit difference; probabilities: significant digits
         named = "" if self.metric_key is None else f", {self.metric_label}"
         lines = [
             self.study.summary(),

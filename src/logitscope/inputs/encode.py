@@ -55,7 +55,8 @@ def _answers(p: Prompt) -> tuple:
 def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: bool = True,
                    sets: bool = False, several: bool = False) -> Encoded:
     """Tokenize (batched, fast tokenizer) and validate: each answer (each alternative of an answer
-    set) exactly one token, correct ≠ incorrect (no token in both sets), every prompt within the
+    set) exactly one token, correct ≠ incorrect (no token in both sets; an answer of several tokens
+    is compared whole, so it may face a set holding its first token), every prompt within the
     model's context. Errors name the prompt and what to do. ``sets``: whether the caller measures
     answer sets (the study, the causal methods and edges); else a set of several alternatives is an
     error (``logit_diff_directions``: one unembedding direction per answer). ``several``: whether an
@@ -131,7 +132,7 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
         )
     correct_set = incorrect_set = None
     if any(len(members(p.correct)) > 1 or len(members(p.incorrect)) > 1 for p in prompts):
-        correct_set, incorrect_set = _set_matrices(prompts, answer_ids, tok)
+        correct_set, incorrect_set = _set_matrices(prompts, answer_ids, tok, long)
         if sequences is not None:  # an answer of several tokens: its first token in context
             for i, p in enumerate(prompts):
                 for m, answer, seq in ((correct_set, p.correct, sequences[0][i]),
@@ -139,17 +140,19 @@ def encode_prompts(prompts: Sequence[Prompt], lm: LoadedModel, *, prepend_bos: b
                     if members(answer)[0] in long:
                         m[i] = -1
                         m[i, 0] = seq[0]
+        same = np.array([i for i, p in enumerate(prompts) if sequences is not None and members(p.correct)[0] in long
+                         and members(p.incorrect)[0] in long and sequences[0][i] == sequences[1][i]], dtype=np.int64)
     else:
         same = np.nonzero(correct == incorrect)[0]
         if sequences is not None:  # answers of several tokens may share their first tokens, not all of them
             same = np.array([i for i in same if sequences[0][i] == sequences[1][i]], dtype=np.int64)
-        if same.size:
-            p = prompts[int(same[0])]
-            what = "token" if sequences is None or len(sequences[0][int(same[0])]) == 1 else "tokens"
-            raise InputError(
-                f"{where(prompts, prompt=p)}: correct and incorrect answers are the same {what} ({p.correct!r}); "
-                "the logit difference would be zero"
-            )
+    if same.size:
+        p = prompts[int(same[0])]
+        what = "token" if sequences is None or len(sequences[0][int(same[0])]) == 1 else "tokens"
+        raise InputError(
+            f"{where(prompts, prompt=p)}: correct and incorrect answers are the same {what} ({p.correct!r}); "
+            "the logit difference would be zero"
+        )
     empty = [i for i, x in enumerate(ids) if len(x) == 0]
     if empty:
         raise InputError(f"{where(prompts, prompt=prompts[empty[0]])}: the prompt is empty")
@@ -209,14 +212,19 @@ def _several(prompts: Sequence[Prompt], tok: Any, long: set, answer_ids: dict
     return out
 
 
-def _set_matrices(prompts: Sequence[Prompt], answer_ids: dict, tok: Any) -> tuple[np.ndarray, np.ndarray]:
+def _set_matrices(prompts: Sequence[Prompt], answer_ids: dict, tok: Any, long: set
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Each prompt's correct and incorrect sets as token ids ``[N, K]`` padded with ``-1`` (a token
-    given twice in one set counts once); an error for a token in both sets, or a special token."""
+    given twice in one set counts once); an error for a token in both sets, or a special token.
+
+    An answer of several tokens (in ``long``) is one answer, not its first token: it may face a set
+    holding that token (" New York" against [" New", " Boston"]); the caller compares it whole."""
     rows: list[tuple[list[int], list[int]]] = []
     for p in prompts:
         c = list(dict.fromkeys(answer_ids[a][0] for a in members(p.correct)))
         i = list(dict.fromkeys(answer_ids[a][0] for a in members(p.incorrect)))
-        shared = [t for t in c if t in i]
+        whole = members(p.correct)[0] in long or members(p.incorrect)[0] in long
+        shared = [] if whole else [t for t in c if t in i]
         if shared:
             text = tok.decode([shared[0]])
             raise InputError(f"{where(prompts, prompt=p)}: the token {text!r} (id {shared[0]}) is in both the correct "

@@ -161,7 +161,7 @@ def study(prompts: list[Prompt] | GeneratedSet, lm: LoadedModel, options: StudyO
         t_assembled = time.perf_counter()
         sources = _agreed_sources(ranks, dla_by_source, named_sources, per)
         if sources or neurons is not None:
-            finer = _finer_parts(engine, enc, rows, batch_size, sources or [], neurons, ranks is None)
+            finer = _finer_parts(engine, enc, rows, batch_size, sources or [], neurons, ranks)
             if ranks is not None:  # gathered to rank 0 as the main pass's arrays are
                 finer = ranks.gather_columns(rows, finer, len(prompts), "the gather of the finer parts")
             if per is not None:
@@ -205,7 +205,10 @@ def study(prompts: list[Prompt] | GeneratedSet, lm: LoadedModel, options: StudyO
     timing["study_s"] = time.perf_counter() - t_start
     timing["prompts_per_s"] = len(prompts) / timing["study_s"]
     timing["world_size"] = 1 if ranks is None else ranks.world_size
-    timing["prompts_per_rank"] = [len(prompts)] if ranks is None else ranks.shares(len(prompts), batch_size)
+    # what each rank ran: its prompts, or where answers are several tokens its teacher-forced rows
+    timing["prompts_per_rank"] = [len(run_ids)] if ranks is None else ranks.shares(len(run_ids), batch_size)
+    if forced is not None:
+        timing["rows"] = len(run_ids)  # prompts_per_rank counts rows (they sum to this), not prompts
     return StudyData(**fields, timing=timing)
 
 
@@ -278,11 +281,12 @@ def _agreed_sources(ranks: distributed.Ranks | None, dla_by_source: Any, named: 
 
 
 def _finer_parts(engine: Engine, enc: Encoded, rows: np.ndarray, batch_size: int, sources: list[tuple[int, int]],
-                 neurons: int | None, unsort: bool) -> dict[str, np.ndarray | None]:
+                 neurons: int | None, ranks: distributed.Ranks | None) -> dict[str, np.ndarray | None]:
     """One more pass over the same batches of ``rows`` (this rank's, in batch order: re-cut in
     ``batch_size`` pieces they are the main pass's batches) for DLA by source position and by neuron
-    (:mod:`logitscope.engine.parts`); per-prompt arrays in the order of ``rows``, or with ``unsort``
-    (one process: ``rows`` is every prompt) in the prompts' order."""
+    (:mod:`logitscope.engine.parts`); per-prompt arrays in the order of ``rows``, or in one process
+    (``ranks`` ``None``: ``rows`` is every prompt) in the prompts' order. In a process group it polls
+    for a failed rank between batches, as the main pass does."""
     lengths, in_dev = enc.lengths, engine.in_device
     correct, incorrect = answer_ids(enc)
     rec = engine.observe_parts(sources, neurons, int(lengths.max()))  # every prompt's longest: the same on every rank
@@ -295,7 +299,9 @@ def _finer_parts(engine: Engine, enc: Encoded, rows: np.ndarray, batch_size: int
                 out.append(rec.run_batch(ids_dev[b.offset : b.offset + b.size * b.width].view(b.size, b.width),
                                          torch.from_numpy(lengths[r] - 1).to(in_dev), torch.from_numpy(correct[r]),
                                          torch.from_numpy(incorrect[r])))
-    return _assemble(out, rows if unsort else None)
+                if ranks is not None:
+                    ranks.poll()  # another rank failed: stop now, not at the gather after this rank's share
+    return _assemble(out, rows if ranks is None else None)
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -55,11 +55,13 @@ def summary_text(data: StudyData) -> str:
 
 
 def _split(timing: dict) -> str:
-    """How a distributed run was split: `` on 2 ranks (5,000 and 5,000 prompts; gather 0.12 s)``."""
+    """How a distributed run was split: `` on 2 ranks (5,000 and 5,000 prompts; gather 0.12 s)``; where
+    answers are several tokens, the teacher-forced rows each rank ran (``timing["rows"]``)."""
     world = timing.get("world_size", 1)
     if world < 2:
         return ""
     shares = [f"{n:,}" for n in timing.get("prompts_per_rank", [])]
     listed = ", ".join(shares[:-1]) + f" and {shares[-1]}" if shares else "?"
     gather = f"; gather {timing['gather_s']:.2f} s" if "gather_s" in timing else ""
-    return f" on {world} ranks ({listed} prompts{gather})"
+    unit = "teacher-forced rows" if "rows" in timing else "prompts"
+    return f" on {world} ranks ({listed} {unit}{gather})"
