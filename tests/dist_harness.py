@@ -65,6 +65,16 @@ def api_runs(model: str, jsonl: str):
     yield "jsonl", ls.run_study(jsonl, model, device="cpu", batch_size=3)
     yield "ioi500", ls.run_study("ioi:500", model, device="cpu", batch_size=64)
     yield "patch", ls.run_patching("seed", model, device="cpu", batch_size=3, what="heads")
+    # An Experiment shares one study between study() and the causal methods, in either order, and
+    # study() by its options: every rank must take the same branch (None on ranks > 0 is "made" too).
+    exp = ls.Experiment(model, "seed", device="cpu", batch_size=3)
+    yield "exp_study", exp.study()
+    yield "exp_study_again", exp.study()
+    yield "exp_patch", exp.patch("heads")
+    yield "exp_ablate", exp.ablate("L1H0,L0H1")
+    exp = ls.Experiment(model, "seed", device="cpu", batch_size=3)
+    yield "exp_patch_first", exp.patch("heads")
+    yield "exp_study_after", exp.study()
 
 
 def plant(fault: str) -> None:

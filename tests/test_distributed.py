@@ -233,15 +233,17 @@ def test_a_killed_hung_or_misplaced_rank_fails_the_run(fault, expected, status, 
 @pytest.mark.slow
 def test_the_api_in_a_process_group_equals_one_process(tiny_gpt2_dir, mixed_jsonl, tmp_path, one_thread):
     """The Python API in a program that initialised the process group itself, three ranks: the study
-    of the seed prompts, of a mixed-length JSONL and of ioi:500, and the seed's grid of every head, each as one process."""
+    of the seed prompts, of a mixed-length JSONL and of ioi:500, the seed's grid of every head, and an
+    Experiment's study, study again, patch and ablate (and patch before study), each as one process."""
     sys.path.insert(0, str(HERE))
     from dist_harness import api_runs
 
     out, writers = tmp_path / "three", tmp_path / "writers.txt"
     proc = torchrun(3, str(HARNESS), "api", "-", str(writers), "--", str(out), str(tiny_gpt2_dir), str(mixed_jsonl))
     assert proc.returncode == 0, proc.stderr
-    assert writers.read_text() == "0\n" * 4
-    for name, result in api_runs(str(tiny_gpt2_dir), str(mixed_jsonl)):
+    runs = list(api_runs(str(tiny_gpt2_dir), str(mixed_jsonl)))
+    assert writers.read_text() == "0\n" * len(runs) and len(runs) == 10
+    for name, result in runs:
         result.save(tmp_path / "one" / name, report=False)
         timing = assert_same_outputs(tmp_path / "one" / name, out / name, 3)
         if name == "ioi500":

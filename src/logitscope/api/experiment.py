@@ -73,8 +73,12 @@ class Experiment:
         self.seed = seed
         self.progress = progress
         self._prepared: Prepared | None = None
-        self._study: Any = None  # the clean prompts' study that every patching result carries, made once
-        self._studies: dict[tuple, StudyResult] = {}  # study()'s results by their options
+        # The clean prompts' study that every patching result carries, made once. "Made" is kept apart
+        # from the value: under torchrun the value is None on every rank but 0, and every rank must
+        # take the same branch (a study is a collective).
+        self._study: Any = None
+        self._study_made = False
+        self._studies: dict[tuple, StudyResult | None] = {}  # study()'s results by their options (None: rank > 0)
         self._encoded: Any = None  # the prompts as activations() and intervene() encode them, made once
 
     def __repr__(self) -> str:
@@ -103,13 +107,16 @@ class Experiment:
         make it: the default top_k and attention prompt)."""
         checked = patch_options(**options)  # each method's options checked, every one not given at its default
         prep = self.prepared
-        early = self._studies.get(_CAUSAL_STUDY)
-        if self._study is None and early is not None and same_but_counterparts(self.prompts, prep.prompts):
-            self._study = study_on(early, prep.prompts)  # study() made it: the same numbers, the pairs' prompts
-        computed = self._study is None
+        if (not self._study_made and _CAUSAL_STUDY in self._studies
+                and same_but_counterparts(self.prompts, prep.prompts)):
+            early = self._studies[_CAUSAL_STUDY]  # study() made it: the same numbers, the pairs' prompts
+            self._study, self._study_made = (None if early is None else study_on(early, prep.prompts)), True
+        computed = not self._study_made
         if computed:
             self._study = study_of(prep, batch_size=self.batch_size, seed=self.seed, **_CAUSAL_OPTIONS)
-        result = run_prepared(prep, self._study, checked, RunSettings(self.batch_size, self.seed, self.progress))
+            self._study_made = True
+        result = run_prepared(prep, self._study, checked, RunSettings(self.batch_size, self.seed, self.progress),
+                              study_made=True)
         if computed and self.progress and result is not None:
             say_study_ran(len(prep.prompts))  # once: every later method reuses it
         return result
@@ -130,22 +137,22 @@ class Experiment:
         key = _study_key(options)
         if key is not None and key in self._studies:
             return self._studies[key]
-        result = self._causal_study() if key == _CAUSAL_STUDY else None
-        if result is None:
+        if key == _CAUSAL_STUDY and self._shares_causal_study():
+            result = None if self._study is None else study_on(self._study, self.prompts)  # None: rank > 0
+        else:
             result = run_study(self.prompts, self.lm, **options, **self._shared())
-        if key is not None and result is not None:  # None: a rank other than 0
+        if key is not None:  # kept on every rank (None on ranks > 0), so every rank skips the next one alike
             self._studies[key] = result
         return result
 
-    def _causal_study(self) -> StudyResult | None:
-        """The causal methods' study, made already, as :meth:`study` would make it: only where its
-        prompts are the experiment's but for their counterparts, and none names a metric of its own
-        (:meth:`study` then warns that it decomposes the logit difference, the causal methods do not)."""
-        if self._study is None or not same_but_counterparts(self.prompts, self.prepared.prompts):
-            return None
-        if any(p.meta.get("metric") not in (None, "logit-diff") for p in self.prompts):
-            return None
-        return study_on(self._study, self.prompts)
+    def _shares_causal_study(self) -> bool:
+        """Whether :meth:`study` takes the causal methods' study, made already: only where its prompts
+        are the experiment's but for their counterparts, and none names a metric of its own
+        (:meth:`study` then warns that it decomposes the logit difference, the causal methods do not).
+        The same answer on every rank."""
+        if not self._study_made or not same_but_counterparts(self.prompts, self.prepared.prompts):
+            return False
+        return not any(p.meta.get("metric") not in (None, "logit-diff") for p in self.prompts)
 
     def patch(self, what: str | Sequence[str] = "heads", *, direction: str = "denoise", positions: str = "auto",
               method: str = "exact", ablation: str = "mean", metric: Any = None) -> GridsResult:

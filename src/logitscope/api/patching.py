@@ -136,9 +136,10 @@ def run_patching(
 
 
 def run_prepared(prep: Prepared, study: Any, options: PatchOptions, settings: RunSettings, *, top_k: int = 3,
-                 attention_prompt: int = 0, t0: float | None = None) -> PatchingResult | None:
+                 attention_prompt: int = 0, t0: float | None = None, study_made: bool = False) -> PatchingResult | None:
     """:func:`run_patching` on a prepared prompt set with checked ``options``, with the study of its
-    clean prompts when given (else computed here, with ``top_k`` and ``attention_prompt``)."""
+    clean prompts when given (``study_made``: made already, even where ``study`` is None, as on the
+    ranks other than 0 of a process group; else computed here, with ``top_k`` and ``attention_prompt``)."""
     t0 = time.perf_counter() if t0 is None else t0
     lm, prompts, pairs = prep.lm, prep.prompts, prep.pairs
     metric, seed = options.metric, settings.seed
@@ -157,7 +158,7 @@ def run_prepared(prep: Prepared, study: Any, options: PatchOptions, settings: Ru
     axis, axis_of_rows = row_axis(prep, positions) if any(GRIDS[g].by_position for g in grids) else (None, None)
     if axis is not None and axis.note:
         notes.append(axis.note)
-    computed = study is None
+    computed = not study_made and study is None
     if computed:
         study = study_of(prep, batch_size=settings.batch_size, top_k=top_k, attention_prompt=attention_prompt,
                          seed=seed)
