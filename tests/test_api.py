@@ -487,3 +487,23 @@ def test_causal_methods_run_a_training_mode_model_in_eval_mode(user_model, tiny_
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(trained.paths.values, plain.paths.values)
     assert trained.circuit.measures == plain.circuit.measures
+
+
+def test_edges_leave_a_mixed_mode_model_as_it_was_and_run_without_dropout(user_model):
+    """The edge runner (engine/split_qkv.py) on a model in training mode but for one block: every
+    module's own training flag comes back (model.train() used to switch the eval block on too), its
+    hooks are left alone, and the scores are those of the model in eval mode (no dropout)."""
+    import torch
+
+    model, tok, _ = user_model
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.5
+    before = _state(model)
+    kw = dict(tokenizer=tok, method="eap", curve=False, top_n=5, batch_size=4)
+    trained = ls.edges("ioi:8", model, **kw)
+    assert _state(model) == before
+    assert model.training and not model.transformer.h[1].training
+    model.eval()
+    plain = ls.edges("ioi:8", model, **kw)
+    np.testing.assert_array_equal(trained.scores, plain.scores)

@@ -33,6 +33,7 @@ from logitscope.engine.nodes import QKV, NodeLayout  # the layout is all the run
 from logitscope.models.adapters import norm_eps
 from logitscope.models.modules import Modules
 from logitscope.models.qkv import QKVProjection
+from logitscope.models.state import study_mode
 
 # (kind, layer) -> tensor: "qkv" [3, b, p, H, d]; "mlp", "logits" [b, p, d]
 DeltaFn = Callable[[str, int], "torch.Tensor | None"]
@@ -129,9 +130,9 @@ class EdgeRunner:
         ungroup = self.n_kv != self.H
         group = self.H // self.n_kv
         with ExitStack() as stack:
-            if self.lm.model.training:  # dropout off while attached, the user's mode restored after
-                self.lm.model.eval()
-                stack.callback(self.lm.model.train)
+            # Dropout off while attached; afterwards every module's own training flag as it was
+            # (model.train() would have switched on modules the user had in eval mode).
+            stack.enter_context(study_mode(self.lm.model))
 
             def hook(module, fn, pre=False, kwargs=False):
                 if pre:
