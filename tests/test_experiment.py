@@ -239,3 +239,14 @@ def test_same_but_counterparts_compares_all_but_the_counterpart():
                   replace(a[0], correct=5335), replace(a[0], meta={"template": 2})):
         assert not same_but_counterparts(a, [other])
     assert not same_but_counterparts(a, a + a)
+
+
+def test_what_the_experiment_made_once_cannot_be_changed_under_it(tiny_gpt2_dir):
+    """The prompts and the shared options are read-only: the pairs, the encodings and the study are
+    made once from them, so a changed batch size or seed would leave a stale study behind."""
+    exp = ls.Experiment(str(tiny_gpt2_dir), "ioi:4", device="cpu", batch_size=2, seed=1)
+    for name, value in (("prompts", []), ("batch_size", 3), ("seed", 2), ("prepend_bos", False), ("corrupt", "flip")):
+        with pytest.raises(AttributeError):
+            setattr(exp, name, value)
+    assert (exp.batch_size, exp.seed, len(exp.prompts)) == (2, 1, 4)
+    exp.progress = False  # progress bars only

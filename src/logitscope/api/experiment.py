@@ -65,13 +65,12 @@ class Experiment:
         self.lm = as_loaded(model, tokenizer, device=device, dtype=dtype, device_map=device_map,
                             ranks=distributed.current())
         # Generated once; a given list is checked (and linted) by each method, as the wrappers do.
-        self.prompts: list[Prompt] = (parsed.generate(seed=seed, tokenizer=self.lm.tokenizer)
-                                      if isinstance(parsed, GeneratedSet) else list(parsed))
-        self.corrupt = corrupt
-        self.batch_size = batch_size
-        self.prepend_bos = prepend_bos
-        self.seed = seed
-        self.progress = progress
+        # Fixed once made (read-only properties below): the pairs, the encodings and the study are made
+        # once from them, so changing one afterwards would leave them stale.
+        self._prompts: list[Prompt] = (parsed.generate(seed=seed, tokenizer=self.lm.tokenizer)
+                                       if isinstance(parsed, GeneratedSet) else list(parsed))
+        self._corrupt, self._batch_size, self._prepend_bos, self._seed = corrupt, batch_size, prepend_bos, seed
+        self.progress = progress  # progress bars only: may change
         self._prepared: Prepared | None = None
         # The clean prompts' study that every patching result carries, made once. "Made" is kept apart
         # from the value: under torchrun the value is None on every rank but 0, and every rank must
@@ -80,6 +79,28 @@ class Experiment:
         self._study_made = False
         self._studies: dict[tuple, StudyResult | None] = {}  # study()'s results by their options (None: rank > 0)
         self._encoded: Any = None  # the prompts as activations() and intervene() encode them, made once
+
+    # ------------------------------------------------------------------ fixed when made
+    @property
+    def prompts(self) -> list[Prompt]:
+        """The experiment's prompts (generated once for a spec such as ``ioi:N``)."""
+        return self._prompts
+
+    @property
+    def corrupt(self) -> str | None:
+        return self._corrupt
+
+    @property
+    def batch_size(self) -> int | None:
+        return self._batch_size
+
+    @property
+    def prepend_bos(self) -> bool | None:
+        return self._prepend_bos
+
+    @property
+    def seed(self) -> int:
+        return self._seed
 
     def __repr__(self) -> str:
         return f"<Experiment {self.lm.name}: {len(self.prompts)} prompts>"
