@@ -272,3 +272,15 @@ def test_edge_options_are_checked_when_made_and_equal_attributes_names(tiny_gpt2
     assert doc(whole) == doc(named) and doc(whole)["circuit"]
     with pytest.raises(TypeError, match="not both"):
         attribute(lm, "ioi:4", EdgeOptions(), method="eap")
+
+
+def test_direction_and_ablation_are_checked_before_each_methods_own_options():
+    """Of several bad options, run_patching reports the direction (then the ablation) first, as it
+    always has, before a grid name or a circuit file is read."""
+    from logitscope.errors import ArgumentError
+    from logitscope.methods.patching.options import patch_options
+
+    with pytest.raises(ArgumentError, match="direction"):
+        patch_options(direction="sideways", what="no-such-grid", circuit="/no/such/file.circuit")
+    with pytest.raises(ArgumentError, match="ablation"):
+        patch_options(ablation="melt", what="no-such-grid")

@@ -166,6 +166,12 @@ def patch_options(**given: Any) -> PatchOptions:
     unknown = sorted(set(given) - known)
     if unknown:
         raise TypeError(f"unexpected patching option(s): {', '.join(unknown)}")
+    # direction and ablation first, as run_patching always checked them (the first of several bad
+    # options is the one reported); PatchOptions checks them again when made
+    if given.get("direction", "denoise") not in DIRECTIONS:
+        raise ArgumentError("direction", given["direction"], "use denoise or noise")
+    if given.get("ablation", "mean") not in ABLATIONS:
+        raise ArgumentError("ablation", given["ablation"], f"use one of {', '.join(ABLATIONS)}")
     parts = {part: cls(**{n: given[n] for n in names[cls] if n in given}) for part, cls in _PARTS.items()}
     completeness = Completeness(**{f: given[n] for n, f in _COMPLETENESS.items() if n in given})
     parts["circuit"] = CircuitOptions(given.get("circuit"), completeness)
