@@ -352,7 +352,7 @@ def test_an_argument_error_travels_between_ranks():
 
 def test_path_patching_and_circuits_say_they_run_in_one_process(monkeypatch):
     """In a process group, senders or a circuit stop every rank before any model load, with the way out."""
-    from logitscope.api.patching import _one_process_only
+    from logitscope.methods.patching.options import one_process_only as _one_process_only
 
     _one_process_only(senders="L0H0", circuit=None)  # one process: fine
     monkeypatch.setattr(distributed, "current", lambda: _ranks(0, 2))

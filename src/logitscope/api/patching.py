@@ -28,7 +28,6 @@ from logitscope.api.prepared import (Prepared, default_metric, fold_rows, prepar
                                        row_prompts, rows_note, study_of)
 from logitscope.methods.patching.loop import run_methods
 from logitscope.methods.patching.options import PatchOptions, RunSettings, patch_options
-from logitscope.methods.patching.options import one_process_only as _one_process_only  # noqa: F401 (tests)
 from logitscope.methods.patching.run import DIRECTIONS
 from logitscope.inputs.counterparts import with_counterparts
 from logitscope.inputs.prompt import Prompt

@@ -37,6 +37,7 @@ class TokenLens:
         # (its mmap threshold rises to the freed size; small per-batch results kept between the big
         # blocks then pin the heap): 10,000 prompts peaked at 0.6-1.9 GB from run to run.
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._W_U_float: torch.Tensor | None = None
 
     def normed(self, resid: torch.Tensor) -> torch.Tensor:
         """The final norm applied afresh to residual vectors ``[..., d]`` (float32)."""
@@ -51,12 +52,19 @@ class TokenLens:
         into ``out`` where given (the same operations in the same order, in place)."""
         if out is None:
             out = torch.empty(resid.shape[0], self.W_U.shape[0], device=self.W_U.device, dtype=torch.float32)
-        torch.matmul(self.normed(resid), self.W_U.float().T, out=out)
+        torch.matmul(self.normed(resid), self._W_U32().T, out=out)
         if self.b_U is not None:
             out.add_(self.b_U.float())
         if self.softcap is not None:
             out.div_(self.softcap).tanh_().mul_(self.softcap)
         return out
+
+    def _W_U32(self) -> torch.Tensor:
+        """The unembedding in float32, converted once (``W_U`` itself for a float32 model): a fresh
+        copy per chunk of a half-precision model's ``[vocab, d]`` grew the heap as the buffers did."""
+        if self._W_U_float is None:
+            self._W_U_float = self.W_U.float()
+        return self._W_U_float
 
     def _chunk_buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._buffers is None or self._buffers[0].shape[0] < rows:
