@@ -293,5 +293,5 @@ def test_token_lens_reuses_its_chunk_buffers_and_equals_a_fresh_computation():
             expected_sum = expected_sum + p.sum(0, dtype=torch.float64)
         top = torch.topk(torch.cat(parts), 3, dim=-1)
         assert torch.equal(ids[0], top.indices.T) and torch.equal(probs[0], top.values.T)
-    assert len(seen) == 1  # the same two buffers for every chunk of every batch
+    assert len(seen) == 1  # the same three buffers for every chunk of every batch
     assert torch.equal(lens.prob_sum[0], expected_sum)

@@ -126,6 +126,7 @@ class Recorder:
             self.mlp_post.append(self._post_norm(m.mlp_post_norm(layer)))
         self._state: dict[str, object] = {}
         self._handles: list = []
+        self._sweep_buffer: torch.Tensor | None = None  # answer_logits's vocabulary chunks, reused
         self.token_lens = None if not lens_top_k else TokenLens(
             lens_top_k, centre=self.centre, eps=self.eps, gamma=self.gamma, beta=self.beta, W_U=self.W_U,
             b_U=self.b_U, softcap=self.softcap)
@@ -168,13 +169,33 @@ class Recorder:
         copy of the unembedding nor a ``[B, vocab]`` tensor larger than a chunk is ever held.
         For answer sets (``[B, K]``) the logits are each member's ``[B, K]`` (pads: any value)."""
 
-        def logits(rows: torch.Tensor | slice) -> torch.Tensor:
-            out = normed @ self.W_U[rows].float().T
-            return self.capped(out if self.b_U is None else out + self.b_U[rows].float())
+        def logits(rows: slice) -> torch.Tensor:  # the same operations as capped(normed @ W.T + b), in place
+            w = self.W_U[rows]
+            out = torch.matmul(normed, w.float().T, out=self._sweep(normed.shape[0], w.shape[0]))
+            if self.b_U is not None:
+                out.add_(self.b_U[rows].float())
+            return out if self.softcap is None else out.div_(self.softcap).tanh_().mul_(self.softcap)
 
         lc, li = member_logits(normed, correct, self.W_U, self.b_U), member_logits(normed, incorrect, self.W_U, self.b_U)
-        parts = [torch.logsumexp(logits(slice(i, i + chunk)), dim=-1) for i in range(0, self.W_U.shape[0], chunk)]
+        def logsumexp(rows: slice) -> torch.Tensor:
+            # torch.logsumexp's own steps (max, guarded against ±inf; exp of the difference; sum; log;
+            # plus the max), in place in the chunk's buffer: the same bits, no [B, chunk] temporaries
+            x = logits(rows)
+            m = x.amax(-1, keepdim=True)
+            m.masked_fill_(m.abs() == torch.inf, 0)
+            return x.sub_(m).exp_().sum(-1).log_().add_(m.squeeze(-1))
+
+        parts = [logsumexp(slice(i, i + chunk)) for i in range(0, self.W_U.shape[0], chunk)]
         return lc, li, torch.logsumexp(torch.stack(parts), dim=0)
+
+    def _sweep(self, rows: int, cols: int) -> torch.Tensor:
+        """A ``[rows, cols]`` float32 view of one buffer kept for the study: the vocabulary sweep's
+        chunks reuse it batch after batch (fresh blocks of this size let the heap grow with the
+        number of batches, as the token lens's did)."""
+        need = rows * cols
+        if self._sweep_buffer is None or self._sweep_buffer.numel() < need:
+            self._sweep_buffer = torch.empty(need, device=self.W_U.device, dtype=torch.float32)
+        return self._sweep_buffer[:need].view(rows, cols)
 
     def capped(self, logits: torch.Tensor) -> torch.Tensor:
         """The family's final soft-cap ``c·tanh(logits / c)``, or ``logits`` where there is none."""

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import torch
 
-# The most bytes of [rows, vocab] float32 probabilities alive at once (a few copies of it with the
-# logits and the softmax): 32 MB is 160 rows of GPT-2's vocabulary, 32 of Gemma's.
+# The bytes of one chunk's [rows, vocab] float32 probabilities: 32 MB is 160 rows of GPT-2's
+# vocabulary, 32 of Gemma's. The lens keeps four times that for the study (logits, probabilities
+# and their float64 copy for the sum), made once: 128 MB, what each chunk used to allocate afresh.
 CHUNK_BYTES = 32 * 2**20
 
 
@@ -36,7 +37,7 @@ class TokenLens:
         # batch: a fresh ~32 MB pair per chunk let glibc's heap grow with the number of batches
         # (its mmap threshold rises to the freed size; small per-batch results kept between the big
         # blocks then pin the heap): 10,000 prompts peaked at 0.6-1.9 GB from run to run.
-        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._W_U_float: torch.Tensor | None = None
 
     def normed(self, resid: torch.Tensor) -> torch.Tensor:
@@ -66,10 +67,16 @@ class TokenLens:
             self._W_U_float = self.W_U.float()
         return self._W_U_float
 
-    def _chunk_buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _chunk_buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The logits' and probabilities' ``[rows, vocab]`` float32 buffers, and the probabilities'
+        float64 copy that their sum reads (``p.sum(0, dtype=float64)`` made that copy afresh each
+        time; summing the kept copy gives the same bits). On MPS, which has no float64, the sum is
+        float32 and the third buffer is the second."""
         if self._buffers is None or self._buffers[0].shape[0] < rows:
-            shape = (rows, self.W_U.shape[0])
-            self._buffers = tuple(torch.empty(shape, device=self.W_U.device, dtype=torch.float32) for _ in range(2))
+            shape, dev = (rows, self.W_U.shape[0]), self.W_U.device
+            logits, probs = (torch.empty(shape, device=dev, dtype=torch.float32) for _ in range(2))
+            wide = probs if dev.type == "mps" else torch.empty(shape, device=dev, dtype=torch.float64)
+            self._buffers = (logits, probs, wide)
         return self._buffers
 
     def top(self, points: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +91,7 @@ class TokenLens:
             resid = resid.to(self.W_U.device)
             i_parts, p_parts = [], []
             total = None
-            logits_buf, probs_buf = self._chunk_buffers(min(rows, resid.shape[0]))
+            logits_buf, probs_buf, wide_buf = self._chunk_buffers(min(rows, resid.shape[0]))
             for start in range(0, resid.shape[0], rows):
                 chunk = resid[start:start + rows]
                 n = chunk.shape[0]
@@ -92,7 +99,7 @@ class TokenLens:
                 top = torch.topk(p, self.k, dim=-1)
                 i_parts.append(top.indices)
                 p_parts.append(top.values)
-                part = p.sum(0, dtype=torch.float32 if p.device.type == "mps" else torch.float64)
+                part = wide_buf[:n].copy_(p).sum(0) if wide_buf is not probs_buf else p.sum(0)
                 total = part if total is None else total + part
                 del p
             ids.append(torch.cat(i_parts).T)
