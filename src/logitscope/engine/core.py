@@ -67,7 +67,8 @@ class Engine(Readout):
         self.blocks = self.points.blocks
         self.n_layers = len(self.blocks)
         self.arg_names = [runs.positional_names(b) for b in self.blocks]  # each block's arguments after the hidden states
-        self.in_device = lm.adapter.embed(lm.model).weight.device
+        self.modules = self.points.modules  # the one resolver, as the hook points read it
+        self.in_device = self.modules.embed.weight.device
 
     @contextmanager
     def session(self, *, kernels: bool, eval_mode: bool = True) -> Iterator[None]:
@@ -92,7 +93,7 @@ class Engine(Readout):
         mode reads the final residual stream at the answer positions itself), ``hooks`` at their
         points (:class:`~logitscope.models.hooks.HookPoints`) during the pass only."""
         with self.points.attach(hooks):
-            self.lm.adapter.base(self.lm.model)(input_ids=ids, use_cache=False)
+            self.modules.base(input_ids=ids, use_cache=False)
 
     def answer_resid(self, ids: torch.Tensor, end: torch.Tensor, hooks: Mapping[tuple[str, int], Hook]) -> torch.Tensor:
         """:meth:`forward`, and the final residual stream (what the final norm reads, after any hook
@@ -125,11 +126,10 @@ class Engine(Readout):
     def value_bias(self, layer: int) -> torch.Tensor | None:
         """The constant ``[n_heads, d_head]`` each head adds to its ``z`` whatever it attends to (value
         bias plus the first norm's bias through W_V), or ``None``: what a head's DLA leaves out."""
-        block = self.blocks[layer]
-        bias = self.lm.adapter.value_bias(block, self.lm.shape)
+        bias = self.modules.value_bias(layer)
         if bias is None:
             return None
-        return bias.detach().to(self.lm.adapter.out_proj_weight(block).dtype).view(self.points.n_heads, self.points.d_head)
+        return bias.detach().to(self.modules.out_proj_weight(layer).dtype).view(self.points.n_heads, self.points.d_head)
 
     def gradient(self, ids: torch.Tensor, end: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor,
                  points: list[tuple[str, int]], reference: torch.Tensor | None = None
@@ -287,7 +287,7 @@ class Engine(Readout):
         z = z.repeat(G, *([1] * (z.dim() - 1)))
         new = z_fn(z)
         z = z if new is None else new
-        attn_out = self.lm.adapter.out_proj(self.blocks[layer])(z.reshape(*z.shape[:2], -1))
+        attn_out = self.modules.out_proj(layer)(z.reshape(*z.shape[:2], -1))
         attention = self.points.attention_modules[layer]
         self.points.skip_attention(layer)
         for h in (attention.register_forward_pre_hook(runs.one_position, with_kwargs=True),

@@ -14,6 +14,7 @@ import torch
 
 from logitscope.engine.metrics import MetricContext, MetricLike, resolve_metric
 from logitscope.models.load import LoadedModel
+from logitscope.models.modules import Modules
 
 
 class Readout:
@@ -21,11 +22,11 @@ class Readout:
 
     def __init__(self, lm: LoadedModel, metric: MetricLike = None):
         self.metric = resolve_metric(metric)
-        ad, model = lm.adapter, lm.model
-        self.final_norm = ad.final_norm(model)
-        unembed = ad.unembed(model)
+        m = Modules.of(lm)  # the one resolver: the study's Recorder reads the same modules
+        self.final_norm = m.final_norm
+        unembed = m.unembed
         self.W_U, self.b_U = unembed.weight, getattr(unembed, "bias", None)
-        self.softcap = ad.logit_softcap(model.config)  # the adapter's answer, as the study reads it
+        self.softcap = m.softcap
 
     def logit_diff(self, resid: torch.Tensor, correct: torch.Tensor, incorrect: torch.Tensor) -> torch.Tensor:
         """logit(correct) − logit(incorrect) from final residual vectors ``[N, d]``: the model's final

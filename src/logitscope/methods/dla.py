@@ -30,6 +30,7 @@ from logitscope.methods import dla_parts as parts
 from logitscope.methods.dla_attention import attention_patterns, heads_to_keep
 from logitscope.methods.dla_rows import answer_ids, fold_study, study_inputs
 from logitscope.models.load import LoadedModel
+from logitscope.models.modules import Modules
 from logitscope.results.study import StudyData
 
 
@@ -97,7 +98,7 @@ def study(prompts: list[Prompt] | GeneratedSet, lm: LoadedModel, options: StudyO
         raise ArgumentError("attention_prompt", attention_prompt, f"must be between 0 and {len(prompts) - 1} "
                             f"(there {'are' if len(prompts) != 1 else 'is'} {len(prompts)} prompt{'s' if len(prompts) != 1 else ''})")
     named_sources = parts.check_with_model(lens_top_k, dla_by_source, neurons, n_layers=lm.shape.n_layers,
-                                           n_heads=lm.shape.n_heads, vocab=lm.adapter.unembed(lm.model).weight.shape[0])
+                                           n_heads=lm.shape.n_heads, vocab=Modules.of(lm).unembed.weight.shape[0])
     if neurons is not None:
         down_projection(lm, neurons)  # a mixture-of-experts layer: said before the pass
     bos = lm.adapter.default_prepend_bos if o.prepend_bos is None else o.prepend_bos

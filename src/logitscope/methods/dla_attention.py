@@ -11,6 +11,7 @@ import torch
 from logitscope.errors import ArgumentError
 from logitscope.labels import parse_heads
 from logitscope.models.load import LoadedModel
+from logitscope.models.modules import Modules
 from logitscope.models.state import attention_implementation
 from logitscope.results.decomposition import signed_top_heads
 from logitscope.results.study import AttentionView
@@ -39,9 +40,10 @@ def attention_patterns(lm: LoadedModel, ids: list[int], prompt_index: int,
     model = lm.model
     n_layers, n_heads = lm.shape.n_layers, lm.shape.n_heads
     kept = [(l, h) for l in range(n_layers) for h in range(n_heads)] if heads is None else list(heads)
-    in_dev = lm.adapter.embed(model).weight.device
+    m = Modules.of(lm)
+    in_dev = m.embed.weight.device
     with attention_implementation(model, "eager"):
-        out = lm.adapter.base(model)(
+        out = m.base(
             input_ids=torch.tensor([ids], device=in_dev), output_attentions=True, use_cache=False
         )
     T = len(ids)

@@ -162,7 +162,7 @@ def _trailing(point: str, engine: Engine) -> tuple[int, ...]:
 def _check_size(lm: LoadedModel, engine: Engine, hooks: list[HookName], n: int, T: int, positions: str,
                 max_bytes: int) -> None:
     """Refuse, before any forward pass, to return more than ``max_bytes``."""
-    itemsize = lm.adapter.embed(lm.model).weight.element_size()
+    itemsize = engine.modules.embed.weight.element_size()
     H = engine.points.n_heads
     per_pos = 1 if positions == "answer" else T
     total = 0

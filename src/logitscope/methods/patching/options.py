@@ -130,10 +130,7 @@ class PatchOptions:
     metric: Any = None
 
     def __post_init__(self) -> None:
-        if self.direction not in DIRECTIONS:
-            raise ArgumentError("direction", self.direction, "use denoise or noise")
-        if self.ablation not in ABLATIONS:
-            raise ArgumentError("ablation", self.ablation, f"use one of {', '.join(ABLATIONS)}")
+        _check_direction_and_ablation(self.direction, self.ablation)
         resolve_metric(self.metric)
         g = self.grids
         if (not g.grids and not g.head_ablation and self.ablations.ablate is None and self.paths.senders is None
@@ -168,14 +165,18 @@ def patch_options(**given: Any) -> PatchOptions:
         raise TypeError(f"unexpected patching option(s): {', '.join(unknown)}")
     # direction and ablation first, as run_patching always checked them (the first of several bad
     # options is the one reported); PatchOptions checks them again when made
-    if given.get("direction", "denoise") not in DIRECTIONS:
-        raise ArgumentError("direction", given["direction"], "use denoise or noise")
-    if given.get("ablation", "mean") not in ABLATIONS:
-        raise ArgumentError("ablation", given["ablation"], f"use one of {', '.join(ABLATIONS)}")
+    _check_direction_and_ablation(given.get("direction", "denoise"), given.get("ablation", "mean"))
     parts = {part: cls(**{n: given[n] for n in names[cls] if n in given}) for part, cls in _PARTS.items()}
     completeness = Completeness(**{f: given[n] for n, f in _COMPLETENESS.items() if n in given})
     parts["circuit"] = CircuitOptions(given.get("circuit"), completeness)
     return PatchOptions(**parts, **{n: given[n] for n in _SHARED if n in given})
+
+
+def _check_direction_and_ablation(direction: str, ablation: str) -> None:
+    if direction not in DIRECTIONS:
+        raise ArgumentError("direction", direction, "use denoise or noise")
+    if ablation not in ABLATIONS:
+        raise ArgumentError("ablation", ablation, f"use one of {', '.join(ABLATIONS)}")
 
 
 def one_process_only(**options: Any) -> None:
